@@ -1,0 +1,3 @@
+//! The flashable SD-card image builder.
+//!
+//! Not built yet: this crate only marks where that part will live.

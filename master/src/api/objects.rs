@@ -1,0 +1,1121 @@
+//! The object verbs: get, list, create, update, patch, delete and deletecollection, with their subresources.
+//!
+//! Every write follows one path: decode the body, convert to the storage version, check it
+//! against the typed API, set server-owned metadata, apply defaults, validate, then commit
+//! through the store, which assigns the resourceVersion. Updates run inside the store's
+//! read-modify-write, so the resourceVersion precondition is checked against what is committed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::Response;
+use serde_json::{json, Map, Value};
+
+use super::codec::{self, IncludeObject, ResponseFormat};
+use super::error::{error_chain, ApiError};
+use super::{respond_value, ApiState, Body, Target};
+use crate::admission::{self, FieldError, FieldErrorKind};
+use crate::conversion;
+use crate::lifecycle;
+use crate::patch;
+use crate::resources::{self, Resource, RESOURCES};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::{Store, StoreError};
+use crate::table;
+
+/// One API call on a resource path.
+pub struct Call {
+    /// Shared server state.
+    pub state: Arc<ApiState>,
+    /// What the path names.
+    pub target: Target,
+    /// Decoded query parameters.
+    pub query: HashMap<String, String>,
+    /// How to write the response.
+    pub format: ResponseFormat,
+    /// The request's Content-Type.
+    pub content_type: Option<String>,
+    /// The request body.
+    pub body: Bytes,
+}
+
+/// Runs store work on the blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
+}
+
+/// `fieldValidation` as the request asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+/// Which part of an object a write may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Main,
+    Status,
+}
+
+impl Call {
+    fn resource(&self) -> &'static Resource {
+        self.target.resource
+    }
+
+    fn namespace(&self) -> String {
+        self.target.namespace.clone().unwrap_or_default()
+    }
+
+    fn name(&self) -> Result<String, ApiError> {
+        self.target
+            .name
+            .clone()
+            .ok_or_else(|| ApiError::method_not_allowed("a collection"))
+    }
+
+    fn check_scope(&self) -> Result<(), ApiError> {
+        let resource = self.resource();
+        if resource.namespaced && self.target.namespace.is_none() && self.target.name.is_some() {
+            return Err(ApiError::no_route(resource.plural));
+        }
+        if !resource.namespaced && self.target.namespace.is_some() {
+            return Err(ApiError::no_route(resource.plural));
+        }
+        Ok(())
+    }
+
+    fn dry_run(&self) -> bool {
+        self.query.get("dryRun").is_some_and(|v| v == "All")
+    }
+
+    fn field_validation(&self) -> FieldValidation {
+        match self.query.get("fieldValidation").map(String::as_str) {
+            Some("Strict") => FieldValidation::Strict,
+            Some("Ignore") => FieldValidation::Ignore,
+            _ => FieldValidation::Warn,
+        }
+    }
+
+    fn respond(&self, code: u16, object: &Value) -> Response<Body> {
+        match self.format {
+            ResponseFormat::Table(include) => {
+                let table = build_table(self.resource(), std::slice::from_ref(object), include, json!({}));
+                respond_value(code, &table, ResponseFormat::Json)
+            }
+            format => respond_value(code, object, format),
+        }
+    }
+
+    fn respond_with_warnings(&self, code: u16, object: &Value, warnings: &[String]) -> Response<Body> {
+        let mut response = self.respond(code, object);
+        for warning in warnings {
+            let text = format!("299 - \"{}\"", warning.replace('"', "\\\""));
+            if let Ok(value) = http::HeaderValue::from_str(&text) {
+                response.headers_mut().append("Warning", value);
+            }
+        }
+        response
+    }
+
+    // ----- GET -------------------------------------------------------------------------------
+
+    /// GET: an object, a list, a watch, or a subresource.
+    pub async fn get(self) -> Result<Response<Body>, ApiError> {
+        self.check_scope()?;
+        let watching = self
+            .query
+            .get("watch")
+            .is_some_and(|w| w == "true" || w == "1" || w.is_empty());
+        match (self.target.name.clone(), self.target.subresource.as_deref()) {
+            (None, _) if watching => super::watch::serve(self).await,
+            (None, _) => self.list().await,
+            (Some(name), None) | (Some(name), Some("status")) => {
+                let object = self.load(&name).await?;
+                Ok(self.respond(200, &conversion::from_storage(self.resource(), object)))
+            }
+            (Some(name), Some("scale")) if self.resource().subresources.contains(&"scale") => {
+                let object = self.load(&name).await?;
+                Ok(respond_value(200, &conversion::scale_of(self.resource(), &object), self.plain_format()))
+            }
+            (Some(_), Some("log")) | (Some(_), Some("exec")) => Err(ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "logs and exec are served by the node's agent, which is not part of this build yet",
+            )),
+            (Some(_), Some(other)) => Err(ApiError::no_route(other)),
+        }
+    }
+
+    fn plain_format(&self) -> ResponseFormat {
+        match self.format {
+            ResponseFormat::Yaml => ResponseFormat::Yaml,
+            _ => ResponseFormat::Json,
+        }
+    }
+
+    async fn load(&self, name: &str) -> Result<Value, ApiError> {
+        let store = self.state.store.clone();
+        let resource = self.resource();
+        let namespace = self.namespace();
+        let key = resource.storage_key();
+        let name = name.to_owned();
+        blocking(move || {
+            store
+                .get(&key, &namespace, &name)
+                .map_err(|e| ApiError::from_store(e, resource, &name))?
+                .ok_or_else(|| ApiError::not_found(resource, &name))
+        })
+        .await
+    }
+
+    /// The label and field selectors of the request.
+    pub fn selectors(&self) -> Result<(LabelSelector, FieldSelector), ApiError> {
+        let labels = LabelSelector::parse(self.query.get("labelSelector").map(String::as_str).unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+        let fields = FieldSelector::parse(self.query.get("fieldSelector").map(String::as_str).unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let resource = self.resource();
+        fields
+            .check_fields(resource.group, resource.plural)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok((labels, fields))
+    }
+
+    async fn list(self) -> Result<Response<Body>, ApiError> {
+        let (labels, fields) = self.selectors()?;
+        let limit: usize = match self.query.get("limit") {
+            Some(text) if !text.is_empty() => text
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit: {text}")))?
+                .max(0) as usize,
+            _ => 0,
+        };
+        let after = match self.query.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => Some(decode_continue(token)?),
+            None => None,
+        };
+        let store = self.state.store.clone();
+        let resource = self.resource();
+        let namespace = self.target.namespace.clone();
+        let page = blocking(move || {
+            let filter = |object: &Value| labels.matches_object(object) && fields.matches_object(object);
+            store
+                .list(
+                    &resource.storage_key(),
+                    namespace.as_deref(),
+                    after.as_ref().map(|(ns, name)| (ns.as_str(), name.as_str())),
+                    limit,
+                    &filter,
+                )
+                .map_err(ApiError::from)
+        })
+        .await?;
+        let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+        if let Some((ns, name)) = &page.next {
+            metadata["continue"] = json!(encode_continue(ns, name, page.revision));
+        }
+        let items: Vec<Value> = page
+            .items
+            .into_iter()
+            .map(|object| conversion::from_storage(resource, object))
+            .collect();
+        let body = match self.format {
+            ResponseFormat::Table(include) => build_table(resource, &items, include, metadata),
+            format => {
+                let list = json!({
+                    "kind": resource.list_kind(),
+                    "apiVersion": resource.api_version(),
+                    "metadata": metadata,
+                    "items": items,
+                });
+                return Ok(respond_value(200, &list, format));
+            }
+        };
+        Ok(respond_value(200, &body, ResponseFormat::Json))
+    }
+
+    // ----- POST ------------------------------------------------------------------------------
+
+    /// POST: create, or the pod `binding` and `eviction` subresources.
+    pub async fn post(self) -> Result<Response<Body>, ApiError> {
+        self.check_scope()?;
+        match (self.target.name.clone(), self.target.subresource.as_deref()) {
+            (None, None) => self.create().await,
+            (Some(name), Some("binding")) if self.resource().kind == "Pod" => self.bind(name).await,
+            (Some(name), Some("eviction")) if self.resource().kind == "Pod" => self.evict(name).await,
+            (Some(_), Some("exec")) => Err(ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "exec is served by the node's agent, which is not part of this build yet",
+            )),
+            (Some(_), _) => Err(ApiError::method_not_allowed("POST on an object")),
+            (None, Some(_)) => Err(ApiError::no_route(self.resource().plural)),
+        }
+    }
+
+    fn decode(&self) -> Result<Value, ApiError> {
+        let object = codec::decode_object(self.content_type.as_deref(), &self.body)?;
+        check_type_meta(self.resource(), object)
+    }
+
+    /// Checks the object against the typed API and applies `fieldValidation`.
+    fn structure(&self, object: Value) -> Result<(Value, Vec<String>), ApiError> {
+        let resource = self.resource();
+        let storage = conversion::to_storage(resource, object);
+        let name = storage
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let structural = admission::check_structure(resource.group, resource.kind, &storage).map_err(|error| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {}",
+                resource.kind,
+                resource.version,
+                resource.kind,
+                error.message()
+            ))
+        })?;
+        let _ = name;
+        let mut warnings = Vec::new();
+        if !structural.unknown_fields.is_empty() {
+            match self.field_validation() {
+                FieldValidation::Strict => {
+                    let fields: Vec<String> = structural
+                        .unknown_fields
+                        .iter()
+                        .map(|f| format!("unknown field \"{f}\""))
+                        .collect();
+                    return Err(ApiError::bad_request(format!(
+                        "strict decoding error: {}",
+                        fields.join(", ")
+                    )));
+                }
+                FieldValidation::Warn => {
+                    warnings = structural
+                        .unknown_fields
+                        .iter()
+                        .map(|f| format!("unknown field \"{f}\""))
+                        .collect();
+                }
+                FieldValidation::Ignore => {}
+            }
+        }
+        Ok((structural.object, warnings))
+    }
+
+    async fn create(self) -> Result<Response<Body>, ApiError> {
+        let resource = self.resource();
+        if resource.namespaced && self.target.namespace.is_none() {
+            return Err(ApiError::no_route(resource.plural));
+        }
+        let object = self.decode()?;
+        let object = set_namespace(resource, object, self.target.namespace.as_deref())?;
+        let (object, warnings) = self.structure(object)?;
+        let dry_run = self.dry_run();
+        let state = self.state.clone();
+        let created = blocking(move || create_object(&state, resource, object, dry_run)).await?;
+        Ok(self.respond_with_warnings(201, &conversion::from_storage(resource, created), &warnings))
+    }
+
+    async fn bind(self, name: String) -> Result<Response<Body>, ApiError> {
+        let binding = codec::decode_object(self.content_type.as_deref(), &self.body)?;
+        let node = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid("Binding", "", &name, &[FieldError {
+                    kind: FieldErrorKind::Required,
+                    field: "target.name".into(),
+                    value: None,
+                    detail: String::new(),
+                }])
+            })?
+            .to_owned();
+        let store = self.state.store.clone();
+        let resource = self.resource();
+        let namespace = self.namespace();
+        blocking(move || {
+            store
+                .update(&resource.storage_key(), &namespace, &name, |pod| {
+                    if pod.pointer("/metadata/deletionTimestamp").is_some() {
+                        return Err(ApiError::conflict(resource, &name, "pod is being deleted, cannot be assigned to a host"));
+                    }
+                    if let Some(current) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+                        return Err(ApiError::conflict(
+                            resource,
+                            &name,
+                            &format!("pod {name} is already assigned to node \"{current}\""),
+                        ));
+                    }
+                    let mut pod = pod.clone();
+                    pod["spec"]["nodeName"] = json!(node);
+                    lifecycle::set_condition(&mut pod, "PodScheduled", "True", None, None);
+                    Ok(pod)
+                })
+                .map_err(|e| not_found_as(e, resource, &name))
+        })
+        .await?;
+        Ok(respond_value(201, &success_status(), ResponseFormat::Json))
+    }
+
+    async fn evict(self, name: String) -> Result<Response<Body>, ApiError> {
+        let eviction = codec::decode_object(self.content_type.as_deref(), &self.body)?;
+        let options = DeleteOptions::from(eviction.get("deleteOptions"), &HashMap::new())?;
+        let state = self.state.clone();
+        let resource = self.resource();
+        let namespace = self.namespace();
+        blocking(move || delete_object(&state, resource, &namespace, &name, &options)).await?;
+        Ok(respond_value(201, &success_status(), ResponseFormat::Json))
+    }
+
+    // ----- PUT -------------------------------------------------------------------------------
+
+    /// PUT: replace an object, its status, or its scale.
+    pub async fn put(self) -> Result<Response<Body>, ApiError> {
+        self.check_scope()?;
+        let name = self.name()?;
+        match self.target.subresource.clone().as_deref() {
+            None => {
+                let object = self.decode()?;
+                self.replace(name, object, Part::Main).await
+            }
+            Some("status") if self.resource().subresources.contains(&"status") => {
+                let object = self.decode()?;
+                self.replace(name, object, Part::Status).await
+            }
+            Some("scale") if self.resource().subresources.contains(&"scale") => {
+                let scale = codec::decode_object(self.content_type.as_deref(), &self.body)?;
+                self.set_scale(name, move |_| Ok(scale)).await
+            }
+            Some("finalize") if self.resource().kind == "Namespace" => {
+                let object = self.decode()?;
+                self.replace(name, object, Part::Main).await
+            }
+            Some(other) => Err(ApiError::no_route(other)),
+        }
+    }
+
+    async fn replace(self, name: String, object: Value, part: Part) -> Result<Response<Body>, ApiError> {
+        let resource = self.resource();
+        let body_name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        if !body_name.is_empty() && body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let object = set_namespace(resource, object, self.target.namespace.as_deref())?;
+        let (mut object, warnings) = self.structure(object)?;
+        object["metadata"]["name"] = json!(name);
+        let state = self.state.clone();
+        let namespace = self.namespace();
+        let dry_run = self.dry_run();
+        let stored = blocking(move || {
+            update_object(&state, resource, &namespace, &name, part, dry_run, |_current| Ok(object))
+        })
+        .await?;
+        Ok(self.respond_with_warnings(200, &conversion::from_storage(resource, stored), &warnings))
+    }
+
+    async fn set_scale(
+        self,
+        name: String,
+        make_scale: impl FnOnce(&Value) -> Result<Value, ApiError> + Send + 'static,
+    ) -> Result<Response<Body>, ApiError> {
+        let resource = self.resource();
+        let state = self.state.clone();
+        let namespace = self.namespace();
+        let dry_run = self.dry_run();
+        let stored = blocking(move || {
+            update_object(&state, resource, &namespace, &name, Part::Main, dry_run, |current| {
+                let scale = make_scale(&conversion::scale_of(resource, current))?;
+                let wanted_version = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+                let current_version = current.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+                if wanted_version.is_some_and(|v| !v.is_empty()) && wanted_version != current_version {
+                    return Err(ApiError::stale(resource, &name));
+                }
+                let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+                if replicas < 0 {
+                    return Err(ApiError::invalid("Scale", "autoscaling", &name, &[FieldError {
+                        kind: FieldErrorKind::Invalid,
+                        field: "spec.replicas".into(),
+                        value: Some(replicas.to_string()),
+                        detail: "must be greater than or equal to 0".into(),
+                    }]));
+                }
+                let mut next = current.clone();
+                next["spec"]["replicas"] = json!(replicas);
+                // The store's precondition check compares this with what is committed.
+                next["metadata"]["resourceVersion"] = json!(current_version.unwrap_or_default());
+                Ok(next)
+            })
+        })
+        .await?;
+        Ok(respond_value(200, &conversion::scale_of(resource, &stored), self.plain_format()))
+    }
+
+    // ----- PATCH -----------------------------------------------------------------------------
+
+    /// PATCH: strategic merge, JSON merge or JSON patch on an object, its status, or its scale.
+    pub async fn patch(self) -> Result<Response<Body>, ApiError> {
+        self.check_scope()?;
+        let name = self.name()?;
+        let media = codec::media_type(self.content_type.as_deref()).to_owned();
+        let kind = match media.as_str() {
+            "application/strategic-merge-patch+json" => PatchKind::Strategic,
+            "application/merge-patch+json" => PatchKind::Merge,
+            "application/json-patch+json" => PatchKind::Json,
+            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+                return Err(ApiError::unsupported_media_type(
+                    "server-side apply is not supported by bramble yet; use client-side `kubectl apply` (without --server-side)",
+                ))
+            }
+            other => {
+                return Err(ApiError::unsupported_media_type(format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other})"
+                )))
+            }
+        };
+        if self.body.len() > codec::MAX_BODY_BYTES {
+            return Err(ApiError::too_large(codec::MAX_BODY_BYTES));
+        }
+        let patch_document = codec::decode_json(&self.body)?;
+        let resource = self.resource();
+        let apply = move |target: &Value, kind_name: &str, group: &str| -> Result<Value, ApiError> {
+            let result = match kind {
+                PatchKind::Json => patch::apply_json_patch(target, &patch_document),
+                PatchKind::Merge => patch::apply_merge_patch(target, &patch_document),
+                PatchKind::Strategic => {
+                    patch::apply_strategic_merge_patch(target, &patch_document, group, kind_name)
+                }
+            };
+            result.map_err(|e| ApiError::new(422, "Invalid", error_chain(&e)))
+        };
+        match self.target.subresource.clone().as_deref() {
+            Some("scale") if resource.subresources.contains(&"scale") => {
+                self.set_scale(name, move |scale| apply(scale, "Scale", "autoscaling")).await
+            }
+            None | Some("status") => {
+                let part = if self.target.subresource.is_some() {
+                    if !resource.subresources.contains(&"status") {
+                        return Err(ApiError::no_route("status"));
+                    }
+                    Part::Status
+                } else {
+                    Part::Main
+                };
+                let state = self.state.clone();
+                let namespace = self.namespace();
+                let dry_run = self.dry_run();
+                let validation = self.field_validation();
+                let stored = blocking(move || {
+                    update_object(&state, resource, &namespace, &name, part, dry_run, |current| {
+                        let current_version = current.pointer("/metadata/resourceVersion").cloned();
+                        let requested = conversion::from_storage(resource, current.clone());
+                        let patched = apply(&requested, resource.kind, resource.group)?;
+                        let patched = check_type_meta(resource, patched)?;
+                        let storage = conversion::to_storage(resource, patched);
+                        let structural = admission::check_structure(resource.group, resource.kind, &storage)
+                            .map_err(|e| ApiError::new(422, "Invalid", e.message()))?;
+                        if validation == FieldValidation::Strict && !structural.unknown_fields.is_empty() {
+                            return Err(ApiError::bad_request(format!(
+                                "strict decoding error: unknown field \"{}\"",
+                                structural.unknown_fields.join("\", unknown field \"")
+                            )));
+                        }
+                        let mut next = structural.object;
+                        // A patch carries a precondition only if it sets resourceVersion itself.
+                        if next.pointer("/metadata/resourceVersion").is_none() {
+                            if let Some(version) = current_version {
+                                next["metadata"]["resourceVersion"] = version;
+                            }
+                        }
+                        Ok(next)
+                    })
+                })
+                .await?;
+                Ok(self.respond(200, &conversion::from_storage(resource, stored)))
+            }
+            Some(other) => Err(ApiError::no_route(other)),
+        }
+    }
+
+    // ----- DELETE ----------------------------------------------------------------------------
+
+    /// DELETE: one object or a collection.
+    pub async fn delete(self) -> Result<Response<Body>, ApiError> {
+        self.check_scope()?;
+        let body = if self.body.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            Some(codec::decode_json(&self.body)?)
+        };
+        let options = DeleteOptions::from(body.as_ref(), &self.query)?;
+        let resource = self.resource();
+        let state = self.state.clone();
+        let namespace = self.namespace();
+        match self.target.name.clone() {
+            Some(name) => {
+                if self.target.subresource.is_some() {
+                    return Err(ApiError::method_not_allowed("DELETE on a subresource"));
+                }
+                let outcome = blocking(move || delete_object(&state, resource, &namespace, &name, &options)).await?;
+                Ok(self.respond(200, &conversion::from_storage(resource, outcome)))
+            }
+            None => {
+                let (labels, fields) = self.selectors()?;
+                let all_namespaces = self.target.namespace.is_none();
+                blocking(move || {
+                    let filter = |o: &Value| labels.matches_object(o) && fields.matches_object(o);
+                    let page = state.store.list(
+                        &resource.storage_key(),
+                        if all_namespaces { None } else { Some(namespace.as_str()) },
+                        None,
+                        0,
+                        &filter,
+                    )?;
+                    for object in page.items {
+                        let ns = meta_str(&object, "namespace");
+                        let name = meta_str(&object, "name");
+                        match delete_object(&state, resource, &ns, &name, &options) {
+                            Ok(_) => {}
+                            Err(e) if e.code == 404 => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+                Ok(respond_value(200, &success_status(), ResponseFormat::Json))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum PatchKind {
+    Strategic,
+    Merge,
+    Json,
+}
+
+fn success_status() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
+}
+
+/// A string field of `metadata`, or empty.
+pub fn meta_str(object: &Value, field: &str) -> String {
+    object
+        .get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn not_found_as(error: ApiError, resource: &Resource, name: &str) -> ApiError {
+    if error.code == 404 {
+        ApiError::not_found(resource, name)
+    } else {
+        error
+    }
+}
+
+/// Fills or checks `apiVersion` and `kind` against the endpoint.
+fn check_type_meta(resource: &Resource, mut object: Value) -> Result<Value, ApiError> {
+    let expected_version = resource.api_version();
+    match object.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => object["apiVersion"] = json!(expected_version),
+        Some(version) if version == expected_version => {}
+        Some(version) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({version}) does not match the expected API version ({expected_version})"
+            )))
+        }
+    }
+    match object.get("kind").and_then(Value::as_str) {
+        None | Some("") => object["kind"] = json!(resource.kind),
+        Some(kind) if kind == resource.kind => {}
+        Some(kind) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({kind}) does not match the expected kind ({})",
+                resource.kind
+            )))
+        }
+    }
+    if !object.get("metadata").is_some_and(Value::is_object) {
+        object["metadata"] = json!({});
+    }
+    Ok(object)
+}
+
+fn set_namespace(resource: &Resource, mut object: Value, namespace: Option<&str>) -> Result<Value, ApiError> {
+    let metadata = object
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+    if resource.namespaced {
+        let wanted = namespace.unwrap_or_default();
+        match metadata.get("namespace").and_then(Value::as_str) {
+            Some(given) if !given.is_empty() && given != wanted => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ))
+            }
+            _ => {
+                metadata.insert("namespace".into(), json!(wanted));
+            }
+        }
+    } else {
+        metadata.remove("namespace");
+    }
+    Ok(object)
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    // Upstream's alphabet leaves out vowels and confusable characters, so names never spell words.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+/// Creates an object through the whole admission path. Used by the API and by bootstrap.
+pub fn create_object(
+    state: &ApiState,
+    resource: &'static Resource,
+    mut object: Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let namespace = meta_str(&object, "namespace");
+    let generate_name = meta_str(&object, "generateName");
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut candidate = object.clone();
+        if meta_str(&candidate, "name").is_empty() && !generate_name.is_empty() {
+            candidate["metadata"]["name"] = json!(format!("{generate_name}{}", random_suffix()));
+        }
+        let name = meta_str(&candidate, "name");
+        prepare_create(resource, &mut candidate);
+        admission::apply_defaults(resource.group, resource.kind, &mut candidate);
+        let errors = admission::validate_create(resource.group, resource.kind, &candidate);
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(resource.kind, resource.group, &name, &errors));
+        }
+        if resource.namespaced {
+            check_namespace_accepts(&state.store, &namespace, resource)?;
+        }
+        lifecycle::admit_create(state, resource, &mut candidate)?;
+        if dry_run {
+            return Ok(candidate);
+        }
+        let store = &state.store;
+        match store.create(&resource.storage_key(), &namespace, &name, candidate) {
+            Ok(created) => {
+                lifecycle::after_create(state, resource, &created);
+                return Ok(created);
+            }
+            Err(StoreError::AlreadyExists { .. }) if !generate_name.is_empty() && attempts < 5 => {
+                object["metadata"]["name"] = json!("");
+                continue;
+            }
+            Err(StoreError::AlreadyExists { .. }) => return Err(ApiError::already_exists(resource, &name)),
+            Err(e) => return Err(ApiError::from_store(e, resource, &name)),
+        }
+    }
+}
+
+fn check_namespace_accepts(store: &Store, namespace: &str, resource: &Resource) -> Result<(), ApiError> {
+    let Some(ns) = store.get("core/namespaces", "", namespace)? else {
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            format!("namespaces \"{namespace}\" not found"),
+        ));
+    };
+    if ns.pointer("/metadata/deletionTimestamp").is_some() {
+        return Err(ApiError::forbidden(format!(
+            "{} is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
+            super::error::qualified(resource)
+        )));
+    }
+    Ok(())
+}
+
+/// Server-owned metadata for a new object.
+fn prepare_create(resource: &Resource, object: &mut Value) {
+    let metadata = object["metadata"].as_object_mut().expect("checked by check_type_meta");
+    for field in [
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "managedFields",
+        "selfLink",
+    ] {
+        metadata.remove(field);
+    }
+    metadata.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    metadata.insert("creationTimestamp".into(), json!(now_rfc3339()));
+    if lifecycle::has_generation(resource) {
+        metadata.insert("generation".into(), json!(1));
+    }
+    lifecycle::reset_status_on_create(resource, object);
+}
+
+/// Replaces an object (or its status) through the admission path inside the store's
+/// read-modify-write. `make` builds the requested object from the current one.
+fn update_object(
+    state: &ApiState,
+    resource: &'static Resource,
+    namespace: &str,
+    name: &str,
+    part: Part,
+    dry_run: bool,
+    make: impl FnOnce(&Value) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
+    let mut result_for_dry_run = None;
+    let updated = state
+        .store
+        .update(&resource.storage_key(), namespace, name, |current| {
+            let requested = make(current)?;
+            let wanted = requested.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
+            let have = current.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
+            if !wanted.is_empty() && wanted != have {
+                return Err(ApiError::stale(resource, name));
+            }
+            let next = merge_update(resource, current, requested, part)?;
+            if dry_run {
+                result_for_dry_run = Some(next);
+                return Ok(current.clone());
+            }
+            Ok(next)
+        })
+        .map_err(|e| not_found_as(e, resource, name))?;
+    if let Some(next) = result_for_dry_run {
+        return Ok(next);
+    }
+    // An update that removes the last finalizer of an object being deleted completes the deletion.
+    if lifecycle::deletion_complete(resource, &updated) {
+        return match state.store.delete::<ApiError>(&resource.storage_key(), namespace, name, |_| Ok(())) {
+            Ok(deleted) => {
+                lifecycle::after_delete(state, resource, &deleted);
+                Ok(deleted)
+            }
+            Err(e) if e.code == 404 => Ok(updated),
+            Err(e) => Err(e),
+        };
+    }
+    Ok(updated)
+}
+
+/// The stored object an update produces: server-owned metadata kept, the other part of the
+/// object kept, generation bumped on spec changes, defaults applied, validated.
+fn merge_update(resource: &Resource, current: &Value, requested: Value, part: Part) -> Result<Value, ApiError> {
+    let mut next = match part {
+        Part::Status => {
+            let mut next = current.clone();
+            match requested.get("status") {
+                Some(status) => next["status"] = status.clone(),
+                None => {
+                    if let Some(map) = next.as_object_mut() {
+                        map.remove("status");
+                    }
+                }
+            }
+            next
+        }
+        Part::Main => {
+            let mut next = requested;
+            if resource.subresources.contains(&"status") && resource.kind != "Namespace" {
+                match current.get("status") {
+                    Some(status) => next["status"] = status.clone(),
+                    None => {
+                        if let Some(map) = next.as_object_mut() {
+                            map.remove("status");
+                        }
+                    }
+                }
+            }
+            if resource.kind == "Namespace" {
+                // Namespace phase is owned by the server.
+                if let Some(status) = current.get("status") {
+                    next["status"] = status.clone();
+                }
+            }
+            let metadata = next["metadata"].as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+            for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+                match current.get("metadata").and_then(|m| m.get(field)) {
+                    Some(value) => {
+                        metadata.insert(field.into(), value.clone());
+                    }
+                    None => {
+                        metadata.remove(field);
+                    }
+                }
+            }
+            metadata.remove("managedFields");
+            next
+        }
+    };
+    admission::apply_defaults(resource.group, resource.kind, &mut next);
+    if lifecycle::has_generation(resource) && spec_changed(current, &next) {
+        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+        next["metadata"]["generation"] = json!(generation);
+    }
+    let errors = admission::validate_update(resource.group, resource.kind, &next, current);
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(resource.kind, resource.group, &meta_str(current, "name"), &errors));
+    }
+    Ok(next)
+}
+
+/// Whether anything but metadata and status differs: upstream bumps `generation` only then.
+fn spec_changed(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| -> Map<String, Value> {
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    strip(old) != strip(new)
+}
+
+/// DeleteOptions from the body or query.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// Seconds the object gets to finish, if given.
+    pub grace_period_seconds: Option<i64>,
+    /// Background, Foreground or Orphan.
+    pub propagation: Option<String>,
+    /// Required uid of the object.
+    pub precondition_uid: Option<String>,
+    /// Required resourceVersion of the object.
+    pub precondition_version: Option<String>,
+    /// Only pretend.
+    pub dry_run: bool,
+}
+
+impl DeleteOptions {
+    fn from(body: Option<&Value>, query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let mut options = DeleteOptions::default();
+        if let Some(body) = body.filter(|b| !b.is_null()) {
+            if !body.is_object() {
+                return Err(ApiError::bad_request("DeleteOptions must be an object"));
+            }
+            options.grace_period_seconds = body.get("gracePeriodSeconds").and_then(Value::as_i64);
+            options.propagation = body.get("propagationPolicy").and_then(Value::as_str).map(str::to_owned);
+            if body.get("orphanDependents") == Some(&json!(true)) {
+                options.propagation = Some("Orphan".into());
+            }
+            options.precondition_uid = body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned);
+            options.precondition_version =
+                body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_owned);
+            options.dry_run = body
+                .get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|d| d.iter().any(|v| v == "All"));
+        }
+        if let Some(grace) = query.get("gracePeriodSeconds") {
+            options.grace_period_seconds = Some(
+                grace
+                    .parse()
+                    .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds: {grace}")))?,
+            );
+        }
+        if let Some(policy) = query.get("propagationPolicy") {
+            options.propagation = Some(policy.clone());
+        }
+        if query.get("dryRun").is_some_and(|d| d == "All") {
+            options.dry_run = true;
+        }
+        if let Some(policy) = &options.propagation {
+            if !matches!(policy.as_str(), "Background" | "Foreground" | "Orphan") {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("propagationPolicy: Unsupported value: \"{policy}\": supported values: \"Foreground\", \"Background\", \"Orphan\""),
+                ));
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// Deletes (or starts the graceful deletion of) one object. Returns its last or current state.
+pub fn delete_object(
+    state: &ApiState,
+    resource: &'static Resource,
+    namespace: &str,
+    name: &str,
+    options: &DeleteOptions,
+) -> Result<Value, ApiError> {
+    let store = &state.store;
+    let key = resource.storage_key();
+    let current = store
+        .get(&key, namespace, name)?
+        .ok_or_else(|| ApiError::not_found(resource, name))?;
+    if let Some(uid) = &options.precondition_uid {
+        let actual = meta_str(&current, "uid");
+        if *uid != actual {
+            return Err(ApiError::conflict(
+                resource,
+                name,
+                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"),
+            ));
+        }
+    }
+    if let Some(version) = &options.precondition_version {
+        let actual = meta_str(&current, "resourceVersion");
+        if *version != actual {
+            return Err(ApiError::conflict(
+                resource,
+                name,
+                &format!("Precondition failed: ResourceVersion in precondition: {version}, ResourceVersion in object meta: {actual}"),
+            ));
+        }
+    }
+    if options.dry_run {
+        return Ok(current);
+    }
+    if options.propagation.as_deref() == Some("Orphan") {
+        lifecycle::orphan_dependents(state, &current)?;
+    }
+    match lifecycle::plan_deletion(resource, &current, options) {
+        lifecycle::Deletion::Now => {
+            let deleted = store
+                .delete::<ApiError>(&key, namespace, name, |_| Ok(()))
+                .map_err(|e| not_found_as(e, resource, name))?;
+            lifecycle::after_delete(state, resource, &deleted);
+            Ok(deleted)
+        }
+        lifecycle::Deletion::Graceful { mark } => {
+            let marked = store
+                .update::<ApiError>(&key, namespace, name, |object| Ok(mark(object)))
+                .map_err(|e| not_found_as(e, resource, name))?;
+            lifecycle::after_graceful_delete(state, resource, &marked);
+            Ok(marked)
+        }
+    }
+}
+
+fn encode_continue(namespace: &str, name: &str, revision: u64) -> String {
+    let token = json!({"v": 1, "ns": namespace, "name": name, "rv": revision});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
+    let invalid = || ApiError::bad_request("continue key is not valid: the token is malformed; start the list again without it");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| invalid())?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    let ns = value.get("ns").and_then(Value::as_str).ok_or_else(invalid)?;
+    let name = value.get("name").and_then(Value::as_str).ok_or_else(invalid)?;
+    Ok((ns.to_owned(), name.to_owned()))
+}
+
+/// A `meta.k8s.io/v1` Table of `items` (already in the request's version).
+pub fn build_table(resource: &Resource, items: &[Value], include: IncludeObject, metadata: Value) -> Value {
+    table_with(resource, items, include, metadata, true)
+}
+
+/// A Table, optionally without column definitions (watch events after the first).
+pub fn table_with(resource: &Resource, items: &[Value], include: IncludeObject, metadata: Value, with_columns: bool) -> Value {
+    let now = jiff::Timestamp::now();
+    let storage = resources::by_kind(resource.group, resource.kind).unwrap_or(resource);
+    let columns: Vec<Value> = if with_columns {
+        table::columns(storage.group, storage.plural).iter().map(table::Column::to_json).collect()
+    } else {
+        Vec::new()
+    };
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|item| {
+            let storage_form = conversion::to_storage(resource, item.clone());
+            let mut row = json!({"cells": table::cells(storage.group, storage.plural, &storage_form, now)});
+            match include {
+                IncludeObject::None => {}
+                IncludeObject::Metadata => {
+                    row["object"] = json!({
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": item.get("metadata").cloned().unwrap_or_else(|| json!({})),
+                    });
+                }
+                IncludeObject::Object => row["object"] = item.clone(),
+            }
+            row
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": columns,
+        "rows": rows,
+    })
+}
+
+/// Every namespaced resource's storage key, once each.
+pub fn namespaced_storage_keys() -> Vec<&'static Resource> {
+    let mut seen: Vec<&'static Resource> = Vec::new();
+    for resource in RESOURCES.iter().filter(|r| r.namespaced && r.storage_version.is_none()) {
+        if !seen.iter().any(|s| s.storage_key() == resource.storage_key()) {
+            seen.push(resource);
+        }
+    }
+    seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_garbage() {
+        let token = encode_continue("default", "web-1", 42);
+        assert_eq!(decode_continue(&token).unwrap(), ("default".into(), "web-1".into()));
+        assert_eq!(decode_continue("%%%").unwrap_err().code, 400);
+        assert_eq!(decode_continue("e30").unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn generation_follows_spec_only() {
+        let old = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"replicas": 1}, "status": {}});
+        let relabelled = json!({"metadata": {"labels": {"a": "2"}}, "spec": {"replicas": 1}, "status": {"x": 1}});
+        let scaled = json!({"metadata": {}, "spec": {"replicas": 2}});
+        assert!(!spec_changed(&old, &relabelled));
+        assert!(spec_changed(&old, &scaled));
+    }
+
+    #[test]
+    fn type_meta_is_filled_or_checked() {
+        let deployments = resources::find("apps", "v1", "deployments").unwrap();
+        let filled = check_type_meta(deployments, json!({"metadata": {"name": "a"}})).unwrap();
+        assert_eq!(filled["apiVersion"], "apps/v1");
+        assert_eq!(filled["kind"], "Deployment");
+        let wrong = check_type_meta(deployments, json!({"apiVersion": "v1", "kind": "Deployment"}));
+        assert_eq!(wrong.unwrap_err().code, 400);
+    }
+}

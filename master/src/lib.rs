@@ -1,0 +1,389 @@
+//! The bramble master: a Kubernetes-compatible API server on SQLite, in one low-memory process.
+//!
+//! Start-up order: open the store, prepare the CA and certificates, bind the port, create the
+//! built-in namespaces and the `kubernetes` service, write the admin kubeconfig, then serve.
+//! Background upkeep compacts history, checkpoints volatile objects and expires old events.
+#![deny(missing_docs)]
+
+pub mod admission;
+pub mod api;
+pub mod conversion;
+pub mod lifecycle;
+pub mod patch;
+pub mod pki;
+pub mod protobuf;
+pub mod resources;
+pub mod selector;
+pub mod store;
+pub mod table;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{json, Value};
+
+use api::error::error_chain;
+use api::ApiState;
+use store::{Store, StoreError};
+
+/// Cluster-wide settings the API server applies.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// The range cluster IPs of services come from.
+    pub service_cidr: String,
+    /// The range node ports come from, inclusive.
+    pub node_port_range: (i64, i64),
+    /// The DNS domain of the cluster.
+    pub cluster_domain: String,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            service_cidr: "10.43.0.0/16".into(),
+            node_port_range: (30000, 32767),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+/// How to run the master.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// Where the database, certificates and kubeconfig live.
+    pub data_dir: PathBuf,
+    /// The address to serve HTTPS on.
+    pub listen: SocketAddr,
+    /// The address clients should use, if not the listen address (or 127.0.0.1 for 0.0.0.0).
+    pub advertise_address: Option<String>,
+    /// More DNS names or IPs for the server certificate.
+    pub extra_names: Vec<String>,
+    /// Cluster-wide settings.
+    pub cluster: ClusterSettings,
+    /// How many revisions of history watches can resume from.
+    pub history_revisions: u64,
+    /// How often volatile objects (leases, events) are written to disk.
+    pub checkpoint_interval: Duration,
+}
+
+impl MasterConfig {
+    /// Defaults for a data directory: port 6443 on all addresses.
+    pub fn new(data_dir: PathBuf) -> Self {
+        MasterConfig {
+            data_dir,
+            listen: SocketAddr::from(([0, 0, 0, 0], 6443)),
+            advertise_address: None,
+            extra_names: Vec::new(),
+            cluster: ClusterSettings::default(),
+            history_revisions: store::DEFAULT_HISTORY_REVISIONS,
+            checkpoint_interval: Duration::from_secs(300),
+        }
+    }
+
+    /// The URL clients use to reach the API server.
+    pub fn server_url(&self) -> String {
+        let host = match &self.advertise_address {
+            Some(address) => address.clone(),
+            None if self.listen.ip().is_unspecified() => "127.0.0.1".into(),
+            None => self.listen.ip().to_string(),
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        format!("https://{host}:{}", self.listen.port())
+    }
+}
+
+/// Why the master could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The data directory cannot be created or written.
+    #[error("the data directory {} is not usable", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened.
+    #[error("cannot open the store")]
+    Store(#[source] StoreError),
+    /// Certificates or tokens could not be prepared.
+    #[error("cannot prepare certificates and credentials")]
+    Pki(#[source] pki::PkiError),
+    /// The TLS configuration was rejected.
+    #[error("cannot configure TLS")]
+    Tls(#[source] rustls::Error),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {address} (is another master or program using the port?)")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The built-in objects could not be created.
+    #[error("cannot create the built-in objects: {message}")]
+    Bootstrap {
+        /// What failed.
+        message: String,
+    },
+}
+
+/// A started master, before it serves.
+pub struct Master {
+    config: MasterConfig,
+    state: Arc<ApiState>,
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// Where the admin kubeconfig was written.
+    pub kubeconfig_path: PathBuf,
+    /// The address actually bound (useful with port 0).
+    pub local_addr: SocketAddr,
+}
+
+impl Master {
+    /// Opens the store, prepares credentials, binds the port, creates built-in objects and
+    /// writes the admin kubeconfig.
+    pub async fn start(mut config: MasterConfig) -> Result<Master, MasterError> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| MasterError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let probe = data_dir.join(".write-test");
+        std::fs::write(&probe, b"ok")
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(|source| MasterError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+
+        let db = data_dir.join("store.db");
+        let history = config.history_revisions;
+        let store = tokio::task::spawn_blocking(move || {
+            let volatile = resources::volatile_storage_keys();
+            let volatile: Vec<&str> = volatile.iter().map(String::as_str).collect();
+            Store::open(&db, &volatile, history)
+        })
+        .await
+        .map_err(|e| MasterError::Bootstrap {
+            message: e.to_string(),
+        })?
+        .map_err(MasterError::Store)?;
+        let store = Arc::new(store);
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| MasterError::Bind {
+                address: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| MasterError::Bind {
+            address: config.listen,
+            source,
+        })?;
+        config.listen = local_addr;
+
+        let names = certificate_names(&config);
+        let credentials =
+            pki::ensure_credentials(&data_dir, &names).map_err(MasterError::Pki)?;
+        let acceptor = tls_acceptor(&credentials)?;
+
+        let mut tokens = HashMap::new();
+        tokens.insert(credentials.admin_token.clone(), "admin".to_owned());
+        let state = Arc::new(ApiState {
+            store: store.clone(),
+            tokens,
+            cluster: config.cluster.clone(),
+            allocation: std::sync::Mutex::new(()),
+        });
+        {
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || bootstrap(&state))
+                .await
+                .map_err(|e| MasterError::Bootstrap {
+                    message: e.to_string(),
+                })??;
+        }
+
+        let kubeconfig_path = data_dir.join("admin.kubeconfig");
+        let kubeconfig = pki::kubeconfig(
+            "bramble",
+            &config.server_url(),
+            &credentials.ca_pem,
+            "admin",
+            &credentials.admin_token,
+        );
+        pki::write_private(&kubeconfig_path, kubeconfig.as_bytes()).map_err(MasterError::Pki)?;
+        Ok(Master {
+            config,
+            state,
+            listener,
+            acceptor,
+            kubeconfig_path,
+            local_addr,
+        })
+    }
+
+    /// Serves until `shutdown` completes, then writes volatile objects to disk.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), MasterError> {
+        let store = self.state.store.clone();
+        let upkeep = tokio::spawn(upkeep(store.clone(), self.config.checkpoint_interval));
+        let server = tokio::spawn(api::serve(self.listener, self.acceptor, self.state));
+        shutdown.await;
+        server.abort();
+        upkeep.abort();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = store.checkpoint_volatile() {
+                tracing::error!(error = %error_chain(&error), "final checkpoint failed");
+            }
+        })
+        .await
+        .ok();
+        Ok(())
+    }
+}
+
+fn certificate_names(config: &MasterConfig) -> Vec<String> {
+    let mut names: Vec<String> = vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        format!("kubernetes.default.svc.{}", config.cluster.cluster_domain),
+    ];
+    if let Some(ip) = lifecycle::first_service_ip(&config.cluster.service_cidr) {
+        names.push(ip.to_string());
+    }
+    if let Ok(hostname) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let hostname = hostname.trim();
+        if !hostname.is_empty() {
+            names.push(hostname.to_owned());
+        }
+    }
+    if !config.listen.ip().is_unspecified() {
+        names.push(config.listen.ip().to_string());
+    }
+    names.extend(config.advertise_address.iter().cloned());
+    names.extend(config.extra_names.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn tls_acceptor(credentials: &pki::ServerCredentials) -> Result<tokio_rustls::TlsAcceptor, MasterError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(credentials.cert_pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(credentials.key_pem.as_bytes())
+        .map_err(|e| MasterError::Tls(rustls::Error::General(format!("server key: {e}"))))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(MasterError::Tls)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(MasterError::Tls)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Creates what every cluster has: the built-in namespaces, their default service accounts and
+/// the `kubernetes` service. Also resumes emptying namespaces a crash interrupted.
+fn bootstrap(state: &ApiState) -> Result<(), MasterError> {
+    let fail = |what: &str, error: api::error::ApiError| MasterError::Bootstrap {
+        message: format!("{what}: {}", error.message),
+    };
+    let namespaces = resources::by_kind("", "Namespace").expect("namespaces are served");
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        match api::objects::create_object(state, namespaces, namespace, false) {
+            Ok(_) => {}
+            Err(e) if e.code == 409 => lifecycle::ensure_default_service_account(state, name),
+            Err(e) => return Err(fail(name, e)),
+        }
+    }
+    let services = resources::by_kind("", "Service").expect("services are served");
+    if let Some(ip) = lifecycle::first_service_ip(&state.cluster.service_cidr) {
+        let service = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+        });
+        match api::objects::create_object(state, services, service, false) {
+            Ok(_) => {}
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(fail("the kubernetes service", e)),
+        }
+    }
+    let terminating = state
+        .store
+        .list("core/namespaces", None, None, 0, &|ns: &Value| {
+            ns.pointer("/metadata/deletionTimestamp").is_some()
+        })
+        .map_err(MasterError::Store)?;
+    for ns in terminating.items {
+        let name = api::objects::meta_str(&ns, "name");
+        lifecycle::after_graceful_delete(state, namespaces, &ns);
+        tracing::info!(namespace = name, "resuming namespace deletion");
+    }
+    Ok(())
+}
+
+/// How long events are kept, as upstream's default `--event-ttl`.
+const EVENT_TTL: Duration = Duration::from_secs(3600);
+
+async fn upkeep(store: Arc<Store>, checkpoint_interval: Duration) {
+    let mut compaction = tokio::time::interval(Duration::from_secs(60));
+    let mut checkpoint = tokio::time::interval(checkpoint_interval);
+    checkpoint.tick().await;
+    loop {
+        tokio::select! {
+            _ = compaction.tick() => {
+                let store = store.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    store.compact()?;
+                    store.reserve_revisions()?;
+                    let cutoff = jiff::Timestamp::now() - jiff::SignedDuration::try_from(EVENT_TTL).unwrap_or_default();
+                    store.expire_volatile("core/events", &|event: &Value| event_time(event).is_some_and(|t| t < cutoff));
+                    Ok::<_, StoreError>(())
+                }).await;
+                if let Ok(Err(error)) = result {
+                    tracing::error!(error = %error_chain(&error), "store upkeep failed");
+                }
+            }
+            _ = checkpoint.tick() => {
+                let store = store.clone();
+                let result = tokio::task::spawn_blocking(move || store.checkpoint_volatile()).await;
+                if let Ok(Err(error)) = result {
+                    tracing::error!(error = %error_chain(&error), "checkpoint of leases and events failed");
+                }
+            }
+        }
+    }
+}
+
+fn event_time(event: &Value) -> Option<jiff::Timestamp> {
+    ["lastTimestamp", "eventTime", "firstTimestamp"]
+        .iter()
+        .filter_map(|field| event.get(*field).and_then(Value::as_str))
+        .chain(
+            event
+                .pointer("/metadata/creationTimestamp")
+                .and_then(Value::as_str),
+        )
+        .find_map(|text| text.parse().ok())
+}

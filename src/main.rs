@@ -1,0 +1,165 @@
+//! The `bramble` binary: one executable whose subcommands run the parts of the cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+/// bramble: a Raspberry Pi micro-datacenter that speaks the Kubernetes API.
+///
+/// Flash one image per Pi; the first becomes the master and the others join it. On a PC,
+/// `bramble up` starts a local cluster you can use with kubectl.
+#[derive(Parser)]
+#[command(name = "bramble", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the master: the Kubernetes-compatible API server on SQLite.
+    ///
+    /// It creates a cluster CA, a server certificate and an admin token in the data directory on
+    /// first start, and writes DIR/admin.kubeconfig once it serves:
+    ///
+    ///   bramble master --data-dir /var/lib/bramble
+    ///   KUBECONFIG=/var/lib/bramble/admin.kubeconfig kubectl get nodes
+    Master(MasterArgs),
+    /// Start a local cluster in ./.bramble and print how to use it with kubectl.
+    ///
+    /// Today this runs the master only; agents ("virtual Pis") join it once the agent is built.
+    Up(UpArgs),
+}
+
+#[derive(Args)]
+struct MasterArgs {
+    /// Directory for the database, certificates and kubeconfig.
+    #[arg(long, env = "BRAMBLE_DATA_DIR", default_value = "/var/lib/bramble")]
+    data_dir: PathBuf,
+    /// Address and port to serve HTTPS on.
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Directory for the local cluster's state.
+    #[arg(long, default_value = ".bramble")]
+    data_dir: PathBuf,
+    /// Address and port the master serves HTTPS on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    /// Address clients and agents use to reach the master (default: the listen address, or
+    /// 127.0.0.1 when listening on all addresses). Added to the server certificate.
+    #[arg(long)]
+    advertise_address: Option<String>,
+    /// Extra DNS name or IP for the server certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_san: Vec<String>,
+    /// Range that services' cluster IPs come from.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: String,
+    /// Range of node ports, as LOW-HIGH.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    node_port_range: (i64, i64),
+    /// DNS domain of the cluster.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Seconds between writes of leases and events to disk (they live in memory in between,
+    /// so heartbeats do not wear out the SD card).
+    #[arg(long, default_value_t = 300)]
+    checkpoint_seconds: u64,
+}
+
+fn parse_port_range(text: &str) -> Result<(i64, i64), String> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("expected LOW-HIGH, got {text}"))?;
+    let low: i64 = low.trim().parse().map_err(|_| format!("bad port {low}"))?;
+    let high: i64 = high.trim().parse().map_err(|_| format!("bad port {high}"))?;
+    if !(1..=65535).contains(&low) || !(low..=65535).contains(&high) {
+        return Err(format!("{text} is not a valid port range"));
+    }
+    Ok((low, high))
+}
+
+fn master_config(data_dir: PathBuf, listen: SocketAddr, cluster: ClusterArgs) -> master::MasterConfig {
+    let mut config = master::MasterConfig::new(data_dir);
+    config.listen = listen;
+    config.advertise_address = cluster.advertise_address;
+    config.extra_names = cluster.tls_san;
+    config.cluster = master::ClusterSettings {
+        service_cidr: cluster.service_cidr,
+        node_port_range: cluster.node_port_range,
+        cluster_domain: cluster.cluster_domain,
+    };
+    config.checkpoint_interval = Duration::from_secs(cluster.checkpoint_seconds.max(1));
+    config
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn run_master(config: master::MasterConfig, up: bool) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let started = master::Master::start(config)
+        .await
+        .with_context(|| format!("cannot start the master in {}", data_dir.display()))?;
+    let kubeconfig = started.kubeconfig_path.canonicalize().unwrap_or(started.kubeconfig_path.clone());
+    tracing::info!(address = %started.local_addr, kubeconfig = %kubeconfig.display(), "master serving");
+    if up {
+        println!(
+            "bramble is up: the master serves on https://{}\n\n  export KUBECONFIG={}\n  kubectl get namespaces\n\nPress Ctrl-C to stop; state stays in {}.",
+            started.local_addr,
+            kubeconfig.display(),
+            data_dir.display()
+        );
+    }
+    started.serve(shutdown_signal()).await?;
+    Ok(())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .expect("building the async runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Master(args) => run_master(master_config(args.data_dir, args.listen, args.cluster), false).await,
+            Command::Up(args) => run_master(master_config(args.data_dir, args.listen, args.cluster), true).await,
+        }
+    });
+    if let Err(error) = result {
+        eprintln!("bramble: error: {error:#}");
+        std::process::exit(1);
+    }
+}

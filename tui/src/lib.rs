@@ -1,0 +1,3 @@
+//! The ratatui dashboard of pod placement with chaos controls.
+//!
+//! Not built yet: this crate only marks where that part will live.
