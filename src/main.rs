@@ -87,14 +87,21 @@ fn parse_port_range(text: &str) -> Result<(i64, i64), String> {
         .split_once('-')
         .ok_or_else(|| format!("expected LOW-HIGH, got {text}"))?;
     let low: i64 = low.trim().parse().map_err(|_| format!("bad port {low}"))?;
-    let high: i64 = high.trim().parse().map_err(|_| format!("bad port {high}"))?;
+    let high: i64 = high
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad port {high}"))?;
     if !(1..=65535).contains(&low) || !(low..=65535).contains(&high) {
         return Err(format!("{text} is not a valid port range"));
     }
     Ok((low, high))
 }
 
-fn master_config(data_dir: PathBuf, listen: SocketAddr, cluster: ClusterArgs) -> master::MasterConfig {
+fn master_config(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    cluster: ClusterArgs,
+) -> master::MasterConfig {
     let mut config = master::MasterConfig::new(data_dir);
     config.listen = listen;
     config.advertise_address = cluster.advertise_address;
@@ -123,7 +130,10 @@ async fn run_master(config: master::MasterConfig, up: bool) -> anyhow::Result<()
     let started = master::Master::start(config)
         .await
         .with_context(|| format!("cannot start the master in {}", data_dir.display()))?;
-    let kubeconfig = started.kubeconfig_path.canonicalize().unwrap_or(started.kubeconfig_path.clone());
+    let kubeconfig = started
+        .kubeconfig_path
+        .canonicalize()
+        .unwrap_or(started.kubeconfig_path.clone());
     tracing::info!(address = %started.local_addr, kubeconfig = %kubeconfig.display(), "master serving");
     if up {
         println!(
@@ -154,8 +164,20 @@ fn main() {
         .expect("building the async runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Master(args) => run_master(master_config(args.data_dir, args.listen, args.cluster), false).await,
-            Command::Up(args) => run_master(master_config(args.data_dir, args.listen, args.cluster), true).await,
+            Command::Master(args) => {
+                run_master(
+                    master_config(args.data_dir, args.listen, args.cluster),
+                    false,
+                )
+                .await
+            }
+            Command::Up(args) => {
+                run_master(
+                    master_config(args.data_dir, args.listen, args.cluster),
+                    true,
+                )
+                .await
+            }
         }
     });
     if let Err(error) = result {

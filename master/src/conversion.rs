@@ -107,7 +107,13 @@ fn hpa_v1_to_v2(mut object: Value) -> Value {
 pub fn scale_of(resource: &Resource, object: &Value) -> Value {
     let metadata = &object["metadata"];
     let mut scale_metadata = Map::new();
-    for field in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+    for field in [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+    ] {
         if let Some(value) = metadata.get(field) {
             scale_metadata.insert(field.into(), value.clone());
         }
@@ -184,7 +190,10 @@ mod tests {
         });
         let stored = to_storage(v1, object.clone());
         assert_eq!(stored["apiVersion"], "autoscaling/v2");
-        assert_eq!(stored["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 50);
+        assert_eq!(
+            stored["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            50
+        );
         assert_eq!(from_storage(v1, stored), object);
     }
 

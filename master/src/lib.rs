@@ -196,8 +196,7 @@ impl Master {
         config.listen = local_addr;
 
         let names = certificate_names(&config);
-        let credentials =
-            pki::ensure_credentials(&data_dir, &names).map_err(MasterError::Pki)?;
+        let credentials = pki::ensure_credentials(&data_dir, &names).map_err(MasterError::Pki)?;
         let acceptor = tls_acceptor(&credentials)?;
 
         let mut tokens = HashMap::new();
@@ -283,10 +282,13 @@ fn certificate_names(config: &MasterConfig) -> Vec<String> {
     names
 }
 
-fn tls_acceptor(credentials: &pki::ServerCredentials) -> Result<tokio_rustls::TlsAcceptor, MasterError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(credentials.cert_pem.as_bytes())
-        .filter_map(Result::ok)
-        .collect();
+fn tls_acceptor(
+    credentials: &pki::ServerCredentials,
+) -> Result<tokio_rustls::TlsAcceptor, MasterError> {
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(credentials.cert_pem.as_bytes())
+            .filter_map(Result::ok)
+            .collect();
     let key = PrivateKeyDer::from_pem_slice(credentials.key_pem.as_bytes())
         .map_err(|e| MasterError::Tls(rustls::Error::General(format!("server key: {e}"))))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -308,7 +310,8 @@ fn bootstrap(state: &ApiState) -> Result<(), MasterError> {
     };
     let namespaces = resources::by_kind("", "Namespace").expect("namespaces are served");
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        let namespace =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
         match api::objects::create_object(state, namespaces, namespace, false) {
             Ok(_) => {}
             Err(e) if e.code == 409 => lifecycle::ensure_default_service_account(state, name),

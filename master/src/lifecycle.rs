@@ -50,8 +50,13 @@ pub fn reset_status_on_create(resource: &Resource, object: &mut Value) {
         "Pod" => json!({"phase": "Pending"}),
         "Namespace" => json!({"phase": "Active"}),
         "Service" => json!({"loadBalancer": {}}),
-        "Deployment" | "ReplicaSet" | "DaemonSet" | "ReplicationController" | "Job"
-        | "HorizontalPodAutoscaler" | "ResourceQuota" => json!({}),
+        "Deployment"
+        | "ReplicaSet"
+        | "DaemonSet"
+        | "ReplicationController"
+        | "Job"
+        | "HorizontalPodAutoscaler"
+        | "ResourceQuota" => json!({}),
         _ => return,
     };
     if resource.kind == "ReplicationController" || resource.kind == "ReplicaSet" {
@@ -104,20 +109,31 @@ fn prepare_job(job: &mut Value) {
         }
     }
     if job["spec"].is_object() {
-        job["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+        job["spec"]["selector"] =
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
     }
 }
 
 /// Sets (or replaces) a condition of type `kind` in `status.conditions`.
-pub fn set_condition(object: &mut Value, kind: &str, status: &str, reason: Option<&str>, message: Option<&str>) {
+pub fn set_condition(
+    object: &mut Value,
+    kind: &str,
+    status: &str,
+    reason: Option<&str>,
+    message: Option<&str>,
+) {
     if !object["status"].is_object() {
         object["status"] = json!({});
     }
     if !object["status"]["conditions"].is_array() {
         object["status"]["conditions"] = json!([]);
     }
-    let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string();
-    let mut condition = json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": now});
+    let now = jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string();
+    let mut condition =
+        json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": now});
     if let Some(reason) = reason {
         condition["reason"] = json!(reason);
     }
@@ -138,7 +154,11 @@ pub fn set_condition(object: &mut Value, kind: &str, status: &str, reason: Optio
 }
 
 /// Kind-specific admission after defaults and validation: quality of service, service addresses.
-pub fn admit_create(state: &ApiState, resource: &Resource, object: &mut Value) -> Result<(), ApiError> {
+pub fn admit_create(
+    state: &ApiState,
+    resource: &Resource,
+    object: &mut Value,
+) -> Result<(), ApiError> {
     match resource.kind {
         "Pod" => {
             object["status"]["qosClass"] = json!(qos_class(&object["spec"]));
@@ -151,11 +171,19 @@ pub fn admit_create(state: &ApiState, resource: &Resource, object: &mut Value) -
 
 /// Keeps what the server assigned when an update leaves it out (a `kubectl replace` of a
 /// manifest without `clusterIP` or `nodePort`), and allocates what a type change needs.
-pub fn carry_over_on_update(state: &ApiState, resource: &Resource, current: &Value, next: &mut Value) -> Result<(), ApiError> {
+pub fn carry_over_on_update(
+    state: &ApiState,
+    resource: &Resource,
+    current: &Value,
+    next: &mut Value,
+) -> Result<(), ApiError> {
     if resource.kind != "Service" {
         return Ok(());
     }
-    let cluster_ip = next.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or_default();
+    let cluster_ip = next
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if cluster_ip.is_empty() {
         for field in ["clusterIP", "clusterIPs"] {
             if let Some(value) = current["spec"].get(field) {
@@ -189,8 +217,12 @@ pub fn qos_class(spec: &Value) -> &'static str {
     let mut any = false;
     let mut guaranteed = true;
     for container in &containers {
-        let requests = container.pointer("/resources/requests").and_then(Value::as_object);
-        let limits = container.pointer("/resources/limits").and_then(Value::as_object);
+        let requests = container
+            .pointer("/resources/requests")
+            .and_then(Value::as_object);
+        let limits = container
+            .pointer("/resources/limits")
+            .and_then(Value::as_object);
         if requests.is_some_and(|r| !r.is_empty()) || limits.is_some_and(|l| !l.is_empty()) {
             any = true;
         }
@@ -227,38 +259,71 @@ pub fn first_service_ip(cidr: &str) -> Option<Ipv4Addr> {
     parse_cidr(cidr).map(|(network, _)| Ipv4Addr::from(network + 1))
 }
 
-fn allocate_service(state: &ApiState, service: &mut Value, current: Option<&Value>) -> Result<(), ApiError> {
+fn allocate_service(
+    state: &ApiState,
+    service: &mut Value,
+    current: Option<&Value>,
+) -> Result<(), ApiError> {
     let settings = &state.cluster;
     let _serialised = state.allocation.lock().unwrap_or_else(|p| p.into_inner());
     let name = meta_str(service, "name");
     let own_uid = meta_str(service, "uid");
-    let others = state.store.list("core/services", None, None, 0, &|s: &Value| meta_str(s, "uid") != own_uid)?;
+    let others = state
+        .store
+        .list("core/services", None, None, 0, &|s: &Value| {
+            meta_str(s, "uid") != own_uid
+        })?;
     let mut used_ips = std::collections::HashSet::new();
     let mut used_ports = std::collections::HashSet::new();
     for other in &others.items {
         if let Some(ip) = other.pointer("/spec/clusterIP").and_then(Value::as_str) {
             used_ips.insert(ip.to_owned());
         }
-        for port in other.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+        for port in other
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(node_port) = port.get("nodePort").and_then(Value::as_i64) {
                 used_ports.insert(node_port);
             }
         }
     }
     let invalid = |field: &str, value: &str, detail: &str| {
-        ApiError::invalid("Service", "", &name, &[crate::admission::FieldError {
-            kind: crate::admission::FieldErrorKind::Invalid,
-            field: field.into(),
-            value: Some(value.into()),
-            detail: detail.into(),
-        }])
+        ApiError::invalid(
+            "Service",
+            "",
+            &name,
+            &[crate::admission::FieldError {
+                kind: crate::admission::FieldErrorKind::Invalid,
+                field: field.into(),
+                value: Some(value.into()),
+                detail: detail.into(),
+            }],
+        )
     };
-    let kind = service.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
-    let (network, mask) = parse_cidr(&settings.service_cidr)
-        .ok_or_else(|| ApiError::internal(format!("the service range {} is not an IPv4 CIDR", settings.service_cidr)))?;
+    let kind = service
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_owned();
+    let (network, mask) = parse_cidr(&settings.service_cidr).ok_or_else(|| {
+        ApiError::internal(format!(
+            "the service range {} is not an IPv4 CIDR",
+            settings.service_cidr
+        ))
+    })?;
     if kind != "ExternalName" {
-        let requested = service.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let unchanged = current.and_then(|c| c.pointer("/spec/clusterIP")).and_then(Value::as_str) == Some(requested.as_str());
+        let requested = service
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let unchanged = current
+            .and_then(|c| c.pointer("/spec/clusterIP"))
+            .and_then(Value::as_str)
+            == Some(requested.as_str());
         let ip = if requested == "None" || unchanged && !requested.is_empty() {
             requested
         } else if requested.is_empty() {
@@ -266,11 +331,20 @@ fn allocate_service(state: &ApiState, service: &mut Value, current: Option<&Valu
             (2..size)
                 .map(|offset| Ipv4Addr::from(network + offset).to_string())
                 .find(|candidate| !used_ips.contains(candidate))
-                .ok_or_else(|| ApiError::internal(format!("no free cluster IP left in {}", settings.service_cidr)))?
+                .ok_or_else(|| {
+                    ApiError::internal(format!(
+                        "no free cluster IP left in {}",
+                        settings.service_cidr
+                    ))
+                })?
         } else {
-            let parsed: Ipv4Addr = requested
-                .parse()
-                .map_err(|_| invalid("spec.clusterIPs[0]", &requested, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))?;
+            let parsed: Ipv4Addr = requested.parse().map_err(|_| {
+                invalid(
+                    "spec.clusterIPs[0]",
+                    &requested,
+                    "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                )
+            })?;
             if u32::from(parsed) & mask != network {
                 return Err(invalid(
                     "spec.clusterIPs[0]",
@@ -365,10 +439,19 @@ pub fn plan_deletion(resource: &Resource, current: &Value, options: &DeleteOptio
         };
     }
     if resource.kind == "Pod" {
-        let on_node = current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-        let phase = current.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default();
+        let on_node = current
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let phase = current
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let terminal = phase == "Succeeded" || phase == "Failed";
-        let default_grace = current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
+        let default_grace = current
+            .pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(30);
         let mut grace = options.grace_period_seconds.unwrap_or(default_grace).max(0);
         if !on_node || terminal {
             grace = 0;
@@ -376,9 +459,13 @@ pub fn plan_deletion(resource: &Resource, current: &Value, options: &DeleteOptio
         if grace == 0 && !has_finalizers(current) {
             return Deletion::Now;
         }
-        let existing = current.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
+        let existing = current
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
         if already && existing.is_some_and(|e| e <= grace) {
-            return Deletion::Graceful { mark: Box::new(|pod: &Value| pod.clone()) };
+            return Deletion::Graceful {
+                mark: Box::new(|pod: &Value| pod.clone()),
+            };
         }
         return Deletion::Graceful {
             mark: Box::new(move |pod: &Value| {
@@ -425,7 +512,10 @@ pub fn ensure_default_service_account(state: &ApiState, namespace: &str) {
     let Some(accounts) = resources::by_kind("", "ServiceAccount") else {
         return;
     };
-    if let Ok(Some(_)) = state.store.get(&accounts.storage_key(), namespace, "default") {
+    if let Ok(Some(_)) = state
+        .store
+        .get(&accounts.storage_key(), namespace, "default")
+    {
         return;
     }
     let account = json!({
@@ -436,7 +526,9 @@ pub fn ensure_default_service_account(state: &ApiState, namespace: &str) {
     match crate::api::objects::create_object(state, accounts, account, false) {
         Ok(_) => {}
         Err(e) if e.code == 409 => {}
-        Err(e) => tracing::warn!(namespace, error = %e.message, "cannot create the default service account"),
+        Err(e) => {
+            tracing::warn!(namespace, error = %e.message, "cannot create the default service account")
+        }
     }
 }
 
@@ -457,7 +549,10 @@ pub fn after_graceful_delete(state: &ApiState, resource: &Resource, marked: &Val
 }
 
 /// Removes everything in a terminating namespace, then the namespace itself.
-pub fn finalize_namespace(store: &Arc<Store>, namespace: &str) -> Result<(), crate::store::StoreError> {
+pub fn finalize_namespace(
+    store: &Arc<Store>,
+    namespace: &str,
+) -> Result<(), crate::store::StoreError> {
     for resource in namespaced_storage_keys() {
         let key = resource.storage_key();
         let page = store.list(&key, Some(namespace), None, 0, &|_| true)?;
@@ -471,7 +566,10 @@ pub fn finalize_namespace(store: &Arc<Store>, namespace: &str) -> Result<(), cra
     }
     let result = store.update::<crate::store::StoreError>("core/namespaces", "", namespace, |ns| {
         let mut ns = ns.clone();
-        if let Some(finalizers) = ns.pointer_mut("/spec/finalizers").and_then(Value::as_array_mut) {
+        if let Some(finalizers) = ns
+            .pointer_mut("/spec/finalizers")
+            .and_then(Value::as_array_mut)
+        {
             finalizers.retain(|f| f != "kubernetes");
         }
         Ok(ns)
@@ -482,7 +580,8 @@ pub fn finalize_namespace(store: &Arc<Store>, namespace: &str) -> Result<(), cra
         Err(e) => return Err(e),
     };
     if !has_finalizers(&ns) {
-        match store.delete::<crate::store::StoreError>("core/namespaces", "", namespace, |_| Ok(())) {
+        match store.delete::<crate::store::StoreError>("core/namespaces", "", namespace, |_| Ok(()))
+        {
             Ok(_) | Err(crate::store::StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -502,18 +601,28 @@ pub fn orphan_dependents(state: &ApiState, owner: &Value) -> Result<(), ApiError
     };
     for resource in namespaced_storage_keys() {
         let key = resource.storage_key();
-        let scope = if namespace.is_empty() { None } else { Some(namespace.as_str()) };
+        let scope = if namespace.is_empty() {
+            None
+        } else {
+            Some(namespace.as_str())
+        };
         let page = state.store.list(&key, scope, None, 0, &owned_by)?;
         for dependent in page.items {
             let ns = meta_str(&dependent, "namespace");
             let name = meta_str(&dependent, "name");
-            let result = state.store.update::<crate::store::StoreError>(&key, &ns, &name, |object| {
-                let mut object = object.clone();
-                if let Some(refs) = object.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
-                    refs.retain(|r| r["uid"] != uid.as_str());
-                }
-                Ok(object)
-            });
+            let result =
+                state
+                    .store
+                    .update::<crate::store::StoreError>(&key, &ns, &name, |object| {
+                        let mut object = object.clone();
+                        if let Some(refs) = object
+                            .pointer_mut("/metadata/ownerReferences")
+                            .and_then(Value::as_array_mut)
+                        {
+                            refs.retain(|r| r["uid"] != uid.as_str());
+                        }
+                        Ok(object)
+                    });
             match result {
                 Ok(_) | Err(crate::store::StoreError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
@@ -529,8 +638,12 @@ mod tests {
 
     #[test]
     fn qos_classes_follow_requests_and_limits() {
-        assert_eq!(qos_class(&json!({"containers": [{"name": "a"}]})), "BestEffort");
-        let guaranteed = json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]});
+        assert_eq!(
+            qos_class(&json!({"containers": [{"name": "a"}]})),
+            "BestEffort"
+        );
+        let guaranteed =
+            json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]});
         assert_eq!(qos_class(&guaranteed), "Guaranteed");
         let burstable = json!({"containers": [{"resources": {"requests": {"cpu": "100m"}}}]});
         assert_eq!(qos_class(&burstable), "Burstable");
@@ -538,24 +651,40 @@ mod tests {
 
     #[test]
     fn service_range_arithmetic() {
-        assert_eq!(first_service_ip("10.43.0.0/16"), Some(Ipv4Addr::new(10, 43, 0, 1)));
-        assert_eq!(parse_cidr("10.43.7.9/16"), Some((u32::from(Ipv4Addr::new(10, 43, 0, 0)), 0xffff_0000)));
+        assert_eq!(
+            first_service_ip("10.43.0.0/16"),
+            Some(Ipv4Addr::new(10, 43, 0, 1))
+        );
+        assert_eq!(
+            parse_cidr("10.43.7.9/16"),
+            Some((u32::from(Ipv4Addr::new(10, 43, 0, 0)), 0xffff_0000))
+        );
         assert_eq!(parse_cidr("nonsense"), None);
     }
 
     #[test]
     fn jobs_select_their_pods_by_uid() {
-        let mut job = json!({"metadata": {"name": "j", "uid": "u1"}, "spec": {"template": {"spec": {}}}});
+        let mut job =
+            json!({"metadata": {"name": "j", "uid": "u1"}, "spec": {"template": {"spec": {}}}});
         prepare_job(&mut job);
-        assert_eq!(job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], "u1");
-        assert_eq!(job["spec"]["template"]["metadata"]["labels"]["job-name"], "j");
+        assert_eq!(
+            job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            "u1"
+        );
+        assert_eq!(
+            job["spec"]["template"]["metadata"]["labels"]["job-name"],
+            "j"
+        );
     }
 
     #[test]
     fn pods_on_nodes_terminate_gracefully() {
         let pods = resources::find("", "v1", "pods").unwrap();
         let unscheduled = json!({"metadata": {"name": "p"}, "spec": {}});
-        assert!(matches!(plan_deletion(pods, &unscheduled, &DeleteOptions::default()), Deletion::Now));
+        assert!(matches!(
+            plan_deletion(pods, &unscheduled, &DeleteOptions::default()),
+            Deletion::Now
+        ));
         let running = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
         match plan_deletion(pods, &running, &DeleteOptions::default()) {
             Deletion::Graceful { mark } => {
@@ -564,7 +693,13 @@ mod tests {
             }
             Deletion::Now => panic!("a running pod must terminate gracefully"),
         }
-        let forced = DeleteOptions { grace_period_seconds: Some(0), ..DeleteOptions::default() };
-        assert!(matches!(plan_deletion(pods, &running, &forced), Deletion::Now));
+        let forced = DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..DeleteOptions::default()
+        };
+        assert!(matches!(
+            plan_deletion(pods, &running, &forced),
+            Deletion::Now
+        ));
     }
 }

@@ -114,7 +114,10 @@ fn validity(params: &mut CertificateParams, years: i32) {
 
 /// Loads the credentials from `pki_dir`, creating what is missing. `names` are the DNS names and
 /// IP addresses the server certificate must cover; a certificate missing one is re-issued.
-pub fn ensure_credentials(data_dir: &Path, names: &[String]) -> Result<ServerCredentials, PkiError> {
+pub fn ensure_credentials(
+    data_dir: &Path,
+    names: &[String],
+) -> Result<ServerCredentials, PkiError> {
     let pki = data_dir.join("pki");
     fs::create_dir_all(&pki).map_err(io(&pki))?;
     let ca_crt = pki.join("ca.crt");
@@ -137,14 +140,15 @@ pub fn ensure_credentials(data_dir: &Path, names: &[String]) -> Result<ServerCre
     let issued: Vec<&str> = issued_for.lines().collect();
     let covered = names.iter().all(|n| issued.contains(&n.as_str()));
     if !covered || !server_crt.exists() || !server_key.exists() {
-        let ca_key_pair =
-            KeyPair::from_pem(&ca_key_pem).map_err(|_| PkiError::BadPem { path: ca_key.clone() })?;
+        let ca_key_pair = KeyPair::from_pem(&ca_key_pem).map_err(|_| PkiError::BadPem {
+            path: ca_key.clone(),
+        })?;
         // The issuer is the CA's subject and key; rebuilding its parameters avoids parsing the
         // certificate back.
         let issuer = Issuer::new(ca_params(), ca_key_pair);
         let key = KeyPair::generate().map_err(cert_error("generate the server key"))?;
-        let mut params = CertificateParams::new(names.to_vec())
-            .map_err(cert_error("use the server's names"))?;
+        let mut params =
+            CertificateParams::new(names.to_vec()).map_err(cert_error("use the server's names"))?;
         params
             .distinguished_name
             .push(DnType::CommonName, "bramble-apiserver");
@@ -226,7 +230,12 @@ mod tests {
         let reissued = ensure_credentials(dir.path(), &more).unwrap();
         assert_ne!(first.cert_pem, reissued.cert_pem);
         assert_eq!(first.ca_pem, reissued.ca_pem);
-        let mode = fs::metadata(dir.path().join("pki/ca.key")).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        let mode = fs::metadata(dir.path().join("pki/ca.key"))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
     }
 }

@@ -207,7 +207,9 @@ pub struct Store {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a store lock cannot leave SQLite half-written (transactions roll
     // back), so a poisoned lock is safe to keep using.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn set_resource_version(object: &mut Value, revision: u64) {
@@ -298,9 +300,11 @@ impl Store {
         let reserved = meta("reserved_revision")?;
         let compacted = meta("compacted_revision")?;
         let durable_max: i64 = writer
-            .query_row("SELECT coalesce(max(revision), 0) FROM revisions", [], |row| {
-                row.get(0)
-            })
+            .query_row(
+                "SELECT coalesce(max(revision), 0) FROM revisions",
+                [],
+                |row| row.get(0),
+            )
             .map_err(open)?;
         let revision = (durable_max as u64).max(reserved).max(1);
 
@@ -421,14 +425,13 @@ impl Store {
             return Ok(self.list_volatile(resource, namespace, after, limit, filter));
         }
         let mut reader = self.reader()?;
-        let tx = reader
-            .conn_mut()
-            .transaction()
-            .map_err(sql("begin read"))?;
+        let tx = reader.conn_mut().transaction().map_err(sql("begin read"))?;
         let revision: i64 = tx
-            .query_row("SELECT coalesce(max(revision), 0) FROM revisions", [], |row| {
-                row.get(0)
-            })
+            .query_row(
+                "SELECT coalesce(max(revision), 0) FROM revisions",
+                [],
+                |row| row.get(0),
+            )
             .map_err(sql("read revision"))?;
         let (after_ns, after_name) = after.unwrap_or(("", ""));
         let has_after = after.is_some();
@@ -443,7 +446,9 @@ impl Store {
             )
             .map_err(sql("list"))?;
         let mut rows = statement
-            .query(params![resource, namespace, has_after, after_ns, after_name])
+            .query(params![
+                resource, namespace, has_after, after_ns, after_name
+            ])
             .map_err(sql("list"))?;
         let mut items = Vec::new();
         let mut next = None;
@@ -535,7 +540,13 @@ impl Store {
         if exists.is_some() {
             return Err(already_exists(resource, namespace, name));
         }
-        self.commit_durable(tx, resource, namespace, name, EventType::Added, object, None)
+        self.commit_durable(
+            tx,
+            (resource, namespace, name),
+            EventType::Added,
+            object,
+            None,
+        )
     }
 
     /// Atomically replaces an object with what `change` makes of it. `change` sees the current
@@ -578,9 +589,7 @@ impl Store {
         }
         Ok(self.commit_durable(
             tx,
-            resource,
-            namespace,
-            name,
+            (resource, namespace, name),
             EventType::Modified,
             updated,
             Some(current),
@@ -620,9 +629,7 @@ impl Store {
         check(&current)?;
         Ok(self.commit_durable(
             tx,
-            resource,
-            namespace,
-            name,
+            (resource, namespace, name),
             EventType::Deleted,
             current,
             None,
@@ -632,9 +639,7 @@ impl Store {
     fn commit_durable(
         &self,
         tx: rusqlite::Transaction<'_>,
-        resource: &str,
-        namespace: &str,
-        name: &str,
+        (resource, namespace, name): (&str, &str, &str),
         event: EventType,
         mut object: Value,
         previous: Option<Value>,
@@ -652,7 +657,14 @@ impl Store {
         tx.execute(
             "INSERT INTO revisions (revision, resource, namespace, name, event, data)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![revision as i64, resource, namespace, name, event.code(), data],
+            params![
+                revision as i64,
+                resource,
+                namespace,
+                name,
+                event.code(),
+                data
+            ],
         )
         .map_err(sql("write"))?;
         if event == EventType::Deleted {
@@ -859,11 +871,7 @@ impl Store {
 
     /// Removes the volatile objects of `resource` that `expired` picks, as deletions watches
     /// see (events expire like upstream's one-hour TTL).
-    pub fn expire_volatile(
-        &self,
-        resource: &str,
-        expired: &dyn Fn(&Value) -> bool,
-    ) -> Vec<Value> {
+    pub fn expire_volatile(&self, resource: &str, expired: &dyn Fn(&Value) -> bool) -> Vec<Value> {
         let mut state = lock(&self.volatile);
         let keys: Vec<Key> = state
             .objects
@@ -998,7 +1006,12 @@ mod tests {
     }
 
     fn open(dir: &tempfile::TempDir) -> Store {
-        Store::open(&dir.path().join("store.db"), &["coordination.k8s.io/leases"], 5).unwrap()
+        Store::open(
+            &dir.path().join("store.db"),
+            &["coordination.k8s.io/leases"],
+            5,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -1006,8 +1019,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         let created = store.create("core/pods", "default", "a", pod("a")).unwrap();
-        let rv = created["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
-        assert_eq!(store.get("core/pods", "default", "a").unwrap().unwrap(), created);
+        let rv = created["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            store.get("core/pods", "default", "a").unwrap().unwrap(),
+            created
+        );
         assert!(matches!(
             store.create("core/pods", "default", "a", pod("a")),
             Err(StoreError::AlreadyExists { .. })
@@ -1043,15 +1062,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         for name in ["c", "a", "b", "d"] {
-            store.create("core/pods", "default", name, pod(name)).unwrap();
+            store
+                .create("core/pods", "default", name, pod(name))
+                .unwrap();
         }
         let not_d = |o: &Value| o["metadata"]["name"] != "d";
         let first = store.list("core/pods", None, None, 2, &not_d).unwrap();
-        let names: Vec<_> = first.items.iter().map(|o| o["metadata"]["name"].clone()).collect();
+        let names: Vec<_> = first
+            .items
+            .iter()
+            .map(|o| o["metadata"]["name"].clone())
+            .collect();
         assert_eq!(names, [json!("a"), json!("b")]);
         assert_eq!(first.next, Some(("default".into(), "b".into())));
         let rest = store
-            .list("core/pods", Some("default"), Some(("default", "b")), 2, &not_d)
+            .list(
+                "core/pods",
+                Some("default"),
+                Some(("default", "b")),
+                2,
+                &not_d,
+            )
             .unwrap();
         assert_eq!(rest.items.len(), 1);
         assert_eq!(rest.next, None);
@@ -1063,9 +1094,18 @@ mod tests {
         let store = open(&dir);
         let start = store.current_revision();
         for i in 0..10 {
-            store.create("core/pods", "default", &format!("p{i}"), pod(&format!("p{i}"))).unwrap();
+            store
+                .create(
+                    "core/pods",
+                    "default",
+                    &format!("p{i}"),
+                    pod(&format!("p{i}")),
+                )
+                .unwrap();
         }
-        store.delete::<StoreError>("core/pods", "default", "p0", |_| Ok(())).unwrap();
+        store
+            .delete::<StoreError>("core/pods", "default", "p0", |_| Ok(()))
+            .unwrap();
         let changes = store.changes_since("core/pods", start).unwrap();
         assert_eq!(changes.len(), 11);
         assert_eq!(changes.last().unwrap().event, EventType::Deleted);
@@ -1076,7 +1116,9 @@ mod tests {
         ));
         // Live objects survive compaction even when their version is older than the window.
         assert!(store.get("core/pods", "default", "p1").unwrap().is_some());
-        let recent = store.changes_since("core/pods", store.current_revision() - 2).unwrap();
+        let recent = store
+            .changes_since("core/pods", store.current_revision() - 2)
+            .unwrap();
         assert_eq!(recent.len(), 2);
     }
 
@@ -1091,7 +1133,10 @@ mod tests {
                 .create("coordination.k8s.io/leases", "kube-node-lease", "n1", lease)
                 .unwrap();
             store.checkpoint_volatile().unwrap();
-            (store.current_revision(), lease["metadata"]["resourceVersion"].clone())
+            (
+                store.current_revision(),
+                lease["metadata"]["resourceVersion"].clone(),
+            )
         };
         let store = open(&dir);
         assert!(store.get("core/pods", "default", "a").unwrap().is_some());
@@ -1102,7 +1147,11 @@ mod tests {
         assert_eq!(lease["metadata"]["resourceVersion"], lease_revision);
         assert!(store.current_revision() >= revision);
         let created = store.create("core/pods", "default", "b", pod("b")).unwrap();
-        let new_rv: u64 = created["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+        let new_rv: u64 = created["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(new_rv > revision);
     }
 
@@ -1128,7 +1177,9 @@ mod tests {
         }
         let after = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
         assert_eq!(before, after);
-        let changes = store.changes_since("coordination.k8s.io/leases", 0).unwrap();
+        let changes = store
+            .changes_since("coordination.k8s.io/leases", 1)
+            .unwrap();
         assert_eq!(changes.len(), 101);
     }
 }

@@ -118,11 +118,8 @@ pub fn decode_object(content_type: Option<&str>, body: &[u8]) -> Result<Value, A
 
 /// Decodes a JSON body with upstream's wording for errors.
 pub fn decode_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "error decoding request body as JSON: {e}"
-        ))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding request body as JSON: {e}")))
 }
 
 fn decode_yaml(body: &[u8]) -> Result<Value, ApiError> {
@@ -151,9 +148,16 @@ mod tests {
 
     #[test]
     fn partial_metadata_falls_back_to_json() {
-        let accept = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json";
-        assert_eq!(ResponseFormat::negotiate(Some(accept), None), ResponseFormat::Json);
-        assert_eq!(ResponseFormat::negotiate(Some("application/yaml"), None), ResponseFormat::Yaml);
+        let accept =
+            "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json";
+        assert_eq!(
+            ResponseFormat::negotiate(Some(accept), None),
+            ResponseFormat::Json
+        );
+        assert_eq!(
+            ResponseFormat::negotiate(Some("application/yaml"), None),
+            ResponseFormat::Yaml
+        );
     }
 
     #[test]
@@ -162,10 +166,17 @@ mod tests {
         assert_eq!(decode_object(None, b"{nope").unwrap_err().code, 400);
         assert_eq!(decode_object(None, b"[1]").unwrap_err().code, 400);
         assert_eq!(
-            decode_object(Some("application/yaml"), b"kind: Pod\nmetadata:\n  name: a\n").unwrap()["kind"],
+            decode_object(
+                Some("application/yaml"),
+                b"kind: Pod\nmetadata:\n  name: a\n"
+            )
+            .unwrap()["kind"],
             "Pod"
         );
-        assert_eq!(decode_object(Some("image/png"), b"x").unwrap_err().code, 415);
+        assert_eq!(
+            decode_object(Some("image/png"), b"x").unwrap_err().code,
+            415
+        );
         let huge = vec![b' '; MAX_BODY_BYTES + 1];
         assert_eq!(decode_object(None, &huge).unwrap_err().code, 413);
     }

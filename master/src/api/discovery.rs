@@ -87,7 +87,8 @@ fn groups() -> Vec<Value> {
         if group.is_empty() {
             continue;
         }
-        let entry = json!({"groupVersion": group_version_string(group, version), "version": version});
+        let entry =
+            json!({"groupVersion": group_version_string(group, version), "version": version});
         match groups.iter_mut().find(|g| g["name"] == group) {
             Some(existing) => {
                 if let Some(versions) = existing["versions"].as_array_mut() {
@@ -104,7 +105,10 @@ fn groups() -> Vec<Value> {
     groups
 }
 
-fn subresource_kind(resource: &Resource, subresource: &str) -> (&'static str, &'static str, &'static str) {
+fn subresource_kind(
+    resource: &Resource,
+    subresource: &str,
+) -> (&'static str, &'static str, &'static str) {
     match subresource {
         "scale" => ("autoscaling", "v1", "Scale"),
         "binding" => ("", "v1", "Binding"),
@@ -126,7 +130,10 @@ fn subresource_verbs(subresource: &str) -> &'static [&'static str] {
 
 fn resource_list(group: &str, version: &str) -> Value {
     let mut list = Vec::new();
-    for resource in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    for resource in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         list.push(json!({
             "name": resource.plural,
             "singularName": resource.singular,
@@ -204,7 +211,9 @@ fn aggregated(core: bool) -> Response<Body> {
                 json!({"version": version, "resources": resources, "freshness": "Current"})
             })
             .collect();
-        items.push(json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions}));
+        items.push(
+            json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions}),
+        );
     }
     let body = json!({
         "kind": "APIGroupDiscoveryList",
@@ -254,8 +263,12 @@ fn openapi_document(group: &str, version: &str) -> Value {
         "name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true},
         "description": "Ignore, Warn or Strict handling of unknown and duplicate fields"
     });
-    for resource in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
-        let gvk = json!({"group": resource.group, "version": resource.version, "kind": resource.kind});
+    for resource in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
+        let gvk =
+            json!({"group": resource.group, "version": resource.version, "kind": resource.kind});
         let operation = |verb: &str| {
             json!({
                 "operationId": format!("{verb}{}", resource.kind),

@@ -182,9 +182,9 @@ impl ApiError {
         match error {
             StoreError::NotFound { .. } => Self::not_found(resource, name),
             StoreError::AlreadyExists { .. } => Self::already_exists(resource, name),
-            StoreError::Expired { requested, oldest } => Self::gone(format!(
-                "too old resource version: {requested} ({oldest})"
-            )),
+            StoreError::Expired { requested, oldest } => {
+                Self::gone(format!("too old resource version: {requested} ({oldest})"))
+            }
             other => {
                 tracing::error!(error = %error_chain(&other), "store failure");
                 Self::internal(error_chain(&other))

@@ -123,7 +123,10 @@ async fn handle(state: Arc<ApiState>, request: Request<Incoming>) -> Response<Bo
     let path = request.uri().path().to_owned();
     let query = parse_query(request.uri().query().unwrap_or_default());
     let accept = header_str(&request, header::ACCEPT);
-    let format = ResponseFormat::negotiate(accept.as_deref(), query.get("includeObject").map(String::as_str));
+    let format = ResponseFormat::negotiate(
+        accept.as_deref(),
+        query.get("includeObject").map(String::as_str),
+    );
     let response = match route(&state, request, &path, query, format).await {
         Ok(response) => response,
         Err(error) => error_response(&error, format),
@@ -268,8 +271,16 @@ async fn route(
 ) -> Result<Response<Body>, ApiError> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segments.as_slice() {
-        ["healthz"] | ["livez"] | ["readyz"] => return Ok(respond(200, "text/plain", b"ok".to_vec())),
-        ["version"] => return Ok(respond_value(200, &discovery::version(), ResponseFormat::Json)),
+        ["healthz"] | ["livez"] | ["readyz"] => {
+            return Ok(respond(200, "text/plain", b"ok".to_vec()))
+        }
+        ["version"] => {
+            return Ok(respond_value(
+                200,
+                &discovery::version(),
+                ResponseFormat::Json,
+            ))
+        }
         _ => {}
     }
     let _user = authenticate(state, &request)?;
@@ -304,12 +315,17 @@ async fn route(
 }
 
 async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
-    match Limited::new(request.into_body(), codec::MAX_BODY_BYTES).collect().await {
+    match Limited::new(request.into_body(), codec::MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::too_large(codec::MAX_BODY_BYTES))
         }
-        Err(error) => Err(ApiError::bad_request(format!("cannot read the request body: {error}"))),
+        Err(error) => Err(ApiError::bad_request(format!(
+            "cannot read the request body: {error}"
+        ))),
     }
 }
 
@@ -329,16 +345,31 @@ mod tests {
 
     #[test]
     fn paths_name_targets() {
-        let t = parse_target(&["apis", "apps", "v1", "namespaces", "default", "deployments", "web", "scale"])
-            .unwrap()
-            .unwrap();
+        let t = parse_target(&[
+            "apis",
+            "apps",
+            "v1",
+            "namespaces",
+            "default",
+            "deployments",
+            "web",
+            "scale",
+        ])
+        .unwrap()
+        .unwrap();
         assert_eq!(t.resource.kind, "Deployment");
         assert_eq!(t.namespace.as_deref(), Some("default"));
         assert_eq!(t.subresource.as_deref(), Some("scale"));
-        let ns = parse_target(&["api", "v1", "namespaces", "kube-system"]).unwrap().unwrap();
+        let ns = parse_target(&["api", "v1", "namespaces", "kube-system"])
+            .unwrap()
+            .unwrap();
         assert_eq!(ns.resource.kind, "Namespace");
         assert_eq!(ns.name.as_deref(), Some("kube-system"));
         assert!(parse_target(&["api", "v1", "widgets"]).unwrap().is_none());
-        assert!(parse_target(&["api", "v1", "pods"]).unwrap().unwrap().namespace.is_none());
+        assert!(parse_target(&["api", "v1", "pods"])
+            .unwrap()
+            .unwrap()
+            .namespace
+            .is_none());
     }
 }

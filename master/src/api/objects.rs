@@ -107,14 +107,24 @@ impl Call {
     fn respond(&self, code: u16, object: &Value) -> Response<Body> {
         match self.format {
             ResponseFormat::Table(include) => {
-                let table = build_table(self.resource(), std::slice::from_ref(object), include, json!({}));
+                let table = build_table(
+                    self.resource(),
+                    std::slice::from_ref(object),
+                    include,
+                    json!({}),
+                );
                 respond_value(code, &table, ResponseFormat::Json)
             }
             format => respond_value(code, object, format),
         }
     }
 
-    fn respond_with_warnings(&self, code: u16, object: &Value, warnings: &[String]) -> Response<Body> {
+    fn respond_with_warnings(
+        &self,
+        code: u16,
+        object: &Value,
+        warnings: &[String],
+    ) -> Response<Body> {
         let mut response = self.respond(code, object);
         for warning in warnings {
             let text = format!("299 - \"{}\"", warning.replace('"', "\\\""));
@@ -143,7 +153,11 @@ impl Call {
             }
             (Some(name), Some("scale")) if self.resource().subresources.contains(&"scale") => {
                 let object = self.load(&name).await?;
-                Ok(respond_value(200, &conversion::scale_of(self.resource(), &object), self.plain_format()))
+                Ok(respond_value(
+                    200,
+                    &conversion::scale_of(self.resource(), &object),
+                    self.plain_format(),
+                ))
             }
             (Some(_), Some("log")) | (Some(_), Some("exec")) => Err(ApiError::new(
                 503,
@@ -178,10 +192,20 @@ impl Call {
 
     /// The label and field selectors of the request.
     pub fn selectors(&self) -> Result<(LabelSelector, FieldSelector), ApiError> {
-        let labels = LabelSelector::parse(self.query.get("labelSelector").map(String::as_str).unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
-        let fields = FieldSelector::parse(self.query.get("fieldSelector").map(String::as_str).unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let labels = LabelSelector::parse(
+            self.query
+                .get("labelSelector")
+                .map(String::as_str)
+                .unwrap_or(""),
+        )
+        .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+        let fields = FieldSelector::parse(
+            self.query
+                .get("fieldSelector")
+                .map(String::as_str)
+                .unwrap_or(""),
+        )
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let resource = self.resource();
         fields
             .check_fields(resource.group, resource.plural)
@@ -206,12 +230,15 @@ impl Call {
         let resource = self.resource();
         let namespace = self.target.namespace.clone();
         let page = blocking(move || {
-            let filter = |object: &Value| labels.matches_object(object) && fields.matches_object(object);
+            let filter =
+                |object: &Value| labels.matches_object(object) && fields.matches_object(object);
             store
                 .list(
                     &resource.storage_key(),
                     namespace.as_deref(),
-                    after.as_ref().map(|(ns, name)| (ns.as_str(), name.as_str())),
+                    after
+                        .as_ref()
+                        .map(|(ns, name)| (ns.as_str(), name.as_str())),
                     limit,
                     &filter,
                 )
@@ -250,7 +277,9 @@ impl Call {
         match (self.target.name.clone(), self.target.subresource.as_deref()) {
             (None, None) => self.create().await,
             (Some(name), Some("binding")) if self.resource().kind == "Pod" => self.bind(name).await,
-            (Some(name), Some("eviction")) if self.resource().kind == "Pod" => self.evict(name).await,
+            (Some(name), Some("eviction")) if self.resource().kind == "Pod" => {
+                self.evict(name).await
+            }
             (Some(_), Some("exec")) => Err(ApiError::new(
                 503,
                 "ServiceUnavailable",
@@ -275,15 +304,16 @@ impl Call {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let structural = admission::check_structure(resource.group, resource.kind, &storage).map_err(|error| {
-            ApiError::bad_request(format!(
-                "{} in version \"{}\" cannot be handled as a {}: {}",
-                resource.kind,
-                resource.version,
-                resource.kind,
-                error.message()
-            ))
-        })?;
+        let structural = admission::check_structure(resource.group, resource.kind, &storage)
+            .map_err(|error| {
+                ApiError::bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: {}",
+                    resource.kind,
+                    resource.version,
+                    resource.kind,
+                    error.message()
+                ))
+            })?;
         let _ = name;
         let mut warnings = Vec::new();
         if !structural.unknown_fields.is_empty() {
@@ -323,7 +353,13 @@ impl Call {
         let dry_run = self.dry_run();
         let state = self.state.clone();
         let created = blocking(move || create_object(&state, resource, object, dry_run)).await?;
-        Ok(self.respond_with_warnings(201, &conversion::from_storage(resource, created), &warnings))
+        Ok(
+            self.respond_with_warnings(
+                201,
+                &conversion::from_storage(resource, created),
+                &warnings,
+            ),
+        )
     }
 
     async fn bind(self, name: String) -> Result<Response<Body>, ApiError> {
@@ -333,12 +369,17 @@ impl Call {
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
             .ok_or_else(|| {
-                ApiError::invalid("Binding", "", &name, &[FieldError {
-                    kind: FieldErrorKind::Required,
-                    field: "target.name".into(),
-                    value: None,
-                    detail: String::new(),
-                }])
+                ApiError::invalid(
+                    "Binding",
+                    "",
+                    &name,
+                    &[FieldError {
+                        kind: FieldErrorKind::Required,
+                        field: "target.name".into(),
+                        value: None,
+                        detail: String::new(),
+                    }],
+                )
             })?
             .to_owned();
         let store = self.state.store.clone();
@@ -348,9 +389,17 @@ impl Call {
             store
                 .update(&resource.storage_key(), &namespace, &name, |pod| {
                     if pod.pointer("/metadata/deletionTimestamp").is_some() {
-                        return Err(ApiError::conflict(resource, &name, "pod is being deleted, cannot be assigned to a host"));
+                        return Err(ApiError::conflict(
+                            resource,
+                            &name,
+                            "pod is being deleted, cannot be assigned to a host",
+                        ));
                     }
-                    if let Some(current) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+                    if let Some(current) = pod
+                        .pointer("/spec/nodeName")
+                        .and_then(Value::as_str)
+                        .filter(|n| !n.is_empty())
+                    {
                         return Err(ApiError::conflict(
                             resource,
                             &name,
@@ -405,9 +454,17 @@ impl Call {
         }
     }
 
-    async fn replace(self, name: String, object: Value, part: Part) -> Result<Response<Body>, ApiError> {
+    async fn replace(
+        self,
+        name: String,
+        object: Value,
+        part: Part,
+    ) -> Result<Response<Body>, ApiError> {
         let resource = self.resource();
-        let body_name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let body_name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if !body_name.is_empty() && body_name != name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({body_name}) does not match the name on the URL ({name})"
@@ -420,7 +477,15 @@ impl Call {
         let namespace = self.namespace();
         let dry_run = self.dry_run();
         let stored = blocking(move || {
-            update_object(&state, resource, &namespace, &name, part, dry_run, |_current| Ok(object))
+            update_object(
+                &state,
+                resource,
+                &namespace,
+                &name,
+                part,
+                dry_run,
+                |_current| Ok(object),
+            )
         })
         .await?;
         Ok(self.respond_with_warnings(200, &conversion::from_storage(resource, stored), &warnings))
@@ -436,31 +501,58 @@ impl Call {
         let namespace = self.namespace();
         let dry_run = self.dry_run();
         let stored = blocking(move || {
-            update_object(&state, resource, &namespace, &name, Part::Main, dry_run, |current| {
-                let scale = make_scale(&conversion::scale_of(resource, current))?;
-                let wanted_version = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str);
-                let current_version = current.pointer("/metadata/resourceVersion").and_then(Value::as_str);
-                if wanted_version.is_some_and(|v| !v.is_empty()) && wanted_version != current_version {
-                    return Err(ApiError::stale(resource, &name));
-                }
-                let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
-                if replicas < 0 {
-                    return Err(ApiError::invalid("Scale", "autoscaling", &name, &[FieldError {
-                        kind: FieldErrorKind::Invalid,
-                        field: "spec.replicas".into(),
-                        value: Some(replicas.to_string()),
-                        detail: "must be greater than or equal to 0".into(),
-                    }]));
-                }
-                let mut next = current.clone();
-                next["spec"]["replicas"] = json!(replicas);
-                // The store's precondition check compares this with what is committed.
-                next["metadata"]["resourceVersion"] = json!(current_version.unwrap_or_default());
-                Ok(next)
-            })
+            update_object(
+                &state,
+                resource,
+                &namespace,
+                &name,
+                Part::Main,
+                dry_run,
+                |current| {
+                    let scale = make_scale(&conversion::scale_of(resource, current))?;
+                    let wanted_version = scale
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str);
+                    let current_version = current
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str);
+                    if wanted_version.is_some_and(|v| !v.is_empty())
+                        && wanted_version != current_version
+                    {
+                        return Err(ApiError::stale(resource, &name));
+                    }
+                    let replicas = scale
+                        .pointer("/spec/replicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
+                    if replicas < 0 {
+                        return Err(ApiError::invalid(
+                            "Scale",
+                            "autoscaling",
+                            &name,
+                            &[FieldError {
+                                kind: FieldErrorKind::Invalid,
+                                field: "spec.replicas".into(),
+                                value: Some(replicas.to_string()),
+                                detail: "must be greater than or equal to 0".into(),
+                            }],
+                        ));
+                    }
+                    let mut next = current.clone();
+                    next["spec"]["replicas"] = json!(replicas);
+                    // The store's precondition check compares this with what is committed.
+                    next["metadata"]["resourceVersion"] =
+                        json!(current_version.unwrap_or_default());
+                    Ok(next)
+                },
+            )
         })
         .await?;
-        Ok(respond_value(200, &conversion::scale_of(resource, &stored), self.plain_format()))
+        Ok(respond_value(
+            200,
+            &conversion::scale_of(resource, &stored),
+            self.plain_format(),
+        ))
     }
 
     // ----- PATCH -----------------------------------------------------------------------------
@@ -490,7 +582,10 @@ impl Call {
         }
         let patch_document = codec::decode_json(&self.body)?;
         let resource = self.resource();
-        let apply = move |target: &Value, kind_name: &str, group: &str| -> Result<Value, ApiError> {
+        let apply = move |target: &Value,
+                          kind_name: &str,
+                          group: &str|
+              -> Result<Value, ApiError> {
             let result = match kind {
                 PatchKind::Json => patch::apply_json_patch(target, &patch_document),
                 PatchKind::Merge => patch::apply_merge_patch(target, &patch_document),
@@ -502,7 +597,8 @@ impl Call {
         };
         match self.target.subresource.clone().as_deref() {
             Some("scale") if resource.subresources.contains(&"scale") => {
-                self.set_scale(name, move |scale| apply(scale, "Scale", "autoscaling")).await
+                self.set_scale(name, move |scale| apply(scale, "Scale", "autoscaling"))
+                    .await
             }
             None | Some("status") => {
                 let part = if self.target.subresource.is_some() {
@@ -518,29 +614,41 @@ impl Call {
                 let dry_run = self.dry_run();
                 let validation = self.field_validation();
                 let stored = blocking(move || {
-                    update_object(&state, resource, &namespace, &name, part, dry_run, |current| {
-                        let current_version = current.pointer("/metadata/resourceVersion").cloned();
-                        let requested = conversion::from_storage(resource, current.clone());
-                        let patched = apply(&requested, resource.kind, resource.group)?;
-                        let patched = check_type_meta(resource, patched)?;
-                        let storage = conversion::to_storage(resource, patched);
-                        let structural = admission::check_structure(resource.group, resource.kind, &storage)
-                            .map_err(|e| ApiError::new(422, "Invalid", e.message()))?;
-                        if validation == FieldValidation::Strict && !structural.unknown_fields.is_empty() {
-                            return Err(ApiError::bad_request(format!(
-                                "strict decoding error: unknown field \"{}\"",
-                                structural.unknown_fields.join("\", unknown field \"")
-                            )));
-                        }
-                        let mut next = structural.object;
-                        // A patch carries a precondition only if it sets resourceVersion itself.
-                        if next.pointer("/metadata/resourceVersion").is_none() {
-                            if let Some(version) = current_version {
-                                next["metadata"]["resourceVersion"] = version;
+                    update_object(
+                        &state,
+                        resource,
+                        &namespace,
+                        &name,
+                        part,
+                        dry_run,
+                        |current| {
+                            let current_version =
+                                current.pointer("/metadata/resourceVersion").cloned();
+                            let requested = conversion::from_storage(resource, current.clone());
+                            let patched = apply(&requested, resource.kind, resource.group)?;
+                            let patched = check_type_meta(resource, patched)?;
+                            let storage = conversion::to_storage(resource, patched);
+                            let structural =
+                                admission::check_structure(resource.group, resource.kind, &storage)
+                                    .map_err(|e| ApiError::new(422, "Invalid", e.message()))?;
+                            if validation == FieldValidation::Strict
+                                && !structural.unknown_fields.is_empty()
+                            {
+                                return Err(ApiError::bad_request(format!(
+                                    "strict decoding error: unknown field \"{}\"",
+                                    structural.unknown_fields.join("\", unknown field \"")
+                                )));
                             }
-                        }
-                        Ok(next)
-                    })
+                            let mut next = structural.object;
+                            // A patch carries a precondition only if it sets resourceVersion itself.
+                            if next.pointer("/metadata/resourceVersion").is_none() {
+                                if let Some(version) = current_version {
+                                    next["metadata"]["resourceVersion"] = version;
+                                }
+                            }
+                            Ok(next)
+                        },
+                    )
                 })
                 .await?;
                 Ok(self.respond(200, &conversion::from_storage(resource, stored)))
@@ -568,7 +676,9 @@ impl Call {
                 if self.target.subresource.is_some() {
                     return Err(ApiError::method_not_allowed("DELETE on a subresource"));
                 }
-                let outcome = blocking(move || delete_object(&state, resource, &namespace, &name, &options)).await?;
+                let outcome =
+                    blocking(move || delete_object(&state, resource, &namespace, &name, &options))
+                        .await?;
                 Ok(self.respond(200, &conversion::from_storage(resource, outcome)))
             }
             None => {
@@ -578,7 +688,11 @@ impl Call {
                     let filter = |o: &Value| labels.matches_object(o) && fields.matches_object(o);
                     let page = state.store.list(
                         &resource.storage_key(),
-                        if all_namespaces { None } else { Some(namespace.as_str()) },
+                        if all_namespaces {
+                            None
+                        } else {
+                            Some(namespace.as_str())
+                        },
                         None,
                         0,
                         &filter,
@@ -658,7 +772,11 @@ fn check_type_meta(resource: &Resource, mut object: Value) -> Result<Value, ApiE
     Ok(object)
 }
 
-fn set_namespace(resource: &Resource, mut object: Value, namespace: Option<&str>) -> Result<Value, ApiError> {
+fn set_namespace(
+    resource: &Resource,
+    mut object: Value,
+    namespace: Option<&str>,
+) -> Result<Value, ApiError> {
     let metadata = object
         .get_mut("metadata")
         .and_then(Value::as_object_mut)
@@ -682,7 +800,10 @@ fn set_namespace(resource: &Resource, mut object: Value, namespace: Option<&str>
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
 }
 
 fn random_suffix() -> String {
@@ -690,7 +811,9 @@ fn random_suffix() -> String {
     // Upstream's alphabet leaves out vowels and confusable characters, so names never spell words.
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Creates an object through the whole admission path. Used by the API and by bootstrap.
@@ -714,7 +837,12 @@ pub fn create_object(
         admission::apply_defaults(resource.group, resource.kind, &mut candidate);
         let errors = admission::validate_create(resource.group, resource.kind, &candidate);
         if !errors.is_empty() {
-            return Err(ApiError::invalid(resource.kind, resource.group, &name, &errors));
+            return Err(ApiError::invalid(
+                resource.kind,
+                resource.group,
+                &name,
+                &errors,
+            ));
         }
         if resource.namespaced {
             check_namespace_accepts(&state.store, &namespace, resource)?;
@@ -733,13 +861,19 @@ pub fn create_object(
                 object["metadata"]["name"] = json!("");
                 continue;
             }
-            Err(StoreError::AlreadyExists { .. }) => return Err(ApiError::already_exists(resource, &name)),
+            Err(StoreError::AlreadyExists { .. }) => {
+                return Err(ApiError::already_exists(resource, &name))
+            }
             Err(e) => return Err(ApiError::from_store(e, resource, &name)),
         }
     }
 }
 
-fn check_namespace_accepts(store: &Store, namespace: &str, resource: &Resource) -> Result<(), ApiError> {
+fn check_namespace_accepts(
+    store: &Store,
+    namespace: &str,
+    resource: &Resource,
+) -> Result<(), ApiError> {
     let Some(ns) = store.get("core/namespaces", "", namespace)? else {
         return Err(ApiError::new(
             404,
@@ -758,7 +892,9 @@ fn check_namespace_accepts(store: &Store, namespace: &str, resource: &Resource) 
 
 /// Server-owned metadata for a new object.
 fn prepare_create(resource: &Resource, object: &mut Value) {
-    let metadata = object["metadata"].as_object_mut().expect("checked by check_type_meta");
+    let metadata = object["metadata"]
+        .as_object_mut()
+        .expect("checked by check_type_meta");
     for field in [
         "resourceVersion",
         "uid",
@@ -795,12 +931,18 @@ fn update_object(
         .store
         .update(&resource.storage_key(), namespace, name, |current| {
             let requested = make(current)?;
-            let wanted = requested.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
-            let have = current.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
+            let wanted = requested
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let have = current
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if !wanted.is_empty() && wanted != have {
                 return Err(ApiError::stale(resource, name));
             }
-            let next = merge_update(resource, current, requested, part)?;
+            let next = merge_update(state, resource, current, requested, part)?;
             if dry_run {
                 result_for_dry_run = Some(next);
                 return Ok(current.clone());
@@ -813,7 +955,12 @@ fn update_object(
     }
     // An update that removes the last finalizer of an object being deleted completes the deletion.
     if lifecycle::deletion_complete(resource, &updated) {
-        return match state.store.delete::<ApiError>(&resource.storage_key(), namespace, name, |_| Ok(())) {
+        return match state.store.delete::<ApiError>(
+            &resource.storage_key(),
+            namespace,
+            name,
+            |_| Ok(()),
+        ) {
             Ok(deleted) => {
                 lifecycle::after_delete(state, resource, &deleted);
                 Ok(deleted)
@@ -827,7 +974,13 @@ fn update_object(
 
 /// The stored object an update produces: server-owned metadata kept, the other part of the
 /// object kept, generation bumped on spec changes, defaults applied, validated.
-fn merge_update(resource: &Resource, current: &Value, requested: Value, part: Part) -> Result<Value, ApiError> {
+fn merge_update(
+    state: &ApiState,
+    resource: &Resource,
+    current: &Value,
+    requested: Value,
+    part: Part,
+) -> Result<Value, ApiError> {
     let mut next = match part {
         Part::Status => {
             let mut next = current.clone();
@@ -859,8 +1012,18 @@ fn merge_update(resource: &Resource, current: &Value, requested: Value, part: Pa
                     next["status"] = status.clone();
                 }
             }
-            let metadata = next["metadata"].as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
-            for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "name"] {
+            let metadata = next["metadata"]
+                .as_object_mut()
+                .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "namespace",
+                "name",
+            ] {
                 match current.get("metadata").and_then(|m| m.get(field)) {
                     Some(value) => {
                         metadata.insert(field.into(), value.clone());
@@ -875,13 +1038,25 @@ fn merge_update(resource: &Resource, current: &Value, requested: Value, part: Pa
         }
     };
     admission::apply_defaults(resource.group, resource.kind, &mut next);
+    if part == Part::Main {
+        lifecycle::carry_over_on_update(state, resource, current, &mut next)?;
+    }
     if lifecycle::has_generation(resource) && spec_changed(current, &next) {
-        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+        let generation = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            + 1;
         next["metadata"]["generation"] = json!(generation);
     }
     let errors = admission::validate_update(resource.group, resource.kind, &next, current);
     if !errors.is_empty() {
-        return Err(ApiError::invalid(resource.kind, resource.group, &meta_str(current, "name"), &errors));
+        return Err(ApiError::invalid(
+            resource.kind,
+            resource.group,
+            &meta_str(current, "name"),
+            &errors,
+        ));
     }
     Ok(next)
 }
@@ -892,7 +1067,9 @@ fn spec_changed(old: &Value, new: &Value) -> bool {
         v.as_object()
             .map(|m| {
                 m.iter()
-                    .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind"))
+                    .filter(|(k, _)| {
+                        !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                    })
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect()
             })
@@ -924,24 +1101,30 @@ impl DeleteOptions {
                 return Err(ApiError::bad_request("DeleteOptions must be an object"));
             }
             options.grace_period_seconds = body.get("gracePeriodSeconds").and_then(Value::as_i64);
-            options.propagation = body.get("propagationPolicy").and_then(Value::as_str).map(str::to_owned);
+            options.propagation = body
+                .get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             if body.get("orphanDependents") == Some(&json!(true)) {
                 options.propagation = Some("Orphan".into());
             }
-            options.precondition_uid = body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned);
-            options.precondition_version =
-                body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_owned);
+            options.precondition_uid = body
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            options.precondition_version = body
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             options.dry_run = body
                 .get("dryRun")
                 .and_then(Value::as_array)
                 .is_some_and(|d| d.iter().any(|v| v == "All"));
         }
         if let Some(grace) = query.get("gracePeriodSeconds") {
-            options.grace_period_seconds = Some(
-                grace
-                    .parse()
-                    .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds: {grace}")))?,
-            );
+            options.grace_period_seconds = Some(grace.parse().map_err(|_| {
+                ApiError::bad_request(format!("invalid gracePeriodSeconds: {grace}"))
+            })?);
         }
         if let Some(policy) = query.get("propagationPolicy") {
             options.propagation = Some(policy.clone());
@@ -981,7 +1164,9 @@ pub fn delete_object(
             return Err(ApiError::conflict(
                 resource,
                 name,
-                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"),
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                ),
             ));
         }
     }
@@ -1025,27 +1210,51 @@ fn encode_continue(namespace: &str, name: &str, revision: u64) -> String {
 }
 
 fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
-    let invalid = || ApiError::bad_request("continue key is not valid: the token is malformed; start the list again without it");
+    let invalid = || {
+        ApiError::bad_request(
+            "continue key is not valid: the token is malformed; start the list again without it",
+        )
+    };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token.trim_end_matches('='))
         .map_err(|_| invalid())?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
-    let ns = value.get("ns").and_then(Value::as_str).ok_or_else(invalid)?;
-    let name = value.get("name").and_then(Value::as_str).ok_or_else(invalid)?;
+    let ns = value
+        .get("ns")
+        .and_then(Value::as_str)
+        .ok_or_else(invalid)?;
+    let name = value
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(invalid)?;
     Ok((ns.to_owned(), name.to_owned()))
 }
 
 /// A `meta.k8s.io/v1` Table of `items` (already in the request's version).
-pub fn build_table(resource: &Resource, items: &[Value], include: IncludeObject, metadata: Value) -> Value {
+pub fn build_table(
+    resource: &Resource,
+    items: &[Value],
+    include: IncludeObject,
+    metadata: Value,
+) -> Value {
     table_with(resource, items, include, metadata, true)
 }
 
 /// A Table, optionally without column definitions (watch events after the first).
-pub fn table_with(resource: &Resource, items: &[Value], include: IncludeObject, metadata: Value, with_columns: bool) -> Value {
+pub fn table_with(
+    resource: &Resource,
+    items: &[Value],
+    include: IncludeObject,
+    metadata: Value,
+    with_columns: bool,
+) -> Value {
     let now = jiff::Timestamp::now();
     let storage = resources::by_kind(resource.group, resource.kind).unwrap_or(resource);
     let columns: Vec<Value> = if with_columns {
-        table::columns(storage.group, storage.plural).iter().map(table::Column::to_json).collect()
+        table::columns(storage.group, storage.plural)
+            .iter()
+            .map(table::Column::to_json)
+            .collect()
     } else {
         Vec::new()
     };
@@ -1053,7 +1262,8 @@ pub fn table_with(resource: &Resource, items: &[Value], include: IncludeObject, 
         .iter()
         .map(|item| {
             let storage_form = conversion::to_storage(resource, item.clone());
-            let mut row = json!({"cells": table::cells(storage.group, storage.plural, &storage_form, now)});
+            let mut row =
+                json!({"cells": table::cells(storage.group, storage.plural, &storage_form, now)});
             match include {
                 IncludeObject::None => {}
                 IncludeObject::Metadata => {
@@ -1080,8 +1290,14 @@ pub fn table_with(resource: &Resource, items: &[Value], include: IncludeObject, 
 /// Every namespaced resource's storage key, once each.
 pub fn namespaced_storage_keys() -> Vec<&'static Resource> {
     let mut seen: Vec<&'static Resource> = Vec::new();
-    for resource in RESOURCES.iter().filter(|r| r.namespaced && r.storage_version.is_none()) {
-        if !seen.iter().any(|s| s.storage_key() == resource.storage_key()) {
+    for resource in RESOURCES
+        .iter()
+        .filter(|r| r.namespaced && r.storage_version.is_none())
+    {
+        if !seen
+            .iter()
+            .any(|s| s.storage_key() == resource.storage_key())
+        {
             seen.push(resource);
         }
     }
@@ -1095,14 +1311,18 @@ mod tests {
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {
         let token = encode_continue("default", "web-1", 42);
-        assert_eq!(decode_continue(&token).unwrap(), ("default".into(), "web-1".into()));
+        assert_eq!(
+            decode_continue(&token).unwrap(),
+            ("default".into(), "web-1".into())
+        );
         assert_eq!(decode_continue("%%%").unwrap_err().code, 400);
         assert_eq!(decode_continue("e30").unwrap_err().code, 400);
     }
 
     #[test]
     fn generation_follows_spec_only() {
-        let old = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"replicas": 1}, "status": {}});
+        let old =
+            json!({"metadata": {"labels": {"a": "1"}}, "spec": {"replicas": 1}, "status": {}});
         let relabelled = json!({"metadata": {"labels": {"a": "2"}}, "spec": {"replicas": 1}, "status": {"x": 1}});
         let scaled = json!({"metadata": {}, "spec": {"replicas": 2}});
         assert!(!spec_changed(&old, &relabelled));
@@ -1115,7 +1335,10 @@ mod tests {
         let filled = check_type_meta(deployments, json!({"metadata": {"name": "a"}})).unwrap();
         assert_eq!(filled["apiVersion"], "apps/v1");
         assert_eq!(filled["kind"], "Deployment");
-        let wrong = check_type_meta(deployments, json!({"apiVersion": "v1", "kind": "Deployment"}));
+        let wrong = check_type_meta(
+            deployments,
+            json!({"apiVersion": "v1", "kind": "Deployment"}),
+        );
         assert_eq!(wrong.unwrap_err().code, 400);
     }
 }

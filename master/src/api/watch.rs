@@ -61,9 +61,13 @@ impl Filter {
         }
         let now = self.matches(&change.object);
         match change.event {
-            EventType::Added | EventType::Deleted => now.then(|| (change.event, change.object.clone())),
+            EventType::Added | EventType::Deleted => {
+                now.then(|| (change.event, change.object.clone()))
+            }
             EventType::Modified => match (change.previous.as_ref().map(|p| self.matches(p)), now) {
-                (Some(true), true) | (None, true) => Some((EventType::Modified, change.object.clone())),
+                (Some(true), true) | (None, true) => {
+                    Some((EventType::Modified, change.object.clone()))
+                }
                 (Some(false), true) => Some((EventType::Added, change.object.clone())),
                 (Some(true), false) => {
                     let mut gone = change.previous.as_deref().cloned().unwrap_or_default();
@@ -115,7 +119,8 @@ impl Encoder {
 }
 
 fn line(kind: &str, object: &Value) -> Bytes {
-    let mut bytes = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    let mut bytes =
+        serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
     bytes.push(b'\n');
     Bytes::from(bytes)
 }
@@ -126,7 +131,9 @@ pub async fn serve(call: Call) -> Result<Response<Body>, ApiError> {
     let resource = call.target.resource;
     let key = resource.storage_key();
     let query = &call.query;
-    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
     let send_initial = query.get("sendInitialEvents").is_some_and(|s| s == "true");
     if send_initial && !bookmarks {
         return Err(ApiError::new(
@@ -137,9 +144,10 @@ pub async fn serve(call: Call) -> Result<Response<Body>, ApiError> {
     }
     let start: Option<u64> = match query.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => None,
-        Some(text) => Some(text.parse().map_err(|_| {
-            ApiError::bad_request(format!("invalid resource version: {text}"))
-        })?),
+        Some(text) => Some(
+            text.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {text}")))?,
+        ),
     };
     let timeout = query
         .get("timeoutSeconds")
@@ -168,13 +176,18 @@ pub async fn serve(call: Call) -> Result<Response<Body>, ApiError> {
                 let page = store.list(&key, namespace.as_deref(), None, 0, &|o: &Value| {
                     list_filter.0.matches_object(o) && list_filter.1.matches_object(o)
                 })?;
-                Ok(Backlog::Initial { items: page.items, revision: page.revision })
+                Ok(Backlog::Initial {
+                    items: page.items,
+                    revision: page.revision,
+                })
             } else {
                 match store.changes_since(&key, start.unwrap_or_default()) {
                     Ok(changes) => Ok(Backlog::History(changes)),
-                    Err(crate::store::StoreError::Expired { requested, oldest }) => Ok(Backlog::Expired(format!(
-                        "too old resource version: {requested} ({oldest})"
-                    ))),
+                    Err(crate::store::StoreError::Expired { requested, oldest }) => {
+                        Ok(Backlog::Expired(format!(
+                            "too old resource version: {requested} ({oldest})"
+                        )))
+                    }
                     Err(e) => Err(ApiError::from(e)),
                 }
             }
@@ -202,17 +215,19 @@ pub async fn serve(call: Call) -> Result<Response<Body>, ApiError> {
                         return;
                     }
                 }
-                if send_initial {
-                    if sender.send(encoder.bookmark(revision, true)).await.is_err() {
-                        return;
-                    }
+                if send_initial && sender.send(encoder.bookmark(revision, true)).await.is_err() {
+                    return;
                 }
                 last_sent = revision;
             }
             Backlog::History(changes) => {
                 for change in changes {
                     if let Some((kind, object)) = filter.view(&change) {
-                        if sender.send(encoder.event(kind.as_str(), &object)).await.is_err() {
+                        if sender
+                            .send(encoder.event(kind.as_str(), &object))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -220,10 +235,15 @@ pub async fn serve(call: Call) -> Result<Response<Body>, ApiError> {
                 }
             }
         }
-        stream_live(live, sender, encoder, filter, key, last_sent, bookmarks, timeout).await;
+        stream_live(
+            live, sender, encoder, filter, key, last_sent, bookmarks, timeout,
+        )
+        .await;
     });
 
-    let body = StreamBody::new(ReceiverStream::new(receiver).map(|bytes| Ok::<_, std::io::Error>(Frame::data(bytes))));
+    let body = StreamBody::new(
+        ReceiverStream::new(receiver).map(|bytes| Ok::<_, std::io::Error>(Frame::data(bytes))),
+    );
     let content_type = match call.format {
         ResponseFormat::Table(_) => "application/json;as=Table;v=v1;g=meta.k8s.io",
         _ => "application/json",

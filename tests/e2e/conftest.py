@@ -1,0 +1,108 @@
+"""Shared fixtures: a real `bramble master` per test, real kubectl, the real Python client."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BRAMBLE = os.environ.get("BRAMBLE_BIN", str(ROOT / "target" / "debug" / "bramble"))
+KUBECTL = os.environ.get("KUBECTL", str(ROOT / "target" / "test-venv" / "bin" / "kubectl"))
+
+
+class Master:
+    """A `bramble master` process with its own data directory, listening on a free port."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.kubeconfig = data_dir / "admin.kubeconfig"
+        self.process = None
+        self.log = data_dir.parent / "master.log"
+
+    def start(self, timeout=30.0):
+        if self.kubeconfig.exists():
+            self.kubeconfig.unlink()
+        # A fixed port keeps watches and kubeconfigs valid across restarts in one test.
+        if not hasattr(self, "port"):
+            self.port = free_port()
+        log = open(self.log, "ab")
+        self.process = subprocess.Popen(
+            [BRAMBLE, "master", "--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}"],
+            stdout=log,
+            stderr=log,
+        )
+        deadline = time.monotonic() + timeout
+        while not self.kubeconfig.exists():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"master exited with {self.process.returncode}: {self.log.read_text()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("master did not write its kubeconfig")
+            time.sleep(0.05)
+        return self
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+
+    @property
+    def token(self):
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def url(self):
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self):
+        return str(self.data_dir / "pki" / "ca.crt")
+
+    def kubectl(self, *args, input=None, check=True, timeout=60):
+        """Runs real kubectl against this master; returns the completed process."""
+        result = subprocess.run(
+            [KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def kubectl_json(self, *args):
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def client(self):
+        """A Python `kubernetes` ApiClient for this master."""
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=configuration)
+        return client.ApiClient(configuration)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def master(tmp_path):
+    m = Master(tmp_path / "data").start()
+    yield m
+    m.kill(signal.SIGTERM)
+
+
+def manifest(obj) -> str:
+    return yaml.safe_dump(obj)
