@@ -362,6 +362,7 @@ async fn upkeep(store: Arc<Store>, checkpoint_interval: Duration) {
                     store.reserve_revisions()?;
                     let cutoff = jiff::Timestamp::now() - jiff::SignedDuration::try_from(EVENT_TTL).unwrap_or_default();
                     store.expire_volatile("core/events", &|event: &Value| event_time(event).is_some_and(|t| t < cutoff));
+                    release_free_memory();
                     Ok::<_, StoreError>(())
                 }).await;
                 if let Ok(Err(error)) = result {
@@ -376,6 +377,15 @@ async fn upkeep(store: Arc<Store>, checkpoint_interval: Duration) {
                 }
             }
         }
+    }
+}
+
+/// Hands memory freed after large responses back to the system, so RSS follows the live data.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -96,7 +96,8 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-fn respond(code: u16, content_type: &str, body: Vec<u8>) -> Response<Body> {
+/// A response with a ready body.
+pub fn respond(code: u16, content_type: &str, body: Vec<u8>) -> Response<Body> {
     Response::builder()
         .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header(header::CONTENT_TYPE, content_type)
