@@ -1,45 +1,984 @@
-//! STUB admission.
-#![allow(missing_docs, dead_code, unused)]
-use serde_json::Value;
-#[derive(Debug, Clone, Copy)]
+//! Admission for stored objects: defaults, structural checks against the Kubernetes types, and validation.
+//!
+//! The structural check round-trips an object through its `k8s-openapi` type: a wrongly typed
+//! field is reported with its path, and fields the type does not know are listed (for
+//! `fieldValidation=Strict` or `Warn`) and dropped, as upstream drops them. Defaults and
+//! validation follow upstream's defaulters and validators for what kubectl users see.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+/// The kind of a field error, as upstream's `field.ErrorType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldErrorKind {
+    /// A required field is missing.
     Required,
+    /// A value is malformed or out of range.
     Invalid,
+    /// A value is not one of the allowed ones.
     NotSupported,
+    /// The change is not allowed.
     Forbidden,
+    /// A value that must be unique is repeated.
     Duplicate,
+    /// A value is too long.
     TooLong,
+    /// A value has the wrong JSON type.
     TypeInvalid,
 }
-#[derive(Debug, Clone)]
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FieldError {
+    /// What kind of problem.
     pub kind: FieldErrorKind,
+    /// The field's path, e.g. `spec.template.spec.containers[0].image`.
     pub field: String,
+    /// The offending value, as text.
     pub value: Option<String>,
+    /// More detail.
     pub detail: String,
 }
+
 impl FieldError {
-    pub fn reason(&self) -> &'static str {
-        "FieldValueInvalid"
+    fn new(kind: FieldErrorKind, field: &str, value: Option<String>, detail: &str) -> Self {
+        FieldError {
+            kind,
+            field: field.to_owned(),
+            value,
+            detail: detail.to_owned(),
+        }
     }
+
+    fn required(field: &str, detail: &str) -> Self {
+        Self::new(FieldErrorKind::Required, field, None, detail)
+    }
+
+    fn invalid(field: &str, value: &str, detail: &str) -> Self {
+        Self::new(
+            FieldErrorKind::Invalid,
+            field,
+            Some(value.to_owned()),
+            detail,
+        )
+    }
+
+    /// The `metav1.CauseType` of the error.
+    pub fn reason(&self) -> &'static str {
+        match self.kind {
+            FieldErrorKind::Required => "FieldValueRequired",
+            FieldErrorKind::Invalid => "FieldValueInvalid",
+            FieldErrorKind::NotSupported => "FieldValueNotSupported",
+            FieldErrorKind::Forbidden => "FieldValueForbidden",
+            FieldErrorKind::Duplicate => "FieldValueDuplicate",
+            FieldErrorKind::TooLong => "FieldValueTooLong",
+            FieldErrorKind::TypeInvalid => "FieldValueTypeInvalid",
+        }
+    }
+
+    /// Upstream's text for the error, e.g. `spec.replicas: Invalid value: -1: must be greater than or equal to 0`.
     pub fn message(&self) -> String {
-        format!("{}: {}", self.field, self.detail)
+        let value = self.value.as_deref().map(|v| {
+            if v.parse::<f64>().is_ok() || v.starts_with('{') || v.starts_with('[') {
+                v.to_owned()
+            } else {
+                format!("\"{v}\"")
+            }
+        });
+        let with_detail = |head: String| {
+            if self.detail.is_empty() {
+                head
+            } else {
+                format!("{head}: {}", self.detail)
+            }
+        };
+        match self.kind {
+            FieldErrorKind::Required => with_detail(format!("{}: Required value", self.field)),
+            FieldErrorKind::Forbidden => with_detail(format!("{}: Forbidden", self.field)),
+            FieldErrorKind::Duplicate => format!(
+                "{}: Duplicate value: {}",
+                self.field,
+                value.unwrap_or_default()
+            ),
+            FieldErrorKind::NotSupported => with_detail(format!(
+                "{}: Unsupported value: {}",
+                self.field,
+                value.unwrap_or_default()
+            )),
+            FieldErrorKind::TooLong => with_detail(format!("{}: Too long", self.field)),
+            FieldErrorKind::Invalid | FieldErrorKind::TypeInvalid => match value {
+                Some(value) => with_detail(format!("{}: Invalid value: {value}", self.field)),
+                None => with_detail(format!("{}: Invalid value", self.field)),
+            },
+        }
     }
 }
+
+/// An object after the structural check.
+#[derive(Debug)]
 pub struct Structural {
+    /// The object as its type round-trips it (unknown fields dropped).
     pub object: Value,
+    /// Paths of fields the type does not know.
     pub unknown_fields: Vec<String>,
 }
-pub fn check_structure(_g: &str, _k: &str, o: &Value) -> Result<Structural, FieldError> {
+
+fn round_trip<T: DeserializeOwned + Serialize>(object: &Value) -> Result<Value, FieldError> {
+    let typed: T = serde_path_to_error::deserialize(object).map_err(|error| {
+        let path = error.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        FieldError::new(
+            FieldErrorKind::TypeInvalid,
+            &field,
+            None,
+            &error.into_inner().to_string(),
+        )
+    })?;
+    serde_json::to_value(&typed)
+        .map_err(|e| FieldError::new(FieldErrorKind::TypeInvalid, "", None, &e.to_string()))
+}
+
+fn unknown_fields(input: &Value, output: &Value, path: &str, found: &mut Vec<String>) {
+    match (input, output) {
+        (Value::Object(input), Value::Object(output)) => {
+            for (key, value) in input {
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match output.get(key) {
+                    Some(out) => unknown_fields(value, out, &child, found),
+                    None if value.is_null() => {}
+                    None => found.push(child),
+                }
+            }
+        }
+        (Value::Array(input), Value::Array(output)) => {
+            for (index, (i, o)) in input.iter().zip(output).enumerate() {
+                unknown_fields(i, o, &format!("{path}[{index}]"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Round-trips the object through its k8s-openapi type.
+pub fn check_structure(group: &str, kind: &str, object: &Value) -> Result<Structural, FieldError> {
+    use k8s_openapi::api::{apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch};
+    use k8s_openapi::api::{coordination::v1 as coordination, core::v1 as core};
+    let output = match (group, kind) {
+        ("", "Namespace") => round_trip::<core::Namespace>(object)?,
+        ("", "Pod") => round_trip::<core::Pod>(object)?,
+        ("", "Service") => round_trip::<core::Service>(object)?,
+        ("", "Endpoints") => round_trip::<core::Endpoints>(object)?,
+        ("", "Node") => round_trip::<core::Node>(object)?,
+        ("", "ConfigMap") => round_trip::<core::ConfigMap>(object)?,
+        ("", "Secret") => round_trip::<core::Secret>(object)?,
+        ("", "ReplicationController") => round_trip::<core::ReplicationController>(object)?,
+        ("", "Event") => round_trip::<core::Event>(object)?,
+        ("", "ServiceAccount") => round_trip::<core::ServiceAccount>(object)?,
+        ("", "ResourceQuota") => round_trip::<core::ResourceQuota>(object)?,
+        ("coordination.k8s.io", "Lease") => round_trip::<coordination::Lease>(object)?,
+        ("apps", "Deployment") => round_trip::<apps::Deployment>(object)?,
+        ("apps", "ReplicaSet") => round_trip::<apps::ReplicaSet>(object)?,
+        ("apps", "DaemonSet") => round_trip::<apps::DaemonSet>(object)?,
+        ("batch", "Job") => round_trip::<batch::Job>(object)?,
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            round_trip::<autoscaling::HorizontalPodAutoscaler>(object)?
+        }
+        _ => object.clone(),
+    };
+    let mut unknown = Vec::new();
+    unknown_fields(object, &output, "", &mut unknown);
     Ok(Structural {
-        object: o.clone(),
-        unknown_fields: vec![],
+        object: output,
+        unknown_fields: unknown,
     })
 }
-pub fn apply_defaults(_g: &str, _k: &str, _o: &mut Value) {}
-pub fn validate_create(_g: &str, _k: &str, _o: &Value) -> Vec<FieldError> {
-    vec![]
+
+// ----- defaults ------------------------------------------------------------------------------
+
+fn set_default(object: &mut Value, field: &str, value: Value) {
+    if let Some(map) = object.as_object_mut() {
+        if map.get(field).is_none_or(Value::is_null) {
+            map.insert(field.to_owned(), value);
+        }
+    }
 }
-pub fn validate_update(_g: &str, _k: &str, _n: &Value, _o: &Value) -> Vec<FieldError> {
-    vec![]
+
+fn child<'a>(object: &'a mut Value, field: &str) -> &'a mut Value {
+    set_default(object, field, json!({}));
+    &mut object[field]
+}
+
+fn default_probe(probe: &mut Value) {
+    if probe.is_object() {
+        set_default(probe, "timeoutSeconds", json!(1));
+        set_default(probe, "periodSeconds", json!(10));
+        set_default(probe, "successThreshold", json!(1));
+        set_default(probe, "failureThreshold", json!(3));
+        if let Some(http) = probe.get_mut("httpGet").filter(|h| h.is_object()) {
+            set_default(http, "path", json!("/"));
+            set_default(http, "scheme", json!("HTTP"));
+        }
+    }
+}
+
+fn default_container(container: &mut Value) {
+    set_default(
+        container,
+        "terminationMessagePath",
+        json!("/dev/termination-log"),
+    );
+    set_default(container, "terminationMessagePolicy", json!("File"));
+    let image = container["image"].as_str().unwrap_or_default();
+    let tag = image.rsplit('/').next().unwrap_or_default();
+    let latest = !image.contains('@') && (!tag.contains(':') || tag.ends_with(":latest"));
+    set_default(
+        container,
+        "imagePullPolicy",
+        json!(if latest { "Always" } else { "IfNotPresent" }),
+    );
+    set_default(container, "resources", json!({}));
+    for port in container["ports"].as_array_mut().into_iter().flatten() {
+        set_default(port, "protocol", json!("TCP"));
+    }
+    for env in container["env"].as_array_mut().into_iter().flatten() {
+        if let Some(field_ref) = env.pointer_mut("/valueFrom/fieldRef") {
+            set_default(field_ref, "apiVersion", json!("v1"));
+        }
+    }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(probe) = container.get_mut(probe) {
+            default_probe(probe);
+        }
+    }
+}
+
+fn default_pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    set_default(spec, "restartPolicy", json!("Always"));
+    set_default(spec, "terminationGracePeriodSeconds", json!(30));
+    set_default(spec, "dnsPolicy", json!("ClusterFirst"));
+    set_default(spec, "securityContext", json!({}));
+    set_default(spec, "schedulerName", json!("default-scheduler"));
+    set_default(spec, "enableServiceLinks", json!(true));
+    set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+    set_default(spec, "priority", json!(0));
+    for field in ["containers", "initContainers"] {
+        for container in spec[field].as_array_mut().into_iter().flatten() {
+            default_container(container);
+        }
+    }
+    for volume in spec["volumes"].as_array_mut().into_iter().flatten() {
+        for source in ["configMap", "secret"] {
+            if let Some(source) = volume.get_mut(source).filter(|s| s.is_object()) {
+                set_default(source, "defaultMode", json!(420));
+            }
+        }
+    }
+}
+
+fn default_template(object: &mut Value) {
+    let template = child(child(object, "spec"), "template");
+    default_pod_spec(child(template, "spec"));
+}
+
+/// Fills the defaults upstream's defaulters set, only where absent.
+pub fn apply_defaults(group: &str, kind: &str, object: &mut Value) {
+    if !object.is_object() {
+        return;
+    }
+    match (group, kind) {
+        ("", "Pod") => default_pod_spec(child(object, "spec")),
+        ("apps", "Deployment") => {
+            let spec = child(object, "spec");
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "progressDeadlineSeconds", json!(600));
+            let strategy = child(spec, "strategy");
+            set_default(strategy, "type", json!("RollingUpdate"));
+            if strategy["type"] == "RollingUpdate" {
+                let rolling = child(strategy, "rollingUpdate");
+                set_default(rolling, "maxUnavailable", json!("25%"));
+                set_default(rolling, "maxSurge", json!("25%"));
+            }
+            default_template(object);
+        }
+        ("apps", "ReplicaSet") => {
+            set_default(child(object, "spec"), "replicas", json!(1));
+            default_template(object);
+        }
+        ("", "ReplicationController") => {
+            let template_labels = object.pointer("/spec/template/metadata/labels").cloned();
+            let spec = child(object, "spec");
+            set_default(spec, "replicas", json!(1));
+            if let Some(labels) = template_labels {
+                set_default(spec, "selector", labels.clone());
+                set_default(child(object, "metadata"), "labels", labels);
+            }
+            default_template(object);
+        }
+        ("apps", "DaemonSet") => {
+            let spec = child(object, "spec");
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            let strategy = child(spec, "updateStrategy");
+            set_default(strategy, "type", json!("RollingUpdate"));
+            if strategy["type"] == "RollingUpdate" {
+                let rolling = child(strategy, "rollingUpdate");
+                set_default(rolling, "maxUnavailable", json!(1));
+                set_default(rolling, "maxSurge", json!(0));
+            }
+            default_template(object);
+        }
+        ("batch", "Job") => {
+            let spec = child(object, "spec");
+            set_default(spec, "completions", json!(1));
+            set_default(spec, "parallelism", json!(1));
+            set_default(spec, "backoffLimit", json!(6));
+            set_default(spec, "completionMode", json!("NonIndexed"));
+            set_default(spec, "suspend", json!(false));
+            set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+            default_template(object);
+        }
+        ("", "Service") => {
+            let spec = child(object, "spec");
+            set_default(spec, "type", json!("ClusterIP"));
+            set_default(spec, "sessionAffinity", json!("None"));
+            let kind = spec["type"].as_str().unwrap_or_default().to_owned();
+            if kind != "ExternalName" {
+                set_default(spec, "internalTrafficPolicy", json!("Cluster"));
+                set_default(spec, "ipFamilies", json!(["IPv4"]));
+                set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
+            }
+            if kind == "NodePort" || kind == "LoadBalancer" {
+                set_default(spec, "externalTrafficPolicy", json!("Cluster"));
+            }
+            for port in spec["ports"].as_array_mut().into_iter().flatten() {
+                set_default(port, "protocol", json!("TCP"));
+                let number = port["port"].clone();
+                set_default(port, "targetPort", number);
+            }
+        }
+        ("", "Namespace") => {
+            set_default(child(object, "spec"), "finalizers", json!(["kubernetes"]));
+        }
+        ("", "Secret") => {
+            set_default(object, "type", json!("Opaque"));
+            if let Some(Value::Object(string_data)) =
+                object.as_object_mut().and_then(|m| m.remove("stringData"))
+            {
+                use base64::Engine;
+                let data = child(object, "data");
+                for (key, value) in string_data {
+                    let text = value.as_str().unwrap_or_default();
+                    data[key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+                }
+            }
+        }
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            set_default(child(object, "spec"), "minReplicas", json!(1));
+        }
+        _ => {}
+    }
+}
+
+// ----- validation ----------------------------------------------------------------------------
+
+const DNS1123_SUBDOMAIN: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const DNS1123_LABEL: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1035_LABEL: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+
+fn is_dns_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
+}
+
+fn is_dns_subdomain(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 253 && text.split('.').all(is_dns_label)
+}
+
+fn is_label_value(text: &str) -> bool {
+    text.is_empty()
+        || (text.len() <= 63
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && text.ends_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
+fn is_qualified_name(text: &str) -> bool {
+    let (prefix, name) = match text.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, text),
+    };
+    !name.is_empty() && is_label_value(name) && prefix.is_none_or(is_dns_subdomain)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum NameRule {
+    Subdomain,
+    Label,
+    Dns1035,
+}
+
+fn validate_metadata(
+    object: &Value,
+    namespaced: bool,
+    rule: NameRule,
+    errors: &mut Vec<FieldError>,
+) {
+    let metadata = &object["metadata"];
+    let name = metadata["name"].as_str().unwrap_or_default();
+    if name.is_empty() {
+        if metadata["generateName"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+        {
+            errors.push(FieldError::required(
+                "metadata.name",
+                "name or generateName is required",
+            ));
+        }
+    } else {
+        let (ok, message) = match rule {
+            NameRule::Subdomain => (is_dns_subdomain(name), DNS1123_SUBDOMAIN),
+            NameRule::Label => (is_dns_label(name), DNS1123_LABEL),
+            NameRule::Dns1035 => (
+                is_dns_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase()),
+                DNS1035_LABEL,
+            ),
+        };
+        if !ok {
+            errors.push(FieldError::invalid("metadata.name", name, message));
+        }
+    }
+    if namespaced
+        && metadata["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+    {
+        errors.push(FieldError::required("metadata.namespace", ""));
+    }
+    validate_labels(&metadata["labels"], "metadata.labels", errors);
+    if let Some(annotations) = metadata["annotations"].as_object() {
+        let total: usize = annotations
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        for key in annotations.keys() {
+            if !is_qualified_name(&key.to_lowercase()) {
+                errors.push(FieldError::invalid("metadata.annotations", key, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+            }
+        }
+        if total > 256 * 1024 {
+            errors.push(FieldError::new(
+                FieldErrorKind::TooLong,
+                "metadata.annotations",
+                None,
+                "must have at most 262144 bytes",
+            ));
+        }
+    }
+}
+
+fn validate_labels(labels: &Value, field: &str, errors: &mut Vec<FieldError>) {
+    for (key, value) in labels.as_object().into_iter().flatten() {
+        if !is_qualified_name(key) {
+            errors.push(FieldError::invalid(field, key, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"));
+        }
+        let text = value.as_str().unwrap_or_default();
+        if !is_label_value(text) {
+            errors.push(FieldError::invalid(field, text, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"));
+        }
+    }
+}
+
+fn validate_pod_spec(
+    spec: &Value,
+    path: &str,
+    allowed_restart: &[&str],
+    errors: &mut Vec<FieldError>,
+) {
+    let containers = spec["containers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if containers.is_empty() {
+        errors.push(FieldError::required(&format!("{path}.containers"), ""));
+    }
+    let volumes: Vec<&str> = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for (index, name) in volumes.iter().enumerate() {
+        if volumes[..index].contains(name) {
+            errors.push(FieldError::new(
+                FieldErrorKind::Duplicate,
+                &format!("{path}.volumes[{index}].name"),
+                Some(name.to_string()),
+                "",
+            ));
+        }
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for field in ["initContainers", "containers"] {
+        for (index, container) in spec[field].as_array().into_iter().flatten().enumerate() {
+            let at = format!("{path}.{field}[{index}]");
+            let name = container["name"].as_str().unwrap_or_default();
+            if name.is_empty() {
+                errors.push(FieldError::required(&format!("{at}.name"), ""));
+            } else if !is_dns_label(name) {
+                errors.push(FieldError::invalid(
+                    &format!("{at}.name"),
+                    name,
+                    DNS1123_LABEL,
+                ));
+            } else if names.contains(&name) {
+                errors.push(FieldError::new(
+                    FieldErrorKind::Duplicate,
+                    &format!("{at}.name"),
+                    Some(name.to_owned()),
+                    "",
+                ));
+            }
+            names.push(name);
+            if container["image"]
+                .as_str()
+                .unwrap_or_default()
+                .trim()
+                .is_empty()
+            {
+                errors.push(FieldError::required(&format!("{at}.image"), ""));
+            }
+            for (p, port) in container["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let number = port["containerPort"].as_i64().unwrap_or(0);
+                if !(1..=65535).contains(&number) {
+                    errors.push(FieldError::invalid(
+                        &format!("{at}.ports[{p}].containerPort"),
+                        &number.to_string(),
+                        "must be between 1 and 65535, inclusive",
+                    ));
+                }
+            }
+            for (m, mount) in container["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let volume = mount["name"].as_str().unwrap_or_default();
+                if !volumes.contains(&volume) {
+                    errors.push(FieldError::new(
+                        FieldErrorKind::NotSupported,
+                        &format!("{at}.volumeMounts[{m}].name"),
+                        Some(volume.to_owned()),
+                        "volume not found",
+                    ));
+                }
+            }
+            for (e, env) in container["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                if env["name"].as_str().unwrap_or_default().is_empty() {
+                    errors.push(FieldError::required(&format!("{at}.env[{e}].name"), ""));
+                }
+            }
+        }
+    }
+    let restart = spec["restartPolicy"].as_str().unwrap_or("Always");
+    if !allowed_restart.contains(&restart) {
+        let supported: Vec<String> = allowed_restart.iter().map(|r| format!("\"{r}\"")).collect();
+        errors.push(FieldError::new(
+            FieldErrorKind::NotSupported,
+            &format!("{path}.restartPolicy"),
+            Some(restart.to_owned()),
+            &format!("supported values: {}", supported.join(", ")),
+        ));
+    }
+}
+
+fn selector_matches_labels(selector: &Value, labels: &Value) -> bool {
+    crate::selector::LabelSelector::from_json(selector)
+        .map(|s| s.matches_object(&json!({"metadata": {"labels": labels}})))
+        .unwrap_or(false)
+}
+
+fn validate_workload(object: &Value, kind: &str, errors: &mut Vec<FieldError>) {
+    let spec = &object["spec"];
+    if let Some(replicas) = spec["replicas"].as_i64() {
+        if replicas < 0 {
+            errors.push(FieldError::invalid(
+                "spec.replicas",
+                &replicas.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    let labels = &spec["template"]["metadata"]["labels"];
+    let manual_job_selector =
+        kind != "Job" || spec["manualSelector"] == json!(true) || spec["selector"].is_object();
+    if kind == "ReplicationController" {
+        let selector = spec["selector"].as_object().cloned().unwrap_or_default();
+        if selector.is_empty() {
+            errors.push(FieldError::required("spec.selector", ""));
+        } else if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            errors.push(FieldError::invalid(
+                "spec.template.metadata.labels",
+                &labels.to_string(),
+                "`selector` does not match template `labels`",
+            ));
+        }
+    } else if manual_job_selector {
+        let selector = &spec["selector"];
+        let empty = selector.is_null()
+            || (selector["matchLabels"]
+                .as_object()
+                .is_none_or(Map::is_empty)
+                && selector["matchExpressions"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty));
+        if empty {
+            errors.push(FieldError::required("spec.selector", ""));
+        } else if !selector_matches_labels(selector, labels) {
+            errors.push(FieldError::invalid(
+                "spec.template.metadata.labels",
+                &labels.to_string(),
+                "`selector` does not match template `labels`",
+            ));
+        }
+    }
+    let restart: &[&str] = if kind == "Job" {
+        &["OnFailure", "Never"]
+    } else {
+        &["Always"]
+    };
+    validate_pod_spec(
+        &spec["template"]["spec"],
+        "spec.template.spec",
+        restart,
+        errors,
+    );
+    if kind == "Deployment" {
+        let strategy = &spec["strategy"];
+        match strategy["type"].as_str() {
+            Some("Recreate") if !strategy["rollingUpdate"].is_null() => {
+                errors.push(FieldError::new(
+                    FieldErrorKind::Forbidden,
+                    "spec.strategy.rollingUpdate",
+                    None,
+                    "may not be specified when strategy `type` is 'Recreate'",
+                ))
+            }
+            Some("Recreate") | Some("RollingUpdate") | None => {}
+            Some(other) => errors.push(FieldError::new(
+                FieldErrorKind::NotSupported,
+                "spec.strategy.type",
+                Some(other.to_owned()),
+                "supported values: \"Recreate\", \"RollingUpdate\"",
+            )),
+        }
+        let zero = |v: &Value| v == &json!(0) || v == &json!("0%") || v == &json!("0");
+        let rolling = &strategy["rollingUpdate"];
+        if zero(&rolling["maxSurge"]) && zero(&rolling["maxUnavailable"]) {
+            errors.push(FieldError::invalid(
+                "spec.strategy.rollingUpdate.maxUnavailable",
+                "0",
+                "may not be 0 when `maxSurge` is 0",
+            ));
+        }
+    }
+}
+
+fn validate_service(object: &Value, errors: &mut Vec<FieldError>) {
+    let spec = &object["spec"];
+    let kind = spec["type"].as_str().unwrap_or("ClusterIP");
+    if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&kind) {
+        errors.push(FieldError::new(
+            FieldErrorKind::NotSupported,
+            "spec.type",
+            Some(kind.to_owned()),
+            "supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"",
+        ));
+    }
+    let headless = spec["clusterIP"] == "None";
+    let ports = spec["ports"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if ports.is_empty() && !headless && kind != "ExternalName" {
+        errors.push(FieldError::required("spec.ports", ""));
+    }
+    let mut names = Vec::new();
+    for (index, port) in ports.iter().enumerate() {
+        let number = port["port"].as_i64().unwrap_or(0);
+        if !(1..=65535).contains(&number) {
+            errors.push(FieldError::invalid(
+                &format!("spec.ports[{index}].port"),
+                &number.to_string(),
+                "must be between 1 and 65535, inclusive",
+            ));
+        }
+        let name = port["name"].as_str().unwrap_or_default();
+        if ports.len() > 1 && name.is_empty() {
+            errors.push(FieldError::required(
+                &format!("spec.ports[{index}].name"),
+                "",
+            ));
+        }
+        if !name.is_empty() && names.contains(&name) {
+            errors.push(FieldError::new(
+                FieldErrorKind::Duplicate,
+                &format!("spec.ports[{index}].name"),
+                Some(name.to_owned()),
+                "",
+            ));
+        }
+        names.push(name);
+    }
+}
+
+fn validate_data_keys(object: &Value, errors: &mut Vec<FieldError>) {
+    let mut total = 0;
+    for field in ["data", "binaryData"] {
+        for (key, value) in object[field].as_object().into_iter().flatten() {
+            total += key.len() + value.as_str().map_or(0, str::len);
+            let valid = !key.is_empty()
+                && key.len() <= 253
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+            if !valid {
+                errors.push(FieldError::invalid(&format!("{field}[{key}]"), key, "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
+            }
+        }
+    }
+    if total > 1024 * 1024 {
+        errors.push(FieldError::new(
+            FieldErrorKind::TooLong,
+            "data",
+            None,
+            "must have at most 1048576 bytes",
+        ));
+    }
+}
+
+/// Validation on create; empty means valid.
+pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let cluster_scoped = matches!(kind, "Namespace" | "Node");
+    let rule = match kind {
+        "Namespace" => NameRule::Label,
+        "Service" => NameRule::Dns1035,
+        _ => NameRule::Subdomain,
+    };
+    validate_metadata(object, !cluster_scoped, rule, &mut errors);
+    match (group, kind) {
+        ("", "Pod") => validate_pod_spec(
+            &object["spec"],
+            "spec",
+            &["Always", "OnFailure", "Never"],
+            &mut errors,
+        ),
+        ("apps", "Deployment")
+        | ("apps", "ReplicaSet")
+        | ("apps", "DaemonSet")
+        | ("", "ReplicationController")
+        | ("batch", "Job") => validate_workload(object, kind, &mut errors),
+        ("", "Service") => validate_service(object, &mut errors),
+        ("", "ConfigMap") | ("", "Secret") => validate_data_keys(object, &mut errors),
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            let spec = &object["spec"];
+            let max = spec["maxReplicas"].as_i64().unwrap_or(0);
+            let min = spec["minReplicas"].as_i64().unwrap_or(1);
+            if max < 1 {
+                errors.push(FieldError::invalid(
+                    "spec.maxReplicas",
+                    &max.to_string(),
+                    "must be greater than or equal to 1",
+                ));
+            }
+            if min > max {
+                errors.push(FieldError::invalid(
+                    "spec.minReplicas",
+                    &min.to_string(),
+                    "must be less than or equal to maxReplicas",
+                ));
+            }
+        }
+        _ => {}
+    }
+    errors
+}
+
+/// Validation on update, including fields that may not change.
+pub fn validate_update(group: &str, kind: &str, new: &Value, old: &Value) -> Vec<FieldError> {
+    let mut errors = validate_create(group, kind, new);
+    let immutable: &[&str] = match (group, kind) {
+        ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet") => {
+            &["/spec/selector"]
+        }
+        ("batch", "Job") => &["/spec/selector", "/spec/template", "/spec/completions"],
+        ("", "Service") => &["/spec/clusterIP"],
+        _ => &[],
+    };
+    for pointer in immutable {
+        let (before, after) = (old.pointer(pointer), new.pointer(pointer));
+        if before.is_some() && before != after {
+            let field = pointer.trim_start_matches('/').replace('/', ".");
+            errors.push(FieldError::invalid(
+                &field,
+                &after.map(Value::to_string).unwrap_or_default(),
+                "field is immutable",
+            ));
+        }
+    }
+    if (kind == "ConfigMap" || kind == "Secret") && old["immutable"] == json!(true) {
+        for field in ["data", "binaryData", "immutable"] {
+            if old.get(field) != new.get(field) {
+                errors.push(FieldError::new(
+                    FieldErrorKind::Forbidden,
+                    field,
+                    None,
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment() -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}
+        })
+    }
+
+    #[test]
+    fn deployment_defaults_match_what_kubectl_shows() {
+        let mut d = deployment();
+        apply_defaults("apps", "Deployment", &mut d);
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(
+            d["spec"]["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+        );
+        assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
+        assert_eq!(d["spec"]["progressDeadlineSeconds"], 600);
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Always");
+        assert_eq!(pod["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            pod["containers"][0]["terminationMessagePath"],
+            "/dev/termination-log"
+        );
+        assert!(validate_create("apps", "Deployment", &d).is_empty());
+    }
+
+    #[test]
+    fn latest_images_are_always_pulled() {
+        let mut pod = json!({"spec": {"containers": [{"name": "a", "image": "busybox"}, {"name": "b", "image": "reg:5000/x:latest"}, {"name": "c", "image": "reg:5000/x:1"}]}});
+        apply_defaults("", "Pod", &mut pod);
+        let policies: Vec<&str> = pod["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["imagePullPolicy"].as_str().unwrap())
+            .collect();
+        assert_eq!(policies, ["Always", "Always", "IfNotPresent"]);
+    }
+
+    #[test]
+    fn selector_must_match_template() {
+        let mut d = deployment();
+        d["spec"]["template"]["metadata"]["labels"] = json!({"app": "other"});
+        let errors = validate_create("apps", "Deployment", &d);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].field, "spec.template.metadata.labels");
+        assert!(errors[0]
+            .message()
+            .contains("`selector` does not match template `labels`"));
+    }
+
+    #[test]
+    fn names_and_containers_are_checked() {
+        let pod = json!({"metadata": {"name": "Web_1", "namespace": "d"}, "spec": {"containers": [{"name": "a"}]}});
+        let errors = validate_create("", "Pod", &pod);
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["metadata.name", "spec.containers[0].image"]);
+        assert!(errors[0].message().starts_with(
+            "metadata.name: Invalid value: \"Web_1\": a lowercase RFC 1123 subdomain"
+        ));
+        assert_eq!(
+            errors[1].message(),
+            "spec.containers[0].image: Required value"
+        );
+    }
+
+    #[test]
+    fn structure_reports_types_and_unknown_fields() {
+        let mut d = deployment();
+        d["spec"]["replicaz"] = json!(3);
+        d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = json!("x");
+        let checked = check_structure("apps", "Deployment", &d).unwrap();
+        assert_eq!(
+            checked.unknown_fields,
+            [
+                "spec.template.spec.containers[0].imagePullPolicyy",
+                "spec.replicaz"
+            ]
+        );
+        assert!(checked.object["spec"].get("replicaz").is_none());
+        let mut typed = deployment();
+        typed["spec"]["replicas"] = json!("three");
+        let error = check_structure("apps", "Deployment", &typed).unwrap_err();
+        assert_eq!(error.field, "spec.replicas");
+        let round = check_structure("apps", "Deployment", &deployment()).unwrap();
+        assert_eq!(round.object, deployment());
+    }
+
+    #[test]
+    fn secrets_fold_string_data_and_immutables_hold() {
+        let mut secret =
+            json!({"metadata": {"name": "s", "namespace": "d"}, "stringData": {"k": "v"}});
+        apply_defaults("", "Secret", &mut secret);
+        assert_eq!(secret["data"], json!({"k": "dg=="}));
+        assert_eq!(secret["type"], "Opaque");
+        let old = deployment();
+        let mut new = deployment();
+        new["spec"]["selector"] = json!({"matchLabels": {"app": "web", "x": "y"}});
+        new["spec"]["template"]["metadata"]["labels"]["x"] = json!("y");
+        let errors = validate_update("apps", "Deployment", &new, &old);
+        assert_eq!(errors[0].field, "spec.selector");
+    }
 }

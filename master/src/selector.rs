@@ -285,6 +285,9 @@ fn parse_values(text: &str) -> Result<Vec<String>, String> {
     Ok(values)
 }
 
+/// Builds an operator from the value text after its symbol.
+type OperatorBuilder = fn(String) -> Result<Operator, String>;
+
 fn parse_requirement(part: &str) -> Result<Requirement, String> {
     if let Some(key) = part.strip_prefix('!') {
         return Ok(Requirement {
@@ -304,7 +307,7 @@ fn parse_requirement(part: &str) -> Result<Requirement, String> {
             return Ok(Requirement { key, operator });
         }
     }
-    let operators: [(&str, fn(String) -> Result<Operator, String>); 5] = [
+    let operators: [(&str, OperatorBuilder); 5] = [
         ("!=", |v| Ok(Operator::NotEquals(v))),
         ("==", |v| Ok(Operator::Equals(v))),
         ("=", |v| Ok(Operator::Equals(v))),

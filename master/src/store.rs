@@ -512,7 +512,6 @@ impl Store {
                     break;
                 }
             }
-            drop(offer);
             return Ok((items, self.current_revision(), next));
         }
         let mut reader = self.reader()?;
@@ -558,7 +557,6 @@ impl Store {
                 break;
             }
         }
-        drop(offer);
         Ok((items, revision as u64, next))
     }
 
