@@ -407,23 +407,7 @@ fn is_dns_subdomain(text: &str) -> bool {
     !text.is_empty() && text.len() <= 253 && text.split('.').all(is_dns_label)
 }
 
-fn is_label_value(text: &str) -> bool {
-    text.is_empty()
-        || (text.len() <= 63
-            && text
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            && text.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && text.ends_with(|c: char| c.is_ascii_alphanumeric()))
-}
-
-fn is_qualified_name(text: &str) -> bool {
-    let (prefix, name) = match text.rsplit_once('/') {
-        Some((prefix, name)) => (Some(prefix), name),
-        None => (None, text),
-    };
-    !name.is_empty() && is_label_value(name) && prefix.is_none_or(is_dns_subdomain)
-}
+use crate::selector::{valid_label_key as is_qualified_name, valid_label_value as is_label_value};
 
 #[derive(Clone, Copy, PartialEq)]
 enum NameRule {

@@ -75,7 +75,8 @@ pub struct LabelSelector {
     nothing: bool,
 }
 
-fn valid_label_key(key: &str) -> bool {
+/// Whether `key` is a valid label key (an optional DNS-subdomain prefix and a name).
+pub fn valid_label_key(key: &str) -> bool {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),
@@ -102,7 +103,8 @@ fn valid_label_key(key: &str) -> bool {
     name_ok && prefix_ok
 }
 
-fn valid_label_value(value: &str) -> bool {
+/// Whether `value` is a valid label value (empty, or up to 63 alphanumerics with `-_.` inside).
+pub fn valid_label_value(value: &str) -> bool {
     value.is_empty()
         || (value.len() <= 63
             && value

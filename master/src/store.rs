@@ -410,18 +410,7 @@ impl Store {
                 .map(|object| (**object).clone()));
         }
         let reader = self.reader()?;
-        let data: Option<Vec<u8>> = reader
-            .conn()
-            .query_row(
-                "SELECT r.data FROM objects o JOIN revisions r ON r.revision = o.revision
-                 WHERE o.resource = ?1 AND o.namespace = ?2 AND o.name = ?3",
-                params![resource, namespace, name],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(sql("read"))?;
-        data.map(|data| parse(resource, namespace, name, &data))
-            .transpose()
+        read_current(reader.conn(), resource, namespace, name)
     }
 
     /// Objects of `resource` (in `namespace`, or all namespaces when `None`) that pass `filter`,
@@ -990,12 +979,12 @@ fn parse(resource: &str, namespace: &str, name: &str, data: &[u8]) -> Result<Val
 }
 
 fn read_current(
-    tx: &rusqlite::Transaction<'_>,
+    conn: &Connection,
     resource: &str,
     namespace: &str,
     name: &str,
 ) -> Result<Option<Value>, StoreError> {
-    let data: Option<Vec<u8>> = tx
+    let data: Option<Vec<u8>> = conn
         .query_row(
             "SELECT r.data FROM objects o JOIN revisions r ON r.revision = o.revision
              WHERE o.resource = ?1 AND o.namespace = ?2 AND o.name = ?3",
