@@ -149,6 +149,19 @@ def test_generator_commands_send_protobuf(master):
     assert svc["spec"]["type"] == "NodePort"
     assert 30000 <= svc["spec"]["ports"][0]["nodePort"] <= 32767
     assert svc["spec"]["clusterIP"].startswith("10.43.")
+    master.kubectl("create", "serviceaccount", "robot")
+    assert master.kubectl_json("get", "sa", "robot")["metadata"]["name"] == "robot"
+    master.kubectl("create", "job", "once", "--image=busybox:1.36", "--", "echo", "hi")
+    job = master.kubectl_json("get", "job", "once")
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["echo", "hi"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    master.kubectl("create", "quota", "small", "--hard=pods=10,cpu=2")
+    assert master.kubectl_json("get", "quota", "small")["spec"]["hard"] == {"cpu": "2", "pods": "10"}
+    master.kubectl("run", "solo", "--image=busybox:1.36", "--labels=app=solo", "--", "sleep", "1d")
+    pod = master.kubectl_json("get", "pod", "solo")
+    assert pod["metadata"]["labels"] == {"app": "solo"}
+    assert pod["spec"]["containers"][0]["args"] == ["sleep", "1d"]
+    assert "solo" in master.kubectl("get", "pods").stdout
 
 
 def test_watch_sees_changes(master):
