@@ -43,31 +43,22 @@ pub fn has_generation(resource: &Resource) -> bool {
     )
 }
 
-/// Status a new object starts with; clients cannot create objects with a made-up status,
-/// except nodes, whose agent reports its status at registration.
-pub fn reset_status_on_create(resource: &Resource, object: &mut Value) {
+/// Server-set state of a new object: the status it starts with (clients cannot create objects
+/// with a made-up status, except nodes, whose agent reports status at registration) and the
+/// kind's own fields (a namespace's name label, a Job's selector).
+pub fn prepare_on_create(resource: &Resource, object: &mut Value) {
     let status = match resource.kind {
         "Pod" => json!({"phase": "Pending"}),
         "Namespace" => json!({"phase": "Active"}),
         "Service" => json!({"loadBalancer": {}}),
-        "Deployment"
-        | "ReplicaSet"
-        | "DaemonSet"
-        | "ReplicationController"
-        | "Job"
-        | "HorizontalPodAutoscaler"
-        | "ResourceQuota" => json!({}),
-        _ => return,
+        "ReplicationController" | "ReplicaSet" => json!({"replicas": 0}),
+        "HorizontalPodAutoscaler" => json!({"currentReplicas": 0, "desiredReplicas": 0}),
+        "Deployment" | "DaemonSet" | "Job" | "ResourceQuota" => json!({}),
+        _ => Value::Null,
     };
-    if resource.kind == "ReplicationController" || resource.kind == "ReplicaSet" {
-        object["status"] = json!({"replicas": 0});
-        return;
+    if !status.is_null() {
+        object["status"] = status;
     }
-    if resource.kind == "HorizontalPodAutoscaler" {
-        object["status"] = json!({"currentReplicas": 0, "desiredReplicas": 0});
-        return;
-    }
-    object["status"] = status;
     prepare_kind_on_create(resource, object);
 }
 
@@ -531,9 +522,6 @@ pub fn ensure_default_service_account(state: &ApiState, namespace: &str) {
         }
     }
 }
-
-/// After an object is removed.
-pub fn after_delete(_state: &ApiState, _resource: &Resource, _deleted: &Value) {}
 
 /// After an object is marked for deletion: a namespace starts emptying.
 pub fn after_graceful_delete(state: &ApiState, resource: &Resource, marked: &Value) {

@@ -932,15 +932,6 @@ impl Store {
         }
         removed
     }
-
-    /// Counts the volatile objects of `resource`.
-    pub fn volatile_count(&self, resource: &str) -> usize {
-        lock(&self.volatile)
-            .objects
-            .keys()
-            .filter(|(res, _, _)| res == resource)
-            .count()
-    }
 }
 
 struct PooledReader<'a> {

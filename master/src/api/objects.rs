@@ -341,11 +341,6 @@ impl Call {
     fn structure(&self, object: Value) -> Result<(Value, Vec<String>), ApiError> {
         let resource = self.resource();
         let storage = conversion::to_storage(resource, object);
-        let name = storage
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
         let structural = admission::check_structure(resource.group, resource.kind, &storage)
             .map_err(|error| {
                 ApiError::bad_request(format!(
@@ -356,7 +351,6 @@ impl Call {
                     error.message()
                 ))
             })?;
-        let _ = name;
         let mut warnings = Vec::new();
         if !structural.unknown_fields.is_empty() {
             match self.field_validation() {
@@ -964,7 +958,7 @@ fn prepare_create(resource: &Resource, object: &mut Value) {
     if lifecycle::has_generation(resource) {
         metadata.insert("generation".into(), json!(1));
     }
-    lifecycle::reset_status_on_create(resource, object);
+    lifecycle::prepare_on_create(resource, object);
 }
 
 /// Replaces an object (or its status) through the admission path inside the store's
@@ -1007,17 +1001,20 @@ fn update_object(
     }
     // An update that removes the last finalizer of an object being deleted completes the deletion.
     if lifecycle::deletion_complete(resource, &updated) {
-        return match state.store.delete::<ApiError>(
-            &resource.storage_key(),
-            namespace,
-            name,
-            |_| Ok(()),
-        ) {
-            Ok(deleted) => {
-                lifecycle::after_delete(state, resource, &deleted);
-                Ok(deleted)
+        // Checked again under the store's lock: a concurrent update may have added a finalizer.
+        let still_complete = |current: &Value| {
+            if lifecycle::deletion_complete(resource, current) {
+                Ok(())
+            } else {
+                Err(ApiError::conflict(resource, name, "a finalizer was added"))
             }
-            Err(e) if e.code == 404 => Ok(updated),
+        };
+        return match state
+            .store
+            .delete(&resource.storage_key(), namespace, name, still_complete)
+        {
+            Ok(deleted) => Ok(deleted),
+            Err(e) if e.code == 404 || e.code == 409 => Ok(updated),
             Err(e) => Err(e),
         };
     }
@@ -1239,13 +1236,9 @@ pub fn delete_object(
         lifecycle::orphan_dependents(state, &current)?;
     }
     match lifecycle::plan_deletion(resource, &current, options) {
-        lifecycle::Deletion::Now => {
-            let deleted = store
-                .delete::<ApiError>(&key, namespace, name, |_| Ok(()))
-                .map_err(|e| not_found_as(e, resource, name))?;
-            lifecycle::after_delete(state, resource, &deleted);
-            Ok(deleted)
-        }
+        lifecycle::Deletion::Now => store
+            .delete::<ApiError>(&key, namespace, name, |_| Ok(()))
+            .map_err(|e| not_found_as(e, resource, name)),
         lifecycle::Deletion::Graceful { mark } => {
             let marked = store
                 .update::<ApiError>(&key, namespace, name, |object| Ok(mark(object)))
