@@ -194,3 +194,35 @@ def test_other_resources_round_trip(master):
     quota = core.create_namespaced_resource_quota("default", client.V1ResourceQuota(
         metadata=client.V1ObjectMeta(name="q"), spec=client.V1ResourceQuotaSpec(hard={"pods": "10"})))
     assert quota.spec.hard == {"pods": "10"}
+
+
+def test_watch_with_selector_sees_objects_leave_and_enter(master):
+    core = client.CoreV1Api(master.client())
+    core.create_namespaced_config_map("default", client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="m", labels={"app": "web"})))
+    listed = core.list_namespaced_config_map("default", label_selector="app=web")
+    seen = []
+
+    def consume():
+        w = watch.Watch()
+        for event in w.stream(core.list_namespaced_config_map, "default", label_selector="app=web",
+                              resource_version=listed.metadata.resource_version, timeout_seconds=10):
+            seen.append((event["type"], event["object"].metadata.name))
+            if len(seen) == 2:
+                w.stop()
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    import time
+    time.sleep(1)
+    # Relabelled out of the selector: the watcher sees it leave, then come back.
+    core.patch_namespaced_config_map("m", "default", {"metadata": {"labels": {"app": "other"}}})
+    core.patch_namespaced_config_map("m", "default", {"metadata": {"labels": {"app": "web"}}})
+    thread.join(timeout=15)
+    assert seen == [("DELETED", "m"), ("ADDED", "m")]
+
+
+def test_server_side_dry_run_stores_nothing(master):
+    result = master.kubectl("create", "configmap", "dry", "--from-literal=a=b", "--dry-run=server", "-o", "json")
+    assert '"dry"' in result.stdout
+    assert master.kubectl("get", "configmap", "dry", check=False).returncode != 0
