@@ -32,6 +32,70 @@ enum Command {
     ///
     /// Today this runs the master only; agents ("virtual Pis") join it once the agent is built.
     Up(UpArgs),
+    /// Simulate nodes (like kwok): N fake Pis that register, heartbeat and "run" their pods.
+    ///
+    /// Pods bound to a simulated node become Running with a pod IP, report CPU and memory
+    /// usage for `kubectl top` and autoscaling, and are finished when deleted:
+    ///
+    ///   bramble sim --kubeconfig .bramble/admin.kubeconfig --nodes 3
+    ///   bramble sim kill sim-2        # the node stops heartbeating: watch the cluster heal
+    ///   bramble sim revive sim-2
+    ///
+    /// Pod annotations steer the simulation: sim.bramble.dev/cpu (e.g. 400m),
+    /// sim.bramble.dev/memory, sim.bramble.dev/ready-after-seconds,
+    /// sim.bramble.dev/exit-after-seconds and sim.bramble.dev/exit-code.
+    Sim(SimArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct SimArgs {
+    #[command(subcommand)]
+    command: Option<SimCommand>,
+    /// Kubeconfig of the cluster.
+    #[arg(long, env = "KUBECONFIG", global = true, default_value = ".bramble/admin.kubeconfig")]
+    kubeconfig: PathBuf,
+    /// How many nodes to simulate.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Node names: this prefix and a number from 1.
+    #[arg(long, default_value = "sim-")]
+    prefix: String,
+    /// CPU capacity of each node.
+    #[arg(long, default_value = "4")]
+    cpu: String,
+    /// Memory capacity of each node.
+    #[arg(long, default_value = "8Gi")]
+    memory: String,
+    /// Pods each node accepts.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// Spread nodes over this many zones (topology.kubernetes.io/zone); 0 for none.
+    #[arg(long, default_value_t = 3)]
+    zones: usize,
+    /// Extra node label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// Kill a node: it stops heartbeating and touching its pods, as if its plug was pulled.
+    Kill {
+        /// The node's name.
+        node: String,
+    },
+    /// Bring a killed node back.
+    Revive {
+        /// The node's name.
+        node: String,
+    },
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text}"))
 }
 
 #[derive(Args)]
@@ -76,6 +140,16 @@ struct ClusterArgs {
     /// DNS domain of the cluster.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Range pod IPs come from; each node gets a slice of it.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// Prefix length of each node's slice of the cluster CIDR.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(8..=30))]
+    node_cidr_mask: u32,
+    /// How fast failures are handled: `default` (upstream-like: a dead node is noticed after
+    /// 40 s, its pods move after 5 min) or `demo` (noticed within 2 s, pods replaced at once).
+    #[arg(long, default_value = "default", value_parser = ["default", "demo"])]
+    profile: String,
     /// Seconds between writes of leases and events to disk (they live in memory in between,
     /// so heartbeats do not wear out the SD card).
     #[arg(long, default_value_t = 300)]
@@ -110,9 +184,43 @@ fn master_config(
         service_cidr: cluster.service_cidr,
         node_port_range: cluster.node_port_range,
         cluster_domain: cluster.cluster_domain,
+        cluster_cidr: cluster.cluster_cidr,
+        node_cidr_mask: cluster.node_cidr_mask,
+        timings: master::HealthTimings::named(&cluster.profile)
+            .expect("clap accepts only known profiles"),
     };
     config.checkpoint_interval = Duration::from_secs(cluster.checkpoint_seconds.max(1));
     config
+}
+
+async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
+    let client = agent::client::Client::from_kubeconfig(&args.kubeconfig)?;
+    match args.command {
+        Some(SimCommand::Kill { node }) => {
+            agent::sim::set_node_alive(&client, &node, false).await?;
+            println!("node/{node} killed");
+        }
+        Some(SimCommand::Revive { node }) => {
+            agent::sim::set_node_alive(&client, &node, true).await?;
+            println!("node/{node} revived");
+        }
+        None => {
+            let config = agent::sim::SimConfig {
+                nodes: args.nodes,
+                prefix: args.prefix,
+                cpu: args.cpu,
+                memory: args.memory,
+                max_pods: args.max_pods,
+                zones: args.zones,
+                labels: args.labels,
+            };
+            tokio::select! {
+                result = agent::sim::Simulator::run(client, config) => result?,
+                _ = shutdown_signal() => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -189,6 +297,7 @@ fn main() {
                 )
                 .await
             }
+            Command::Sim(args) => run_sim(args).await,
         }
     });
     if let Err(error) = result {

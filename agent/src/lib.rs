@@ -1,3 +1,8 @@
 //! The node agent: registration, heartbeats, pods on youki's libcontainer, images, pod networking, service proxy, logs and exec, chaos hooks.
 //!
-//! Not built yet: this crate only marks where that part will live.
+//! Today it holds the API client the agent will use and the simulated nodes (`bramble sim`) that
+//! the controllers, the scheduler and the scale benchmarks run against.
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod sim;

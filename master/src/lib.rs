@@ -1,17 +1,21 @@
 //! The bramble master: a Kubernetes-compatible API server on SQLite, in one low-memory process.
 //!
 //! Start-up order: open the store, prepare the CA and certificates, bind the port, create the
-//! built-in namespaces and the `kubernetes` service, write the admin kubeconfig, then serve.
-//! Background upkeep compacts history, checkpoints volatile objects and expires old events.
+//! built-in namespaces and the `kubernetes` service, write the admin kubeconfig, start the
+//! controllers and the scheduler, then serve. Background upkeep compacts history, checkpoints
+//! volatile objects and expires old events.
 #![deny(missing_docs)]
 
 pub mod admission;
 pub mod api;
+pub mod controllers;
 pub mod conversion;
 pub mod lifecycle;
+pub mod metrics;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
+pub mod quantity;
 pub mod resources;
 pub mod selector;
 pub mod store;
@@ -32,7 +36,67 @@ use api::error::error_chain;
 use api::ApiState;
 use store::{Store, StoreError};
 
-/// Cluster-wide settings the API server applies.
+/// How quickly the cluster notices failures and reacts, as a named profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthTimings {
+    /// `default` or `demo`.
+    pub profile: &'static str,
+    /// How often nodes renew their lease (published to nodes in `kube-system/bramble-settings`).
+    pub node_lease_renew: Duration,
+    /// How long a node may stay silent before it is NotReady (upstream: 40 s).
+    pub node_monitor_grace: Duration,
+    /// How often every node's health is checked.
+    pub node_monitor_period: Duration,
+    /// How long pods stay on an unreachable or not-ready node (upstream: 300 s).
+    pub default_toleration_seconds: i64,
+    /// How often autoscalers look at usage (upstream: 15 s).
+    pub hpa_sync: Duration,
+    /// How often nodes report usage.
+    pub metrics_interval: Duration,
+    /// How soon an unschedulable pod is tried again without any change.
+    pub scheduler_retry: Duration,
+}
+
+impl HealthTimings {
+    /// Upstream-like timings: a dead node is noticed after 40 s and its pods move after 5 min.
+    pub fn standard() -> Self {
+        HealthTimings {
+            profile: "default",
+            node_lease_renew: Duration::from_secs(10),
+            node_monitor_grace: Duration::from_secs(40),
+            node_monitor_period: Duration::from_secs(5),
+            default_toleration_seconds: 300,
+            hpa_sync: Duration::from_secs(15),
+            metrics_interval: Duration::from_secs(15),
+            scheduler_retry: Duration::from_secs(10),
+        }
+    }
+
+    /// For the stage: a dead node is noticed within 2 s and its pods are replaced at once.
+    pub fn demo() -> Self {
+        HealthTimings {
+            profile: "demo",
+            node_lease_renew: Duration::from_millis(400),
+            node_monitor_grace: Duration::from_millis(1500),
+            node_monitor_period: Duration::from_millis(250),
+            default_toleration_seconds: 0,
+            hpa_sync: Duration::from_secs(3),
+            metrics_interval: Duration::from_secs(2),
+            scheduler_retry: Duration::from_secs(1),
+        }
+    }
+
+    /// The profile of a name, if it is one.
+    pub fn named(name: &str) -> Option<Self> {
+        match name {
+            "default" => Some(Self::standard()),
+            "demo" => Some(Self::demo()),
+            _ => None,
+        }
+    }
+}
+
+/// Cluster-wide settings the API server and controllers apply.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
     /// The range cluster IPs of services come from.
@@ -41,6 +105,12 @@ pub struct ClusterSettings {
     pub node_port_range: (i64, i64),
     /// The DNS domain of the cluster.
     pub cluster_domain: String,
+    /// The range pod IPs come from; each node gets a slice of it.
+    pub cluster_cidr: String,
+    /// The prefix length of each node's slice of `cluster_cidr`.
+    pub node_cidr_mask: u32,
+    /// Failure detection and sync timings.
+    pub timings: HealthTimings,
 }
 
 impl Default for ClusterSettings {
@@ -49,6 +119,9 @@ impl Default for ClusterSettings {
             service_cidr: "10.43.0.0/16".into(),
             node_port_range: (30000, 32767),
             cluster_domain: "cluster.local".into(),
+            cluster_cidr: "10.42.0.0/16".into(),
+            node_cidr_mask: 24,
+            timings: HealthTimings::standard(),
         }
     }
 }
@@ -150,6 +223,8 @@ pub struct Master {
     pub kubeconfig_path: PathBuf,
     /// The address actually bound (useful with port 0).
     pub local_addr: SocketAddr,
+    /// The controllers and the scheduler, running on their own threads.
+    pub controllers: controllers::Runtime,
 }
 
 impl Master {
@@ -206,6 +281,8 @@ impl Master {
             tokens,
             cluster: config.cluster.clone(),
             allocation: std::sync::Mutex::new(()),
+            admission: std::sync::Mutex::new(()),
+            metrics: Arc::new(metrics::MetricsRegistry::default()),
         });
         {
             let state = state.clone();
@@ -225,7 +302,13 @@ impl Master {
             &credentials.admin_token,
         );
         pki::write_private(&kubeconfig_path, kubeconfig.as_bytes()).map_err(MasterError::Pki)?;
+        let controllers = controllers::Runtime::start(
+            state.clone(),
+            config.cluster.timings,
+            state.metrics.clone(),
+        );
         Ok(Master {
+            controllers,
             config,
             state,
             listener,
@@ -303,7 +386,7 @@ fn tls_acceptor(
 }
 
 /// Creates what every cluster has: the built-in namespaces, their default service accounts and
-/// the `kubernetes` service. Also resumes emptying namespaces a crash interrupted.
+/// the `kubernetes` service, and the settings nodes read.
 fn bootstrap(state: &ApiState) -> Result<(), MasterError> {
     let fail = |what: &str, error: api::error::ApiError| MasterError::Bootstrap {
         message: format!("{what}: {}", error.message),
@@ -332,18 +415,43 @@ fn bootstrap(state: &ApiState) -> Result<(), MasterError> {
             Err(e) => return Err(fail("the kubernetes service", e)),
         }
     }
-    let terminating = state
-        .store
-        .list("core/namespaces", None, None, 0, &|ns: &Value| {
-            ns.pointer("/metadata/deletionTimestamp").is_some()
-        })
-        .map_err(MasterError::Store)?;
-    for ns in terminating.items {
-        let name = api::objects::meta_str(&ns, "name");
-        lifecycle::after_graceful_delete(state, namespaces, &ns);
-        tracing::info!(namespace = name, "resuming namespace deletion");
-    }
+    publish_settings(state).map_err(|e| fail("kube-system/bramble-settings", e))?;
     Ok(())
+}
+
+/// Writes `kube-system/bramble-settings`: the timings nodes follow (lease renewal, usage
+/// reports), so agents and simulated nodes match the master's profile.
+fn publish_settings(state: &ApiState) -> Result<(), api::error::ApiError> {
+    let timings = state.cluster.timings;
+    let data = json!({
+        "profile": timings.profile,
+        "nodeLeaseRenewSeconds": timings.node_lease_renew.as_secs_f64().to_string(),
+        "nodeMonitorGraceSeconds": timings.node_monitor_grace.as_secs_f64().to_string(),
+        "metricsIntervalSeconds": timings.metrics_interval.as_secs_f64().to_string(),
+        "clusterCIDR": state.cluster.cluster_cidr,
+        "serviceCIDR": state.cluster.service_cidr,
+        "clusterDomain": state.cluster.cluster_domain,
+    });
+    let config_maps = resources::by_kind("", "ConfigMap").expect("config maps are served");
+    let settings = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "bramble-settings", "namespace": "kube-system"},
+        "data": data,
+    });
+    match api::objects::create_object(state, config_maps, settings, false) {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 409 => {
+            state
+                .store
+                .update::<api::error::ApiError>("core/configmaps", "kube-system", "bramble-settings", |cm| {
+                    let mut cm = cm.clone();
+                    cm["data"] = data.clone();
+                    Ok(cm)
+                })
+                .map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// How long events are kept, as upstream's default `--event-ttl`.

@@ -153,11 +153,29 @@ pub fn admit_create(
     match resource.kind {
         "Pod" => {
             object["status"]["qosClass"] = json!(qos_class(&object["spec"]));
+            add_default_tolerations(object, state.cluster.timings.default_toleration_seconds);
             Ok(())
         }
         "Service" => allocate_service(state, object, None),
         _ => Ok(()),
     }
+}
+
+/// Upstream's DefaultTolerationSeconds: pods stay on a not-ready or unreachable node for the
+/// profile's time (5 minutes by default, none in the demo profile) unless they say otherwise.
+fn add_default_tolerations(pod: &mut Value, seconds: i64) {
+    let mut tolerations = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        let covered = tolerations.iter().any(|t| {
+            let effect = t["effect"].as_str().unwrap_or_default();
+            let matches_key = t["key"] == key || (t["key"].as_str().unwrap_or_default().is_empty() && t["operator"] == "Exists");
+            matches_key && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !covered {
+            tolerations.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}));
+        }
+    }
+    pod["spec"]["tolerations"] = json!(tolerations);
 }
 
 /// Keeps what the server assigned when an update leaves it out (a `kubectl replace` of a
@@ -467,6 +485,23 @@ pub fn plan_deletion(resource: &Resource, current: &Value, options: &DeleteOptio
             }),
         };
     }
+    let foreground = options.propagation.as_deref() == Some("Foreground");
+    if foreground && !already {
+        // The garbage collector deletes the dependents, then removes the finalizer.
+        return Deletion::Graceful {
+            mark: Box::new(move |object: &Value| {
+                let mut object = object.clone();
+                object["metadata"]["deletionTimestamp"] = json!(timestamp_after(0));
+                object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                let mut finalizers = object["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+                if !finalizers.iter().any(|f| f == "foregroundDeletion") {
+                    finalizers.push(json!("foregroundDeletion"));
+                }
+                object["metadata"]["finalizers"] = json!(finalizers);
+                object
+            }),
+        };
+    }
     if has_finalizers(current) {
         return Deletion::Graceful {
             mark: Box::new(move |object: &Value| {
@@ -520,19 +555,6 @@ pub fn ensure_default_service_account(state: &ApiState, namespace: &str) {
         Err(e) => {
             tracing::warn!(namespace, error = %e.message, "cannot create the default service account")
         }
-    }
-}
-
-/// After an object is marked for deletion: a namespace starts emptying.
-pub fn after_graceful_delete(state: &ApiState, resource: &Resource, marked: &Value) {
-    if resource.kind == "Namespace" {
-        let namespace = meta_str(marked, "name");
-        let store = state.store.clone();
-        std::thread::spawn(move || {
-            if let Err(error) = finalize_namespace(&store, &namespace) {
-                tracing::error!(namespace, error = %crate::api::error::error_chain(&error), "emptying the namespace failed");
-            }
-        });
     }
 }
 

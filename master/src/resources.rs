@@ -62,8 +62,16 @@ impl Resource {
         format!("{}List", self.kind)
     }
 
+    /// Whether objects of this resource live in the store (metrics do not).
+    pub fn is_stored(&self) -> bool {
+        self.group != "metrics.k8s.io"
+    }
+
     /// Verbs for discovery.
     pub fn verbs(&self) -> &'static [&'static str] {
+        if !self.is_stored() {
+            return &["get", "list"];
+        }
         &[
             "create",
             "delete",
@@ -146,6 +154,10 @@ pub static RESOURCES: &[Resource] = &[
         ..resource!("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", &["hpa"],
             namespaced: true, categories: ALL, subresources: &["status"])
     },
+    resource!("metrics.k8s.io", "v1beta1", "NodeMetrics", "nodes", "", NONE,
+        namespaced: false, categories: NONE, subresources: NONE),
+    resource!("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", "", NONE,
+        namespaced: true, categories: NONE, subresources: NONE),
 ];
 
 /// The group-versions served, preferred version first within a group.

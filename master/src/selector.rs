@@ -49,7 +49,10 @@ struct Requirement {
 
 impl Requirement {
     fn matches(&self, labels: &Map<String, Value>) -> bool {
-        let value = labels.get(&self.key).and_then(Value::as_str);
+        self.matches_value(labels.get(&self.key).and_then(Value::as_str))
+    }
+
+    fn matches_value(&self, value: Option<&str>) -> bool {
         match &self.operator {
             Operator::Equals(wanted) => value == Some(wanted.as_str()),
             Operator::NotEquals(unwanted) => value != Some(unwanted.as_str()),
@@ -234,6 +237,18 @@ impl LabelSelector {
                 Some("NotIn") => Operator::NotIn(values),
                 Some("Exists") => Operator::Exists,
                 Some("DoesNotExist") => Operator::DoesNotExist,
+                // Node selector terms (node affinity) also compare integers.
+                Some(op @ ("Gt" | "Lt")) => {
+                    let bound = values
+                        .first()
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .ok_or_else(|| error(format!("{op} needs one integer value")))?;
+                    if op == "Gt" {
+                        Operator::GreaterThan(bound)
+                    } else {
+                        Operator::LessThan(bound)
+                    }
+                }
                 other => {
                     return Err(error(format!(
                         "{other:?} is not a valid label selector operator"
@@ -251,6 +266,30 @@ impl LabelSelector {
     /// Whether `labels` satisfy every requirement.
     pub fn matches(&self, labels: &Map<String, Value>) -> bool {
         !self.nothing && self.requirements.iter().all(|r| r.matches(labels))
+    }
+
+    /// Whether a plain label map satisfies every requirement.
+    pub fn matches_map(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        !self.nothing
+            && self
+                .requirements
+                .iter()
+                .all(|r| r.matches_value(labels.get(&r.key).map(String::as_str)))
+    }
+
+    /// A selector from a plain map of required labels (ReplicationController and Service
+    /// selectors); an empty map selects nothing, as upstream's controllers treat it.
+    pub fn from_map(labels: &Map<String, Value>) -> Self {
+        LabelSelector {
+            requirements: labels
+                .iter()
+                .map(|(key, value)| Requirement {
+                    key: key.clone(),
+                    operator: Operator::Equals(value.as_str().unwrap_or_default().to_owned()),
+                })
+                .collect(),
+            nothing: labels.is_empty(),
+        }
     }
 
     /// Whether the object's `metadata.labels` satisfy the selector.

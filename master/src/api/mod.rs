@@ -49,6 +49,10 @@ pub struct ApiState {
     pub cluster: crate::ClusterSettings,
     /// Serialises cluster IP and node port allocation.
     pub allocation: std::sync::Mutex<()>,
+    /// Serialises creates from admission to commit, so quota checks see every earlier create.
+    pub admission: std::sync::Mutex<()>,
+    /// Usage reported by nodes (the metrics API).
+    pub metrics: Arc<crate::metrics::MetricsRegistry>,
 }
 
 /// Serves HTTPS on `listener` until the task is dropped.
@@ -288,6 +292,18 @@ async fn route(
     let accept = header_str(&request, header::ACCEPT).unwrap_or_default();
     if let Some(response) = discovery::serve(&segments, &accept)? {
         return Ok(response);
+    }
+    if let ["apis", "metrics.k8s.io", "v1beta1", rest @ ..] = segments.as_slice() {
+        let method = request.method().clone();
+        let body = read_body(request).await?;
+        let state = state.clone();
+        let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
+        let value = objects::blocking(move || {
+            let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+            crate::metrics::serve(&state, &method, &rest, &query, &body)
+        })
+        .await?;
+        return Ok(respond_value(200, &value, ResponseFormat::Json));
     }
     let target = parse_target(&segments)?.ok_or_else(|| ApiError::no_route(path))?;
     let method = request.method().clone();

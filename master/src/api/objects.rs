@@ -60,8 +60,10 @@ enum FieldValidation {
 
 /// Which part of an object a write may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Part {
+pub enum Part {
+    /// Everything but the status (for resources with a status subresource).
     Main,
+    /// Only the status.
     Status,
 }
 
@@ -418,37 +420,9 @@ impl Call {
                 )
             })?
             .to_owned();
-        let store = self.state.store.clone();
-        let resource = self.resource();
+        let state = self.state.clone();
         let namespace = self.namespace();
-        blocking(move || {
-            store
-                .update(&resource.storage_key(), &namespace, &name, |pod| {
-                    if pod.pointer("/metadata/deletionTimestamp").is_some() {
-                        return Err(ApiError::conflict(
-                            resource,
-                            &name,
-                            "pod is being deleted, cannot be assigned to a host",
-                        ));
-                    }
-                    if let Some(current) = pod
-                        .pointer("/spec/nodeName")
-                        .and_then(Value::as_str)
-                        .filter(|n| !n.is_empty())
-                    {
-                        return Err(ApiError::conflict(
-                            resource,
-                            &name,
-                            &format!("pod {name} is already assigned to node \"{current}\""),
-                        ));
-                    }
-                    let mut pod = pod.clone();
-                    pod["spec"]["nodeName"] = json!(node);
-                    lifecycle::set_condition(&mut pod, "PodScheduled", "True", None, None);
-                    Ok(pod)
-                })
-                .map_err(|e| not_found_as(e, resource, &name))
-        })
+        blocking(move || bind_pod(&state, &namespace, &name, &node))
         .await?;
         Ok(respond_value(201, &success_status(), ResponseFormat::Json))
     }
@@ -852,6 +826,39 @@ fn random_suffix() -> String {
         .collect()
 }
 
+/// Binds a pending pod to a node (the `binding` subresource); refuses pods being deleted or
+/// already bound.
+pub fn bind_pod(state: &ApiState, namespace: &str, name: &str, node: &str) -> Result<Value, ApiError> {
+    let resource = resources::by_kind("", "Pod").expect("pods are served");
+    state
+        .store
+        .update(&resource.storage_key(), namespace, name, |pod| {
+            if pod.pointer("/metadata/deletionTimestamp").is_some() {
+                return Err(ApiError::conflict(
+                    resource,
+                    name,
+                    "pod is being deleted, cannot be assigned to a host",
+                ));
+            }
+            if let Some(current) = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+            {
+                return Err(ApiError::conflict(
+                    resource,
+                    name,
+                    &format!("pod {name} is already assigned to node \"{current}\""),
+                ));
+            }
+            let mut pod = pod.clone();
+            pod["spec"]["nodeName"] = json!(node);
+            lifecycle::set_condition(&mut pod, "PodScheduled", "True", None, None);
+            Ok(pod)
+        })
+        .map_err(|e| not_found_as(e, resource, name))
+}
+
 /// Creates an object through the whole admission path. Used by the API and by bootstrap.
 pub fn create_object(
     state: &ApiState,
@@ -893,15 +900,23 @@ pub fn create_object(
                 &errors,
             ));
         }
+        // From admission to commit one create at a time, so a quota check sees every create
+        // before it (the store serialises the commits anyway).
+        let admitting = state.admission.lock().unwrap_or_else(|p| p.into_inner());
         if resource.namespaced {
             check_namespace_accepts(&state.store, &namespace, resource)?;
         }
         lifecycle::admit_create(state, resource, &mut candidate)?;
+        if !dry_run {
+            crate::controllers::quota::admit(state, resource, &candidate)?;
+        }
         if dry_run {
             return Ok(candidate);
         }
         let store = &state.store;
-        match store.create(&resource.storage_key(), &namespace, &name, candidate) {
+        let committed = store.create(&resource.storage_key(), &namespace, &name, candidate);
+        drop(admitting);
+        match committed {
             Ok(created) => {
                 lifecycle::after_create(state, resource, &created);
                 return Ok(created);
@@ -963,7 +978,7 @@ fn prepare_create(resource: &Resource, object: &mut Value) {
 
 /// Replaces an object (or its status) through the admission path inside the store's
 /// read-modify-write. `make` builds the requested object from the current one.
-fn update_object(
+pub fn update_object(
     state: &ApiState,
     resource: &'static Resource,
     namespace: &str,
@@ -1240,11 +1255,9 @@ pub fn delete_object(
             .delete::<ApiError>(&key, namespace, name, |_| Ok(()))
             .map_err(|e| not_found_as(e, resource, name)),
         lifecycle::Deletion::Graceful { mark } => {
-            let marked = store
+            store
                 .update::<ApiError>(&key, namespace, name, |object| Ok(mark(object)))
-                .map_err(|e| not_found_as(e, resource, name))?;
-            lifecycle::after_graceful_delete(state, resource, &marked);
-            Ok(marked)
+                .map_err(|e| not_found_as(e, resource, name))
         }
     }
 }
@@ -1337,7 +1350,7 @@ pub fn namespaced_storage_keys() -> Vec<&'static Resource> {
     let mut seen: Vec<&'static Resource> = Vec::new();
     for resource in RESOURCES
         .iter()
-        .filter(|r| r.namespaced && r.storage_version.is_none())
+        .filter(|r| r.namespaced && r.storage_version.is_none() && r.is_stored())
     {
         if !seen
             .iter()

@@ -1,0 +1,390 @@
+//! A small Kubernetes API client: kubeconfig, one multiplexed HTTP/2 connection, JSON verbs and watches.
+//!
+//! The agent and the simulated nodes need a handful of calls, not a general client: get, list,
+//! create, merge-patch, delete and watch, authenticated with a bearer token against the cluster
+//! CA from the kubeconfig. Requests share one HTTP/2 connection, so a thousand simulated nodes
+//! cost the master one TLS session.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+use tokio::sync::{mpsc, Mutex};
+
+/// Errors talking to the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The kubeconfig could not be read or lacks what the client needs.
+    #[error("kubeconfig {path}: {problem}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The server could not be reached or the connection broke.
+    #[error("cannot reach the API server at {server}")]
+    Transport {
+        /// The server address.
+        server: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The server answered with an error status.
+    #[error("{method} {path}: {code} {message}")]
+    Status {
+        /// The request method.
+        method: Method,
+        /// The request path.
+        path: String,
+        /// The HTTP status code.
+        code: u16,
+        /// The Status message from the server.
+        message: String,
+    },
+    /// The server's answer was not the JSON expected.
+    #[error("{path}: unreadable response")]
+    Decode {
+        /// The request path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status code, when the server answered.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ClientError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+type Body = Full<Bytes>;
+
+/// A connection to one API server.
+pub struct Client {
+    host: String,
+    port: u16,
+    server_name: ServerName<'static>,
+    connector: tokio_rustls::TlsConnector,
+    token: String,
+    connection: Mutex<Option<SendRequest<Body>>>,
+}
+
+/// One event of a watch.
+#[derive(Debug, Clone)]
+pub struct WatchEvent {
+    /// ADDED, MODIFIED, DELETED, BOOKMARK or ERROR.
+    pub kind: String,
+    /// The object.
+    pub object: Value,
+}
+
+impl Client {
+    /// Reads the current context of a kubeconfig: server, CA and bearer token.
+    pub fn from_kubeconfig(path: &Path) -> Result<Arc<Client>, ClientError> {
+        let problem = |problem: String| ClientError::Kubeconfig {
+            path: path.display().to_string(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
+        let config: Value = serde_yaml::from_str(&text).map_err(|e| problem(e.to_string()))?;
+        let current = config["current-context"].as_str().unwrap_or_default();
+        let named = |section: &str, name: &str| -> Option<Value> {
+            config[section]
+                .as_array()?
+                .iter()
+                .find(|entry| name.is_empty() || entry["name"] == name)
+                .cloned()
+        };
+        let context = named("contexts", current)
+            .ok_or_else(|| problem(format!("no context {current:?}")))?;
+        let cluster_name = context["context"]["cluster"].as_str().unwrap_or_default();
+        let user_name = context["context"]["user"].as_str().unwrap_or_default();
+        let cluster = named("clusters", cluster_name)
+            .ok_or_else(|| problem(format!("no cluster {cluster_name:?}")))?;
+        let user = named("users", user_name)
+            .ok_or_else(|| problem(format!("no user {user_name:?}")))?;
+        let server = cluster["cluster"]["server"]
+            .as_str()
+            .ok_or_else(|| problem("the cluster has no server".into()))?;
+        let ca_pem = match cluster["cluster"]["certificate-authority-data"].as_str() {
+            Some(data) => base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map_err(|e| problem(format!("certificate-authority-data: {e}")))?,
+            None => {
+                let file = cluster["cluster"]["certificate-authority"]
+                    .as_str()
+                    .ok_or_else(|| problem("the cluster has no certificate authority".into()))?;
+                std::fs::read(file).map_err(|e| problem(format!("{file}: {e}")))?
+            }
+        };
+        let token = user["user"]["token"]
+            .as_str()
+            .ok_or_else(|| problem("the user has no token".into()))?;
+        Client::new(server, &ca_pem, token).map_err(problem)
+    }
+
+    /// A client for `server` (https://host:port) trusting the PEM CA, sending `token`.
+    pub fn new(server: &str, ca_pem: &[u8], token: &str) -> Result<Arc<Client>, String> {
+        let address = server
+            .strip_prefix("https://")
+            .ok_or_else(|| format!("server {server} is not an https:// address"))?
+            .trim_end_matches('/');
+        let (host, port) = match address.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || address.starts_with('[') => (
+                host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                port.parse::<u16>()
+                    .map_err(|_| format!("bad port in {server}"))?,
+            ),
+            _ => (address.to_owned(), 443),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            let cert = cert.map_err(|e| format!("certificate authority: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("certificate authority: {e}"))?;
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let server_name =
+            ServerName::try_from(host.clone()).map_err(|e| format!("server name {host}: {e}"))?;
+        Ok(Arc::new(Client {
+            host,
+            port,
+            server_name,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            token: token.to_owned(),
+            connection: Mutex::new(None),
+        }))
+    }
+
+    fn server(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn transport(&self, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ClientError {
+        ClientError::Transport {
+            server: self.server(),
+            source: source.into(),
+        }
+    }
+
+    async fn sender(&self) -> Result<SendRequest<Body>, ClientError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(sender) = slot.as_ref() {
+            if !sender.is_closed() {
+                return Ok(sender.clone());
+            }
+        }
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|e| self.transport(e))?
+        .map_err(|e| self.transport(e))?;
+        tcp.set_nodelay(true).ok();
+        let tls = self
+            .connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| self.transport(e))?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| self.transport(e))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "API connection closed");
+            }
+        });
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let mut sender = self.sender().await?;
+        sender.ready().await.map_err(|e| self.transport(e))?;
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("https://{}{}", self.server(), path))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("accept", "application/json")
+            .header("content-type", content_type)
+            .header("user-agent", "bramble-agent")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| self.transport(e))?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.transport(e))
+    }
+
+    /// Sends one request and returns the decoded JSON answer; error statuses become
+    /// [`ClientError::Status`].
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialize"));
+        let response = self.send(method.clone(), path, content_type, bytes).await?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.transport(e))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(status_error(method, path, status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|source| ClientError::Decode {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// GET a path.
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.request(Method::GET, path, "application/json", None)
+            .await
+    }
+
+    /// POST (create) an object.
+    pub async fn create(&self, path: &str, object: &Value) -> Result<Value, ClientError> {
+        self.request(Method::POST, path, "application/json", Some(object))
+            .await
+    }
+
+    /// PUT (replace) an object.
+    pub async fn replace(&self, path: &str, object: &Value) -> Result<Value, ClientError> {
+        self.request(Method::PUT, path, "application/json", Some(object))
+            .await
+    }
+
+    /// PATCH with a JSON merge patch.
+    pub async fn merge_patch(&self, path: &str, patch: &Value) -> Result<Value, ClientError> {
+        self.request(
+            Method::PATCH,
+            path,
+            "application/merge-patch+json",
+            Some(patch),
+        )
+        .await
+    }
+
+    /// DELETE with DeleteOptions.
+    pub async fn delete(&self, path: &str, options: &Value) -> Result<Value, ClientError> {
+        self.request(Method::DELETE, path, "application/json", Some(options))
+            .await
+    }
+
+    /// Starts a watch on a collection path from `resource_version`; events arrive on the
+    /// returned channel until the server ends the stream, when the channel closes.
+    pub async fn watch(
+        &self,
+        collection: &str,
+        resource_version: &str,
+    ) -> Result<mpsc::Receiver<WatchEvent>, ClientError> {
+        let separator = if collection.contains('?') { '&' } else { '?' };
+        let path = format!(
+            "{collection}{separator}watch=1&allowWatchBookmarks=true&resourceVersion={resource_version}"
+        );
+        let response = self
+            .send(Method::GET, &path, "application/json", None)
+            .await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(status_error(Method::GET, &path, status, &bytes));
+        }
+        let (events, receiver) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut pending: Vec<u8> = Vec::new();
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                pending.extend_from_slice(&data);
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let Ok(event) = serde_json::from_slice::<Value>(&line) else {
+                        continue;
+                    };
+                    let event = WatchEvent {
+                        kind: event["type"].as_str().unwrap_or_default().to_owned(),
+                        object: event["object"].clone(),
+                    };
+                    if events.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(receiver)
+    }
+}
+
+fn status_error(method: Method, path: &str, status: StatusCode, body: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    ClientError::Status {
+        method,
+        path: path.to_owned(),
+        code: status.as_u16(),
+        message,
+    }
+}
+
+/// An RFC 3339 timestamp of now, to the second, as Kubernetes writes `Time`.
+pub fn now_time() -> String {
+    let now = jiff::Timestamp::now();
+    now.round(jiff::Unit::Second).unwrap_or(now).to_string()
+}
+
+/// An RFC 3339 timestamp of now with microseconds, as Kubernetes writes `MicroTime`.
+pub fn now_micro_time() -> String {
+    let now = jiff::Timestamp::now();
+    let micros = now.round(jiff::Unit::Microsecond).unwrap_or(now);
+    format!("{:.6}", micros)
+}

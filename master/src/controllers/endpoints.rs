@@ -1,0 +1,176 @@
+//! Endpoints: for each Service with a selector, the IPs and ports of its pods, ready ones apart from the rest.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::view::{string_map, Key, PodInfo, View};
+use super::{key_of, Action, Context, Reconciler};
+use crate::api::error::ApiError;
+use crate::api::objects::DeleteOptions;
+use crate::selector::LabelSelector;
+use crate::store::{Change, EventType};
+
+/// The Endpoints controller. Its keys are Service keys.
+pub struct EndpointsController;
+
+fn service_selector(service: &Value) -> Option<LabelSelector> {
+    let map = service["spec"]["selector"].as_object().filter(|m| !m.is_empty())?;
+    Some(LabelSelector::from_map(map))
+}
+
+/// The pod port a service port sends to, or `None` when a named port is missing on the pod.
+fn target_port(port: &Value, pod: &PodInfo) -> Option<i64> {
+    match &port["targetPort"] {
+        Value::Number(n) => n.as_i64(),
+        Value::String(name) if !name.is_empty() => pod
+            .ports
+            .iter()
+            .find(|(port_name, _, protocol)| port_name == name && *protocol == port["protocol"].as_str().unwrap_or("TCP"))
+            .map(|(_, number, _)| *number),
+        _ => port["port"].as_i64(),
+    }
+}
+
+/// The `subsets` of the Endpoints for a service and its pods.
+pub fn subsets(service: &Value, pods: &[&PodInfo]) -> Value {
+    let publish_not_ready = service["spec"]["publishNotReadyAddresses"] == true;
+    let ports: Vec<&Value> = service["spec"]["ports"].as_array().into_iter().flatten().collect();
+    // Pods whose named ports resolve differently end up in different subsets.
+    let mut groups: BTreeMap<Vec<(String, i64, String)>, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    let service_name = service["metadata"]["name"].as_str().unwrap_or_default();
+    for pod in pods {
+        let resolved: Vec<(String, i64, String)> = ports
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p["name"].as_str().unwrap_or_default().to_owned(),
+                    target_port(p, pod)?,
+                    p["protocol"].as_str().unwrap_or("TCP").to_owned(),
+                ))
+            })
+            .collect();
+        let mut address = json!({
+            "ip": pod.ip,
+            "nodeName": pod.node,
+            "targetRef": {"kind": "Pod", "namespace": pod.namespace, "name": pod.name, "uid": pod.uid},
+        });
+        if !pod.hostname.0.is_empty() && pod.hostname.1 == service_name {
+            address["hostname"] = json!(pod.hostname.0);
+        }
+        let entry = groups.entry(resolved).or_default();
+        if pod.ready || publish_not_ready {
+            entry.0.push(address);
+        } else {
+            entry.1.push(address);
+        }
+    }
+    let subsets: Vec<Value> = groups
+        .into_iter()
+        .map(|(ports, (ready, not_ready))| {
+            let mut subset = json!({});
+            if !ready.is_empty() {
+                subset["addresses"] = json!(ready);
+            }
+            if !not_ready.is_empty() {
+                subset["notReadyAddresses"] = json!(not_ready);
+            }
+            let ports: Vec<Value> = ports
+                .into_iter()
+                .map(|(name, port, protocol)| {
+                    let mut p = json!({"port": port, "protocol": protocol});
+                    if !name.is_empty() {
+                        p["name"] = json!(name);
+                    }
+                    p
+                })
+                .collect();
+            if !ports.is_empty() {
+                subset["ports"] = json!(ports);
+            }
+            subset
+        })
+        .collect();
+    json!(subsets)
+}
+
+impl Reconciler for EndpointsController {
+    fn name(&self) -> &'static str {
+        "endpoint-controller"
+    }
+
+    fn keys_for(&self, change: &Change, view: &View) -> Vec<Key> {
+        match change.resource.as_str() {
+            "core/services" => vec![(change.namespace.clone(), change.name.clone())],
+            "core/pods" => {
+                let labels: Vec<_> = std::iter::once(&change.object)
+                    .chain(change.previous.iter())
+                    .map(|o| string_map(&o["metadata"]["labels"]))
+                    .collect();
+                view.list_in("core/services", &change.namespace)
+                    .filter(|s| service_selector(s).is_some_and(|sel| labels.iter().any(|l| sel.matches_map(l))))
+                    .map(|s| key_of(s))
+                    .collect()
+            }
+            "core/endpoints" if change.event == EventType::Deleted => {
+                vec![(change.namespace.clone(), change.name.clone())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn all_keys(&self, view: &View) -> Vec<Key> {
+        view.list("core/services").map(|s| key_of(s)).collect()
+    }
+
+    fn reconcile(&self, ctx: &Context, key: &Key) -> Result<Action, ApiError> {
+        let service = ctx.view().get("core/services", &key.0, &key.1).cloned();
+        let existing = ctx.get("core/endpoints", &key.0, &key.1)?;
+        let Some(service) = service else {
+            // The service went: so do the endpoints the controller made for it.
+            if existing.is_some_and(|e| e["metadata"]["labels"]["endpoints.bramble.dev/managed"] == "true") {
+                ctx.delete("core/endpoints", &key.0, &key.1, &DeleteOptions::default())?;
+            }
+            return Ok(Action::Done);
+        };
+        let Some(selector) = service_selector(&service) else {
+            return Ok(Action::Done);
+        };
+        let subsets = {
+            let view = ctx.view();
+            let mut pods: Vec<&PodInfo> = view
+                .pods_in(&key.0)
+                .filter(|p| !p.ip.is_empty() && p.is_active() && selector.matches_map(&p.labels))
+                .map(|p| p.as_ref())
+                .collect();
+            pods.sort_by(|a, b| a.ip.cmp(&b.ip).then(a.name.cmp(&b.name)));
+            subsets(&service, &pods)
+        };
+        let mut labels = service["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+        labels.insert("endpoints.bramble.dev/managed".into(), json!("true"));
+        match existing {
+            None => {
+                let endpoints = json!({
+                    "apiVersion": "v1", "kind": "Endpoints",
+                    "metadata": {"name": key.1, "namespace": key.0, "labels": labels},
+                    "subsets": subsets,
+                });
+                match ctx.create("core/endpoints", endpoints) {
+                    Ok(_) => {}
+                    Err(e) if e.code == 409 => return Ok(Action::RequeueAfter(std::time::Duration::from_millis(10))),
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(current) => {
+                if current["subsets"] != subsets || current["metadata"]["labels"] != json!(labels) {
+                    ctx.update("core/endpoints", &key.0, &key.1, |e| {
+                        e["subsets"] = subsets;
+                        e["metadata"]["labels"] = json!(labels);
+                        Ok(())
+                    })?;
+                }
+            }
+        }
+        Ok(Action::Done)
+    }
+}

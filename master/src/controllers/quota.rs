@@ -1,0 +1,222 @@
+//! ResourceQuota: admission that refuses what would exceed a namespace's quota, and `status.used`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::view::{Key, PodInfo, View};
+use super::{key_of, Action, Context, Reconciler};
+use crate::api::error::ApiError;
+use crate::api::ApiState;
+use crate::quantity::format_millicores;
+use crate::resources::Resource;
+use crate::store::Change;
+
+/// Keeps `status.hard` and `status.used` of quotas current.
+pub struct QuotaStatusController;
+
+fn format_bytes(bytes: i64) -> String {
+    for (suffix, unit) in [("Gi", 1i64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        if bytes != 0 && bytes % unit == 0 {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
+}
+
+/// The quota resource names a kind is counted under.
+fn count_names(resource: &Resource) -> Vec<String> {
+    let group_suffix = if resource.group.is_empty() { String::new() } else { format!(".{}", resource.group) };
+    let mut names = vec![format!("count/{}{group_suffix}", resource.plural)];
+    if resource.group.is_empty()
+        && matches!(resource.plural, "pods" | "services" | "configmaps" | "secrets" | "replicationcontrollers" | "resourcequotas" | "persistentvolumeclaims")
+    {
+        names.push(resource.plural.to_owned());
+    }
+    names
+}
+
+/// What one pod uses of each pod-related quota resource, in base units (millicores for CPU).
+fn pod_usage(pod: &PodInfo) -> BTreeMap<&'static str, i64> {
+    BTreeMap::from([
+        ("pods", 1),
+        ("count/pods", 1),
+        ("requests.cpu", pod.cpu_request),
+        ("cpu", pod.cpu_request),
+        ("requests.memory", pod.memory_request),
+        ("memory", pod.memory_request),
+        ("limits.cpu", pod.cpu_limit),
+        ("limits.memory", pod.memory_limit),
+    ])
+}
+
+fn is_cpu(name: &str) -> bool {
+    name == "cpu" || name.ends_with(".cpu")
+}
+
+fn is_memory(name: &str) -> bool {
+    name == "memory" || name.ends_with(".memory")
+}
+
+fn parse_hard(name: &str, value: &Value) -> i64 {
+    let text = value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
+    if is_cpu(name) {
+        crate::quantity::millicores(&text).unwrap_or(0)
+    } else {
+        crate::quantity::parse(&text).map(|q| q.round() as i64).unwrap_or(0)
+    }
+}
+
+fn format_amount(name: &str, amount: i64) -> String {
+    if is_cpu(name) {
+        format_millicores(amount)
+    } else if is_memory(name) {
+        format_bytes(amount)
+    } else {
+        amount.to_string()
+    }
+}
+
+/// Current use, in a namespace, of each resource the quota's `hard` names.
+fn usage(api: &ApiState, namespace: &str, hard: &serde_json::Map<String, Value>) -> Result<BTreeMap<String, i64>, ApiError> {
+    let mut used: BTreeMap<String, i64> = hard.keys().map(|k| (k.clone(), 0)).collect();
+    let pod_related = hard.keys().any(|k| pod_usage(&dummy_pod()).contains_key(k.as_str()));
+    if pod_related {
+        let pods = api.store.list("core/pods", Some(namespace), None, 0, &|_| true)?;
+        for pod in pods.items.iter().map(PodInfo::from_object).filter(|p| p.is_active()) {
+            for (name, amount) in pod_usage(&pod) {
+                if let Some(total) = used.get_mut(name) {
+                    *total += amount;
+                }
+            }
+        }
+    }
+    for resource in crate::api::objects::namespaced_storage_keys() {
+        if resource.kind == "Pod" {
+            continue;
+        }
+        let names = count_names(resource);
+        if !names.iter().any(|n| hard.contains_key(n)) {
+            continue;
+        }
+        let count = api.store.list(&resource.storage_key(), Some(namespace), None, 0, &|_| true)?.items.len() as i64;
+        for name in names {
+            if let Some(total) = used.get_mut(&name) {
+                *total = count;
+            }
+        }
+    }
+    Ok(used)
+}
+
+fn dummy_pod() -> PodInfo {
+    PodInfo::from_object(&json!({}))
+}
+
+/// Refuses a create that would take a namespace over one of its quotas (403), or a pod that
+/// does not say how much CPU or memory it needs when a quota limits them.
+pub fn admit(api: &ApiState, resource: &Resource, object: &Value) -> Result<(), ApiError> {
+    if !resource.namespaced || resource.group == "metrics.k8s.io" {
+        return Ok(());
+    }
+    let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+    let quotas = api.store.list("core/resourcequotas", Some(namespace), None, 0, &|_| true)?;
+    if quotas.items.is_empty() {
+        return Ok(());
+    }
+    let mut requested: BTreeMap<String, i64> = count_names(resource).into_iter().map(|n| (n, 1)).collect();
+    let pod = (resource.kind == "Pod").then(|| PodInfo::from_object(object));
+    if let Some(pod) = &pod {
+        for (name, amount) in pod_usage(pod) {
+            requested.insert(name.to_owned(), amount);
+        }
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let forbidden = |detail: String| {
+        ApiError::forbidden(format!("{} \"{name}\" is forbidden: {detail}", resource.plural))
+    };
+    for quota in &quotas.items {
+        let quota_name = quota["metadata"]["name"].as_str().unwrap_or_default();
+        let Some(hard) = quota["spec"]["hard"].as_object() else { continue };
+        if let Some(pod) = &pod {
+            let mut missing = Vec::new();
+            for (tracked, value) in [("requests.cpu", pod.cpu_request), ("cpu", pod.cpu_request), ("requests.memory", pod.memory_request), ("memory", pod.memory_request), ("limits.cpu", pod.cpu_limit), ("limits.memory", pod.memory_limit)] {
+                if hard.contains_key(tracked) && value == 0 && !missing.contains(&tracked) {
+                    missing.push(tracked);
+                }
+            }
+            if !missing.is_empty() {
+                return Err(forbidden(format!("failed quota: {quota_name}: must specify {}", missing.join(","))));
+            }
+        }
+        let relevant: Vec<(&String, &Value)> = hard.iter().filter(|(k, _)| requested.get(k.as_str()).is_some_and(|r| *r > 0)).collect();
+        if relevant.is_empty() {
+            continue;
+        }
+        let used = usage(api, namespace, hard)?;
+        let mut exceeded = Vec::new();
+        for (resource_name, limit) in relevant {
+            let limit = parse_hard(resource_name, limit);
+            let asked = requested[resource_name.as_str()];
+            let now = used.get(resource_name).copied().unwrap_or(0);
+            if now + asked > limit {
+                exceeded.push((resource_name.clone(), asked, now, limit));
+            }
+        }
+        if !exceeded.is_empty() {
+            let list = |pick: &dyn Fn(&(String, i64, i64, i64)) -> i64| {
+                exceeded.iter().map(|e| format!("{}={}", e.0, format_amount(&e.0, pick(e)))).collect::<Vec<_>>().join(",")
+            };
+            return Err(forbidden(format!(
+                "exceeded quota: {quota_name}, requested: {}, used: {}, limited: {}",
+                list(&|e| e.1),
+                list(&|e| e.2),
+                list(&|e| e.3)
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Reconciler for QuotaStatusController {
+    fn name(&self) -> &'static str {
+        "resourcequota-controller"
+    }
+
+    fn keys_for(&self, change: &Change, view: &View) -> Vec<Key> {
+        if change.resource == "core/resourcequotas" {
+            return vec![(change.namespace.clone(), change.name.clone())];
+        }
+        if change.namespace.is_empty() || matches!(change.resource.as_str(), "core/events" | "coordination.k8s.io/leases") {
+            return Vec::new();
+        }
+        view.list_in("core/resourcequotas", &change.namespace).map(|q| key_of(q)).collect()
+    }
+
+    fn all_keys(&self, view: &View) -> Vec<Key> {
+        view.list("core/resourcequotas").map(|q| key_of(q)).collect()
+    }
+
+    fn reconcile(&self, ctx: &Context, key: &Key) -> Result<Action, ApiError> {
+        let Some(quota) = ctx.view().get("core/resourcequotas", &key.0, &key.1).cloned() else {
+            return Ok(Action::Done);
+        };
+        let hard = quota["spec"]["hard"].as_object().cloned().unwrap_or_default();
+        let used = usage(&ctx.shared.api, &key.0, &hard)?;
+        let used: serde_json::Map<String, Value> = used
+            .into_iter()
+            .map(|(name, amount)| {
+                let text = format_amount(&name, amount);
+                (name, json!(text))
+            })
+            .collect();
+        let result = ctx.update_status("core/resourcequotas", &key.0, &key.1, |q| {
+            q["status"] = json!({"hard": hard, "used": used});
+            Ok(())
+        });
+        match result {
+            Ok(_) | Err(ApiError { code: 404, .. }) => Ok(Action::Done),
+            Err(e) => Err(e),
+        }
+    }
+}
