@@ -18,8 +18,9 @@ KUBECTL = os.environ.get("KUBECTL", str(ROOT / "target" / "test-venv" / "bin" / 
 class Master:
     """A `bramble master` process with its own data directory, listening on a free port."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, *extra_args: str):
         self.data_dir = data_dir
+        self.extra_args = list(extra_args)
         self.kubeconfig = data_dir / "admin.kubeconfig"
         self.process = None
         self.log = data_dir.parent / "master.log"
@@ -32,7 +33,7 @@ class Master:
             self.port = free_port()
         log = open(self.log, "ab")
         self.process = subprocess.Popen(
-            [BRAMBLE, "master", "--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}"],
+            [BRAMBLE, "master", "--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}", *self.extra_args],
             stdout=log,
             stderr=log,
         )
@@ -101,6 +102,66 @@ def free_port():
 def master(tmp_path):
     m = Master(tmp_path / "data").start()
     yield m
+    m.kill(signal.SIGTERM)
+
+
+class Sim:
+    """A `bramble sim` process keeping simulated nodes alive against a master."""
+
+    def __init__(self, master: Master, nodes: int, *extra_args: str):
+        self.master = master
+        self.log = master.data_dir.parent / "sim.log"
+        log = open(self.log, "ab")
+        self.process = subprocess.Popen(
+            [BRAMBLE, "sim", "--kubeconfig", str(master.kubeconfig), "--nodes", str(nodes), *extra_args],
+            stdout=log,
+            stderr=log,
+        )
+        wait_for(lambda: self.ready_nodes() >= nodes, timeout=30, what=f"{nodes} ready simulated nodes")
+
+    def ready_nodes(self):
+        if self.process.poll() is not None:
+            raise RuntimeError(f"sim exited with {self.process.returncode}: {self.log.read_text()}")
+        nodes = self.master.kubectl_json("get", "nodes")["items"]
+        return sum(
+            1
+            for n in nodes
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+            and not n.get("spec", {}).get("taints")
+        )
+
+    def chaos(self, verb, node):
+        subprocess.run(
+            [BRAMBLE, "sim", verb, node, "--kubeconfig", str(self.master.kubeconfig)],
+            check=True,
+            capture_output=True,
+        )
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+def wait_for(condition, timeout=30.0, interval=0.1, what="condition"):
+    """Polls `condition` until it returns something truthy; returns that or fails with `what`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def demo_cluster(tmp_path):
+    """A master with the demo profile and three simulated nodes."""
+    m = Master(tmp_path / "data", "--profile", "demo").start()
+    sim = Sim(m, 3)
+    yield m, sim
+    sim.stop()
     m.kill(signal.SIGTERM)
 
 

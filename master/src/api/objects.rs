@@ -1247,7 +1247,21 @@ pub fn delete_object(
     if options.dry_run {
         return Ok(current);
     }
+    let mut current = current;
     if options.propagation.as_deref() == Some("Orphan") {
+        if resource.kind != "Pod" && resource.kind != "Namespace" {
+            // Marked first, so no controller adopts the dependents back while they are released.
+            current = store
+                .update::<ApiError>(&key, namespace, name, |object| {
+                    let mut object = object.clone();
+                    if object.pointer("/metadata/deletionTimestamp").is_none() {
+                        object["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                        object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                    }
+                    Ok(object)
+                })
+                .map_err(|e| not_found_as(e, resource, name))?;
+        }
         lifecycle::orphan_dependents(state, &current)?;
     }
     match lifecycle::plan_deletion(resource, &current, options) {
