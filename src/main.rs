@@ -53,7 +53,12 @@ struct SimArgs {
     #[command(subcommand)]
     command: Option<SimCommand>,
     /// Kubeconfig of the cluster.
-    #[arg(long, env = "KUBECONFIG", global = true, default_value = ".bramble/admin.kubeconfig")]
+    #[arg(
+        long,
+        env = "KUBECONFIG",
+        global = true,
+        default_value = ".bramble/admin.kubeconfig"
+    )]
     kubeconfig: PathBuf,
     /// How many nodes to simulate.
     #[arg(long, default_value_t = 3)]

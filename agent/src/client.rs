@@ -111,14 +111,14 @@ impl Client {
                 .find(|entry| name.is_empty() || entry["name"] == name)
                 .cloned()
         };
-        let context = named("contexts", current)
-            .ok_or_else(|| problem(format!("no context {current:?}")))?;
+        let context =
+            named("contexts", current).ok_or_else(|| problem(format!("no context {current:?}")))?;
         let cluster_name = context["context"]["cluster"].as_str().unwrap_or_default();
         let user_name = context["context"]["user"].as_str().unwrap_or_default();
         let cluster = named("clusters", cluster_name)
             .ok_or_else(|| problem(format!("no cluster {cluster_name:?}")))?;
-        let user = named("users", user_name)
-            .ok_or_else(|| problem(format!("no user {user_name:?}")))?;
+        let user =
+            named("users", user_name).ok_or_else(|| problem(format!("no user {user_name:?}")))?;
         let server = cluster["cluster"]["server"]
             .as_str()
             .ok_or_else(|| problem("the cluster has no server".into()))?;
@@ -147,7 +147,9 @@ impl Client {
             .trim_end_matches('/');
         let (host, port) = match address.rsplit_once(':') {
             Some((host, port)) if !host.ends_with(']') || address.starts_with('[') => (
-                host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
                 port.parse::<u16>()
                     .map_err(|_| format!("bad port in {server}"))?,
             ),
@@ -184,7 +186,10 @@ impl Client {
         format!("{}:{}", self.host, self.port)
     }
 
-    fn transport(&self, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ClientError {
+    fn transport(
+        &self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ClientError {
         ClientError::Transport {
             server: self.server(),
             source: source.into(),

@@ -262,7 +262,10 @@ impl Simulator {
         });
         match self
             .client
-            .create("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", &lease)
+            .create(
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                &lease,
+            )
             .await
         {
             Ok(_) => {}
@@ -270,7 +273,10 @@ impl Simulator {
             Err(e) => return Err(register(e)),
         }
         let alive = created
-            .pointer(&format!("/metadata/annotations/{}", CHAOS_ANNOTATION.replace('/', "~1")))
+            .pointer(&format!(
+                "/metadata/annotations/{}",
+                CHAOS_ANNOTATION.replace('/', "~1")
+            ))
             .is_none();
         let mut state = self.state.lock().expect("sim state lock");
         state.nodes.insert(
@@ -322,7 +328,11 @@ impl Simulator {
 
     /// Lists `collection`, then watches it from the list's version, feeding every object to
     /// `handle`; re-lists when the watch ends or expires.
-    async fn follow(self: Arc<Self>, collection: &'static str, handle: fn(&Arc<Self>, &str, &Value)) {
+    async fn follow(
+        self: Arc<Self>,
+        collection: &'static str,
+        handle: fn(&Arc<Self>, &str, &Value),
+    ) {
         loop {
             let list = match self.client.get(collection).await {
                 Ok(list) => list,
@@ -450,7 +460,10 @@ impl Simulator {
             }
         }
         if !state.pods.contains_key(&key) {
-            let phase = pod["status"]["phase"].as_str().unwrap_or("Pending").to_owned();
+            let phase = pod["status"]["phase"]
+                .as_str()
+                .unwrap_or("Pending")
+                .to_owned();
             let existing_ip = pod["status"]["podIP"]
                 .as_str()
                 .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
@@ -712,7 +725,8 @@ fn pod_ready(pod: &Value) -> bool {
 }
 
 fn ready_delay(pod: &Value) -> Duration {
-    if let Some(seconds) = annotation(pod, READY_AFTER_ANNOTATION).and_then(|s| s.parse::<f64>().ok())
+    if let Some(seconds) =
+        annotation(pod, READY_AFTER_ANNOTATION).and_then(|s| s.parse::<f64>().ok())
     {
         return Duration::from_secs_f64(seconds.max(0.0));
     }
@@ -731,7 +745,9 @@ fn usage(pod: &Value) -> (u64, u64) {
     let mut cpu_request = 0;
     for container in pod["spec"]["containers"].as_array().into_iter().flatten() {
         if let Some(cpu) = container["resources"]["requests"]["cpu"].as_str() {
-            cpu_request += parse_quantity(cpu).map(|q| (q * 1000.0) as u64).unwrap_or(0);
+            cpu_request += parse_quantity(cpu)
+                .map(|q| (q * 1000.0) as u64)
+                .unwrap_or(0);
         }
     }
     let cpu = annotation(pod, CPU_ANNOTATION)
@@ -814,7 +830,11 @@ fn pod_status(pod: &SimPod, host_ip: &str, reported: Reported) -> Value {
     let condition = |kind: &str, status: bool| {
         let mut condition = json!({"type": kind, "status": flag(status), "lastProbeTime": null, "lastTransitionTime": now});
         if !status {
-            condition["reason"] = json!(if finished { "PodCompleted" } else { "ContainersNotReady" });
+            condition["reason"] = json!(if finished {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            });
         }
         condition
     };
@@ -920,7 +940,10 @@ mod tests {
             used_ips: HashSet::new(),
             last_ready_patch: None,
         };
-        assert_eq!(allocate_ip(&mut node), Some(u32::from(Ipv4Addr::new(10, 42, 1, 2))));
+        assert_eq!(
+            allocate_ip(&mut node),
+            Some(u32::from(Ipv4Addr::new(10, 42, 1, 2)))
+        );
         assert_eq!(allocate_ip(&mut node), None);
     }
 }

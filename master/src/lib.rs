@@ -440,16 +440,19 @@ fn publish_settings(state: &ApiState) -> Result<(), api::error::ApiError> {
     });
     match api::objects::create_object(state, config_maps, settings, false) {
         Ok(_) => Ok(()),
-        Err(e) if e.code == 409 => {
-            state
-                .store
-                .update::<api::error::ApiError>("core/configmaps", "kube-system", "bramble-settings", |cm| {
+        Err(e) if e.code == 409 => state
+            .store
+            .update::<api::error::ApiError>(
+                "core/configmaps",
+                "kube-system",
+                "bramble-settings",
+                |cm| {
                     let mut cm = cm.clone();
                     cm["data"] = data.clone();
                     Ok(cm)
-                })
-                .map(|_| ())
-        }
+                },
+            )
+            .map(|_| ()),
         Err(e) => Err(e),
     }
 }

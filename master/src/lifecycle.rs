@@ -164,11 +164,18 @@ pub fn admit_create(
 /// Upstream's DefaultTolerationSeconds: pods stay on a not-ready or unreachable node for the
 /// profile's time (5 minutes by default, none in the demo profile) unless they say otherwise.
 fn add_default_tolerations(pod: &mut Value, seconds: i64) {
-    let mut tolerations = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
-    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+    let mut tolerations = pod["spec"]["tolerations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
         let covered = tolerations.iter().any(|t| {
             let effect = t["effect"].as_str().unwrap_or_default();
-            let matches_key = t["key"] == key || (t["key"].as_str().unwrap_or_default().is_empty() && t["operator"] == "Exists");
+            let matches_key = t["key"] == key
+                || (t["key"].as_str().unwrap_or_default().is_empty() && t["operator"] == "Exists");
             matches_key && (effect.is_empty() || effect == "NoExecute")
         });
         if !covered {
@@ -493,7 +500,10 @@ pub fn plan_deletion(resource: &Resource, current: &Value, options: &DeleteOptio
                 let mut object = object.clone();
                 object["metadata"]["deletionTimestamp"] = json!(timestamp_after(0));
                 object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                let mut finalizers = object["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+                let mut finalizers = object["metadata"]["finalizers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 if !finalizers.iter().any(|f| f == "foregroundDeletion") {
                     finalizers.push(json!("foregroundDeletion"));
                 }

@@ -31,7 +31,11 @@ pub struct MetricsRegistry {
 }
 
 fn not_found(kind: &str, name: &str) -> ApiError {
-    ApiError::new(404, "NotFound", format!("{kind}.metrics.k8s.io \"{name}\" not found"))
+    ApiError::new(
+        404,
+        "NotFound",
+        format!("{kind}.metrics.k8s.io \"{name}\" not found"),
+    )
 }
 
 impl MetricsRegistry {
@@ -47,19 +51,28 @@ impl MetricsRegistry {
         let pods = pods.as_array().cloned().unwrap_or_default();
         report["apiVersion"] = json!("metrics.k8s.io/v1beta1");
         report["kind"] = json!("NodeMetrics");
-        report["metadata"] = json!({"name": node, "creationTimestamp": crate::controllers::now_time()});
+        report["metadata"] =
+            json!({"name": node, "creationTimestamp": crate::controllers::now_time()});
         let now = Instant::now();
         let mut usage = self.usage.write().expect("metrics lock");
         usage.pods.retain(|_, (_, _, reporter)| reporter != node);
         for mut pod in pods {
-            let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
-            let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let namespace = pod["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let name = pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             if namespace.is_empty() || name.is_empty() {
                 continue;
             }
             pod["apiVersion"] = json!("metrics.k8s.io/v1beta1");
             pod["kind"] = json!("PodMetrics");
-            usage.pods.insert((namespace, name), (pod, now, node.to_owned()));
+            usage
+                .pods
+                .insert((namespace, name), (pod, now, node.to_owned()));
         }
         usage.nodes.insert(node.to_owned(), (report.clone(), now));
         Ok(report)
@@ -75,8 +88,14 @@ impl MetricsRegistry {
         let mut cpu = 0.0;
         let mut memory = 0.0;
         for container in pod["containers"].as_array().into_iter().flatten() {
-            cpu += container["usage"]["cpu"].as_str().and_then(crate::quantity::parse).unwrap_or(0.0);
-            memory += container["usage"]["memory"].as_str().and_then(crate::quantity::parse).unwrap_or(0.0);
+            cpu += container["usage"]["cpu"]
+                .as_str()
+                .and_then(crate::quantity::parse)
+                .unwrap_or(0.0);
+            memory += container["usage"]["memory"]
+                .as_str()
+                .and_then(crate::quantity::parse)
+                .unwrap_or(0.0);
         }
         Some(((cpu * 1000.0).round() as i64, memory as i64))
     }
@@ -89,7 +108,11 @@ impl MetricsRegistry {
             .filter(|(_, at)| at.elapsed() <= MAX_AGE)
             .map(|(v, _)| v.clone())
             .collect();
-        nodes.sort_by(|a, b| a["metadata"]["name"].as_str().cmp(&b["metadata"]["name"].as_str()));
+        nodes.sort_by(|a, b| {
+            a["metadata"]["name"]
+                .as_str()
+                .cmp(&b["metadata"]["name"].as_str())
+        });
         nodes
     }
 
@@ -98,7 +121,9 @@ impl MetricsRegistry {
         let mut pods: Vec<(&(String, String), Value)> = usage
             .pods
             .iter()
-            .filter(|((ns, _), (_, at, _))| namespace.is_none_or(|n| n == ns) && at.elapsed() <= MAX_AGE)
+            .filter(|((ns, _), (_, at, _))| {
+                namespace.is_none_or(|n| n == ns) && at.elapsed() <= MAX_AGE
+            })
             .map(|(key, (v, _, _))| (key, v.clone()))
             .collect();
         pods.sort_by(|a, b| a.0.cmp(b.0));
@@ -121,7 +146,9 @@ pub fn serve(
 ) -> Result<Value, ApiError> {
     let registry = &api.metrics;
     let selector = match query.get("labelSelector").filter(|s| !s.is_empty()) {
-        Some(text) => Some(LabelSelector::parse(text).map_err(|e| ApiError::bad_request(e.to_string()))?),
+        Some(text) => {
+            Some(LabelSelector::parse(text).map_err(|e| ApiError::bad_request(e.to_string()))?)
+        }
         None => None,
     };
     let labels_of = |namespace: &str, name: &str| -> Value {
@@ -134,8 +161,14 @@ pub fn serve(
     };
     let with_labels = |mut pods: Vec<Value>| -> Vec<Value> {
         pods.retain_mut(|pod| {
-            let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
-            let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let namespace = pod["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let name = pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             let labels = labels_of(&namespace, &name);
             if labels.is_object() {
                 pod["metadata"]["labels"] = labels;
@@ -150,7 +183,11 @@ pub fn serve(
             if let Some(selector) = &selector {
                 nodes.retain(|n| {
                     let name = n["metadata"]["name"].as_str().unwrap_or_default();
-                    api.store.get("core/nodes", "", name).ok().flatten().is_some_and(|node| selector.matches_object(&node))
+                    api.store
+                        .get("core/nodes", "", name)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|node| selector.matches_object(&node))
                 });
             }
             Ok(list("NodeMetricsList", nodes))
@@ -161,17 +198,27 @@ pub fn serve(
             .find(|n| n["metadata"]["name"] == *name)
             .ok_or_else(|| not_found("nodemetrics", name)),
         ("PUT", ["nodes", name]) => {
-            let report: Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("cannot decode the NodeMetrics report: {e}")))?;
+            let report: Value = serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!("cannot decode the NodeMetrics report: {e}"))
+            })?;
             registry.report(name, report)
         }
         ("GET", ["pods"]) => Ok(list("PodMetricsList", with_labels(registry.pod_list(None)))),
-        ("GET", ["namespaces", namespace, "pods"]) => Ok(list("PodMetricsList", with_labels(registry.pod_list(Some(namespace))))),
-        ("GET", ["namespaces", namespace, "pods", name]) => with_labels(registry.pod_list(Some(namespace)))
-            .into_iter()
-            .find(|p| p["metadata"]["name"] == *name)
-            .ok_or_else(|| not_found("podmetrics", name)),
-        ("GET" | "PUT", _) => Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+        ("GET", ["namespaces", namespace, "pods"]) => Ok(list(
+            "PodMetricsList",
+            with_labels(registry.pod_list(Some(namespace))),
+        )),
+        ("GET", ["namespaces", namespace, "pods", name]) => {
+            with_labels(registry.pod_list(Some(namespace)))
+                .into_iter()
+                .find(|p| p["metadata"]["name"] == *name)
+                .ok_or_else(|| not_found("podmetrics", name))
+        }
+        ("GET" | "PUT", _) => Err(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )),
         (other, _) => Err(ApiError::method_not_allowed(other)),
     }
 }

@@ -268,7 +268,7 @@ def test_quota_refuses_the_pod_over_it(demo_cluster):
     assert refused.returncode != 0
     assert 'pods "c" is forbidden: exceeded quota: tiny, requested: pods=1, used: pods=2, limited: pods=2' in refused.stderr
     no_request = master.kubectl("run", "d", "-n", "small", "--image=x", check=False)
-    assert "must specify requests.cpu" in no_request.stderr
+    assert "failed quota: tiny: must specify requests.cpu for: d" in no_request.stderr
     wait_for(lambda: master.kubectl_json("get", "quota", "tiny", "-n", "small").get("status", {}).get("used", {}).get("pods") == "2",
              what="quota status")
     assert master.kubectl_json("get", "quota", "tiny", "-n", "small")["status"]["used"]["requests.cpu"] == "200m"

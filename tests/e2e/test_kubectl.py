@@ -155,9 +155,9 @@ def test_generator_commands_send_protobuf(master):
     job = master.kubectl_json("get", "job", "once")
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["echo", "hi"]
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    master.kubectl("run", "solo", "--image=busybox:1.36", "--labels=app=solo", "--", "sleep", "1d")
     master.kubectl("create", "quota", "small", "--hard=pods=10,cpu=2")
     assert master.kubectl_json("get", "quota", "small")["spec"]["hard"] == {"cpu": "2", "pods": "10"}
-    master.kubectl("run", "solo", "--image=busybox:1.36", "--labels=app=solo", "--", "sleep", "1d")
     pod = master.kubectl_json("get", "pod", "solo")
     assert pod["metadata"]["labels"] == {"app": "solo"}
     assert pod["spec"]["containers"][0]["args"] == ["sleep", "1d"]

@@ -422,8 +422,7 @@ impl Call {
             .to_owned();
         let state = self.state.clone();
         let namespace = self.namespace();
-        blocking(move || bind_pod(&state, &namespace, &name, &node))
-        .await?;
+        blocking(move || bind_pod(&state, &namespace, &name, &node)).await?;
         Ok(respond_value(201, &success_status(), ResponseFormat::Json))
     }
 
@@ -828,7 +827,12 @@ fn random_suffix() -> String {
 
 /// Binds a pending pod to a node (the `binding` subresource); refuses pods being deleted or
 /// already bound.
-pub fn bind_pod(state: &ApiState, namespace: &str, name: &str, node: &str) -> Result<Value, ApiError> {
+pub fn bind_pod(
+    state: &ApiState,
+    namespace: &str,
+    name: &str,
+    node: &str,
+) -> Result<Value, ApiError> {
     let resource = resources::by_kind("", "Pod").expect("pods are served");
     state
         .store
@@ -1268,11 +1272,9 @@ pub fn delete_object(
         lifecycle::Deletion::Now => store
             .delete::<ApiError>(&key, namespace, name, |_| Ok(()))
             .map_err(|e| not_found_as(e, resource, name)),
-        lifecycle::Deletion::Graceful { mark } => {
-            store
-                .update::<ApiError>(&key, namespace, name, |object| Ok(mark(object)))
-                .map_err(|e| not_found_as(e, resource, name))
-        }
+        lifecycle::Deletion::Graceful { mark } => store
+            .update::<ApiError>(&key, namespace, name, |object| Ok(mark(object)))
+            .map_err(|e| not_found_as(e, resource, name)),
     }
 }
 

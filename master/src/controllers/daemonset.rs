@@ -42,17 +42,28 @@ fn daemon_tolerations() -> Vec<Value> {
 }
 
 fn eligible(template: &Value, node: &Value) -> bool {
-    let labels = node["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+    let labels = node["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     let name = node["metadata"]["name"].as_str().unwrap_or_default();
     let selector_ok = template["spec"]["nodeSelector"]
         .as_object()
         .into_iter()
         .flatten()
         .all(|(k, v)| labels.get(k) == Some(v));
-    let terms = template["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"].as_array();
-    let affinity_ok = terms.is_none_or(|terms| terms.iter().any(|t| super::scheduler::node_term_matches(t, name, &labels)));
+    let terms = template["spec"]["affinity"]["nodeAffinity"]
+        ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        .as_array();
+    let affinity_ok = terms.is_none_or(|terms| {
+        terms
+            .iter()
+            .any(|t| super::scheduler::node_term_matches(t, name, &labels))
+    });
     let mut tolerations = Toleration::of_spec(&template["spec"]);
-    tolerations.extend(Toleration::of_spec(&json!({"tolerations": daemon_tolerations()})));
+    tolerations.extend(Toleration::of_spec(
+        &json!({"tolerations": daemon_tolerations()}),
+    ));
     let taints_ok = node["spec"]["taints"]
         .as_array()
         .into_iter()
@@ -70,7 +81,9 @@ impl Reconciler for DaemonSetController {
     fn keys_for(&self, change: &Change, view: &View) -> Vec<Key> {
         match change.resource.as_str() {
             "apps/daemonsets" => vec![(change.namespace.clone(), change.name.clone())],
-            "core/pods" => super::replicas::owners_of_pod_change(change, view, "apps/daemonsets", "DaemonSet"),
+            "core/pods" => {
+                super::replicas::owners_of_pod_change(change, view, "apps/daemonsets", "DaemonSet")
+            }
             "core/nodes" => self.all_keys(view),
             _ => Vec::new(),
         }
@@ -93,11 +106,15 @@ impl Reconciler for DaemonSetController {
         let nodes: Vec<Arc<Value>> = ctx.view().list("core/nodes").cloned().collect();
         let mut by_node: HashMap<String, Vec<Arc<PodInfo>>> = HashMap::new();
         for pod in owned.iter().filter(|p| p.is_active()) {
-            by_node.entry(pod.node.clone()).or_default().push(pod.clone());
+            by_node
+                .entry(pod.node.clone())
+                .or_default()
+                .push(pod.clone());
         }
         let min_ready = set["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
         let now = now_seconds();
-        let (mut desired, mut current, mut misscheduled, mut ready, mut updated, mut available) = (0, 0, 0, 0, 0, 0);
+        let (mut desired, mut current, mut misscheduled, mut ready, mut updated, mut available) =
+            (0, 0, 0, 0, 0, 0);
         let mut old_pods: Vec<Arc<PodInfo>> = Vec::new();
         for node in &nodes {
             let name = str_of(&node["metadata"]["name"]);
@@ -105,7 +122,12 @@ impl Reconciler for DaemonSetController {
             if !eligible(template, node) {
                 misscheduled += i64::from(!pods.is_empty());
                 for pod in pods {
-                    ctx.delete("core/pods", &pod.namespace, &pod.name, &DeleteOptions::default())?;
+                    ctx.delete(
+                        "core/pods",
+                        &pod.namespace,
+                        &pod.name,
+                        &DeleteOptions::default(),
+                    )?;
                 }
                 continue;
             }
@@ -114,13 +136,26 @@ impl Reconciler for DaemonSetController {
                 let mut pod = pod_from_template(&set, template, &key.1);
                 pod["metadata"]["labels"][HASH_LABEL] = json!(hash);
                 pod["spec"]["nodeName"] = json!(name);
-                let mut tolerations = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+                let mut tolerations = pod["spec"]["tolerations"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 tolerations.extend(daemon_tolerations());
                 pod["spec"]["tolerations"] = json!(tolerations);
                 match ctx.create("core/pods", pod) {
-                    Ok(created) => ctx.event(&set, "Normal", "SuccessfulCreate", &format!("Created pod: {}", str_of(&created["metadata"]["name"]))),
+                    Ok(created) => ctx.event(
+                        &set,
+                        "Normal",
+                        "SuccessfulCreate",
+                        &format!("Created pod: {}", str_of(&created["metadata"]["name"])),
+                    ),
                     Err(error) => {
-                        ctx.event(&set, "Warning", "FailedCreate", &format!("Error creating: {}", error.message));
+                        ctx.event(
+                            &set,
+                            "Warning",
+                            "FailedCreate",
+                            &format!("Error creating: {}", error.message),
+                        );
                         return Err(error);
                     }
                 }
@@ -131,7 +166,12 @@ impl Reconciler for DaemonSetController {
             let mut pods = pods;
             pods.sort_by_key(|p| p.created);
             for extra in &pods[1..] {
-                ctx.delete("core/pods", &extra.namespace, &extra.name, &DeleteOptions::default())?;
+                ctx.delete(
+                    "core/pods",
+                    &extra.namespace,
+                    &extra.name,
+                    &DeleteOptions::default(),
+                )?;
             }
             let pod = &pods[0];
             ready += i64::from(pod.ready);
@@ -143,9 +183,18 @@ impl Reconciler for DaemonSetController {
             }
         }
         // Pods on nodes that no longer exist are left to the node controller's clean-up.
-        let rolling = set["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate";
+        let rolling = set["spec"]["updateStrategy"]["type"]
+            .as_str()
+            .unwrap_or("RollingUpdate")
+            == "RollingUpdate";
         if rolling && !old_pods.is_empty() {
-            let max_unavailable = int_or_percent(&set["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], desired, false, "1").max(1);
+            let max_unavailable = int_or_percent(
+                &set["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+                desired,
+                false,
+                "1",
+            )
+            .max(1);
             let mut unavailable = desired - available;
             // Old pods that are not available anyway go first.
             old_pods.sort_by_key(|p| p.is_available(min_ready, now));
@@ -154,7 +203,12 @@ impl Reconciler for DaemonSetController {
                 if counts && unavailable >= max_unavailable {
                     break;
                 }
-                ctx.delete("core/pods", &pod.namespace, &pod.name, &DeleteOptions::default())?;
+                ctx.delete(
+                    "core/pods",
+                    &pod.namespace,
+                    &pod.name,
+                    &DeleteOptions::default(),
+                )?;
                 if counts {
                     unavailable += 1;
                 }

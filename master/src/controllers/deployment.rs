@@ -19,7 +19,10 @@ use serde_json::{json, Value};
 
 use super::replicas::selector_of;
 use super::view::{Key, View};
-use super::{condition, controller_ref, key_of, now_seconds, set_condition, view, Action, Context, Reconciler};
+use super::{
+    condition, controller_ref, key_of, now_seconds, set_condition, view, Action, Context,
+    Reconciler,
+};
 use crate::api::error::ApiError;
 use crate::api::objects::DeleteOptions;
 use crate::store::Change;
@@ -141,13 +144,11 @@ fn surge_and_unavailable(deployment: &Value, replicas: i64) -> (i64, i64) {
 }
 
 impl DeploymentController {
-    fn owned_sets(
-        &self,
-        ctx: &Context,
-        deployment: &Value,
-    ) -> Result<Vec<Arc<Value>>, ApiError> {
+    fn owned_sets(&self, ctx: &Context, deployment: &Value) -> Result<Vec<Arc<Value>>, ApiError> {
         let uid = deployment["metadata"]["uid"].as_str().unwrap_or_default();
-        let namespace = deployment["metadata"]["namespace"].as_str().unwrap_or_default();
+        let namespace = deployment["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default();
         let selector = selector_of(deployment);
         let (mut owned, orphans) = {
             let view = ctx.view();
@@ -157,7 +158,9 @@ impl DeploymentController {
                 let refs = view::owner_refs(set);
                 match refs.iter().find(|r| r.controller) {
                     Some(r) if r.uid == uid => owned.push(set.clone()),
-                    None if selector.matches_object(set) && set["metadata"]["deletionTimestamp"].is_null() => {
+                    None if selector.matches_object(set)
+                        && set["metadata"]["deletionTimestamp"].is_null() =>
+                    {
                         orphans.push(set.clone())
                     }
                     _ => {}
@@ -169,9 +172,16 @@ impl DeploymentController {
             let reference = controller_ref(deployment);
             let (ns, name) = key_of(&orphan);
             let adopted = ctx.update("apps/replicasets", &ns, &name, |set| {
-                let mut refs = set["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+                let mut refs = set["metadata"]["ownerReferences"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 if refs.iter().any(|r| r["controller"] == true) {
-                    return Err(ApiError::conflict(super::resource_of("apps/replicasets"), &name, "already controlled"));
+                    return Err(ApiError::conflict(
+                        super::resource_of("apps/replicasets"),
+                        &name,
+                        "already controlled",
+                    ));
                 }
                 refs.push(reference);
                 set["metadata"]["ownerReferences"] = json!(refs);
@@ -183,7 +193,15 @@ impl DeploymentController {
                 Err(e) => return Err(e),
             }
         }
-        owned.sort_by_key(|s| (revision_of(s), s["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_owned()));
+        owned.sort_by_key(|s| {
+            (
+                revision_of(s),
+                s["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        });
         Ok(owned)
     }
 
@@ -197,8 +215,10 @@ impl DeploymentController {
     ) -> Result<bool, ApiError> {
         let current = spec_replicas(set);
         let desired = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
-        let annotations_current = set["metadata"]["annotations"][DESIRED].as_str() == Some(&desired.to_string())
-            && set["metadata"]["annotations"][MAX_REPLICAS].as_str() == Some(&max_replicas.to_string());
+        let annotations_current = set["metadata"]["annotations"][DESIRED].as_str()
+            == Some(&desired.to_string())
+            && set["metadata"]["annotations"][MAX_REPLICAS].as_str()
+                == Some(&max_replicas.to_string());
         if current == replicas && annotations_current {
             return Ok(false);
         }
@@ -233,7 +253,10 @@ impl DeploymentController {
         replicas: i64,
         max_replicas: i64,
     ) -> Result<Option<Arc<Value>>, ApiError> {
-        let name = format!("{}-{hash}", deployment["metadata"]["name"].as_str().unwrap_or_default());
+        let name = format!(
+            "{}-{hash}",
+            deployment["metadata"]["name"].as_str().unwrap_or_default()
+        );
         let namespace = deployment["metadata"]["namespace"].clone();
         let mut template = deployment["spec"]["template"].clone();
         if !template["metadata"].is_object() {
@@ -249,13 +272,23 @@ impl DeploymentController {
         }
         selector["matchLabels"][HASH_LABEL] = json!(hash);
         let mut annotations = serde_json::Map::new();
-        for (key, value) in deployment["metadata"]["annotations"].as_object().into_iter().flatten() {
+        for (key, value) in deployment["metadata"]["annotations"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
             if !NOT_COPIED.contains(&key.as_str()) {
                 annotations.insert(key.clone(), value.clone());
             }
         }
         annotations.insert(REVISION.into(), json!(revision.to_string()));
-        annotations.insert(DESIRED.into(), json!(deployment["spec"]["replicas"].as_i64().unwrap_or(1).to_string()));
+        annotations.insert(
+            DESIRED.into(),
+            json!(deployment["spec"]["replicas"]
+                .as_i64()
+                .unwrap_or(1)
+                .to_string()),
+        );
         annotations.insert(MAX_REPLICAS.into(), json!(max_replicas.to_string()));
         let set = json!({
             "apiVersion": "apps/v1",
@@ -343,11 +376,18 @@ impl Reconciler for DeploymentController {
         let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1).max(0);
         let paused = deployment["spec"]["paused"] == true;
         let recreate = deployment["spec"]["strategy"]["type"] == "Recreate";
-        let (surge, max_unavailable) = if recreate { (0, 0) } else { surge_and_unavailable(&deployment, replicas) };
+        let (surge, max_unavailable) = if recreate {
+            (0, 0)
+        } else {
+            surge_and_unavailable(&deployment, replicas)
+        };
         let max_total = replicas + surge;
         let sets = self.owned_sets(ctx, &deployment)?;
         let template = &deployment["spec"]["template"];
-        let mut new_set = sets.iter().find(|s| template_without_hash(s) == *template).cloned();
+        let mut new_set = sets
+            .iter()
+            .find(|s| template_without_hash(s) == *template)
+            .cloned();
         let mut old_sets: Vec<Arc<Value>> = sets
             .iter()
             .filter(|s| new_set.as_ref().is_none_or(|n| !Arc::ptr_eq(n, s)))
@@ -368,7 +408,14 @@ impl Reconciler for DeploymentController {
                         let total: i64 = old_sets.iter().map(|s| spec_replicas(s)).sum();
                         (max_total - total).clamp(0, replicas)
                     };
-                    match self.create_new_set(ctx, &deployment, &hash, highest_old + 1, initial, max_total)? {
+                    match self.create_new_set(
+                        ctx,
+                        &deployment,
+                        &hash,
+                        highest_old + 1,
+                        initial,
+                        max_total,
+                    )? {
                         Some(set) => {
                             new_set = Some(set);
                             progressed = true;
@@ -381,7 +428,8 @@ impl Reconciler for DeploymentController {
                     // An old template came back (rollback): it becomes the newest revision.
                     let (ns, name) = key_of(set);
                     let updated = ctx.update("apps/replicasets", &ns, &name, |s| {
-                        s["metadata"]["annotations"][REVISION] = json!((highest_old + 1).to_string());
+                        s["metadata"]["annotations"][REVISION] =
+                            json!((highest_old + 1).to_string());
                         Ok(())
                     })?;
                     new_set = Some(Arc::new(updated));
@@ -402,7 +450,10 @@ impl Reconciler for DeploymentController {
                     .iter()
                     .map(|s| {
                         let uid = s["metadata"]["uid"].as_str().unwrap_or_default();
-                        ctx.view().pods_owned_by(uid).filter(|p| !matches!(p.phase.as_str(), "Succeeded" | "Failed")).count() as i64
+                        ctx.view()
+                            .pods_owned_by(uid)
+                            .filter(|p| !matches!(p.phase.as_str(), "Succeeded" | "Failed"))
+                            .count() as i64
                     })
                     .sum();
                 for old in &old_sets {
@@ -463,7 +514,10 @@ impl Reconciler for DeploymentController {
         }
 
         // Old sets beyond the history limit go once they are empty.
-        let limit = deployment["spec"]["revisionHistoryLimit"].as_i64().unwrap_or(10).max(0) as usize;
+        let limit = deployment["spec"]["revisionHistoryLimit"]
+            .as_i64()
+            .unwrap_or(10)
+            .max(0) as usize;
         let empty: Vec<&Arc<Value>> = old_sets
             .iter()
             .filter(|s| spec_replicas(s) == 0 && status_count(s, "replicas") == 0)
@@ -480,28 +534,51 @@ impl Reconciler for DeploymentController {
         let view = ctx.view();
         let fresh = |set: &Arc<Value>| -> Arc<Value> {
             let (ns, name) = key_of(set);
-            view.get("apps/replicasets", &ns, &name).cloned().unwrap_or_else(|| set.clone())
+            view.get("apps/replicasets", &ns, &name)
+                .cloned()
+                .unwrap_or_else(|| set.clone())
         };
         let new_fresh = new_set.as_ref().map(fresh);
-        let all: Vec<Arc<Value>> = old_sets.iter().map(fresh).chain(new_fresh.clone()).collect();
+        let all: Vec<Arc<Value>> = old_sets
+            .iter()
+            .map(fresh)
+            .chain(new_fresh.clone())
+            .collect();
         drop(view);
         let total_replicas: i64 = all.iter().map(|s| status_count(s, "replicas")).sum();
-        let updated = new_fresh.as_ref().map(|s| status_count(s, "replicas")).unwrap_or(0);
+        let updated = new_fresh
+            .as_ref()
+            .map(|s| status_count(s, "replicas"))
+            .unwrap_or(0);
         let ready: i64 = all.iter().map(|s| status_count(s, "readyReplicas")).sum();
-        let available: i64 = all.iter().map(|s| status_count(s, "availableReplicas")).sum();
+        let available: i64 = all
+            .iter()
+            .map(|s| status_count(s, "availableReplicas"))
+            .sum();
         let new_name = new_fresh
             .as_ref()
             .and_then(|s| s["metadata"]["name"].as_str())
             .unwrap_or_default()
             .to_owned();
-        let complete = updated == replicas && available >= replicas && total_replicas == updated
-            && new_fresh.as_ref().is_some_and(|s| spec_replicas(s) == replicas);
-        let deadline = deployment["spec"]["progressDeadlineSeconds"].as_i64().unwrap_or(600);
+        let complete = updated == replicas
+            && available >= replicas
+            && total_replicas == updated
+            && new_fresh
+                .as_ref()
+                .is_some_and(|s| spec_replicas(s) == replicas);
+        let deadline = deployment["spec"]["progressDeadlineSeconds"]
+            .as_i64()
+            .unwrap_or(600);
         let previous = &deployment["status"];
-        let counts_moved = ["replicas", "updatedReplicas", "readyReplicas", "availableReplicas"]
-            .iter()
-            .zip([total_replicas, updated, ready, available])
-            .any(|(field, value)| previous[*field].as_i64().unwrap_or(0) != value);
+        let counts_moved = [
+            "replicas",
+            "updatedReplicas",
+            "readyReplicas",
+            "availableReplicas",
+        ]
+        .iter()
+        .zip([total_replicas, updated, ready, available])
+        .any(|(field, value)| previous[*field].as_i64().unwrap_or(0) != value);
         let generation = deployment["metadata"]["generation"].clone();
         let revision = new_fresh.as_ref().map(|s| revision_of(s)).unwrap_or(0);
         let now = now_seconds();
@@ -509,12 +586,20 @@ impl Reconciler for DeploymentController {
             .and_then(|c| c["lastUpdateTime"].as_str())
             .and_then(view::unix_seconds)
             .unwrap_or(now);
-        let timed_out = !complete && !paused && !progressed && !counts_moved
+        let timed_out = !complete
+            && !paused
+            && !progressed
+            && !counts_moved
             && now - progressing_since > deadline;
 
-        if revision > 0 && deployment["metadata"]["annotations"][REVISION].as_str() != Some(&revision.to_string()) {
+        if revision > 0
+            && deployment["metadata"]["annotations"][REVISION].as_str()
+                != Some(&revision.to_string())
+        {
             let revision_text = revision.to_string();
-            let change_cause = new_fresh.as_ref().map(|s| s["metadata"]["annotations"]["kubernetes.io/change-cause"].clone());
+            let change_cause = new_fresh
+                .as_ref()
+                .map(|s| s["metadata"]["annotations"]["kubernetes.io/change-cause"].clone());
             ctx.update("apps/deployments", &key.0, &key.1, |d| {
                 if !d["metadata"]["annotations"].is_object() {
                     d["metadata"]["annotations"] = json!({});
@@ -537,30 +622,81 @@ impl Reconciler for DeploymentController {
             status["readyReplicas"] = json!(ready);
             status["availableReplicas"] = json!(available);
             status["unavailableReplicas"] = json!((replicas - available).max(0));
-            for field in ["replicas", "updatedReplicas", "readyReplicas", "availableReplicas", "unavailableReplicas"] {
+            for field in [
+                "replicas",
+                "updatedReplicas",
+                "readyReplicas",
+                "availableReplicas",
+                "unavailableReplicas",
+            ] {
                 if status[field] == 0 {
                     status.as_object_mut().expect("an object").remove(field);
                 }
             }
             if available >= replicas - max_unavailable {
-                set_condition(d, "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.");
+                set_condition(
+                    d,
+                    "Available",
+                    "True",
+                    "MinimumReplicasAvailable",
+                    "Deployment has minimum availability.",
+                );
             } else {
-                set_condition(d, "Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.");
+                set_condition(
+                    d,
+                    "Available",
+                    "False",
+                    "MinimumReplicasUnavailable",
+                    "Deployment does not have minimum availability.",
+                );
             }
             if paused {
-                set_condition(d, "Progressing", "Unknown", "DeploymentPaused", "Deployment is paused");
+                set_condition(
+                    d,
+                    "Progressing",
+                    "Unknown",
+                    "DeploymentPaused",
+                    "Deployment is paused",
+                );
             } else if complete {
-                set_condition(d, "Progressing", "True", "NewReplicaSetAvailable", &format!("ReplicaSet \"{new_name}\" has successfully progressed."));
+                set_condition(
+                    d,
+                    "Progressing",
+                    "True",
+                    "NewReplicaSetAvailable",
+                    &format!("ReplicaSet \"{new_name}\" has successfully progressed."),
+                );
             } else if created_new {
-                set_condition(d, "Progressing", "True", "NewReplicaSetCreated", &format!("Created new replica set \"{new_name}\""));
+                set_condition(
+                    d,
+                    "Progressing",
+                    "True",
+                    "NewReplicaSetCreated",
+                    &format!("Created new replica set \"{new_name}\""),
+                );
             } else if progressed || counts_moved {
-                set_condition(d, "Progressing", "True", "ReplicaSetUpdated", &format!("ReplicaSet \"{new_name}\" is progressing."));
+                set_condition(
+                    d,
+                    "Progressing",
+                    "True",
+                    "ReplicaSetUpdated",
+                    &format!("ReplicaSet \"{new_name}\" is progressing."),
+                );
                 // Progress moves the deadline even when the message stays the same.
-                if let Some(c) = d["status"]["conditions"].as_array_mut().and_then(|cs| cs.iter_mut().find(|c| c["type"] == "Progressing")) {
+                if let Some(c) = d["status"]["conditions"]
+                    .as_array_mut()
+                    .and_then(|cs| cs.iter_mut().find(|c| c["type"] == "Progressing"))
+                {
                     c["lastUpdateTime"] = json!(super::now_time());
                 }
             } else if timed_out {
-                set_condition(d, "Progressing", "False", "ProgressDeadlineExceeded", &format!("ReplicaSet \"{new_name}\" has timed out progressing."));
+                set_condition(
+                    d,
+                    "Progressing",
+                    "False",
+                    "ProgressDeadlineExceeded",
+                    &format!("ReplicaSet \"{new_name}\" has timed out progressing."),
+                );
             }
             Ok(())
         });
@@ -591,7 +727,9 @@ mod tests {
         let b = json!({"spec": {"containers": [{"image": "x", "name": "c"}]}, "metadata": {"labels": {"app": "web"}}});
         assert_eq!(template_hash(&a, 0), template_hash(&b, 0));
         assert_ne!(template_hash(&a, 0), template_hash(&a, 1));
-        assert!(template_hash(&a, 0).chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)));
+        assert!(template_hash(&a, 0)
+            .chars()
+            .all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)));
     }
 
     #[test]
@@ -599,7 +737,8 @@ mod tests {
         assert_eq!(int_or_percent(&json!("25%"), 6, true, "0"), 2);
         assert_eq!(int_or_percent(&json!("25%"), 6, false, "0"), 1);
         assert_eq!(int_or_percent(&json!(3), 6, false, "0"), 3);
-        let d = json!({"spec": {"strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}}});
+        let d =
+            json!({"spec": {"strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}}});
         assert_eq!(surge_and_unavailable(&d, 4), (0, 1));
     }
 }

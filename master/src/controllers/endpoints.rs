@@ -15,7 +15,9 @@ use crate::store::{Change, EventType};
 pub struct EndpointsController;
 
 fn service_selector(service: &Value) -> Option<LabelSelector> {
-    let map = service["spec"]["selector"].as_object().filter(|m| !m.is_empty())?;
+    let map = service["spec"]["selector"]
+        .as_object()
+        .filter(|m| !m.is_empty())?;
     Some(LabelSelector::from_map(map))
 }
 
@@ -26,21 +28,32 @@ fn target_port(port: &Value, pod: &PodInfo) -> Option<i64> {
         Value::String(name) if !name.is_empty() => pod
             .ports
             .iter()
-            .find(|(port_name, _, protocol)| port_name == name && *protocol == port["protocol"].as_str().unwrap_or("TCP"))
+            .find(|(port_name, _, protocol)| {
+                port_name == name && *protocol == port["protocol"].as_str().unwrap_or("TCP")
+            })
             .map(|(_, number, _)| *number),
         _ => port["port"].as_i64(),
     }
 }
 
+/// Resolved ports (name, number, protocol) of a group of pods.
+type PortSet = Vec<(String, i64, String)>;
+/// Ready and not-ready addresses.
+type Addresses = (Vec<Value>, Vec<Value>);
+
 /// The `subsets` of the Endpoints for a service and its pods.
 pub fn subsets(service: &Value, pods: &[&PodInfo]) -> Value {
     let publish_not_ready = service["spec"]["publishNotReadyAddresses"] == true;
-    let ports: Vec<&Value> = service["spec"]["ports"].as_array().into_iter().flatten().collect();
+    let ports: Vec<&Value> = service["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
     // Pods whose named ports resolve differently end up in different subsets.
-    let mut groups: BTreeMap<Vec<(String, i64, String)>, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    let mut groups: BTreeMap<PortSet, Addresses> = BTreeMap::new();
     let service_name = service["metadata"]["name"].as_str().unwrap_or_default();
     for pod in pods {
-        let resolved: Vec<(String, i64, String)> = ports
+        let resolved: PortSet = ports
             .iter()
             .filter_map(|p| {
                 Some((
@@ -108,7 +121,10 @@ impl Reconciler for EndpointsController {
                     .map(|o| string_map(&o["metadata"]["labels"]))
                     .collect();
                 view.list_in("core/services", &change.namespace)
-                    .filter(|s| service_selector(s).is_some_and(|sel| labels.iter().any(|l| sel.matches_map(l))))
+                    .filter(|s| {
+                        service_selector(s)
+                            .is_some_and(|sel| labels.iter().any(|l| sel.matches_map(l)))
+                    })
                     .map(|s| key_of(s))
                     .collect()
             }
@@ -128,7 +144,9 @@ impl Reconciler for EndpointsController {
         let existing = ctx.get("core/endpoints", &key.0, &key.1)?;
         let Some(service) = service else {
             // The service went: so do the endpoints the controller made for it.
-            if existing.is_some_and(|e| e["metadata"]["labels"]["endpoints.bramble.dev/managed"] == "true") {
+            if existing
+                .is_some_and(|e| e["metadata"]["labels"]["endpoints.bramble.dev/managed"] == "true")
+            {
                 ctx.delete("core/endpoints", &key.0, &key.1, &DeleteOptions::default())?;
             }
             return Ok(Action::Done);
@@ -146,7 +164,10 @@ impl Reconciler for EndpointsController {
             pods.sort_by(|a, b| a.ip.cmp(&b.ip).then(a.name.cmp(&b.name)));
             subsets(&service, &pods)
         };
-        let mut labels = service["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+        let mut labels = service["metadata"]["labels"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         labels.insert("endpoints.bramble.dev/managed".into(), json!("true"));
         match existing {
             None => {
@@ -157,7 +178,9 @@ impl Reconciler for EndpointsController {
                 });
                 match ctx.create("core/endpoints", endpoints) {
                     Ok(_) => {}
-                    Err(e) if e.code == 409 => return Ok(Action::RequeueAfter(std::time::Duration::from_millis(10))),
+                    Err(e) if e.code == 409 => {
+                        return Ok(Action::RequeueAfter(std::time::Duration::from_millis(10)))
+                    }
                     Err(e) => return Err(e),
                 }
             }

@@ -10,11 +10,14 @@ use crate::api::ApiState;
 /// How many distinct recent events are remembered for aggregation.
 const REMEMBERED: usize = 4_096;
 
+/// (involved object uid, reason, message) of an event.
+type Identity = (String, String, String);
+
 /// Records events; a repeat of the same reason and message for the same object bumps the
 /// count of the existing event instead of creating another.
 #[derive(Default)]
 pub struct EventRecorder {
-    recent: Mutex<HashMap<(String, String, String), (String, String)>>,
+    recent: Mutex<HashMap<Identity, (String, String)>>,
 }
 
 impl EventRecorder {
@@ -37,15 +40,25 @@ impl EventRecorder {
             .unwrap_or("default");
         let now = super::now_time();
         let identity = (uid.clone(), reason.to_owned(), message.to_owned());
-        let existing = self.recent.lock().expect("event lock").get(&identity).cloned();
+        let existing = self
+            .recent
+            .lock()
+            .expect("event lock")
+            .get(&identity)
+            .cloned();
         if let Some((ns, event_name)) = existing {
-            let bumped = api.store.update::<crate::store::StoreError>("core/events", &ns, &event_name, |event| {
-                let mut event = event.clone();
-                let count = event["count"].as_i64().unwrap_or(1) + 1;
-                event["count"] = json!(count);
-                event["lastTimestamp"] = json!(now);
-                Ok(event)
-            });
+            let bumped = api.store.update::<crate::store::StoreError>(
+                "core/events",
+                &ns,
+                &event_name,
+                |event| {
+                    let mut event = event.clone();
+                    let count = event["count"].as_i64().unwrap_or(1) + 1;
+                    event["count"] = json!(count);
+                    event["lastTimestamp"] = json!(now);
+                    Ok(event)
+                },
+            );
             if let Ok(event) = bumped {
                 return super::revision_of(&event).into();
             }

@@ -27,16 +27,29 @@ fn has_finalizer(object: &Value, finalizer: &str) -> bool {
 
 /// Whether changes of this resource can matter to ownership (not the high-churn bookkeeping).
 fn may_own(resource: &str) -> bool {
-    !matches!(resource, "core/events" | "coordination.k8s.io/leases" | "events.k8s.io/events")
+    !matches!(
+        resource,
+        "core/events" | "coordination.k8s.io/leases" | "events.k8s.io/events"
+    )
 }
 
 impl GarbageCollector {
     /// Every dependent of `uid`: (storage key, key).
-    fn dependents(&self, ctx: &Context, namespace: &str, uid: &str) -> Result<Vec<(String, Key)>, ApiError> {
+    fn dependents(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+        uid: &str,
+    ) -> Result<Vec<(String, Key)>, ApiError> {
         let mut found: Vec<(String, Key)> = {
             let view = ctx.view();
             view.pods_owned_by(uid)
-                .map(|p| ("core/pods".to_owned(), (p.namespace.clone(), p.name.clone())))
+                .map(|p| {
+                    (
+                        "core/pods".to_owned(),
+                        (p.namespace.clone(), p.name.clone()),
+                    )
+                })
                 .chain(
                     view.dependents
                         .get(uid)
@@ -57,10 +70,17 @@ impl GarbageCollector {
         };
         for resource in namespaced_storage_keys() {
             let storage_key = resource.storage_key();
-            if storage_key == "core/pods" || !may_own(&storage_key) || CACHED.contains(&storage_key.as_str()) {
+            if storage_key == "core/pods"
+                || !may_own(&storage_key)
+                || CACHED.contains(&storage_key.as_str())
+            {
                 continue;
             }
-            let page = ctx.shared.api.store.list(&storage_key, Some(namespace), None, 0, &owned_by)?;
+            let page =
+                ctx.shared
+                    .api
+                    .store
+                    .list(&storage_key, Some(namespace), None, 0, &owned_by)?;
             found.extend(page.items.iter().map(|o| (storage_key.clone(), key_of(o))));
         }
         Ok(found)
@@ -79,9 +99,14 @@ impl Reconciler for GarbageCollector {
         let uid = view::str_of(&change.object["metadata"]["uid"]);
         let mut keys = Vec::new();
         let deleting = change.event == EventType::Deleted
-            || has_finalizer(&change.object, FOREGROUND) && !change.object["metadata"]["deletionTimestamp"].is_null();
-        let has_dependents = view.pods_by_owner.contains_key(&uid) || view.dependents.contains_key(&uid);
-        if deleting && (has_dependents || (change.resource != "core/pods" && change.event == EventType::Deleted)) {
+            || has_finalizer(&change.object, FOREGROUND)
+                && !change.object["metadata"]["deletionTimestamp"].is_null();
+        let has_dependents =
+            view.pods_by_owner.contains_key(&uid) || view.dependents.contains_key(&uid);
+        if deleting
+            && (has_dependents
+                || (change.resource != "core/pods" && change.event == EventType::Deleted))
+        {
             keys.push((change.namespace.clone(), uid));
         }
         // A dependent created with an owner that is already gone.
@@ -124,11 +149,17 @@ impl Reconciler for GarbageCollector {
         let owner = {
             let view = ctx.view();
             view.uids.get(uid).and_then(|(resource, key)| {
-                view.get(resource, &key.0, &key.1).map(|o| (*resource, o.clone()))
+                view.get(resource, &key.0, &key.1)
+                    .map(|o| (*resource, o.clone()))
             })
         };
         let foreground = match &owner {
-            Some((_, object)) if !object["metadata"]["deletionTimestamp"].is_null() && has_finalizer(object, FOREGROUND) => true,
+            Some((_, object))
+                if !object["metadata"]["deletionTimestamp"].is_null()
+                    && has_finalizer(object, FOREGROUND) =>
+            {
+                true
+            }
             Some(_) => return Ok(Action::Done),
             None => {
                 // Not a kind the view holds: make sure it is really gone before collecting.
@@ -161,7 +192,11 @@ impl Reconciler for GarbageCollector {
                 })?;
                 continue;
             }
-            let propagation = if foreground { "Foreground" } else { "Background" };
+            let propagation = if foreground {
+                "Foreground"
+            } else {
+                "Background"
+            };
             ctx.delete(
                 resource,
                 ns,

@@ -55,7 +55,10 @@ fn policy_limit(rules: &Value, current: i64, up: bool) -> i64 {
         return 0;
     }
     let defaults = if up {
-        vec![json!({"type": "Percent", "value": 100}), json!({"type": "Pods", "value": 4})]
+        vec![
+            json!({"type": "Percent", "value": 100}),
+            json!({"type": "Pods", "value": 4}),
+        ]
     } else {
         vec![json!({"type": "Percent", "value": 100})]
     };
@@ -91,11 +94,17 @@ impl Reconciler for AutoscalerController {
     }
 
     fn all_keys(&self, view: &View) -> Vec<Key> {
-        view.list("autoscaling/horizontalpodautoscalers").map(|h| key_of(h)).collect()
+        view.list("autoscaling/horizontalpodautoscalers")
+            .map(|h| key_of(h))
+            .collect()
     }
 
     fn reconcile(&self, ctx: &Context, key: &Key) -> Result<Action, ApiError> {
-        let Some(hpa) = ctx.view().get("autoscaling/horizontalpodautoscalers", &key.0, &key.1).cloned() else {
+        let Some(hpa) = ctx
+            .view()
+            .get("autoscaling/horizontalpodautoscalers", &key.0, &key.1)
+            .cloned()
+        else {
             self.recommendations.lock().expect("hpa lock").remove(key);
             return Ok(Action::Done);
         };
@@ -106,15 +115,22 @@ impl Reconciler for AutoscalerController {
         let target = storage_key.and_then(|k| ctx.view().get(k, &key.0, target_name).cloned());
         let fail = |reason: &str, message: String| -> Result<Action, ApiError> {
             ctx.event(&hpa, "Warning", reason, &message);
-            let result = ctx.update_status("autoscaling/horizontalpodautoscalers", &key.0, &key.1, |h| {
-                if !h["status"].is_object() {
-                    h["status"] = json!({"desiredReplicas": 0});
-                }
-                set_condition(h, "AbleToScale", "False", reason, &message);
-                Ok(())
-            });
+            let result = ctx.update_status(
+                "autoscaling/horizontalpodautoscalers",
+                &key.0,
+                &key.1,
+                |h| {
+                    if !h["status"].is_object() {
+                        h["status"] = json!({"desiredReplicas": 0});
+                    }
+                    set_condition(h, "AbleToScale", "False", reason, &message);
+                    Ok(())
+                },
+            );
             match result {
-                Ok(_) | Err(ApiError { code: 404, .. }) => Ok(Action::RequeueAfter(self.timings.hpa_sync)),
+                Ok(_) | Err(ApiError { code: 404, .. }) => {
+                    Ok(Action::RequeueAfter(self.timings.hpa_sync))
+                }
                 Err(e) => Err(e),
             }
         };
@@ -141,12 +157,22 @@ impl Reconciler for AutoscalerController {
             .find(|m| m["type"] == "Resource" && matches!(m["resource"]["name"].as_str(), Some("cpu" | "memory")))
             .cloned()
             .unwrap_or_else(|| json!({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}));
-        let resource = metric["resource"]["name"].as_str().unwrap_or("cpu").to_owned();
+        let resource = metric["resource"]["name"]
+            .as_str()
+            .unwrap_or("cpu")
+            .to_owned();
         let goal = &metric["resource"]["target"];
         let (mut used, mut requested, mut counted) = (0i64, 0i64, 0i64);
         for pod in pods.iter().filter(|p| p.ready) {
-            let Some((cpu, memory)) = ctx.shared.metrics.pod_usage(&pod.namespace, &pod.name) else { continue };
-            let (usage, request) = if resource == "cpu" { (cpu, pod.cpu_request) } else { (memory, pod.memory_request) };
+            let Some((cpu, memory)) = ctx.shared.metrics.pod_usage(&pod.namespace, &pod.name)
+            else {
+                continue;
+            };
+            let (usage, request) = if resource == "cpu" {
+                (cpu, pod.cpu_request)
+            } else {
+                (memory, pod.memory_request)
+            };
             used += usage;
             requested += request;
             counted += 1;
@@ -157,19 +183,45 @@ impl Reconciler for AutoscalerController {
         let average = used / counted;
         let (ratio, current_metric) = match goal["type"].as_str() {
             Some("AverageValue") => {
-                let wanted = goal["averageValue"].as_str().and_then(crate::quantity::parse).unwrap_or(1.0);
-                let wanted = if resource == "cpu" { wanted * 1000.0 } else { wanted };
-                let value = if resource == "cpu" { crate::quantity::format_millicores(average) } else { average.to_string() };
-                (average as f64 / wanted.max(1.0), json!({"averageValue": value}))
+                let wanted = goal["averageValue"]
+                    .as_str()
+                    .and_then(crate::quantity::parse)
+                    .unwrap_or(1.0);
+                let wanted = if resource == "cpu" {
+                    wanted * 1000.0
+                } else {
+                    wanted
+                };
+                let value = if resource == "cpu" {
+                    crate::quantity::format_millicores(average)
+                } else {
+                    average.to_string()
+                };
+                (
+                    average as f64 / wanted.max(1.0),
+                    json!({"averageValue": value}),
+                )
             }
             _ => {
                 if requested == 0 {
-                    return fail("FailedGetResourceMetric", format!("failed to get {resource} utilization: missing request for {resource}"));
+                    return fail(
+                        "FailedGetResourceMetric",
+                        format!(
+                            "failed to get {resource} utilization: missing request for {resource}"
+                        ),
+                    );
                 }
                 let utilization = (used * 100) / requested;
                 let wanted = goal["averageUtilization"].as_i64().unwrap_or(80).max(1);
-                let value = if resource == "cpu" { crate::quantity::format_millicores(average) } else { average.to_string() };
-                (utilization as f64 / wanted as f64, json!({"averageUtilization": utilization, "averageValue": value}))
+                let value = if resource == "cpu" {
+                    crate::quantity::format_millicores(average)
+                } else {
+                    average.to_string()
+                };
+                (
+                    utilization as f64 / wanted as f64,
+                    json!({"averageUtilization": utilization, "averageValue": value}),
+                )
             }
         };
         let recommendation = if (ratio - 1.0).abs() <= TOLERANCE {
@@ -180,8 +232,14 @@ impl Reconciler for AutoscalerController {
 
         // Stabilization: scale down to the highest recommendation of the window, up to the lowest.
         let behavior = &hpa["spec"]["behavior"];
-        let down_window = behavior["scaleDown"]["stabilizationWindowSeconds"].as_i64().unwrap_or(300).max(0) as u64;
-        let up_window = behavior["scaleUp"]["stabilizationWindowSeconds"].as_i64().unwrap_or(0).max(0) as u64;
+        let down_window = behavior["scaleDown"]["stabilizationWindowSeconds"]
+            .as_i64()
+            .unwrap_or(300)
+            .max(0) as u64;
+        let up_window = behavior["scaleUp"]["stabilizationWindowSeconds"]
+            .as_i64()
+            .unwrap_or(0)
+            .max(0) as u64;
         let stabilized = {
             let mut all = self.recommendations.lock().expect("hpa lock");
             let history = all.entry(key.clone()).or_default();
@@ -189,7 +247,12 @@ impl Reconciler for AutoscalerController {
             history.push((now, recommendation));
             let keep = Duration::from_secs(down_window.max(up_window));
             history.retain(|(at, _)| now.duration_since(*at) <= keep);
-            let within = |window: u64| history.iter().filter(move |(at, _)| now.duration_since(*at) <= Duration::from_secs(window)).map(|(_, r)| *r);
+            let within = |window: u64| {
+                history
+                    .iter()
+                    .filter(move |(at, _)| now.duration_since(*at) <= Duration::from_secs(window))
+                    .map(|(_, r)| *r)
+            };
             let highest = within(down_window).max().unwrap_or(recommendation);
             let lowest = within(up_window).min().unwrap_or(recommendation);
             if recommendation < current {
@@ -208,11 +271,23 @@ impl Reconciler for AutoscalerController {
         }
         let limited = desired.clamp(min, max);
         let (limited_status, limited_reason, limited_message) = if desired > max {
-            ("True", "TooManyReplicas", "the desired replica count is more than the maximum replica count")
+            (
+                "True",
+                "TooManyReplicas",
+                "the desired replica count is more than the maximum replica count",
+            )
         } else if desired < min {
-            ("True", "TooFewReplicas", "the desired replica count is less than the minimum replica count")
+            (
+                "True",
+                "TooFewReplicas",
+                "the desired replica count is less than the minimum replica count",
+            )
         } else {
-            ("False", "DesiredWithinRange", "the desired count is within the acceptable range")
+            (
+                "False",
+                "DesiredWithinRange",
+                "the desired count is within the acceptable range",
+            )
         };
         let desired = limited;
         let rescaled = desired != current;
@@ -222,8 +297,17 @@ impl Reconciler for AutoscalerController {
                 Ok(())
             })?;
             let direction = if desired > current { "above" } else { "below" };
-            let what = if goal["type"] == "AverageValue" { format!("{resource} resource") } else { format!("{resource} resource utilization (percentage of request)") };
-            ctx.event(&hpa, "Normal", "SuccessfulRescale", &format!("New size: {desired}; reason: {what} {direction} target"));
+            let what = if goal["type"] == "AverageValue" {
+                format!("{resource} resource")
+            } else {
+                format!("{resource} resource utilization (percentage of request)")
+            };
+            ctx.event(
+                &hpa,
+                "Normal",
+                "SuccessfulRescale",
+                &format!("New size: {desired}; reason: {what} {direction} target"),
+            );
         }
         let generation = hpa["metadata"]["generation"].clone();
         let result = ctx.update_status("autoscaling/horizontalpodautoscalers", &key.0, &key.1, |h| {
@@ -253,7 +337,9 @@ impl Reconciler for AutoscalerController {
             Ok(())
         });
         match result {
-            Ok(_) | Err(ApiError { code: 404, .. }) => Ok(Action::RequeueAfter(self.timings.hpa_sync)),
+            Ok(_) | Err(ApiError { code: 404, .. }) => {
+                Ok(Action::RequeueAfter(self.timings.hpa_sync))
+            }
             Err(e) => Err(e),
         }
     }

@@ -66,17 +66,32 @@ impl Reconciler for JobController {
         if finished(&job) {
             // Done already: only make sure nothing keeps running.
         } else if failed > backoff_limit {
-            outcome = Some(("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit".into()));
+            outcome = Some((
+                "Failed",
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit".into(),
+            ));
         } else if deadline_passed {
-            outcome = Some(("Failed", "DeadlineExceeded", "Job was active longer than specified deadline".into()));
-        } else if completions.is_some_and(|c| succeeded >= c) || (completions.is_none() && succeeded > 0 && active.is_empty()) {
+            outcome = Some((
+                "Failed",
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline".into(),
+            ));
+        } else if completions.is_some_and(|c| succeeded >= c)
+            || (completions.is_none() && succeeded > 0 && active.is_empty())
+        {
             outcome = Some(("Complete", "", String::new()));
         }
         let done = finished(&job) || outcome.is_some();
         let mut created = 0;
         if done || suspended {
             for pod in &active {
-                ctx.delete("core/pods", &pod.namespace, &pod.name, &DeleteOptions::default())?;
+                ctx.delete(
+                    "core/pods",
+                    &pod.namespace,
+                    &pod.name,
+                    &DeleteOptions::default(),
+                )?;
             }
         } else {
             let wanted = match completions {
@@ -91,10 +106,23 @@ impl Reconciler for JobController {
                     match ctx.create("core/pods", pod) {
                         Ok(pod) => {
                             created += 1;
-                            ctx.event(&job, "Normal", "SuccessfulCreate", &format!("Created pod: {}", pod["metadata"]["name"].as_str().unwrap_or_default()));
+                            ctx.event(
+                                &job,
+                                "Normal",
+                                "SuccessfulCreate",
+                                &format!(
+                                    "Created pod: {}",
+                                    pod["metadata"]["name"].as_str().unwrap_or_default()
+                                ),
+                            );
                         }
                         Err(error) => {
-                            ctx.event(&job, "Warning", "FailedCreate", &format!("Error creating: {}", error.message));
+                            ctx.event(
+                                &job,
+                                "Warning",
+                                "FailedCreate",
+                                &format!("Error creating: {}", error.message),
+                            );
                             return Err(error);
                         }
                     }
@@ -103,7 +131,12 @@ impl Reconciler for JobController {
                 let mut extra = active.clone();
                 deletion_order(&mut extra);
                 for pod in extra.iter().take(active.len() - wanted) {
-                    ctx.delete("core/pods", &pod.namespace, &pod.name, &DeleteOptions::default())?;
+                    ctx.delete(
+                        "core/pods",
+                        &pod.namespace,
+                        &pod.name,
+                        &DeleteOptions::default(),
+                    )?;
                 }
             }
         }
@@ -112,7 +145,11 @@ impl Reconciler for JobController {
             Some((_, reason, message)) => ctx.event(&job, "Warning", reason, message),
             None => {}
         }
-        let active_now = if done || suspended { 0 } else { active.len() as i64 + created };
+        let active_now = if done || suspended {
+            0
+        } else {
+            active.len() as i64 + created
+        };
         let result = ctx.update_status("batch/jobs", &key.0, &key.1, |j| {
             if !j["status"].is_object() {
                 j["status"] = json!({});
@@ -121,7 +158,11 @@ impl Reconciler for JobController {
                 j["status"]["startTime"] = json!(now_time());
             }
             let status = &mut j["status"];
-            for (field, value) in [("active", active_now), ("succeeded", succeeded), ("failed", failed)] {
+            for (field, value) in [
+                ("active", active_now),
+                ("succeeded", succeeded),
+                ("failed", failed),
+            ] {
                 if value > 0 {
                     status[field] = json!(value);
                 } else if let Some(map) = status.as_object_mut() {
@@ -133,8 +174,20 @@ impl Reconciler for JobController {
             match &outcome {
                 Some(("Complete", _, _)) => {
                     j["status"]["completionTime"] = json!(now_time());
-                    set_condition(j, "SuccessCriteriaMet", "True", "CompletionsReached", "Reached expected number of succeeded pods");
-                    set_condition(j, "Complete", "True", "CompletionsReached", "Reached expected number of succeeded pods");
+                    set_condition(
+                        j,
+                        "SuccessCriteriaMet",
+                        "True",
+                        "CompletionsReached",
+                        "Reached expected number of succeeded pods",
+                    );
+                    set_condition(
+                        j,
+                        "Complete",
+                        "True",
+                        "CompletionsReached",
+                        "Reached expected number of succeeded pods",
+                    );
                 }
                 Some((_, reason, message)) => {
                     set_condition(j, "FailureTarget", "True", reason, message);
@@ -150,8 +203,12 @@ impl Reconciler for JobController {
             Err(e) => return Err(e),
         }
         // The active deadline passes without any change to look at.
-        if let (Some(deadline), Some(start), false) = (spec["activeDeadlineSeconds"].as_i64(), start, done) {
-            return Ok(Action::RequeueAfter(Duration::from_secs((start + deadline - now).max(1) as u64)));
+        if let (Some(deadline), Some(start), false) =
+            (spec["activeDeadlineSeconds"].as_i64(), start, done)
+        {
+            return Ok(Action::RequeueAfter(Duration::from_secs(
+                (start + deadline - now).max(1) as u64,
+            )));
         }
         Ok(Action::Done)
     }

@@ -123,17 +123,24 @@ impl Context<'_> {
     }
 
     fn note(&self, object: &Value) {
-        self.written.set(self.written.get().max(revision_of(object)));
+        self.written
+            .set(self.written.get().max(revision_of(object)));
     }
 
     /// Reads an object from the store (the view may be a moment behind).
-    pub fn get(&self, storage_key: &str, namespace: &str, name: &str) -> Result<Option<Value>, ApiError> {
+    pub fn get(
+        &self,
+        storage_key: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, ApiError> {
         Ok(self.shared.api.store.get(storage_key, namespace, name)?)
     }
 
     /// Creates an object through admission.
     pub fn create(&self, storage_key: &str, object: Value) -> Result<Value, ApiError> {
-        let created = objects::create_object(&self.shared.api, resource_of(storage_key), object, false)?;
+        let created =
+            objects::create_object(&self.shared.api, resource_of(storage_key), object, false)?;
         self.note(&created);
         Ok(created)
     }
@@ -194,7 +201,13 @@ impl Context<'_> {
         name: &str,
         options: &DeleteOptions,
     ) -> Result<(), ApiError> {
-        match objects::delete_object(&self.shared.api, resource_of(storage_key), namespace, name, options) {
+        match objects::delete_object(
+            &self.shared.api,
+            resource_of(storage_key),
+            namespace,
+            name,
+            options,
+        ) {
             Ok(last) => {
                 self.note(&last);
                 Ok(())
@@ -206,11 +219,14 @@ impl Context<'_> {
 
     /// Records an event about `object` for `kubectl describe`.
     pub fn event(&self, object: &Value, kind: &str, reason: &str, message: &str) {
-        if let Some(revision) =
-            self.shared
-                .events
-                .record(&self.shared.api, self.component, object, kind, reason, message)
-        {
+        if let Some(revision) = self.shared.events.record(
+            &self.shared.api,
+            self.component,
+            object,
+            kind,
+            reason,
+            message,
+        ) {
             self.written.set(self.written.get().max(revision));
         }
     }
@@ -245,7 +261,9 @@ impl Queue {
         let mut inner = self.inner.lock().expect("queue lock");
         inner.sequence += 1;
         let sequence = inner.sequence;
-        inner.delayed.insert((Instant::now() + delay, sequence), key);
+        inner
+            .delayed
+            .insert((Instant::now() + delay, sequence), key);
         self.wake.notify_one();
     }
 
@@ -301,7 +319,11 @@ pub struct Runtime {
 
 impl Runtime {
     /// Starts the informer, the controllers and the scheduler on their own threads.
-    pub fn start(api: Arc<ApiState>, timings: HealthTimings, metrics: Arc<MetricsRegistry>) -> Runtime {
+    pub fn start(
+        api: Arc<ApiState>,
+        timings: HealthTimings,
+        metrics: Arc<MetricsRegistry>,
+    ) -> Runtime {
         let shared = Arc::new(Shared {
             api,
             view: RwLock::new(View::default()),
@@ -325,12 +347,19 @@ impl Runtime {
             Arc::new(hpa::AutoscalerController::new(timings)),
             Arc::new(scheduler::Scheduler::default()),
         ];
-        let queues: Vec<Arc<Queue>> = reconcilers.iter().map(|_| Arc::new(Queue::default())).collect();
+        let queues: Vec<Arc<Queue>> = reconcilers
+            .iter()
+            .map(|_| Arc::new(Queue::default()))
+            .collect();
         let changes = shared.api.store.subscribe();
         let loaded = Arc::new((Mutex::new(false), Condvar::new()));
         {
             let shared = shared.clone();
-            let pairs: Vec<_> = reconcilers.iter().cloned().zip(queues.iter().cloned()).collect();
+            let pairs: Vec<_> = reconcilers
+                .iter()
+                .cloned()
+                .zip(queues.iter().cloned())
+                .collect();
             let loaded = loaded.clone();
             std::thread::Builder::new()
                 .name("informer".into())
@@ -503,10 +532,17 @@ fn wait_until_seen(shared: &Shared, revision: u64) {
     while *seen < revision {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            tracing::warn!(revision, "the view did not catch up with a controller's write");
+            tracing::warn!(
+                revision,
+                "the view did not catch up with a controller's write"
+            );
             return;
         }
-        seen = shared.seen_changed.wait_timeout(seen, left).expect("seen lock").0;
+        seen = shared
+            .seen_changed
+            .wait_timeout(seen, left)
+            .expect("seen lock")
+            .0;
     }
 }
 
@@ -552,7 +588,9 @@ pub fn set_condition(object: &mut Value, kind: &str, status: &str, reason: &str,
     if !object["status"]["conditions"].is_array() {
         object["status"]["conditions"] = serde_json::json!([]);
     }
-    let conditions = object["status"]["conditions"].as_array_mut().expect("made an array");
+    let conditions = object["status"]["conditions"]
+        .as_array_mut()
+        .expect("made an array");
     match conditions.iter_mut().find(|c| c["type"] == kind) {
         Some(condition) => {
             if condition["status"] != status {

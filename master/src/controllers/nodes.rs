@@ -76,13 +76,20 @@ impl NodeLifecycle {
                 },
             )?;
         }
-        self.missing_since.lock().expect("missing lock").remove(node);
+        self.missing_since
+            .lock()
+            .expect("missing lock")
+            .remove(node);
         Ok(Action::Done)
     }
 }
 
 /// The next free pod CIDR of `mask_bits` in `cluster_cidr`, not in `taken`.
-pub fn next_pod_cidr(cluster_cidr: &str, mask_bits: u32, taken: &HashSet<String>) -> Option<String> {
+pub fn next_pod_cidr(
+    cluster_cidr: &str,
+    mask_bits: u32,
+    taken: &HashSet<String>,
+) -> Option<String> {
     let (address, bits) = cluster_cidr.split_once('/')?;
     let base = u32::from(address.parse::<Ipv4Addr>().ok()?);
     let bits: u32 = bits.parse().ok()?;
@@ -121,7 +128,9 @@ impl Reconciler for NodeLifecycle {
                 vec![(String::new(), change.name.clone())]
             }
             "core/pods" => {
-                let node = change.object["spec"]["nodeName"].as_str().unwrap_or_default();
+                let node = change.object["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default();
                 let tainted = view.get("core/nodes", "", node).is_some_and(|n| {
                     n["spec"]["taints"]
                         .as_array()
@@ -151,16 +160,26 @@ impl Reconciler for NodeLifecycle {
         let name = &key.1;
         let (node, seen) = {
             let view = ctx.view();
-            (view.get("core/nodes", "", name).cloned(), view.node_seen.get(name).copied())
+            (
+                view.get("core/nodes", "", name).cloned(),
+                view.node_seen.get(name).copied(),
+            )
         };
         let Some(mut node) = node.map(|n| (*n).clone()) else {
             return self.collect_orphaned_pods(ctx, name);
         };
-        self.missing_since.lock().expect("missing lock").remove(name);
+        self.missing_since
+            .lock()
+            .expect("missing lock")
+            .remove(name);
         let cluster = &ctx.shared.api.cluster;
 
         // Pod CIDR.
-        if node["spec"]["podCIDR"].as_str().unwrap_or_default().is_empty() {
+        if node["spec"]["podCIDR"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+        {
             let taken: HashSet<String> = ctx
                 .view()
                 .list("core/nodes")
@@ -173,9 +192,22 @@ impl Reconciler for NodeLifecycle {
                         n["spec"]["podCIDRs"] = json!([cidr]);
                         Ok(())
                     })?;
-                    ctx.event(&node, "Normal", "CIDRAssignmentSucceeded", &format!("Node {name} got pod CIDR {cidr}"));
+                    ctx.event(
+                        &node,
+                        "Normal",
+                        "CIDRAssignmentSucceeded",
+                        &format!("Node {name} got pod CIDR {cidr}"),
+                    );
                 }
-                None => ctx.event(&node, "Warning", "CIDRNotAvailable", &format!("Node {name} status is now: CIDRNotAvailable (the cluster CIDR {} is full)", cluster.cluster_cidr)),
+                None => ctx.event(
+                    &node,
+                    "Warning",
+                    "CIDRNotAvailable",
+                    &format!(
+                        "Node {name} status is now: CIDRNotAvailable (the cluster CIDR {} is full)",
+                        cluster.cluster_cidr
+                    ),
+                ),
             }
         }
 
@@ -183,11 +215,18 @@ impl Reconciler for NodeLifecycle {
         let grace = self.timings.node_monitor_grace;
         let silent_for = seen.map(|s| s.elapsed()).unwrap_or(grace);
         let stale = silent_for >= grace;
-        let ready = condition(&node, "Ready").and_then(|c| c["status"].as_str()).unwrap_or("Unknown").to_owned();
+        let ready = condition(&node, "Ready")
+            .and_then(|c| c["status"].as_str())
+            .unwrap_or("Unknown")
+            .to_owned();
         if stale && ready != "Unknown" {
             node = ctx.update_status("core/nodes", "", name, |n| {
                 let now = now_time();
-                for condition in n["status"]["conditions"].as_array_mut().into_iter().flatten() {
+                for condition in n["status"]["conditions"]
+                    .as_array_mut()
+                    .into_iter()
+                    .flatten()
+                {
                     if condition["status"] != "Unknown" {
                         condition["lastTransitionTime"] = json!(now);
                     }
@@ -197,11 +236,25 @@ impl Reconciler for NodeLifecycle {
                 }
                 Ok(())
             })?;
-            ctx.event(&node, "Normal", "NodeNotReady", &format!("Node {name} status is now: NodeNotReady"));
-            let pods: Vec<_> = ctx.view().pods_on(name).filter(|p| p.ready).cloned().collect();
+            ctx.event(
+                &node,
+                "Normal",
+                "NodeNotReady",
+                &format!("Node {name} status is now: NodeNotReady"),
+            );
+            let pods: Vec<_> = ctx
+                .view()
+                .pods_on(name)
+                .filter(|p| p.ready)
+                .cloned()
+                .collect();
             for pod in pods {
                 let marked = ctx.update_status("core/pods", &pod.namespace, &pod.name, |p| {
-                    for condition in p["status"]["conditions"].as_array_mut().into_iter().flatten() {
+                    for condition in p["status"]["conditions"]
+                        .as_array_mut()
+                        .into_iter()
+                        .flatten()
+                    {
                         if condition["type"] == "Ready" && condition["status"] == "True" {
                             condition["status"] = json!("False");
                             condition["lastTransitionTime"] = json!(now_time());
@@ -216,11 +269,21 @@ impl Reconciler for NodeLifecycle {
                 }
             }
         }
-        let ready = condition(&node, "Ready").and_then(|c| c["status"].as_str()).unwrap_or("Unknown").to_owned();
+        let ready = condition(&node, "Ready")
+            .and_then(|c| c["status"].as_str())
+            .unwrap_or("Unknown")
+            .to_owned();
         if ready == "True" && !stale && condition(&node, "Ready").is_some() {
-            let was_tainted = node["spec"]["taints"].as_array().is_some_and(|t| t.iter().any(|t| t["key"] == UNREACHABLE));
+            let was_tainted = node["spec"]["taints"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["key"] == UNREACHABLE));
             if was_tainted {
-                ctx.event(&node, "Normal", "NodeReady", &format!("Node {name} status is now: NodeReady"));
+                ctx.event(
+                    &node,
+                    "Normal",
+                    "NodeReady",
+                    &format!("Node {name} status is now: NodeReady"),
+                );
             }
         }
 
@@ -234,18 +297,39 @@ impl Reconciler for NodeLifecycle {
         if node["spec"]["unschedulable"] == true {
             wanted.push((UNSCHEDULABLE, "NoSchedule"));
         }
-        let managed = |t: &Value| [UNREACHABLE, NOT_READY, UNSCHEDULABLE].iter().any(|k| t["key"] == *k);
-        let current: Vec<Value> = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
+        let managed = |t: &Value| {
+            [UNREACHABLE, NOT_READY, UNSCHEDULABLE]
+                .iter()
+                .any(|k| t["key"] == *k)
+        };
+        let current: Vec<Value> = node["spec"]["taints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let have: HashSet<(String, String)> = current
             .iter()
             .filter(|t| managed(t))
-            .map(|t| (super::view::str_of(&t["key"]), super::view::str_of(&t["effect"])))
+            .map(|t| {
+                (
+                    super::view::str_of(&t["key"]),
+                    super::view::str_of(&t["effect"]),
+                )
+            })
             .collect();
-        let want: HashSet<(String, String)> = wanted.iter().map(|(k, e)| ((*k).to_owned(), (*e).to_owned())).collect();
+        let want: HashSet<(String, String)> = wanted
+            .iter()
+            .map(|(k, e)| ((*k).to_owned(), (*e).to_owned()))
+            .collect();
         if have != want {
             let mut taints: Vec<Value> = current
                 .iter()
-                .filter(|t| !managed(t) || want.contains(&(super::view::str_of(&t["key"]), super::view::str_of(&t["effect"]))))
+                .filter(|t| {
+                    !managed(t)
+                        || want.contains(&(
+                            super::view::str_of(&t["key"]),
+                            super::view::str_of(&t["effect"]),
+                        ))
+                })
                 .cloned()
                 .collect();
             for (key, effect) in &wanted {
@@ -273,15 +357,28 @@ impl Reconciler for NodeLifecycle {
             .filter(|t| t["effect"] == "NoExecute")
             .cloned()
             .collect();
-        let mut next_check: Option<Duration> = if stale { None } else { Some(grace - silent_for) };
+        let mut next_check: Option<Duration> = if stale {
+            None
+        } else {
+            Some(grace - silent_for)
+        };
         if !no_execute.is_empty() {
             let now = jiff::Timestamp::now();
-            let pods: Vec<_> = ctx.view().pods_on(name).filter(|p| !p.deleting).cloned().collect();
+            let pods: Vec<_> = ctx
+                .view()
+                .pods_on(name)
+                .filter(|p| !p.deleting)
+                .cloned()
+                .collect();
             for pod in pods {
                 let mut evict_in: Option<i64> = None;
                 let mut evict_now = false;
                 for taint in &no_execute {
-                    let matching: Vec<_> = pod.tolerations.iter().filter(|t| t.tolerates(taint)).collect();
+                    let matching: Vec<_> = pod
+                        .tolerations
+                        .iter()
+                        .filter(|t| t.tolerates(taint))
+                        .collect();
                     if matching.is_empty() {
                         evict_now = true;
                         break;
@@ -289,8 +386,16 @@ impl Reconciler for NodeLifecycle {
                     if matching.iter().any(|t| t.seconds.is_none()) {
                         continue;
                     }
-                    let seconds = matching.iter().filter_map(|t| t.seconds).min().unwrap_or(0).max(0);
-                    let added = taint["timeAdded"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).unwrap_or(now);
+                    let seconds = matching
+                        .iter()
+                        .filter_map(|t| t.seconds)
+                        .min()
+                        .unwrap_or(0)
+                        .max(0);
+                    let added = taint["timeAdded"]
+                        .as_str()
+                        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                        .unwrap_or(now);
                     let left = (added.as_second() + seconds) - now.as_second();
                     if left <= 0 {
                         evict_now = true;
@@ -300,8 +405,18 @@ impl Reconciler for NodeLifecycle {
                 }
                 if evict_now {
                     let object = json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid}});
-                    ctx.event(&object, "Normal", "TaintManagerEviction", &format!("Marking for deletion Pod {}/{}", pod.namespace, pod.name));
-                    ctx.delete("core/pods", &pod.namespace, &pod.name, &DeleteOptions::default())?;
+                    ctx.event(
+                        &object,
+                        "Normal",
+                        "TaintManagerEviction",
+                        &format!("Marking for deletion Pod {}/{}", pod.namespace, pod.name),
+                    );
+                    ctx.delete(
+                        "core/pods",
+                        &pod.namespace,
+                        &pod.name,
+                        &DeleteOptions::default(),
+                    )?;
                 } else if let Some(left) = evict_in {
                     let wait = Duration::from_secs(left as u64);
                     next_check = Some(next_check.map_or(wait, |n| n.min(wait)));
@@ -322,9 +437,15 @@ mod tests {
     #[test]
     fn pod_cidrs_are_handed_out_in_order() {
         let mut taken = HashSet::new();
-        assert_eq!(next_pod_cidr("10.42.0.0/16", 24, &taken).as_deref(), Some("10.42.0.0/24"));
+        assert_eq!(
+            next_pod_cidr("10.42.0.0/16", 24, &taken).as_deref(),
+            Some("10.42.0.0/24")
+        );
         taken.insert("10.42.0.0/24".to_owned());
-        assert_eq!(next_pod_cidr("10.42.0.0/16", 24, &taken).as_deref(), Some("10.42.1.0/24"));
+        assert_eq!(
+            next_pod_cidr("10.42.0.0/16", 24, &taken).as_deref(),
+            Some("10.42.1.0/24")
+        );
         assert_eq!(next_pod_cidr("10.42.0.0/24", 24, &taken), None);
     }
 }

@@ -26,10 +26,23 @@ fn format_bytes(bytes: i64) -> String {
 
 /// The quota resource names a kind is counted under.
 fn count_names(resource: &Resource) -> Vec<String> {
-    let group_suffix = if resource.group.is_empty() { String::new() } else { format!(".{}", resource.group) };
+    let group_suffix = if resource.group.is_empty() {
+        String::new()
+    } else {
+        format!(".{}", resource.group)
+    };
     let mut names = vec![format!("count/{}{group_suffix}", resource.plural)];
     if resource.group.is_empty()
-        && matches!(resource.plural, "pods" | "services" | "configmaps" | "secrets" | "replicationcontrollers" | "resourcequotas" | "persistentvolumeclaims")
+        && matches!(
+            resource.plural,
+            "pods"
+                | "services"
+                | "configmaps"
+                | "secrets"
+                | "replicationcontrollers"
+                | "resourcequotas"
+                | "persistentvolumeclaims"
+        )
     {
         names.push(resource.plural.to_owned());
     }
@@ -59,11 +72,16 @@ fn is_memory(name: &str) -> bool {
 }
 
 fn parse_hard(name: &str, value: &Value) -> i64 {
-    let text = value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
+    let text = value
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| value.to_string());
     if is_cpu(name) {
         crate::quantity::millicores(&text).unwrap_or(0)
     } else {
-        crate::quantity::parse(&text).map(|q| q.round() as i64).unwrap_or(0)
+        crate::quantity::parse(&text)
+            .map(|q| q.round() as i64)
+            .unwrap_or(0)
     }
 }
 
@@ -78,12 +96,25 @@ fn format_amount(name: &str, amount: i64) -> String {
 }
 
 /// Current use, in a namespace, of each resource the quota's `hard` names.
-fn usage(api: &ApiState, namespace: &str, hard: &serde_json::Map<String, Value>) -> Result<BTreeMap<String, i64>, ApiError> {
+fn usage(
+    api: &ApiState,
+    namespace: &str,
+    hard: &serde_json::Map<String, Value>,
+) -> Result<BTreeMap<String, i64>, ApiError> {
     let mut used: BTreeMap<String, i64> = hard.keys().map(|k| (k.clone(), 0)).collect();
-    let pod_related = hard.keys().any(|k| pod_usage(&dummy_pod()).contains_key(k.as_str()));
+    let pod_related = hard
+        .keys()
+        .any(|k| pod_usage(&dummy_pod()).contains_key(k.as_str()));
     if pod_related {
-        let pods = api.store.list("core/pods", Some(namespace), None, 0, &|_| true)?;
-        for pod in pods.items.iter().map(PodInfo::from_object).filter(|p| p.is_active()) {
+        let pods = api
+            .store
+            .list("core/pods", Some(namespace), None, 0, &|_| true)?;
+        for pod in pods
+            .items
+            .iter()
+            .map(PodInfo::from_object)
+            .filter(|p| p.is_active())
+        {
             for (name, amount) in pod_usage(&pod) {
                 if let Some(total) = used.get_mut(name) {
                     *total += amount;
@@ -99,7 +130,11 @@ fn usage(api: &ApiState, namespace: &str, hard: &serde_json::Map<String, Value>)
         if !names.iter().any(|n| hard.contains_key(n)) {
             continue;
         }
-        let count = api.store.list(&resource.storage_key(), Some(namespace), None, 0, &|_| true)?.items.len() as i64;
+        let count = api
+            .store
+            .list(&resource.storage_key(), Some(namespace), None, 0, &|_| true)?
+            .items
+            .len() as i64;
         for name in names {
             if let Some(total) = used.get_mut(&name) {
                 *total = count;
@@ -113,6 +148,41 @@ fn dummy_pod() -> PodInfo {
     PodInfo::from_object(&json!({}))
 }
 
+/// "requests.cpu for: web; limits.memory for: web": what a pod leaves out that a quota limits.
+fn missing_amounts(pod: &Value, hard: &serde_json::Map<String, Value>) -> String {
+    let mut parts = Vec::new();
+    for (tracked, kind, name) in [
+        ("requests.cpu", "requests", "cpu"),
+        ("cpu", "requests", "cpu"),
+        ("requests.memory", "requests", "memory"),
+        ("memory", "requests", "memory"),
+        ("limits.cpu", "limits", "cpu"),
+        ("limits.memory", "limits", "memory"),
+    ] {
+        if !hard.contains_key(tracked) {
+            continue;
+        }
+        let lacking: Vec<&str> = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                let amount = &c["resources"][kind][name];
+                // Upstream defaults a missing request to the limit.
+                amount.is_null() && (kind == "limits" || c["resources"]["limits"][name].is_null())
+            })
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        if !lacking.is_empty() {
+            parts.push(format!("{tracked} for: {}", lacking.join(",")));
+        }
+    }
+    parts.join("; ")
+}
+
+/// A quota resource that would be exceeded: (name, requested, used, limit).
+type Exceeded = (String, i64, i64, i64);
+
 /// Refuses a create that would take a namespace over one of its quotas (403), or a pod that
 /// does not say how much CPU or memory it needs when a quota limits them.
 pub fn admit(api: &ApiState, resource: &Resource, object: &Value) -> Result<(), ApiError> {
@@ -120,11 +190,14 @@ pub fn admit(api: &ApiState, resource: &Resource, object: &Value) -> Result<(), 
         return Ok(());
     }
     let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
-    let quotas = api.store.list("core/resourcequotas", Some(namespace), None, 0, &|_| true)?;
+    let quotas = api
+        .store
+        .list("core/resourcequotas", Some(namespace), None, 0, &|_| true)?;
     if quotas.items.is_empty() {
         return Ok(());
     }
-    let mut requested: BTreeMap<String, i64> = count_names(resource).into_iter().map(|n| (n, 1)).collect();
+    let mut requested: BTreeMap<String, i64> =
+        count_names(resource).into_iter().map(|n| (n, 1)).collect();
     let pod = (resource.kind == "Pod").then(|| PodInfo::from_object(object));
     if let Some(pod) = &pod {
         for (name, amount) in pod_usage(pod) {
@@ -133,28 +206,31 @@ pub fn admit(api: &ApiState, resource: &Resource, object: &Value) -> Result<(), 
     }
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
     let forbidden = |detail: String| {
-        ApiError::forbidden(format!("{} \"{name}\" is forbidden: {detail}", resource.plural))
+        ApiError::forbidden(format!(
+            "{} \"{name}\" is forbidden: {detail}",
+            resource.plural
+        ))
     };
     for quota in &quotas.items {
         let quota_name = quota["metadata"]["name"].as_str().unwrap_or_default();
-        let Some(hard) = quota["spec"]["hard"].as_object() else { continue };
-        if let Some(pod) = &pod {
-            let mut missing = Vec::new();
-            for (tracked, value) in [("requests.cpu", pod.cpu_request), ("cpu", pod.cpu_request), ("requests.memory", pod.memory_request), ("memory", pod.memory_request), ("limits.cpu", pod.cpu_limit), ("limits.memory", pod.memory_limit)] {
-                if hard.contains_key(tracked) && value == 0 && !missing.contains(&tracked) {
-                    missing.push(tracked);
-                }
-            }
+        let Some(hard) = quota["spec"]["hard"].as_object() else {
+            continue;
+        };
+        if pod.is_some() {
+            let missing = missing_amounts(object, hard);
             if !missing.is_empty() {
-                return Err(forbidden(format!("failed quota: {quota_name}: must specify {}", missing.join(","))));
+                return Err(forbidden(format!("failed quota: {quota_name}: must specify {missing}")));
             }
         }
-        let relevant: Vec<(&String, &Value)> = hard.iter().filter(|(k, _)| requested.get(k.as_str()).is_some_and(|r| *r > 0)).collect();
+        let relevant: Vec<(&String, &Value)> = hard
+            .iter()
+            .filter(|(k, _)| requested.get(k.as_str()).is_some_and(|r| *r > 0))
+            .collect();
         if relevant.is_empty() {
             continue;
         }
         let used = usage(api, namespace, hard)?;
-        let mut exceeded = Vec::new();
+        let mut exceeded: Vec<Exceeded> = Vec::new();
         for (resource_name, limit) in relevant {
             let limit = parse_hard(resource_name, limit);
             let asked = requested[resource_name.as_str()];
@@ -164,8 +240,12 @@ pub fn admit(api: &ApiState, resource: &Resource, object: &Value) -> Result<(), 
             }
         }
         if !exceeded.is_empty() {
-            let list = |pick: &dyn Fn(&(String, i64, i64, i64)) -> i64| {
-                exceeded.iter().map(|e| format!("{}={}", e.0, format_amount(&e.0, pick(e)))).collect::<Vec<_>>().join(",")
+            let list = |pick: &dyn Fn(&Exceeded) -> i64| {
+                exceeded
+                    .iter()
+                    .map(|e| format!("{}={}", e.0, format_amount(&e.0, pick(e))))
+                    .collect::<Vec<_>>()
+                    .join(",")
             };
             return Err(forbidden(format!(
                 "exceeded quota: {quota_name}, requested: {}, used: {}, limited: {}",
@@ -187,21 +267,37 @@ impl Reconciler for QuotaStatusController {
         if change.resource == "core/resourcequotas" {
             return vec![(change.namespace.clone(), change.name.clone())];
         }
-        if change.namespace.is_empty() || matches!(change.resource.as_str(), "core/events" | "coordination.k8s.io/leases") {
+        if change.namespace.is_empty()
+            || matches!(
+                change.resource.as_str(),
+                "core/events" | "coordination.k8s.io/leases"
+            )
+        {
             return Vec::new();
         }
-        view.list_in("core/resourcequotas", &change.namespace).map(|q| key_of(q)).collect()
+        view.list_in("core/resourcequotas", &change.namespace)
+            .map(|q| key_of(q))
+            .collect()
     }
 
     fn all_keys(&self, view: &View) -> Vec<Key> {
-        view.list("core/resourcequotas").map(|q| key_of(q)).collect()
+        view.list("core/resourcequotas")
+            .map(|q| key_of(q))
+            .collect()
     }
 
     fn reconcile(&self, ctx: &Context, key: &Key) -> Result<Action, ApiError> {
-        let Some(quota) = ctx.view().get("core/resourcequotas", &key.0, &key.1).cloned() else {
+        let Some(quota) = ctx
+            .view()
+            .get("core/resourcequotas", &key.0, &key.1)
+            .cloned()
+        else {
             return Ok(Action::Done);
         };
-        let hard = quota["spec"]["hard"].as_object().cloned().unwrap_or_default();
+        let hard = quota["spec"]["hard"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         let used = usage(&ctx.shared.api, &key.0, &hard)?;
         let used: serde_json::Map<String, Value> = used
             .into_iter()

@@ -65,7 +65,8 @@ pub fn selector_of(object: &Value) -> LabelSelector {
         };
         return LabelSelector::from_map(&map);
     }
-    LabelSelector::from_json(selector).unwrap_or_else(|_| LabelSelector::from_map(&Default::default()))
+    LabelSelector::from_json(selector)
+        .unwrap_or_else(|_| LabelSelector::from_map(&Default::default()))
 }
 
 /// Keys of the owners of `kind` named by a pod's owner references (before and after a change),
@@ -146,8 +147,14 @@ pub fn claim_pods(
     owner: &Value,
     selector: &LabelSelector,
 ) -> Result<Vec<Arc<PodInfo>>, ApiError> {
-    let uid = owner["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
-    let namespace = owner["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+    let uid = owner["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let namespace = owner["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let (mut owned, adopt, release) = {
         let view = ctx.view();
         let mut owned = Vec::new();
@@ -174,11 +181,22 @@ pub fn claim_pods(
         let reference = controller_ref(owner);
         let adopted = ctx.update("core/pods", &pod.namespace, &pod.name, |object| {
             if object["metadata"]["uid"] != pod.uid.as_str() {
-                return Err(ApiError::conflict(super::resource_of("core/pods"), &pod.name, "the pod was replaced"));
+                return Err(ApiError::conflict(
+                    super::resource_of("core/pods"),
+                    &pod.name,
+                    "the pod was replaced",
+                ));
             }
-            let refs = object["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+            let refs = object["metadata"]["ownerReferences"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if refs.iter().any(|r| r["controller"] == true) {
-                return Err(ApiError::conflict(super::resource_of("core/pods"), &pod.name, "the pod has another controller"));
+                return Err(ApiError::conflict(
+                    super::resource_of("core/pods"),
+                    &pod.name,
+                    "the pod has another controller",
+                ));
             }
             let mut refs = refs;
             refs.push(reference);
@@ -244,10 +262,20 @@ impl Reconciler for ReplicaController {
                 match ctx.create("core/pods", pod) {
                     Ok(created) => {
                         let name = created["metadata"]["name"].as_str().unwrap_or_default();
-                        ctx.event(&set, "Normal", "SuccessfulCreate", &format!("Created pod: {name}"));
+                        ctx.event(
+                            &set,
+                            "Normal",
+                            "SuccessfulCreate",
+                            &format!("Created pod: {name}"),
+                        );
                     }
                     Err(error) => {
-                        ctx.event(&set, "Warning", "FailedCreate", &format!("Error creating: {}", error.message));
+                        ctx.event(
+                            &set,
+                            "Warning",
+                            "FailedCreate",
+                            &format!("Error creating: {}", error.message),
+                        );
                         failure = Some(error);
                         break;
                     }
@@ -257,19 +285,37 @@ impl Reconciler for ReplicaController {
             let mut victims = active.clone();
             deletion_order(&mut victims);
             for pod in victims.iter().take(active.len() - wanted) {
-                ctx.delete("core/pods", &pod.namespace, &pod.name, &DeleteOptions::default())?;
-                ctx.event(&set, "Normal", "SuccessfulDelete", &format!("Deleted pod: {}", pod.name));
+                ctx.delete(
+                    "core/pods",
+                    &pod.namespace,
+                    &pod.name,
+                    &DeleteOptions::default(),
+                )?;
+                ctx.event(
+                    &set,
+                    "Normal",
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {}", pod.name),
+                );
             }
         }
         let min_ready = set["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
         let now = now_seconds();
-        let template_labels = super::view::string_map(&set["spec"]["template"]["metadata"]["labels"]);
+        let template_labels =
+            super::view::string_map(&set["spec"]["template"]["metadata"]["labels"]);
         let fully_labeled = active
             .iter()
-            .filter(|p| template_labels.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+            .filter(|p| {
+                template_labels
+                    .iter()
+                    .all(|(k, v)| p.labels.get(k) == Some(v))
+            })
             .count();
         let ready = active.iter().filter(|p| p.ready).count();
-        let available = active.iter().filter(|p| p.is_available(min_ready, now)).count();
+        let available = active
+            .iter()
+            .filter(|p| p.is_available(min_ready, now))
+            .count();
         let generation = set["metadata"]["generation"].clone();
         let failure_message = failure.as_ref().map(|e| e.message.clone());
         let updated = ctx.update_status(self.storage_key, &key.0, &key.1, |object| {
@@ -283,7 +329,9 @@ impl Reconciler for ReplicaController {
             status["availableReplicas"] = json!(available);
             status["observedGeneration"] = generation;
             match &failure_message {
-                Some(message) => set_condition(object, "ReplicaFailure", "True", "FailedCreate", message),
+                Some(message) => {
+                    set_condition(object, "ReplicaFailure", "True", "FailedCreate", message)
+                }
                 None => {
                     if let Some(conditions) = object["status"]["conditions"].as_array_mut() {
                         conditions.retain(|c| c["type"] != "ReplicaFailure");

@@ -44,7 +44,12 @@ impl PodTerm {
     fn parse(term: &Value, own_namespace: &str) -> PodTerm {
         let namespaces: Vec<String> = term["namespaces"]
             .as_array()
-            .map(|n| n.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|n| {
+                n.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .filter(|n: &Vec<String>| !n.is_empty())
             .unwrap_or_else(|| vec![own_namespace.to_owned()]);
         PodTerm {
@@ -64,10 +69,16 @@ impl PodTerm {
         let mut domains = HashSet::new();
         for namespace in &self.namespaces {
             for pod in view.pods_in(namespace) {
-                if pod.node.is_empty() || !pod.is_active() || !self.selector.matches_map(&pod.labels) {
+                if pod.node.is_empty()
+                    || !pod.is_active()
+                    || !self.selector.matches_map(&pod.labels)
+                {
                     continue;
                 }
-                if let Some(value) = view.get("core/nodes", "", &pod.node).and_then(|n| n["metadata"]["labels"][&self.topology_key].as_str()) {
+                if let Some(value) = view
+                    .get("core/nodes", "", &pod.node)
+                    .and_then(|n| n["metadata"]["labels"][&self.topology_key].as_str())
+                {
                     domains.insert(value.to_owned());
                 }
             }
@@ -84,8 +95,15 @@ fn required_terms(affinity: &Value, kind: &str) -> Vec<Value> {
 }
 
 /// Whether a node's labels and name satisfy a nodeSelectorTerm.
-pub(crate) fn node_term_matches(term: &Value, node_name: &str, labels: &serde_json::Map<String, Value>) -> bool {
-    if let Some(expressions) = term["matchExpressions"].as_array().filter(|e| !e.is_empty()) {
+pub(crate) fn node_term_matches(
+    term: &Value,
+    node_name: &str,
+    labels: &serde_json::Map<String, Value>,
+) -> bool {
+    if let Some(expressions) = term["matchExpressions"]
+        .as_array()
+        .filter(|e| !e.is_empty())
+    {
         let selector = LabelSelector::from_json(&json!({"matchExpressions": expressions}));
         if !selector.is_ok_and(|s| s.matches(labels)) {
             return false;
@@ -95,7 +113,12 @@ pub(crate) fn node_term_matches(term: &Value, node_name: &str, labels: &serde_js
         if field["key"] != "metadata.name" {
             return false;
         }
-        let values: Vec<&str> = field["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let values: Vec<&str> = field["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         let contained = values.contains(&node_name);
         let ok = match field["operator"].as_str() {
             Some("In") => contained,
@@ -106,8 +129,12 @@ pub(crate) fn node_term_matches(term: &Value, node_name: &str, labels: &serde_js
             return false;
         }
     }
-    term["matchExpressions"].as_array().is_some_and(|e| !e.is_empty())
-        || term["matchFields"].as_array().is_some_and(|f| !f.is_empty())
+    term["matchExpressions"]
+        .as_array()
+        .is_some_and(|e| !e.is_empty())
+        || term["matchFields"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
 }
 
 /// Everything about the pod being placed that the filters and scores need.
@@ -138,16 +165,29 @@ fn allocatable(node: &Value, resource: &str) -> i64 {
         .or_else(|| node["status"]["capacity"][resource].as_str());
     match resource {
         "cpu" => value.and_then(quantity::millicores).unwrap_or(0),
-        _ => value.and_then(quantity::parse).map(|q| q as i64).unwrap_or(0),
+        _ => value
+            .and_then(quantity::parse)
+            .map(|q| q as i64)
+            .unwrap_or(0),
     }
 }
 
 /// The filters, in upstream's order of evaluation. `Ok` if the pod fits the node.
-fn filter(candidate: &Candidate, node: &Value, usage: &NodeUsage, affinity_rules: &AffinityRules) -> Result<(), Reason> {
+fn filter(
+    candidate: &Candidate,
+    node: &Value,
+    usage: &NodeUsage,
+    affinity_rules: &AffinityRules,
+) -> Result<(), Reason> {
     let name = node["metadata"]["name"].as_str().unwrap_or_default();
-    let labels = node["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+    let labels = node["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     if node["spec"]["unschedulable"] == true
-        && !candidate.tolerations.iter().any(|t| t.tolerates(&json!({"key": super::nodes::UNSCHEDULABLE, "effect": "NoSchedule"})))
+        && !candidate.tolerations.iter().any(|t| {
+            t.tolerates(&json!({"key": super::nodes::UNSCHEDULABLE, "effect": "NoSchedule"}))
+        })
     {
         return Err("node(s) were unschedulable".into());
     }
@@ -168,8 +208,11 @@ fn filter(candidate: &Candidate, node: &Value, usage: &NodeUsage, affinity_rules
         .node_selector
         .iter()
         .all(|(k, v)| labels.get(k).and_then(Value::as_str) == Some(v.as_str()));
-    let terms = candidate.affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"].as_array();
-    let affinity_ok = terms.is_none_or(|terms| terms.iter().any(|t| node_term_matches(t, name, &labels)));
+    let terms = candidate.affinity["nodeAffinity"]
+        ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        .as_array();
+    let affinity_ok =
+        terms.is_none_or(|terms| terms.iter().any(|t| node_term_matches(t, name, &labels)));
     if !selector_ok || !affinity_ok {
         return Err("node(s) didn't match Pod's node affinity/selector".into());
     }
@@ -185,7 +228,12 @@ fn filter(candidate: &Candidate, node: &Value, usage: &NodeUsage, affinity_rules
     if candidate.info.memory_request > 0 && usage.memory + candidate.info.memory_request > memory {
         return Err("Insufficient memory".into());
     }
-    if candidate.info.host_ports.iter().any(|p| usage.host_ports.contains(p)) {
+    if candidate
+        .info
+        .host_ports
+        .iter()
+        .any(|p| usage.host_ports.contains(p))
+    {
         return Err("node(s) didn't have free ports for the requested pod ports".into());
     }
     let domain = |key: &str| labels.get(key).and_then(Value::as_str).map(str::to_owned);
@@ -242,20 +290,29 @@ impl AffinityRules {
             .collect();
         let mut forbidden_by_others = Vec::new();
         for pod in view.pods.values() {
-            let Some(affinity) = &pod.pod_affinity else { continue };
+            let Some(affinity) = &pod.pod_affinity else {
+                continue;
+            };
             if pod.node.is_empty() || !pod.is_active() {
                 continue;
             }
             for term in required_terms(affinity, "podAntiAffinity") {
                 let term = PodTerm::parse(&term, &pod.namespace);
                 if term.matches(&candidate.info) {
-                    if let Some(value) = view.get("core/nodes", "", &pod.node).and_then(|n| n["metadata"]["labels"][&term.topology_key].as_str()) {
+                    if let Some(value) = view
+                        .get("core/nodes", "", &pod.node)
+                        .and_then(|n| n["metadata"]["labels"][&term.topology_key].as_str())
+                    {
                         forbidden_by_others.push((term.topology_key.clone(), value.to_owned()));
                     }
                 }
             }
         }
-        AffinityRules { affinity, anti_affinity, forbidden_by_others }
+        AffinityRules {
+            affinity,
+            anti_affinity,
+            forbidden_by_others,
+        }
     }
 }
 
@@ -279,8 +336,14 @@ fn choose_node(candidate: &Candidate, view: &View) -> Result<String, String> {
         if total == 0 {
             return Err("no nodes available to schedule pods".into());
         }
-        let details: Vec<String> = reasons.iter().map(|(reason, count)| format!("{count} {reason}")).collect();
-        return Err(format!("0/{total} nodes are available: {}.", details.join(", ")));
+        let details: Vec<String> = reasons
+            .iter()
+            .map(|(reason, count)| format!("{count} {reason}"))
+            .collect();
+        return Err(format!(
+            "0/{total} nodes are available: {}.",
+            details.join(", ")
+        ));
     }
     // Pods of the same owner per node, for spreading.
     let mut same_owner: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
@@ -293,16 +356,25 @@ fn choose_node(candidate: &Candidate, view: &View) -> Result<String, String> {
     }
     let max_same = feasible
         .iter()
-        .map(|(n, _)| same_owner.get(n["metadata"]["name"].as_str().unwrap_or_default()).copied().unwrap_or(0))
+        .map(|(n, _)| {
+            same_owner
+                .get(n["metadata"]["name"].as_str().unwrap_or_default())
+                .copied()
+                .unwrap_or(0)
+        })
         .max()
         .unwrap_or(0);
-    let preferred = candidate.affinity["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    let preferred = candidate.affinity["nodeAffinity"]
+        ["preferredDuringSchedulingIgnoredDuringExecution"]
         .as_array()
         .cloned()
         .unwrap_or_default();
     let score = |node: &Value, usage: &NodeUsage| -> f64 {
         let name = node["metadata"]["name"].as_str().unwrap_or_default();
-        let labels = node["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+        let labels = node["metadata"]["labels"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         let fraction_free = |used: i64, capacity: i64| {
             if capacity <= 0 {
                 0.0
@@ -310,10 +382,21 @@ fn choose_node(candidate: &Candidate, view: &View) -> Result<String, String> {
                 ((capacity - used).max(0) as f64) / capacity as f64
             }
         };
-        let least_allocated = 50.0 * fraction_free(usage.cpu + candidate.info.cpu_request, allocatable(node, "cpu"))
-            + 50.0 * fraction_free(usage.memory + candidate.info.memory_request, allocatable(node, "memory"));
+        let least_allocated =
+            50.0 * fraction_free(
+                usage.cpu + candidate.info.cpu_request,
+                allocatable(node, "cpu"),
+            ) + 50.0
+                * fraction_free(
+                    usage.memory + candidate.info.memory_request,
+                    allocatable(node, "memory"),
+                );
         let same = same_owner.get(name).copied().unwrap_or(0);
-        let spread = if max_same == 0 { 100.0 } else { 100.0 * (max_same - same) as f64 / max_same as f64 };
+        let spread = if max_same == 0 {
+            100.0
+        } else {
+            100.0 * (max_same - same) as f64 / max_same as f64
+        };
         let affinity_weight: i64 = preferred
             .iter()
             .filter(|p| node_term_matches(&p["preference"], name, &labels))
@@ -323,14 +406,23 @@ fn choose_node(candidate: &Candidate, view: &View) -> Result<String, String> {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|t| t["effect"] == "PreferNoSchedule" && !candidate.tolerations.iter().any(|tol| tol.tolerates(t)))
+            .filter(|t| {
+                t["effect"] == "PreferNoSchedule"
+                    && !candidate.tolerations.iter().any(|tol| tol.tolerates(t))
+            })
             .count();
         // Spreading the same owner's pods first, then preferences, then the emptiest node.
         2.0 * spread + 2.0 * affinity_weight as f64 + least_allocated - 30.0 * soft_taints as f64
     };
     let best = feasible
         .iter()
-        .map(|(node, usage)| (score(node, usage), usage.pods, node["metadata"]["name"].as_str().unwrap_or_default()))
+        .map(|(node, usage)| {
+            (
+                score(node, usage),
+                usage.pods,
+                node["metadata"]["name"].as_str().unwrap_or_default(),
+            )
+        })
         .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)).then(b.2.cmp(a.2)))
         .map(|(_, _, name)| name.to_owned())
         .expect("feasible is not empty");
@@ -339,15 +431,29 @@ fn choose_node(candidate: &Candidate, view: &View) -> Result<String, String> {
 
 impl Scheduler {
     fn retry_unschedulable(&self) -> Vec<Key> {
-        self.unschedulable.lock().expect("unschedulable lock").iter().cloned().collect()
+        self.unschedulable
+            .lock()
+            .expect("unschedulable lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
 fn wants_scheduling(pod: &Value) -> bool {
-    pod["spec"]["nodeName"].as_str().unwrap_or_default().is_empty()
+    pod["spec"]["nodeName"]
+        .as_str()
+        .unwrap_or_default()
+        .is_empty()
         && pod["metadata"]["deletionTimestamp"].is_null()
-        && pod["spec"]["schedulerName"].as_str().unwrap_or(DEFAULT_SCHEDULER) == DEFAULT_SCHEDULER
-        && !matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        && pod["spec"]["schedulerName"]
+            .as_str()
+            .unwrap_or(DEFAULT_SCHEDULER)
+            == DEFAULT_SCHEDULER
+        && !matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        )
 }
 
 impl Reconciler for Scheduler {
@@ -368,7 +474,10 @@ impl Reconciler for Scheduler {
                 }
                 // Room may have been made: a pod went, finished or moved.
                 let freed = change.event == EventType::Deleted
-                    || matches!(change.object["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+                    || matches!(
+                        change.object["status"]["phase"].as_str(),
+                        Some("Succeeded" | "Failed")
+                    )
                     || !change.object["metadata"]["deletionTimestamp"].is_null();
                 if freed {
                     keys.extend(self.retry_unschedulable());
@@ -390,11 +499,17 @@ impl Reconciler for Scheduler {
 
     fn reconcile(&self, ctx: &Context, key: &Key) -> Result<Action, ApiError> {
         let Some(pod) = ctx.get("core/pods", &key.0, &key.1)? else {
-            self.unschedulable.lock().expect("unschedulable lock").remove(key);
+            self.unschedulable
+                .lock()
+                .expect("unschedulable lock")
+                .remove(key);
             return Ok(Action::Done);
         };
         if !wants_scheduling(&pod) {
-            self.unschedulable.lock().expect("unschedulable lock").remove(key);
+            self.unschedulable
+                .lock()
+                .expect("unschedulable lock")
+                .remove(key);
             return Ok(Action::Done);
         }
         let candidate = Candidate::from(&pod);
@@ -403,8 +518,16 @@ impl Reconciler for Scheduler {
             Ok(node) => {
                 let bound = crate::api::objects::bind_pod(&ctx.shared.api, &key.0, &key.1, &node)?;
                 ctx.note_written(&bound);
-                self.unschedulable.lock().expect("unschedulable lock").remove(key);
-                ctx.event(&bound, "Normal", "Scheduled", &format!("Successfully assigned {}/{} to {node}", key.0, key.1));
+                self.unschedulable
+                    .lock()
+                    .expect("unschedulable lock")
+                    .remove(key);
+                ctx.event(
+                    &bound,
+                    "Normal",
+                    "Scheduled",
+                    &format!("Successfully assigned {}/{} to {node}", key.0, key.1),
+                );
                 Ok(Action::Done)
             }
             Err(message) => {
@@ -417,7 +540,10 @@ impl Reconciler for Scheduler {
                     Err(e) if e.code == 404 => return Ok(Action::Done),
                     Err(e) => return Err(e),
                 }
-                self.unschedulable.lock().expect("unschedulable lock").insert(key.clone());
+                self.unschedulable
+                    .lock()
+                    .expect("unschedulable lock")
+                    .insert(key.clone());
                 Ok(Action::RequeueAfter(ctx.shared.timings.scheduler_retry))
             }
         }
@@ -438,7 +564,14 @@ mod tests {
     fn view_with(nodes: &[Arc<Value>]) -> View {
         let mut view = View::default();
         for n in nodes {
-            view.insert_object("core/nodes", (String::new(), n["metadata"]["name"].as_str().unwrap().to_owned()), n.clone());
+            view.insert_object(
+                "core/nodes",
+                (
+                    String::new(),
+                    n["metadata"]["name"].as_str().unwrap().to_owned(),
+                ),
+                n.clone(),
+            );
         }
         view
     }
@@ -450,41 +583,64 @@ mod tests {
     #[test]
     fn node_selector_that_matches_nothing_explains_itself() {
         let view = view_with(&[node("a", json!({"disk": "hdd"})), node("b", json!({}))]);
-        let candidate = Candidate::from(&pod(json!({"nodeSelector": {"disk": "ssd"}, "containers": [{"name": "c"}]})));
+        let candidate = Candidate::from(&pod(
+            json!({"nodeSelector": {"disk": "ssd"}, "containers": [{"name": "c"}]}),
+        ));
         let error = choose_node(&candidate, &view).unwrap_err();
-        assert_eq!(error, "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector.");
+        assert_eq!(
+            error,
+            "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."
+        );
     }
 
     #[test]
     fn requests_beyond_allocatable_do_not_fit() {
         let view = view_with(&[node("a", json!({}))]);
-        let big = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "3"}}}]}));
-        assert!(choose_node(&Candidate::from(&big), &view).unwrap_err().contains("1 Insufficient cpu"));
-        let small = pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]}));
+        let big =
+            pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "3"}}}]}));
+        assert!(choose_node(&Candidate::from(&big), &view)
+            .unwrap_err()
+            .contains("1 Insufficient cpu"));
+        let small =
+            pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "500m"}}}]}));
         assert_eq!(choose_node(&Candidate::from(&small), &view).unwrap(), "a");
     }
 
     #[test]
     fn taints_need_tolerations() {
         let mut tainted = (*node("a", json!({}))).clone();
-        tainted["spec"]["taints"] = json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]);
+        tainted["spec"]["taints"] =
+            json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]);
         let view = view_with(&[Arc::new(tainted)]);
         let plain = pod(json!({"containers": [{"name": "c"}]}));
-        assert!(choose_node(&Candidate::from(&plain), &view).unwrap_err().contains("untolerated taint {dedicated: gpu}"));
-        let tolerant = pod(json!({"containers": [{"name": "c"}], "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}));
-        assert_eq!(choose_node(&Candidate::from(&tolerant), &view).unwrap(), "a");
+        assert!(choose_node(&Candidate::from(&plain), &view)
+            .unwrap_err()
+            .contains("untolerated taint {dedicated: gpu}"));
+        let tolerant = pod(
+            json!({"containers": [{"name": "c"}], "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}),
+        );
+        assert_eq!(
+            choose_node(&Candidate::from(&tolerant), &view).unwrap(),
+            "a"
+        );
     }
 
     #[test]
     fn anti_affinity_keeps_replicas_apart() {
-        let mut view = view_with(&[node("a", json!({"kubernetes.io/hostname": "a"})), node("b", json!({"kubernetes.io/hostname": "b"}))]);
+        let mut view = view_with(&[
+            node("a", json!({"kubernetes.io/hostname": "a"})),
+            node("b", json!({"kubernetes.io/hostname": "b"})),
+        ]);
         let mut running = PodInfo::from_object(&pod(json!({"containers": [{"name": "c"}]})));
         running.name = "other".into();
         running.node = "a".into();
         view.insert_pod(("default".into(), "other".into()), running);
         let spec = json!({"containers": [{"name": "c"}], "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
             {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}});
-        assert_eq!(choose_node(&Candidate::from(&pod(spec)), &view).unwrap(), "b");
+        assert_eq!(
+            choose_node(&Candidate::from(&pod(spec)), &view).unwrap(),
+            "b"
+        );
     }
 
     #[test]
@@ -492,6 +648,9 @@ mod tests {
         let view = view_with(&[node("a", json!({})), node("b", json!({}))]);
         let spec = json!({"containers": [{"name": "c"}], "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["b"]}]}]}}}});
-        assert_eq!(choose_node(&Candidate::from(&pod(spec)), &view).unwrap(), "b");
+        assert_eq!(
+            choose_node(&Candidate::from(&pod(spec)), &view).unwrap(),
+            "b"
+        );
     }
 }

@@ -178,8 +178,14 @@ impl PodInfo {
             .into_iter()
             .flatten()
             .find(|c| c["type"] == "Ready");
-        let containers = spec["containers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-        let init = spec["initContainers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let containers = spec["containers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let init = spec["initContainers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let resource = |c: &Value, kind: &str, name: &str, scale: f64| -> Option<i64> {
             c["resources"][kind][name]
                 .as_str()
@@ -187,7 +193,10 @@ impl PodInfo {
                 .map(|q| (q * scale).ceil() as i64)
         };
         let total = |kind: &str, name: &str, scale: f64, all_or_nothing: bool| -> i64 {
-            let values: Vec<Option<i64>> = containers.iter().map(|c| resource(c, kind, name, scale)).collect();
+            let values: Vec<Option<i64>> = containers
+                .iter()
+                .map(|c| resource(c, kind, name, scale))
+                .collect();
             if all_or_nothing && values.iter().any(Option::is_none) {
                 return 0;
             }
@@ -345,7 +354,10 @@ pub struct View {
 impl View {
     /// The cached objects of one resource.
     pub fn list(&self, resource: &str) -> impl Iterator<Item = &Arc<Value>> {
-        self.objects.get(resource).into_iter().flat_map(|m| m.values())
+        self.objects
+            .get(resource)
+            .into_iter()
+            .flat_map(|m| m.values())
     }
 
     /// The cached objects of one resource in one namespace.
@@ -458,7 +470,10 @@ impl View {
     /// Puts a pod in the view.
     pub fn insert_pod(&mut self, key: Key, pod: PodInfo) {
         if !pod.node.is_empty() && pod.is_active() {
-            self.node_usage.entry(pod.node.clone()).or_default().add(&pod, 1);
+            self.node_usage
+                .entry(pod.node.clone())
+                .or_default()
+                .add(&pod, 1);
         }
         if !pod.node.is_empty() {
             self.pods_by_node
@@ -509,7 +524,10 @@ impl View {
         if let Some(uid) = object["metadata"]["uid"].as_str() {
             self.uids.insert(uid.to_owned(), (resource, key.clone()));
         }
-        self.objects.entry(resource).or_default().insert(key, object);
+        self.objects
+            .entry(resource)
+            .or_default()
+            .insert(key, object);
     }
 
     fn remove_object(&mut self, resource: &'static str, key: &Key) {
