@@ -678,11 +678,27 @@ impl Store {
     fn commit_durable(
         &self,
         tx: rusqlite::Transaction<'_>,
+        key: (&str, &str, &str),
+        event: EventType,
+        object: Value,
+        previous: Option<Value>,
+    ) -> Result<Value, StoreError> {
+        let change = self.stage(&tx, key, event, object, previous)?;
+        tx.commit().map_err(sql("commit"))?;
+        let object = change.object.clone();
+        let _ = self.changes.send(Arc::new(change));
+        Ok(Arc::unwrap_or_clone(object))
+    }
+
+    /// Writes one change into an open transaction; the caller commits, then broadcasts.
+    fn stage(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
         (resource, namespace, name): (&str, &str, &str),
         event: EventType,
         mut object: Value,
         previous: Option<Value>,
-    ) -> Result<Value, StoreError> {
+    ) -> Result<Change, StoreError> {
         // Durable writes take their revision under the writer lock, so they commit and broadcast
         // in revision order; a failed commit leaves a harmless gap.
         let revision = self.revision.fetch_add(1, Ordering::SeqCst) + 1;
@@ -720,18 +736,65 @@ impl Store {
             )
             .map_err(sql("write"))?;
         }
-        tx.commit().map_err(sql("commit"))?;
-        let object = Arc::new(object);
-        let _ = self.changes.send(Arc::new(Change {
+        Ok(Change {
             revision,
             resource: resource.to_owned(),
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             event,
-            object: object.clone(),
+            object: Arc::new(object),
             previous: previous.map(Arc::new),
-        }));
-        Ok(Arc::unwrap_or_clone(object))
+        })
+    }
+
+    /// Like [`Store::update`] for several objects of one durable resource, committed in one
+    /// transaction (one disk flush): the scheduler binds a batch of pods this way. Each object
+    /// gets its own result; the outer error means nothing was written.
+    pub fn update_many<E: From<StoreError>>(
+        &self,
+        resource: &str,
+        keys: &[(String, String)],
+        mut change: impl FnMut(&Value) -> Result<Value, E>,
+    ) -> Result<Vec<Result<Value, E>>, E> {
+        assert!(
+            !self.is_volatile(resource),
+            "update_many is for durable resources"
+        );
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction().map_err(sql("begin write"))?;
+        let mut results = Vec::with_capacity(keys.len());
+        let mut staged = Vec::new();
+        for (namespace, name) in keys {
+            let Some(current) = read_current(&tx, resource, namespace, name)? else {
+                results.push(Err(not_found(resource, namespace, name).into()));
+                continue;
+            };
+            let updated = match change(&current) {
+                Ok(updated) => updated,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            if same_ignoring_version(&current, &updated) {
+                results.push(Ok(current));
+                continue;
+            }
+            let staged_change = self.stage(
+                &tx,
+                (resource, namespace, name),
+                EventType::Modified,
+                updated,
+                Some(current),
+            )?;
+            results.push(Ok((*staged_change.object).clone()));
+            staged.push(staged_change);
+        }
+        tx.commit().map_err(sql("commit"))?;
+        for change in staged {
+            let _ = self.changes.send(Arc::new(change));
+        }
+        Ok(results)
     }
 
     fn write_volatile(

@@ -837,30 +837,53 @@ pub fn bind_pod(
     state
         .store
         .update(&resource.storage_key(), namespace, name, |pod| {
-            if pod.pointer("/metadata/deletionTimestamp").is_some() {
-                return Err(ApiError::conflict(
-                    resource,
-                    name,
-                    "pod is being deleted, cannot be assigned to a host",
-                ));
-            }
-            if let Some(current) = pod
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-            {
-                return Err(ApiError::conflict(
-                    resource,
-                    name,
-                    &format!("pod {name} is already assigned to node \"{current}\""),
-                ));
-            }
-            let mut pod = pod.clone();
-            pod["spec"]["nodeName"] = json!(node);
-            lifecycle::set_condition(&mut pod, "PodScheduled", "True", None, None);
-            Ok(pod)
+            bound(pod, node)
         })
         .map_err(|e| not_found_as(e, resource, name))
+}
+
+/// Binds several pods in one commit: `(namespace, name, node)` each, a result each.
+pub fn bind_pods(
+    state: &ApiState,
+    bindings: &[(String, String, String)],
+) -> Result<Vec<Result<Value, ApiError>>, ApiError> {
+    let keys: Vec<(String, String)> = bindings
+        .iter()
+        .map(|(ns, name, _)| (ns.clone(), name.clone()))
+        .collect();
+    let mut nodes = bindings.iter().map(|(_, _, node)| node.as_str());
+    state.store.update_many("core/pods", &keys, |pod| {
+        let node = nodes.next().unwrap_or_default();
+        bound(pod, node)
+    })
+}
+
+/// The pod bound to `node`, or why it cannot be.
+fn bound(pod: &Value, node: &str) -> Result<Value, ApiError> {
+    let resource = resources::by_kind("", "Pod").expect("pods are served");
+    let name = meta_str(pod, "name");
+    if pod.pointer("/metadata/deletionTimestamp").is_some() {
+        return Err(ApiError::conflict(
+            resource,
+            &name,
+            "pod is being deleted, cannot be assigned to a host",
+        ));
+    }
+    if let Some(current) = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
+        return Err(ApiError::conflict(
+            resource,
+            &name,
+            &format!("pod {name} is already assigned to node \"{current}\""),
+        ));
+    }
+    let mut pod = pod.clone();
+    pod["spec"]["nodeName"] = json!(node);
+    lifecycle::set_condition(&mut pod, "PodScheduled", "True", None, None);
+    Ok(pod)
 }
 
 /// Creates an object through the whole admission path. Used by the API and by bootstrap.
@@ -906,12 +929,14 @@ pub fn create_object(
         }
         // From admission to commit one create at a time, so a quota check sees every create
         // before it (the store serialises the commits anyway).
-        let admitting = state.admission.lock().unwrap_or_else(|p| p.into_inner());
+        // Events and leases are not counted by quotas and must not queue behind pod commits.
+        let admitting =
+            (!resource.volatile).then(|| state.admission.lock().unwrap_or_else(|p| p.into_inner()));
         if resource.namespaced {
             check_namespace_accepts(&state.store, &namespace, resource)?;
         }
         lifecycle::admit_create(state, resource, &mut candidate)?;
-        if !dry_run {
+        if !dry_run && !resource.volatile {
             crate::controllers::quota::admit(state, resource, &candidate)?;
         }
         if dry_run {

@@ -71,6 +71,15 @@ pub trait Reconciler: Send + Sync + 'static {
     fn all_keys(&self, view: &View) -> Vec<Key>;
     /// Looks at the world and moves one key a step toward its spec.
     fn reconcile(&self, ctx: &Context, key: &Key) -> Result<Action, ApiError>;
+    /// How many queued keys one [`Reconciler::reconcile_batch`] takes.
+    fn batch_size(&self) -> usize {
+        1
+    }
+    /// Reconciles several keys; a controller that can share work between keys (the scheduler
+    /// commits a batch of bindings at once) overrides this.
+    fn reconcile_batch(&self, ctx: &Context, keys: &[Key]) -> Vec<Result<Action, ApiError>> {
+        keys.iter().map(|key| self.reconcile(ctx, key)).collect()
+    }
 }
 
 /// What controllers share: the API state, the view and the event recorder.
@@ -217,6 +226,27 @@ impl Context<'_> {
         }
     }
 
+    /// Puts a pod into the view as the scheduler has just placed it, before the binding is
+    /// committed, so the next decision in the same batch counts it. The informer replaces it
+    /// with the committed pod. Returns what the view held before.
+    pub fn assume_pod(&self, key: &Key, pod: view::PodInfo) -> Option<Arc<view::PodInfo>> {
+        let mut view = self.shared.view.write().expect("view lock");
+        let previous = view.remove_pod(key);
+        view.insert_pod(key.clone(), pod);
+        previous
+    }
+
+    /// Undoes [`Context::assume_pod`] after a binding failed, unless the view moved on.
+    pub fn forget_assumed(&self, key: &Key, node: &str, previous: Option<Arc<view::PodInfo>>) {
+        let mut view = self.shared.view.write().expect("view lock");
+        if view.pods.get(key).is_some_and(|p| p.node == node) {
+            view.remove_pod(key);
+            if let Some(previous) = previous {
+                view.insert_pod(key.clone(), (*previous).clone());
+            }
+        }
+    }
+
     /// Records an event about `object` for `kubectl describe`.
     pub fn event(&self, object: &Value, kind: &str, reason: &str, message: &str) {
         if let Some(revision) = self.shared.events.record(
@@ -265,6 +295,23 @@ impl Queue {
             .delayed
             .insert((Instant::now() + delay, sequence), key);
         self.wake.notify_one();
+    }
+
+    /// Up to `max` keys, waiting for the first until `deadline`.
+    fn next_batch(&self, deadline: Instant, max: usize) -> Vec<Key> {
+        let Some(first) = self.next(deadline) else {
+            return Vec::new();
+        };
+        let mut keys = vec![first];
+        let mut inner = self.inner.lock().expect("queue lock");
+        while keys.len() < max {
+            let Some(key) = inner.ready.pop_front() else {
+                break;
+            };
+            inner.queued.remove(&key);
+            keys.push(key);
+        }
+        keys
     }
 
     /// The next key, waiting for one until `deadline`.
@@ -490,32 +537,36 @@ fn run_worker(shared: &Shared, reconciler: &dyn Reconciler, queue: &Queue) {
             }
             next_resync = Instant::now() + every;
         }
-        let Some(key) = queue.next(next_resync) else {
+        let keys = queue.next_batch(next_resync, reconciler.batch_size());
+        if keys.is_empty() {
             continue;
-        };
+        }
         let ctx = Context {
             shared,
             component: reconciler.name(),
             written: Cell::new(0),
         };
-        match reconciler.reconcile(&ctx, &key) {
-            Ok(Action::Done) => queue.forget(&key),
-            Ok(Action::RequeueAfter(delay)) => {
-                queue.forget(&key);
-                queue.add_after(key, delay);
-            }
-            Err(error) if error.code == 409 => queue.add_after(key, Duration::from_millis(10)),
-            Err(error) => {
-                let delay = queue.backoff(&key);
-                tracing::warn!(
-                    controller = reconciler.name(),
-                    namespace = key.0,
-                    name = key.1,
-                    error = %error.message,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "reconcile failed"
-                );
-                queue.add_after(key, delay);
+        let results = reconciler.reconcile_batch(&ctx, &keys);
+        for (key, result) in keys.into_iter().zip(results) {
+            match result {
+                Ok(Action::Done) => queue.forget(&key),
+                Ok(Action::RequeueAfter(delay)) => {
+                    queue.forget(&key);
+                    queue.add_after(key, delay);
+                }
+                Err(error) if error.code == 409 => queue.add_after(key, Duration::from_millis(10)),
+                Err(error) => {
+                    let delay = queue.backoff(&key);
+                    tracing::warn!(
+                        controller = reconciler.name(),
+                        namespace = key.0,
+                        name = key.1,
+                        error = %error.message,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "reconcile failed"
+                    );
+                    queue.add_after(key, delay);
+                }
             }
         }
         wait_until_seen(shared, ctx.written.get());

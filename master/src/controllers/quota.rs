@@ -219,7 +219,9 @@ pub fn admit(api: &ApiState, resource: &Resource, object: &Value) -> Result<(), 
         if pod.is_some() {
             let missing = missing_amounts(object, hard);
             if !missing.is_empty() {
-                return Err(forbidden(format!("failed quota: {quota_name}: must specify {missing}")));
+                return Err(forbidden(format!(
+                    "failed quota: {quota_name}: must specify {missing}"
+                )));
             }
         }
         let relevant: Vec<(&String, &Value)> = hard

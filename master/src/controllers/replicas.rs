@@ -160,18 +160,19 @@ pub fn claim_pods(
         let mut owned = Vec::new();
         let mut adopt = Vec::new();
         let mut release = Vec::new();
-        for pod in view.pods_in(&namespace) {
-            let matches = selector.matches_map(&pod.labels);
-            match pod.controller_uid() {
-                Some(controller) if controller == uid => {
-                    if matches {
-                        owned.push(pod.clone());
-                    } else {
-                        release.push(pod.clone());
-                    }
-                }
-                None if matches && !pod.deleting => adopt.push(pod.clone()),
-                _ => {}
+        for pod in view.pods_owned_by(&uid) {
+            if pod.controller_uid() != Some(uid.as_str()) {
+                continue;
+            }
+            if selector.matches_map(&pod.labels) {
+                owned.push(pod.clone());
+            } else {
+                release.push(pod.clone());
+            }
+        }
+        for pod in view.orphans_in(&namespace) {
+            if !pod.deleting && selector.matches_map(&pod.labels) {
+                adopt.push(pod.clone());
             }
         }
         (owned, adopt, release)

@@ -17,17 +17,23 @@ use serde_json::{json, Value};
 use super::view::{str_of, string_map, Key, NodeUsage, PodInfo, Toleration, View};
 use super::{set_condition, Action, Context, Reconciler};
 use crate::api::error::ApiError;
-use crate::quantity;
 use crate::selector::LabelSelector;
 use crate::store::{Change, EventType};
 
 /// The name pods use to ask for this scheduler.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 
+/// Pods decided in one pass, bound in one commit.
+const BATCH: usize = 256;
+
 /// The scheduler. Its keys are pod keys.
 #[derive(Default)]
 pub struct Scheduler {
     unschedulable: Mutex<HashSet<Key>>,
+    /// Failed attempts of each unschedulable pod and when it may be tried again: retries
+    /// triggered by cluster changes wait out this backoff (1 s doubling, up to the profile's
+    /// retry interval), so a pod that fits nowhere does not cost a write per node heartbeat.
+    backoff: Mutex<std::collections::HashMap<Key, (u32, std::time::Instant)>>,
 }
 
 /// Why a node was filtered out, as upstream words it.
@@ -159,31 +165,23 @@ impl Candidate {
     }
 }
 
-fn allocatable(node: &Value, resource: &str) -> i64 {
-    let value = node["status"]["allocatable"][resource]
-        .as_str()
-        .or_else(|| node["status"]["capacity"][resource].as_str());
-    match resource {
-        "cpu" => value.and_then(quantity::millicores).unwrap_or(0),
-        _ => value
-            .and_then(quantity::parse)
-            .map(|q| q as i64)
-            .unwrap_or(0),
-    }
+fn no_labels() -> &'static serde_json::Map<String, Value> {
+    static EMPTY: std::sync::OnceLock<serde_json::Map<String, Value>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(serde_json::Map::new)
 }
 
 /// The filters, in upstream's order of evaluation. `Ok` if the pod fits the node.
 fn filter(
     candidate: &Candidate,
     node: &Value,
+    (cpu, memory, pods): (i64, i64, i64),
     usage: &NodeUsage,
     affinity_rules: &AffinityRules,
 ) -> Result<(), Reason> {
     let name = node["metadata"]["name"].as_str().unwrap_or_default();
     let labels = node["metadata"]["labels"]
         .as_object()
-        .cloned()
-        .unwrap_or_default();
+        .unwrap_or(no_labels());
     if node["spec"]["unschedulable"] == true
         && !candidate.tolerations.iter().any(|t| {
             t.tolerates(&json!({"key": super::nodes::UNSCHEDULABLE, "effect": "NoSchedule"}))
@@ -216,15 +214,12 @@ fn filter(
     if !selector_ok || !affinity_ok {
         return Err("node(s) didn't match Pod's node affinity/selector".into());
     }
-    let pods = allocatable(node, "pods");
     if usage.pods + 1 > pods {
         return Err("Too many pods".into());
     }
-    let cpu = allocatable(node, "cpu");
     if candidate.info.cpu_request > 0 && usage.cpu + candidate.info.cpu_request > cpu {
         return Err("Insufficient cpu".into());
     }
-    let memory = allocatable(node, "memory");
     if candidate.info.memory_request > 0 && usage.memory + candidate.info.memory_request > memory {
         return Err("Insufficient memory".into());
     }
@@ -289,7 +284,11 @@ impl AffinityRules {
             })
             .collect();
         let mut forbidden_by_others = Vec::new();
-        for pod in view.pods.values() {
+        for pod in view
+            .pods_with_affinity
+            .iter()
+            .filter_map(|key| view.pods.get(key))
+        {
             let Some(affinity) = &pod.pod_affinity else {
                 continue;
             };
@@ -327,7 +326,8 @@ fn choose_node(candidate: &Candidate, view: &View) -> Result<String, String> {
         total += 1;
         let name = node["metadata"]["name"].as_str().unwrap_or_default();
         let usage = view.node_usage.get(name).unwrap_or(&empty);
-        match filter(candidate, node, usage, &rules) {
+        let capacity = view.node_allocatable.get(name).copied().unwrap_or_default();
+        match filter(candidate, node, capacity, usage, &rules) {
             Ok(()) => feasible.push((node, usage)),
             Err(reason) => *reasons.entry(reason).or_default() += 1,
         }
@@ -373,8 +373,8 @@ fn choose_node(candidate: &Candidate, view: &View) -> Result<String, String> {
         let name = node["metadata"]["name"].as_str().unwrap_or_default();
         let labels = node["metadata"]["labels"]
             .as_object()
-            .cloned()
-            .unwrap_or_default();
+            .unwrap_or(no_labels());
+        let (cpu, memory, _) = view.node_allocatable.get(name).copied().unwrap_or_default();
         let fraction_free = |used: i64, capacity: i64| {
             if capacity <= 0 {
                 0.0
@@ -382,15 +382,8 @@ fn choose_node(candidate: &Candidate, view: &View) -> Result<String, String> {
                 ((capacity - used).max(0) as f64) / capacity as f64
             }
         };
-        let least_allocated =
-            50.0 * fraction_free(
-                usage.cpu + candidate.info.cpu_request,
-                allocatable(node, "cpu"),
-            ) + 50.0
-                * fraction_free(
-                    usage.memory + candidate.info.memory_request,
-                    allocatable(node, "memory"),
-                );
+        let least_allocated = 50.0 * fraction_free(usage.cpu + candidate.info.cpu_request, cpu)
+            + 50.0 * fraction_free(usage.memory + candidate.info.memory_request, memory);
         let same = same_owner.get(name).copied().unwrap_or(0);
         let spread = if max_same == 0 {
             100.0
@@ -399,7 +392,7 @@ fn choose_node(candidate: &Candidate, view: &View) -> Result<String, String> {
         };
         let affinity_weight: i64 = preferred
             .iter()
-            .filter(|p| node_term_matches(&p["preference"], name, &labels))
+            .filter(|p| node_term_matches(&p["preference"], name, labels))
             .filter_map(|p| p["weight"].as_i64())
             .sum();
         let soft_taints = node["spec"]["taints"]
@@ -498,55 +491,147 @@ impl Reconciler for Scheduler {
     }
 
     fn reconcile(&self, ctx: &Context, key: &Key) -> Result<Action, ApiError> {
-        let Some(pod) = ctx.get("core/pods", &key.0, &key.1)? else {
-            self.unschedulable
-                .lock()
-                .expect("unschedulable lock")
-                .remove(key);
-            return Ok(Action::Done);
-        };
-        if !wants_scheduling(&pod) {
-            self.unschedulable
-                .lock()
-                .expect("unschedulable lock")
-                .remove(key);
-            return Ok(Action::Done);
-        }
-        let candidate = Candidate::from(&pod);
-        let choice = choose_node(&candidate, &ctx.view());
-        match choice {
-            Ok(node) => {
-                let bound = crate::api::objects::bind_pod(&ctx.shared.api, &key.0, &key.1, &node)?;
-                ctx.note_written(&bound);
-                self.unschedulable
-                    .lock()
-                    .expect("unschedulable lock")
-                    .remove(key);
-                ctx.event(
-                    &bound,
-                    "Normal",
-                    "Scheduled",
-                    &format!("Successfully assigned {}/{} to {node}", key.0, key.1),
-                );
-                Ok(Action::Done)
+        self.reconcile_batch(ctx, std::slice::from_ref(key))
+            .pop()
+            .unwrap_or(Ok(Action::Done))
+    }
+
+    fn batch_size(&self) -> usize {
+        BATCH
+    }
+
+    fn reconcile_batch(&self, ctx: &Context, keys: &[Key]) -> Vec<Result<Action, ApiError>> {
+        let started = std::time::Instant::now();
+        let mut results: Vec<Result<Action, ApiError>> =
+            keys.iter().map(|_| Ok(Action::Done)).collect();
+        // (index in keys, node, what the view held before the pod was assumed there)
+        let mut placed: Vec<(usize, String, Option<Arc<PodInfo>>)> = Vec::new();
+        for (index, key) in keys.iter().enumerate() {
+            if let Some(wait) = self.backoff_left(key) {
+                results[index] = Ok(Action::RequeueAfter(wait));
+                continue;
             }
-            Err(message) => {
-                let result = ctx.update_status("core/pods", &key.0, &key.1, |p| {
-                    set_condition(p, "PodScheduled", "False", "Unschedulable", &message);
-                    Ok(())
-                });
-                match result {
-                    Ok(updated) => ctx.event(&updated, "Warning", "FailedScheduling", &message),
-                    Err(e) if e.code == 404 => return Ok(Action::Done),
-                    Err(e) => return Err(e),
+            let pod = match ctx.get("core/pods", &key.0, &key.1) {
+                Ok(Some(pod)) if wants_scheduling(&pod) => pod,
+                Ok(_) => {
+                    self.forget(key);
+                    continue;
                 }
-                self.unschedulable
-                    .lock()
-                    .expect("unschedulable lock")
-                    .insert(key.clone());
-                Ok(Action::RequeueAfter(ctx.shared.timings.scheduler_retry))
+                Err(error) => {
+                    results[index] = Err(error);
+                    continue;
+                }
+            };
+            let candidate = Candidate::from(&pod);
+            let choice = choose_node(&candidate, &ctx.view());
+            match choice {
+                Ok(node) => {
+                    let mut assumed = candidate.info.clone();
+                    assumed.node = node.clone();
+                    let previous = ctx.assume_pod(key, assumed);
+                    placed.push((index, node, previous));
+                }
+                Err(message) => results[index] = self.mark_unschedulable(ctx, key, &message),
             }
         }
+        if placed.is_empty() {
+            return results;
+        }
+        let bindings: Vec<(String, String, String)> = placed
+            .iter()
+            .map(|(index, node, _)| (keys[*index].0.clone(), keys[*index].1.clone(), node.clone()))
+            .collect();
+        let outcomes = match crate::api::objects::bind_pods(&ctx.shared.api, &bindings) {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                for (index, node, previous) in placed {
+                    ctx.forget_assumed(&keys[index], &node, previous);
+                    results[index] = Err(ApiError::internal(error.message.clone()));
+                }
+                return results;
+            }
+        };
+        let count = placed.len();
+        for ((index, node, previous), outcome) in placed.into_iter().zip(outcomes) {
+            let key = &keys[index];
+            match outcome {
+                Ok(bound) => {
+                    ctx.note_written(&bound);
+                    self.forget(key);
+                    ctx.event(
+                        &bound,
+                        "Normal",
+                        "Scheduled",
+                        &format!("Successfully assigned {}/{} to {node}", key.0, key.1),
+                    );
+                }
+                Err(error) => {
+                    ctx.forget_assumed(key, &node, previous);
+                    // Deleted or bound by someone else meanwhile: nothing left to do.
+                    if error.code != 404 && error.code != 409 {
+                        results[index] = Err(error);
+                    }
+                }
+            }
+        }
+        if count >= 32 {
+            tracing::info!(
+                pods = count,
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "scheduler bound a batch"
+            );
+        }
+        results
+    }
+}
+
+impl Scheduler {
+    fn backoff_left(&self, key: &Key) -> Option<Duration> {
+        let backoff = self.backoff.lock().expect("backoff lock");
+        let (_, next) = backoff.get(key)?;
+        let now = std::time::Instant::now();
+        (*next > now).then(|| *next - now)
+    }
+
+    fn forget(&self, key: &Key) {
+        self.unschedulable
+            .lock()
+            .expect("unschedulable lock")
+            .remove(key);
+        self.backoff.lock().expect("backoff lock").remove(key);
+    }
+
+    fn mark_unschedulable(
+        &self,
+        ctx: &Context,
+        key: &Key,
+        message: &str,
+    ) -> Result<Action, ApiError> {
+        let result = ctx.update_status("core/pods", &key.0, &key.1, |p| {
+            set_condition(p, "PodScheduled", "False", "Unschedulable", message);
+            Ok(())
+        });
+        match result {
+            Ok(updated) => ctx.event(&updated, "Warning", "FailedScheduling", message),
+            Err(e) if e.code == 404 => {
+                self.forget(key);
+                return Ok(Action::Done);
+            }
+            Err(e) => return Err(e),
+        }
+        self.unschedulable
+            .lock()
+            .expect("unschedulable lock")
+            .insert(key.clone());
+        let cap = ctx.shared.timings.scheduler_retry;
+        let mut backoff = self.backoff.lock().expect("backoff lock");
+        let entry = backoff
+            .entry(key.clone())
+            .or_insert((0, std::time::Instant::now()));
+        entry.0 += 1;
+        let wait = (Duration::from_secs(1) * 2u32.saturating_pow(entry.0 - 1)).min(cap);
+        entry.1 = std::time::Instant::now() + wait;
+        Ok(Action::RequeueAfter(wait))
     }
 }
 

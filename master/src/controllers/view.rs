@@ -338,6 +338,10 @@ pub struct View {
     pub pods_by_namespace: HashMap<String, HashSet<Key>>,
     /// Pods by the uid of each owner.
     pub pods_by_owner: HashMap<String, HashSet<Key>>,
+    /// Pods without a controlling owner, by namespace (candidates for adoption).
+    pub orphan_pods: HashMap<String, HashSet<Key>>,
+    /// Pods that carry pod affinity or anti-affinity terms.
+    pub pods_with_affinity: HashSet<Key>,
     /// Whole objects of the [`CACHED`] resources, by storage key.
     pub objects: HashMap<&'static str, BTreeMap<Key, Arc<Value>>>,
     /// Cached objects by the uid of each owner: (storage key, key).
@@ -346,6 +350,8 @@ pub struct View {
     pub uids: HashMap<String, (&'static str, Key)>,
     /// What the active pods bound to each node request.
     pub node_usage: HashMap<String, NodeUsage>,
+    /// Each node's allocatable (CPU millicores, memory bytes, pods), parsed once.
+    pub node_allocatable: HashMap<String, (i64, i64, i64)>,
     /// When each node was last heard from (lease renewal or status heartbeat), on this
     /// master's clock: node clocks are not trusted (a Pi has no real-time clock).
     pub node_seen: HashMap<String, Instant>,
@@ -393,6 +399,18 @@ impl View {
     pub fn pods_owned_by<'a>(&'a self, uid: &str) -> impl Iterator<Item = &'a Arc<PodInfo>> + 'a {
         self.pods_by_owner
             .get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.pods.get(key))
+    }
+
+    /// Pods of a namespace without a controlling owner.
+    pub fn orphans_in<'a>(
+        &'a self,
+        namespace: &str,
+    ) -> impl Iterator<Item = &'a Arc<PodInfo>> + 'a {
+        self.orphan_pods
+            .get(namespace)
             .into_iter()
             .flatten()
             .filter_map(|key| self.pods.get(key))
@@ -491,13 +509,21 @@ impl View {
                 .or_default()
                 .insert(key.clone());
         }
+        if pod.controller_uid().is_none() {
+            self.orphan_pods
+                .entry(pod.namespace.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        if pod.pod_affinity.is_some() {
+            self.pods_with_affinity.insert(key.clone());
+        }
         self.pods.insert(key, Arc::new(pod));
     }
 
-    fn remove_pod(&mut self, key: &Key) {
-        let Some(pod) = self.pods.remove(key) else {
-            return;
-        };
+    /// Takes a pod out of the view; returns it.
+    pub fn remove_pod(&mut self, key: &Key) -> Option<Arc<PodInfo>> {
+        let pod = self.pods.remove(key)?;
         if !pod.node.is_empty() && pod.is_active() {
             if let Some(usage) = self.node_usage.get_mut(&pod.node) {
                 usage.add(&pod, -1);
@@ -511,6 +537,9 @@ impl View {
         for owner in &pod.owners {
             remove_from(&mut self.pods_by_owner, &owner.uid, key);
         }
+        remove_from(&mut self.orphan_pods, &pod.namespace, key);
+        self.pods_with_affinity.remove(key);
+        Some(pod)
     }
 
     /// Puts a whole object in the view.
@@ -523,6 +552,10 @@ impl View {
         }
         if let Some(uid) = object["metadata"]["uid"].as_str() {
             self.uids.insert(uid.to_owned(), (resource, key.clone()));
+        }
+        if resource == "core/nodes" {
+            self.node_allocatable
+                .insert(key.1.clone(), allocatable(&object));
         }
         self.objects
             .entry(resource)
@@ -545,7 +578,30 @@ impl View {
         if let Some(uid) = object["metadata"]["uid"].as_str() {
             self.uids.remove(uid);
         }
+        if resource == "core/nodes" {
+            self.node_allocatable.remove(&key.1);
+        }
     }
+}
+
+/// A node's allocatable (CPU millicores, memory bytes, pods), falling back to its capacity.
+fn allocatable(node: &Value) -> (i64, i64, i64) {
+    let amount = |resource: &str| {
+        node["status"]["allocatable"][resource]
+            .as_str()
+            .or_else(|| node["status"]["capacity"][resource].as_str())
+    };
+    (
+        amount("cpu").and_then(quantity::millicores).unwrap_or(0),
+        amount("memory")
+            .and_then(quantity::parse)
+            .map(|q| q as i64)
+            .unwrap_or(0),
+        amount("pods")
+            .and_then(quantity::parse)
+            .map(|q| q as i64)
+            .unwrap_or(0),
+    )
 }
 
 fn remove_from(index: &mut HashMap<String, HashSet<Key>>, at: &str, key: &Key) {
