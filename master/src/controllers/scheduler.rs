@@ -210,7 +210,7 @@ fn filter(
         ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
         .as_array();
     let affinity_ok =
-        terms.is_none_or(|terms| terms.iter().any(|t| node_term_matches(t, name, &labels)));
+        terms.is_none_or(|terms| terms.iter().any(|t| node_term_matches(t, name, labels)));
     if !selector_ok || !affinity_ok {
         return Err("node(s) didn't match Pod's node affinity/selector".into());
     }
