@@ -30,7 +30,10 @@ enum Command {
     Master(MasterArgs),
     /// Start a local cluster in ./.bramble and print how to use it with kubectl.
     ///
-    /// Today this runs the master only; agents ("virtual Pis") join it once the agent is built.
+    /// Runs the master and, until the agent runs real containers, simulated nodes
+    /// ("virtual Pis" that schedule, run and heal pods without containers):
+    ///
+    ///   bramble up --nodes 3 --profile demo
     Up(UpArgs),
     /// Simulate nodes (like kwok): N fake Pis that register, heartbeat and "run" their pods.
     ///
@@ -123,6 +126,10 @@ struct UpArgs {
     /// Address and port the master serves HTTPS on.
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
+    /// How many nodes to start. Until the agent runs real containers, they are simulated
+    /// (see `bramble sim --help`): pods are scheduled, "run", report usage and heal.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -238,7 +245,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn run_master(config: master::MasterConfig, up: bool) -> anyhow::Result<()> {
+async fn run_master(config: master::MasterConfig, up_nodes: Option<usize>) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let started = master::Master::start(config)
         .await
@@ -248,15 +255,36 @@ async fn run_master(config: master::MasterConfig, up: bool) -> anyhow::Result<()
         .canonicalize()
         .unwrap_or(started.kubeconfig_path.clone());
     tracing::info!(address = %started.local_addr, kubeconfig = %kubeconfig.display(), "master serving");
-    if up {
+    let mut nodes = None;
+    if let Some(count) = up_nodes {
+        if count > 0 {
+            let client = agent::client::Client::from_kubeconfig(&started.kubeconfig_path)?;
+            let config = agent::sim::SimConfig {
+                nodes: count,
+                prefix: "pi-".into(),
+                cpu: "4".into(),
+                memory: "4Gi".into(),
+                max_pods: 110,
+                zones: 0,
+                labels: Vec::new(),
+            };
+            nodes = Some(tokio::spawn(async move {
+                if let Err(error) = agent::sim::Simulator::run(client, config).await {
+                    tracing::error!(error = %format!("{:#}", anyhow::Error::from(error)), "simulated nodes stopped");
+                }
+            }));
+        }
         println!(
-            "bramble is up: the master serves on https://{}\n\n  export KUBECONFIG={}\n  kubectl get namespaces\n\nPress Ctrl-C to stop; state stays in {}.",
+            "bramble is up: the master serves on https://{} with {count} simulated nodes (pi-1..pi-{count})\n\n  export KUBECONFIG={}\n  kubectl get nodes\n  kubectl create deployment web --image=nginx --replicas=6\n  bramble sim kill pi-2 --kubeconfig $KUBECONFIG    # and watch the pods move\n\nPress Ctrl-C to stop; state stays in {}.",
             started.local_addr,
             kubeconfig.display(),
             data_dir.display()
         );
     }
     started.serve(shutdown_signal()).await?;
+    if let Some(nodes) = nodes {
+        nodes.abort();
+    }
     Ok(())
 }
 
@@ -292,14 +320,14 @@ fn main() {
             Command::Master(args) => {
                 run_master(
                     master_config(args.data_dir, args.listen, args.cluster),
-                    false,
+                    None,
                 )
                 .await
             }
             Command::Up(args) => {
                 run_master(
                     master_config(args.data_dir, args.listen, args.cluster),
-                    true,
+                    Some(args.nodes),
                 )
                 .await
             }

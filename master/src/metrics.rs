@@ -18,10 +18,30 @@ use crate::selector::LabelSelector;
 /// Reports older than this are no longer served.
 const MAX_AGE: Duration = Duration::from_secs(90);
 
+/// One container's usage: (name, CPU in nanocores, memory in bytes). Held as numbers, not
+/// JSON: 30,000 pods' worth must stay small.
+type ContainerUsage = (String, i64, i64);
+
+struct PodUsage {
+    node: String,
+    received: Instant,
+    timestamp: String,
+    window: String,
+    containers: Vec<ContainerUsage>,
+}
+
+struct NodeUsage {
+    received: Instant,
+    timestamp: String,
+    window: String,
+    cpu: i64,
+    memory: i64,
+}
+
 #[derive(Default)]
 struct Usage {
-    nodes: HashMap<String, (Value, Instant)>,
-    pods: HashMap<(String, String), (Value, Instant, String)>,
+    nodes: HashMap<String, NodeUsage>,
+    pods: HashMap<(String, String), PodUsage>,
 }
 
 /// The latest usage each node reported, for itself and its pods.
@@ -38,97 +58,135 @@ fn not_found(kind: &str, name: &str) -> ApiError {
     )
 }
 
+fn amount(value: &Value, scale: f64) -> i64 {
+    value
+        .as_str()
+        .and_then(crate::quantity::parse)
+        .map(|q| (q * scale).round() as i64)
+        .unwrap_or(0)
+}
+
+fn usage_json(cpu_nanos: i64, memory: i64) -> Value {
+    json!({"cpu": format!("{cpu_nanos}n"), "memory": format!("{}Ki", memory / 1024)})
+}
+
 impl MetricsRegistry {
     /// Takes a node's report: its NodeMetrics with the PodMetrics of its pods under `pods`.
-    pub fn report(&self, node: &str, mut report: Value) -> Result<Value, ApiError> {
+    pub fn report(&self, node: &str, report: Value) -> Result<Value, ApiError> {
         if !report.is_object() || !report["usage"].is_object() {
             return Err(ApiError::bad_request("a NodeMetrics report needs usage"));
         }
-        let pods = report
-            .as_object_mut()
-            .and_then(|r| r.remove("pods"))
-            .unwrap_or_else(|| json!([]));
-        let pods = pods.as_array().cloned().unwrap_or_default();
-        report["apiVersion"] = json!("metrics.k8s.io/v1beta1");
-        report["kind"] = json!("NodeMetrics");
-        report["metadata"] =
-            json!({"name": node, "creationTimestamp": crate::controllers::now_time()});
         let now = Instant::now();
+        let text = |v: &Value, default: &str| v.as_str().unwrap_or(default).to_owned();
         let mut usage = self.usage.write().expect("metrics lock");
-        usage.pods.retain(|_, (_, _, reporter)| reporter != node);
-        for mut pod in pods {
-            let namespace = pod["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let name = pod["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
+        usage.pods.retain(|_, pod| pod.node != node);
+        for pod in report["pods"].as_array().into_iter().flatten() {
+            let namespace = text(&pod["metadata"]["namespace"], "");
+            let name = text(&pod["metadata"]["name"], "");
             if namespace.is_empty() || name.is_empty() {
                 continue;
             }
-            pod["apiVersion"] = json!("metrics.k8s.io/v1beta1");
-            pod["kind"] = json!("PodMetrics");
-            usage
-                .pods
-                .insert((namespace, name), (pod, now, node.to_owned()));
+            let containers = pod["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    (
+                        text(&c["name"], ""),
+                        amount(&c["usage"]["cpu"], 1e9),
+                        amount(&c["usage"]["memory"], 1.0),
+                    )
+                })
+                .collect();
+            usage.pods.insert(
+                (namespace, name),
+                PodUsage {
+                    node: node.to_owned(),
+                    received: now,
+                    timestamp: text(
+                        &pod["timestamp"],
+                        report["timestamp"].as_str().unwrap_or_default(),
+                    ),
+                    window: text(&pod["window"], "15s"),
+                    containers,
+                },
+            );
         }
-        usage.nodes.insert(node.to_owned(), (report.clone(), now));
-        Ok(report)
+        let entry = NodeUsage {
+            received: now,
+            timestamp: text(&report["timestamp"], ""),
+            window: text(&report["window"], "15s"),
+            cpu: amount(&report["usage"]["cpu"], 1e9),
+            memory: amount(&report["usage"]["memory"], 1.0),
+        };
+        let rendered = render_node(node, &entry);
+        usage.nodes.insert(node.to_owned(), entry);
+        Ok(rendered)
     }
 
     /// The usage of one pod's containers summed: (CPU millicores, memory bytes), if reported lately.
     pub fn pod_usage(&self, namespace: &str, name: &str) -> Option<(i64, i64)> {
         let usage = self.usage.read().expect("metrics lock");
-        let (pod, at, _) = usage.pods.get(&(namespace.to_owned(), name.to_owned()))?;
-        if at.elapsed() > MAX_AGE {
+        let pod = usage.pods.get(&(namespace.to_owned(), name.to_owned()))?;
+        if pod.received.elapsed() > MAX_AGE {
             return None;
         }
-        let mut cpu = 0.0;
-        let mut memory = 0.0;
-        for container in pod["containers"].as_array().into_iter().flatten() {
-            cpu += container["usage"]["cpu"]
-                .as_str()
-                .and_then(crate::quantity::parse)
-                .unwrap_or(0.0);
-            memory += container["usage"]["memory"]
-                .as_str()
-                .and_then(crate::quantity::parse)
-                .unwrap_or(0.0);
-        }
-        Some(((cpu * 1000.0).round() as i64, memory as i64))
+        let cpu: i64 = pod.containers.iter().map(|c| c.1).sum();
+        let memory: i64 = pod.containers.iter().map(|c| c.2).sum();
+        Some(((cpu as f64 / 1e6).round() as i64, memory))
     }
 
     fn node_list(&self) -> Vec<Value> {
         let usage = self.usage.read().expect("metrics lock");
-        let mut nodes: Vec<Value> = usage
+        let mut names: Vec<&String> = usage
             .nodes
-            .values()
-            .filter(|(_, at)| at.elapsed() <= MAX_AGE)
-            .map(|(v, _)| v.clone())
+            .iter()
+            .filter(|(_, n)| n.received.elapsed() <= MAX_AGE)
+            .map(|(name, _)| name)
             .collect();
-        nodes.sort_by(|a, b| {
-            a["metadata"]["name"]
-                .as_str()
-                .cmp(&b["metadata"]["name"].as_str())
-        });
-        nodes
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| render_node(name, &usage.nodes[name]))
+            .collect()
     }
 
     fn pod_list(&self, namespace: Option<&str>) -> Vec<Value> {
         let usage = self.usage.read().expect("metrics lock");
-        let mut pods: Vec<(&(String, String), Value)> = usage
+        let mut keys: Vec<&(String, String)> = usage
             .pods
             .iter()
-            .filter(|((ns, _), (_, at, _))| {
-                namespace.is_none_or(|n| n == ns) && at.elapsed() <= MAX_AGE
+            .filter(|((ns, _), pod)| {
+                namespace.is_none_or(|n| n == ns) && pod.received.elapsed() <= MAX_AGE
             })
-            .map(|(key, (v, _, _))| (key, v.clone()))
+            .map(|(key, _)| key)
             .collect();
-        pods.sort_by(|a, b| a.0.cmp(b.0));
-        pods.into_iter().map(|(_, v)| v).collect()
+        keys.sort();
+        keys.into_iter()
+            .map(|key| {
+                let pod = &usage.pods[key];
+                json!({
+                    "apiVersion": "metrics.k8s.io/v1beta1",
+                    "kind": "PodMetrics",
+                    "metadata": {"name": key.1, "namespace": key.0},
+                    "timestamp": pod.timestamp,
+                    "window": pod.window,
+                    "containers": pod.containers.iter().map(|(name, cpu, memory)| json!({"name": name, "usage": usage_json(*cpu, *memory)})).collect::<Vec<_>>(),
+                })
+            })
+            .collect()
     }
+}
+
+fn render_node(name: &str, node: &NodeUsage) -> Value {
+    json!({
+        "apiVersion": "metrics.k8s.io/v1beta1",
+        "kind": "NodeMetrics",
+        "metadata": {"name": name},
+        "timestamp": node.timestamp,
+        "window": node.window,
+        "usage": usage_json(node.cpu, node.memory),
+    })
 }
 
 fn list(kind: &str, items: Vec<Value>) -> Value {

@@ -34,7 +34,12 @@ use tokio::sync::broadcast;
 /// How many revisions of history durable watches can resume from.
 pub const DEFAULT_HISTORY_REVISIONS: u64 = 10_000;
 /// How many recent volatile changes watches can resume from.
-const VOLATILE_HISTORY: usize = 4_096;
+const VOLATILE_HISTORY: usize = 1_024;
+/// The most events kept in memory; beyond it the oldest go first (as if their TTL ran out),
+/// so creating 30,000 pods does not hold 60,000 events on a 1 GB Pi.
+pub const MAX_EVENTS: usize = 5_000;
+/// The storage key of events, which are capped.
+const EVENTS: &str = "core/events";
 /// Revisions reserved at a time for volatile writes, so the counter survives restarts with one
 /// small durable write per block instead of one per heartbeat.
 const REVISION_BLOCK: u64 = 10_000;
@@ -198,6 +203,10 @@ type Key = (String, String, String);
 struct VolatileState {
     objects: BTreeMap<Key, Arc<Value>>,
     history: VecDeque<Arc<Change>>,
+    /// Events in the order they were created, for the cap (may hold keys already gone).
+    event_order: VecDeque<Key>,
+    /// Live events.
+    event_count: usize,
     /// The oldest revision volatile watches can resume from.
     floor: u64,
     dirty: bool,
@@ -321,7 +330,7 @@ impl Store {
             .map_err(open)?;
         let revision = (durable_max as u64).max(reserved).max(1);
 
-        let mut volatile = VolatileState {
+        let mut volatile: VolatileState = VolatileState {
             floor: revision,
             ..VolatileState::default()
         };
@@ -348,9 +357,12 @@ impl Store {
                         name: name.clone(),
                         source,
                     })?;
-                volatile
-                    .objects
-                    .insert((resource, namespace, name), Arc::new(object));
+                let key = (resource, namespace, name);
+                if key.0 == EVENTS {
+                    volatile.event_count += 1;
+                    volatile.event_order.push_back(key.clone());
+                }
+                volatile.objects.insert(key, Arc::new(object));
             }
         }
 
@@ -813,10 +825,14 @@ impl Store {
         }
         set_resource_version(&mut object, revision);
         let object = Arc::new(object);
+        let is_event = key.0 == EVENTS;
         if event == EventType::Deleted {
-            state.objects.remove(&key);
-        } else {
-            state.objects.insert(key.clone(), object.clone());
+            if state.objects.remove(&key).is_some() && is_event {
+                state.event_count -= 1;
+            }
+        } else if state.objects.insert(key.clone(), object.clone()).is_none() && is_event {
+            state.event_count += 1;
+            state.event_order.push_back(key.clone());
         }
         state.dirty = true;
         let change = Arc::new(Change {
@@ -835,6 +851,23 @@ impl Store {
             }
         }
         let _ = self.changes.send(change);
+        while is_event && state.event_count > MAX_EVENTS {
+            let Some(oldest) = state.event_order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = state.objects.get(&oldest).cloned() {
+                self.write_volatile(state, oldest, EventType::Deleted, (*gone).clone(), None);
+            }
+        }
+        if state.event_order.len() > 2 * MAX_EVENTS {
+            // Drop keys of events that went another way (expired, deleted).
+            let VolatileState {
+                objects,
+                event_order,
+                ..
+            } = state;
+            event_order.retain(|key| objects.contains_key(key));
+        }
         Arc::unwrap_or_clone(object)
     }
 

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -332,18 +332,31 @@ async fn route(
 }
 
 async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
-    match Limited::new(request.into_body(), codec::MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::too_large(codec::MAX_BODY_BYTES))
+    let mut body = request.into_body();
+    let mut collected = bytes::BytesMut::new();
+    let mut discarded = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            ApiError::bad_request(format!("cannot read the request body: {error}"))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if collected.len() + data.len() <= codec::MAX_BODY_BYTES && discarded == 0 {
+            collected.extend_from_slice(&data);
+            continue;
         }
-        Err(error) => Err(ApiError::bad_request(format!(
-            "cannot read the request body: {error}"
-        ))),
+        // Too large: keep reading (up to a bound) and discard, so the client, still sending,
+        // receives the 413 instead of a reset connection.
+        discarded += data.len();
+        if discarded > 4 * codec::MAX_BODY_BYTES {
+            break;
+        }
     }
+    if discarded > 0 {
+        return Err(ApiError::too_large(codec::MAX_BODY_BYTES));
+    }
+    Ok(collected.freeze())
 }
 
 #[cfg(test)]
