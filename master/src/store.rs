@@ -223,6 +223,8 @@ pub struct Store {
     volatile_resources: Vec<String>,
     volatile: Mutex<VolatileState>,
     changes: broadcast::Sender<Arc<Change>>,
+    /// In-process followers that must see every change (the controllers' informer).
+    followers: Mutex<Vec<std::sync::mpsc::Sender<Arc<Change>>>>,
     history_revisions: u64,
 }
 
@@ -371,6 +373,7 @@ impl Store {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            followers: Mutex::new(Vec::new()),
             revision: AtomicU64::new(revision),
             reserved: AtomicU64::new(reserved),
             compacted: AtomicU64::new(compacted),
@@ -389,6 +392,23 @@ impl Store {
     /// Whether `resource` lives in memory between checkpoints.
     pub fn is_volatile(&self, resource: &str) -> bool {
         self.volatile_resources.iter().any(|r| r == resource)
+    }
+
+    /// Hands a committed change to watchers and followers, in revision order (callers hold the
+    /// writer or volatile lock).
+    fn publish(&self, change: Arc<Change>) {
+        let mut followers = lock(&self.followers);
+        followers.retain(|follower| follower.send(change.clone()).is_ok());
+        drop(followers);
+        let _ = self.changes.send(change);
+    }
+
+    /// Every change from now on, without the broadcast's bound: for in-process followers that
+    /// must never miss one (falling behind costs memory, not a reload).
+    pub fn follow(&self) -> std::sync::mpsc::Receiver<Arc<Change>> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        lock(&self.followers).push(sender);
+        receiver
     }
 
     /// Live changes from now on. Subscribe before reading history so nothing falls in between.
@@ -698,7 +718,7 @@ impl Store {
         let change = self.stage(&tx, key, event, object, previous)?;
         tx.commit().map_err(sql("commit"))?;
         let object = change.object.clone();
-        let _ = self.changes.send(Arc::new(change));
+        self.publish(Arc::new(change));
         Ok(Arc::unwrap_or_clone(object))
     }
 
@@ -804,7 +824,7 @@ impl Store {
         }
         tx.commit().map_err(sql("commit"))?;
         for change in staged {
-            let _ = self.changes.send(Arc::new(change));
+            self.publish(Arc::new(change));
         }
         Ok(results)
     }
@@ -850,7 +870,7 @@ impl Store {
                 state.floor = dropped.revision;
             }
         }
-        let _ = self.changes.send(change);
+        self.publish(change);
         while is_event && state.event_count > MAX_EVENTS {
             let Some(oldest) = state.event_order.pop_front() else {
                 break;

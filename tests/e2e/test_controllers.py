@@ -340,3 +340,52 @@ def test_endpoints_follow_ready_pods(demo_cluster):
     wait_for(lambda: victim["status"]["podIP"] not in addresses() and len(addresses()) == 3, what="endpoints without sim-1")
     master.kubectl("delete", "service", "web")
     wait_for(lambda: master.kubectl("get", "endpoints", "web", check=False).returncode != 0, what="endpoints to go with the service")
+
+
+def test_master_restart_keeps_pods_and_nodes(demo_cluster):
+    master, sim = demo_cluster
+    master.kubectl("apply", "-f", "-", input=manifest(deployment("web", 3)))
+    master.kubectl("rollout", "status", "deployment/web", "--timeout=30s")
+    before = sorted(p["metadata"]["name"] for p in pods(master, "app=web"))
+
+    # A pulled plug: the master dies without warning and comes back.
+    master.kill()
+    master.start()
+    wait_for(lambda: sim.ready_nodes() == 3, what="nodes Ready after the restart")
+    master.kubectl("rollout", "status", "deployment/web", "--timeout=30s")
+    time.sleep(2)
+    # The same pods, none duplicated, no node declared dead for the master's own absence.
+    assert sorted(p["metadata"]["name"] for p in pods(master, "app=web")) == before
+    assert "NodeNotReady" not in master.kubectl("get", "events").stdout
+
+
+def test_drain_recreate_and_pause(demo_cluster):
+    master, _ = demo_cluster
+    master.kubectl("apply", "-f", "-", input=manifest(deployment("web", 3, strategy={"type": "Recreate"})))
+    master.kubectl("rollout", "status", "deployment/web", "--timeout=30s")
+
+    master.kubectl("drain", "sim-1", "--ignore-daemonsets", "--timeout=30s")
+    wait_for(lambda: sum(ready_by_node(master, "app=web").values()) == 3 and "sim-1" not in ready_by_node(master, "app=web"),
+             what="pods moved off the drained node")
+    assert master.kubectl_json("get", "node", "sim-1")["spec"]["unschedulable"] is True
+    master.kubectl("uncordon", "sim-1")
+
+    # Recreate: the old pods are all gone before any new one exists.
+    old = {p["metadata"]["name"] for p in pods(master, "app=web")}
+    master.kubectl("set", "image", "deployment/web", "web=registry.local/web:v2")
+    master.kubectl("rollout", "status", "deployment/web", "--timeout=30s")
+    assert not old & {p["metadata"]["name"] for p in pods(master, "app=web")}
+    events = master.kubectl("get", "events", "--field-selector", "involvedObject.kind=Deployment", "-o", "json").stdout
+    messages = [e["message"] for e in json.loads(events)["items"]]
+    assert any("to 0" in m for m in messages)
+
+    # Paused: template changes wait for resume.
+    master.kubectl("rollout", "pause", "deployment/web")
+    master.kubectl("set", "image", "deployment/web", "web=registry.local/web:v3")
+    time.sleep(1)
+    assert {p["spec"]["containers"][0]["image"] for p in pods(master, "app=web")} == {"registry.local/web:v2"}
+    progressing = next(c for c in master.kubectl_json("get", "deployment", "web")["status"]["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "DeploymentPaused"
+    master.kubectl("rollout", "resume", "deployment/web")
+    master.kubectl("rollout", "status", "deployment/web", "--timeout=30s")
+    wait_for(lambda: {p["spec"]["containers"][0]["image"] for p in pods(master, "app=web")} == {"registry.local/web:v3"}, what="v3 after resume")

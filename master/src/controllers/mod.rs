@@ -23,7 +23,6 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::broadcast;
 
 use crate::api::error::{error_chain, ApiError};
 use crate::api::objects::{self, DeleteOptions};
@@ -398,7 +397,7 @@ impl Runtime {
             .iter()
             .map(|_| Arc::new(Queue::default()))
             .collect();
-        let changes = shared.api.store.subscribe();
+        let changes = shared.api.store.follow();
         let loaded = Arc::new((Mutex::new(false), Condvar::new()));
         {
             let shared = shared.clone();
@@ -440,35 +439,41 @@ impl Runtime {
 
 fn load_view(shared: &Shared) -> HashMap<&'static str, u64> {
     let store = &shared.api.store;
-    let mut view = View::default();
+    let view = std::cell::RefCell::new(View::default());
     let mut loaded_at = HashMap::new();
     let now = Instant::now();
     for resource in CACHED.iter().copied().chain(["core/pods"]) {
-        let page = match store.list(resource, None, None, 0, &|_| true) {
-            Ok(page) => page,
-            Err(error) => {
-                tracing::error!(resource, error = %error_chain(&error), "cannot load the view");
-                continue;
-            }
-        };
-        loaded_at.insert(resource, page.revision);
-        view.revision = view.revision.max(page.revision);
-        for object in page.items {
+        // Objects go into the view one at a time as they are read (the filter keeps none), so
+        // loading 30,000 pods never holds 30,000 parsed objects at once.
+        let page = store.list(resource, None, None, 0, &|object: &Value| {
             let key = (
                 view::str_of(&object["metadata"]["namespace"]),
                 view::str_of(&object["metadata"]["name"]),
             );
+            let mut view = view.borrow_mut();
             if resource == "core/pods" {
-                view.insert_pod(key, view::PodInfo::from_object(&object));
+                view.insert_pod(key, view::PodInfo::from_object(object));
             } else {
                 if resource == "core/nodes" {
                     // Every node gets a full grace period from the master's start.
                     view.node_seen.insert(key.1.clone(), now);
                 }
-                view.insert_object(resource, key, Arc::new(object));
+                view.insert_object(resource, key, Arc::new(object.clone()));
+            }
+            false
+        });
+        match page {
+            Ok(page) => {
+                loaded_at.insert(resource, page.revision);
+                let mut view = view.borrow_mut();
+                view.revision = view.revision.max(page.revision);
+            }
+            Err(error) => {
+                tracing::error!(resource, error = %error_chain(&error), "cannot load the view");
             }
         }
     }
+    let mut view = view.into_inner();
     let revision = view.revision.max(store.current_revision());
     view.revision = revision;
     *shared.view.write().expect("view lock") = view;
@@ -480,49 +485,37 @@ fn load_view(shared: &Shared) -> HashMap<&'static str, u64> {
 fn run_informer(
     shared: &Shared,
     controllers: &[(Arc<dyn Reconciler>, Arc<Queue>)],
-    mut changes: broadcast::Receiver<Arc<Change>>,
+    changes: std::sync::mpsc::Receiver<Arc<Change>>,
     loaded: &(Mutex<bool>, Condvar),
 ) {
-    let mut loaded_at = load_view(shared);
+    let loaded_at = load_view(shared);
     *loaded.0.lock().expect("load lock") = true;
     loaded.1.notify_all();
     loop {
-        match changes.blocking_recv() {
-            Ok(change) => {
-                let stale = loaded_at
-                    .get(change.resource.as_str())
-                    .is_some_and(|at| change.revision <= *at);
-                {
-                    let mut view = shared.view.write().expect("view lock");
-                    if !stale {
-                        view.apply(&change);
-                    }
-                    view.revision = view.revision.max(change.revision);
-                }
-                if !stale {
-                    let view = shared.view.read().expect("view lock");
-                    for (reconciler, queue) in controllers {
-                        for key in reconciler.keys_for(&change, &view) {
-                            queue.add(key);
-                        }
-                    }
-                }
-                let mut seen = shared.seen.lock().expect("seen lock");
-                *seen = (*seen).max(change.revision);
-                shared.seen_changed.notify_all();
+        let Ok(change) = changes.recv() else {
+            return;
+        };
+        let stale = loaded_at
+            .get(change.resource.as_str())
+            .is_some_and(|at| change.revision <= *at);
+        {
+            let mut view = shared.view.write().expect("view lock");
+            if !stale {
+                view.apply(&change);
             }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "controllers fell behind the change feed; reloading");
-                loaded_at = load_view(shared);
-                let view = shared.view.read().expect("view lock");
-                for (reconciler, queue) in controllers {
-                    for key in reconciler.all_keys(&view) {
-                        queue.add(key);
-                    }
-                }
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
+            view.revision = view.revision.max(change.revision);
         }
+        if !stale {
+            let view = shared.view.read().expect("view lock");
+            for (reconciler, queue) in controllers {
+                for key in reconciler.keys_for(&change, &view) {
+                    queue.add(key);
+                }
+            }
+        }
+        let mut seen = shared.seen.lock().expect("seen lock");
+        *seen = (*seen).max(change.revision);
+        shared.seen_changed.notify_all();
     }
 }
 

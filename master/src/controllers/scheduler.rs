@@ -738,4 +738,35 @@ mod tests {
             "b"
         );
     }
+
+    #[test]
+    fn host_ports_are_exclusive() {
+        let mut view = view_with(&[node("a", json!({}))]);
+        let spec = json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]});
+        let mut running = PodInfo::from_object(&pod(spec.clone()));
+        running.name = "first".into();
+        running.node = "a".into();
+        view.insert_pod(("default".into(), "first".into()), running);
+        let error = choose_node(&Candidate::from(&pod(spec)), &view).unwrap_err();
+        assert!(error.contains("didn't have free ports"), "{error}");
+    }
+
+    #[test]
+    fn pod_affinity_follows_the_zone_of_its_peers() {
+        let mut view = view_with(&[
+            node("a", json!({"topology.kubernetes.io/zone": "z1"})),
+            node("b", json!({"topology.kubernetes.io/zone": "z2"})),
+        ]);
+        let mut cache = PodInfo::from_object(
+            &json!({"metadata": {"name": "cache", "namespace": "default", "labels": {"app": "cache"}}, "spec": {}}),
+        );
+        cache.node = "b".into();
+        view.insert_pod(("default".into(), "cache".into()), cache);
+        let spec = json!({"containers": [{"name": "c"}], "affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "topology.kubernetes.io/zone"}]}}});
+        assert_eq!(
+            choose_node(&Candidate::from(&pod(spec)), &view).unwrap(),
+            "b"
+        );
+    }
 }
