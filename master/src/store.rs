@@ -779,6 +779,51 @@ impl Store {
         })
     }
 
+    /// Like [`Store::create`] for several objects of one durable resource, committed in one
+    /// transaction. Each object gets its own result; the outer error means nothing was written.
+    pub fn create_many(
+        &self,
+        resource: &str,
+        objects: Vec<(String, String, Value)>,
+    ) -> Result<Vec<Result<Value, StoreError>>, StoreError> {
+        assert!(
+            !self.is_volatile(resource),
+            "create_many is for durable resources"
+        );
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction().map_err(sql("begin write"))?;
+        let mut results = Vec::with_capacity(objects.len());
+        let mut staged = Vec::new();
+        for (namespace, name, object) in objects {
+            let exists: Option<i64> = tx
+                .query_row(
+                    "SELECT revision FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
+                    params![resource, namespace, name],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(sql("read"))?;
+            if exists.is_some() {
+                results.push(Err(already_exists(resource, &namespace, &name)));
+                continue;
+            }
+            let change = self.stage(
+                &tx,
+                (resource, &namespace, &name),
+                EventType::Added,
+                object,
+                None,
+            )?;
+            results.push(Ok((*change.object).clone()));
+            staged.push(change);
+        }
+        tx.commit().map_err(sql("commit"))?;
+        for change in staged {
+            self.publish(Arc::new(change));
+        }
+        Ok(results)
+    }
+
     /// Like [`Store::update`] for several objects of one durable resource, committed in one
     /// transaction (one disk flush): the scheduler binds a batch of pods this way. Each object
     /// gets its own result; the outer error means nothing was written.

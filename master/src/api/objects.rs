@@ -893,70 +893,162 @@ pub fn create_object(
     object: Value,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
-    let namespace = meta_str(&object, "namespace");
-    let generate_name = meta_str(&object, "generateName");
-    let generated = meta_str(&object, "name").is_empty() && !generate_name.is_empty();
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let mut candidate = object.clone();
-        if generated {
-            candidate["metadata"]["name"] = json!(format!("{generate_name}{}", random_suffix()));
-        }
-        let name = meta_str(&candidate, "name");
-        // Upstream reports a taken name before anything admission would say about the object.
-        if !name.is_empty()
-            && state
-                .store
-                .get(&resource.storage_key(), &namespace, &name)?
-                .is_some()
-        {
-            if !generated || attempts >= 5 {
-                return Err(ApiError::already_exists(resource, &name));
-            }
-            continue;
-        }
-        prepare_create(resource, &mut candidate);
-        admission::apply_defaults(resource.group, resource.kind, &mut candidate);
-        let errors = admission::validate_create(resource.group, resource.kind, &candidate);
-        if !errors.is_empty() {
-            return Err(ApiError::invalid(
-                resource.kind,
-                resource.group,
-                &name,
-                &errors,
-            ));
-        }
         // From admission to commit one create at a time, so a quota check sees every create
-        // before it (the store serialises the commits anyway).
-        // Events and leases are not counted by quotas and must not queue behind pod commits.
+        // before it (the store serialises the commits anyway). Events and leases are not
+        // counted by quotas and must not queue behind pod commits.
         let admitting =
             (!resource.volatile).then(|| state.admission.lock().unwrap_or_else(|p| p.into_inner()));
-        if resource.namespaced {
-            check_namespace_accepts(&state.store, &namespace, resource)?;
-        }
-        lifecycle::admit_create(state, resource, &mut candidate)?;
+        let Some((namespace, name, candidate)) = admit_new(state, resource, &object, attempts)?
+        else {
+            continue;
+        };
         if !dry_run && !resource.volatile {
             crate::controllers::quota::admit(state, resource, &candidate)?;
         }
         if dry_run {
             return Ok(candidate);
         }
-        let store = &state.store;
-        let committed = store.create(&resource.storage_key(), &namespace, &name, candidate);
+        let committed = state
+            .store
+            .create(&resource.storage_key(), &namespace, &name, candidate);
         drop(admitting);
         match committed {
             Ok(created) => {
                 lifecycle::after_create(state, resource, &created);
                 return Ok(created);
             }
-            Err(StoreError::AlreadyExists { .. }) if generated && attempts < 5 => continue,
+            Err(StoreError::AlreadyExists { .. }) if is_generated(&object) && attempts < 5 => {
+                continue
+            }
             Err(StoreError::AlreadyExists { .. }) => {
                 return Err(ApiError::already_exists(resource, &name))
             }
             Err(e) => return Err(ApiError::from_store(e, resource, &name)),
         }
     }
+}
+
+/// Creates several objects of one kind in one namespace through admission, committed in one
+/// transaction (one disk flush): a ReplicaSet scaling up by 500 pods costs one flush, not 500.
+/// Where a quota applies, objects are created one by one so each check sees the last create.
+pub fn create_objects(
+    state: &ApiState,
+    resource: &'static Resource,
+    objects: Vec<Value>,
+) -> Vec<Result<Value, ApiError>> {
+    let namespace = objects
+        .first()
+        .map(|o| meta_str(o, "namespace"))
+        .unwrap_or_default();
+    let quota_applies = resource.namespaced
+        && state
+            .store
+            .list("core/resourcequotas", Some(&namespace), None, 1, &|_| true)
+            .map(|page| !page.items.is_empty())
+            .unwrap_or(true);
+    if objects.len() < 2 || resource.volatile || quota_applies {
+        return objects
+            .into_iter()
+            .map(|object| create_object(state, resource, object, false))
+            .collect();
+    }
+    let admitting = state.admission.lock().unwrap_or_else(|p| p.into_inner());
+    let mut results: Vec<Option<Result<Value, ApiError>>> = objects.iter().map(|_| None).collect();
+    let mut staged: Vec<(usize, (String, String, Value))> = Vec::new();
+    for (index, object) in objects.iter().enumerate() {
+        let mut attempts = 0;
+        let admitted = loop {
+            attempts += 1;
+            match admit_new(state, resource, object, attempts) {
+                Ok(Some(admitted)) => break Ok(admitted),
+                Ok(None) => continue,
+                Err(error) => break Err(error),
+            }
+        };
+        match admitted {
+            Ok(admitted) => staged.push((index, admitted)),
+            Err(error) => results[index] = Some(Err(error)),
+        }
+    }
+    let (indexes, items): (Vec<usize>, Vec<(String, String, Value)>) = staged.into_iter().unzip();
+    let names: Vec<String> = items.iter().map(|(_, name, _)| name.clone()).collect();
+    match state.store.create_many(&resource.storage_key(), items) {
+        Ok(outcomes) => {
+            drop(admitting);
+            for ((index, name), outcome) in indexes.into_iter().zip(names).zip(outcomes) {
+                results[index] = Some(match outcome {
+                    Ok(created) => {
+                        lifecycle::after_create(state, resource, &created);
+                        Ok(created)
+                    }
+                    Err(e) => Err(ApiError::from_store(e, resource, &name)),
+                });
+            }
+        }
+        Err(error) => {
+            let message = error_chain(&error);
+            for index in indexes {
+                results[index] = Some(Err(ApiError::internal(message.clone())));
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(ApiError::internal("not created"))))
+        .collect()
+}
+
+fn is_generated(object: &Value) -> bool {
+    meta_str(object, "name").is_empty() && !meta_str(object, "generateName").is_empty()
+}
+
+/// A new object through admission, short of quota and commit: its namespace, name (generated
+/// when asked) and stored form. `None` when a generated name is taken: try again.
+fn admit_new(
+    state: &ApiState,
+    resource: &'static Resource,
+    object: &Value,
+    attempt: u32,
+) -> Result<Option<(String, String, Value)>, ApiError> {
+    let namespace = meta_str(object, "namespace");
+    let generated = is_generated(object);
+    let mut candidate = object.clone();
+    if generated {
+        let prefix = meta_str(object, "generateName");
+        candidate["metadata"]["name"] = json!(format!("{prefix}{}", random_suffix()));
+    }
+    let name = meta_str(&candidate, "name");
+    // Upstream reports a taken name before anything admission would say about the object.
+    if !name.is_empty()
+        && state
+            .store
+            .get(&resource.storage_key(), &namespace, &name)?
+            .is_some()
+    {
+        if !generated || attempt >= 5 {
+            return Err(ApiError::already_exists(resource, &name));
+        }
+        return Ok(None);
+    }
+    prepare_create(resource, &mut candidate);
+    admission::apply_defaults(resource.group, resource.kind, &mut candidate);
+    let errors = admission::validate_create(resource.group, resource.kind, &candidate);
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(
+            resource.kind,
+            resource.group,
+            &name,
+            &errors,
+        ));
+    }
+    if resource.namespaced {
+        check_namespace_accepts(&state.store, &namespace, resource)?;
+    }
+    lifecycle::admit_create(state, resource, &mut candidate)?;
+    Ok(Some((namespace, name, candidate)))
 }
 
 fn check_namespace_accepts(

@@ -153,6 +153,19 @@ impl Context<'_> {
         Ok(created)
     }
 
+    /// Creates several objects of one kind in one namespace, committed together.
+    pub fn create_many(
+        &self,
+        storage_key: &str,
+        objects: Vec<Value>,
+    ) -> Vec<Result<Value, ApiError>> {
+        let results = objects::create_objects(&self.shared.api, resource_of(storage_key), objects);
+        for created in results.iter().flatten() {
+            self.note(created);
+        }
+        results
+    }
+
     /// Changes an object (not its status) through admission; `change` edits a copy of the
     /// current object. Returns the stored result.
     pub fn update(

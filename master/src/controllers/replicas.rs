@@ -258,9 +258,11 @@ impl Reconciler for ReplicaController {
         if !deleting && active.len() < wanted {
             let missing = (wanted - active.len()).min(CREATE_BURST);
             let template = &set["spec"]["template"];
-            for _ in 0..missing {
-                let pod = pod_from_template(&set, template, &key.1);
-                match ctx.create("core/pods", pod) {
+            let pods: Vec<Value> = (0..missing)
+                .map(|_| pod_from_template(&set, template, &key.1))
+                .collect();
+            for result in ctx.create_many("core/pods", pods) {
+                match result {
                     Ok(created) => {
                         let name = created["metadata"]["name"].as_str().unwrap_or_default();
                         ctx.event(
@@ -271,14 +273,15 @@ impl Reconciler for ReplicaController {
                         );
                     }
                     Err(error) => {
-                        ctx.event(
-                            &set,
-                            "Warning",
-                            "FailedCreate",
-                            &format!("Error creating: {}", error.message),
-                        );
-                        failure = Some(error);
-                        break;
+                        if failure.is_none() {
+                            ctx.event(
+                                &set,
+                                "Warning",
+                                "FailedCreate",
+                                &format!("Error creating: {}", error.message),
+                            );
+                            failure = Some(error);
+                        }
                     }
                 }
             }

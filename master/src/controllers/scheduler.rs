@@ -541,6 +541,7 @@ impl Reconciler for Scheduler {
             .iter()
             .map(|(index, node, _)| (keys[*index].0.clone(), keys[*index].1.clone(), node.clone()))
             .collect();
+        let decided_ms = started.elapsed().as_secs_f64() * 1000.0;
         let outcomes = match crate::api::objects::bind_pods(&ctx.shared.api, &bindings) {
             Ok(outcomes) => outcomes,
             Err(error) => {
@@ -552,6 +553,7 @@ impl Reconciler for Scheduler {
             }
         };
         let count = placed.len();
+        let bound_ms = started.elapsed().as_secs_f64() * 1000.0;
         for ((index, node, previous), outcome) in placed.into_iter().zip(outcomes) {
             let key = &keys[index];
             match outcome {
@@ -578,6 +580,8 @@ impl Reconciler for Scheduler {
             tracing::info!(
                 pods = count,
                 elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                decided_ms,
+                bound_ms,
                 "scheduler bound a batch"
             );
         }
