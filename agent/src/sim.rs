@@ -146,7 +146,6 @@ struct SimPod {
     cpu_milli: u64,
     memory_bytes: u64,
     reported: Reported,
-    phase: String,
     deleting: bool,
 }
 
@@ -504,7 +503,6 @@ impl Simulator {
                 cpu_milli: 0,
                 memory_bytes: 0,
                 reported,
-                phase,
                 deleting: false,
             };
             if let Some(ip) = existing_ip {
@@ -587,7 +585,6 @@ impl Simulator {
         }
         pod.reported = want;
         let status = pod_status(pod, &node.host_ip, want);
-        pod.phase = status["phase"].as_str().unwrap_or_default().to_owned();
         drop(state);
         let path = format!("/api/v1/namespaces/{namespace}/pods/{name}/status");
         let sim = self.clone();

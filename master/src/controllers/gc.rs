@@ -5,7 +5,7 @@
 //! until its dependents are gone. Orphan propagation is done by the API server before the owner
 //! goes. Dependents whose owner vanished while the master was down are found by the resync.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::view::{self, Key, View, CACHED};
 use super::{key_of, Action, Context, Reconciler};
@@ -257,7 +257,6 @@ impl Reconciler for NamespaceController {
 
     fn reconcile(&self, ctx: &Context, key: &Key) -> Result<Action, ApiError> {
         crate::lifecycle::finalize_namespace(&ctx.shared.api.store, &key.1)?;
-        let _ = json!(null);
         Ok(Action::Done)
     }
 }
