@@ -181,6 +181,9 @@ pub fn check_structure(group: &str, kind: &str, object: &Value) -> Result<Struct
         ("", "ServiceAccount") => round_trip::<core::ServiceAccount>(object)?,
         ("", "ResourceQuota") => round_trip::<core::ResourceQuota>(object)?,
         ("coordination.k8s.io", "Lease") => round_trip::<coordination::Lease>(object)?,
+        ("discovery.k8s.io", "EndpointSlice") => {
+            round_trip::<k8s_openapi::api::discovery::v1::EndpointSlice>(object)?
+        }
         ("apps", "Deployment") => round_trip::<apps::Deployment>(object)?,
         ("apps", "ReplicaSet") => round_trip::<apps::ReplicaSet>(object)?,
         ("apps", "DaemonSet") => round_trip::<apps::DaemonSet>(object)?,

@@ -154,6 +154,8 @@ pub static RESOURCES: &[Resource] = &[
         ..resource!("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", &["hpa"],
             namespaced: true, categories: ALL, subresources: &["status"])
     },
+    resource!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", NONE,
+        namespaced: true, categories: NONE, subresources: NONE),
     resource!("metrics.k8s.io", "v1beta1", "NodeMetrics", "nodes", "", NONE,
         namespaced: false, categories: NONE, subresources: NONE),
     resource!("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", "", NONE,

@@ -83,6 +83,9 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
             wide("Selector"),
         ]),
         ("", "endpoints") => columns.extend([s("Endpoints"), AGE]),
+        ("discovery.k8s.io", "endpointslices") => {
+            columns.extend([s("AddressType"), s("Ports"), s("Endpoints"), AGE])
+        }
         ("", "nodes") => columns.extend([
             s("Status"),
             s("Roles"),
@@ -462,6 +465,36 @@ fn node_address(node: &Value, kind: &str) -> String {
     )
 }
 
+fn slice_ports(slice: &Value) -> String {
+    let ports: Vec<String> = slice["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| int(&p["port"]).to_string())
+        .collect();
+    if ports.is_empty() {
+        "<unset>".into()
+    } else {
+        ports.join(",")
+    }
+}
+
+fn slice_endpoints(slice: &Value) -> String {
+    let addresses: Vec<String> = slice["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+        .map(|a| text(&a))
+        .collect();
+    let shown = addresses.len().min(3);
+    let mut out = addresses[..shown].join(",");
+    if addresses.len() > 3 {
+        out.push_str(&format!(" + {} more...", addresses.len() - 3));
+    }
+    or_none(out)
+}
+
 fn endpoints_text(endpoints: &Value) -> String {
     let mut list = Vec::new();
     for subset in endpoints["subsets"].as_array().into_iter().flatten() {
@@ -590,6 +623,13 @@ pub fn cells(group: &str, plural: &str, object: &Value, now: jiff::Timestamp) ->
             json!(or_none(selector_text(&spec["selector"]))),
         ],
         ("", "endpoints") => vec![name, json!(endpoints_text(object)), age],
+        ("discovery.k8s.io", "endpointslices") => vec![
+            name,
+            json!(text(&object["addressType"])),
+            json!(slice_ports(object)),
+            json!(slice_endpoints(object)),
+            age,
+        ],
         ("", "nodes") => vec![
             name,
             json!(node_status(object)),

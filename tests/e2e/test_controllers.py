@@ -333,6 +333,11 @@ def test_endpoints_follow_ready_pods(demo_cluster):
     wait_for(lambda: addresses() == ips, what="three endpoint addresses")
     ports = master.kubectl_json("get", "endpoints", "web")["subsets"][0]["ports"]
     assert ports == [{"port": 8080, "protocol": "TCP"}]
+    # kubectl describe reads EndpointSlices.
+    described = master.kubectl("describe", "service", "web").stdout
+    assert "Endpoints:" in described and ",".join(f"{ip}:8080" for ip in ips) in described
+    slice_ = master.kubectl_json("get", "endpointslices", "-l", "kubernetes.io/service-name=web")["items"][0]
+    assert sorted(e["addresses"][0] for e in slice_["endpoints"]) == ips
 
     # The pod on a dead node leaves the endpoints; its replacement joins them.
     victim = next(p for p in pods(master, "app=web") if p["spec"]["nodeName"] == "sim-1")
@@ -340,6 +345,7 @@ def test_endpoints_follow_ready_pods(demo_cluster):
     wait_for(lambda: victim["status"]["podIP"] not in addresses() and len(addresses()) == 3, what="endpoints without sim-1")
     master.kubectl("delete", "service", "web")
     wait_for(lambda: master.kubectl("get", "endpoints", "web", check=False).returncode != 0, what="endpoints to go with the service")
+    wait_for(lambda: not master.kubectl_json("get", "endpointslices")["items"], what="slices to go with the service")
 
 
 def test_master_restart_keeps_pods_and_nodes(demo_cluster):

@@ -1,4 +1,8 @@
-//! Endpoints: for each Service with a selector, the IPs and ports of its pods, ready ones apart from the rest.
+//! Endpoints and EndpointSlices: for each Service with a selector, the IPs and ports of its pods, ready ones apart from the rest.
+//!
+//! Both forms are written: Endpoints for older clients, EndpointSlices (one per set of
+//! resolved ports, named after the service) for kubectl's `describe service` and newer
+//! proxies. Slices are owned by their Service, so the garbage collector removes them with it.
 
 use std::collections::BTreeMap;
 
@@ -107,6 +111,139 @@ pub fn subsets(service: &Value, pods: &[&PodInfo]) -> Value {
     json!(subsets)
 }
 
+/// Label that ties a slice to its service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Label naming who manages a slice.
+const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+
+/// The EndpointSlices for a service and its pods: one per distinct set of resolved ports.
+pub fn slices(service: &Value, pods: &[&PodInfo]) -> Vec<Value> {
+    let name = service["metadata"]["name"].as_str().unwrap_or_default();
+    let publish_not_ready = service["spec"]["publishNotReadyAddresses"] == true;
+    let ports: Vec<&Value> = service["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut groups: BTreeMap<PortSet, Vec<Value>> = BTreeMap::new();
+    for pod in pods {
+        let resolved: PortSet = ports
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p["name"].as_str().unwrap_or_default().to_owned(),
+                    target_port(p, pod)?,
+                    p["protocol"].as_str().unwrap_or("TCP").to_owned(),
+                ))
+            })
+            .collect();
+        let ready = pod.ready || publish_not_ready;
+        let mut endpoint = json!({
+            "addresses": [pod.ip],
+            "conditions": {"ready": ready, "serving": pod.ready, "terminating": false},
+            "nodeName": pod.node,
+            "targetRef": {"kind": "Pod", "namespace": pod.namespace, "name": pod.name, "uid": pod.uid},
+        });
+        if !pod.hostname.0.is_empty() && pod.hostname.1 == name {
+            endpoint["hostname"] = json!(pod.hostname.0);
+        }
+        groups.entry(resolved).or_default().push(endpoint);
+    }
+    if groups.is_empty() {
+        groups.insert(PortSet::new(), Vec::new());
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(index, (ports, endpoints))| {
+            let slice_name = if index == 0 { name.to_owned() } else { format!("{name}-{index}") };
+            let ports: Vec<Value> = ports
+                .into_iter()
+                .map(|(port_name, port, protocol)| json!({"name": port_name, "port": port, "protocol": protocol}))
+                .collect();
+            json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": slice_name,
+                    "namespace": service["metadata"]["namespace"],
+                    "labels": {SERVICE_NAME_LABEL: name, MANAGED_BY_LABEL: MANAGED_BY},
+                    "ownerReferences": [super::controller_ref(service)],
+                },
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+                "ports": ports,
+            })
+        })
+        .collect()
+}
+
+impl EndpointsController {
+    /// Makes the stored slices of a service match `wanted`, deleting slices it no longer needs.
+    fn write_slices(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+        service: &str,
+        wanted: Vec<Value>,
+    ) -> Result<(), ApiError> {
+        let ours = |slice: &Value| {
+            slice["metadata"]["labels"][SERVICE_NAME_LABEL] == service
+                && slice["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY
+        };
+        let existing = ctx
+            .shared
+            .api
+            .store
+            .list(
+                "discovery.k8s.io/endpointslices",
+                Some(namespace),
+                None,
+                0,
+                &ours,
+            )?
+            .items;
+        for slice in &wanted {
+            let name = slice["metadata"]["name"].as_str().unwrap_or_default();
+            match existing.iter().find(|e| e["metadata"]["name"] == name) {
+                None => match ctx.create("discovery.k8s.io/endpointslices", slice.clone()) {
+                    Ok(_) => {}
+                    Err(e) if e.code == 409 => {}
+                    Err(e) => return Err(e),
+                },
+                Some(current) => {
+                    if current["endpoints"] != slice["endpoints"]
+                        || current["ports"] != slice["ports"]
+                    {
+                        let (endpoints, ports) =
+                            (slice["endpoints"].clone(), slice["ports"].clone());
+                        ctx.update("discovery.k8s.io/endpointslices", namespace, name, |s| {
+                            s["endpoints"] = endpoints;
+                            s["ports"] = ports;
+                            Ok(())
+                        })?;
+                    }
+                }
+            }
+        }
+        for stale in existing.iter().filter(|e| {
+            !wanted
+                .iter()
+                .any(|w| w["metadata"]["name"] == e["metadata"]["name"])
+        }) {
+            let name = stale["metadata"]["name"].as_str().unwrap_or_default();
+            ctx.delete(
+                "discovery.k8s.io/endpointslices",
+                namespace,
+                name,
+                &DeleteOptions::default(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl Reconciler for EndpointsController {
     fn name(&self) -> &'static str {
         "endpoint-controller"
@@ -154,7 +291,7 @@ impl Reconciler for EndpointsController {
         let Some(selector) = service_selector(&service) else {
             return Ok(Action::Done);
         };
-        let subsets = {
+        let (subsets, slices) = {
             let view = ctx.view();
             let mut pods: Vec<&PodInfo> = view
                 .pods_in(&key.0)
@@ -162,8 +299,9 @@ impl Reconciler for EndpointsController {
                 .map(|p| p.as_ref())
                 .collect();
             pods.sort_by(|a, b| a.ip.cmp(&b.ip).then(a.name.cmp(&b.name)));
-            subsets(&service, &pods)
+            (subsets(&service, &pods), slices(&service, &pods))
         };
+        self.write_slices(ctx, &key.0, &key.1, slices)?;
         let mut labels = service["metadata"]["labels"]
             .as_object()
             .cloned()
