@@ -492,7 +492,10 @@ pub fn plan_deletion(resource: &Resource, current: &Value, options: &DeleteOptio
             }),
         };
     }
-    let foreground = options.propagation.as_deref() == Some("Foreground");
+    // Foreground waits for the garbage collector, which tracks the kinds the controllers
+    // watch; other kinds (config maps, secrets...) rarely own anything and go at once.
+    let foreground = options.propagation.as_deref() == Some("Foreground")
+        && crate::controllers::view::CACHED.contains(&resource.storage_key().as_str());
     if foreground && !already {
         // The garbage collector deletes the dependents, then removes the finalizer.
         return Deletion::Graceful {

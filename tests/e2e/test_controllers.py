@@ -179,6 +179,13 @@ def test_deleting_a_deployment_removes_its_replica_sets_and_pods(demo_cluster):
     assert not master.kubectl_json("get", "rs", "-l", "app=api")["items"]
     assert master.kubectl("get", "deployment", "api", check=False).returncode != 0
 
+    # Foreground with nothing to wait for still completes.
+    empty = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "empty"},
+             "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "empty"}},
+                      "template": {"metadata": {"labels": {"app": "empty"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}}
+    master.kubectl("apply", "-f", "-", input=manifest(empty))
+    master.kubectl("delete", "rs", "empty", "--cascade=foreground", "--timeout=20s")
+
     # Orphan: the ReplicaSet and pods stay, without an owner.
     master.kubectl("apply", "-f", "-", input=manifest(deployment("keep", 2)))
     master.kubectl("rollout", "status", "deployment/keep", "--timeout=30s")

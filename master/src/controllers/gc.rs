@@ -98,15 +98,14 @@ impl Reconciler for GarbageCollector {
         }
         let uid = view::str_of(&change.object["metadata"]["uid"]);
         let mut keys = Vec::new();
-        let deleting = change.event == EventType::Deleted
-            || has_finalizer(&change.object, FOREGROUND)
-                && !change.object["metadata"]["deletionTimestamp"].is_null();
+        let foreground = change.event != EventType::Deleted
+            && has_finalizer(&change.object, FOREGROUND)
+            && !change.object["metadata"]["deletionTimestamp"].is_null();
         let has_dependents =
             view.pods_by_owner.contains_key(&uid) || view.dependents.contains_key(&uid);
-        if deleting
-            && (has_dependents
-                || (change.resource != "core/pods" && change.event == EventType::Deleted))
-        {
+        let gone = change.event == EventType::Deleted
+            && (has_dependents || change.resource != "core/pods");
+        if foreground || gone {
             keys.push((change.namespace.clone(), uid));
         }
         // A dependent created with an owner that is already gone.
