@@ -198,6 +198,24 @@ fn sql(action: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 
 type Key = (String, String, String);
 
+/// Whether a live object holds that name.
+fn object_exists(
+    conn: &Connection,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<bool, StoreError> {
+    let revision: Option<i64> = conn
+        .query_row(
+            "SELECT revision FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
+            params![resource, namespace, name],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(sql("read"))?;
+    Ok(revision.is_some())
+}
+
 /// Volatile objects and their recent history, held in memory.
 #[derive(Default)]
 struct VolatileState {
@@ -600,15 +618,7 @@ impl Store {
         }
         let mut conn = lock(&self.writer);
         let tx = conn.transaction().map_err(sql("begin write"))?;
-        let exists: Option<i64> = tx
-            .query_row(
-                "SELECT revision FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
-                params![resource, namespace, name],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(sql("read"))?;
-        if exists.is_some() {
+        if object_exists(&tx, resource, namespace, name)? {
             return Err(already_exists(resource, namespace, name));
         }
         self.commit_durable(
@@ -795,15 +805,7 @@ impl Store {
         let mut results = Vec::with_capacity(objects.len());
         let mut staged = Vec::new();
         for (namespace, name, object) in objects {
-            let exists: Option<i64> = tx
-                .query_row(
-                    "SELECT revision FROM objects WHERE resource = ?1 AND namespace = ?2 AND name = ?3",
-                    params![resource, namespace, name],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(sql("read"))?;
-            if exists.is_some() {
+            if object_exists(&tx, resource, &namespace, &name)? {
                 results.push(Err(already_exists(resource, &namespace, &name)));
                 continue;
             }

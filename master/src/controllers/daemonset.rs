@@ -12,11 +12,10 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::deployment::{int_or_percent, template_hash};
-use super::replicas::{claim_pods, pod_from_template, selector_of};
+use super::replicas::{claim_pods, create_pods, pod_from_template, selector_of};
 use super::view::{str_of, Key, PodInfo, Toleration, View};
 use super::{key_of, now_seconds, Action, Context, Reconciler};
 use crate::api::error::ApiError;
-use crate::api::objects::DeleteOptions;
 use crate::store::Change;
 
 const HASH_LABEL: &str = "controller-revision-hash";
@@ -116,18 +115,14 @@ impl Reconciler for DaemonSetController {
         let (mut desired, mut current, mut misscheduled, mut ready, mut updated, mut available) =
             (0, 0, 0, 0, 0, 0);
         let mut old_pods: Vec<Arc<PodInfo>> = Vec::new();
+        let mut new_pods: Vec<Value> = Vec::new();
         for node in &nodes {
             let name = str_of(&node["metadata"]["name"]);
             let pods = by_node.remove(&name).unwrap_or_default();
             if !eligible(template, node) {
                 misscheduled += i64::from(!pods.is_empty());
                 for pod in pods {
-                    ctx.delete(
-                        "core/pods",
-                        &pod.namespace,
-                        &pod.name,
-                        &DeleteOptions::default(),
-                    )?;
+                    ctx.delete_pod(&pod)?;
                 }
                 continue;
             }
@@ -142,23 +137,7 @@ impl Reconciler for DaemonSetController {
                     .unwrap_or_default();
                 tolerations.extend(daemon_tolerations());
                 pod["spec"]["tolerations"] = json!(tolerations);
-                match ctx.create("core/pods", pod) {
-                    Ok(created) => ctx.event(
-                        &set,
-                        "Normal",
-                        "SuccessfulCreate",
-                        &format!("Created pod: {}", str_of(&created["metadata"]["name"])),
-                    ),
-                    Err(error) => {
-                        ctx.event(
-                            &set,
-                            "Warning",
-                            "FailedCreate",
-                            &format!("Error creating: {}", error.message),
-                        );
-                        return Err(error);
-                    }
-                }
+                new_pods.push(pod);
                 continue;
             }
             current += 1;
@@ -166,12 +145,7 @@ impl Reconciler for DaemonSetController {
             let mut pods = pods;
             pods.sort_by_key(|p| p.created);
             for extra in &pods[1..] {
-                ctx.delete(
-                    "core/pods",
-                    &extra.namespace,
-                    &extra.name,
-                    &DeleteOptions::default(),
-                )?;
+                ctx.delete_pod(extra)?;
             }
             let pod = &pods[0];
             ready += i64::from(pod.ready);
@@ -181,6 +155,9 @@ impl Reconciler for DaemonSetController {
             } else {
                 old_pods.push(pod.clone());
             }
+        }
+        if let (_, Some(error)) = create_pods(ctx, &set, new_pods) {
+            return Err(error);
         }
         // Pods on nodes that no longer exist are left to the node controller's clean-up.
         let rolling = set["spec"]["updateStrategy"]["type"]
@@ -203,12 +180,7 @@ impl Reconciler for DaemonSetController {
                 if counts && unavailable >= max_unavailable {
                     break;
                 }
-                ctx.delete(
-                    "core/pods",
-                    &pod.namespace,
-                    &pod.name,
-                    &DeleteOptions::default(),
-                )?;
+                ctx.delete_pod(&pod)?;
                 if counts {
                     unavailable += 1;
                 }

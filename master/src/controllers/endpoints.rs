@@ -45,6 +45,20 @@ type PortSet = Vec<(String, i64, String)>;
 /// Ready and not-ready addresses.
 type Addresses = (Vec<Value>, Vec<Value>);
 
+/// The service's ports as one pod serves them; ports naming a port the pod lacks are left out.
+fn resolve_ports(ports: &[&Value], pod: &PodInfo) -> PortSet {
+    ports
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                target_port(p, pod)?,
+                p["protocol"].as_str().unwrap_or("TCP").to_owned(),
+            ))
+        })
+        .collect()
+}
+
 /// The `subsets` of the Endpoints for a service and its pods.
 pub fn subsets(service: &Value, pods: &[&PodInfo]) -> Value {
     let publish_not_ready = service["spec"]["publishNotReadyAddresses"] == true;
@@ -57,16 +71,7 @@ pub fn subsets(service: &Value, pods: &[&PodInfo]) -> Value {
     let mut groups: BTreeMap<PortSet, Addresses> = BTreeMap::new();
     let service_name = service["metadata"]["name"].as_str().unwrap_or_default();
     for pod in pods {
-        let resolved: PortSet = ports
-            .iter()
-            .filter_map(|p| {
-                Some((
-                    p["name"].as_str().unwrap_or_default().to_owned(),
-                    target_port(p, pod)?,
-                    p["protocol"].as_str().unwrap_or("TCP").to_owned(),
-                ))
-            })
-            .collect();
+        let resolved = resolve_ports(&ports, pod);
         let mut address = json!({
             "ip": pod.ip,
             "nodeName": pod.node,
@@ -128,16 +133,7 @@ pub fn slices(service: &Value, pods: &[&PodInfo]) -> Vec<Value> {
         .collect();
     let mut groups: BTreeMap<PortSet, Vec<Value>> = BTreeMap::new();
     for pod in pods {
-        let resolved: PortSet = ports
-            .iter()
-            .filter_map(|p| {
-                Some((
-                    p["name"].as_str().unwrap_or_default().to_owned(),
-                    target_port(p, pod)?,
-                    p["protocol"].as_str().unwrap_or("TCP").to_owned(),
-                ))
-            })
-            .collect();
+        let resolved = resolve_ports(&ports, pod);
         let ready = pod.ready || publish_not_ready;
         let mut endpoint = json!({
             "addresses": [pod.ip],

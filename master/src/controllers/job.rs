@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::replicas::{claim_pods, deletion_order, pod_from_template, selector_of};
+use super::replicas::{claim_pods, create_pods, deletion_order, pod_from_template, selector_of};
 use super::view::{unix_seconds, Key, PodInfo, View};
 use super::{condition, key_of, now_seconds, now_time, set_condition, Action, Context, Reconciler};
 use crate::api::error::ApiError;
-use crate::api::objects::DeleteOptions;
 use crate::store::Change;
 
 /// The Job controller.
@@ -86,12 +85,7 @@ impl Reconciler for JobController {
         let mut created = 0;
         if done || suspended {
             for pod in &active {
-                ctx.delete(
-                    "core/pods",
-                    &pod.namespace,
-                    &pod.name,
-                    &DeleteOptions::default(),
-                )?;
+                ctx.delete_pod(pod)?;
             }
         } else {
             let wanted = match completions {
@@ -101,42 +95,20 @@ impl Reconciler for JobController {
             }
             .max(0) as usize;
             if active.len() < wanted {
-                for _ in active.len()..wanted {
-                    let pod = pod_from_template(&job, &job["spec"]["template"], &key.1);
-                    match ctx.create("core/pods", pod) {
-                        Ok(pod) => {
-                            created += 1;
-                            ctx.event(
-                                &job,
-                                "Normal",
-                                "SuccessfulCreate",
-                                &format!(
-                                    "Created pod: {}",
-                                    pod["metadata"]["name"].as_str().unwrap_or_default()
-                                ),
-                            );
-                        }
-                        Err(error) => {
-                            ctx.event(
-                                &job,
-                                "Warning",
-                                "FailedCreate",
-                                &format!("Error creating: {}", error.message),
-                            );
-                            return Err(error);
-                        }
-                    }
+                let template = &job["spec"]["template"];
+                let pods: Vec<Value> = (active.len()..wanted)
+                    .map(|_| pod_from_template(&job, template, &key.1))
+                    .collect();
+                let (made, failure) = create_pods(ctx, &job, pods);
+                created += made as i64;
+                if let Some(error) = failure {
+                    return Err(error);
                 }
             } else if active.len() > wanted {
                 let mut extra = active.clone();
                 deletion_order(&mut extra);
                 for pod in extra.iter().take(active.len() - wanted) {
-                    ctx.delete(
-                        "core/pods",
-                        &pod.namespace,
-                        &pod.name,
-                        &DeleteOptions::default(),
-                    )?;
+                    ctx.delete_pod(pod)?;
                 }
             }
         }

@@ -259,6 +259,16 @@ impl Context<'_> {
         }
     }
 
+    /// Deletes a pod the way controllers do: gracefully when it runs on a node.
+    pub fn delete_pod(&self, pod: &view::PodInfo) -> Result<(), ApiError> {
+        self.delete(
+            "core/pods",
+            &pod.namespace,
+            &pod.name,
+            &DeleteOptions::default(),
+        )
+    }
+
     /// Records an event about `object` for `kubectl describe`.
     pub fn event(&self, object: &Value, kind: &str, reason: &str, message: &str) {
         if let Some(revision) = self.shared.events.record(

@@ -411,12 +411,7 @@ impl Reconciler for NodeLifecycle {
                         "TaintManagerEviction",
                         &format!("Marking for deletion Pod {}/{}", pod.namespace, pod.name),
                     );
-                    ctx.delete(
-                        "core/pods",
-                        &pod.namespace,
-                        &pod.name,
-                        &DeleteOptions::default(),
-                    )?;
+                    ctx.delete_pod(&pod)?;
                 } else if let Some(left) = evict_in {
                     let wait = Duration::from_secs(left as u64);
                     next_check = Some(next_check.map_or(wait, |n| n.min(wait)));

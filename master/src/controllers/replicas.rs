@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 use super::view::{Key, PodInfo, View};
 use super::{controller_ref, key_of, now_seconds, set_condition, Action, Context, Reconciler};
 use crate::api::error::ApiError;
-use crate::api::objects::DeleteOptions;
 use crate::selector::LabelSelector;
 use crate::store::Change;
 
@@ -140,6 +139,38 @@ pub fn pod_from_template(owner: &Value, template: &Value, name_prefix: &str) -> 
     })
 }
 
+/// Creates an owner's pods in one commit, recording SuccessfulCreate and FailedCreate events
+/// on the owner; returns how many were created and the first refusal (a quota, say).
+pub fn create_pods(ctx: &Context, owner: &Value, pods: Vec<Value>) -> (usize, Option<ApiError>) {
+    let mut created = 0;
+    let mut failure = None;
+    for result in ctx.create_many("core/pods", pods) {
+        match result {
+            Ok(pod) => {
+                created += 1;
+                let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+                ctx.event(
+                    owner,
+                    "Normal",
+                    "SuccessfulCreate",
+                    &format!("Created pod: {name}"),
+                );
+            }
+            Err(error) if failure.is_none() => {
+                ctx.event(
+                    owner,
+                    "Warning",
+                    "FailedCreate",
+                    &format!("Error creating: {}", error.message),
+                );
+                failure = Some(error);
+            }
+            Err(_) => {}
+        }
+    }
+    (created, failure)
+}
+
 /// Adopts matching orphans and releases owned pods that no longer match; returns the pods
 /// the owner now controls.
 pub fn claim_pods(
@@ -261,40 +292,12 @@ impl Reconciler for ReplicaController {
             let pods: Vec<Value> = (0..missing)
                 .map(|_| pod_from_template(&set, template, &key.1))
                 .collect();
-            for result in ctx.create_many("core/pods", pods) {
-                match result {
-                    Ok(created) => {
-                        let name = created["metadata"]["name"].as_str().unwrap_or_default();
-                        ctx.event(
-                            &set,
-                            "Normal",
-                            "SuccessfulCreate",
-                            &format!("Created pod: {name}"),
-                        );
-                    }
-                    Err(error) => {
-                        if failure.is_none() {
-                            ctx.event(
-                                &set,
-                                "Warning",
-                                "FailedCreate",
-                                &format!("Error creating: {}", error.message),
-                            );
-                            failure = Some(error);
-                        }
-                    }
-                }
-            }
+            failure = create_pods(ctx, &set, pods).1;
         } else if !deleting && active.len() > wanted {
             let mut victims = active.clone();
             deletion_order(&mut victims);
             for pod in victims.iter().take(active.len() - wanted) {
-                ctx.delete(
-                    "core/pods",
-                    &pod.namespace,
-                    &pod.name,
-                    &DeleteOptions::default(),
-                )?;
+                ctx.delete_pod(pod)?;
                 ctx.event(
                     &set,
                     "Normal",
