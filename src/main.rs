@@ -27,6 +27,7 @@ enum Command {
     ///
     ///   bramble master --data-dir /var/lib/bramble
     ///   KUBECONFIG=/var/lib/bramble/admin.kubeconfig kubectl get nodes
+    #[command(verbatim_doc_comment)]
     Master(MasterArgs),
     /// Start a local cluster in ./.bramble and print how to use it with kubectl.
     ///
@@ -34,6 +35,7 @@ enum Command {
     /// ("virtual Pis" that schedule, run and heal pods without containers):
     ///
     ///   bramble up --nodes 3 --profile demo
+    #[command(verbatim_doc_comment)]
     Up(UpArgs),
     /// Simulate nodes (like kwok): N fake Pis that register, heartbeat and "run" their pods.
     ///
@@ -47,6 +49,7 @@ enum Command {
     /// Pod annotations steer the simulation: sim.bramble.dev/cpu (e.g. 400m),
     /// sim.bramble.dev/memory, sim.bramble.dev/ready-after-seconds,
     /// sim.bramble.dev/exit-after-seconds and sim.bramble.dev/exit-code.
+    #[command(verbatim_doc_comment)]
     Sim(SimArgs),
 }
 
