@@ -243,6 +243,104 @@ fn schema(message: &str) -> &'static [Field] {
                 ]
             }
         }
+        "HorizontalPodAutoscaler" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    one(2, "spec", Message("HorizontalPodAutoscalerSpec")),
+                ]
+            }
+        }
+        "HorizontalPodAutoscalerSpec" => {
+            const {
+                &[
+                    one(1, "scaleTargetRef", Message("CrossVersionObjectReference")),
+                    one(2, "minReplicas", Int32),
+                    one(3, "maxReplicas", Int32),
+                    many(4, "metrics", Message("MetricSpec")),
+                    one(5, "behavior", Message("HorizontalPodAutoscalerBehavior")),
+                ]
+            }
+        }
+        "HorizontalPodAutoscalerSpecV1" => {
+            const {
+                &[
+                    one(1, "scaleTargetRef", Message("CrossVersionObjectReference")),
+                    one(2, "minReplicas", Int32),
+                    one(3, "maxReplicas", Int32),
+                    one(4, "targetCPUUtilizationPercentage", Int32),
+                ]
+            }
+        }
+        "HorizontalPodAutoscalerV1" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    one(2, "spec", Message("HorizontalPodAutoscalerSpecV1")),
+                ]
+            }
+        }
+        "CrossVersionObjectReference" => {
+            const {
+                &[
+                    one(1, "kind", Str),
+                    one(2, "name", Str),
+                    one(3, "apiVersion", Str),
+                ]
+            }
+        }
+        "MetricSpec" => {
+            const {
+                &[
+                    one(1, "type", Str),
+                    one(4, "resource", Message("ResourceMetricSource")),
+                ]
+            }
+        }
+        "ResourceMetricSource" => {
+            const {
+                &[
+                    one(1, "name", Str),
+                    one(2, "target", Message("MetricTarget")),
+                ]
+            }
+        }
+        "MetricTarget" => {
+            const {
+                &[
+                    one(1, "type", Str),
+                    one(2, "value", Quantity),
+                    one(3, "averageValue", Quantity),
+                    one(4, "averageUtilization", Int32),
+                ]
+            }
+        }
+        "HorizontalPodAutoscalerBehavior" => {
+            const {
+                &[
+                    one(1, "scaleUp", Message("HPAScalingRules")),
+                    one(2, "scaleDown", Message("HPAScalingRules")),
+                ]
+            }
+        }
+        "HPAScalingRules" => {
+            const {
+                &[
+                    one(1, "selectPolicy", Str),
+                    many(2, "policies", Message("HPAScalingPolicy")),
+                    one(3, "stabilizationWindowSeconds", Int32),
+                ]
+            }
+        }
+        "HPAScalingPolicy" => {
+            const {
+                &[
+                    one(1, "type", Str),
+                    one(2, "value", Int32),
+                    one(3, "periodSeconds", Int32),
+                ]
+            }
+        }
         "Job" => {
             const {
                 &[
@@ -538,6 +636,8 @@ fn decode_scalar(
 /// JSON's `omitempty` leaves it out, so those zeros are dropped to match the JSON form.
 const KEEP_ZERO: &[&str] = &[
     "replicas",
+    "minReplicas",
+    "stabilizationWindowSeconds",
     "revisionHistoryLimit",
     "progressDeadlineSeconds",
     "parallelism",
@@ -628,6 +728,8 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
         ("v1", "Pod") => "Pod",
         ("apps/v1", "Deployment") => "Deployment",
         ("batch/v1", "Job") => "Job",
+        ("autoscaling/v2", "HorizontalPodAutoscaler") => "HorizontalPodAutoscaler",
+        ("autoscaling/v1", "HorizontalPodAutoscaler") => "HorizontalPodAutoscalerV1",
         _ => return None,
     })
 }

@@ -245,6 +245,12 @@ def test_autoscaler_follows_reported_cpu(demo_cluster):
             "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}},
         },
     }
+    # kubectl's generator sends the HPA as protobuf.
+    master.kubectl("autoscale", "deployment", "web", "--cpu=70%", "--min=1", "--max=3", "--name=generated")
+    generated = master.kubectl_json("get", "hpa", "generated")["spec"]
+    assert generated["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
+    assert (generated["minReplicas"], generated["maxReplicas"]) == (1, 3)
+    master.kubectl("delete", "hpa", "generated")
     master.kubectl("apply", "-f", "-", input=manifest(hpa))
     wait_for(lambda: "cpu: " in master.kubectl("get", "hpa", "web").stdout and "<unknown>" not in master.kubectl("get", "hpa", "web").stdout,
              timeout=30, what="the HPA to read usage")

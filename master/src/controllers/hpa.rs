@@ -113,7 +113,13 @@ impl Reconciler for AutoscalerController {
         let target_name = reference["name"].as_str().unwrap_or_default();
         let storage_key = target_storage_key(kind);
         let target = storage_key.and_then(|k| ctx.view().get(k, &key.0, target_name).cloned());
-        let fail = |reason: &str, message: String| -> Result<Action, ApiError> {
+        // A failure shows as AbleToScale=False (no target) or ScalingActive=False (no usable
+        // metrics), as upstream reports them.
+        let fail = |condition: &str,
+                    reason: &str,
+                    message: String,
+                    current: Option<i64>|
+         -> Result<Action, ApiError> {
             ctx.event(&hpa, "Warning", reason, &message);
             let result = ctx.update_status(
                 "autoscaling/horizontalpodautoscalers",
@@ -123,7 +129,11 @@ impl Reconciler for AutoscalerController {
                     if !h["status"].is_object() {
                         h["status"] = json!({"desiredReplicas": 0});
                     }
-                    set_condition(h, "AbleToScale", "False", reason, &message);
+                    if let Some(current) = current {
+                        h["status"]["currentReplicas"] = json!(current);
+                        h["status"]["desiredReplicas"] = json!(current);
+                    }
+                    set_condition(h, condition, "False", reason, &message);
                     Ok(())
                 },
             );
@@ -135,7 +145,7 @@ impl Reconciler for AutoscalerController {
             }
         };
         let (Some(storage_key), Some(target)) = (storage_key, target) else {
-            return fail("FailedGetScale", format!("the HPA controller was unable to get the target's current scale: {} \"{target_name}\" not found", kind.to_lowercase()));
+            return fail("AbleToScale", "FailedGetScale", format!("the HPA controller was unable to get the target's current scale: {} \"{target_name}\" not found", kind.to_lowercase()), None);
         };
         let current = target["spec"]["replicas"].as_i64().unwrap_or(1);
         let min = hpa["spec"]["minReplicas"].as_i64().unwrap_or(1);
@@ -178,7 +188,7 @@ impl Reconciler for AutoscalerController {
             counted += 1;
         }
         if counted == 0 {
-            return fail("FailedGetResourceMetric", format!("failed to get {resource} utilization: unable to get metrics for resource {resource}: no metrics returned from resource metrics API"));
+            return fail("ScalingActive", "FailedGetResourceMetric", format!("failed to get {resource} utilization: unable to get metrics for resource {resource}: no metrics returned from resource metrics API"), Some(current));
         }
         let average = used / counted;
         let (ratio, current_metric) = match goal["type"].as_str() {
@@ -205,10 +215,12 @@ impl Reconciler for AutoscalerController {
             _ => {
                 if requested == 0 {
                     return fail(
+                        "ScalingActive",
                         "FailedGetResourceMetric",
                         format!(
                             "failed to get {resource} utilization: missing request for {resource}"
                         ),
+                        Some(current),
                     );
                 }
                 let utilization = (used * 100) / requested;
