@@ -5,4 +5,5 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod image;
 pub mod sim;

@@ -1,0 +1,175 @@
+//! The image store against a real OCI registry (Debian's docker-registry, installed by
+//! `tests/setup-host`): push the multi-arch demo image, pull each platform, refuse corruption.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent::image::demo::{push_demo_image, Busybox};
+use agent::image::{ImageError, ImageStore, Platform, PullPolicy, Registry};
+
+struct LocalRegistry {
+    child: Child,
+    host: String,
+    storage: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_registry() -> LocalRegistry {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let storage = dir.path().join("storage");
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry is not installed: run tests/setup-host");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "registry did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    LocalRegistry {
+        child,
+        host: format!("127.0.0.1:{port}"),
+        storage,
+        _dir: dir,
+    }
+}
+
+fn busyboxes() -> Vec<Busybox> {
+    let share = std::env::var("BRAMBLE_SHARE").unwrap_or("/usr/local/share/bramble".into());
+    [("linux/amd64", "amd64"), ("linux/arm64/v8", "arm64")]
+        .into_iter()
+        .map(|(platform, arch)| Busybox {
+            platform: Platform::parse(platform).unwrap(),
+            path: Path::new(&share).join("busybox").join(arch).join("busybox"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pulls_the_right_platform_of_a_multi_arch_image() {
+    let registry = start_registry();
+    let client = Registry::new(&registry.host, true, None);
+    push_demo_image(&client, "bramble/demo", "1", &busyboxes())
+        .await
+        .unwrap();
+    let name = format!("{}/bramble/demo:1", registry.host);
+    let mut digests = Vec::new();
+    for (platform, machine) in [("linux/amd64", "x86-64"), ("linux/arm64/v8", "aarch64")] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(
+            dir.path(),
+            Platform::parse(platform).unwrap(),
+            [registry.host.clone()],
+        )
+        .unwrap();
+        let image = store
+            .ensure(&name, PullPolicy::IfNotPresent, &HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(image.config.cmd, vec!["/bin/demo-server"]);
+        let busybox = store.layer_dir(&image.layers[0]).join("bin/busybox");
+        let output = Command::new("file").arg(&busybox).output().unwrap();
+        let described = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            described.to_lowercase().contains(machine),
+            "{platform} got {described}"
+        );
+        digests.push(image.digest.clone());
+        // Present now: Never and IfNotPresent answer from disk.
+        let again = store
+            .ensure(&name, PullPolicy::Never, &HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(again.digest, image.digest);
+    }
+    assert_ne!(digests[0], digests[1]);
+}
+
+#[tokio::test]
+async fn a_corrupted_layer_is_refused_and_never_used() {
+    let registry = start_registry();
+    let client = Registry::new(&registry.host, true, None);
+    push_demo_image(&client, "bramble/demo", "1", &busyboxes())
+        .await
+        .unwrap();
+    // Flip bytes in every stored blob bigger than a manifest: those are the layers.
+    let blobs = registry.storage.join("docker/registry/v2/blobs/sha256");
+    let mut corrupted = 0;
+    for prefix in std::fs::read_dir(&blobs).unwrap().flatten() {
+        for blob in std::fs::read_dir(prefix.path()).unwrap().flatten() {
+            let data = blob.path().join("data");
+            let mut bytes = std::fs::read(&data).unwrap();
+            if bytes.len() > 100_000 {
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 0xff;
+                std::fs::write(&data, bytes).unwrap();
+                corrupted += 1;
+            }
+        }
+    }
+    assert_eq!(corrupted, 2, "expected one layer per architecture");
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path(), Platform::host(), [registry.host.clone()]).unwrap();
+    let name = format!("{}/bramble/demo:1", registry.host);
+    let error = store
+        .ensure(&name, PullPolicy::IfNotPresent, &HashMap::new())
+        .await
+        .unwrap_err();
+    let chain = format!("{error}: {}", std::error::Error::source(&error).unwrap());
+    assert!(matches!(error, ImageError::Registry { .. }), "{chain}");
+    assert!(chain.contains("corrupted download"), "{chain}");
+    assert!(store.local(&name).is_none());
+    let layers: Vec<_> = std::fs::read_dir(dir.path().join("layers"))
+        .unwrap()
+        .collect();
+    assert!(layers.is_empty(), "a corrupted layer was kept");
+    let tmp: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "download left behind");
+}
+
+#[tokio::test]
+async fn missing_images_and_never_pull_say_so() {
+    let registry = start_registry();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path(), Platform::host(), [registry.host.clone()]).unwrap();
+    let name = format!("{}/nothing/here:1", registry.host);
+    let error = store
+        .ensure(&name, PullPolicy::IfNotPresent, &HashMap::new())
+        .await
+        .unwrap_err();
+    match &error {
+        ImageError::Registry { source, .. } => assert!(source.is_not_found(), "{source}"),
+        other => panic!("unexpected {other}"),
+    }
+    let error = store
+        .ensure(&name, PullPolicy::Never, &HashMap::new())
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason(), "ErrImageNeverPull");
+}
