@@ -51,6 +51,55 @@ enum Command {
     /// sim.bramble.dev/exit-after-seconds and sim.bramble.dev/exit-code.
     #[command(verbatim_doc_comment)]
     Sim(SimArgs),
+    /// Internal: watch over one container (the agent starts one monitor per container).
+    #[command(hide = true)]
+    Monitor(MonitorArgs),
+}
+
+#[derive(Args)]
+struct MonitorArgs {
+    /// The container's directory (holds bundle/).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The container ID.
+    #[arg(long)]
+    id: String,
+    /// libcontainer's state root.
+    #[arg(long)]
+    state_root: PathBuf,
+    /// The container's log file.
+    #[arg(long)]
+    log: PathBuf,
+    /// Rotate the log at this size.
+    #[arg(long, default_value_t = 10 << 20)]
+    log_max_bytes: u64,
+    /// Rotated log files to keep.
+    #[arg(long, default_value_t = 2)]
+    log_keep: usize,
+}
+
+/// The monitor logs libcontainer's messages to a file in the container's directory, never to
+/// the agent's terminal or the container's own output.
+fn run_monitor(args: MonitorArgs) -> ! {
+    if let Ok(file) = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(args.dir.join("monitor.log"))
+    {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn,libcgroups=error"))
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .init();
+    }
+    agent::runtime::monitor::run(agent::runtime::monitor::MonitorArgs {
+        dir: args.dir,
+        id: args.id,
+        state_root: args.state_root,
+        log: args.log,
+        log_max_bytes: args.log_max_bytes,
+        log_keep: args.log_keep,
+    })
 }
 
 #[derive(Args)]
@@ -302,6 +351,10 @@ fn limit_allocator_arenas() {
 }
 
 fn main() {
+    let cli = Cli::parse();
+    if let Command::Monitor(args) = cli.command {
+        run_monitor(args);
+    }
     limit_allocator_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -311,7 +364,6 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
@@ -335,6 +387,7 @@ fn main() {
                 .await
             }
             Command::Sim(args) => run_sim(args).await,
+            Command::Monitor(_) => unreachable!("the monitor runs before the async runtime"),
         }
     });
     if let Err(error) = result {

@@ -6,4 +6,6 @@
 
 pub mod client;
 pub mod image;
+pub mod network;
+pub mod runtime;
 pub mod sim;

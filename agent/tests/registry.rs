@@ -2,62 +2,22 @@
 //! `tests/setup-host`): push the multi-arch demo image, pull each platform, refuse corruption.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 use agent::image::demo::{push_demo_image, Busybox};
+use agent::image::local_registry::LocalRegistry;
 use agent::image::{ImageError, ImageStore, Platform, PullPolicy, Registry};
 
-struct LocalRegistry {
-    child: Child,
-    host: String,
-    storage: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for LocalRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_registry() -> LocalRegistry {
+fn start_registry() -> (LocalRegistry, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let storage = dir.path().join("storage");
-    let config = dir.path().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            storage.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("docker-registry is not installed: run tests/setup-host");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "registry did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    LocalRegistry {
-        child,
-        host: format!("127.0.0.1:{port}"),
-        storage,
-        _dir: dir,
-    }
+    let address = format!("127.0.0.1:{port}").parse().unwrap();
+    (LocalRegistry::start(dir.path(), address).unwrap(), dir)
 }
 
 fn busyboxes() -> Vec<Busybox> {
@@ -73,19 +33,19 @@ fn busyboxes() -> Vec<Busybox> {
 
 #[tokio::test]
 async fn pulls_the_right_platform_of_a_multi_arch_image() {
-    let registry = start_registry();
-    let client = Registry::new(&registry.host, true, None);
+    let (registry, _dir) = start_registry();
+    let client = Registry::new(&registry.host(), true, None);
     push_demo_image(&client, "bramble/demo", "1", &busyboxes())
         .await
         .unwrap();
-    let name = format!("{}/bramble/demo:1", registry.host);
+    let name = format!("{}/bramble/demo:1", registry.host());
     let mut digests = Vec::new();
     for (platform, machine) in [("linux/amd64", "x86-64"), ("linux/arm64/v8", "aarch64")] {
         let dir = tempfile::tempdir().unwrap();
         let store = ImageStore::open(
             dir.path(),
             Platform::parse(platform).unwrap(),
-            [registry.host.clone()],
+            [registry.host()],
         )
         .unwrap();
         let image = store
@@ -113,8 +73,8 @@ async fn pulls_the_right_platform_of_a_multi_arch_image() {
 
 #[tokio::test]
 async fn a_corrupted_layer_is_refused_and_never_used() {
-    let registry = start_registry();
-    let client = Registry::new(&registry.host, true, None);
+    let (registry, _dir) = start_registry();
+    let client = Registry::new(&registry.host(), true, None);
     push_demo_image(&client, "bramble/demo", "1", &busyboxes())
         .await
         .unwrap();
@@ -135,8 +95,8 @@ async fn a_corrupted_layer_is_refused_and_never_used() {
     }
     assert_eq!(corrupted, 2, "expected one layer per architecture");
     let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(dir.path(), Platform::host(), [registry.host.clone()]).unwrap();
-    let name = format!("{}/bramble/demo:1", registry.host);
+    let store = ImageStore::open(dir.path(), Platform::host(), [registry.host()]).unwrap();
+    let name = format!("{}/bramble/demo:1", registry.host());
     let error = store
         .ensure(&name, PullPolicy::IfNotPresent, &HashMap::new())
         .await
@@ -155,10 +115,10 @@ async fn a_corrupted_layer_is_refused_and_never_used() {
 
 #[tokio::test]
 async fn missing_images_and_never_pull_say_so() {
-    let registry = start_registry();
+    let (registry, _dir) = start_registry();
     let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(dir.path(), Platform::host(), [registry.host.clone()]).unwrap();
-    let name = format!("{}/nothing/here:1", registry.host);
+    let store = ImageStore::open(dir.path(), Platform::host(), [registry.host()]).unwrap();
+    let name = format!("{}/nothing/here:1", registry.host());
     let error = store
         .ensure(&name, PullPolicy::IfNotPresent, &HashMap::new())
         .await

@@ -13,6 +13,7 @@
 //! digest before they are unpacked, and unpacking happens in `tmp/` first.
 
 pub mod demo;
+pub mod local_registry;
 pub mod platform;
 pub mod reference;
 pub mod registry;

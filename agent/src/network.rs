@@ -1,0 +1,402 @@
+//! Pod networking with rtnetlink: a bridge per node holding the first address of the node's
+//! pod CIDR, a veth pair per pod (the pod's end is `eth0` in its network namespace), and a route
+//! to every other node's pod CIDR through that node's address, so pods reach pods anywhere.
+//!
+//! Routes the agent installs carry its own protocol number, so it can tell them from the
+//! administrator's and remove exactly the ones that went stale.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::route::{RouteAttribute, RouteProtocol};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+/// Protocol number marking routes the agent owns (`ip route` shows "proto 66").
+const BRAMBLE_ROUTE_PROTOCOL: u8 = 66;
+
+/// A network operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// A netlink request failed.
+    #[error("{action}")]
+    Netlink {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// Entering a namespace or opening a netlink socket failed.
+    #[error("{action}")]
+    System {
+        /// What was being done.
+        action: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn netlink(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
+    let action = action.into();
+    move |source| NetworkError::Netlink { action, source }
+}
+
+fn system(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetworkError {
+    let action = action.into();
+    move |source| NetworkError::System { action, source }
+}
+
+/// An IPv4 network: address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The network address.
+    pub address: Ipv4Addr,
+    /// The prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n`.
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (address, prefix) = text.split_once('/')?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+        let address: Ipv4Addr = address.parse().ok()?;
+        let mask = Cidr::mask(prefix);
+        Some(Cidr {
+            address: Ipv4Addr::from(u32::from(address) & mask),
+            prefix,
+        })
+    }
+
+    fn mask(prefix: u8) -> u32 {
+        if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        }
+    }
+
+    /// The `n`th address of the network.
+    pub fn nth(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.address) + n)
+    }
+
+    /// How many addresses the network holds.
+    pub fn size(&self) -> u32 {
+        1u32.checked_shl(32 - self.prefix as u32).unwrap_or(0)
+    }
+
+    /// Whether `ip` is inside.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & Cidr::mask(self.prefix) == u32::from(self.address)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix)
+    }
+}
+
+/// Runs `work` on a short-lived thread inside the network namespace at `netns` (the current
+/// one when `None`), so the agent's own threads never change namespace.
+pub fn in_netns<T: Send + 'static>(
+    netns: Option<&Path>,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let netns = netns.map(Path::to_path_buf);
+    std::thread::spawn(move || {
+        if let Some(path) = &netns {
+            let file = File::open(path)?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+        }
+        work()
+    })
+    .join()
+    .expect("namespace thread does not panic")
+}
+
+/// Opens a netlink connection inside the network namespace at `netns` (the current one when
+/// `None`); the socket stays in that namespace.
+pub fn connect(netns: Option<&Path>) -> Result<Handle, NetworkError> {
+    let runtime = tokio::runtime::Handle::current();
+    let (connection, handle) = in_netns(netns, move || {
+        let _entered = runtime.enter();
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        Ok((connection, handle))
+    })
+    .map_err(system("opening a netlink socket"))?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetworkError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(Some(link.header.index)),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(netlink(format!("looking up link {name}"))(e)),
+    }
+}
+
+fn already_exists(error: &rtnetlink::Error) -> bool {
+    matches!(error, rtnetlink::Error::NetlinkError(e) if e.raw_code() == -libc::EEXIST)
+}
+
+/// The node's side of pod networking.
+pub struct PodNetwork {
+    handle: Handle,
+    bridge: String,
+    cidr: Cidr,
+}
+
+impl PodNetwork {
+    /// Creates (or finds) the node's bridge with the gateway address of `cidr`, and lets the
+    /// node forward packets between pods and other nodes. `node_netns` is the node's network
+    /// namespace when it is not the agent's own (tests).
+    pub async fn setup(
+        node_netns: Option<&Path>,
+        bridge: &str,
+        cidr: Cidr,
+    ) -> Result<PodNetwork, NetworkError> {
+        let handle = connect(node_netns)?;
+        if link_index(&handle, bridge).await?.is_none() {
+            handle
+                .link()
+                .add(LinkBridge::new(bridge).build())
+                .execute()
+                .await
+                .or_else(|e| if already_exists(&e) { Ok(()) } else { Err(e) })
+                .map_err(netlink(format!("creating bridge {bridge}")))?;
+        }
+        let index = link_index(&handle, bridge).await?.ok_or_else(|| {
+            system(format!("bridge {bridge}"))(std::io::ErrorKind::NotFound.into())
+        })?;
+        let gateway = cidr.nth(1);
+        handle
+            .address()
+            .add(index, gateway.into(), cidr.prefix)
+            .execute()
+            .await
+            .or_else(|e| if already_exists(&e) { Ok(()) } else { Err(e) })
+            .map_err(netlink(format!("addressing bridge {bridge}")))?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(netlink(format!("bringing bridge {bridge} up")))?;
+        in_netns(node_netns, || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        })
+        .map_err(system("enabling IP forwarding"))?;
+        Ok(PodNetwork {
+            handle,
+            bridge: bridge.to_owned(),
+            cidr,
+        })
+    }
+
+    /// The node's pod CIDR.
+    pub fn cidr(&self) -> Cidr {
+        self.cidr
+    }
+
+    /// The host-side interface name of a pod's veth pair.
+    pub fn host_interface(pod_uid: &str) -> String {
+        let short: String = pod_uid.chars().filter(|c| *c != '-').take(11).collect();
+        format!("vb{short}")
+    }
+
+    /// Connects the pod's network namespace: veth pair, `eth0` with `ip`, loopback up, a
+    /// default route through the bridge. Safe to repeat: an existing pair is replaced.
+    pub async fn attach(
+        &self,
+        pod_uid: &str,
+        netns: &Path,
+        ip: Ipv4Addr,
+    ) -> Result<(), NetworkError> {
+        let host = PodNetwork::host_interface(pod_uid);
+        let peer = format!("vp{}", &host[2..]);
+        self.detach(pod_uid).await?;
+        self.handle
+            .link()
+            .add(LinkVeth::new(&host, &peer).build())
+            .execute()
+            .await
+            .map_err(netlink(format!("creating veth {host}")))?;
+        let bridge = link_index(&self.handle, &self.bridge)
+            .await?
+            .ok_or_else(|| {
+                system(format!("bridge {}", self.bridge))(std::io::ErrorKind::NotFound.into())
+            })?;
+        let host_index = link_index(&self.handle, &host).await?.unwrap_or(0);
+        let peer_index = link_index(&self.handle, &peer).await?.unwrap_or(0);
+        let netns_file =
+            File::open(netns).map_err(system(format!("opening {}", netns.display())))?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(peer_index)
+                    .setns_by_fd(netns_file.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink(format!("moving {peer} into the pod")))?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(host_index)
+                    .controller(bridge)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(netlink(format!("attaching {host} to {}", self.bridge)))?;
+        let pod = connect(Some(netns))?;
+        let inside = link_index(&pod, &peer).await?.ok_or_else(|| {
+            system(format!("{peer} in the pod"))(std::io::ErrorKind::NotFound.into())
+        })?;
+        pod.link()
+            .set(LinkUnspec::new_with_index(inside).name("eth0").up().build())
+            .execute()
+            .await
+            .map_err(netlink("naming the pod's eth0"))?;
+        pod.address()
+            .add(inside, ip.into(), self.cidr.prefix)
+            .execute()
+            .await
+            .or_else(|e| if already_exists(&e) { Ok(()) } else { Err(e) })
+            .map_err(netlink(format!("giving the pod {ip}")))?;
+        if let Some(lo) = link_index(&pod, "lo").await? {
+            pod.link()
+                .set(LinkUnspec::new_with_index(lo).up().build())
+                .execute()
+                .await
+                .map_err(netlink("bringing the pod's loopback up"))?;
+        }
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(self.cidr.nth(1))
+            .build();
+        pod.route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("adding the pod's default route"))?;
+        Ok(())
+    }
+
+    /// Removes the pod's veth pair (both ends go together). Missing is fine.
+    pub async fn detach(&self, pod_uid: &str) -> Result<(), NetworkError> {
+        let host = PodNetwork::host_interface(pod_uid);
+        if let Some(index) = link_index(&self.handle, &host).await? {
+            self.handle
+                .link()
+                .del(index)
+                .execute()
+                .await
+                .or_else(|e| match &e {
+                    rtnetlink::Error::NetlinkError(n) if n.raw_code() == -libc::ENODEV => Ok(()),
+                    _ => Err(e),
+                })
+                .map_err(netlink(format!("deleting {host}")))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the node's routes to other nodes' pod CIDRs exactly `desired` (CIDR, via node IP).
+    pub async fn sync_routes(&self, desired: &[(Cidr, Ipv4Addr)]) -> Result<(), NetworkError> {
+        let mut existing = Vec::new();
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(route) = routes.try_next().await.map_err(netlink("listing routes"))? {
+            if route.header.protocol != RouteProtocol::Other(BRAMBLE_ROUTE_PROTOCOL) {
+                continue;
+            }
+            let mut destination = None;
+            let mut gateway = None;
+            for attribute in &route.attributes {
+                match attribute {
+                    RouteAttribute::Destination(
+                        rtnetlink::packet_route::route::RouteAddress::Inet(a),
+                    ) => destination = Some(*a),
+                    RouteAttribute::Gateway(
+                        rtnetlink::packet_route::route::RouteAddress::Inet(a),
+                    ) => gateway = Some(*a),
+                    _ => {}
+                }
+            }
+            let key = destination.map(|d| Cidr {
+                address: d,
+                prefix: route.header.destination_prefix_length,
+            });
+            let wanted = key
+                .is_some_and(|k| desired.contains(&(k, gateway.unwrap_or(Ipv4Addr::UNSPECIFIED))));
+            if wanted {
+                existing.push(key.expect("checked"));
+            } else {
+                self.handle
+                    .route()
+                    .del(route.clone())
+                    .execute()
+                    .await
+                    .map_err(netlink("removing a stale pod route"))?;
+            }
+        }
+        for (cidr, via) in desired {
+            if existing.contains(cidr) || *cidr == self.cidr {
+                continue;
+            }
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(cidr.address, cidr.prefix)
+                .gateway(*via)
+                .protocol(RouteProtocol::Other(BRAMBLE_ROUTE_PROTOCOL))
+                .build();
+            self.handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(netlink(format!("adding a route to {cidr} via {via}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a pod's namespace files live.
+pub fn namespace_dir(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("ns")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_arithmetic() {
+        let cidr = Cidr::parse("10.42.3.7/24").unwrap();
+        assert_eq!(cidr.to_string(), "10.42.3.0/24");
+        assert_eq!(cidr.nth(1), Ipv4Addr::new(10, 42, 3, 1));
+        assert_eq!(cidr.size(), 256);
+        assert!(cidr.contains(Ipv4Addr::new(10, 42, 3, 200)));
+        assert!(!cidr.contains(Ipv4Addr::new(10, 42, 4, 1)));
+        assert!(Cidr::parse("10.42.0.0/33").is_none());
+        assert_eq!(
+            PodNetwork::host_interface("0f1e2d3c-4b5a-6978"),
+            "vb0f1e2d3c4b5"
+        );
+    }
+}

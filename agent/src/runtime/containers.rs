@@ -1,0 +1,308 @@
+//! One container attempt on disk: its bundle, overlay root, monitor and what it left behind.
+//!
+//! A pod's container `web` started for the third time lives in `containers/web.2/` (attempts
+//! count from 0, which is also its restart count). The directory is the source of truth: a
+//! restarted agent reads `started.json`, `exit.json` and `monitor.pid` to learn what is running
+//! and how earlier attempts ended.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::io::AsyncBufReadExt;
+
+use super::monitor::{write_atomic, Exited, Started};
+use super::spec::{runtime_spec, ContainerPlan};
+
+/// Log rotation: rotate at 10 MiB, keep 2 old files.
+pub const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// How many rotated files to keep.
+pub const LOG_KEEP: usize = 2;
+
+/// What the directory says about an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptState {
+    /// Created but its monitor has not reported yet (or died before doing so).
+    Creating,
+    /// The process runs.
+    Running(Started),
+    /// It ended (or never ran: reason `StartError`).
+    Exited(Exited),
+}
+
+/// One attempt of one container.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// `containers/<name>.<n>`.
+    pub dir: PathBuf,
+    /// The container name.
+    pub name: String,
+    /// The attempt number (its restart count).
+    pub number: u32,
+}
+
+/// Where and how containers are run on this node.
+#[derive(Debug, Clone)]
+pub struct ContainerRunner {
+    /// The executable re-run as the monitor (the agent's own binary).
+    pub monitor_exe: PathBuf,
+    /// libcontainer's state root.
+    pub state_root: PathBuf,
+    /// The cgroup under which pods' cgroups are made (`/bramble/<node>`).
+    pub cgroup_parent: String,
+}
+
+impl Attempt {
+    /// The attempt `number` of container `name` in a pod directory.
+    pub fn new(pod_dir: &Path, name: &str, number: u32) -> Attempt {
+        Attempt {
+            dir: pod_dir.join("containers").join(format!("{name}.{number}")),
+            name: name.to_owned(),
+            number,
+        }
+    }
+
+    /// Every attempt of every container recorded in a pod directory, oldest first per name.
+    pub fn all(pod_dir: &Path) -> Vec<Attempt> {
+        let Ok(entries) = std::fs::read_dir(pod_dir.join("containers")) else {
+            return Vec::new();
+        };
+        let mut attempts: Vec<Attempt> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let file = entry.file_name().into_string().ok()?;
+                let (name, number) = file.rsplit_once('.')?;
+                Some(Attempt {
+                    dir: entry.path(),
+                    name: name.to_owned(),
+                    number: number.parse().ok()?,
+                })
+            })
+            .collect();
+        attempts.sort_by(|a, b| (&a.name, a.number).cmp(&(&b.name, b.number)));
+        attempts
+    }
+
+    /// The container ID: unique on the node, valid for libcontainer.
+    pub fn id(&self, pod_uid: &str) -> String {
+        format!("{pod_uid}-{}-{}", self.name, self.number)
+    }
+
+    /// The log file of this attempt.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."))
+            .join("logs")
+            .join(&self.name)
+            .join(format!("{}.log", self.number))
+    }
+
+    /// Reads the attempt's state from its files.
+    pub fn state(&self) -> AttemptState {
+        let read = |file: &str| std::fs::read(self.dir.join(file)).ok();
+        if let Some(exited) = read("exit.json").and_then(|b| serde_json::from_slice(&b).ok()) {
+            return AttemptState::Exited(exited);
+        }
+        let started: Option<Started> =
+            read("started.json").and_then(|b| serde_json::from_slice(&b).ok());
+        let monitor_alive = read("monitor.pid")
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .is_some_and(|pid| nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok());
+        match started {
+            Some(started) if monitor_alive => AttemptState::Running(started),
+            Some(started) => AttemptState::Exited(Exited {
+                exit_code: 137,
+                signal: Some(9),
+                reason: "Error".into(),
+                message: "the container's monitor disappeared".into(),
+                started_at: started.started_at,
+                finished_at: jiff::Timestamp::now().to_string(),
+            }),
+            None if monitor_alive || !self.dir.join("monitor.pid").exists() => {
+                AttemptState::Creating
+            }
+            None => AttemptState::Exited(Exited {
+                exit_code: 128,
+                signal: None,
+                reason: "StartError".into(),
+                message: "the container's monitor stopped before starting it".into(),
+                started_at: String::new(),
+                finished_at: jiff::Timestamp::now().to_string(),
+            }),
+        }
+    }
+
+    /// Sends a signal to the container's init process if it runs.
+    pub fn signal(&self, signal: Signal) {
+        if let AttemptState::Running(started) = self.state() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(started.pid), signal);
+        }
+    }
+
+    /// Stops the container: SIGTERM, then SIGKILL once `grace` has passed (a PID 1 without a
+    /// handler never sees SIGTERM). Returns how it ended, or `None` if it never ran.
+    pub async fn stop(&self, grace: Duration) -> Option<Exited> {
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut killed = false;
+        self.signal(Signal::SIGTERM);
+        loop {
+            match self.state() {
+                AttemptState::Exited(exited) => return Some(exited),
+                AttemptState::Creating if !self.dir.join("monitor.pid").exists() => return None,
+                _ => {}
+            }
+            if !killed && tokio::time::Instant::now() >= deadline {
+                self.signal(Signal::SIGKILL);
+                killed = true;
+            }
+            if killed && tokio::time::Instant::now() >= deadline + Duration::from_secs(10) {
+                // The monitor is gone or stuck; the directory says what it last knew.
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Unmounts the root file system and deletes the attempt's directory (not its log).
+    pub fn remove(&self) -> std::io::Result<()> {
+        let rootfs = self.dir.join("rootfs");
+        let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ContainerRunner {
+    /// The cgroup of a pod.
+    pub fn pod_cgroup(&self, pod_uid: &str) -> String {
+        format!("{}/pod{pod_uid}", self.cgroup_parent)
+    }
+
+    /// Removes a pod's cgroup once its containers are gone.
+    pub fn remove_pod_cgroup(&self, pod_uid: &str) {
+        remove_cgroup_tree(&self.pod_cgroup(pod_uid));
+    }
+
+    /// Prepares the attempt's root file system and bundle and starts it under a monitor.
+    /// Returns once the container runs (or failed to start, with the reason).
+    pub async fn start(
+        &self,
+        attempt: &Attempt,
+        pod_uid: &str,
+        layers: &[PathBuf],
+        mut plan: ContainerPlan,
+    ) -> Result<Started, String> {
+        attempt
+            .remove()
+            .map_err(|e| format!("cannot clear {}: {e}", attempt.dir.display()))?;
+        let rootfs = attempt.dir.join("rootfs");
+        let upper = attempt.dir.join("upper");
+        let work = attempt.dir.join("work");
+        let bundle = attempt.dir.join("bundle");
+        for dir in [&rootfs, &upper, &work, &bundle] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let lower: Vec<String> = layers
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect();
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            upper.display(),
+            work.display()
+        );
+        mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .map_err(|e| format!("cannot mount the container's root file system: {e}"))?;
+        plan.rootfs = rootfs;
+        plan.cgroup_path = format!("{}/{}", self.pod_cgroup(pod_uid), attempt.name);
+        let spec = runtime_spec(&plan);
+        write_atomic(
+            &bundle.join("config.json"),
+            &serde_json::to_vec_pretty(&spec).expect("specs serialize"),
+        )
+        .map_err(|e| format!("cannot write the container spec: {e}"))?;
+        let log = attempt.log_path();
+        let mut child = tokio::process::Command::new(&self.monitor_exe)
+            .arg("monitor")
+            .arg("--dir")
+            .arg(&attempt.dir)
+            .arg("--id")
+            .arg(attempt.id(pod_uid))
+            .arg("--state-root")
+            .arg(&self.state_root)
+            .arg("--log")
+            .arg(&log)
+            .arg("--log-max-bytes")
+            .arg(LOG_MAX_BYTES.to_string())
+            .arg("--log-keep")
+            .arg(LOG_KEEP.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the container monitor: {e}"))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await;
+        // The first monitor process exits as soon as it has forked; reap it.
+        let _ = child.wait().await;
+        match first {
+            Ok(Ok(Some(line))) if line.starts_with("started ") => match attempt.state() {
+                AttemptState::Running(started) => Ok(started),
+                AttemptState::Exited(exited) => Ok(Started {
+                    pid: 0,
+                    started_at: exited.started_at,
+                }),
+                AttemptState::Creating => {
+                    Err("the container's monitor did not record its start".into())
+                }
+            },
+            Ok(Ok(Some(line))) => Err(line.trim_start_matches("failed ").to_owned()),
+            Ok(_) => Err("the container's monitor stopped without a word".into()),
+            Err(_) => Err("the container did not start within 60 s".into()),
+        }
+    }
+}
+
+/// Removes a cgroup and its empty children in every mounted hierarchy (cgroup v2, and each v1
+/// controller on hybrid systems). Cgroups that still hold processes stay.
+pub fn remove_cgroup_tree(relative: &str) {
+    let relative = relative.trim_start_matches('/');
+    let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for root in roots {
+        let top = root.join(relative);
+        if top.is_dir() {
+            remove_empty_dirs(&top);
+        }
+    }
+}
+
+fn remove_empty_dirs(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}

@@ -1,0 +1,89 @@
+//! A pod's shared namespaces (network, IPC, UTS) without a pause process: a short-lived thread
+//! unshares them, sets the pod's hostname and bind-mounts each namespace onto a file in the pod
+//! directory, which keeps it alive. Containers join them by path; removing the mounts frees
+//! them once the last container is gone.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+use super::spec::PodNamespaces;
+
+const KINDS: [&str; 3] = ["net", "ipc", "uts"];
+
+/// The namespace files of a pod directory (they may not exist yet).
+pub fn namespaces(pod_dir: &Path) -> PodNamespaces {
+    let dir = pod_dir.join("ns");
+    PodNamespaces {
+        network: dir.join("net"),
+        ipc: dir.join("ipc"),
+        uts: dir.join("uts"),
+    }
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    // A bound namespace file reports the nsfs device, unlike the empty file under it.
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) {
+        (Ok(file), Some(Ok(dir))) => file.dev() != dir.dev(),
+        _ => false,
+    }
+}
+
+/// Whether the pod's namespaces exist (all three bound).
+pub fn exists(pod_dir: &Path) -> bool {
+    let ns = namespaces(pod_dir);
+    [ns.network, ns.ipc, ns.uts]
+        .iter()
+        .all(|p| is_mount_point(p))
+}
+
+/// Creates the pod's namespaces with `hostname` and returns their paths.
+pub fn create(pod_dir: &Path, hostname: &str) -> std::io::Result<PodNamespaces> {
+    let dir = pod_dir.join("ns");
+    std::fs::create_dir_all(&dir)?;
+    remove(pod_dir)?;
+    std::fs::create_dir_all(&dir)?;
+    for kind in KINDS {
+        std::fs::File::create(dir.join(kind))?;
+    }
+    let hostname = hostname.to_owned();
+    let target: PathBuf = dir.clone();
+    std::thread::spawn(move || -> std::io::Result<()> {
+        // Only this thread moves into the new namespaces, and it ends right after.
+        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)?;
+        nix::unistd::sethostname(&hostname)?;
+        for kind in KINDS {
+            mount(
+                Some(Path::new(&format!("/proc/thread-self/ns/{kind}"))),
+                &target.join(kind),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+        }
+        Ok(())
+    })
+    .join()
+    .expect("namespace thread does not panic")?;
+    Ok(namespaces(pod_dir))
+}
+
+/// Unmounts and deletes the pod's namespace files. Missing ones are fine.
+pub fn remove(pod_dir: &Path) -> std::io::Result<()> {
+    let dir = pod_dir.join("ns");
+    for kind in KINDS {
+        let path = dir.join(kind);
+        if is_mount_point(&path) {
+            umount2(&path, MntFlags::MNT_DETACH)?;
+        }
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,196 @@
+//! A real container through the whole node runtime: the demo image from a real registry,
+//! a pod sandbox with its own network namespace on a bridge, libcontainer under `bramble
+//! monitor`, output in the log, and a clean exit code after SIGTERM.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agent::image::demo::{push_demo_image, Busybox};
+use agent::image::local_registry::LocalRegistry;
+use agent::image::{ImageStore, Platform, PullPolicy, Registry};
+use agent::network::{in_netns, Cidr, PodNetwork};
+use agent::runtime::containers::{Attempt, ContainerRunner};
+use agent::runtime::sandbox;
+use agent::runtime::spec::{resolve_args, ContainerPlan};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn busyboxes() -> Vec<Busybox> {
+    let share = std::env::var("BRAMBLE_SHARE").unwrap_or("/usr/local/share/bramble".into());
+    vec![Busybox {
+        platform: Platform::host(),
+        path: Path::new(&share)
+            .join("busybox")
+            .join(match std::env::consts::ARCH {
+                "aarch64" => "arm64",
+                _ => "amd64",
+            })
+            .join("busybox"),
+    }]
+}
+
+fn http_get(netns: &Path, ip: Ipv4Addr, port: u16) -> std::io::Result<String> {
+    in_netns(Some(netns), move || {
+        let mut stream = TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
+}
+
+/// Unmounts whatever the test mounted under its directory and removes its cgroups, even when
+/// an assertion failed half-way.
+struct Cleanup {
+    root: std::path::PathBuf,
+    cgroup: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let procs = format!("/sys/fs/cgroup/pids{}", self.cgroup);
+        if let Ok(output) = std::process::Command::new("find")
+            .args([&procs, "-name", "cgroup.procs"])
+            .output()
+        {
+            for file in String::from_utf8_lossy(&output.stdout).lines() {
+                for pid in std::fs::read_to_string(file).unwrap_or_default().lines() {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", pid])
+                        .status();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .filter(|point| point.starts_with(self.root.to_str().unwrap()))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for point in points {
+            let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+        }
+        agent::runtime::containers::remove_cgroup_tree(&self.cgroup);
+    }
+}
+
+#[tokio::test]
+async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    let _cleanup = Cleanup {
+        root: root.to_path_buf(),
+        cgroup: format!("/bramble-test-{}", std::process::id()),
+    };
+    let registry_dir = root.join("registry");
+    let address = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let registry = LocalRegistry::start(&registry_dir, address).unwrap();
+    let client = Registry::new(&registry.host(), true, None);
+    push_demo_image(&client, "bramble/demo", "1", &busyboxes())
+        .await
+        .unwrap();
+    let images =
+        ImageStore::open(&root.join("images"), Platform::host(), [registry.host()]).unwrap();
+    let image = images
+        .ensure(
+            &format!("{}/bramble/demo:1", registry.host()),
+            PullPolicy::IfNotPresent,
+            &HashMap::new(),
+        )
+        .await
+        .unwrap();
+
+    // The "node": its own network namespace, kept alive the same way pods' are.
+    let node_dir = root.join("node");
+    let node = sandbox::create(&node_dir, "node").unwrap();
+    let cidr = Cidr::parse("10.244.7.0/24").unwrap();
+    let network = PodNetwork::setup(Some(&node.network), "brtest0", cidr)
+        .await
+        .unwrap();
+    let pod_dir = root.join("pods/uid-1");
+    let pod = sandbox::create(&pod_dir, "web-7f9c").unwrap();
+    let pod_ip = cidr.nth(5);
+    network.attach("uid-1", &pod.network, pod_ip).await.unwrap();
+
+    let runner = ContainerRunner {
+        monitor_exe: env!("CARGO_BIN_EXE_bramble").into(),
+        state_root: root.join("state"),
+        cgroup_parent: format!("/bramble-test-{}", std::process::id()),
+    };
+    let attempt = Attempt::new(&pod_dir, "web", 0);
+    let mut env = image.config.env.clone();
+    env.push("VERSION=7".into());
+    let plan = ContainerPlan {
+        args: resolve_args(&[], &[], &image.config.entrypoint, &image.config.cmd),
+        env,
+        cwd: image.config.working_dir.clone(),
+        uid: 0,
+        gid: 0,
+        rootfs: Default::default(),
+        pod_namespaces: pod.clone(),
+        mounts: vec![],
+        cgroup_path: String::new(),
+        memory_limit: Some(64 << 20),
+        cpu_limit_millis: Some(500),
+        cpu_request_millis: 100,
+        terminal: false,
+        privileged: false,
+    };
+    let layers: Vec<_> = image.layers.iter().map(|l| images.layer_dir(l)).collect();
+    let started = match runner.start(&attempt, "uid-1", &layers, plan).await {
+        Ok(started) => started,
+        Err(error) => {
+            let log = std::fs::read_to_string(attempt.dir.join("monitor.log")).unwrap_or_default();
+            panic!("{error}\n{log}");
+        }
+    };
+    assert!(started.pid > 0);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        match http_get(&node.network, pod_ip, 8080) {
+            Ok(answer) if answer.contains("version=") => break answer,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no answer from the pod: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(answer.contains("hello from web-7f9c version=7"), "{answer}");
+    let log = std::fs::read_to_string(attempt.log_path()).unwrap();
+    assert!(
+        log.contains("stdout F demo server web-7f9c listening on :8080"),
+        "{log}"
+    );
+
+    // httpd is PID 1 without a SIGTERM handler: it needs the SIGKILL after the grace period.
+    let exited = attempt
+        .stop(Duration::from_millis(500))
+        .await
+        .expect("it ran");
+    assert_eq!(exited.signal, Some(9), "{exited:?}");
+    assert_eq!(exited.exit_code, 137);
+    assert_eq!(exited.reason, "Error");
+
+    attempt.remove().unwrap();
+    network.detach("uid-1").await.unwrap();
+    sandbox::remove(&pod_dir).unwrap();
+    sandbox::remove(&node_dir).unwrap();
+    agent::runtime::containers::remove_cgroup_tree(&runner.cgroup_parent);
+    assert!(!Path::new(&format!("/sys/fs/cgroup/memory{}", runner.cgroup_parent)).exists());
+}
