@@ -51,9 +51,99 @@ enum Command {
     /// sim.bramble.dev/exit-after-seconds and sim.bramble.dev/exit-code.
     #[command(verbatim_doc_comment)]
     Sim(SimArgs),
+    /// Run the node agent: join a master and run the pods it schedules here in real containers.
+    ///
+    /// Registers this machine as a Node, heartbeats, and runs pods with youki's libcontainer
+    /// (no container daemon), pulling images and wiring each pod onto a bridge with its own IP:
+    ///
+    ///   bramble agent --kubeconfig /var/lib/bramble/node.kubeconfig --node-name pi-2
+    ///
+    /// Pods keep running when the agent stops; a restarted agent adopts them. Needs root.
+    #[command(verbatim_doc_comment)]
+    Agent(AgentArgs),
     /// Internal: watch over one container (the agent starts one monitor per container).
     #[command(hide = true)]
     Monitor(MonitorArgs),
+    /// Internal: run a command inside a running container (kubectl exec, exec probes).
+    #[command(hide = true)]
+    ExecIn(ExecInArgs),
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// Kubeconfig with this node's credentials.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The address other nodes reach this one on (default: the one that routes to the master).
+    #[arg(long)]
+    node_ip: Option<std::net::Ipv4Addr>,
+    /// Where pods, images and container state live.
+    #[arg(long, default_value = "/var/lib/bramble/agent")]
+    data_dir: PathBuf,
+    /// A registry to pull from over plain HTTP (host:port); repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// An extra node label KEY=VALUE; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Pods this node accepts.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// Name of the pod bridge.
+    #[arg(long, default_value = "bramble0")]
+    bridge: String,
+    /// The resolv.conf given to pods.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let node_name = match args.node_name {
+        Some(name) => name,
+        None => nix_hostname()?,
+    };
+    let config = agent::node::AgentConfig {
+        kubeconfig: args.kubeconfig,
+        node_name,
+        node_ip: args.node_ip,
+        data_dir: args.data_dir,
+        insecure_registries: args.insecure_registries,
+        labels: args.labels,
+        max_pods: args.max_pods,
+        bridge: args.bridge,
+        monitor_exe: std::env::current_exe().context("finding the bramble binary")?,
+        resolv_conf: args.resolv_conf,
+    };
+    tokio::select! {
+        result = agent::node::run(config) => result?,
+        _ = shutdown_signal() => {}
+    }
+    Ok(())
+}
+
+fn nix_hostname() -> anyhow::Result<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname writes at most the buffer's length.
+    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    anyhow::ensure!(rc == 0, "cannot read the host name; give --node-name");
+    let end = buffer.iter().position(|b| *b == 0).unwrap_or(buffer.len());
+    Ok(String::from_utf8_lossy(&buffer[..end]).to_lowercase())
+}
+
+#[derive(Args)]
+struct ExecInArgs {
+    /// libcontainer's state root.
+    #[arg(long)]
+    state_root: PathBuf,
+    /// The container ID.
+    #[arg(long)]
+    id: String,
+    /// The command to run.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -352,8 +442,14 @@ fn limit_allocator_arenas() {
 
 fn main() {
     let cli = Cli::parse();
-    if let Command::Monitor(args) = cli.command {
-        run_monitor(args);
+    match cli.command {
+        Command::Monitor(args) => run_monitor(args),
+        Command::ExecIn(args) => agent::runtime::exec::run_helper(agent::runtime::exec::ExecArgs {
+            state_root: args.state_root,
+            id: args.id,
+            command: args.command,
+        }),
+        _ => {}
     }
     limit_allocator_arenas();
     tracing_subscriber::fmt()
@@ -387,7 +483,10 @@ fn main() {
                 .await
             }
             Command::Sim(args) => run_sim(args).await,
-            Command::Monitor(_) => unreachable!("the monitor runs before the async runtime"),
+            Command::Agent(args) => run_agent(args).await,
+            Command::Monitor(_) | Command::ExecIn(_) => {
+                unreachable!("container helpers run before the async runtime")
+            }
         }
     });
     if let Err(error) = result {

@@ -114,13 +114,13 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
 
     // The "node": its own network namespace, kept alive the same way pods' are.
     let node_dir = root.join("node");
-    let node = sandbox::create(&node_dir, "node").unwrap();
+    let node = sandbox::create(&node_dir, "node", false).unwrap();
     let cidr = Cidr::parse("10.244.7.0/24").unwrap();
     let network = PodNetwork::setup(Some(&node.network), "brtest0", cidr)
         .await
         .unwrap();
     let pod_dir = root.join("pods/uid-1");
-    let pod = sandbox::create(&pod_dir, "web-7f9c").unwrap();
+    let pod = sandbox::create(&pod_dir, "web-7f9c", false).unwrap();
     let pod_ip = cidr.nth(5);
     network.attach("uid-1", &pod.network, pod_ip).await.unwrap();
 

@@ -182,6 +182,11 @@ impl Client {
         }))
     }
 
+    /// `host:port` of the API server.
+    pub fn server_address(&self) -> String {
+        self.server()
+    }
+
     fn server(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
@@ -365,6 +370,62 @@ impl Client {
             }
         });
         Ok(receiver)
+    }
+
+    /// Lists `collection`, then watches it from the list's version, feeding every object to
+    /// `handle` with the event type (`ADDED` for listed items); re-lists when the watch ends
+    /// or expires. `handle` sees `SYNCED` with a null object after every full list, so callers
+    /// can drop what the list no longer holds. Runs until the task is dropped.
+    pub async fn follow(&self, collection: &str, mut handle: impl FnMut(&str, &Value)) {
+        loop {
+            let list = match self.get(collection).await {
+                Ok(list) => list,
+                Err(error) => {
+                    tracing::warn!(%error, collection, "list failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            for item in list["items"].as_array().into_iter().flatten() {
+                handle("ADDED", item);
+            }
+            handle("SYNCED", &Value::Null);
+            let mut version = list
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("0")
+                .to_owned();
+            loop {
+                let mut events = match self.watch(collection, &version).await {
+                    Ok(events) => events,
+                    Err(error) => {
+                        tracing::warn!(%error, collection, "watch failed; re-listing");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        break;
+                    }
+                };
+                let mut expired = false;
+                while let Some(event) = events.recv().await {
+                    if event.kind == "ERROR" {
+                        expired = true;
+                        break;
+                    }
+                    if let Some(rv) = event
+                        .object
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                    {
+                        version = rv.to_owned();
+                    }
+                    if event.kind != "BOOKMARK" {
+                        handle(&event.kind, &event.object);
+                    }
+                }
+                if expired {
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -7,5 +7,8 @@
 pub mod client;
 pub mod image;
 pub mod network;
+pub mod node;
+pub mod pod_config;
+pub mod pods;
 pub mod runtime;
 pub mod sim;

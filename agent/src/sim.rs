@@ -325,61 +325,19 @@ impl Simulator {
         })
     }
 
-    /// Lists `collection`, then watches it from the list's version, feeding every object to
-    /// `handle`; re-lists when the watch ends or expires.
     async fn follow(
         self: Arc<Self>,
         collection: &'static str,
         handle: fn(&Arc<Self>, &str, &Value),
     ) {
-        loop {
-            let list = match self.client.get(collection).await {
-                Ok(list) => list,
-                Err(error) => {
-                    tracing::warn!(%error, collection, "list failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+        let client = self.client.clone();
+        client
+            .follow(collection, |kind, object| {
+                if kind != "SYNCED" {
+                    handle(&self, kind, object)
                 }
-            };
-            for item in list["items"].as_array().into_iter().flatten() {
-                handle(&self, "ADDED", item);
-            }
-            let mut version = list
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("0")
-                .to_owned();
-            loop {
-                let mut events = match self.client.watch(collection, &version).await {
-                    Ok(events) => events,
-                    Err(error) => {
-                        tracing::warn!(%error, collection, "watch failed; re-listing");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        break;
-                    }
-                };
-                let mut expired = false;
-                while let Some(event) = events.recv().await {
-                    if event.kind == "ERROR" {
-                        expired = true;
-                        break;
-                    }
-                    if let Some(rv) = event
-                        .object
-                        .pointer("/metadata/resourceVersion")
-                        .and_then(Value::as_str)
-                    {
-                        version = rv.to_owned();
-                    }
-                    if event.kind != "BOOKMARK" {
-                        handle(&self, &event.kind, &event.object);
-                    }
-                }
-                if expired {
-                    break;
-                }
-            }
-        }
+            })
+            .await;
     }
 
     fn on_node(self: &Arc<Self>, _event: &str, node: &Value) {

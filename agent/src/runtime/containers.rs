@@ -90,6 +90,16 @@ impl Attempt {
         format!("{pod_uid}-{}-{}", self.name, self.number)
     }
 
+    /// The UID of the pod the attempt belongs to (its directory's grandparent's name).
+    pub fn pod_uid(&self) -> String {
+        self.dir
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     /// The log file of this attempt.
     pub fn log_path(&self) -> PathBuf {
         self.dir

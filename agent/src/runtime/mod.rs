@@ -2,6 +2,7 @@
 //! small monitor process per container.
 
 pub mod containers;
+pub mod exec;
 pub mod monitor;
 pub mod sandbox;
 pub mod spec;

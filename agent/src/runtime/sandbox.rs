@@ -42,8 +42,13 @@ pub fn exists(pod_dir: &Path) -> bool {
         .all(|p| is_mount_point(p))
 }
 
-/// Creates the pod's namespaces with `hostname` and returns their paths.
-pub fn create(pod_dir: &Path, hostname: &str) -> std::io::Result<PodNamespaces> {
+/// Creates the pod's namespaces with `hostname` and returns their paths. A `host_network` pod
+/// gets its own IPC and UTS namespaces but binds the node's network namespace.
+pub fn create(
+    pod_dir: &Path,
+    hostname: &str,
+    host_network: bool,
+) -> std::io::Result<PodNamespaces> {
     let dir = pod_dir.join("ns");
     std::fs::create_dir_all(&dir)?;
     remove(pod_dir)?;
@@ -55,7 +60,11 @@ pub fn create(pod_dir: &Path, hostname: &str) -> std::io::Result<PodNamespaces> 
     let target: PathBuf = dir.clone();
     std::thread::spawn(move || -> std::io::Result<()> {
         // Only this thread moves into the new namespaces, and it ends right after.
-        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)?;
+        let mut flags = CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+        if !host_network {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        unshare(flags)?;
         nix::unistd::sethostname(&hostname)?;
         for kind in KINDS {
             mount(

@@ -1,0 +1,660 @@
+//! The node agent (`bramble agent`): registers the Node, keeps its lease and status fresh,
+//! wires pod networking once the master gives the node a pod CIDR, runs a worker per pod
+//! bound here, routes to other nodes' pods, and obeys the chaos hook.
+//!
+//! ```text
+//!  start ─► register Node ─► wait for spec.podCIDR ─► bridge + image store ─► follow pods/nodes
+//!                                                                                 │
+//!            chaos=kill on the Node: containers killed, heartbeats stop ◄─────────┤
+//!            chaos removed: heartbeats resume, pods restart per policy ──────────►┘
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::client::{now_micro_time, now_time, Client, ClientError};
+use crate::image::{ImageError, ImageStore, Platform};
+use crate::network::{Cidr, NetworkError, PodNetwork};
+use crate::pods::{spawn_worker, IpAllocator, NodeContext, PodHandle};
+use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
+use crate::sim::CHAOS_ANNOTATION;
+
+/// How a node agent is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The kubeconfig with the node's credentials.
+    pub kubeconfig: PathBuf,
+    /// The Node's name.
+    pub node_name: String,
+    /// The address other nodes reach this one on; found from the route to the master if unset.
+    pub node_ip: Option<Ipv4Addr>,
+    /// Where pods, images and container state live.
+    pub data_dir: PathBuf,
+    /// Registries spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Extra node labels.
+    pub labels: Vec<(String, String)>,
+    /// Pods the node accepts.
+    pub max_pods: u32,
+    /// The pod bridge's name.
+    pub bridge: String,
+    /// The binary re-run as container monitor (the agent's own).
+    pub monitor_exe: PathBuf,
+    /// The resolv.conf given to pods.
+    pub resolv_conf: PathBuf,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The API could not be used.
+    #[error("talking to the master")]
+    Api(#[from] ClientError),
+    /// The Node could not be registered.
+    #[error("registering node {node}")]
+    Register {
+        /// The node.
+        node: String,
+        /// The cause.
+        #[source]
+        source: ClientError,
+    },
+    /// Pod networking could not be set up.
+    #[error("setting up pod networking")]
+    Network(#[from] NetworkError),
+    /// The image store could not be opened.
+    #[error("opening the image store")]
+    Images(#[from] ImageError),
+    /// The node's address could not be found.
+    #[error("cannot tell this node's address (give --node-ip): {0}")]
+    NodeIp(String),
+    /// The data directory is unusable.
+    #[error("data directory {path}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The address this machine uses to reach the master: what other nodes can reach it on.
+fn detect_node_ip(server: &str) -> Result<Ipv4Addr, String> {
+    let address = server
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned();
+    let target: SocketAddr = address
+        .to_socket_addrs()
+        .map_err(|e| format!("{address}: {e}"))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| format!("{address} has no IPv4 address"))?;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    socket.connect(target).map_err(|e| e.to_string())?;
+    match socket.local_addr().map_err(|e| e.to_string())? {
+        SocketAddr::V4(local) if !local.ip().is_loopback() => Ok(*local.ip()),
+        SocketAddr::V4(local) => Ok(*local.ip()),
+        SocketAddr::V6(_) => Err("no IPv4 route to the master".into()),
+    }
+}
+
+fn meminfo(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
+    })
+}
+
+/// The board model from the device tree (`Raspberry Pi 4 Model B Rev 1.4`), if any.
+pub fn board_model() -> Option<String> {
+    let raw = std::fs::read("/proc/device-tree/model").ok()?;
+    let text = String::from_utf8_lossy(&raw)
+        .trim_end_matches('\0')
+        .trim()
+        .to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+/// A label value from free text: letters, digits, `-_.`, at most 63 characters.
+fn label_value(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    cleaned
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
+}
+
+/// Timings the master publishes in `kube-system/bramble-settings`.
+#[derive(Debug, Clone, Copy)]
+struct Timings {
+    lease_renew: Duration,
+    crash_backoff: Duration,
+}
+
+async fn timings(client: &Client) -> Timings {
+    let data = client
+        .get("/api/v1/namespaces/kube-system/configmaps/bramble-settings")
+        .await
+        .map(|cm| cm["data"].clone())
+        .unwrap_or(Value::Null);
+    let seconds = |key: &str, default: f64| {
+        data[key]
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| *s > 0.0)
+            .unwrap_or(default)
+    };
+    Timings {
+        lease_renew: Duration::from_secs_f64(seconds("nodeLeaseRenewSeconds", 10.0)),
+        crash_backoff: Duration::from_secs_f64(seconds("crashLoopBackOffSeconds", 10.0)),
+    }
+}
+
+struct Agent {
+    config: AgentConfig,
+    client: Arc<Client>,
+    node_ip: Ipv4Addr,
+    /// Set while the chaos hook holds the node down (shared with the pod workers).
+    dead: Arc<AtomicBool>,
+    data_usage: Mutex<f64>,
+    images: Mutex<Option<Arc<ImageStore>>>,
+}
+
+impl Agent {
+    fn capacity(&self) -> Value {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let memory = meminfo("MemTotal").unwrap_or(1 << 30);
+        let disk = nix::sys::statvfs::statvfs(&self.config.data_dir)
+            .map(|s| s.blocks() * s.fragment_size())
+            .unwrap_or(0);
+        json!({
+            "cpu": cpus.to_string(),
+            "memory": format!("{}Ki", memory / 1024),
+            "pods": self.config.max_pods.to_string(),
+            "ephemeral-storage": format!("{}Ki", disk / 1024),
+        })
+    }
+
+    fn allocatable(&self) -> Value {
+        let mut allocatable = self.capacity();
+        // Keep a little memory for the system and the agent itself.
+        let memory = meminfo("MemTotal").unwrap_or(1 << 30);
+        let reserved = (memory / 10).min(256 << 20);
+        allocatable["memory"] = json!(format!("{}Ki", (memory - reserved) / 1024));
+        allocatable
+    }
+
+    fn status(&self) -> Value {
+        let now = now_time();
+        let available = meminfo("MemAvailable").unwrap_or(u64::MAX);
+        let memory_pressure = available < 100 << 20;
+        let disk_pressure = *self.data_usage.lock().expect("usage lock") > 0.90;
+        let condition =
+            |kind: &str, bad: bool, ok_reason: &str, bad_reason: &str, message: &str| {
+                json!({"type": kind, "status": if bad { "True" } else { "False" },
+                   "reason": if bad { bad_reason } else { ok_reason }, "message": message,
+                   "lastHeartbeatTime": now, "lastTransitionTime": now})
+            };
+        let arch = Platform::host().architecture;
+        let kernel = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let os_image = std::fs::read_to_string("/etc/os-release")
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    l.strip_prefix("PRETTY_NAME=")
+                        .map(|v| v.trim_matches('"').to_owned())
+                })
+            })
+            .unwrap_or_else(|| "Linux".into());
+        let images: Vec<Value> = self
+            .images
+            .lock()
+            .expect("images lock")
+            .as_ref()
+            .map(|store| {
+                store
+                    .list()
+                    .into_iter()
+                    .map(|i| json!({"names": [i.reference, format!("{}@{}", i.reference.split(':').next().unwrap_or(""), i.digest)], "sizeBytes": i.size}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut ready = condition(
+            "Ready",
+            false,
+            "KubeletReady",
+            "KubeletNotReady",
+            "bramble agent is posting ready status",
+        );
+        ready["status"] = json!("True");
+        json!({
+            "capacity": self.capacity(),
+            "allocatable": self.allocatable(),
+            "conditions": [
+                condition("MemoryPressure", memory_pressure, "KubeletHasSufficientMemory", "KubeletHasInsufficientMemory",
+                    if memory_pressure { "the node has under 100Mi of memory available" } else { "kubelet has sufficient memory available" }),
+                condition("DiskPressure", disk_pressure, "KubeletHasNoDiskPressure", "KubeletHasDiskPressure",
+                    if disk_pressure { "the data disk is over 90% full" } else { "kubelet has no disk pressure" }),
+                condition("PIDPressure", false, "KubeletHasSufficientPID", "KubeletHasInsufficientPID", "kubelet has sufficient PID available"),
+                ready,
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": self.node_ip.to_string()},
+                {"type": "Hostname", "address": self.config.node_name},
+            ],
+            "nodeInfo": {
+                "machineID": std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim(),
+                "systemUUID": "", "bootID": std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim(),
+                "kernelVersion": kernel, "osImage": os_image,
+                "containerRuntimeVersion": "libcontainer://0.7.0", "kubeletVersion": "v1.37.0-bramble",
+                "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": arch,
+            },
+            "images": images,
+        })
+    }
+
+    async fn register(&self) -> Result<Value, AgentError> {
+        let name = &self.config.node_name;
+        let platform = Platform::host();
+        let mut labels = json!({
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": platform.architecture,
+            "beta.kubernetes.io/os": "linux",
+            "beta.kubernetes.io/arch": platform.architecture,
+        });
+        let mut annotations = json!({"node.alpha.kubernetes.io/ttl": "0"});
+        if let Some(model) = board_model() {
+            labels["node.bramble.dev/board"] = json!(label_value(&model));
+            annotations["bramble.dev/board-model"] = json!(model);
+        }
+        for (key, value) in &self.config.labels {
+            labels[key] = json!(value);
+        }
+        let node = json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": labels, "annotations": annotations},
+            "spec": {},
+        });
+        let register = |source| AgentError::Register {
+            node: name.clone(),
+            source,
+        };
+        match self.client.create("/api/v1/nodes", &node).await {
+            Ok(_) => tracing::info!(node = name, ip = %self.node_ip, "node registered"),
+            Err(e) if e.code() == Some(409) => {
+                self.client
+                    .merge_patch(
+                        &format!("/api/v1/nodes/{name}"),
+                        &json!({"metadata": {"labels": labels, "annotations": annotations}}),
+                    )
+                    .await
+                    .map_err(register)?;
+                tracing::info!(node = name, ip = %self.node_ip, "node re-joined");
+            }
+            Err(e) => return Err(register(e)),
+        }
+        self.client
+            .merge_patch(
+                &format!("/api/v1/nodes/{name}/status"),
+                &json!({"status": self.status()}),
+            )
+            .await
+            .map_err(register)
+    }
+
+    async fn renew_lease(&self) {
+        let node = &self.config.node_name;
+        let collection = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+        let spec = json!({"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now_micro_time()});
+        let renewed = self
+            .client
+            .merge_patch(&format!("{collection}/{node}"), &json!({"spec": spec}))
+            .await;
+        let result = match renewed {
+            Err(e) if e.code() == Some(404) => {
+                let lease = json!({
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": node, "namespace": "kube-node-lease"},
+                    "spec": spec,
+                });
+                self.client.create(collection, &lease).await
+            }
+            other => other,
+        };
+        if let Err(error) = result {
+            if error.code() != Some(409) {
+                tracing::warn!(%error, "lease renewal failed");
+            }
+        }
+    }
+
+    fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+}
+
+async fn wait_for_pod_cidr(client: &Client, node: &str) -> Cidr {
+    let mut logged = false;
+    loop {
+        if let Ok(object) = client.get(&format!("/api/v1/nodes/{node}")).await {
+            if let Some(cidr) = object["spec"]["podCIDR"].as_str().and_then(Cidr::parse) {
+                return cidr;
+            }
+        }
+        if !logged {
+            tracing::info!(node, "waiting for the master to give this node a pod CIDR");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Kills every container on the node at once (the chaos hook's "pulled plug").
+fn kill_all_containers(pods_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(pods_dir) else {
+        return;
+    };
+    for pod in entries.flatten() {
+        for attempt in Attempt::all(&pod.path()) {
+            if matches!(attempt.state(), AttemptState::Running(_)) {
+                attempt.signal(nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Runs the agent until the process is stopped. Pods keep running when the agent stops; a
+/// restarted agent adopts them.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let client = Client::from_kubeconfig(&config.kubeconfig)?;
+    let pods_dir = config.data_dir.join("pods");
+    for dir in [&pods_dir, &config.data_dir.join("containers")] {
+        std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let node_ip = match config.node_ip {
+        Some(ip) => ip,
+        None => detect_node_ip(&client.server_address()).map_err(AgentError::NodeIp)?,
+    };
+    let agent = Arc::new(Agent {
+        config: config.clone(),
+        client: client.clone(),
+        node_ip,
+        dead: Arc::new(AtomicBool::new(false)),
+        data_usage: Mutex::new(0.0),
+        images: Mutex::new(None),
+    });
+    let registered = agent.register().await?;
+    let down = registered["metadata"]["annotations"][CHAOS_ANNOTATION].is_string();
+    agent.dead.store(down, Ordering::SeqCst);
+    let timings = timings(&client).await;
+    agent.renew_lease().await;
+    {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(timings.lease_renew);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if !agent.is_dead() {
+                    agent.renew_lease().await;
+                }
+            }
+        });
+    }
+    let cidr = wait_for_pod_cidr(&client, &config.node_name).await;
+    let network = Arc::new(PodNetwork::setup(None, &config.bridge, cidr).await?);
+    tracing::info!(node = config.node_name, pod_cidr = %cidr, bridge = config.bridge, "pod network ready");
+    let images = Arc::new(ImageStore::open(
+        &config.data_dir.join("images"),
+        Platform::host(),
+        config.insecure_registries.clone(),
+    )?);
+    *agent.images.lock().expect("images lock") = Some(images.clone());
+    let ctx = Arc::new(NodeContext {
+        client: client.clone(),
+        node_name: config.node_name.clone(),
+        node_ip,
+        pods_dir: pods_dir.clone(),
+        runner: ContainerRunner {
+            monitor_exe: config.monitor_exe.clone(),
+            state_root: config.data_dir.join("containers"),
+            cgroup_parent: format!("/bramble/{}", config.node_name),
+        },
+        images: images.clone(),
+        network: network.clone(),
+        ips: Mutex::new(IpAllocator::new(cidr)),
+        crash_backoff: timings.crash_backoff,
+        resolv_conf: config.resolv_conf.clone(),
+        paused: agent.dead.clone(),
+    });
+
+    // Node status, and image garbage collection when the disk fills.
+    {
+        let agent = agent.clone();
+        let images = images.clone();
+        let pods_dir = pods_dir.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Some(usage) = images.disk_usage() {
+                    *agent.data_usage.lock().expect("usage lock") = usage;
+                    if usage > 0.85 {
+                        let in_use = images_in_use(&pods_dir);
+                        images.collect_garbage(&in_use, 0.85, 0.80);
+                    }
+                }
+                if agent.is_dead() {
+                    continue;
+                }
+                let path = format!("/api/v1/nodes/{}/status", agent.config.node_name);
+                if let Err(error) = agent
+                    .client
+                    .merge_patch(&path, &json!({"status": agent.status()}))
+                    .await
+                {
+                    tracing::warn!(%error, "node status update failed");
+                }
+            }
+        });
+    }
+
+    // Other nodes: routes to their pod CIDRs; this node: the chaos hook.
+    let workers: Arc<Mutex<HashMap<String, PodHandle>>> = Arc::new(Mutex::new(HashMap::new()));
+    {
+        let agent = agent.clone();
+        let network = network.clone();
+        let pods_dir = pods_dir.clone();
+        let workers = workers.clone();
+        tokio::spawn(async move {
+            let mut routes: BTreeMap<String, (Cidr, Ipv4Addr)> = BTreeMap::new();
+            let (changed_tx, mut changed_rx) = tokio::sync::watch::channel(0u64);
+            let desired = Arc::new(Mutex::new(Vec::new()));
+            {
+                let network = network.clone();
+                let desired = desired.clone();
+                tokio::spawn(async move {
+                    while changed_rx.changed().await.is_ok() {
+                        let wanted: Vec<(Cidr, Ipv4Addr)> =
+                            desired.lock().expect("routes lock").clone();
+                        if let Err(error) = network.sync_routes(&wanted).await {
+                            tracing::warn!(error = %crate::pods::error_chain(&error), "route sync failed");
+                        }
+                    }
+                });
+            }
+            let own = agent.config.node_name.clone();
+            let mut counter = 0u64;
+            agent
+                .client
+                .clone()
+                .follow("/api/v1/nodes", |kind, node| {
+                    let name = node["metadata"]["name"].as_str().unwrap_or("").to_owned();
+                    if kind == "SYNCED" {
+                        return;
+                    }
+                    if name == own {
+                        let kill = node["metadata"]["annotations"][CHAOS_ANNOTATION].is_string();
+                        let dead = agent.dead.swap(kill, Ordering::SeqCst);
+                        if kill && !dead {
+                            tracing::warn!("chaos: this node is going down (containers killed, heartbeats stopped)");
+                            kill_all_containers(&pods_dir);
+                        } else if !kill && dead {
+                            tracing::info!("chaos: this node is back");
+                            for handle in workers.lock().expect("workers lock").values() {
+                                handle.object.send_modify(|_| {});
+                            }
+                        }
+                        return;
+                    }
+                    let before = routes.clone();
+                    if kind == "DELETED" {
+                        routes.remove(&name);
+                    } else {
+                        let cidr = node["spec"]["podCIDR"].as_str().and_then(Cidr::parse);
+                        let ip = node["status"]["addresses"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .find(|a| a["type"] == "InternalIP")
+                            .and_then(|a| a["address"].as_str())
+                            .and_then(|a| a.parse::<Ipv4Addr>().ok());
+                        match (cidr, ip) {
+                            (Some(cidr), Some(ip)) => {
+                                routes.insert(name, (cidr, ip));
+                            }
+                            _ => {
+                                routes.remove(&name);
+                            }
+                        }
+                    }
+                    if routes != before {
+                        *desired.lock().expect("routes lock") = routes.values().cloned().collect();
+                        counter += 1;
+                        let _ = changed_tx.send(counter);
+                    }
+                })
+                .await;
+        });
+    }
+
+    // Pods bound here: one worker each; leftovers of deleted pods are cleaned up.
+    let selector = format!(
+        "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
+        config.node_name
+    );
+    let mut first_sync = true;
+    let dead_agent = agent.clone();
+    client
+        .follow(&selector, |kind, pod| {
+            let mut workers = workers.lock().expect("workers lock");
+            if kind == "SYNCED" {
+                if first_sync {
+                    first_sync = false;
+                    let known: Vec<String> = workers.keys().cloned().collect();
+                    if let Ok(entries) = std::fs::read_dir(&pods_dir) {
+                        for entry in entries.flatten() {
+                            let uid = entry.file_name().to_string_lossy().into_owned();
+                            if !known.contains(&uid) {
+                                tracing::info!(
+                                    uid,
+                                    "cleaning up a pod deleted while the agent was away"
+                                );
+                                workers.insert(uid.clone(), spawn_worker(ctx.clone(), uid, None));
+                            }
+                        }
+                    }
+                }
+                return;
+            }
+            let Some(uid) = pod["metadata"]["uid"].as_str() else {
+                return;
+            };
+            if kind == "DELETED" {
+                if let Some(handle) = workers.remove(uid) {
+                    let _ = handle.object.send(None);
+                }
+                return;
+            }
+            if dead_agent.is_dead() && pod["metadata"]["deletionTimestamp"].is_null() {
+                // A dead node does nothing for its pods until it is revived.
+                if let Some(handle) = workers.get(uid) {
+                    let _ = handle.object.send(Some(pod.clone()));
+                }
+                return;
+            }
+            match workers.get(uid) {
+                Some(handle) => {
+                    let _ = handle.object.send(Some(pod.clone()));
+                }
+                None => {
+                    workers.insert(
+                        uid.to_owned(),
+                        spawn_worker(ctx.clone(), uid.to_owned(), Some(pod.clone())),
+                    );
+                }
+            }
+        })
+        .await;
+    Ok(())
+}
+
+fn images_in_use(pods_dir: &Path) -> std::collections::HashSet<String> {
+    let mut in_use = std::collections::HashSet::new();
+    if let Ok(entries) = std::fs::read_dir(pods_dir) {
+        for pod in entries.flatten() {
+            for attempt in Attempt::all(&pod.path()) {
+                if let Ok(spec) = std::fs::read(attempt.dir.join("image")) {
+                    in_use.insert(String::from_utf8_lossy(&spec).into_owned());
+                }
+            }
+        }
+    }
+    in_use
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn board_models_become_label_values() {
+        assert_eq!(
+            label_value("Raspberry Pi 4 Model B Rev 1.4"),
+            "Raspberry-Pi-4-Model-B-Rev-1.4"
+        );
+        assert!(label_value(&"x".repeat(100)).len() <= 63);
+    }
+}
