@@ -1,5 +1,7 @@
 //! The `bramble` binary: one executable whose subcommands run the parts of the cluster.
 
+mod local_cluster;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,14 +31,27 @@ enum Command {
     ///   KUBECONFIG=/var/lib/bramble/admin.kubeconfig kubectl get nodes
     #[command(verbatim_doc_comment)]
     Master(MasterArgs),
-    /// Start a local cluster in ./.bramble and print how to use it with kubectl.
+    /// Run a local cluster of virtual Pis on this machine until Ctrl-C, state in ./.bramble.
     ///
-    /// Runs the master and, until the agent runs real containers, simulated nodes
-    /// ("virtual Pis" that schedule, run and heal pods without containers):
+    /// Each virtual Pi is a network namespace on the bridge bramble-lan running a real agent
+    /// with real containers; the master and a registry holding the demo image run on the
+    /// bridge's address. Needs root and, once, ./tests/setup-host:
     ///
-    ///   bramble up --nodes 3 --profile demo
+    ///   sudo bramble up --nodes 3 --profile demo
+    ///   export KUBECONFIG=$PWD/.bramble/admin.kubeconfig
+    ///   kubectl create deployment hello --image=10.99.0.1:5000/bramble/demo:1 --replicas=6
+    ///
+    /// With --simulated the nodes are simulated instead (no root, no containers; see
+    /// `bramble sim --help`).
     #[command(verbatim_doc_comment)]
     Up(UpArgs),
+    /// Stop a local cluster started by `bramble up` and remove what it left on the host
+    /// (containers, network namespaces, mounts, the bridge, cgroups).
+    ///
+    ///   sudo bramble down            # keeps the cluster's objects for the next `up`
+    ///   sudo bramble down --purge    # also deletes the data directory
+    #[command(verbatim_doc_comment)]
+    Down(DownArgs),
     /// Simulate nodes (like kwok): N fake Pis that register, heartbeat and "run" their pods.
     ///
     /// Pods bound to a simulated node become Running with a pod IP, report CPU and memory
@@ -265,15 +280,35 @@ struct UpArgs {
     /// Directory for the local cluster's state.
     #[arg(long, default_value = ".bramble")]
     data_dir: PathBuf,
-    /// Address and port the master serves HTTPS on.
-    #[arg(long, default_value = "127.0.0.1:6443")]
-    listen: SocketAddr,
-    /// How many nodes to start. Until the agent runs real containers, they are simulated
-    /// (see `bramble sim --help`): pods are scheduled, "run", report usage and heal.
-    #[arg(long, default_value_t = 3)]
-    nodes: usize,
+    /// Port the master serves HTTPS on (on the LAN address; on 127.0.0.1 with --simulated).
+    #[arg(long, default_value_t = 6443)]
+    port: u16,
+    /// How many virtual Pis to start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=200))]
+    nodes: u16,
+    /// The virtual Pis' LAN; the host takes its first address, pi-N the (10+N)th.
+    #[arg(long, default_value = "10.99.0.0/24", value_parser = parse_cidr)]
+    lan: agent::network::Cidr,
+    /// Simulate the nodes instead of running agents (no root, no containers): pods are
+    /// scheduled, "run", report usage and heal.
+    #[arg(long)]
+    simulated: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+struct DownArgs {
+    /// The local cluster's state directory.
+    #[arg(long, default_value = ".bramble")]
+    data_dir: PathBuf,
+    /// Also delete the data directory (the cluster's objects and the registry).
+    #[arg(long)]
+    purge: bool,
+}
+
+fn parse_cidr(text: &str) -> Result<agent::network::Cidr, String> {
+    agent::network::Cidr::parse(text).ok_or_else(|| format!("expected A.B.C.D/N, got {text}"))
 }
 
 #[derive(Args)]
@@ -440,6 +475,23 @@ fn limit_allocator_arenas() {
     }
 }
 
+/// The log file of the master inside `bramble up` (DIR/logs/master.log).
+fn master_log_file(command: &Command) -> Option<std::fs::File> {
+    let Command::Up(args) = command else {
+        return None;
+    };
+    if args.simulated {
+        return None;
+    }
+    let dir = args.data_dir.join("logs");
+    std::fs::create_dir_all(&dir).ok()?;
+    std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("master.log"))
+        .ok()
+}
+
 fn main() {
     let cli = Cli::parse();
     match cli.command {
@@ -452,14 +504,21 @@ fn main() {
         _ => {}
     }
     limit_allocator_arenas();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    match master_log_file(&cli.command) {
+        // `bramble up` keeps the terminal for its own progress and the master's log in a file.
+        Some(file) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .init(),
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
@@ -475,13 +534,26 @@ fn main() {
                 )
                 .await
             }
-            Command::Up(args) => {
+            Command::Up(args) if args.simulated => {
+                let listen = SocketAddr::from(([127, 0, 0, 1], args.port));
                 run_master(
-                    master_config(args.data_dir, args.listen, args.cluster),
-                    Some(args.nodes),
+                    master_config(args.data_dir, listen, args.cluster),
+                    Some(args.nodes.into()),
                 )
                 .await
             }
+            Command::Up(args) => {
+                let listen = SocketAddr::from(([127, 0, 0, 1], args.port));
+                local_cluster::up(local_cluster::UpOptions {
+                    master: master_config(args.data_dir.clone(), listen, args.cluster),
+                    data_dir: args.data_dir,
+                    nodes: args.nodes.into(),
+                    lan: args.lan,
+                    port: args.port,
+                })
+                .await
+            }
+            Command::Down(args) => local_cluster::down(&args.data_dir, args.purge).await,
             Command::Sim(args) => run_sim(args).await,
             Command::Agent(args) => run_agent(args).await,
             Command::Monitor(_) | Command::ExecIn(_) => {

@@ -165,6 +165,22 @@ impl PodNetwork {
         bridge: &str,
         cidr: Cidr,
     ) -> Result<PodNetwork, NetworkError> {
+        let network = PodNetwork::bridge(node_netns, bridge, cidr).await?;
+        in_netns(node_netns, || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        })
+        .map_err(system("enabling IP forwarding"))?;
+        Ok(network)
+    }
+
+    /// Creates (or finds) a bridge with the first address of `cidr`, without touching
+    /// forwarding: `bramble up` uses it as the virtual Pis' LAN, attaching each Pi's network
+    /// namespace like a pod's.
+    pub async fn bridge(
+        node_netns: Option<&Path>,
+        bridge: &str,
+        cidr: Cidr,
+    ) -> Result<PodNetwork, NetworkError> {
         let handle = connect(node_netns)?;
         if link_index(&handle, bridge).await?.is_none() {
             handle
@@ -192,10 +208,6 @@ impl PodNetwork {
             .execute()
             .await
             .map_err(netlink(format!("bringing bridge {bridge} up")))?;
-        in_netns(node_netns, || {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        })
-        .map_err(system("enabling IP forwarding"))?;
         Ok(PodNetwork {
             handle,
             bridge: bridge.to_owned(),
@@ -373,6 +385,65 @@ impl PodNetwork {
                 .map_err(netlink(format!("adding a route to {cidr} via {via}")))?;
         }
         Ok(())
+    }
+}
+
+/// Deletes the link called `name` in the current network namespace. Missing is fine.
+pub async fn delete_link(name: &str) -> Result<(), NetworkError> {
+    let handle = connect(None)?;
+    if let Some(index) = link_index(&handle, name).await? {
+        handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(netlink(format!("deleting {name}")))?;
+    }
+    Ok(())
+}
+
+/// Creates a new network namespace kept alive by a bind mount on `path` (as `ip netns add`
+/// does under /run/netns). An existing one is kept.
+pub fn create_netns(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(file), Some(Ok(dir))) = (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) {
+        if file.dev() != dir.dev() {
+            return Ok(());
+        }
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    File::create(path)?;
+    let target = path.to_path_buf();
+    std::thread::spawn(move || -> std::io::Result<()> {
+        // Only this thread enters the new namespace, and it ends right after.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        nix::mount::mount(
+            Some(Path::new("/proc/thread-self/ns/net")),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        Ok(())
+    })
+    .join()
+    .expect("namespace thread does not panic")
+}
+
+/// Unmounts and deletes a namespace file made by [`create_netns`]. Missing is fine.
+pub fn remove_netns(path: &Path) -> std::io::Result<()> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

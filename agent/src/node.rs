@@ -177,6 +177,8 @@ struct Agent {
     node_ip: Ipv4Addr,
     /// Set while the chaos hook holds the node down (shared with the pod workers).
     dead: Arc<AtomicBool>,
+    /// Wakes the lease and status loops when the node comes back, so it is Ready at once.
+    revived: tokio::sync::Notify,
     data_usage: Mutex<f64>,
     images: Mutex<Option<Arc<ImageStore>>>,
 }
@@ -411,6 +413,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         client: client.clone(),
         node_ip,
         dead: Arc::new(AtomicBool::new(false)),
+        revived: tokio::sync::Notify::new(),
         data_usage: Mutex::new(0.0),
         images: Mutex::new(None),
     });
@@ -425,7 +428,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             let mut tick = tokio::time::interval(timings.lease_renew);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = agent.revived.notified() => {}
+                }
                 if !agent.is_dead() {
                     agent.renew_lease().await;
                 }
@@ -468,7 +474,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = agent.revived.notified() => {}
+                }
                 if let Some(usage) = images.disk_usage() {
                     *agent.data_usage.lock().expect("usage lock") = usage;
                     if usage > 0.85 {
@@ -533,6 +542,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                             kill_all_containers(&pods_dir);
                         } else if !kill && dead {
                             tracing::info!("chaos: this node is back");
+                            agent.revived.notify_waiters();
                             for handle in workers.lock().expect("workers lock").values() {
                                 handle.object.send_modify(|_| {});
                             }

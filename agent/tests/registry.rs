@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use agent::image::demo::{push_demo_image, Busybox};
+use agent::image::demo::{installed_busyboxes, push_demo_image, Busybox};
 use agent::image::local_registry::LocalRegistry;
 use agent::image::{ImageError, ImageStore, Platform, PullPolicy, Registry};
 
@@ -21,14 +21,7 @@ fn start_registry() -> (LocalRegistry, tempfile::TempDir) {
 }
 
 fn busyboxes() -> Vec<Busybox> {
-    let share = std::env::var("BRAMBLE_SHARE").unwrap_or("/usr/local/share/bramble".into());
-    [("linux/amd64", "amd64"), ("linux/arm64/v8", "arm64")]
-        .into_iter()
-        .map(|(platform, arch)| Busybox {
-            platform: Platform::parse(platform).unwrap(),
-            path: Path::new(&share).join("busybox").join(arch).join("busybox"),
-        })
-        .collect()
+    installed_busyboxes()
 }
 
 #[tokio::test]

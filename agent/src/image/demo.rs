@@ -21,10 +21,14 @@ pub const DEMO_PORT: u16 = 8080;
 const SERVER_SCRIPT: &str = r#"#!/bin/sh
 # bramble demo server: every answer says which pod served it.
 # VERSION and MESSAGE come from the pod's environment; PORT defaults to 8080.
+# The shell stays PID 1 and stops the server on SIGTERM, so pods end at once when deleted.
 mkdir -p /tmp/www
 echo "${MESSAGE:-hello from} $(hostname) version=${VERSION:-1}" > /tmp/www/index.html
-echo "demo server $(hostname) listening on :${PORT:-8080}"
-exec httpd -f -v -p "${PORT:-8080}" -h /tmp/www
+echo "demo server $(hostname) version=${VERSION:-1} listening on :${PORT:-8080}"
+httpd -f -v -p "${PORT:-8080}" -h /tmp/www &
+server=$!
+trap 'echo "demo server stopping"; kill $server; exit 0' TERM INT
+wait $server
 "#;
 
 /// Busybox applets linked into /bin.
@@ -130,8 +134,24 @@ fn platform_json(platform: &Platform) -> Value {
     value
 }
 
-/// Builds the demo image for every given busybox and pushes it as `repository:tag`.
-/// Returns the index digest.
+/// Where `tests/setup-host` installs busybox: `$BRAMBLE_SHARE/busybox/<arch>/busybox`, with
+/// `BRAMBLE_SHARE` defaulting to /usr/local/share/bramble.
+pub fn installed_busyboxes() -> Vec<Busybox> {
+    let share = std::env::var_os("BRAMBLE_SHARE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/local/share/bramble"));
+    [("linux/amd64", "amd64"), ("linux/arm64/v8", "arm64")]
+        .into_iter()
+        .map(|(platform, arch)| Busybox {
+            platform: Platform::parse(platform).expect("known platform"),
+            path: share.join("busybox").join(arch).join("busybox"),
+        })
+        .collect()
+}
+
+/// Builds the demo image for every given busybox and pushes it as `repository:tag`; the
+/// server reports the tag as its version unless the pod sets VERSION. Returns the index
+/// digest.
 pub async fn push_demo_image(
     registry: &Registry,
     repository: &str,
@@ -154,7 +174,7 @@ pub async fn push_demo_image(
             .map_err(DemoImageError::Push)?;
         let mut config = platform_json(&busybox.platform);
         config["config"] = json!({
-            "Env": ["PATH=/bin", "PORT=8080"],
+            "Env": ["PATH=/bin", "PORT=8080", format!("VERSION={tag}")],
             "Cmd": ["/bin/demo-server"],
             "ExposedPorts": {format!("{DEMO_PORT}/tcp"): {}},
             "WorkingDir": "/",

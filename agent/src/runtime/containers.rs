@@ -306,6 +306,40 @@ pub fn remove_cgroup_tree(relative: &str) {
     }
 }
 
+/// SIGKILLs every process in a cgroup and its children, in every mounted hierarchy. Returns
+/// how many processes were signalled.
+pub fn kill_cgroup_tree(relative: &str) -> usize {
+    fn kill_in(dir: &Path) -> usize {
+        let mut killed = 0;
+        if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                if nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                    killed += 1;
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    killed += kill_in(&entry.path());
+                }
+            }
+        }
+        killed
+    }
+    let relative = relative.trim_start_matches('/');
+    let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    roots
+        .iter()
+        .map(|root| root.join(relative))
+        .filter(|top| top.is_dir())
+        .map(|top| kill_in(&top))
+        .sum()
+}
+
 fn remove_empty_dirs(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {

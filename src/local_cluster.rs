@@ -1,0 +1,558 @@
+//! `bramble up` and `bramble down`: a local cluster of virtual Pis on one Linux machine.
+//!
+//! Each virtual Pi is a network namespace on a host bridge (the "LAN") running a real
+//! `bramble agent` that runs real containers. The master runs inside the `up` process, and a
+//! local OCI registry on the LAN holds the multi-arch demo image:
+//!
+//! ```text
+//!   host ── bramble-lan 10.99.0.1/24 ── master :6443, registry :5000
+//!              ├── veth ── netns bramble-pi-1  10.99.0.11  bramble agent ── pods 10.42.x.0/24
+//!              ├── veth ── netns bramble-pi-2  10.99.0.12  bramble agent ── pods
+//!              └── ...
+//! ```
+//!
+//! Everything `up` creates is named or placed so that `down` (or the next `up`) can find and
+//! remove it after a crash: namespaces /run/netns/bramble-pi-*, the bridge, cgroups under
+//! /bramble/pi-*, mounts under the data directory, and the PID file DIR/up.pid.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use agent::image::demo::{installed_busyboxes, push_demo_image};
+use agent::image::local_registry::{LocalRegistry, REGISTRY_PROGRAM};
+use agent::image::Registry;
+use agent::network::{create_netns, delete_link, remove_netns, Cidr, PodNetwork};
+use agent::runtime::containers::{kill_cgroup_tree, remove_cgroup_tree};
+
+/// The host bridge the virtual Pis share.
+pub const LAN_BRIDGE: &str = "bramble-lan";
+/// The registry's port on the LAN address.
+pub const REGISTRY_PORT: u16 = 5000;
+const NETNS_DIR: &str = "/run/netns";
+const NETNS_PREFIX: &str = "bramble-pi-";
+
+/// How `bramble up` is set up.
+pub struct UpOptions {
+    /// The cluster's state directory.
+    pub data_dir: PathBuf,
+    /// How many virtual Pis.
+    pub nodes: usize,
+    /// The LAN's network; the host takes its first address.
+    pub lan: Cidr,
+    /// The master's port on the LAN address.
+    pub port: u16,
+    /// The master's settings (its listen and advertise addresses are set here).
+    pub master: master::MasterConfig,
+}
+
+/// A virtual Pi's name, namespace file, LAN address and directories.
+struct VirtualPi {
+    name: String,
+    netns: PathBuf,
+    ip: Ipv4Addr,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl VirtualPi {
+    fn new(data_dir: &Path, lan: Cidr, number: usize) -> VirtualPi {
+        let name = format!("pi-{number}");
+        VirtualPi {
+            netns: Path::new(NETNS_DIR).join(format!("{NETNS_PREFIX}{number}")),
+            ip: lan.nth(10 + number as u32),
+            data_dir: data_dir.join("nodes").join(&name),
+            log: data_dir.join("logs").join(format!("{name}.log")),
+            name,
+        }
+    }
+}
+
+/// Checks what `up` needs before touching anything, with advice for each gap.
+fn preflight() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "bramble up runs real containers and network namespaces, which needs root: \
+             run it with sudo (or use --simulated for simulated nodes without root)"
+        );
+    }
+    let registry_found = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join(REGISTRY_PROGRAM).is_file())
+    });
+    let missing_busybox: Vec<_> = installed_busyboxes()
+        .into_iter()
+        .filter(|b| !b.path.is_file())
+        .map(|b| b.path.display().to_string())
+        .collect();
+    if !registry_found || !missing_busybox.is_empty() {
+        let mut missing = Vec::new();
+        if !registry_found {
+            missing.push(REGISTRY_PROGRAM.to_owned());
+        }
+        missing.extend(missing_busybox);
+        bail!(
+            "missing {} (the local registry and the demo image need them): run ./tests/setup-host once",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs the local cluster until Ctrl-C or SIGTERM, then takes it all down again. The master's
+/// database and the registry's blobs stay in the data directory for the next `up`.
+pub async fn up(mut options: UpOptions) -> anyhow::Result<()> {
+    preflight()?;
+    std::fs::create_dir_all(&options.data_dir)
+        .with_context(|| format!("creating {}", options.data_dir.display()))?;
+    let data_dir = options.data_dir.canonicalize()?;
+    claim_pid_file(&data_dir)?;
+    let leftovers = clean_up(&data_dir, None).await;
+    if leftovers > 0 {
+        println!("bramble: removed {leftovers} leftovers of an earlier run");
+    }
+    std::fs::create_dir_all(data_dir.join("logs"))?;
+
+    let gateway = options.lan.nth(1);
+    let lan = PodNetwork::bridge(None, LAN_BRIDGE, options.lan)
+        .await
+        .with_context(|| format!("creating the LAN bridge {LAN_BRIDGE}"))?;
+    println!("bramble: LAN {LAN_BRIDGE} {gateway}/{}", options.lan.prefix);
+
+    let registry_address = SocketAddr::from((gateway, REGISTRY_PORT));
+    let registry = LocalRegistry::start(&data_dir.join("registry"), registry_address)?;
+    let registry_host = registry.host();
+    let client = Registry::new(&registry_host, true, None);
+    for tag in ["1", "2"] {
+        push_demo_image(&client, "bramble/demo", tag, &installed_busyboxes())
+            .await
+            .context("pushing the demo image")?;
+    }
+    let demo = format!("{registry_host}/bramble/demo");
+    println!("bramble: registry {registry_host} holds {demo}:1 and {demo}:2 (amd64 + arm64)");
+
+    options.master.listen = SocketAddr::from((gateway, options.port));
+    options.master.advertise_address = Some(gateway.to_string());
+    options.master.data_dir = data_dir.clone();
+    let started = master::Master::start(options.master)
+        .await
+        .context("starting the master")?;
+    let kubeconfig = started.kubeconfig_path.clone();
+    let (stop_master, master_stopped) = tokio::sync::oneshot::channel::<()>();
+    let master_task = tokio::spawn(started.serve(async {
+        let _ = master_stopped.await;
+    }));
+    println!("bramble: master https://{gateway}:{}", options.port);
+
+    let pis: Vec<VirtualPi> = (1..=options.nodes)
+        .map(|n| VirtualPi::new(&data_dir, options.lan, n))
+        .collect();
+    let mut agents = Vec::new();
+    let result = async {
+        for pi in &pis {
+            create_netns(&pi.netns)
+                .with_context(|| format!("creating network namespace {}", pi.netns.display()))?;
+            lan.attach(&pi.name, &pi.netns, pi.ip)
+                .await
+                .with_context(|| format!("wiring {} onto {LAN_BRIDGE}", pi.name))?;
+            agents.push(start_agent(pi, &kubeconfig, &registry_host)?);
+            println!(
+                "bramble: {} started at {} (log: {})",
+                pi.name,
+                pi.ip,
+                pi.log.display()
+            );
+        }
+        wait_until_ready(&kubeconfig, &pis, &mut agents).await
+    }
+    .await;
+
+    if result.is_ok() {
+        print_welcome(&kubeconfig, &demo, &pis, &data_dir);
+        supervise(&pis, &mut agents).await;
+    }
+    println!("bramble: stopping");
+    stop_agents(&mut agents);
+    clean_up(&data_dir, Some(&pis)).await;
+    let _ = stop_master.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), master_task).await;
+    drop(registry);
+    let _ = std::fs::remove_file(data_dir.join("up.pid"));
+    result?;
+    println!(
+        "bramble: down; the cluster's objects stay in {} for the next `bramble up`",
+        data_dir.display()
+    );
+    Ok(())
+}
+
+/// Stops a running `bramble up` (or cleans up after one that died): containers, namespaces,
+/// mounts, the LAN bridge and cgroups go; with `purge`, the data directory too.
+pub async fn down(data_dir: &Path, purge: bool) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("bramble down removes namespaces, mounts and cgroups, which needs root: use sudo");
+    }
+    if let Some(pid) = running_up(data_dir) {
+        println!("bramble: stopping bramble up (pid {pid})");
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let removed = clean_up(data_dir, None).await;
+    println!("bramble: removed {removed} leftovers");
+    if purge && data_dir.exists() {
+        std::fs::remove_dir_all(data_dir)
+            .with_context(|| format!("removing {}", data_dir.display()))?;
+        println!("bramble: removed {}", data_dir.display());
+    }
+    Ok(())
+}
+
+/// The PID of a live `bramble up` using `data_dir`, from its PID file.
+fn running_up(data_dir: &Path) -> Option<nix::unistd::Pid> {
+    let text = std::fs::read_to_string(data_dir.join("up.pid")).ok()?;
+    let pid = nix::unistd::Pid::from_raw(text.trim().parse().ok()?);
+    let alive = nix::sys::signal::kill(pid, None).is_ok();
+    // The command line, not /proc/PID/exe: a rebuilt binary shows there as "(deleted)".
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&str> = cmdline.split('\0').collect();
+    let ours = args.first().is_some_and(|program| {
+        Path::new(program)
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with("bramble"))
+    }) && args.contains(&"up");
+    (alive && ours && pid != nix::unistd::getpid()).then_some(pid)
+}
+
+fn claim_pid_file(data_dir: &Path) -> anyhow::Result<()> {
+    if let Some(pid) = running_up(data_dir) {
+        bail!(
+            "bramble up is already running for {} (pid {pid}); stop it with `bramble down`",
+            data_dir.display()
+        );
+    }
+    std::fs::write(data_dir.join("up.pid"), format!("{}\n", std::process::id()))?;
+    Ok(())
+}
+
+fn start_agent(pi: &VirtualPi, kubeconfig: &Path, registry: &str) -> anyhow::Result<Child> {
+    std::fs::create_dir_all(&pi.data_dir)?;
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(&pi.log)
+        .with_context(|| format!("opening {}", pi.log.display()))?;
+    let netns = std::fs::File::open(&pi.netns)?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("agent")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--node-name")
+        .arg(&pi.name)
+        .arg("--node-ip")
+        .arg(pi.ip.to_string())
+        .arg("--data-dir")
+        .arg(&pi.data_dir)
+        .arg("--insecure-registry")
+        .arg(registry)
+        .arg("--label")
+        .arg("bramble.dev/virtual=true")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Ctrl-C reaches `up`, which stops the agents in order.
+        .process_group(0);
+    // SAFETY: setns is a plain system call, safe between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting the agent of {}", pi.name))?;
+    std::fs::write(pi.data_dir.join("agent.pid"), child.id().to_string())?;
+    Ok(child)
+}
+
+fn node_ready(node: &Value) -> bool {
+    node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+async fn wait_until_ready(
+    kubeconfig: &Path,
+    pis: &[VirtualPi],
+    agents: &mut [Child],
+) -> anyhow::Result<()> {
+    let client = agent::client::Client::from_kubeconfig(kubeconfig)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut reported = 0;
+    loop {
+        for (pi, agent) in pis.iter().zip(agents.iter_mut()) {
+            if let Some(status) = agent.try_wait()? {
+                bail!(
+                    "the agent of {} stopped ({status}); its log is {}",
+                    pi.name,
+                    pi.log.display()
+                );
+            }
+        }
+        let ready = match client.get("/api/v1/nodes").await {
+            Ok(list) => list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|n| pis.iter().any(|p| n["metadata"]["name"] == p.name.as_str()))
+                .filter(|n| node_ready(n))
+                .count(),
+            Err(_) => 0,
+        };
+        if ready != reported {
+            println!("bramble: {ready}/{} virtual Pis Ready", pis.len());
+            reported = ready;
+        }
+        if ready == pis.len() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {ready} of {} virtual Pis became Ready within 2 minutes; see the logs in {}",
+                pis.len(),
+                pis[0].log.parent().unwrap_or(Path::new(".")).display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn print_welcome(kubeconfig: &Path, demo: &str, pis: &[VirtualPi], data_dir: &Path) {
+    let last = pis.len();
+    println!(
+        "
+bramble is up: {last} virtual Pis (pi-1..pi-{last}) running real containers.
+
+  export KUBECONFIG={kubeconfig}
+  kubectl get nodes -o wide
+  kubectl create deployment hello --image={demo}:1 --replicas=6
+  kubectl get pods -o wide                     # which Pi runs what
+  kubectl logs deploy/hello
+  kubectl set image deployment/hello demo={demo}:2   # a rolling update
+  bramble sim kill pi-2                        # kill a Pi and watch the pods move
+  bramble sim revive pi-2
+
+The virtual Pis reach the local registry and each other, not the internet.
+Press Ctrl-C to stop; `sudo bramble down` cleans up if this process dies.
+Logs: {data_dir}/logs",
+        kubeconfig = kubeconfig.display(),
+        data_dir = data_dir.display(),
+    );
+}
+
+/// Waits for Ctrl-C or SIGTERM, reporting agents that stop on their own.
+async fn supervise(pis: &[VirtualPi], agents: &mut [Child]) {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    let mut reported = vec![false; agents.len()];
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = terminate.recv() => return,
+            _ = tick.tick() => {}
+        }
+        for ((pi, agent), reported) in pis.iter().zip(agents.iter_mut()).zip(&mut reported) {
+            if !*reported {
+                if let Ok(Some(status)) = agent.try_wait() {
+                    eprintln!(
+                        "bramble: the agent of {} stopped ({status}); see {}",
+                        pi.name,
+                        pi.log.display()
+                    );
+                    *reported = true;
+                }
+            }
+        }
+    }
+}
+
+/// Asks the agents to stop (their containers keep running until [`clean_up`]).
+fn stop_agents(agents: &mut [Child]) {
+    for agent in agents.iter() {
+        let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for agent in agents.iter_mut() {
+        while matches!(agent.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+}
+
+/// Removes everything a local cluster leaves on the host, finding it by name and place rather
+/// than trusting the previous run's memory. Returns how many things it removed.
+async fn clean_up(data_dir: &Path, pis: Option<&[VirtualPi]>) -> usize {
+    let mut removed = 0;
+    let nodes_dir = data_dir.join("nodes");
+    let mut names: Vec<String> = std::fs::read_dir(&nodes_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    names.extend(pis.into_iter().flatten().map(|p| p.name.clone()));
+    names.sort();
+    names.dedup();
+    for name in &names {
+        let pid_file = nodes_dir.join(name).join("agent.pid");
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let is_agent = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split('\0').any(|arg| arg == "agent"));
+            if is_agent && nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                removed += 1;
+            }
+        }
+        removed += kill_cgroup_tree(&format!("/bramble/{name}"));
+        removed += kill_monitors(&nodes_dir.join(name));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    removed += unmount_under(data_dir);
+    for entry in std::fs::read_dir(NETNS_DIR).into_iter().flatten().flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(NETNS_PREFIX)
+            && remove_netns(&entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    if delete_link(LAN_BRIDGE).await.is_ok() {
+        // Deleting a missing link is not an error, so this counts nothing.
+    }
+    for name in &names {
+        remove_cgroup_tree(&format!("/bramble/{name}"));
+    }
+    remove_cgroup_tree("/bramble");
+    if nodes_dir.exists() && std::fs::remove_dir_all(&nodes_dir).is_ok() {
+        removed += names.len();
+    }
+    removed
+}
+
+/// SIGKILLs the container monitors recorded under a virtual Pi's directory.
+fn kill_monitors(node_dir: &Path) -> usize {
+    let mut killed = 0;
+    for pod in std::fs::read_dir(node_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for attempt in std::fs::read_dir(pod.path().join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Some(pid) = std::fs::read_to_string(attempt.path().join("monitor.pid"))
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let is_monitor = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split('\0').any(|arg| arg == "monitor"));
+            if is_monitor && nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok()
+            {
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
+/// Unmounts every mount at or below `dir`, deepest first. Returns how many.
+fn unmount_under(dir: &Path) -> usize {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return 0;
+    };
+    let mut points: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mount_path)
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    points
+        .iter()
+        .filter(|point| nix::mount::umount2(*point, nix::mount::MntFlags::MNT_DETACH).is_ok())
+        .count()
+}
+
+/// Mount points in mountinfo escape space, tab, newline and backslash as octal.
+fn unescape_mount_path(text: &str) -> PathBuf {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let digits = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
+            if let Ok(code) = u8::from_str_radix(digits, 8) {
+                out.push(code);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(
+            unescape_mount_path(r"/data/my\040dir/x"),
+            PathBuf::from("/data/my dir/x")
+        );
+        assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
+        assert_eq!(unescape_mount_path(r"/end\"), PathBuf::from(r"/end\"));
+    }
+
+    #[test]
+    fn virtual_pis_get_addresses_after_the_gateway() {
+        let lan = Cidr::parse("10.99.0.0/24").unwrap();
+        let pi = VirtualPi::new(Path::new("/d"), lan, 2);
+        assert_eq!(pi.name, "pi-2");
+        assert_eq!(pi.ip, Ipv4Addr::new(10, 99, 0, 12));
+        assert_eq!(pi.netns, PathBuf::from("/run/netns/bramble-pi-2"));
+        assert_eq!(pi.data_dir, PathBuf::from("/d/nodes/pi-2"));
+    }
+}
