@@ -82,6 +82,7 @@ pub struct Client {
     server_name: ServerName<'static>,
     connector: tokio_rustls::TlsConnector,
     token: String,
+    ca_pem: Vec<u8>,
     connection: Mutex<Option<SendRequest<Body>>>,
 }
 
@@ -178,8 +179,14 @@ impl Client {
             server_name,
             connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             token: token.to_owned(),
+            ca_pem: ca_pem.to_vec(),
             connection: Mutex::new(None),
         }))
+    }
+
+    /// The cluster CA this client trusts (PEM).
+    pub fn ca_pem(&self) -> &[u8] {
+        &self.ca_pem
     }
 
     /// `host:port` of the API server.

@@ -8,6 +8,7 @@ pub mod client;
 pub mod image;
 pub mod network;
 pub mod node;
+pub mod node_server;
 pub mod pod_config;
 pub mod pods;
 pub mod runtime;

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use crate::client::{now_micro_time, now_time, Client, ClientError};
 use crate::image::{ImageError, ImageStore, Platform};
 use crate::network::{Cidr, NetworkError, PodNetwork};
+use crate::node_server::{ensure_identity, AgentIdentity, NodeServer, AGENT_PORT, CERT_ANNOTATION};
 use crate::pods::{spawn_worker, IpAllocator, NodeContext, PodHandle};
 use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
 use crate::sim::CHAOS_ANNOTATION;
@@ -181,6 +182,8 @@ struct Agent {
     revived: tokio::sync::Notify,
     data_usage: Mutex<f64>,
     images: Mutex<Option<Arc<ImageStore>>>,
+    /// The certificate the agent serves logs and exec with.
+    identity: AgentIdentity,
 }
 
 impl Agent {
@@ -269,6 +272,7 @@ impl Agent {
                 {"type": "InternalIP", "address": self.node_ip.to_string()},
                 {"type": "Hostname", "address": self.config.node_name},
             ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": AGENT_PORT}},
             "nodeInfo": {
                 "machineID": std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim(),
                 "systemUUID": "", "bootID": std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim(),
@@ -290,7 +294,10 @@ impl Agent {
             "beta.kubernetes.io/os": "linux",
             "beta.kubernetes.io/arch": platform.architecture,
         });
-        let mut annotations = json!({"node.alpha.kubernetes.io/ttl": "0"});
+        let mut annotations = json!({
+            "node.alpha.kubernetes.io/ttl": "0",
+            CERT_ANNOTATION: self.identity.fingerprint,
+        });
         if let Some(model) = board_model() {
             labels["node.bramble.dev/board"] = json!(label_value(&model));
             annotations["bramble.dev/board-model"] = json!(model);
@@ -408,7 +415,15 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         Some(ip) => ip,
         None => detect_node_ip(&client.server_address()).map_err(AgentError::NodeIp)?,
     };
+    let pki_dir = config.data_dir.join("pki");
+    let identity = ensure_identity(&pki_dir, &config.node_name, node_ip).map_err(|source| {
+        AgentError::DataDir {
+            path: pki_dir.clone(),
+            source,
+        }
+    })?;
     let agent = Arc::new(Agent {
+        identity,
         config: config.clone(),
         client: client.clone(),
         node_ip,
@@ -577,6 +592,25 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                     }
                 })
                 .await;
+        });
+    }
+
+    // Logs and exec for the master.
+    {
+        let server = Arc::new(NodeServer {
+            workers: workers.clone(),
+            pods_dir: pods_dir.clone(),
+            runner: ctx.runner.clone(),
+        });
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let address = SocketAddr::from((agent.node_ip, AGENT_PORT));
+            if let Err(error) =
+                crate::node_server::serve(server, address, &agent.identity, agent.client.ca_pem())
+                    .await
+            {
+                tracing::error!(%address, %error, "cannot serve logs and exec");
+            }
         });
     }
 

@@ -283,6 +283,16 @@ impl Master {
             allocation: std::sync::Mutex::new(()),
             admission: std::sync::Mutex::new(()),
             metrics: Arc::new(metrics::MetricsRegistry::default()),
+            node_client: match api::NodeClient::new(
+                &credentials.agent_client_cert_pem,
+                &credentials.agent_client_key_pem,
+            ) {
+                Ok(client) => Some(client),
+                Err(error) => {
+                    tracing::warn!(%error, "kubectl logs and exec will not work");
+                    None
+                }
+            },
         });
         {
             let state = state.clone();

@@ -5,6 +5,7 @@
 //! ```text
 //!   DIR/pki/ca.crt  ca.key         the cluster CA (clients trust it)
 //!   DIR/pki/server.crt server.key  the API server's certificate, re-issued when its names change
+//!   DIR/pki/agent-client.crt .key  the master's client certificate for agents (logs, exec)
 //!   DIR/admin.token                the admin bearer token
 //!   DIR/admin.kubeconfig           kubectl config with the CA embedded
 //! ```
@@ -63,6 +64,10 @@ pub struct ServerCredentials {
     pub key_pem: String,
     /// The admin bearer token.
     pub admin_token: String,
+    /// The client certificate the master shows agents, PEM.
+    pub agent_client_cert_pem: String,
+    /// Its private key, PEM.
+    pub agent_client_key_pem: String,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -166,6 +171,31 @@ pub fn ensure_credentials(
         write_private(&names_file, names.join("\n").as_bytes())?;
     }
 
+    let client_crt = pki.join("agent-client.crt");
+    let client_key = pki.join("agent-client.key");
+    if !client_crt.exists() || !client_key.exists() {
+        let ca_key_pair = KeyPair::from_pem(&ca_key_pem).map_err(|_| PkiError::BadPem {
+            path: ca_key.clone(),
+        })?;
+        let issuer = Issuer::new(ca_params(), ca_key_pair);
+        let key = KeyPair::generate().map_err(cert_error("generate the agent client key"))?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "bramble-master");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        validity(&mut params, 20);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(cert_error("sign the agent client certificate"))?;
+        write_private(&client_key, key.serialize_pem().as_bytes())?;
+        write_private(&client_crt, cert.pem().as_bytes())?;
+    }
+
     let token_file = data_dir.join("admin.token");
     if !token_file.exists() {
         write_private(&token_file, new_token().as_bytes())?;
@@ -179,6 +209,8 @@ pub fn ensure_credentials(
         cert_pem: fs::read_to_string(&server_crt).map_err(io(&server_crt))?,
         key_pem: fs::read_to_string(&server_key).map_err(io(&server_key))?,
         admin_token,
+        agent_client_cert_pem: fs::read_to_string(&client_crt).map_err(io(&client_crt))?,
+        agent_client_key_pem: fs::read_to_string(&client_key).map_err(io(&client_key))?,
     })
 }
 

@@ -163,6 +163,10 @@ pub fn runtime_spec(plan: &ContainerPlan) -> Value {
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                "options": ["nosuid", "noexec", "nodev", if plan.privileged { "rw" } else { "ro" }]}),
+        // The container's own cgroup, read-only. libcontainer also needs it to find the cgroup
+        // setup when it execs into the container (kubectl exec, exec probes).
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+               "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
     ];
     for mount in &plan.mounts {
         let mut options = vec!["rbind", "rprivate"];

@@ -8,11 +8,13 @@
 //!   /openapi/v3[/{api/v1 | apis/{group}/{version}}]        OpenAPI v3, enough for kubectl validation
 //!   /api/v1[/namespaces/{ns}]/{plural}[/{name}[/{sub}]]    core objects
 //!   /apis/{group}/{version}[/namespaces/{ns}]/{plural}...  grouped objects
+//!   /api/v1/namespaces/{ns}/pods/{name}/{log|exec}         relayed to the pod's agent
 //! ```
 
 pub mod codec;
 mod discovery;
 pub mod error;
+mod node_proxy;
 pub mod objects;
 mod watch;
 
@@ -53,7 +55,11 @@ pub struct ApiState {
     pub admission: std::sync::Mutex<()>,
     /// Usage reported by nodes (the metrics API).
     pub metrics: Arc<crate::metrics::MetricsRegistry>,
+    /// The master's credentials towards agents, for logs and exec.
+    pub node_client: Option<node_proxy::NodeClient>,
 }
+
+pub use node_proxy::NodeClient;
 
 /// Serves HTTPS on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<ApiState>) {
@@ -307,6 +313,15 @@ async fn route(
     }
     let target = parse_target(&segments)?.ok_or_else(|| ApiError::no_route(path))?;
     let method = request.method().clone();
+    if target.resource.kind == "Pod" && target.name.is_some() {
+        match (&method, target.subresource.as_deref()) {
+            (&Method::GET, Some("log")) => return node_proxy::logs(state, &target, &query).await,
+            (&Method::GET | &Method::POST, Some("exec")) => {
+                return node_proxy::exec(state, &target, &query, request).await
+            }
+            _ => {}
+        }
+    }
     let content_type = header_str(&request, header::CONTENT_TYPE);
     let body = if method == Method::GET {
         Bytes::new()

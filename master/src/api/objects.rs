@@ -161,11 +161,6 @@ impl Call {
                     self.plain_format(),
                 ))
             }
-            (Some(_), Some("log")) | (Some(_), Some("exec")) => Err(ApiError::new(
-                503,
-                "ServiceUnavailable",
-                "logs and exec are served by the node's agent, which is not part of this build yet",
-            )),
             (Some(_), Some(other)) => Err(ApiError::no_route(other)),
         }
     }
@@ -324,11 +319,6 @@ impl Call {
             (Some(name), Some("eviction")) if self.resource().kind == "Pod" => {
                 self.evict(name).await
             }
-            (Some(_), Some("exec")) => Err(ApiError::new(
-                503,
-                "ServiceUnavailable",
-                "exec is served by the node's agent, which is not part of this build yet",
-            )),
             (Some(_), _) => Err(ApiError::method_not_allowed("POST on an object")),
             (None, Some(_)) => Err(ApiError::no_route(self.resource().plural)),
         }
