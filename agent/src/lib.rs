@@ -13,3 +13,4 @@ pub mod pod_config;
 pub mod pods;
 pub mod runtime;
 pub mod sim;
+pub mod usage;

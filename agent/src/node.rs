@@ -26,6 +26,9 @@ use crate::pods::{spawn_worker, IpAllocator, NodeContext, PodHandle};
 use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
 use crate::sim::CHAOS_ANNOTATION;
 
+/// How often the node reports usage (the metrics window).
+const METRICS_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How a node agent is set up.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -592,6 +595,57 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                     }
                 })
                 .await;
+        });
+    }
+
+    // Usage of the node and its containers for `kubectl top` and autoscaling.
+    {
+        let agent = agent.clone();
+        let workers = workers.clone();
+        let runner = ctx.runner.clone();
+        tokio::spawn(async move {
+            let mut sampler = crate::usage::UsageSampler::default();
+            let mut tick = tokio::time::interval(METRICS_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if agent.is_dead() {
+                    continue;
+                }
+                let pods: Vec<crate::usage::PodCgroups> = {
+                    let workers = workers.lock().expect("workers lock");
+                    workers
+                        .iter()
+                        .filter_map(|(uid, handle)| {
+                            let pod = handle.object.borrow();
+                            let pod = pod.as_ref()?;
+                            Some(crate::usage::PodCgroups {
+                                namespace: pod["metadata"]["namespace"].as_str()?.to_owned(),
+                                name: pod["metadata"]["name"].as_str()?.to_owned(),
+                                containers: pod["spec"]["containers"]
+                                    .as_array()?
+                                    .iter()
+                                    .filter_map(|c| c["name"].as_str())
+                                    .map(|name| crate::usage::ContainerCgroup {
+                                        name: name.to_owned(),
+                                        cgroup: format!("{}/{name}", runner.pod_cgroup(uid)),
+                                    })
+                                    .collect(),
+                            })
+                        })
+                        .collect()
+                };
+                let report = tokio::task::block_in_place(|| {
+                    sampler.report(&agent.config.node_name, &pods, METRICS_INTERVAL.as_secs())
+                });
+                let path = format!(
+                    "/apis/metrics.k8s.io/v1beta1/nodes/{}",
+                    agent.config.node_name
+                );
+                if let Err(error) = agent.client.replace(&path, &report).await {
+                    tracing::debug!(%error, "usage report failed");
+                }
+            }
         });
     }
 
