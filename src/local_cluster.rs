@@ -173,7 +173,7 @@ pub async fn up(mut options: UpOptions) -> anyhow::Result<()> {
 
     if result.is_ok() {
         print_welcome(&kubeconfig, &demo, &pis, &data_dir);
-        supervise(&pis, &mut agents).await;
+        supervise(&pis, &mut agents, &kubeconfig, &registry_host).await;
     }
     println!("bramble: stopping");
     stop_agents(&mut agents);
@@ -364,11 +364,11 @@ Logs: {data_dir}/logs",
     );
 }
 
-/// Waits for Ctrl-C or SIGTERM, reporting agents that stop on their own.
-async fn supervise(pis: &[VirtualPi], agents: &mut [Child]) {
+/// Waits for Ctrl-C or SIGTERM, restarting agents that stop on their own (as systemd does on
+/// a Pi); their pods keep running and the new agent adopts them.
+async fn supervise(pis: &[VirtualPi], agents: &mut [Child], kubeconfig: &Path, registry: &str) {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler");
-    let mut reported = vec![false; agents.len()];
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -376,15 +376,16 @@ async fn supervise(pis: &[VirtualPi], agents: &mut [Child]) {
             _ = terminate.recv() => return,
             _ = tick.tick() => {}
         }
-        for ((pi, agent), reported) in pis.iter().zip(agents.iter_mut()).zip(&mut reported) {
-            if !*reported {
-                if let Ok(Some(status)) = agent.try_wait() {
-                    eprintln!(
-                        "bramble: the agent of {} stopped ({status}); see {}",
-                        pi.name,
-                        pi.log.display()
-                    );
-                    *reported = true;
+        for (pi, agent) in pis.iter().zip(agents.iter_mut()) {
+            if let Ok(Some(status)) = agent.try_wait() {
+                eprintln!(
+                    "bramble: the agent of {} stopped ({status}); restarting it (log: {})",
+                    pi.name,
+                    pi.log.display()
+                );
+                match start_agent(pi, kubeconfig, registry) {
+                    Ok(child) => *agent = child,
+                    Err(error) => eprintln!("bramble: cannot restart {}: {error:#}", pi.name),
                 }
             }
         }

@@ -167,3 +167,96 @@ def demo_cluster(tmp_path):
 
 def manifest(obj) -> str:
     return yaml.safe_dump(obj)
+
+
+class VirtualPis:
+    """`bramble up`: the master, a local registry and N virtual Pis running real containers.
+
+    Needs root and tests/setup-host. The test LAN and port differ from `bramble up`'s defaults,
+    but the namespace and bridge names are the same: do not run the tests next to a cluster of
+    your own."""
+
+    LAN = "10.98.7.0/24"
+    GATEWAY = "10.98.7.1"
+    PORT = 16443
+
+    def __init__(self, data_dir: Path, nodes: int = 3):
+        self.data_dir = data_dir
+        self.nodes = [f"pi-{i}" for i in range(1, nodes + 1)]
+        self.kubeconfig = data_dir / "admin.kubeconfig"
+        self.output = data_dir.parent / "up.out"
+        self.registry = f"{self.GATEWAY}:5000"
+        self.demo = f"{self.registry}/bramble/demo"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.output, "ab")
+        self.process = subprocess.Popen(
+            [BRAMBLE, "up", "--data-dir", str(data_dir), "--nodes", str(nodes), "--lan", self.LAN,
+             "--port", str(self.PORT), "--profile", "demo"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self._up, timeout=180, interval=0.5, what="bramble up to report the cluster up")
+
+    def _up(self):
+        if self.process.poll() is not None:
+            raise RuntimeError(f"bramble up exited with {self.process.returncode}:\n{self.output.read_text()}")
+        return "bramble is up" in self.output.read_text()
+
+    def kubectl(self, *args, input=None, check=True, timeout=60):
+        result = subprocess.run(
+            [KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
+            input=input, capture_output=True, text=True, timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def kubectl_json(self, *args):
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def client(self):
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=configuration)
+        return client.ApiClient(configuration)
+
+    def agent_log(self, node):
+        return (self.data_dir / "logs" / f"{node}.log").read_text()
+
+    def agent_pid(self, node):
+        return int((self.data_dir / "nodes" / node / "agent.pid").read_text())
+
+    def chaos(self, verb, node):
+        subprocess.run([BRAMBLE, "sim", verb, node, "--kubeconfig", str(self.kubeconfig)],
+                       check=True, capture_output=True)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        subprocess.run([BRAMBLE, "down", "--data-dir", str(self.data_dir)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pis(tmp_path_factory):
+    """Three virtual Pis shared by a test module; each test works in its own namespace."""
+    if os.geteuid() != 0:
+        pytest.skip("virtual Pis need root")
+    cluster = VirtualPis(tmp_path_factory.mktemp("pis") / "data")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def namespace(pis, request):
+    name = "t-" + request.node.name.replace("_", "-")[:50].strip("-").lower()
+    pis.kubectl("create", "namespace", name)
+    yield name
+    pis.kubectl("delete", "namespace", name, "--wait=false", check=False)
