@@ -49,6 +49,69 @@ pub struct UpOptions {
     pub port: u16,
     /// The master's settings (its listen and advertise addresses are set here).
     pub master: master::MasterConfig,
+    /// Started by [`start_in_background`]: stopped with `bramble down`, not Ctrl-C.
+    pub in_background: bool,
+    /// How the user runs bramble (for the commands the welcome shows).
+    pub program: String,
+}
+
+/// Starts `bramble up --foreground ARGS` as a background process with its output in
+/// DIR/logs/up.log, shows its progress, and returns once the cluster is Ready (or failed).
+pub async fn start_in_background(data_dir: &Path, args: &[String]) -> anyhow::Result<()> {
+    preflight()?;
+    std::fs::create_dir_all(data_dir.join("logs"))
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    if let Some(pid) = running_up(data_dir) {
+        bail!(
+            "bramble up is already running for {} (pid {pid}); stop it with `bramble down`",
+            data_dir.display()
+        );
+    }
+    let log_path = data_dir.join("logs").join("up.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let ready_file = data_dir.join("up.ready");
+    let _ = std::fs::remove_file(&ready_file);
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("up")
+        .args(args)
+        .arg("--foreground")
+        .arg("--in-background")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is a plain system call, safe between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command
+        .spawn()
+        .context("starting bramble up in the background")?;
+    let mut shown = 0;
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let complete = text.rfind('\n').map_or(0, |end| end + 1);
+        if complete > shown {
+            print!("{}", &text[shown..complete]);
+            shown = complete;
+        }
+        if ready_file.exists() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            print!("{}", &text[shown..]);
+            bail!(
+                "bramble up stopped ({status}) before the cluster was Ready; its log is {}",
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A virtual Pi's name, namespace file, LAN address and directories.
@@ -106,6 +169,8 @@ fn preflight() -> anyhow::Result<()> {
 /// Runs the local cluster until Ctrl-C or SIGTERM, then takes it all down again. The master's
 /// database and the registry's blobs stay in the data directory for the next `up`.
 pub async fn up(mut options: UpOptions) -> anyhow::Result<()> {
+    let program = options.program.clone();
+    let in_background = options.in_background;
     preflight()?;
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating {}", options.data_dir.display()))?;
@@ -172,16 +237,20 @@ pub async fn up(mut options: UpOptions) -> anyhow::Result<()> {
     .await;
 
     if result.is_ok() {
-        print_welcome(&kubeconfig, &demo, &pis, &data_dir);
+        print_welcome(&program, in_background, &kubeconfig, &demo, &pis, &data_dir);
+        let _ = std::fs::write(data_dir.join("up.ready"), b"");
         supervise(&pis, &mut agents, &kubeconfig, &registry_host).await;
     }
     println!("bramble: stopping");
-    stop_agents(&mut agents);
-    clean_up(&data_dir, Some(&pis)).await;
+    // The master goes first: otherwise it would see the Pis die and evict their pods, and the
+    // next `up` would find bare pods gone.
     let _ = stop_master.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), master_task).await;
+    stop_agents(&mut agents);
+    clean_up(&data_dir, Some(&pis)).await;
     drop(registry);
     let _ = std::fs::remove_file(data_dir.join("up.pid"));
+    let _ = std::fs::remove_file(data_dir.join("up.ready"));
     result?;
     println!(
         "bramble: down; the cluster's objects stay in {} for the next `bramble up`",
@@ -341,8 +410,26 @@ async fn wait_until_ready(
     }
 }
 
-fn print_welcome(kubeconfig: &Path, demo: &str, pis: &[VirtualPi], data_dir: &Path) {
+fn print_welcome(
+    program: &str,
+    in_background: bool,
+    kubeconfig: &Path,
+    demo: &str,
+    pis: &[VirtualPi],
+    data_dir: &Path,
+) {
     let last = pis.len();
+    let stop = if in_background {
+        format!(
+            "Stop it with `{program} down --data-dir {}` (--purge forgets its objects too).",
+            data_dir.display()
+        )
+    } else {
+        format!(
+            "Press Ctrl-C to stop; `{program} down --data-dir {}` cleans up if this process dies.",
+            data_dir.display()
+        )
+    };
     println!(
         "
 bramble is up: {last} virtual Pis (pi-1..pi-{last}) running real containers.
@@ -353,11 +440,13 @@ bramble is up: {last} virtual Pis (pi-1..pi-{last}) running real containers.
   kubectl get pods -o wide                     # which Pi runs what
   kubectl logs deploy/hello
   kubectl set image deployment/hello demo={demo}:2   # a rolling update
-  bramble sim kill pi-2                        # kill a Pi and watch the pods move
-  bramble sim revive pi-2
+
+Kill a Pi and watch its pods move, then bring it back:
+  {program} sim kill pi-2
+  {program} sim revive pi-2
 
 The virtual Pis reach the local registry and each other, not the internet.
-Press Ctrl-C to stop; `sudo bramble down` cleans up if this process dies.
+{stop}
 Logs: {data_dir}/logs",
         kubeconfig = kubeconfig.display(),
         data_dir = data_dir.display(),

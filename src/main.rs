@@ -31,18 +31,20 @@ enum Command {
     ///   KUBECONFIG=/var/lib/bramble/admin.kubeconfig kubectl get nodes
     #[command(verbatim_doc_comment)]
     Master(MasterArgs),
-    /// Run a local cluster of virtual Pis on this machine until Ctrl-C, state in ./.bramble.
+    /// Start a local cluster of virtual Pis on this machine, state in ./.bramble.
     ///
     /// Each virtual Pi is a network namespace on the bridge bramble-lan running a real agent
     /// with real containers; the master and a registry holding the demo image run on the
-    /// bridge's address. Needs root and, once, ./tests/setup-host:
+    /// bridge's address. Returns once every Pi is Ready and keeps running in the background
+    /// until `bramble down`. Needs root and, once, ./tests/setup-host:
     ///
     ///   sudo bramble up --nodes 3 --profile demo
     ///   export KUBECONFIG=$PWD/.bramble/admin.kubeconfig
     ///   kubectl create deployment hello --image=10.99.0.1:5000/bramble/demo:1 --replicas=6
+    ///   sudo bramble down
     ///
-    /// With --simulated the nodes are simulated instead (no root, no containers; see
-    /// `bramble sim --help`).
+    /// With --foreground it runs in the terminal until Ctrl-C. With --simulated the nodes are
+    /// simulated instead (no root, no containers; see `bramble sim --help`).
     #[command(verbatim_doc_comment)]
     Up(UpArgs),
     /// Stop a local cluster started by `bramble up` and remove what it left on the host
@@ -290,9 +292,15 @@ struct UpArgs {
     #[arg(long, default_value = "10.99.0.0/24", value_parser = parse_cidr)]
     lan: agent::network::Cidr,
     /// Simulate the nodes instead of running agents (no root, no containers): pods are
-    /// scheduled, "run", report usage and heal.
+    /// scheduled, "run", report usage and heal. Runs in the foreground.
     #[arg(long)]
     simulated: bool,
+    /// Stay in the foreground until Ctrl-C instead of returning once the cluster is Ready.
+    #[arg(long)]
+    foreground: bool,
+    /// Internal: this is the background process `bramble up` started.
+    #[arg(long, hide = true)]
+    in_background: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -475,12 +483,25 @@ fn limit_allocator_arenas() {
     }
 }
 
+/// How the user ran bramble, for commands shown to them: `bramble` when that is on the PATH.
+fn program_name() -> String {
+    let invoked = std::env::args().next().unwrap_or_else(|| "bramble".into());
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join("bramble").is_file())
+    });
+    if on_path || !invoked.contains('/') {
+        "bramble".into()
+    } else {
+        invoked
+    }
+}
+
 /// The log file of the master inside `bramble up` (DIR/logs/master.log).
 fn master_log_file(command: &Command) -> Option<std::fs::File> {
     let Command::Up(args) = command else {
         return None;
     };
-    if args.simulated {
+    if args.simulated || !args.foreground {
         return None;
     }
     let dir = args.data_dir.join("logs");
@@ -542,6 +563,12 @@ fn main() {
                 )
                 .await
             }
+            Command::Up(args) if !args.foreground => {
+                // Everything after `up` is passed on to the background process.
+                let passed: Vec<String> =
+                    std::env::args().skip_while(|a| a != "up").skip(1).collect();
+                local_cluster::start_in_background(&args.data_dir, &passed).await
+            }
             Command::Up(args) => {
                 let listen = SocketAddr::from(([127, 0, 0, 1], args.port));
                 local_cluster::up(local_cluster::UpOptions {
@@ -550,6 +577,8 @@ fn main() {
                     nodes: args.nodes.into(),
                     lan: args.lan,
                     port: args.port,
+                    in_background: args.in_background,
+                    program: program_name(),
                 })
                 .await
             }

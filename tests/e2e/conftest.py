@@ -188,19 +188,16 @@ class VirtualPis:
         self.registry = f"{self.GATEWAY}:5000"
         self.demo = f"{self.registry}/bramble/demo"
         data_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.output, "ab")
-        self.process = subprocess.Popen(
+        # `bramble up` returns once every Pi is Ready and leaves the cluster in the background.
+        started = subprocess.run(
             [BRAMBLE, "up", "--data-dir", str(data_dir), "--nodes", str(nodes), "--lan", self.LAN,
              "--port", str(self.PORT), "--profile", "demo"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            capture_output=True, text=True, timeout=300,
         )
-        wait_for(self._up, timeout=180, interval=0.5, what="bramble up to report the cluster up")
-
-    def _up(self):
-        if self.process.poll() is not None:
-            raise RuntimeError(f"bramble up exited with {self.process.returncode}:\n{self.output.read_text()}")
-        return "bramble is up" in self.output.read_text()
+        self.output.write_text(started.stdout + started.stderr)
+        if started.returncode != 0:
+            raise RuntimeError(f"bramble up failed ({started.returncode}):\n{started.stdout}\n{started.stderr}")
+        assert "bramble is up" in started.stdout
 
     def kubectl(self, *args, input=None, check=True, timeout=60):
         result = subprocess.run(
@@ -234,14 +231,9 @@ class VirtualPis:
                        check=True, capture_output=True)
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        subprocess.run([BRAMBLE, "down", "--data-dir", str(self.data_dir)], capture_output=True)
+        down = subprocess.run([BRAMBLE, "down", "--data-dir", str(self.data_dir)],
+                              capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr
 
 
 @pytest.fixture(scope="module")
