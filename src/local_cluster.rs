@@ -207,6 +207,13 @@ pub async fn up(mut options: UpOptions) -> anyhow::Result<()> {
         .await
         .context("starting the master")?;
     let kubeconfig = started.kubeconfig_path.clone();
+    let join = Join {
+        server: format!("https://{gateway}:{}", options.port),
+        token: std::fs::read_to_string(data_dir.join("join.token"))
+            .context("reading the master's join token")?
+            .trim()
+            .to_owned(),
+    };
     let (stop_master, master_stopped) = tokio::sync::oneshot::channel::<()>();
     let master_task = tokio::spawn(started.serve(async {
         let _ = master_stopped.await;
@@ -224,7 +231,7 @@ pub async fn up(mut options: UpOptions) -> anyhow::Result<()> {
             lan.attach(&pi.name, &pi.netns, pi.ip)
                 .await
                 .with_context(|| format!("wiring {} onto {LAN_BRIDGE}", pi.name))?;
-            agents.push(start_agent(pi, &kubeconfig, &registry_host)?);
+            agents.push(start_agent(pi, &join, &registry_host)?);
             println!(
                 "bramble: {} started at {} (log: {})",
                 pi.name,
@@ -239,7 +246,7 @@ pub async fn up(mut options: UpOptions) -> anyhow::Result<()> {
     if result.is_ok() {
         print_welcome(&program, in_background, &kubeconfig, &demo, &pis, &data_dir);
         let _ = std::fs::write(data_dir.join("up.ready"), b"");
-        supervise(&pis, &mut agents, &kubeconfig, &registry_host).await;
+        supervise(&pis, &mut agents, &join, &registry_host).await;
     }
     println!("bramble: stopping");
     // The master goes first: otherwise it would see the Pis die and evict their pods, and the
@@ -310,7 +317,13 @@ fn claim_pid_file(data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_agent(pi: &VirtualPi, kubeconfig: &Path, registry: &str) -> anyhow::Result<Child> {
+/// How virtual Pis reach and join the master.
+struct Join {
+    server: String,
+    token: String,
+}
+
+fn start_agent(pi: &VirtualPi, join: &Join, registry: &str) -> anyhow::Result<Child> {
     std::fs::create_dir_all(&pi.data_dir)?;
     let log = std::fs::File::options()
         .create(true)
@@ -321,8 +334,9 @@ fn start_agent(pi: &VirtualPi, kubeconfig: &Path, registry: &str) -> anyhow::Res
     let mut command = Command::new(std::env::current_exe()?);
     command
         .arg("agent")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
+        .arg("--server")
+        .arg(&join.server)
+        .env("BRAMBLE_JOIN_TOKEN", &join.token)
         .arg("--node-name")
         .arg(&pi.name)
         .arg("--node-ip")
@@ -455,7 +469,7 @@ Logs: {data_dir}/logs",
 
 /// Waits for Ctrl-C or SIGTERM, restarting agents that stop on their own (as systemd does on
 /// a Pi); their pods keep running and the new agent adopts them.
-async fn supervise(pis: &[VirtualPi], agents: &mut [Child], kubeconfig: &Path, registry: &str) {
+async fn supervise(pis: &[VirtualPi], agents: &mut [Child], join: &Join, registry: &str) {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -472,7 +486,7 @@ async fn supervise(pis: &[VirtualPi], agents: &mut [Child], kubeconfig: &Path, r
                     pi.name,
                     pi.log.display()
                 );
-                match start_agent(pi, kubeconfig, registry) {
+                match start_agent(pi, join, registry) {
                     Ok(child) => *agent = child,
                     Err(error) => eprintln!("bramble: cannot restart {}: {error:#}", pi.name),
                 }

@@ -71,9 +71,11 @@ enum Command {
     /// Run the node agent: join a master and run the pods it schedules here in real containers.
     ///
     /// Registers this machine as a Node, heartbeats, and runs pods with youki's libcontainer
-    /// (no container daemon), pulling images and wiring each pod onto a bridge with its own IP:
+    /// (no container daemon), pulling images and wiring each pod onto a bridge with its own IP.
+    /// The first start joins with the master's join token (DIR/join.token on the master) and
+    /// keeps the node's own credentials in the data directory:
     ///
-    ///   bramble agent --kubeconfig /var/lib/bramble/node.kubeconfig --node-name pi-2
+    ///   bramble agent --server https://192.168.1.10:6443 --join-token bramble1.… --node-name pi-2
     ///
     /// Pods keep running when the agent stops; a restarted agent adopts them. Needs root.
     #[command(verbatim_doc_comment)]
@@ -88,9 +90,16 @@ enum Command {
 
 #[derive(Args)]
 struct AgentArgs {
-    /// Kubeconfig with this node's credentials.
-    #[arg(long, env = "KUBECONFIG")]
-    kubeconfig: PathBuf,
+    /// The master, as https://HOST:PORT (needed to join).
+    #[arg(long)]
+    server: Option<String>,
+    /// The master's join token, used once to obtain this node's credentials.
+    #[arg(long, env = "BRAMBLE_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// Kubeconfig with this node's credentials (default: DATA_DIR/node.kubeconfig, written
+    /// when the node joins).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// The node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
@@ -122,8 +131,23 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         Some(name) => name,
         None => nix_hostname()?,
     };
+    let kubeconfig = args
+        .kubeconfig
+        .unwrap_or_else(|| args.data_dir.join("node.kubeconfig"));
+    if !kubeconfig.exists() {
+        match (&args.server, &args.join_token) {
+            (Some(server), Some(token)) => {
+                agent::join::join(server, token, &node_name, &kubeconfig).await?;
+                tracing::info!(node = node_name, kubeconfig = %kubeconfig.display(), "joined the cluster");
+            }
+            _ => anyhow::bail!(
+                "{} does not exist: give --server and --join-token to join a master",
+                kubeconfig.display()
+            ),
+        }
+    }
     let config = agent::node::AgentConfig {
-        kubeconfig: args.kubeconfig,
+        kubeconfig,
         node_name,
         node_ip: args.node_ip,
         data_dir: args.data_dir,
@@ -440,6 +464,11 @@ async fn run_master(config: master::MasterConfig, up_nodes: Option<usize>) -> an
         .canonicalize()
         .unwrap_or(started.kubeconfig_path.clone());
     tracing::info!(address = %started.local_addr, kubeconfig = %kubeconfig.display(), "master serving");
+    tracing::info!(
+        "agents join with: bramble agent --server {} --join-token $(cat {})",
+        started.server_url(),
+        data_dir.join("join.token").display()
+    );
     let mut nodes = None;
     if let Some(count) = up_nodes {
         if count > 0 {

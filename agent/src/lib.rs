@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod image;
+pub mod join;
 pub mod network;
 pub mod node;
 pub mod node_server;

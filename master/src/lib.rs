@@ -228,6 +228,11 @@ pub struct Master {
 }
 
 impl Master {
+    /// The URL clients and agents use to reach this master.
+    pub fn server_url(&self) -> String {
+        self.config.server_url()
+    }
+
     /// Opens the store, prepares credentials, binds the port, creates built-in objects and
     /// writes the admin kubeconfig.
     pub async fn start(mut config: MasterConfig) -> Result<Master, MasterError> {
@@ -276,6 +281,12 @@ impl Master {
 
         let mut tokens = HashMap::new();
         tokens.insert(credentials.admin_token.clone(), "admin".to_owned());
+        let nodes = api::node_auth::NodeCredentials::load(
+            &data_dir,
+            &credentials.ca_pem,
+            &config.server_url(),
+        )
+        .map_err(MasterError::Pki)?;
         let state = Arc::new(ApiState {
             store: store.clone(),
             tokens,
@@ -293,6 +304,7 @@ impl Master {
                     None
                 }
             },
+            nodes,
         });
         {
             let state = state.clone();

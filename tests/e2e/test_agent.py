@@ -277,3 +277,33 @@ def test_kubectl_top_shows_real_usage(pis, namespace):
     assert millicores > 300, top
     nodes = pis.kubectl("top", "nodes", "--no-headers").stdout
     assert all(node in nodes for node in pis.nodes)
+
+
+def test_each_node_has_its_own_credentials_and_may_change_only_its_own_objects(pis, namespace):
+    own = pis.data_dir / "nodes" / "pi-1" / "node.kubeconfig"
+
+    def as_node(*args, **kwargs):
+        return pis.kubectl("--kubeconfig", str(own), *args, check=False, **kwargs)
+
+    assert "system:node:pi-1" in own.read_text()
+    assert as_node("label", "node", "pi-1", "checked=yes", "--overwrite").returncode == 0
+    refused = as_node("label", "node", "pi-2", "checked=yes", "--overwrite")
+    assert refused.returncode != 0 and "Forbidden" in refused.stderr, refused.stderr
+    assert "cannot list" in as_node("get", "secrets", "-A").stderr
+    assert "is forbidden" in as_node("create", "deployment", "sneaky", "--image=x", "-n", namespace).stderr
+    # Pods on another node are not this node's to change.
+    create(pis, namespace, pod_spec("elsewhere", [{"name": "demo", "image": f"{pis.demo}:1"}], nodeName="pi-2"))
+    refused = as_node("delete", "pod", "elsewhere", "-n", namespace, "--wait=false")
+    assert "Forbidden" in refused.stderr, refused.stderr
+    # A wrong join token gets nothing.
+    import subprocess
+    from conftest import BRAMBLE
+
+    token = (pis.data_dir / "join.token").read_text().strip()
+    forged = token.rsplit(".", 1)[0] + ".not-the-secret"
+    joined = subprocess.run(
+        [BRAMBLE, "agent", "--server", f"https://{pis.GATEWAY}:{pis.PORT}", "--join-token", forged,
+         "--node-name", "intruder", "--data-dir", str(pis.data_dir.parent / "intruder")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert joined.returncode != 0 and "refused" in joined.stderr, joined.stderr

@@ -9,11 +9,13 @@
 //!   /api/v1[/namespaces/{ns}]/{plural}[/{name}[/{sub}]]    core objects
 //!   /apis/{group}/{version}[/namespaces/{ns}]/{plural}...  grouped objects
 //!   /api/v1/namespaces/{ns}/pods/{name}/{log|exec}         relayed to the pod's agent
+//!   /bramble/v1/ca.crt  /bramble/v1/join                   how agents join (see node_auth)
 //! ```
 
 pub mod codec;
 mod discovery;
 pub mod error;
+pub mod node_auth;
 mod node_proxy;
 pub mod objects;
 mod watch;
@@ -57,6 +59,8 @@ pub struct ApiState {
     pub metrics: Arc<crate::metrics::MetricsRegistry>,
     /// The master's credentials towards agents, for logs and exec.
     pub node_client: Option<node_proxy::NodeClient>,
+    /// The join token and the nodes' own tokens.
+    pub nodes: node_auth::NodeCredentials,
 }
 
 pub use node_proxy::NodeClient;
@@ -171,7 +175,13 @@ fn authenticate<B>(state: &ApiState, request: &Request<B>) -> Result<String, Api
             user = Some(name.clone());
         }
     }
-    user.ok_or_else(ApiError::unauthorized)
+    user.or_else(|| {
+        state
+            .nodes
+            .node_of(token)
+            .map(|node| format!("{}{node}", node_auth::NODE_USER_PREFIX))
+    })
+    .ok_or_else(ApiError::unauthorized)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -292,15 +302,42 @@ async fn route(
                 ResponseFormat::Json,
             ))
         }
+        ["bramble", "v1", "ca.crt"] if request.method() == Method::GET => {
+            return Ok(respond(
+                200,
+                "application/x-pem-file",
+                node_auth::ca_certificate(state),
+            ))
+        }
+        ["bramble", "v1", "join"] if request.method() == Method::POST => {
+            let bearer = header_str(&request, header::AUTHORIZATION)
+                .and_then(|h| h.strip_prefix("Bearer ").map(|t| t.trim().to_owned()));
+            let body = read_body(request).await?;
+            let state = state.clone();
+            let kubeconfig =
+                objects::blocking(move || node_auth::join(&state, bearer.as_deref(), &body))
+                    .await?;
+            return Ok(respond_value(
+                200,
+                &node_auth::join_answer(kubeconfig),
+                ResponseFormat::Json,
+            ));
+        }
         _ => {}
     }
-    let _user = authenticate(state, &request)?;
+    let user = authenticate(state, &request)?;
+    let node = user
+        .strip_prefix(node_auth::NODE_USER_PREFIX)
+        .map(str::to_owned);
     let accept = header_str(&request, header::ACCEPT).unwrap_or_default();
     if let Some(response) = discovery::serve(&segments, &accept)? {
         return Ok(response);
     }
     if let ["apis", "metrics.k8s.io", "v1beta1", rest @ ..] = segments.as_slice() {
         let method = request.method().clone();
+        if let Some(node) = &node {
+            node_auth::may_report_usage(node, &method, rest)?;
+        }
         let body = read_body(request).await?;
         let state = state.clone();
         let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
@@ -314,6 +351,11 @@ async fn route(
     let target = parse_target(&segments)?.ok_or_else(|| ApiError::no_route(path))?;
     let method = request.method().clone();
     if target.resource.kind == "Pod" && target.name.is_some() {
+        if node.is_some() && matches!(target.subresource.as_deref(), Some("log" | "exec")) {
+            return Err(ApiError::forbidden(
+                "nodes do not read logs or exec into pods",
+            ));
+        }
         match (&method, target.subresource.as_deref()) {
             (&Method::GET, Some("log")) => return node_proxy::logs(state, &target, &query).await,
             (&Method::GET | &Method::POST, Some("exec")) => {
@@ -328,6 +370,22 @@ async fn route(
     } else {
         read_body(request).await?
     };
+    if let Some(node) = &node {
+        let watching = query
+            .get("watch")
+            .is_some_and(|w| w == "true" || w == "1" || w.is_empty());
+        node_auth::authorize(
+            state,
+            node_auth::NodeRequest {
+                node,
+                method: &method,
+                target: &target,
+                body: &body,
+                watching,
+            },
+        )
+        .await?;
+    }
     let call = objects::Call {
         state: state.clone(),
         target,

@@ -1,0 +1,456 @@
+//! How agents join and what a node may do.
+//!
+//! Joining: the master keeps a join token, `bramble1.<SHA-256 of the CA certificate>.<secret>`
+//! (DIR/join.token). A new agent fetches the CA from `GET /bramble/v1/ca.crt` (public), checks it
+//! against the hash in the token, then calls `POST /bramble/v1/join` with the secret as bearer
+//! token and its node name. The master answers with a kubeconfig holding a token of the node's
+//! own, user `system:node:<name>`; tokens live in DIR/node-tokens (a re-join replaces the old).
+//!
+//! Authorization, like upstream's Node authorizer: a node may change only its own Node (and its
+//! status), its own Lease, the status of pods bound to it, delete those pods, create events and
+//! report its own usage; it may read config maps and secrets only when a pod bound to it uses
+//! them. Everything else it asks to change is refused with 403.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use http::Method;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use serde_json::{json, Value};
+use sha2::Digest;
+
+use super::error::ApiError;
+use super::objects::blocking;
+use super::{ApiState, Target};
+
+/// The prefix of node users.
+pub const NODE_USER_PREFIX: &str = "system:node:";
+
+/// The join token and the tokens issued to nodes.
+pub struct NodeCredentials {
+    join_secret: String,
+    ca_hash: String,
+    ca_pem: String,
+    server_url: String,
+    tokens_file: PathBuf,
+    /// Node token → node name.
+    tokens: RwLock<HashMap<String, String>>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of the first certificate in `pem` (hex), as join tokens carry it.
+pub fn ca_hash(pem: &str) -> Option<String> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    Some(hex(&sha2::Sha256::digest(der.as_ref())))
+}
+
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .split('.')
+            .all(|part| !part.is_empty() && !part.starts_with('-') && !part.ends_with('-'))
+}
+
+impl NodeCredentials {
+    /// Loads (or creates) the join secret and the node tokens in `data_dir`.
+    pub fn load(
+        data_dir: &std::path::Path,
+        ca_pem: &str,
+        server_url: &str,
+    ) -> Result<NodeCredentials, crate::pki::PkiError> {
+        let secret_file = data_dir.join("join.secret");
+        if !secret_file.exists() {
+            crate::pki::write_private(&secret_file, crate::pki::new_token().as_bytes())?;
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path).map_err(|source| crate::pki::PkiError::Io {
+                path: path.clone(),
+                source,
+            })
+        };
+        let join_secret = read(&secret_file)?.trim().to_owned();
+        let tokens_file = data_dir.join("node-tokens");
+        let tokens = std::fs::read_to_string(&tokens_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (token, node) = line.split_once(' ')?;
+                Some((token.to_owned(), node.to_owned()))
+            })
+            .collect();
+        let credentials = NodeCredentials {
+            ca_hash: ca_hash(ca_pem).unwrap_or_default(),
+            ca_pem: ca_pem.to_owned(),
+            join_secret,
+            server_url: server_url.to_owned(),
+            tokens_file,
+            tokens: RwLock::new(tokens),
+        };
+        crate::pki::write_private(
+            &data_dir.join("join.token"),
+            format!("{}\n", credentials.join_token()).as_bytes(),
+        )?;
+        Ok(credentials)
+    }
+
+    /// The token agents join with.
+    pub fn join_token(&self) -> String {
+        format!("bramble1.{}.{}", self.ca_hash, self.join_secret)
+    }
+
+    /// The node a bearer token belongs to.
+    pub fn node_of(&self, token: &str) -> Option<String> {
+        self.tokens
+            .read()
+            .expect("tokens lock")
+            .iter()
+            .find(|(known, _)| super::constant_time_eq(known.as_bytes(), token.as_bytes()))
+            .map(|(_, node)| node.clone())
+    }
+
+    fn accepts_join_secret(&self, presented: &str) -> bool {
+        let secret = presented.rsplit('.').next().unwrap_or(presented);
+        super::constant_time_eq(secret.as_bytes(), self.join_secret.as_bytes())
+    }
+
+    /// Issues a fresh token for `node` (replacing an older one) and returns its kubeconfig.
+    fn issue(&self, node: &str) -> Result<String, ApiError> {
+        let token = crate::pki::new_token();
+        let mut tokens = self.tokens.write().expect("tokens lock");
+        tokens.retain(|_, owner| owner != node);
+        tokens.insert(token.clone(), node.to_owned());
+        let mut lines: Vec<String> = tokens.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        lines.sort();
+        crate::pki::write_private(&self.tokens_file, (lines.join("\n") + "\n").as_bytes())
+            .map_err(|e| ApiError::internal(format!("storing the node's token: {e}")))?;
+        Ok(crate::pki::kubeconfig(
+            "bramble",
+            &self.server_url,
+            &self.ca_pem,
+            &format!("{NODE_USER_PREFIX}{node}"),
+            &token,
+        ))
+    }
+}
+
+/// `GET /bramble/v1/ca.crt`: the cluster CA, for agents to check against their join token.
+pub fn ca_certificate(state: &ApiState) -> Vec<u8> {
+    state.nodes.ca_pem.as_bytes().to_vec()
+}
+
+/// `POST /bramble/v1/join` with the join token as bearer token and `{"node": NAME}`: the
+/// node's kubeconfig.
+pub fn join(state: &ApiState, bearer: Option<&str>, body: &[u8]) -> Result<String, ApiError> {
+    let presented = bearer.unwrap_or_default();
+    if presented.is_empty() || !state.nodes.accepts_join_secret(presented) {
+        return Err(ApiError::unauthorized());
+    }
+    let request: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("join request: {e}")))?;
+    let node = request["node"].as_str().unwrap_or_default();
+    if !is_dns_subdomain(node) {
+        return Err(ApiError::bad_request(format!(
+            "node name {node:?} is not a valid DNS subdomain (lower-case letters, digits, '-' and '.')"
+        )));
+    }
+    tracing::info!(node, "node joined");
+    state.nodes.issue(node)
+}
+
+/// What a node asks to do.
+pub struct NodeRequest<'a> {
+    /// The node's name.
+    pub node: &'a str,
+    /// The HTTP method.
+    pub method: &'a Method,
+    /// The resource path's target.
+    pub target: &'a Target,
+    /// The request body (for creates).
+    pub body: &'a [u8],
+    /// Whether the request watches.
+    pub watching: bool,
+}
+
+fn forbidden(request: &NodeRequest<'_>, why: &str) -> ApiError {
+    let verb = match *request.method {
+        Method::GET if request.watching => "watch",
+        Method::GET if request.target.name.is_none() => "list",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "use",
+    };
+    let resource = match &request.target.subresource {
+        Some(sub) => format!("{}/{sub}", request.target.resource.plural),
+        None => request.target.resource.plural.to_owned(),
+    };
+    let object = match request.target.name.as_deref() {
+        Some(name) => format!("{resource} \"{name}\""),
+        None => resource.clone(),
+    };
+    let scope = match &request.target.namespace {
+        Some(ns) => format!("in the namespace \"{ns}\""),
+        None => "at the cluster scope".to_owned(),
+    };
+    ApiError::forbidden(format!(
+        "{object} is forbidden: User \"{NODE_USER_PREFIX}{}\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}: {why}",
+        request.node, request.target.resource.group
+    ))
+}
+
+fn pod_uses(pod: &Value, kind: &str, name: &str) -> bool {
+    let spec = &pod["spec"];
+    let (volume_key, env_key, env_from_key) = if kind == "secrets" {
+        ("secret", "secretKeyRef", "secretRef")
+    } else {
+        ("configMap", "configMapKeyRef", "configMapRef")
+    };
+    let volume_name = |v: &Value| {
+        if kind == "secrets" {
+            v[volume_key]["secretName"].as_str().map(str::to_owned)
+        } else {
+            v[volume_key]["name"].as_str().map(str::to_owned)
+        }
+    };
+    let in_volumes = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| volume_name(v).as_deref() == Some(name));
+    let containers = spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(spec["initContainers"].as_array().into_iter().flatten());
+    let in_env = containers.into_iter().any(|c| {
+        c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["valueFrom"][env_key]["name"] == name)
+            || c["envFrom"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e[env_from_key]["name"] == name)
+    });
+    let pull_secret = kind == "secrets"
+        && spec["imagePullSecrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["name"] == name);
+    in_volumes || in_env || pull_secret
+}
+
+/// Allows or refuses what a node asks.
+pub async fn authorize(state: &Arc<ApiState>, request: NodeRequest<'_>) -> Result<(), ApiError> {
+    let target = request.target;
+    let plural = target.resource.plural;
+    let group = target.resource.group;
+    let name = target.name.as_deref();
+    let namespace = target.namespace.as_deref();
+    let sub = target.subresource.as_deref();
+    let node = request.node;
+    let reading = *request.method == Method::GET;
+    match (group, plural) {
+        ("", "secrets") | ("", "configmaps") => {
+            if !reading {
+                return Err(forbidden(
+                    &request,
+                    "nodes only read config maps and secrets",
+                ));
+            }
+            let Some(name) = name else {
+                return Err(forbidden(
+                    &request,
+                    "a node reads config maps and secrets one by one, for its pods",
+                ));
+            };
+            if plural == "configmaps"
+                && namespace == Some("kube-system")
+                && name == "bramble-settings"
+            {
+                return Ok(());
+            }
+            let namespace = namespace.unwrap_or("default").to_owned();
+            if pods_on(state, node, &namespace)
+                .await?
+                .iter()
+                .any(|pod| pod_uses(pod, plural, name))
+            {
+                return Ok(());
+            }
+            Err(forbidden(&request, "no pod bound to this node uses it"))
+        }
+        ("", "pods") if reading => match sub {
+            None | Some("status") => Ok(()),
+            _ => Err(forbidden(&request, "nodes do not read logs or exec")),
+        },
+        ("", "pods") => {
+            let allowed_write = matches!(
+                (request.method, sub),
+                (&Method::PATCH | &Method::PUT, Some("status")) | (&Method::DELETE, None)
+            );
+            let Some(pod_name) = name.filter(|_| allowed_write) else {
+                return Err(forbidden(
+                    &request,
+                    "a node may only update the status of its pods and delete them",
+                ));
+            };
+            let namespace = namespace.unwrap_or("default").to_owned();
+            let store = state.store.clone();
+            let resource = target.resource;
+            let pod_name = pod_name.to_owned();
+            let pod = blocking(move || {
+                store
+                    .get(&resource.storage_key(), &namespace, &pod_name)
+                    .map_err(|e| ApiError::from_store(e, resource, &pod_name))
+            })
+            .await?;
+            match pod {
+                // A missing pod answers 404 as usual.
+                None => Ok(()),
+                Some(pod) if pod["spec"]["nodeName"] == node => Ok(()),
+                Some(_) => Err(forbidden(&request, "the pod is not bound to this node")),
+            }
+        }
+        ("", "nodes") => {
+            if reading {
+                return Ok(());
+            }
+            let own = match (request.method, name) {
+                (&Method::POST, None) => {
+                    let body: Value = serde_json::from_slice(request.body).unwrap_or(Value::Null);
+                    body["metadata"]["name"] == node
+                }
+                (&Method::PUT | &Method::PATCH, Some(name)) => {
+                    name == node && matches!(sub, None | Some("status"))
+                }
+                _ => false,
+            };
+            if own {
+                Ok(())
+            } else {
+                Err(forbidden(
+                    &request,
+                    "a node may change only its own Node object",
+                ))
+            }
+        }
+        ("coordination.k8s.io", "leases") => {
+            if reading {
+                return Ok(());
+            }
+            let in_lease_namespace = namespace == Some("kube-node-lease");
+            let own = match (request.method, name) {
+                (&Method::POST, None) => {
+                    let body: Value = serde_json::from_slice(request.body).unwrap_or(Value::Null);
+                    body["metadata"]["name"] == node
+                }
+                (&Method::PUT | &Method::PATCH, Some(name)) => name == node && sub.is_none(),
+                _ => false,
+            };
+            if own && in_lease_namespace {
+                Ok(())
+            } else {
+                Err(forbidden(&request, "a node may change only its own lease"))
+            }
+        }
+        ("", "events") | ("events.k8s.io", "events") => {
+            if matches!(
+                *request.method,
+                Method::GET | Method::POST | Method::PATCH | Method::PUT
+            ) {
+                Ok(())
+            } else {
+                Err(forbidden(&request, "nodes create and update events"))
+            }
+        }
+        _ if reading => Ok(()),
+        _ => Err(forbidden(&request, "nodes may not change this")),
+    }
+}
+
+async fn pods_on(
+    state: &Arc<ApiState>,
+    node: &str,
+    namespace: &str,
+) -> Result<Vec<Value>, ApiError> {
+    let store = state.store.clone();
+    let key = crate::resources::find("", "v1", "pods")
+        .expect("pods are a resource")
+        .storage_key();
+    let namespace = namespace.to_owned();
+    let node = node.to_owned();
+    blocking(move || {
+        let page = store
+            .list(&key, Some(&namespace), None, 100_000, &|pod: &Value| {
+                pod["spec"]["nodeName"] == node.as_str()
+            })
+            .map_err(|e| ApiError::internal(format!("listing pods: {e}")))?;
+        Ok(page.items)
+    })
+    .await
+}
+
+/// Whether a node may write its usage report at `rest` (`nodes/NAME` under the metrics API).
+pub fn may_report_usage(node: &str, method: &Method, rest: &[&str]) -> Result<(), ApiError> {
+    match (method, rest) {
+        (&Method::GET, _) => Ok(()),
+        (_, ["nodes", name]) if *name == node => Ok(()),
+        _ => Err(ApiError::forbidden(format!(
+            "User \"{NODE_USER_PREFIX}{node}\" may report only its own usage"
+        ))),
+    }
+}
+
+/// The JSON body of a join answer.
+pub fn join_answer(kubeconfig: String) -> Value {
+    json!({"kubeconfig": kubeconfig})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_must_be_dns_subdomains() {
+        assert!(is_dns_subdomain("pi-2"));
+        assert!(is_dns_subdomain("rack1.pi-2"));
+        assert!(!is_dns_subdomain("Pi"));
+        assert!(!is_dns_subdomain("-pi"));
+        assert!(!is_dns_subdomain("pi/2"));
+        assert!(!is_dns_subdomain(""));
+    }
+
+    #[test]
+    fn pods_use_config_maps_and_secrets_by_volume_env_and_pull_secret() {
+        let pod = json!({"spec": {
+            "volumes": [{"name": "v", "configMap": {"name": "settings"}},
+                        {"name": "s", "secret": {"secretName": "tls"}}],
+            "containers": [{"name": "c",
+                "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "p"}}}],
+                "envFrom": [{"configMapRef": {"name": "flags"}}]}],
+            "imagePullSecrets": [{"name": "registry"}],
+        }});
+        assert!(pod_uses(&pod, "configmaps", "settings"));
+        assert!(pod_uses(&pod, "configmaps", "flags"));
+        assert!(pod_uses(&pod, "secrets", "tls"));
+        assert!(pod_uses(&pod, "secrets", "db"));
+        assert!(pod_uses(&pod, "secrets", "registry"));
+        assert!(!pod_uses(&pod, "secrets", "settings"));
+        assert!(!pod_uses(&pod, "configmaps", "other"));
+    }
+}
