@@ -388,6 +388,43 @@ impl PodNetwork {
     }
 }
 
+/// Lets pods reach addresses outside the cluster: traffic from `pod_cidr` to anywhere but
+/// `cluster_cidr` leaves with the node's address (nftables masquerade, table `ip bramble`,
+/// replaced as a whole so restarts do not stack rules).
+pub fn masquerade(pod_cidr: Cidr, cluster_cidr: Cidr, bridge: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let rules = format!(
+        "table ip bramble\n\
+         delete table ip bramble\n\
+         table ip bramble {{\n\
+           chain postrouting {{\n\
+             type nat hook postrouting priority srcnat; policy accept;\n\
+             ip saddr {pod_cidr} ip daddr != {cluster_cidr} oifname != \"{bridge}\" masquerade\n\
+           }}\n\
+         }}\n"
+    );
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(rules.as_bytes())?;
+    let output = child.wait_with_output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "nft: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
 /// Deletes the link called `name` in the current network namespace. Missing is fine.
 pub async fn delete_link(name: &str) -> Result<(), NetworkError> {
     let handle = connect(None)?;

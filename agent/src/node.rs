@@ -26,9 +26,6 @@ use crate::pods::{spawn_worker, IpAllocator, NodeContext, PodHandle};
 use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
 use crate::sim::CHAOS_ANNOTATION;
 
-/// How often the node reports usage (the metrics window).
-const METRICS_INTERVAL: Duration = Duration::from_secs(10);
-
 /// How a node agent is set up.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -154,6 +151,8 @@ fn label_value(text: &str) -> String {
 struct Timings {
     lease_renew: Duration,
     crash_backoff: Duration,
+    metrics_interval: Duration,
+    cluster_cidr: Option<Cidr>,
 }
 
 async fn timings(client: &Client) -> Timings {
@@ -172,6 +171,8 @@ async fn timings(client: &Client) -> Timings {
     Timings {
         lease_renew: Duration::from_secs_f64(seconds("nodeLeaseRenewSeconds", 10.0)),
         crash_backoff: Duration::from_secs_f64(seconds("crashLoopBackOffSeconds", 10.0)),
+        metrics_interval: Duration::from_secs_f64(seconds("metricsIntervalSeconds", 10.0)),
+        cluster_cidr: data["clusterCIDR"].as_str().and_then(Cidr::parse),
     }
 }
 
@@ -459,6 +460,14 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let cidr = wait_for_pod_cidr(&client, &config.node_name).await;
     let network = Arc::new(PodNetwork::setup(None, &config.bridge, cidr).await?);
     tracing::info!(node = config.node_name, pod_cidr = %cidr, bridge = config.bridge, "pod network ready");
+    match timings.cluster_cidr {
+        Some(cluster) => {
+            if let Err(error) = crate::network::masquerade(cidr, cluster, &config.bridge) {
+                tracing::warn!(%error, "pods cannot reach addresses outside the cluster (install nftables)");
+            }
+        }
+        None => tracing::warn!("the master publishes no cluster CIDR: no outbound NAT for pods"),
+    }
     let images = Arc::new(ImageStore::open(
         &config.data_dir.join("images"),
         Platform::host(),
@@ -605,7 +614,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         let runner = ctx.runner.clone();
         tokio::spawn(async move {
             let mut sampler = crate::usage::UsageSampler::default();
-            let mut tick = tokio::time::interval(METRICS_INTERVAL);
+            let interval = timings.metrics_interval;
+            let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -636,7 +646,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                         .collect()
                 };
                 let report = tokio::task::block_in_place(|| {
-                    sampler.report(&agent.config.node_name, &pods, METRICS_INTERVAL.as_secs())
+                    sampler.report(&agent.config.node_name, &pods, interval.as_secs().max(1))
                 });
                 let path = format!(
                     "/apis/metrics.k8s.io/v1beta1/nodes/{}",

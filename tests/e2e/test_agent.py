@@ -64,6 +64,13 @@ def test_a_deployment_runs_on_several_pis_and_pods_talk_across_them(pis, namespa
     ).stdout
     assert answer.strip() == f"hello from {target['metadata']['name']} version=1"
 
+    # Outside the cluster: the registry on the LAN host answers pods (outbound NAT on each Pi).
+    registry = pis.kubectl(
+        "exec", "-n", namespace, source["metadata"]["name"], "--",
+        "timeout", "5", "wget", "-qO-", f"http://{pis.registry}/v2/",
+    ).stdout
+    assert registry.strip() == "{}"
+
     # A rolling update to version 2 replaces every pod; the new ones answer with the new version.
     pis.kubectl("set", "image", "deployment/hello", f"demo={pis.demo}:2", "-n", namespace)
     pis.kubectl("rollout", "status", "deployment/hello", "-n", namespace, "--timeout=120s", timeout=130)
