@@ -2,7 +2,6 @@
 //! `tests/setup-host`): push the multi-arch demo image, pull each platform, refuse corruption.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Command;
 
 use agent::image::demo::{installed_busyboxes, push_demo_image, Busybox};
