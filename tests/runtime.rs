@@ -133,7 +133,13 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
     let mut env = image.config.env.clone();
     env.push("VERSION=7".into());
     let plan = ContainerPlan {
-        args: resolve_args(&[], &[], &image.config.entrypoint, &image.config.cmd),
+        // The demo server, as PID 1 that ignores SIGTERM: stopping must escalate to SIGKILL.
+        args: resolve_args(
+            &["sh".into()],
+            &["-c".into(), "trap '' TERM; exec /bin/demo-server".into()],
+            &image.config.entrypoint,
+            &image.config.cmd,
+        ),
         env,
         cwd: image.config.working_dir.clone(),
         uid: 0,
@@ -174,11 +180,12 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
     assert!(answer.contains("hello from web-7f9c version=7"), "{answer}");
     let log = std::fs::read_to_string(attempt.log_path()).unwrap();
     assert!(
-        log.contains("stdout F demo server web-7f9c listening on :8080"),
+        log.contains("stdout F demo server web-7f9c version=7 listening on :8080"),
         "{log}"
     );
 
-    // httpd is PID 1 without a SIGTERM handler: it needs the SIGKILL after the grace period.
+    // The shell ignores SIGTERM (and so does the demo server it became): it needs the SIGKILL
+    // after the grace period.
     let exited = attempt
         .stop(Duration::from_millis(500))
         .await
