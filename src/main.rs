@@ -281,6 +281,15 @@ enum SimCommand {
         /// The node's name.
         node: String,
     },
+    /// Pull a real node's network cable: its agent takes its link down for a while, then
+    /// brings it back (its pods move meanwhile, as when a cable is pulled on stage).
+    LinkDown {
+        /// The node's name.
+        node: String,
+        /// How long the link stays down.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -424,6 +433,11 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         Some(SimCommand::Revive { node }) => {
             agent::sim::set_node_alive(&client, &node, true).await?;
             println!("node/{node} revived");
+        }
+        Some(SimCommand::LinkDown { node, seconds }) => {
+            agent::sim::set_node_chaos(&client, &node, Some(&format!("link-down:{seconds}")))
+                .await?;
+            println!("node/{node} takes its link down for {seconds} s");
         }
         None => {
             let config = agent::sim::SimConfig {

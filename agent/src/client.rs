@@ -393,6 +393,7 @@ impl Client {
                     continue;
                 }
             };
+            handle("LISTING", &Value::Null);
             for item in list["items"].as_array().into_iter().flatten() {
                 handle("ADDED", item);
             }

@@ -425,6 +425,74 @@ pub fn masquerade(pod_cidr: Cidr, cluster_cidr: Cidr, bridge: &str) -> std::io::
     }
 }
 
+/// Takes the interface holding `address` down for `duration`, then brings it back with the
+/// routes it had (the kernel drops them with the link): the chaos hook's "pulled cable".
+pub async fn link_down_for(
+    address: Ipv4Addr,
+    duration: std::time::Duration,
+) -> Result<String, NetworkError> {
+    let handle = connect(None)?;
+    let mut addresses = handle.address().get().execute();
+    let mut index = None;
+    while let Some(message) = addresses
+        .try_next()
+        .await
+        .map_err(netlink("listing addresses"))?
+    {
+        let holds = message.attributes.iter().any(|a| {
+            matches!(a, rtnetlink::packet_route::address::AddressAttribute::Address(ip)
+                if *ip == std::net::IpAddr::V4(address))
+        });
+        if holds {
+            index = Some(message.header.index);
+        }
+    }
+    let index = index.ok_or_else(|| {
+        system(format!("finding the interface with {address}"))(std::io::ErrorKind::NotFound.into())
+    })?;
+    let mut saved = Vec::new();
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(route) = routes.try_next().await.map_err(netlink("listing routes"))? {
+        let through = route
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Oif(oif) if *oif == index));
+        if through && route.header.protocol != RouteProtocol::Kernel {
+            saved.push(route);
+        }
+    }
+    let mut name = format!("link {index}");
+    let mut links = handle.link().get().match_index(index).execute();
+    if let Ok(Some(link)) = links.try_next().await {
+        for attribute in &link.attributes {
+            if let rtnetlink::packet_route::link::LinkAttribute::IfName(text) = attribute {
+                name = text.clone();
+            }
+        }
+    }
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).down().build())
+        .execute()
+        .await
+        .map_err(netlink(format!("taking {name} down")))?;
+    tokio::time::sleep(duration).await;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(netlink(format!("bringing {name} up")))?;
+    for route in saved {
+        // The kernel restores the link's own subnet; the rest comes back from what was saved.
+        let _ = handle.route().add(route).replace().execute().await;
+    }
+    Ok(name)
+}
+
 /// Deletes the link called `name` in the current network namespace. Missing is fine.
 pub async fn delete_link(name: &str) -> Result<(), NetworkError> {
     let handle = connect(None)?;

@@ -184,6 +184,8 @@ struct Agent {
     dead: Arc<AtomicBool>,
     /// Wakes the lease and status loops when the node comes back, so it is Ready at once.
     revived: tokio::sync::Notify,
+    /// Set while the chaos hook has the node's link down.
+    cable_pulled: AtomicBool,
     data_usage: Mutex<f64>,
     images: Mutex<Option<Arc<ImageStore>>>,
     /// The certificate the agent serves logs and exec with.
@@ -433,6 +435,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         node_ip,
         dead: Arc::new(AtomicBool::new(false)),
         revived: tokio::sync::Notify::new(),
+        cable_pulled: AtomicBool::new(false),
         data_usage: Mutex::new(0.0),
         images: Mutex::new(None),
     });
@@ -558,11 +561,17 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 .clone()
                 .follow("/api/v1/nodes", |kind, node| {
                     let name = node["metadata"]["name"].as_str().unwrap_or("").to_owned();
-                    if kind == "SYNCED" {
+                    if kind == "SYNCED" || kind == "LISTING" {
                         return;
                     }
                     if name == own {
-                        let kill = node["metadata"]["annotations"][CHAOS_ANNOTATION].is_string();
+                        let chaos = node["metadata"]["annotations"][CHAOS_ANNOTATION].as_str();
+                        if let Some(seconds) = chaos.and_then(|c| c.strip_prefix("link-down")) {
+                            let seconds = seconds.trim_start_matches(':').parse().unwrap_or(20u64);
+                            pull_the_cable(agent.clone(), Duration::from_secs(seconds.clamp(1, 600)));
+                            return;
+                        }
+                        let kill = chaos == Some("kill");
                         let dead = agent.dead.swap(kill, Ordering::SeqCst);
                         if kill && !dead {
                             tracing::warn!("chaos: this node is going down (containers killed, heartbeats stopped)");
@@ -684,11 +693,38 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         config.node_name
     );
     let mut first_sync = true;
+    let mut listing = false;
+    let mut listed = std::collections::HashSet::new();
     let dead_agent = agent.clone();
     client
         .follow(&selector, |kind, pod| {
             let mut workers = workers.lock().expect("workers lock");
+            if kind == "LISTING" {
+                listing = true;
+                listed.clear();
+                return;
+            }
+            if kind == "ADDED" && listing {
+                if let Some(uid) = pod["metadata"]["uid"].as_str() {
+                    listed.insert(uid.to_owned());
+                }
+            }
             if kind == "SYNCED" {
+                listing = false;
+                if !first_sync {
+                    // A fresh list after a long disconnection: pods deleted meanwhile go.
+                    let gone: Vec<String> = workers
+                        .keys()
+                        .filter(|uid| !listed.contains(*uid))
+                        .cloned()
+                        .collect();
+                    for uid in gone {
+                        if let Some(handle) = workers.remove(&uid) {
+                            tracing::info!(uid, "pod deleted while the master was out of reach");
+                            let _ = handle.object.send(None);
+                        }
+                    }
+                }
                 if first_sync {
                     first_sync = false;
                     let known: Vec<String> = workers.keys().cloned().collect();
@@ -737,6 +773,40 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         })
         .await;
     Ok(())
+}
+
+/// The chaos hook's link-down: clears the request (so it runs once), then takes the node's
+/// interface down for `duration` and brings it back.
+fn pull_the_cable(agent: Arc<Agent>, duration: Duration) {
+    if agent.cable_pulled.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    tokio::spawn(async move {
+        let path = format!("/api/v1/nodes/{}", agent.config.node_name);
+        let cleared = agent
+            .client
+            .merge_patch(
+                &path,
+                &json!({"metadata": {"annotations": {CHAOS_ANNOTATION: null}}}),
+            )
+            .await;
+        if let Err(error) = cleared {
+            tracing::warn!(%error, "chaos: cannot clear the link-down request; not pulling the cable");
+        } else {
+            tracing::warn!(
+                seconds = duration.as_secs(),
+                "chaos: taking this node's link down"
+            );
+            match crate::network::link_down_for(agent.node_ip, duration).await {
+                Ok(link) => tracing::info!(link, "chaos: link back up"),
+                Err(error) => {
+                    tracing::error!(error = %crate::pods::error_chain(&error), "chaos: link-down failed")
+                }
+            }
+            agent.revived.notify_waiters();
+        }
+        agent.cable_pulled.store(false, Ordering::SeqCst);
+    });
 }
 
 fn images_in_use(pods_dir: &Path) -> std::collections::HashSet<String> {

@@ -333,7 +333,7 @@ impl Simulator {
         let client = self.client.clone();
         client
             .follow(collection, |kind, object| {
-                if kind != "SYNCED" {
+                if kind != "SYNCED" && kind != "LISTING" {
                     handle(&self, kind, object)
                 }
             })
@@ -671,6 +671,25 @@ impl Simulator {
             while sends.join_next().await.is_some() {}
         }
     }
+}
+
+/// Sets a node's chaos annotation: `kill`, `link-down:SECONDS`, or nothing (`None`, revive).
+pub async fn set_node_chaos(
+    client: &Client,
+    node: &str,
+    value: Option<&str>,
+) -> Result<(), SimError> {
+    client
+        .merge_patch(
+            &format!("/api/v1/nodes/{node}"),
+            &json!({"metadata": {"annotations": {CHAOS_ANNOTATION: value}}}),
+        )
+        .await
+        .map_err(|source| SimError::Chaos {
+            node: node.to_owned(),
+            source,
+        })?;
+    Ok(())
 }
 
 /// Kills (`alive = false`) or revives a node through its chaos annotation.

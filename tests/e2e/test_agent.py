@@ -314,3 +314,40 @@ def test_each_node_has_its_own_credentials_and_may_change_only_its_own_objects(p
         capture_output=True, text=True, timeout=30,
     )
     assert joined.returncode != 0 and "refused" in joined.stderr, joined.stderr
+
+
+def test_pulling_a_pis_cable_moves_its_pods_and_the_pi_comes_back(pis, namespace):
+    create(pis, namespace, pod_spec("cabled", [{"name": "demo", "image": f"{pis.demo}:1"}], nodeName="pi-3"))
+    pis.kubectl("create", "deployment", "moving", f"--image={pis.demo}:1", "--replicas=3", "-n", namespace)
+    wait_for(
+        lambda: (lambda p: len(p) == 3 and all(map(running, p)))(pods(pis, namespace, "app=moving")),
+        timeout=90,
+        what="three running pods",
+    )
+    pis.chaos("link-down", "pi-3")  # 20 s without a network link
+    wait_for(
+        lambda: next(c for c in pis.kubectl_json("get", "node", "pi-3")["status"]["conditions"]
+                     if c["type"] == "Ready")["status"] != "True",
+        timeout=15,
+        what="pi-3 to be noticed gone",
+    )
+    wait_for(
+        lambda: (lambda p: len(p) == 3 and all(running(x) and x["spec"]["nodeName"] != "pi-3" for x in p))(
+            [x for x in pods(pis, namespace, "app=moving") if not x["metadata"].get("deletionTimestamp")]
+        ),
+        timeout=30,
+        what="the deployment's pods to run off pi-3",
+    )
+    # The link comes back by itself; the node is Ready again and finishes the pods deleted meanwhile.
+    wait_for(
+        lambda: next(c for c in pis.kubectl_json("get", "node", "pi-3")["status"]["conditions"]
+                     if c["type"] == "Ready")["status"] == "True",
+        timeout=60,
+        what="pi-3 to be back",
+    )
+    assert "chaos: link back up" in pis.agent_log("pi-3")
+    wait_for(
+        lambda: "cabled" not in pis.kubectl("get", "pods", "-n", namespace, "-o", "name").stdout,
+        timeout=60,
+        what="the evicted bare pod to be finished",
+    )
