@@ -1,7 +1,6 @@
-//! The node agent: registration, heartbeats, pods on youki's libcontainer, images, pod networking, service proxy, logs and exec, chaos hooks.
-//!
-//! Today it holds the API client the agent will use and the simulated nodes (`bramble sim`) that
-//! the controllers, the scheduler and the scale benchmarks run against.
+//! The node agent (`bramble agent`): joining, registration, heartbeats, pods on youki's
+//! libcontainer, images, pod networking, logs and exec, usage, chaos hooks; and the simulated
+//! nodes (`bramble sim`) that the controllers, the scheduler and the scale benchmarks run against.
 #![deny(missing_docs)]
 
 pub mod client;
