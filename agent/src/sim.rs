@@ -694,18 +694,7 @@ pub async fn set_node_chaos(
 
 /// Kills (`alive = false`) or revives a node through its chaos annotation.
 pub async fn set_node_alive(client: &Client, node: &str, alive: bool) -> Result<(), SimError> {
-    let value = if alive { Value::Null } else { json!("kill") };
-    client
-        .merge_patch(
-            &format!("/api/v1/nodes/{node}"),
-            &json!({"metadata": {"annotations": {CHAOS_ANNOTATION: value}}}),
-        )
-        .await
-        .map_err(|source| SimError::Chaos {
-            node: node.to_owned(),
-            source,
-        })?;
-    Ok(())
+    set_node_chaos(client, node, (!alive).then_some("kill")).await
 }
 
 fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
