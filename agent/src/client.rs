@@ -450,6 +450,48 @@ fn status_error(method: Method, path: &str, status: StatusCode, body: &[u8]) -> 
     }
 }
 
+/// Renews `node`'s lease in kube-node-lease, creating it when it is missing (leases live in
+/// the master's memory between checkpoints, so a master that lost power comes back without
+/// them). A 409 from a racing create counts as success.
+pub async fn renew_node_lease(client: &Client, node: &str) -> Result<(), ClientError> {
+    let collection = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+    let spec = serde_json::json!({"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now_micro_time()});
+    let renewed = client
+        .merge_patch(
+            &format!("{collection}/{node}"),
+            &serde_json::json!({"spec": spec}),
+        )
+        .await;
+    let result = match renewed {
+        Err(e) if e.code() == Some(404) => {
+            let lease = serde_json::json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": node, "namespace": "kube-node-lease"},
+                "spec": spec,
+            });
+            client.create(collection, &lease).await
+        }
+        other => other,
+    };
+    match result {
+        Err(error) if error.code() != Some(409) => Err(error),
+        _ => Ok(()),
+    }
+}
+
+/// The strings of a JSON array (non-strings skipped); empty when it is not an array.
+pub fn string_array(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// An RFC 3339 timestamp of now, to the second, as Kubernetes writes `Time`.
 pub fn now_time() -> String {
     let now = jiff::Timestamp::now();

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::client::{now_micro_time, now_time, Client, ClientError};
+use crate::client::{now_time, renew_node_lease, Client, ClientError};
 use crate::image::{ImageError, ImageStore, Platform};
 use crate::network::{Cidr, NetworkError, PodNetwork};
 use crate::node_server::{ensure_identity, AgentIdentity, NodeServer, AGENT_PORT, CERT_ANNOTATION};
@@ -345,29 +345,8 @@ impl Agent {
     }
 
     async fn renew_lease(&self) {
-        let node = &self.config.node_name;
-        let collection = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
-        let spec = json!({"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now_micro_time()});
-        let renewed = self
-            .client
-            .merge_patch(&format!("{collection}/{node}"), &json!({"spec": spec}))
-            .await;
-        let result = match renewed {
-            Err(e) if e.code() == Some(404) => {
-                let lease = json!({
-                    "apiVersion": "coordination.k8s.io/v1",
-                    "kind": "Lease",
-                    "metadata": {"name": node, "namespace": "kube-node-lease"},
-                    "spec": spec,
-                });
-                self.client.create(collection, &lease).await
-            }
-            other => other,
-        };
-        if let Err(error) = result {
-            if error.code() != Some(409) {
-                tracing::warn!(%error, "lease renewal failed");
-            }
+        if let Err(error) = renew_node_lease(&self.client, &self.config.node_name).await {
+            tracing::warn!(%error, "lease renewal failed");
         }
     }
 

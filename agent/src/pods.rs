@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
-use crate::client::{now_time, Client};
+use crate::client::{now_time, string_array, Client};
 use crate::image::{Credentials, ImageStore, PullPolicy, Reference};
 use crate::network::{Cidr, PodNetwork};
 use crate::pod_config::{container_env, prepare_volumes, volume_mounts, ObjectSource, PodFacts};
@@ -741,16 +741,6 @@ impl PodWorker {
             self.etc_files(pod)
                 .map_err(|e| ("CreateContainerConfigError".to_string(), e))?,
         );
-        let strings = |value: &Value| -> Vec<String> {
-            value
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         let vars: Vec<(String, String)> = env
             .iter()
             .filter_map(|e| e.split_once('='))
@@ -763,8 +753,8 @@ impl PodWorker {
                 .collect()
         };
         let args = resolve_args(
-            &expand_all(strings(&container["command"])),
-            &expand_all(strings(&container["args"])),
+            &expand_all(string_array(&container["command"])),
+            &expand_all(string_array(&container["args"])),
             &image.config.entrypoint,
             &image.config.cmd,
         );

@@ -597,28 +597,8 @@ impl Simulator {
     /// memory between checkpoints, so a master that lost power comes back without them.
     async fn renew_lease(&self, node: &str) {
         let _permit = self.calls.acquire().await.expect("semaphore open");
-        let collection = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
-        let spec = json!({"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now_micro_time()});
-        let renewed = self
-            .client
-            .merge_patch(&format!("{collection}/{node}"), &json!({"spec": spec}))
-            .await;
-        let result = match renewed {
-            Err(e) if e.code() == Some(404) => {
-                let lease = json!({
-                    "apiVersion": "coordination.k8s.io/v1",
-                    "kind": "Lease",
-                    "metadata": {"name": node, "namespace": "kube-node-lease"},
-                    "spec": spec,
-                });
-                self.client.create(collection, &lease).await
-            }
-            other => other,
-        };
-        if let Err(error) = result {
-            if error.code() != Some(409) {
-                tracing::warn!(%error, node, "lease renewal failed");
-            }
+        if let Err(error) = crate::client::renew_node_lease(&self.client, node).await {
+            tracing::warn!(%error, node, "lease renewal failed");
         }
     }
 

@@ -15,7 +15,39 @@ BRAMBLE = os.environ.get("BRAMBLE_BIN", str(ROOT / "target" / "debug" / "bramble
 KUBECTL = os.environ.get("KUBECTL", str(ROOT / "target" / "test-venv" / "bin" / "kubectl"))
 
 
-class Master:
+class KubectlUser:
+    """Real kubectl and the Python client against `self.kubeconfig`."""
+
+    kubeconfig: Path
+
+    def kubectl(self, *args, input=None, check=True, timeout=60):
+        """Runs real kubectl with this kubeconfig; returns the completed process."""
+        result = subprocess.run(
+            [KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def kubectl_json(self, *args):
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def client(self):
+        """A Python `kubernetes` ApiClient for this cluster."""
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=configuration)
+        return client.ApiClient(configuration)
+
+
+class Master(KubectlUser):
     """A `bramble master` process with its own data directory, listening on a free port."""
 
     def __init__(self, data_dir: Path, *extra_args: str):
@@ -62,32 +94,6 @@ class Master:
     @property
     def ca(self):
         return str(self.data_dir / "pki" / "ca.crt")
-
-    def kubectl(self, *args, input=None, check=True, timeout=60):
-        """Runs real kubectl against this master; returns the completed process."""
-        result = subprocess.run(
-            [KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-            )
-        return result
-
-    def kubectl_json(self, *args):
-        return json.loads(self.kubectl(*args, "-o", "json").stdout)
-
-    def client(self):
-        """A Python `kubernetes` ApiClient for this master."""
-        from kubernetes import client, config
-
-        configuration = client.Configuration()
-        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=configuration)
-        return client.ApiClient(configuration)
 
 
 def free_port():
@@ -169,7 +175,7 @@ def manifest(obj) -> str:
     return yaml.safe_dump(obj)
 
 
-class VirtualPis:
+class VirtualPis(KubectlUser):
     """`bramble up`: the master, a local registry and N virtual Pis running real containers.
 
     Needs root and tests/setup-host. The test LAN and port differ from `bramble up`'s defaults,
@@ -198,27 +204,6 @@ class VirtualPis:
         if started.returncode != 0:
             raise RuntimeError(f"bramble up failed ({started.returncode}):\n{started.stdout}\n{started.stderr}")
         assert "bramble is up" in started.stdout
-
-    def kubectl(self, *args, input=None, check=True, timeout=60):
-        result = subprocess.run(
-            [KUBECTL, "--kubeconfig", str(self.kubeconfig), *args],
-            input=input, capture_output=True, text=True, timeout=timeout,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-            )
-        return result
-
-    def kubectl_json(self, *args):
-        return json.loads(self.kubectl(*args, "-o", "json").stdout)
-
-    def client(self):
-        from kubernetes import client, config
-
-        configuration = client.Configuration()
-        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=configuration)
-        return client.ApiClient(configuration)
 
     def agent_log(self, node):
         return (self.data_dir / "logs" / f"{node}.log").read_text()

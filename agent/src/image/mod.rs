@@ -371,24 +371,14 @@ impl ImageStore {
                 .await?;
             digests.push(digest.to_owned());
         }
-        let string_list = |value: &Value| -> Vec<String> {
-            value
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         let run = &config["config"];
         Ok(Image {
             reference: name.to_owned(),
             digest: manifest.digest,
             config: RunConfig {
-                entrypoint: string_list(&run["Entrypoint"]),
-                cmd: string_list(&run["Cmd"]),
-                env: string_list(&run["Env"]),
+                entrypoint: crate::client::string_array(&run["Entrypoint"]),
+                cmd: crate::client::string_array(&run["Cmd"]),
+                env: crate::client::string_array(&run["Env"]),
                 working_dir: run["WorkingDir"].as_str().unwrap_or("").to_owned(),
                 user: run["User"].as_str().unwrap_or("").to_owned(),
             },
