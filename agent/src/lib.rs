@@ -12,5 +12,6 @@ pub mod node_server;
 pub mod pod_config;
 pub mod pods;
 pub mod runtime;
+pub mod services;
 pub mod sim;
 pub mod usage;

@@ -425,13 +425,8 @@ pub fn masquerade(pod_cidr: Cidr, cluster_cidr: Cidr, bridge: &str) -> std::io::
     }
 }
 
-/// Takes the interface holding `address` down for `duration`, then brings it back with the
-/// routes it had (the kernel drops them with the link): the chaos hook's "pulled cable".
-pub async fn link_down_for(
-    address: Ipv4Addr,
-    duration: std::time::Duration,
-) -> Result<String, NetworkError> {
-    let handle = connect(None)?;
+/// The index of the interface that holds `address` (the node's uplink, for its own IP).
+pub async fn interface_holding(handle: &Handle, address: Ipv4Addr) -> Result<u32, NetworkError> {
     let mut addresses = handle.address().get().execute();
     let mut index = None;
     while let Some(message) = addresses
@@ -447,9 +442,19 @@ pub async fn link_down_for(
             index = Some(message.header.index);
         }
     }
-    let index = index.ok_or_else(|| {
+    index.ok_or_else(|| {
         system(format!("finding the interface with {address}"))(std::io::ErrorKind::NotFound.into())
-    })?;
+    })
+}
+
+/// Takes the interface holding `address` down for `duration`, then brings it back with the
+/// routes it had (the kernel drops them with the link): the chaos hook's "pulled cable".
+pub async fn link_down_for(
+    address: Ipv4Addr,
+    duration: std::time::Duration,
+) -> Result<String, NetworkError> {
+    let handle = connect(None)?;
+    let index = interface_holding(&handle, address).await?;
     let mut saved = Vec::new();
     let mut routes = handle
         .route()

@@ -24,6 +24,9 @@ use crate::network::{Cidr, NetworkError, PodNetwork};
 use crate::node_server::{ensure_identity, AgentIdentity, NodeServer, AGENT_PORT, CERT_ANNOTATION};
 use crate::pods::{spawn_worker, IpAllocator, NodeContext, PodHandle};
 use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
+use crate::services::proxy::NodeFacts;
+use crate::services::resolv::ClusterDns;
+use crate::services::ServicesConfig;
 use crate::sim::CHAOS_ANNOTATION;
 
 /// How a node agent is set up.
@@ -147,12 +150,13 @@ fn label_value(text: &str) -> String {
 }
 
 /// Timings the master publishes in `kube-system/bramble-settings`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Timings {
     lease_renew: Duration,
     crash_backoff: Duration,
     metrics_interval: Duration,
     cluster_cidr: Option<Cidr>,
+    cluster_domain: String,
 }
 
 async fn timings(client: &Client) -> Timings {
@@ -173,6 +177,10 @@ async fn timings(client: &Client) -> Timings {
         crash_backoff: Duration::from_secs_f64(seconds("crashLoopBackOffSeconds", 10.0)),
         metrics_interval: Duration::from_secs_f64(seconds("metricsIntervalSeconds", 10.0)),
         cluster_cidr: data["clusterCIDR"].as_str().and_then(Cidr::parse),
+        cluster_domain: data["clusterDomain"]
+            .as_str()
+            .unwrap_or("cluster.local")
+            .to_owned(),
     }
 }
 
@@ -450,6 +458,25 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         }
         None => tracing::warn!("the master publishes no cluster CIDR: no outbound NAT for pods"),
     }
+    let node_resolv_conf = std::fs::read_to_string(&config.resolv_conf).unwrap_or_else(|error| {
+        tracing::warn!(path = %config.resolv_conf.display(), %error, "no upstream resolvers for pods");
+        String::new()
+    });
+    let services = crate::services::start(ServicesConfig {
+        client: client.clone(),
+        node: NodeFacts {
+            node_name: config.node_name.clone(),
+            pod_cidr: cidr,
+            cluster_cidr: timings.cluster_cidr,
+        },
+        node_ip,
+        dns: ClusterDns {
+            server: network.cidr().nth(1),
+            domain: timings.cluster_domain.clone(),
+        },
+        node_resolv_conf,
+        dead: agent.dead.clone(),
+    });
     let images = Arc::new(ImageStore::open(
         &config.data_dir.join("images"),
         Platform::host(),
@@ -470,7 +497,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         network: network.clone(),
         ips: Mutex::new(IpAllocator::new(cidr)),
         crash_backoff: timings.crash_backoff,
-        resolv_conf: config.resolv_conf.clone(),
+        services: services.clone(),
         paused: agent.dead.clone(),
     });
 
@@ -552,6 +579,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                         }
                         let kill = chaos == Some("kill");
                         let dead = agent.dead.swap(kill, Ordering::SeqCst);
+                        if kill != dead {
+                            services.nudge();
+                        }
                         if kill && !dead {
                             tracing::warn!("chaos: this node is going down (containers killed, heartbeats stopped)");
                             kill_all_containers(&pods_dir);

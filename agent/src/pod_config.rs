@@ -116,6 +116,9 @@ pub struct PodFacts<'a> {
     pub pod_ip: String,
     /// The node's IP.
     pub host_ip: String,
+    /// Variables for the services the pod can see (they come before the container's own,
+    /// which win).
+    pub service_env: Vec<(String, String)>,
 }
 
 fn field_value(facts: &PodFacts, path: &str) -> Result<String, ConfigError> {
@@ -203,6 +206,9 @@ pub async fn container_env(
         vars.retain(|(k, _)| *k != key);
         vars.push((key, value));
     };
+    for (key, value) in &facts.service_env {
+        set(&mut vars, key.clone(), value.clone());
+    }
     for source in container["envFrom"].as_array().into_iter().flatten() {
         let prefix = source["prefix"].as_str().unwrap_or("");
         let (kind, reference) = if source.get("secretRef").is_some() {
@@ -549,6 +555,7 @@ mod tests {
             pod: &pod,
             pod_ip: "10.42.1.5".into(),
             host_ip: "10.99.0.12".into(),
+            service_env: Vec::new(),
         };
         assert_eq!(field_value(&facts, "metadata.name").unwrap(), "web-1");
         assert_eq!(field_value(&facts, "spec.nodeName").unwrap(), "pi-2");

@@ -32,6 +32,7 @@ use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
 use crate::runtime::monitor::Exited;
 use crate::runtime::sandbox;
 use crate::runtime::spec::{resolve_args, BindMount, ContainerPlan};
+use crate::services::NodeServices;
 use crate::sim::parse_quantity;
 
 /// What every pod worker on the node shares.
@@ -54,8 +55,8 @@ pub struct NodeContext {
     pub ips: Mutex<IpAllocator>,
     /// The first restart back-off; doubles per restart up to five minutes.
     pub crash_backoff: Duration,
-    /// The node's resolv.conf, given to pods.
-    pub resolv_conf: PathBuf,
+    /// Services: the environment variables and resolv.conf of new pods.
+    pub services: Arc<NodeServices>,
     /// Set while the chaos hook holds the node down: workers leave pods alone.
     pub paused: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -715,10 +716,14 @@ impl PodWorker {
         self.image_ids.insert(name.clone(), image.digest.clone());
         let config_error =
             |e: crate::pod_config::ConfigError| ("CreateContainerConfigError".to_string(), e.0);
+        self.ctx.services.wait_synced().await;
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        let service_links = pod["spec"]["enableServiceLinks"] != false;
         let facts = PodFacts {
             pod,
             pod_ip: self.pod_ip_text(pod),
             host_ip: self.ctx.node_ip.to_string(),
+            service_env: self.ctx.services.env(namespace, service_links),
         };
         let env = container_env(container, &image.config.env, &facts, objects)
             .await
@@ -884,7 +889,7 @@ impl PodWorker {
                 names.join(" ")
             ));
         }
-        let resolv = std::fs::read(&self.ctx.resolv_conf).unwrap_or_default();
+        let resolv = self.ctx.services.resolv_conf(pod).into_bytes();
         let files = [
             ("hosts", "/etc/hosts", hosts.into_bytes()),
             (

@@ -1,0 +1,139 @@
+//! Service environment variables: `WEB_SERVICE_HOST`, `WEB_SERVICE_PORT` and the Docker-link
+//! style `WEB_PORT_80_TCP_ADDR` family, for the services that exist when a container starts.
+
+use super::catalog::{Catalog, Service};
+
+/// The variables for the services a pod in `namespace` sees: its namespace's services with a
+/// cluster IP, plus the API server's `kubernetes` service from `default` (every pod can find
+/// the API). Sorted by service name, so a container's environment does not depend on the
+/// order services arrived in.
+pub fn service_env(catalog: &Catalog, namespace: &str) -> Vec<(String, String)> {
+    let mut services: Vec<&Service> = catalog
+        .services
+        .values()
+        .filter(|s| s.namespace == namespace && s.cluster_ip.is_some())
+        .collect();
+    if namespace != "default" {
+        if let Some(api) = catalog.service("default", "kubernetes") {
+            if !services.iter().any(|s| s.name == "kubernetes") {
+                services.push(api);
+            }
+        }
+    }
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    services.into_iter().flat_map(variables_of).collect()
+}
+
+fn variables_of(service: &Service) -> Vec<(String, String)> {
+    let Some(ip) = service.cluster_ip else {
+        return Vec::new();
+    };
+    let Some(first) = service.ports.first() else {
+        return Vec::new();
+    };
+    let prefix = env_name(&service.name);
+    let mut vars = vec![
+        (format!("{prefix}_SERVICE_HOST"), ip.to_string()),
+        (format!("{prefix}_SERVICE_PORT"), first.port.to_string()),
+    ];
+    for port in service.ports.iter().filter(|p| !p.name.is_empty()) {
+        vars.push((
+            format!("{prefix}_SERVICE_PORT_{}", env_name(&port.name)),
+            port.port.to_string(),
+        ));
+    }
+    vars.push((
+        format!("{prefix}_PORT"),
+        format!("{}://{ip}:{}", first.protocol.lower(), first.port),
+    ));
+    for port in &service.ports {
+        let base = format!("{prefix}_PORT_{}_{}", port.port, port.protocol.upper());
+        vars.push((
+            base.clone(),
+            format!("{}://{ip}:{}", port.protocol.lower(), port.port),
+        ));
+        vars.push((format!("{base}_PROTO"), port.protocol.lower().to_owned()));
+        vars.push((format!("{base}_PORT"), port.port.to_string()));
+        vars.push((format!("{base}_ADDR"), ip.to_string()));
+    }
+    vars
+}
+
+/// A service or port name as an environment variable name: upper case, `-` as `_`.
+fn env_name(name: &str) -> String {
+    name.to_uppercase().replace('-', "_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::catalog::Service;
+    use serde_json::json;
+
+    fn add(catalog: &mut Catalog, object: serde_json::Value) {
+        let service = Service::parse(&object).unwrap();
+        catalog
+            .services
+            .insert((service.namespace.clone(), service.name.clone()), service);
+    }
+
+    #[test]
+    fn services_become_docker_link_variables() {
+        let mut catalog = Catalog::default();
+        add(
+            &mut catalog,
+            json!({
+                "metadata": {"namespace": "default", "name": "kubernetes"},
+                "spec": {"clusterIP": "10.43.0.1", "ports": [{"name": "https", "port": 443}]},
+            }),
+        );
+        add(
+            &mut catalog,
+            json!({
+                "metadata": {"namespace": "shop", "name": "redis-main"},
+                "spec": {"clusterIP": "10.43.0.9", "ports": [
+                    {"name": "redis", "port": 6379},
+                    {"name": "metrics", "port": 9121, "protocol": "UDP"}]},
+            }),
+        );
+        add(
+            &mut catalog,
+            json!({
+                "metadata": {"namespace": "shop", "name": "headless"},
+                "spec": {"clusterIP": "None", "ports": [{"port": 80}]},
+            }),
+        );
+        add(
+            &mut catalog,
+            json!({
+                "metadata": {"namespace": "other", "name": "web"},
+                "spec": {"clusterIP": "10.43.0.5", "ports": [{"port": 80}]},
+            }),
+        );
+        let env = service_env(&catalog, "shop");
+        let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        assert_eq!(get("REDIS_MAIN_SERVICE_HOST"), Some("10.43.0.9"));
+        assert_eq!(get("REDIS_MAIN_SERVICE_PORT"), Some("6379"));
+        assert_eq!(get("REDIS_MAIN_SERVICE_PORT_METRICS"), Some("9121"));
+        assert_eq!(get("REDIS_MAIN_PORT"), Some("tcp://10.43.0.9:6379"));
+        assert_eq!(
+            get("REDIS_MAIN_PORT_9121_UDP"),
+            Some("udp://10.43.0.9:9121")
+        );
+        assert_eq!(get("REDIS_MAIN_PORT_6379_TCP_PROTO"), Some("tcp"));
+        assert_eq!(get("REDIS_MAIN_PORT_6379_TCP_PORT"), Some("6379"));
+        assert_eq!(get("REDIS_MAIN_PORT_6379_TCP_ADDR"), Some("10.43.0.9"));
+        assert_eq!(get("KUBERNETES_SERVICE_HOST"), Some("10.43.0.1"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT_HTTPS"), Some("443"));
+        assert_eq!(
+            get("HEADLESS_SERVICE_HOST"),
+            None,
+            "headless services get none"
+        );
+        assert_eq!(
+            get("WEB_SERVICE_HOST"),
+            None,
+            "other namespaces' services stay out"
+        );
+    }
+}
