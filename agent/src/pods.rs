@@ -214,7 +214,7 @@ impl PodWorker {
             let pod = object.borrow_and_update().clone();
             let Some(pod) = pod else {
                 // Gone from the API (or never there: left over from before a restart).
-                self.stop_all(Duration::ZERO).await;
+                self.stop_all(None, Duration::ZERO).await;
                 self.teardown().await;
                 let _ = std::fs::remove_dir_all(&self.dir);
                 self.ctx.runner.remove_pod_cgroup(&self.uid);
@@ -1074,15 +1074,41 @@ impl PodWorker {
 
     // ---- termination ---------------------------------------------------------------------
 
-    async fn stop_all(&self, grace: Duration) {
+    /// Stops every container: its preStop hook first (when `pod` is given), then SIGTERM,
+    /// then SIGKILL once `grace` (which the hook's time counts against) runs out.
+    async fn stop_all(&self, pod: Option<&Value>, grace: Duration) {
         let mut stops = Vec::new();
         for attempt in Attempt::all(&self.dir) {
-            if matches!(
+            if !matches!(
                 attempt.state(),
                 AttemptState::Running(_) | AttemptState::Creating
             ) {
-                stops.push(async move { attempt.stop(grace).await });
+                continue;
             }
+            let hook = pod.and_then(|pod| {
+                containers(pod, "containers")
+                    .into_iter()
+                    .find(|c| name_of(c) == attempt.name)
+                    .map(|c| c["lifecycle"]["preStop"].clone())
+                    .filter(|hook| hook.is_object())
+            });
+            let pod_ip = pod.map(|pod| self.pod_ip_text(pod)).unwrap_or_default();
+            let ctx = &self.ctx;
+            stops.push(async move {
+                let started = Instant::now();
+                if let Some(hook) = hook {
+                    if let AttemptState::Running(_) = attempt.state() {
+                        if let Err(message) = pre_stop(&hook, &pod_ip, &attempt, ctx, grace).await {
+                            tracing::info!(
+                                container = attempt.name,
+                                message,
+                                "preStop hook failed"
+                            );
+                        }
+                    }
+                }
+                attempt.stop(grace.saturating_sub(started.elapsed())).await
+            });
         }
         futures_util::future::join_all(stops).await;
     }
@@ -1106,7 +1132,7 @@ impl PodWorker {
                 .await;
             }
         }
-        self.stop_all(Duration::from_secs(grace)).await;
+        self.stop_all(Some(pod), Duration::from_secs(grace)).await;
         self.teardown().await;
         self.report(pod).await;
         let (namespace, name) = pod_key(pod);
@@ -1485,6 +1511,24 @@ fn lookup_gid_for_uid(uid: u32, layers: &[PathBuf]) -> Option<u32> {
             (fields.get(2)?.parse::<u32>().ok()? == uid).then(|| fields.get(3)?.parse().ok())?
         })
     })
+}
+
+/// Runs a container's preStop hook (`exec`, `httpGet` or `sleep`), within `grace`.
+async fn pre_stop(
+    hook: &Value,
+    pod_ip: &str,
+    attempt: &Attempt,
+    ctx: &NodeContext,
+    grace: Duration,
+) -> Result<(), String> {
+    if let Some(seconds) = hook["sleep"]["seconds"].as_u64() {
+        tokio::time::sleep(Duration::from_secs(seconds).min(grace)).await;
+        return Ok(());
+    }
+    // A hook is a probe handler with the grace period as its timeout.
+    let mut handler = hook.clone();
+    handler["timeoutSeconds"] = json!(grace.as_secs().max(1));
+    probe(&handler, pod_ip, attempt, ctx).await
 }
 
 /// Runs one probe against a running container.

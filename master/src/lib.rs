@@ -308,7 +308,8 @@ impl Master {
         });
         {
             let state = state.clone();
-            tokio::task::spawn_blocking(move || bootstrap(&state))
+            let api_endpoint = api_endpoint(&config);
+            tokio::task::spawn_blocking(move || bootstrap(&state, api_endpoint))
                 .await
                 .map_err(|e| MasterError::Bootstrap {
                     message: e.to_string(),
@@ -407,9 +408,26 @@ fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Where pods reach the API server: the advertised (or listen) address when it is one pods
+/// can route to, not loopback or "any".
+fn api_endpoint(config: &MasterConfig) -> Option<(std::net::Ipv4Addr, u16)> {
+    let ip = match &config.advertise_address {
+        Some(address) => address.parse().ok()?,
+        None => match config.listen.ip() {
+            std::net::IpAddr::V4(ip) => ip,
+            std::net::IpAddr::V6(_) => return None,
+        },
+    };
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some((ip, config.listen.port()))
+}
+
 /// Creates what every cluster has: the built-in namespaces, their default service accounts and
-/// the `kubernetes` service, and the settings nodes read.
-fn bootstrap(state: &ApiState) -> Result<(), MasterError> {
+/// the `kubernetes` service with its endpoint (this API server, so pods can use the service
+/// as their in-cluster API address), and the settings nodes read.
+fn bootstrap(
+    state: &ApiState,
+    api_endpoint: Option<(std::net::Ipv4Addr, u16)>,
+) -> Result<(), MasterError> {
     let fail = |what: &str, error: api::error::ApiError| MasterError::Bootstrap {
         message: format!("{what}: {}", error.message),
     };
@@ -429,12 +447,46 @@ fn bootstrap(state: &ApiState) -> Result<(), MasterError> {
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "kubernetes", "namespace": "default",
                          "labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"clusterIP": ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+            "spec": {"clusterIP": ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP",
+                     "targetPort": api_endpoint.map_or(6443, |(_, port)| port)}]},
         });
         match api::objects::create_object(state, services, service, false) {
             Ok(_) => {}
             Err(e) if e.code == 409 => {}
             Err(e) => return Err(fail("the kubernetes service", e)),
+        }
+    }
+    if let Some((ip, port)) = api_endpoint {
+        let subsets = json!([{
+            "addresses": [{"ip": ip.to_string()}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        }]);
+        let endpoints = json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+            "subsets": subsets,
+        });
+        let resource = resources::by_kind("", "Endpoints").expect("endpoints are served");
+        match api::objects::create_object(state, resource, endpoints, false) {
+            Ok(_) => {}
+            // The master moved (a new address or port): the service follows it.
+            Err(e) if e.code == 409 => {
+                state
+                    .store
+                    .update::<api::error::ApiError>(
+                        "core/endpoints",
+                        "default",
+                        "kubernetes",
+                        |current| {
+                            let mut current = current.clone();
+                            current["subsets"] = subsets.clone();
+                            Ok(current)
+                        },
+                    )
+                    .map_err(|e| fail("the kubernetes endpoints", e))?;
+            }
+            Err(e) => return Err(fail("the kubernetes endpoints", e)),
         }
     }
     publish_settings(state).map_err(|e| fail("kube-system/bramble-settings", e))?;

@@ -186,7 +186,7 @@ class VirtualPis(KubectlUser):
     GATEWAY = "10.98.7.1"
     PORT = 16443
 
-    def __init__(self, data_dir: Path, nodes: int = 3):
+    def __init__(self, data_dir: Path, nodes: int = 3, *extra_args: str):
         self.data_dir = data_dir
         self.nodes = [f"pi-{i}" for i in range(1, nodes + 1)]
         self.kubeconfig = data_dir / "admin.kubeconfig"
@@ -197,13 +197,17 @@ class VirtualPis(KubectlUser):
         # `bramble up` returns once every Pi is Ready and leaves the cluster in the background.
         started = subprocess.run(
             [BRAMBLE, "up", "--data-dir", str(data_dir), "--nodes", str(nodes), "--lan", self.LAN,
-             "--port", str(self.PORT), "--profile", "demo"],
+             "--port", str(self.PORT), "--profile", "demo", *extra_args],
             capture_output=True, text=True, timeout=300,
         )
         self.output.write_text(started.stdout + started.stderr)
         if started.returncode != 0:
             raise RuntimeError(f"bramble up failed ({started.returncode}):\n{started.stdout}\n{started.stderr}")
         assert "bramble is up" in started.stdout
+
+    def node_ip(self, node):
+        """The LAN address of `pi-N`: the (10+N)th address of the LAN."""
+        return f"10.98.7.{10 + int(node.split('-')[1])}"
 
     def agent_log(self, node):
         return (self.data_dir / "logs" / f"{node}.log").read_text()
