@@ -17,7 +17,7 @@ pub mod proxy;
 pub mod resolv;
 
 use std::collections::{BTreeSet, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -158,7 +158,21 @@ pub fn start(config: ServicesConfig) -> Arc<NodeServices> {
         });
     }
 
-    // DNS_BLOCK
+    let listen = SocketAddr::from((config.dns.server, 53));
+    let dns_config = dns::DnsConfig {
+        cluster_domain: config.dns.domain.clone(),
+        upstreams: dns::upstreams_from_resolv_conf(&config.node_resolv_conf),
+    };
+    {
+        let catalog = catalog.clone();
+        tokio::spawn(async move {
+            tracing::info!(%listen, "cluster DNS serving");
+            if let Err(error) = dns::serve(listen, dns_config, catalog).await {
+                tracing::error!(%listen, error = %crate::pods::error_chain(&error), "cluster DNS stopped");
+            }
+        });
+    }
+
     tokio::spawn(sync_loop(config, catalog, changed));
     services
 }
