@@ -200,6 +200,14 @@ pub async fn up(mut options: UpOptions) -> anyhow::Result<()> {
     let demo = format!("{registry_host}/bramble/demo");
     println!("bramble: registry {registry_host} holds {demo}:1 and {demo}:2 (amd64 + arm64)");
 
+    if options.master.cluster.load_balancer_pool.is_empty() && options.lan.size() >= 256 {
+        // LoadBalancer services get addresses on the LAN, well above the Pis'.
+        options.master.cluster.load_balancer_pool =
+            vec![(options.lan.nth(200), options.lan.nth(249))];
+    }
+    if let Some((first, last)) = options.master.cluster.load_balancer_pool.first() {
+        println!("bramble: LoadBalancer services get addresses {first}-{last}");
+    }
     options.master.listen = SocketAddr::from((gateway, options.port));
     options.master.advertise_address = Some(gateway.to_string());
     options.master.data_dir = data_dir.clone();

@@ -380,10 +380,19 @@ struct ClusterArgs {
     /// 40 s, its pods move after 5 min) or `demo` (noticed within 2 s, pods replaced at once).
     #[arg(long, default_value = "default", value_parser = ["default", "demo"])]
     profile: String,
+    /// Addresses LoadBalancer services get on the LAN, as FIRST-LAST or a CIDR (repeatable):
+    /// one healthy node answers ARP for each address, and the address moves when that node
+    /// dies. Without a pool, LoadBalancer services answer on every node's address (like k3s).
+    #[arg(long = "load-balancer-pool", value_name = "RANGE", value_parser = parse_address_range)]
+    load_balancer_pool: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
     /// Seconds between writes of leases and events to disk (they live in memory in between,
     /// so heartbeats do not wear out the SD card).
     #[arg(long, default_value_t = 300)]
     checkpoint_seconds: u64,
+}
+
+fn parse_address_range(text: &str) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), String> {
+    master::controllers::loadbalancer::parse_address_range(text)
 }
 
 fn parse_port_range(text: &str) -> Result<(i64, i64), String> {
@@ -416,6 +425,7 @@ fn master_config(
         cluster_domain: cluster.cluster_domain,
         cluster_cidr: cluster.cluster_cidr,
         node_cidr_mask: cluster.node_cidr_mask,
+        load_balancer_pool: cluster.load_balancer_pool,
         timings: master::HealthTimings::named(&cluster.profile)
             .expect("clap accepts only known profiles"),
     };

@@ -111,6 +111,9 @@ pub struct ClusterSettings {
     pub node_cidr_mask: u32,
     /// Failure detection and sync timings.
     pub timings: HealthTimings,
+    /// Addresses LoadBalancer services get on the LAN (inclusive ranges); empty: services
+    /// answer on every node's address instead.
+    pub load_balancer_pool: controllers::loadbalancer::AddressPool,
 }
 
 impl Default for ClusterSettings {
@@ -122,6 +125,7 @@ impl Default for ClusterSettings {
             cluster_cidr: "10.42.0.0/16".into(),
             node_cidr_mask: 24,
             timings: HealthTimings::standard(),
+            load_balancer_pool: Vec::new(),
         }
     }
 }
@@ -505,6 +509,13 @@ fn publish_settings(state: &ApiState) -> Result<(), api::error::ApiError> {
         "clusterCIDR": state.cluster.cluster_cidr,
         "serviceCIDR": state.cluster.service_cidr,
         "clusterDomain": state.cluster.cluster_domain,
+        "loadBalancerPool": state
+            .cluster
+            .load_balancer_pool
+            .iter()
+            .map(|(low, high)| format!("{low}-{high}"))
+            .collect::<Vec<_>>()
+            .join(","),
     });
     let config_maps = resources::by_kind("", "ConfigMap").expect("config maps are served");
     let settings = json!({

@@ -627,22 +627,33 @@ impl Resolver {
         })
     }
 
-    /// Asks the upstream resolvers in turn; the first answer wins.
+    /// Asks every upstream resolver at once; the first answer wins. (One at a time would make
+    /// a dead first resolver cost every outside lookup its whole timeout.)
     async fn forward(&self, message: &[u8], transport: Transport) -> Option<Vec<u8>> {
-        for upstream in &self.config.upstreams {
-            let attempt = async {
-                match transport {
+        if self.config.upstreams.is_empty() {
+            return None;
+        }
+        let attempts = self.config.upstreams.iter().map(|upstream| {
+            Box::pin(async move {
+                let result = match transport {
                     Transport::Udp => forward_udp(*upstream, message).await,
                     Transport::Tcp => forward_tcp(*upstream, message).await,
+                };
+                if let Err(error) = &result {
+                    tracing::debug!(%upstream, %error, "upstream DNS failed");
                 }
-            };
-            match tokio::time::timeout(self.forward_timeout, attempt).await {
-                Ok(Ok(answer)) => return Some(answer),
-                Ok(Err(error)) => tracing::debug!(%upstream, %error, "upstream DNS failed"),
-                Err(_) => tracing::debug!(%upstream, "upstream DNS timed out"),
-            }
+                result
+            })
+        });
+        match tokio::time::timeout(
+            self.forward_timeout,
+            futures_util::future::select_ok(attempts),
+        )
+        .await
+        {
+            Ok(Ok((answer, _))) => Some(answer),
+            _ => None,
         }
-        None
     }
 }
 

@@ -39,6 +39,7 @@ pub mod events;
 pub mod gc;
 pub mod hpa;
 pub mod job;
+pub mod loadbalancer;
 pub mod nodes;
 pub mod quota;
 pub mod replicas;
@@ -409,6 +410,9 @@ impl Runtime {
             Arc::new(daemonset::DaemonSetController),
             Arc::new(job::JobController),
             Arc::new(endpoints::EndpointsController),
+            Arc::new(loadbalancer::LoadBalancerController::new(
+                shared.api.cluster.load_balancer_pool.clone(),
+            )),
             Arc::new(gc::GarbageCollector),
             Arc::new(gc::NamespaceController),
             Arc::new(nodes::NodeLifecycle::new(timings)),
