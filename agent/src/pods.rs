@@ -61,10 +61,14 @@ pub struct NodeContext {
     pub paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Hands out pod IPs from the node's pod CIDR (.1 is the bridge).
+/// Hands out pod IPs from the node's pod CIDR (.1 is the bridge), round-robin: a pod's
+/// address is not given to the next pod at once, so neighbour caches and conntrack entries
+/// that still name the old pod cannot send a new pod's traffic astray.
 pub struct IpAllocator {
     cidr: Cidr,
     used: HashSet<Ipv4Addr>,
+    /// Where the next search starts (an offset into the CIDR).
+    next: u32,
 }
 
 impl IpAllocator {
@@ -73,6 +77,7 @@ impl IpAllocator {
         IpAllocator {
             cidr,
             used: HashSet::new(),
+            next: 2,
         }
     }
 
@@ -81,12 +86,16 @@ impl IpAllocator {
         self.used.insert(ip);
     }
 
-    /// The lowest free address.
+    /// The first free address after the last one handed out.
     pub fn allocate(&mut self) -> Option<Ipv4Addr> {
-        let ip = (2..self.cidr.size().saturating_sub(1))
-            .map(|n| self.cidr.nth(n))
-            .find(|ip| !self.used.contains(ip))?;
+        let last = self.cidr.size().saturating_sub(1);
+        let start = self.next.clamp(2, last.max(2));
+        let offset = (start..last)
+            .chain(2..start)
+            .find(|n| !self.used.contains(&self.cidr.nth(*n)))?;
+        let ip = self.cidr.nth(offset);
         self.used.insert(ip);
+        self.next = offset + 1;
         Some(ip)
     }
 
@@ -1666,6 +1675,23 @@ mod tests {
         assert_eq!(ips.allocate(), None);
         ips.release(Ipv4Addr::new(10, 42, 1, 2));
         assert_eq!(ips.allocate(), Some(Ipv4Addr::new(10, 42, 1, 2)));
+    }
+
+    #[test]
+    fn a_released_pod_ip_is_not_handed_out_again_at_once() {
+        let mut ips = IpAllocator::new(Cidr::parse("10.42.1.0/29").unwrap());
+        let first = ips.allocate().unwrap();
+        let second = ips.allocate().unwrap();
+        ips.release(first);
+        let third = ips.allocate().unwrap();
+        assert_eq!(
+            [first, second, third].map(|ip| ip.octets()[3]),
+            [2, 3, 4],
+            "round-robin, not the lowest free"
+        );
+        ips.claim(Ipv4Addr::new(10, 42, 1, 5));
+        assert_eq!(ips.allocate(), Some(Ipv4Addr::new(10, 42, 1, 6)));
+        assert_eq!(ips.allocate(), Some(Ipv4Addr::new(10, 42, 1, 2)), "wraps around");
     }
 
     #[test]
