@@ -380,19 +380,22 @@ struct ClusterArgs {
     /// 40 s, its pods move after 5 min) or `demo` (noticed within 2 s, pods replaced at once).
     #[arg(long, default_value = "default", value_parser = ["default", "demo"])]
     profile: String,
-    /// Addresses LoadBalancer services get on the LAN, as FIRST-LAST or a CIDR (repeatable):
-    /// one healthy node answers ARP for each address, and the address moves when that node
-    /// dies. Without a pool, LoadBalancer services answer on every node's address (like k3s).
-    #[arg(long = "load-balancer-pool", value_name = "RANGE", value_parser = parse_address_range)]
+    /// Addresses LoadBalancer services get on the LAN; one healthy node answers ARP for each,
+    /// and it moves when that node dies. Without a pool, LoadBalancer services answer on every
+    /// node's address (like k3s). RANGE is FIRST-LAST (192.168.1.240-192.168.1.250) or a CIDR
+    /// (192.168.1.240/28: all but its network and broadcast addresses); repeatable or comma
+    /// separated. Keep it out of your DHCP server's range.
+    #[arg(
+        long = "load-balancer-pool",
+        value_name = "RANGE",
+        value_delimiter = ',',
+        value_parser = master::parse_address_range
+    )]
     load_balancer_pool: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
     /// Seconds between writes of leases and events to disk (they live in memory in between,
     /// so heartbeats do not wear out the SD card).
     #[arg(long, default_value_t = 300)]
     checkpoint_seconds: u64,
-}
-
-fn parse_address_range(text: &str) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), String> {
-    master::controllers::loadbalancer::parse_address_range(text)
 }
 
 fn parse_port_range(text: &str) -> Result<(i64, i64), String> {

@@ -1691,7 +1691,11 @@ mod tests {
         );
         ips.claim(Ipv4Addr::new(10, 42, 1, 5));
         assert_eq!(ips.allocate(), Some(Ipv4Addr::new(10, 42, 1, 6)));
-        assert_eq!(ips.allocate(), Some(Ipv4Addr::new(10, 42, 1, 2)), "wraps around");
+        assert_eq!(
+            ips.allocate(),
+            Some(Ipv4Addr::new(10, 42, 1, 2)),
+            "wraps around"
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ use serde_json::{json, Value};
 
 use api::error::error_chain;
 use api::ApiState;
+use controllers::loadbalancer::format_address_pool;
+pub use controllers::loadbalancer::{parse_address_pool, parse_address_range, AddressPool};
 use store::{Store, StoreError};
 
 /// How quickly the cluster notices failures and reacts, as a named profile.
@@ -113,7 +115,7 @@ pub struct ClusterSettings {
     pub timings: HealthTimings,
     /// Addresses LoadBalancer services get on the LAN (inclusive ranges); empty: services
     /// answer on every node's address instead.
-    pub load_balancer_pool: controllers::loadbalancer::AddressPool,
+    pub load_balancer_pool: AddressPool,
 }
 
 impl Default for ClusterSettings {
@@ -509,13 +511,7 @@ fn publish_settings(state: &ApiState) -> Result<(), api::error::ApiError> {
         "clusterCIDR": state.cluster.cluster_cidr,
         "serviceCIDR": state.cluster.service_cidr,
         "clusterDomain": state.cluster.cluster_domain,
-        "loadBalancerPool": state
-            .cluster
-            .load_balancer_pool
-            .iter()
-            .map(|(low, high)| format!("{low}-{high}"))
-            .collect::<Vec<_>>()
-            .join(","),
+        "loadBalancerPool": format_address_pool(&state.cluster.load_balancer_pool),
     });
     let config_maps = resources::by_kind("", "ConfigMap").expect("config maps are served");
     let settings = json!({

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //!   pool set:    status.loadBalancer.ingress = [address from the pool]
-//!                annotation bramble.dev/load-balancer-node = a Ready node (kept while Ready;
-//!                Local policy prefers nodes with a ready endpoint; fewest addresses first)
+//!                  (the one it has ▸ spec.loadBalancerIP ▸ the lowest free one)
+//!                annotation bramble.dev/load-balancer-node = a Ready node
+//!                  (kept while Ready; else willing nodes first, Local policy prefers nodes
+//!                   with a ready endpoint, then the fewest addresses, then the name)
 //!   no pool:     status.loadBalancer.ingress = InternalIP of every Ready node
 //!   not LB any more: status and annotation cleared
 //! ```
@@ -14,13 +16,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
 use super::view::{Key, View};
 use super::{condition, key_of, Action, Context, Reconciler};
 use crate::api::error::ApiError;
-use crate::store::Change;
+use crate::store::{Change, EventType};
 
 /// The annotation naming the node that answers ARP for a service's address.
 pub const ANNOUNCING_NODE_ANNOTATION: &str = "bramble.dev/load-balancer-node";
@@ -55,7 +58,7 @@ pub fn parse_address_range(text: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
             .parse()
             .ok()
             .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("{prefix:?} is not a prefix length"))?;
+            .ok_or_else(|| format!("{prefix:?} is not a prefix length (0 to 32)"))?;
         let mask = if prefix == 0 {
             0
         } else {
@@ -63,6 +66,7 @@ pub fn parse_address_range(text: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
         };
         let network = u32::from(address) & mask;
         let broadcast = network | !mask;
+        // A /31 or /32 has no network and broadcast address to leave out (RFC 3021).
         return Ok(if prefix >= 31 {
             (network.into(), broadcast.into())
         } else {
@@ -74,15 +78,37 @@ pub fn parse_address_range(text: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
     ))
 }
 
+/// Reads a pool in its text form: ranges separated by commas (empty: no pool).
+pub fn parse_address_pool(text: &str) -> Result<AddressPool, String> {
+    text.split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(parse_address_range)
+        .collect()
+}
+
+/// A pool in its text form, as [`parse_address_pool`] reads it and the settings publish it.
+pub fn format_address_pool(pool: &[(Ipv4Addr, Ipv4Addr)]) -> String {
+    pool.iter()
+        .map(|(low, high)| format!("{low}-{high}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The LoadBalancer controller. Its keys are Service keys.
 pub struct LoadBalancerController {
     pool: AddressPool,
+    /// Services already warned that the pool is exhausted: the warning is recorded when a
+    /// service runs out of luck, not on every reconcile while it waits.
+    exhausted: Mutex<BTreeSet<Key>>,
 }
 
 impl LoadBalancerController {
     /// A controller handing out addresses from `pool` (none: node addresses, like k3s).
     pub fn new(pool: AddressPool) -> LoadBalancerController {
-        LoadBalancerController { pool }
+        LoadBalancerController {
+            pool,
+            exhausted: Mutex::new(BTreeSet::new()),
+        }
     }
 
     fn in_pool(&self, ip: Ipv4Addr) -> bool {
@@ -100,12 +126,23 @@ impl LoadBalancerController {
             .and_then(|ip| ip.parse().ok())
             .filter(usable);
         current.or(requested).or_else(|| {
+            // At most `taken.len() + 1` steps per range, however large the range.
             self.pool.iter().find_map(|(low, high)| {
                 (u32::from(*low)..=u32::from(*high))
                     .map(Ipv4Addr::from)
                     .find(|ip| !taken.contains(ip))
             })
         })
+    }
+
+    /// Records whether the pool is exhausted for a service; returns whether that is news.
+    fn note_exhausted(&self, key: &Key, exhausted: bool) -> bool {
+        let mut warned = self.exhausted.lock().expect("exhausted lock");
+        if exhausted {
+            warned.insert(key.clone())
+        } else {
+            warned.remove(key)
+        }
     }
 }
 
@@ -126,6 +163,32 @@ fn announcing_node(service: &Value) -> Option<&str> {
     service["metadata"]["annotations"][ANNOUNCING_NODE_ANNOTATION].as_str()
 }
 
+/// Whether a change frees an address a LoadBalancer service held, so a service waiting for a
+/// free one can be looked at again. A replayed change without its previous state may have, so
+/// it counts.
+fn frees_address(change: &Change) -> bool {
+    let held = |s: &Value| {
+        if is_load_balancer(s) {
+            ingress_ips(s)
+        } else {
+            Vec::new()
+        }
+    };
+    let before = match (&change.previous, change.event) {
+        (Some(previous), _) => held(previous),
+        // A deletion carries the object as it was.
+        (None, EventType::Deleted) => held(&change.object),
+        (None, EventType::Added) => Vec::new(),
+        (None, _) => return true,
+    };
+    let after = if change.event == EventType::Deleted {
+        Vec::new()
+    } else {
+        held(&change.object)
+    };
+    before.iter().any(|ip| !after.contains(ip))
+}
+
 /// What a node offers for load balancing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -133,8 +196,10 @@ pub struct Candidate {
     pub name: String,
     /// Its InternalIP.
     pub address: Option<Ipv4Addr>,
-    /// Whether it is Ready.
+    /// Whether its Ready condition is True.
     pub ready: bool,
+    /// Whether it is being deleted.
+    pub deleting: bool,
     /// Whether it should carry load-balanced traffic only as a last resort (cordoned or
     /// labelled out).
     pub reluctant: bool,
@@ -153,11 +218,16 @@ impl Candidate {
                 .flatten()
                 .find(|a| a["type"] == "InternalIP")
                 .and_then(|a| a["address"].as_str()?.parse().ok()),
-            ready: condition(node, "Ready").is_some_and(|c| c["status"] == "True")
-                && node["metadata"]["deletionTimestamp"].is_null(),
+            ready: condition(node, "Ready").is_some_and(|c| c["status"] == "True"),
+            deleting: !node["metadata"]["deletionTimestamp"].is_null(),
             reluctant: node["spec"]["unschedulable"] == true
                 || node["metadata"]["labels"].get(EXCLUDE_LABEL).is_some(),
         }
+    }
+
+    /// Whether it can answer at all.
+    pub fn usable(&self) -> bool {
+        self.ready && !self.deleting
     }
 }
 
@@ -173,18 +243,13 @@ pub fn choose_node<'a>(
 ) -> Option<&'a Candidate> {
     if let Some(node) = nodes
         .iter()
-        .find(|n| Some(n.name.as_str()) == current && n.ready)
+        .find(|n| Some(n.name.as_str()) == current && n.usable())
     {
-        let lost_endpoints = prefer_endpoints
-            && !with_endpoints.contains(&node.name)
-            && nodes
-                .iter()
-                .any(|n| n.ready && with_endpoints.contains(&n.name));
-        if !lost_endpoints {
+        if !lost_endpoints(node, nodes, with_endpoints, prefer_endpoints) {
             return Some(node);
         }
     }
-    nodes.iter().filter(|n| n.ready).min_by_key(|n| {
+    nodes.iter().filter(|n| n.usable()).min_by_key(|n| {
         (
             n.reluctant,
             prefer_endpoints && !with_endpoints.contains(&n.name),
@@ -194,15 +259,54 @@ pub fn choose_node<'a>(
     })
 }
 
+/// With the Local policy a node without a ready endpoint drops the traffic it gets, so the
+/// address leaves it for a node that has one, although the node is Ready.
+fn lost_endpoints(
+    node: &Candidate,
+    nodes: &[Candidate],
+    with_endpoints: &BTreeSet<String>,
+    prefer_endpoints: bool,
+) -> bool {
+    prefer_endpoints
+        && !with_endpoints.contains(&node.name)
+        && nodes
+            .iter()
+            .any(|n| n.usable() && with_endpoints.contains(&n.name))
+}
+
+/// Why the address left `previous`, as the event about the move says it.
+pub fn why_moved(
+    previous: &str,
+    nodes: &[Candidate],
+    with_endpoints: &BTreeSet<String>,
+    prefer_endpoints: bool,
+) -> &'static str {
+    match nodes.iter().find(|n| n.name == previous) {
+        None => "is gone",
+        Some(n) if n.deleting => "is being deleted",
+        Some(n) if !n.ready => "is not ready",
+        Some(n) if lost_endpoints(n, nodes, with_endpoints, prefer_endpoints) => {
+            "has no ready endpoint of the service"
+        }
+        Some(_) => "is not ready",
+    }
+}
+
 fn candidates(view: &View) -> Vec<Candidate> {
     let mut nodes: Vec<Candidate> = view.list("core/nodes").map(|n| Candidate::of(n)).collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     nodes
 }
 
-/// What of a node matters here: readiness, address and willingness.
-fn node_signature(node: &Value) -> Candidate {
-    Candidate::of(node)
+/// The nodes that run a ready endpoint of the service, from its Endpoints.
+fn endpoint_nodes(endpoints: &Value) -> BTreeSet<String> {
+    endpoints["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["addresses"].as_array().into_iter().flatten())
+        .filter_map(|a| a["nodeName"].as_str().map(str::to_owned))
+        .collect()
 }
 
 impl Reconciler for LoadBalancerController {
@@ -218,23 +322,50 @@ impl Reconciler for LoadBalancerController {
                 .collect()
         };
         match change.resource.as_str() {
-            "core/services" => vec![(change.namespace.clone(), change.name.clone())],
+            "core/services" => {
+                let key = (change.namespace.clone(), change.name.clone());
+                let mut keys = Vec::new();
+                if !self.pool.is_empty() && frees_address(change) {
+                    // Services the exhausted pool left without an address get their chance.
+                    keys.extend(
+                        view.list("core/services")
+                            .filter(|s| is_load_balancer(s) && ingress_ips(s).is_empty())
+                            .map(|s| key_of(s))
+                            .filter(|k| *k != key),
+                    );
+                }
+                keys.push(key);
+                keys
+            }
             "core/nodes" => {
+                // Heartbeats rewrite node status every few seconds; only readiness, address and
+                // willingness decide anything here.
                 let unchanged = change
                     .previous
                     .as_ref()
-                    .is_some_and(|p| node_signature(p) == node_signature(&change.object));
+                    .is_some_and(|p| Candidate::of(p) == Candidate::of(&change.object));
                 if unchanged {
                     Vec::new()
                 } else {
                     load_balancers()
                 }
             }
-            "core/endpoints" => view
-                .get("core/services", &change.namespace, &change.name)
-                .filter(|s| is_load_balancer(s) && s["spec"]["externalTrafficPolicy"] == "Local")
-                .map(|s| vec![key_of(s)])
-                .unwrap_or_default(),
+            "core/endpoints" => {
+                let unchanged = change.event != EventType::Deleted
+                    && change
+                        .previous
+                        .as_ref()
+                        .is_some_and(|p| endpoint_nodes(p) == endpoint_nodes(&change.object));
+                if unchanged {
+                    return Vec::new();
+                }
+                view.get("core/services", &change.namespace, &change.name)
+                    .filter(|s| {
+                        is_load_balancer(s) && s["spec"]["externalTrafficPolicy"] == "Local"
+                    })
+                    .map(|s| vec![key_of(s)])
+                    .unwrap_or_default()
+            }
             _ => Vec::new(),
         }
     }
@@ -250,17 +381,14 @@ impl Reconciler for LoadBalancerController {
 
     fn reconcile(&self, ctx: &Context, key: &Key) -> Result<Action, ApiError> {
         let Some(service) = ctx.view().get("core/services", &key.0, &key.1).cloned() else {
+            self.note_exhausted(key, false);
             return Ok(Action::Done);
         };
         let (namespace, name) = (key.0.as_str(), key.1.as_str());
         if !is_load_balancer(&service) {
             // No longer a LoadBalancer: give the address back.
-            if !ingress_ips(&service).is_empty() {
-                ctx.update_status("core/services", namespace, name, |s| {
-                    s["status"]["loadBalancer"] = json!({});
-                    Ok(())
-                })?;
-            }
+            self.note_exhausted(key, false);
+            write_ingress(ctx, &service, Vec::new())?;
             if announcing_node(&service).is_some() {
                 set_announcing_node(ctx, namespace, name, None)?;
             }
@@ -271,10 +399,11 @@ impl Reconciler for LoadBalancerController {
         if self.pool.is_empty() {
             let mut addresses: Vec<Ipv4Addr> = nodes
                 .iter()
-                .filter(|n| n.ready)
+                .filter(|n| n.usable())
                 .filter_map(|n| n.address)
                 .collect();
             addresses.sort();
+            addresses.dedup();
             let ingress: Vec<Value> = addresses
                 .iter()
                 .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
@@ -302,44 +431,46 @@ impl Reconciler for LoadBalancerController {
             (taken, load)
         };
         let Some(address) = self.choose_address(&service, &taken) else {
-            if !ingress_ips(&service).is_empty() || announcing_node(&service).is_some() {
-                write_ingress(ctx, &service, Vec::new())?;
+            write_ingress(ctx, &service, Vec::new())?;
+            if announcing_node(&service).is_some() {
                 set_announcing_node(ctx, namespace, name, None)?;
             }
-            let pool: Vec<String> = self
-                .pool
-                .iter()
-                .map(|(low, high)| format!("{low}-{high}"))
-                .collect();
-            ctx.event(
-                &service,
-                "Warning",
-                "AllocationFailed",
-                &format!(
-                    "no free address in the load-balancer pool {}",
-                    pool.join(", ")
-                ),
-            );
+            if self.note_exhausted(key, true) {
+                ctx.event(
+                    &service,
+                    "Warning",
+                    "AllocationFailed",
+                    &format!(
+                        "the load-balancer pool {} is exhausted: every address belongs to another LoadBalancer service",
+                        format_address_pool(&self.pool)
+                    ),
+                );
+            }
             return Ok(Action::Done);
         };
+        self.note_exhausted(key, false);
+        let had = ingress_ips(&service);
         write_ingress(
             ctx,
             &service,
             vec![json!({"ip": address.to_string(), "ipMode": "VIP"})],
         )?;
+        if had != [address] {
+            ctx.event(
+                &service,
+                "Normal",
+                "IPAllocated",
+                &format!(
+                    "assigned {address} from the load-balancer pool {}",
+                    format_address_pool(&self.pool)
+                ),
+            );
+        }
 
         let local = service["spec"]["externalTrafficPolicy"] == "Local";
         let with_endpoints: BTreeSet<String> = if local {
             ctx.get("core/endpoints", namespace, name)?
-                .map(|e| {
-                    e["subsets"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .flat_map(|s| s["addresses"].as_array().into_iter().flatten())
-                        .filter_map(|a| a["nodeName"].as_str().map(str::to_owned))
-                        .collect()
-                })
+                .map(|e| endpoint_nodes(&e))
                 .unwrap_or_default()
         } else {
             BTreeSet::new()
@@ -349,17 +480,19 @@ impl Reconciler for LoadBalancerController {
         let chosen_name = chosen.map(|n| n.name.as_str());
         if chosen_name != current {
             set_announcing_node(ctx, namespace, name, chosen_name)?;
-            let message = match (chosen_name, current) {
-                (Some(new), Some(old)) => {
-                    format!("{address} is answered by {new} ({old} is not ready)")
-                }
-                (Some(new), None) => format!("{address} is answered by {new}"),
-                (None, _) => format!("no Ready node can answer for {address}"),
-            };
-            let kind = if chosen_name.is_some() {
-                "Normal"
-            } else {
-                "Warning"
+            let why = current.map(|old| {
+                format!(
+                    " ({old} {})",
+                    why_moved(old, &nodes, &with_endpoints, local)
+                )
+            });
+            let why = why.unwrap_or_default();
+            let (kind, message) = match chosen_name {
+                Some(new) => ("Normal", format!("{address} is answered by {new}{why}")),
+                None => (
+                    "Warning",
+                    format!("no Ready node can answer for {address}{why}"),
+                ),
             };
             ctx.event(&service, kind, "AnnouncingNode", &message);
         }
@@ -415,63 +548,118 @@ fn set_announcing_node(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
     use super::*;
+    use crate::api::objects::{self, Part};
+    use crate::api::ApiState;
+    use crate::controllers::resource_of;
+
+    fn ip(text: &str) -> Ipv4Addr {
+        text.parse().unwrap()
+    }
 
     fn node(name: &str, ready: bool, reluctant: bool) -> Candidate {
         Candidate {
             name: name.into(),
             address: None,
             ready,
+            deleting: false,
             reluctant,
         }
     }
 
     #[test]
     fn pool_ranges_parse_from_ranges_and_cidrs() {
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         assert_eq!(
             parse_address_range("10.99.0.200-10.99.0.250"),
             Ok((ip("10.99.0.200"), ip("10.99.0.250")))
+        );
+        assert_eq!(
+            parse_address_range(" 10.99.0.200 - 10.99.0.200 "),
+            Ok((ip("10.99.0.200"), ip("10.99.0.200")))
         );
         assert_eq!(
             parse_address_range("10.99.0.192/27"),
             Ok((ip("10.99.0.193"), ip("10.99.0.222")))
         );
         assert_eq!(
+            parse_address_range("10.99.0.200/27"),
+            Ok((ip("10.99.0.193"), ip("10.99.0.222"))),
+            "a host address in the CIDR names its network"
+        );
+        assert_eq!(
+            parse_address_range("10.99.0.6/31"),
+            Ok((ip("10.99.0.6"), ip("10.99.0.7")))
+        );
+        assert_eq!(
             parse_address_range("10.99.0.7/32"),
             Ok((ip("10.99.0.7"), ip("10.99.0.7")))
         );
-        assert!(parse_address_range("10.99.0.9-10.99.0.1").is_err());
-        assert!(parse_address_range("pool").is_err());
+        let backwards = parse_address_range("10.99.0.9-10.99.0.1").unwrap_err();
+        assert!(backwards.contains("after the last"), "{backwards}");
+        let neither = parse_address_range("pool").unwrap_err();
+        assert!(neither.contains("FIRST-LAST"), "{neither}");
         assert!(parse_address_range("10.99.0.0/33").is_err());
+        assert!(parse_address_range("10.99.0.300-10.99.0.301").is_err());
+    }
+
+    #[test]
+    fn pools_read_back_what_the_settings_publish() {
+        let pool = vec![
+            (ip("10.99.0.200"), ip("10.99.0.249")),
+            (ip("192.168.1.241"), ip("192.168.1.254")),
+        ];
+        let text = format_address_pool(&pool);
+        assert_eq!(text, "10.99.0.200-10.99.0.249,192.168.1.241-192.168.1.254");
+        assert_eq!(parse_address_pool(&text), Ok(pool));
+        assert_eq!(
+            parse_address_pool("10.99.0.200-10.99.0.249, 192.168.1.240/28"),
+            Ok(vec![
+                (ip("10.99.0.200"), ip("10.99.0.249")),
+                (ip("192.168.1.241"), ip("192.168.1.254")),
+            ])
+        );
+        assert_eq!(parse_address_pool(""), Ok(Vec::new()));
+        assert!(parse_address_pool("10.99.0.200-10.99.0.249,nonsense").is_err());
     }
 
     #[test]
     fn addresses_stay_put_then_follow_requests_then_fill_from_the_bottom() {
-        let controller = LoadBalancerController::new(vec![(
-            "10.99.0.200".parse().unwrap(),
-            "10.99.0.202".parse().unwrap(),
-        )]);
-        let taken: BTreeSet<Ipv4Addr> = ["10.99.0.200".parse().unwrap()].into();
+        let controller = LoadBalancerController::new(vec![(ip("10.99.0.200"), ip("10.99.0.202"))]);
+        let taken: BTreeSet<Ipv4Addr> = [ip("10.99.0.200")].into();
         let fresh = json!({"spec": {"type": "LoadBalancer"}});
         assert_eq!(
             controller.choose_address(&fresh, &taken),
-            Some("10.99.0.201".parse().unwrap())
+            Some(ip("10.99.0.201"))
         );
         let asking = json!({"spec": {"type": "LoadBalancer", "loadBalancerIP": "10.99.0.202"}});
         assert_eq!(
             controller.choose_address(&asking, &taken),
-            Some("10.99.0.202".parse().unwrap())
+            Some(ip("10.99.0.202"))
+        );
+        let asking_outside =
+            json!({"spec": {"type": "LoadBalancer", "loadBalancerIP": "10.99.0.7"}});
+        assert_eq!(
+            controller.choose_address(&asking_outside, &taken),
+            Some(ip("10.99.0.201"))
         );
         let holding = json!({"spec": {"loadBalancerIP": "10.99.0.201"},
             "status": {"loadBalancer": {"ingress": [{"ip": "10.99.0.202"}]}}});
         assert_eq!(
             controller.choose_address(&holding, &taken),
-            Some("10.99.0.202".parse().unwrap())
+            Some(ip("10.99.0.202"))
+        );
+        let holding_a_taken_one =
+            json!({"status": {"loadBalancer": {"ingress": [{"ip": "10.99.0.200"}]}}});
+        assert_eq!(
+            controller.choose_address(&holding_a_taken_one, &taken),
+            Some(ip("10.99.0.201"))
         );
         let full: BTreeSet<Ipv4Addr> = ["10.99.0.200", "10.99.0.201", "10.99.0.202"]
             .iter()
-            .map(|s| s.parse().unwrap())
+            .map(|s| ip(s))
             .collect();
         assert_eq!(controller.choose_address(&fresh, &full), None);
     }
@@ -489,10 +677,29 @@ mod tests {
             choose_node(current, nodes, &none, false, &load).map(|n| n.name.clone())
         };
         assert_eq!(pick(Some("pi-1"), &nodes), Some("pi-1".into()), "sticky");
+        assert_eq!(
+            pick(Some("pi-3"), &nodes),
+            Some("pi-3".into()),
+            "cordoning does not move an address"
+        );
         assert_eq!(pick(None, &nodes), Some("pi-2".into()), "least loaded");
+        assert_eq!(
+            pick(Some("pi-9"), &nodes),
+            Some("pi-2".into()),
+            "the node is gone"
+        );
         let mut pi2_down = nodes.clone();
         pi2_down[1].ready = false;
         assert_eq!(pick(Some("pi-2"), &pi2_down), Some("pi-1".into()));
+        assert_eq!(why_moved("pi-2", &pi2_down, &none, false), "is not ready");
+        let mut pi2_leaving = nodes.clone();
+        pi2_leaving[1].deleting = true;
+        assert_eq!(pick(Some("pi-2"), &pi2_leaving), Some("pi-1".into()));
+        assert_eq!(
+            why_moved("pi-2", &pi2_leaving, &none, false),
+            "is being deleted"
+        );
+        assert_eq!(why_moved("pi-9", &nodes, &none, false), "is gone");
         let mut only_cordoned = nodes.clone();
         only_cordoned[0].ready = false;
         only_cordoned[1].ready = false;
@@ -507,13 +714,330 @@ mod tests {
     }
 
     #[test]
+    fn ties_go_to_the_first_name() {
+        let nodes = vec![node("pi-2", true, false), node("pi-1", true, false)];
+        let chosen = choose_node(None, &nodes, &BTreeSet::new(), false, &BTreeMap::new());
+        assert_eq!(chosen.map(|n| n.name.as_str()), Some("pi-1"));
+    }
+
+    #[test]
     fn local_policy_prefers_nodes_with_endpoints() {
-        let nodes = vec![node("pi-1", true, false), node("pi-2", true, false)];
+        let nodes = vec![
+            node("pi-1", true, false),
+            node("pi-2", true, false),
+            node("pi-3", true, false),
+        ];
         let on_pi2: BTreeSet<String> = ["pi-2".to_owned()].into();
-        let load = BTreeMap::new();
+        let load: BTreeMap<String, usize> = [("pi-1".to_owned(), 1)].into();
         let chosen = choose_node(Some("pi-1"), &nodes, &on_pi2, true, &load).unwrap();
         assert_eq!(chosen.name, "pi-2", "the endpoint moved away from pi-1");
+        assert_eq!(
+            why_moved("pi-1", &nodes, &on_pi2, true),
+            "has no ready endpoint of the service"
+        );
+        let chosen = choose_node(None, &nodes, &on_pi2, false, &load).unwrap();
+        assert_eq!(chosen.name, "pi-2", "Cluster policy: the least loaded");
         let chosen = choose_node(None, &nodes, &BTreeSet::new(), true, &load).unwrap();
-        assert_eq!(chosen.name, "pi-1", "no endpoints anywhere: any Ready node");
+        assert_eq!(
+            chosen.name, "pi-2",
+            "no endpoints anywhere: any Ready node, least loaded"
+        );
+        let mut pi2_down = nodes.clone();
+        pi2_down[1].ready = false;
+        let chosen = choose_node(Some("pi-1"), &pi2_down, &on_pi2, true, &load).unwrap();
+        assert_eq!(
+            chosen.name, "pi-1",
+            "the only endpoint is on a dead node: stay put"
+        );
+    }
+
+    #[test]
+    fn heartbeats_are_not_node_changes_that_matter() {
+        let node = |heartbeat: &str, ready: &str| {
+            json!({"metadata": {"name": "pi-1"},
+                   "status": {"conditions": [{"type": "Ready", "status": ready, "lastHeartbeatTime": heartbeat}],
+                              "addresses": [{"type": "InternalIP", "address": "10.99.0.11"}]}})
+        };
+        let before = node("2026-01-01T00:00:00Z", "True");
+        assert_eq!(
+            Candidate::of(&before),
+            Candidate::of(&node("2026-01-01T00:00:10Z", "True"))
+        );
+        assert_ne!(
+            Candidate::of(&before),
+            Candidate::of(&node("2026-01-01T00:00:10Z", "Unknown"))
+        );
+        let mut cordoned = before.clone();
+        cordoned["spec"]["unschedulable"] = json!(true);
+        assert!(Candidate::of(&cordoned).reluctant);
+        let mut excluded = before.clone();
+        excluded["metadata"]["labels"][EXCLUDE_LABEL] = json!("");
+        assert!(Candidate::of(&excluded).reluctant);
+    }
+
+    #[test]
+    fn waiting_services_look_again_when_an_address_is_freed() {
+        let with_ip = |kind: &str, ip: &str| {
+            let ingress = if ip.is_empty() {
+                json!([])
+            } else {
+                json!([{ "ip": ip }])
+            };
+            Arc::new(
+                json!({"spec": {"type": kind}, "status": {"loadBalancer": {"ingress": ingress}}}),
+            )
+        };
+        let change = |event, object, previous| Change {
+            revision: 1,
+            resource: "core/services".into(),
+            namespace: "default".into(),
+            name: "web".into(),
+            event,
+            object,
+            previous,
+        };
+        let lb = with_ip("LoadBalancer", "10.99.0.200");
+        assert!(frees_address(&change(EventType::Deleted, lb.clone(), None)));
+        assert!(frees_address(&change(
+            EventType::Modified,
+            with_ip("ClusterIP", "10.99.0.200"),
+            Some(lb.clone())
+        )));
+        assert!(!frees_address(&change(
+            EventType::Modified,
+            lb.clone(),
+            Some(lb.clone())
+        )));
+        assert!(!frees_address(&change(
+            EventType::Modified,
+            lb.clone(),
+            Some(with_ip("LoadBalancer", ""))
+        )));
+        assert!(!frees_address(&change(EventType::Added, lb, None)));
+    }
+
+    /// Polls the store until `check` holds; the controllers run on their own threads.
+    async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(found) = check() {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn create_node(api: &ApiState, name: &str, address: &str) {
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                "lastHeartbeatTime": super::super::now_time()}],
+                "addresses": [{"type": "InternalIP", "address": address}],
+            },
+        });
+        objects::create_object(api, resource_of("core/nodes"), node, false).unwrap();
+    }
+
+    fn create_service(api: &ApiState, name: &str) {
+        let service = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "selector": {"app": name}, "ports": [{"port": 80}]},
+        });
+        objects::create_object(api, resource_of("core/services"), service, false).unwrap();
+    }
+
+    fn service_named(api: &ApiState, name: &str) -> Value {
+        api.store
+            .get("core/services", "default", name)
+            .unwrap()
+            .expect("the service exists")
+    }
+
+    fn service(api: &ApiState) -> Value {
+        service_named(api, "web")
+    }
+
+    fn set_ready(api: &ApiState, node: &str, status: &str) {
+        objects::update_object(
+            api,
+            resource_of("core/nodes"),
+            "",
+            node,
+            Part::Status,
+            false,
+            |n| {
+                let mut n = n.clone();
+                n["status"]["conditions"][0]["status"] = json!(status);
+                Ok(n)
+            },
+        )
+        .unwrap();
+    }
+
+    fn events(api: &ApiState, reason: &str) -> Vec<Value> {
+        api.store
+            .list("core/events", Some("default"), None, 0, &|e: &Value| {
+                e["reason"] == reason
+            })
+            .unwrap()
+            .items
+    }
+
+    /// A master of its own in a temporary directory; the directory goes with the test.
+    async fn start_master(pool: AddressPool) -> (tempfile::TempDir, Arc<ApiState>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::MasterConfig::new(dir.path().to_owned());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.cluster.load_balancer_pool = pool;
+        let master = crate::Master::start(config).await.unwrap();
+        let api = master.controllers.shared().api.clone();
+        (dir, api)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_address_from_the_pool_moves_off_a_node_that_stops_being_ready() {
+        let (_dir, api) = start_master(vec![(ip("10.99.0.200"), ip("10.99.0.201"))]).await;
+        create_node(&api, "pi-1", "10.99.0.11");
+        create_node(&api, "pi-2", "10.99.0.12");
+        create_service(&api, "web");
+
+        let first = eventually("an address and an announcing node", || {
+            let web = service(&api);
+            let node = announcing_node(&web)?.to_owned();
+            (!ingress_ips(&web).is_empty()).then_some((web, node))
+        })
+        .await;
+        assert_eq!(
+            first.0["status"]["loadBalancer"]["ingress"],
+            json!([{"ip": "10.99.0.200", "ipMode": "VIP"}])
+        );
+        assert_eq!(first.1, "pi-1", "equal load: the first name");
+
+        set_ready(&api, "pi-1", "False");
+        let moved = eventually("the address to move to pi-2", || {
+            let web = service(&api);
+            (announcing_node(&web) == Some("pi-2")).then_some(web)
+        })
+        .await;
+        assert_eq!(
+            ingress_ips(&moved),
+            [ip("10.99.0.200")],
+            "the address stays"
+        );
+        let events = events(&api, "AnnouncingNode");
+        assert!(
+            events
+                .iter()
+                .any(|e| e["message"] == "10.99.0.200 is answered by pi-2 (pi-1 is not ready)"),
+            "{events:?}"
+        );
+
+        objects::update_object(
+            &api,
+            resource_of("core/services"),
+            "default",
+            "web",
+            Part::Main,
+            false,
+            |s| {
+                let mut s = s.clone();
+                s["spec"]["type"] = json!("ClusterIP");
+                for port in s["spec"]["ports"].as_array_mut().into_iter().flatten() {
+                    port.as_object_mut().unwrap().remove("nodePort");
+                }
+                Ok(s)
+            },
+        )
+        .unwrap();
+        eventually("a ClusterIP service to lose its address", || {
+            let web = service(&api);
+            (ingress_ips(&web).is_empty() && announcing_node(&web).is_none()).then_some(())
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_pool_services_answer_on_every_ready_node() {
+        let (_dir, api) = start_master(Vec::new()).await;
+        create_node(&api, "pi-2", "10.99.0.12");
+        create_node(&api, "pi-10", "10.99.0.110");
+        create_node(&api, "pi-1", "10.99.0.11");
+        create_service(&api, "web");
+        let all = vec![ip("10.99.0.11"), ip("10.99.0.12"), ip("10.99.0.110")];
+        let web = eventually("every node's address", || {
+            let web = service(&api);
+            (ingress_ips(&web) == all).then_some(web)
+        })
+        .await;
+        assert_eq!(
+            web["status"]["loadBalancer"]["ingress"][0],
+            json!({"ip": "10.99.0.11", "ipMode": "VIP"})
+        );
+        assert_eq!(announcing_node(&web), None);
+
+        set_ready(&api, "pi-2", "Unknown");
+        eventually("pi-2's address to go", || {
+            (ingress_ips(&service(&api)) == [ip("10.99.0.11"), ip("10.99.0.110")]).then_some(())
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_service_waits_for_an_exhausted_pool_and_gets_the_freed_address() {
+        let (_dir, api) = start_master(vec![(ip("10.99.0.200"), ip("10.99.0.200"))]).await;
+        create_node(&api, "pi-1", "10.99.0.11");
+        create_service(&api, "first");
+        eventually("the only address", || {
+            (ingress_ips(&service_named(&api, "first")) == [ip("10.99.0.200")]).then_some(())
+        })
+        .await;
+        create_service(&api, "second");
+        let warnings = eventually("a warning that the pool is exhausted", || {
+            let warnings = events(&api, "AllocationFailed");
+            (!warnings.is_empty()).then_some(warnings)
+        })
+        .await;
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0]["type"], "Warning");
+        assert_eq!(warnings[0]["involvedObject"]["name"], "second");
+        assert_eq!(
+            warnings[0]["message"],
+            "the load-balancer pool 10.99.0.200-10.99.0.200 is exhausted: every address belongs to another LoadBalancer service"
+        );
+        // The warning is news once, not on every reconcile while the service waits.
+        objects::update_object(
+            &api,
+            resource_of("core/services"),
+            "default",
+            "second",
+            Part::Main,
+            false,
+            |s| {
+                let mut s = s.clone();
+                s["metadata"]["labels"] = json!({"touched": "yes"});
+                Ok(s)
+            },
+        )
+        .unwrap();
+        objects::delete_object(
+            &api,
+            resource_of("core/services"),
+            "default",
+            "first",
+            &objects::DeleteOptions::default(),
+        )
+        .unwrap();
+        let second = eventually("the freed address to go to the waiting service", || {
+            let second = service_named(&api, "second");
+            (ingress_ips(&second) == [ip("10.99.0.200")]).then_some(second)
+        })
+        .await;
+        assert_eq!(announcing_node(&second), Some("pi-1"));
+        let warnings = events(&api, "AllocationFailed");
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0]["count"], 1, "{warnings:?}");
     }
 }
