@@ -95,6 +95,9 @@ pub struct Service {
     pub external_local: bool,
     /// Load-balancer addresses from `status.loadBalancer.ingress`.
     pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `spec.externalIPs`: addresses routed to the nodes by someone else, served like
+    /// load-balancer addresses.
+    pub external_ips: Vec<Ipv4Addr>,
     /// The node that answers ARP for the load-balancer addresses (when they come from a pool).
     pub announcing_node: Option<String>,
     /// The name an ExternalName service aliases.
@@ -138,6 +141,12 @@ impl Service {
             .flatten()
             .filter_map(|i| i["ip"].as_str()?.parse().ok())
             .collect();
+        let external_ips = spec["externalIPs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip.as_str()?.parse().ok())
+            .collect();
         Some(Service {
             namespace: object["metadata"]["namespace"].as_str()?.to_owned(),
             name: object["metadata"]["name"].as_str()?.to_owned(),
@@ -148,6 +157,7 @@ impl Service {
             affinity_seconds,
             external_local: spec["externalTrafficPolicy"] == "Local",
             load_balancer_ips,
+            external_ips,
             announcing_node: object["metadata"]["annotations"][ANNOUNCING_NODE_ANNOTATION]
                 .as_str()
                 .map(str::to_owned),

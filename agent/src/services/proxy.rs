@@ -321,11 +321,12 @@ fn service_port_rules(
     let proto = port.protocol.lower();
     let backends: Vec<(&Endpoint, u16)> = catalog.ready_backends(service, port).collect();
     // Load-balancer addresses and node ports lead to the external chain.
-    let external_addresses: Vec<Ipv4Addr> = if service.kind == ServiceType::LoadBalancer {
-        service.load_balancer_ips.clone()
-    } else {
-        Vec::new()
-    };
+    let mut external_addresses = service.external_ips.clone();
+    if service.kind == ServiceType::LoadBalancer {
+        external_addresses.extend(&service.load_balancer_ips);
+    }
+    external_addresses.sort();
+    external_addresses.dedup();
     let node_port = port.node_port.filter(|_| {
         matches!(
             service.kind,
@@ -518,6 +519,7 @@ mod tests {
                             "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}}),
             json!({"metadata": {"namespace": "default", "name": "sticky"},
                    "spec": {"clusterIP": "10.43.0.21", "sessionAffinity": "ClientIP",
+                            "externalIPs": ["192.168.1.50"],
                             "ports": [{"port": 80}]}}),
             json!({"metadata": {"namespace": "default", "name": "lb",
                                 "annotations": {"bramble.dev/load-balancer-node": "pi-1"}},
@@ -581,6 +583,8 @@ mod tests {
         assert!(script.contains(&format!("10.99.0.200 . tcp . 80 : goto {lb_external}")));
         let local = object_name("ep", "default/lb/tcp/80/10.42.1.5:8080");
         assert!(script.contains(&format!("add rule ip {TABLE} {lb_external} goto {local}")));
+        let sticky_external = object_name("ext", "default/sticky/tcp/80");
+        assert!(script.contains(&format!("192.168.1.50 . tcp . 80 : goto {sticky_external}")));
         // No ready endpoint: rejected, not black-holed.
         assert!(script.contains("10.43.0.23 . udp . 53 : goto reject-service"));
         assert!(script.contains("udp . 30053 : goto reject-service"));
