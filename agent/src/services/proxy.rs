@@ -28,7 +28,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
 
 use sha2::{Digest, Sha256};
 
