@@ -94,13 +94,16 @@ pub async fn start_in_background(data_dir: &Path, args: &[String]) -> anyhow::Re
         .context("starting bramble up in the background")?;
     let mut shown = 0;
     loop {
+        // Checked before reading the log, so the welcome written just before the ready file
+        // is always shown.
+        let ready = ready_file.exists();
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         let complete = text.rfind('\n').map_or(0, |end| end + 1);
         if complete > shown {
             print!("{}", &text[shown..complete]);
             shown = complete;
         }
-        if ready_file.exists() {
+        if ready {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {

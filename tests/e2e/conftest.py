@@ -201,9 +201,10 @@ class VirtualPis(KubectlUser):
             capture_output=True, text=True, timeout=300,
         )
         self.output.write_text(started.stdout + started.stderr)
-        if started.returncode != 0:
+        if started.returncode != 0 or "bramble is up" not in started.stdout:
+            # Whatever part of it started must not linger into the next module's cluster.
+            subprocess.run([BRAMBLE, "down", "--data-dir", str(data_dir)], capture_output=True, timeout=120)
             raise RuntimeError(f"bramble up failed ({started.returncode}):\n{started.stdout}\n{started.stderr}")
-        assert "bramble is up" in started.stdout
 
     def node_ip(self, node):
         """The LAN address of `pi-N`: the (10+N)th address of the LAN."""
