@@ -583,16 +583,17 @@ impl Resolver {
                 return Some(response(message, None, rcode, false, &[], &[], None))
             }
         };
-        let found = if query.qclass == CLASS_IN || query.qclass == TYPE_ANY {
+        let (found, synced) = if query.qclass == CLASS_IN || query.qclass == TYPE_ANY {
             let catalog = self.catalog.read().expect("catalog lock");
-            lookup(
+            let found = lookup(
                 &catalog,
                 &self.config.cluster_domain,
                 &query.name,
                 query.qtype,
-            )
+            );
+            (found, catalog.synced)
         } else {
-            Lookup::Elsewhere
+            (Lookup::Elsewhere, true)
         };
         let reply = |rcode, answers: &[Record], additional: &[Record]| {
             response(
@@ -611,6 +612,8 @@ impl Resolver {
                 additional,
             } => reply(0, &answers, &additional),
             Lookup::NoData => reply(0, &[], &[]),
+            // Before the first full list "no such name" may be wrong: say "try again".
+            Lookup::NxDomain if !synced => reply(RCODE_SERVFAIL, &[], &[]),
             Lookup::NxDomain => reply(RCODE_NXDOMAIN, &[], &[]),
             Lookup::Elsewhere => match self.forward(message, transport).await {
                 Some(answer) => answer,
@@ -1120,7 +1123,7 @@ mod tests {
         address
     }
 
-    async fn server(upstreams: Vec<SocketAddr>) -> SocketAddr {
+    async fn server(upstreams: Vec<SocketAddr>, synced: bool) -> SocketAddr {
         let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let address = udp.local_addr().unwrap();
         let tcp = TcpListener::bind(address).await.unwrap();
@@ -1128,7 +1131,9 @@ mod tests {
             cluster_domain: "k8s.local".into(),
             upstreams,
         };
-        let catalog = Arc::new(RwLock::new(catalog()));
+        let mut catalog = catalog();
+        catalog.synced = synced;
+        let catalog = Arc::new(RwLock::new(catalog));
         tokio::spawn(serve_on(
             udp,
             tcp,
@@ -1154,7 +1159,7 @@ mod tests {
     #[tokio::test]
     async fn the_server_answers_cluster_names_and_forwards_the_rest() {
         let upstream = upstream(false).await;
-        let server = server(vec![upstream]).await;
+        let server = server(vec![upstream], true).await;
         let cluster = ask_udp(server, &query("web.shop.svc.k8s.local", TYPE_A)).await;
         assert_eq!(
             read_answer(&cluster),
@@ -1179,9 +1184,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn before_the_first_list_missing_names_are_not_denied() {
+        let server = server(Vec::new(), false).await;
+        let missing = ask_udp(server, &query("new.shop.svc.k8s.local", TYPE_A)).await;
+        assert_eq!(read_answer(&missing).0, RCODE_SERVFAIL);
+    }
+
+    #[tokio::test]
     async fn a_silent_upstream_gives_servfail() {
         let silent = upstream(true).await;
-        let server = server(vec![silent]).await;
+        let server = server(vec![silent], true).await;
         let outside = ask_udp(server, &query("example.org", TYPE_A)).await;
         assert_eq!(read_answer(&outside).0, RCODE_SERVFAIL);
         // Cluster names do not wait for the upstream.
