@@ -75,8 +75,10 @@ def service(name, selector, kind="ClusterIP", **spec):
 
 
 def client_pod(pis, namespace, name="client", node=None):
-    """A pod to send requests from (the demo image, sleeping)."""
-    spec = {"containers": [{"name": "client", "image": f"{pis.demo}:1", "command": ["sleep", "3600"]}],
+    """A pod to send requests from (the demo image with a shell as PID 1, which reaps the
+    watcher processes busybox `timeout` leaves behind)."""
+    idle = "trap 'exit 0' TERM; while true; do sleep 1; done"
+    spec = {"containers": [{"name": "client", "image": f"{pis.demo}:1", "command": ["sh", "-c", idle]}],
             "terminationGracePeriodSeconds": 0}
     if node:
         spec["nodeName"] = node

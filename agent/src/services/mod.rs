@@ -164,13 +164,31 @@ pub fn start(config: ServicesConfig) -> Arc<NodeServices> {
         upstreams: dns::upstreams_from_resolv_conf(&config.node_resolv_conf),
     };
     {
+        // DNS runs on a thread and runtime of its own: pod start-up and teardown do blocking
+        // work on the agent's runtime, and name lookups must not wait for it (a resolver
+        // that misses one answer waits five seconds before asking again).
         let catalog = catalog.clone();
-        tokio::spawn(async move {
-            tracing::info!(%listen, "cluster DNS serving");
-            if let Err(error) = dns::serve(listen, dns_config, catalog).await {
-                tracing::error!(%listen, error = %crate::pods::error_chain(&error), "cluster DNS stopped");
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("cluster-dns".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        tracing::error!(%error, "cluster DNS cannot start");
+                        return;
+                    }
+                };
+                tracing::info!(%listen, "cluster DNS serving");
+                if let Err(error) = runtime.block_on(dns::serve(listen, dns_config, catalog)) {
+                    tracing::error!(%listen, error = %crate::pods::error_chain(&error), "cluster DNS stopped");
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cluster DNS cannot start");
+        }
     }
 
     tokio::spawn(sync_loop(config, catalog, changed));

@@ -43,8 +43,11 @@ const MASQUERADE_MARK: u32 = 0x4000;
 /// Why rules could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The `nft` program is not installed.
+    #[error("nft not found (install nftables)")]
+    Missing,
     /// The `nft` program could not be run.
-    #[error("cannot run nft (install nftables)")]
+    #[error("cannot run nft")]
     Spawn(#[source] std::io::Error),
     /// `nft` refused the rules.
     #[error("nft refused the service rules: {message}")]
@@ -74,7 +77,10 @@ impl Nftables for NftProgram {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(ProxyError::Spawn)?;
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::NotFound => ProxyError::Missing,
+                _ => ProxyError::Spawn(error),
+            })?;
         child
             .stdin
             .take()
