@@ -56,23 +56,11 @@ pub struct NodeServices {
     catalog: Arc<RwLock<Catalog>>,
     changed: Arc<Notify>,
     synced: watch::Receiver<bool>,
-    dns: Option<ClusterDns>,
+    dns: ClusterDns,
     node_resolv_conf: String,
 }
 
 impl NodeServices {
-    /// Services for a node without cluster DNS or a proxy (tests of the pod machinery).
-    pub fn without_services(node_resolv_conf: String) -> NodeServices {
-        let (_, synced) = watch::channel(true);
-        NodeServices {
-            catalog: Arc::default(),
-            changed: Arc::default(),
-            synced,
-            dns: None,
-            node_resolv_conf,
-        }
-    }
-
     /// Asks for a sync now (the chaos hook changed the node's state).
     pub fn nudge(&self) {
         self.changed.notify_one();
@@ -98,7 +86,7 @@ impl NodeServices {
 
     /// The resolv.conf of a pod.
     pub fn resolv_conf(&self, pod: &Value) -> String {
-        resolv::pod_resolv_conf(pod, &self.node_resolv_conf, self.dns.as_ref())
+        resolv::pod_resolv_conf(pod, &self.node_resolv_conf, Some(&self.dns))
     }
 }
 
@@ -112,7 +100,7 @@ pub fn start(config: ServicesConfig) -> Arc<NodeServices> {
         catalog: catalog.clone(),
         changed: changed.clone(),
         synced,
-        dns: Some(config.dns.clone()),
+        dns: config.dns.clone(),
         node_resolv_conf: config.node_resolv_conf.clone(),
     });
     let lists_done = Arc::new(Mutex::new((false, false)));
