@@ -473,27 +473,9 @@ fn bootstrap(
                          "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
             "subsets": subsets,
         });
-        let resource = resources::by_kind("", "Endpoints").expect("endpoints are served");
-        match api::objects::create_object(state, resource, endpoints, false) {
-            Ok(_) => {}
-            // The master moved (a new address or port): the service follows it.
-            Err(e) if e.code == 409 => {
-                state
-                    .store
-                    .update::<api::error::ApiError>(
-                        "core/endpoints",
-                        "default",
-                        "kubernetes",
-                        |current| {
-                            let mut current = current.clone();
-                            current["subsets"] = subsets.clone();
-                            Ok(current)
-                        },
-                    )
-                    .map_err(|e| fail("the kubernetes endpoints", e))?;
-            }
-            Err(e) => return Err(fail("the kubernetes endpoints", e)),
-        }
+        // The master may have moved (a new address or port): the service follows it.
+        create_or_set(state, "Endpoints", endpoints, "subsets")
+            .map_err(|e| fail("the kubernetes endpoints", e))?;
     }
     publish_settings(state).map_err(|e| fail("kube-system/bramble-settings", e))?;
     Ok(())
@@ -513,26 +495,38 @@ fn publish_settings(state: &ApiState) -> Result<(), api::error::ApiError> {
         "clusterDomain": state.cluster.cluster_domain,
         "loadBalancerPool": format_address_pool(&state.cluster.load_balancer_pool),
     });
-    let config_maps = resources::by_kind("", "ConfigMap").expect("config maps are served");
     let settings = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "bramble-settings", "namespace": "kube-system"},
         "data": data,
     });
-    match api::objects::create_object(state, config_maps, settings, false) {
+    create_or_set(state, "ConfigMap", settings, "data")
+}
+
+/// Creates a core object the master owns, or, when it exists, sets its `field` to the new
+/// value (the rest, such as labels users added, stays).
+fn create_or_set(
+    state: &ApiState,
+    kind: &str,
+    object: Value,
+    field: &str,
+) -> Result<(), api::error::ApiError> {
+    let resource = resources::by_kind("", kind).expect("the master's own kinds are served");
+    let namespace = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    let value = object[field].clone();
+    match api::objects::create_object(state, resource, object, false) {
         Ok(_) => Ok(()),
         Err(e) if e.code == 409 => state
             .store
-            .update::<api::error::ApiError>(
-                "core/configmaps",
-                "kube-system",
-                "bramble-settings",
-                |cm| {
-                    let mut cm = cm.clone();
-                    cm["data"] = data.clone();
-                    Ok(cm)
-                },
-            )
+            .update::<api::error::ApiError>(&resource.storage_key(), &namespace, &name, |current| {
+                let mut current = current.clone();
+                current[field] = value.clone();
+                Ok(current)
+            })
             .map(|_| ()),
         Err(e) => Err(e),
     }

@@ -269,6 +269,21 @@ impl Catalog {
 }
 
 #[cfg(test)]
+impl Catalog {
+    /// A catalog holding the services `objects` describe, without endpoints.
+    pub fn with_services(objects: impl IntoIterator<Item = Value>) -> Catalog {
+        let mut catalog = Catalog::default();
+        for object in objects {
+            let service = Service::parse(&object).expect("a valid service");
+            catalog
+                .services
+                .insert((service.namespace.clone(), service.name.clone()), service);
+        }
+        catalog
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;

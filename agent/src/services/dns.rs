@@ -789,12 +789,11 @@ async fn serve_on(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::catalog::{parse_endpoints, Service};
+    use crate::services::catalog::parse_endpoints;
     use serde_json::json;
 
     fn catalog() -> Catalog {
-        let mut catalog = Catalog::default();
-        for object in [
+        let mut catalog = Catalog::with_services([
             json!({"metadata": {"namespace": "shop", "name": "web"},
                    "spec": {"clusterIP": "10.43.0.20",
                             "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]}}),
@@ -802,12 +801,7 @@ mod tests {
                    "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}}),
             json!({"metadata": {"namespace": "shop", "name": "search"},
                    "spec": {"type": "ExternalName", "externalName": "search.example.org."}}),
-        ] {
-            let service = Service::parse(&object).unwrap();
-            catalog
-                .services
-                .insert((service.namespace.clone(), service.name.clone()), service);
-        }
+        ]);
         catalog.endpoints.insert(
             ("shop".into(), "db".into()),
             parse_endpoints(&json!({"subsets": [{

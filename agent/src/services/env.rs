@@ -67,49 +67,30 @@ fn env_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::catalog::Service;
     use serde_json::json;
-
-    fn add(catalog: &mut Catalog, object: serde_json::Value) {
-        let service = Service::parse(&object).unwrap();
-        catalog
-            .services
-            .insert((service.namespace.clone(), service.name.clone()), service);
-    }
 
     #[test]
     fn services_become_docker_link_variables() {
-        let mut catalog = Catalog::default();
-        add(
-            &mut catalog,
+        let catalog = Catalog::with_services([
             json!({
                 "metadata": {"namespace": "default", "name": "kubernetes"},
                 "spec": {"clusterIP": "10.43.0.1", "ports": [{"name": "https", "port": 443}]},
             }),
-        );
-        add(
-            &mut catalog,
             json!({
                 "metadata": {"namespace": "shop", "name": "redis-main"},
                 "spec": {"clusterIP": "10.43.0.9", "ports": [
                     {"name": "redis", "port": 6379},
                     {"name": "metrics", "port": 9121, "protocol": "UDP"}]},
             }),
-        );
-        add(
-            &mut catalog,
             json!({
                 "metadata": {"namespace": "shop", "name": "headless"},
                 "spec": {"clusterIP": "None", "ports": [{"port": 80}]},
             }),
-        );
-        add(
-            &mut catalog,
             json!({
                 "metadata": {"namespace": "other", "name": "web"},
                 "spec": {"clusterIP": "10.43.0.5", "ports": [{"port": 80}]},
             }),
-        );
+        ]);
         let env = service_env(&catalog, "shop");
         let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         assert_eq!(get("REDIS_MAIN_SERVICE_HOST"), Some("10.43.0.9"));

@@ -512,13 +512,12 @@ impl ServiceProxy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::catalog::{parse_endpoints, Service};
+    use crate::services::catalog::parse_endpoints;
     use serde_json::json;
     use std::sync::{Arc, Mutex};
 
     fn catalog() -> Catalog {
-        let mut catalog = Catalog::default();
-        for object in [
+        let mut catalog = Catalog::with_services([
             json!({"metadata": {"namespace": "default", "name": "web"},
                    "spec": {"type": "NodePort", "clusterIP": "10.43.0.20",
                             "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}}),
@@ -537,12 +536,7 @@ mod tests {
                             "ports": [{"port": 53, "protocol": "UDP", "nodePort": 30053}]}}),
             json!({"metadata": {"namespace": "default", "name": "db"},
                    "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}}),
-        ] {
-            let service = Service::parse(&object).unwrap();
-            catalog
-                .services
-                .insert((service.namespace.clone(), service.name.clone()), service);
-        }
+        ]);
         let endpoints = |ready: serde_json::Value, port: serde_json::Value| {
             parse_endpoints(&json!({"subsets": [{"addresses": ready, "ports": [port]}]}))
         };
