@@ -440,15 +440,15 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     let client = agent::client::Client::from_kubeconfig(&args.kubeconfig)?;
     match args.command {
         Some(SimCommand::Kill { node }) => {
-            agent::sim::set_node_alive(&client, &node, false).await?;
+            agent::chaos::set_node_alive(&client, &node, false).await?;
             println!("node/{node} killed");
         }
         Some(SimCommand::Revive { node }) => {
-            agent::sim::set_node_alive(&client, &node, true).await?;
+            agent::chaos::set_node_alive(&client, &node, true).await?;
             println!("node/{node} revived");
         }
         Some(SimCommand::LinkDown { node, seconds }) => {
-            agent::sim::set_node_chaos(&client, &node, Some(&format!("link-down:{seconds}")))
+            agent::chaos::set_node_chaos(&client, &node, Some(&format!("link-down:{seconds}")))
                 .await?;
             println!("node/{node} takes its link down for {seconds} s");
         }

@@ -3,6 +3,7 @@
 //! nodes (`bramble sim`) that the controllers, the scheduler and the scale benchmarks run against.
 #![deny(missing_docs)]
 
+pub mod chaos;
 pub mod client;
 pub mod image;
 pub mod join;

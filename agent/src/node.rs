@@ -27,7 +27,7 @@ use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
 use crate::services::proxy::NodeFacts;
 use crate::services::resolv::ClusterDns;
 use crate::services::ServicesConfig;
-use crate::sim::CHAOS_ANNOTATION;
+use crate::chaos::CHAOS_ANNOTATION;
 
 /// How a node agent is set up.
 #[derive(Debug, Clone)]

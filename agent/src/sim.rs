@@ -25,10 +25,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
+use crate::chaos::CHAOS_ANNOTATION;
 use crate::client::{now_micro_time, now_time, Client, ClientError};
 
-/// The annotation that kills (`kill`) a node; removing it revives the node.
-pub const CHAOS_ANNOTATION: &str = "bramble.dev/chaos";
 /// The label every simulated node carries.
 pub const SIMULATED_LABEL: &str = "node.bramble.dev/simulated";
 
@@ -65,15 +64,6 @@ pub enum SimError {
     /// A node could not be registered.
     #[error("cannot register node {node}")]
     Register {
-        /// The node.
-        node: String,
-        /// The cause.
-        #[source]
-        source: ClientError,
-    },
-    /// A chaos command failed.
-    #[error("cannot change node {node}")]
-    Chaos {
         /// The node.
         node: String,
         /// The cause.
@@ -651,30 +641,6 @@ impl Simulator {
             while sends.join_next().await.is_some() {}
         }
     }
-}
-
-/// Sets a node's chaos annotation: `kill`, `link-down:SECONDS`, or nothing (`None`, revive).
-pub async fn set_node_chaos(
-    client: &Client,
-    node: &str,
-    value: Option<&str>,
-) -> Result<(), SimError> {
-    client
-        .merge_patch(
-            &format!("/api/v1/nodes/{node}"),
-            &json!({"metadata": {"annotations": {CHAOS_ANNOTATION: value}}}),
-        )
-        .await
-        .map_err(|source| SimError::Chaos {
-            node: node.to_owned(),
-            source,
-        })?;
-    Ok(())
-}
-
-/// Kills (`alive = false`) or revives a node through its chaos annotation.
-pub async fn set_node_alive(client: &Client, node: &str, alive: bool) -> Result<(), SimError> {
-    set_node_chaos(client, node, (!alive).then_some("kill")).await
 }
 
 fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
