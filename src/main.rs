@@ -68,6 +68,18 @@ enum Command {
     /// sim.bramble.dev/exit-after-seconds and sim.bramble.dev/exit-code.
     #[command(verbatim_doc_comment)]
     Sim(SimArgs),
+    /// Show the dashboard: where every pod runs, live, with chaos controls.
+    ///
+    /// One card per node (Ready or not, CPU and memory, virtual LEDs) with its pods as coloured
+    /// glyphs, one colour per owner; side panes with details, deployments and events. Keys kill
+    /// and revive nodes, cordon, drain, scale, delete pods and run a chaos monkey; `?` lists
+    /// them. Works over SSH and in 80x24:
+    ///
+    ///   bramble tui                               # $KUBECONFIG, ./.bramble/admin.kubeconfig, ...
+    ///   bramble tui --demo                        # no confirmations, for the stage
+    ///   bramble tui --monkey-interval 20s --monkey-dead-for 15s --monkey-min-ready 2
+    #[command(verbatim_doc_comment)]
+    Tui(TuiArgs),
     /// Run the node agent: join a master and run the pods it schedules here in real containers.
     ///
     /// Registers this machine as a Node, heartbeats, and runs pods with youki's libcontainer
@@ -86,6 +98,32 @@ enum Command {
     /// Internal: run a command inside a running container (kubectl exec, exec probes).
     #[command(hide = true)]
     ExecIn(ExecInArgs),
+}
+
+#[derive(Args)]
+struct TuiArgs {
+    /// The kubeconfig (default: $KUBECONFIG, ./.bramble/admin.kubeconfig,
+    /// /var/lib/bramble/admin.kubeconfig, ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Destructive keys (kill, drain, delete, monkey) act without asking.
+    #[arg(long)]
+    demo: bool,
+    /// The chaos monkey kills a node this often (20s, 2m).
+    #[arg(long, default_value = "30s", value_parser = agent::chaos::parse_duration)]
+    monkey_interval: Duration,
+    /// How long a node the monkey killed stays dead.
+    #[arg(long, default_value = "20s", value_parser = agent::chaos::parse_duration)]
+    monkey_dead_for: Duration,
+    /// Only nodes matching this label selector may die (default: any node but the master).
+    #[arg(long)]
+    monkey_nodes: Option<String>,
+    /// The monkey never leaves fewer Ready nodes than this.
+    #[arg(long, default_value_t = 2)]
+    monkey_min_ready: usize,
+    /// Write the dashboard's own log here (the screen has no room for it).
+    #[arg(long)]
+    log: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -471,6 +509,23 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run_tui(args: TuiArgs) -> anyhow::Result<()> {
+    let kubeconfig = args.kubeconfig.or_else(tui::default_kubeconfig).context(
+        "no kubeconfig: pass --kubeconfig FILE (a local cluster's is .bramble/admin.kubeconfig)",
+    )?;
+    let options = tui::Options {
+        kubeconfig,
+        demo: args.demo,
+        monkey: agent::chaos::MonkeyPolicy {
+            interval: args.monkey_interval,
+            dead_for: args.monkey_dead_for,
+            nodes: args.monkey_nodes,
+            min_ready: args.monkey_min_ready,
+        },
+    };
+    Ok(tui::run(options).await?)
+}
+
 async fn shutdown_signal() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler");
@@ -552,10 +607,21 @@ fn program_name() -> String {
     }
 }
 
-/// The log file of the master inside `bramble up` (DIR/logs/master.log).
-fn master_log_file(command: &Command) -> Option<std::fs::File> {
+/// Where the log goes instead of stderr: the master's inside `bramble up`
+/// (DIR/logs/master.log), the dashboard's `--log`.
+fn log_file(command: &Command) -> Option<std::fs::File> {
     let Command::Up(args) = command else {
-        return None;
+        let Command::Tui(TuiArgs {
+            log: Some(path), ..
+        }) = command
+        else {
+            return None;
+        };
+        return std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok();
     };
     if args.simulated || !args.foreground {
         return None;
@@ -583,13 +649,16 @@ fn main() {
     limit_allocator_arenas();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    match master_log_file(&cli.command) {
+    let quiet = matches!(cli.command, Command::Tui(TuiArgs { log: None, .. }));
+    match log_file(&cli.command) {
         // `bramble up` keeps the terminal for its own progress and the master's log in a file.
         Some(file) => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::sync::Mutex::new(file))
             .with_ansi(false)
             .init(),
+        // The dashboard owns the terminal: without --log it logs nothing.
+        None if quiet => {}
         None => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
@@ -640,6 +709,7 @@ fn main() {
             }
             Command::Down(args) => local_cluster::down(&args.data_dir, args.purge).await,
             Command::Sim(args) => run_sim(args).await,
+            Command::Tui(args) => run_tui(args).await,
             Command::Agent(args) => run_agent(args).await,
             Command::Monitor(_) | Command::ExecIn(_) => {
                 unreachable!("container helpers run before the async runtime")

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::client::{Client, ClientError};
+use crate::pods::error_chain;
 
 /// The annotation that kills (`kill`) a node; removing it revives the node.
 pub const CHAOS_ANNOTATION: &str = "bramble.dev/chaos";
@@ -174,7 +175,9 @@ impl ChaosTarget for Client {
 
     fn master_host(&self) -> String {
         let address = self.server_address();
-        let host = address.rsplit_once(':').map_or(address.as_str(), |(h, _)| h);
+        let host = address
+            .rsplit_once(':')
+            .map_or(address.as_str(), |(h, _)| h);
         host.trim_matches(['[', ']']).to_owned()
     }
 }
@@ -257,7 +260,12 @@ impl<C: ChaosTarget> ChaosMonkey<C> {
 
     /// The nodes it has killed and not yet revived.
     pub fn killed(&self) -> Vec<String> {
-        self.killed.lock().expect("monkey lock").iter().cloned().collect()
+        self.killed
+            .lock()
+            .expect("monkey lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Stops the monkey and revives every node it killed; returns the revived nodes, or the
@@ -342,8 +350,7 @@ async fn rampage<C: ChaosTarget>(
                 continue;
             }
         };
-        let node = match choose_victim(&all, &eligible, &policy, &target.master_host(), random)
-        {
+        let node = match choose_victim(&all, &eligible, &policy, &target.master_host(), random) {
             Ok(node) => node,
             Err(reason) => {
                 report(MonkeyEvent::Skipped { reason });
@@ -366,17 +373,6 @@ async fn rampage<C: ChaosTarget>(
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Parses a duration as people type it: `20s`, `2m`, `1500ms`, `1h`, or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -392,7 +388,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => number / 1000.0,
         "m" => number * 60.0,
         "h" => number * 3600.0,
-        other => return Err(format!("unknown unit {other:?} in {text:?} (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use ms, s, m or h)"
+            ))
+        }
     };
     Ok(Duration::from_secs_f64(seconds))
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::chaos::CHAOS_ANNOTATION;
 use crate::client::{now_time, renew_node_lease, Client, ClientError};
 use crate::image::{ImageError, ImageStore, Platform};
 use crate::network::{Cidr, NetworkError, PodNetwork};
@@ -27,7 +28,6 @@ use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
 use crate::services::proxy::NodeFacts;
 use crate::services::resolv::ClusterDns;
 use crate::services::ServicesConfig;
-use crate::chaos::CHAOS_ANNOTATION;
 
 /// How a node agent is set up.
 #[derive(Debug, Clone)]

@@ -161,9 +161,15 @@ mod tests {
         assert_eq!(app_colour("web"), app_colour("web"));
         // Pinned: a release must not repaint everybody's demo.
         assert_eq!(app_colour("web"), Rgb::new(255, 220, 0));
-        let names = ["web", "db", "cache", "hello", "api", "queue", "worker", "front"];
+        let names = [
+            "web", "db", "cache", "hello", "api", "queue", "worker", "front",
+        ];
         let distinct: std::collections::HashSet<_> = names.iter().map(|n| app_colour(n)).collect();
-        assert!(distinct.len() >= 5, "8 names got only {} colours", distinct.len());
+        assert!(
+            distinct.len() >= 5,
+            "8 names got only {} colours",
+            distinct.len()
+        );
         assert!(names.iter().all(|n| app_colour(n) != Rgb::RED));
     }
 

@@ -1,0 +1,791 @@
+//! The dashboard's one state, `App`, and what every key does to it.
+//!
+//! `App` changes only through [`App::handle`], one [`Message`] at a time (a key, a feed
+//! update, a tick, an action's outcome, a monkey event); keys that touch the cluster come back
+//! as a [`Command`] for the runtime to carry out off the UI loop. Drawing only reads `App`.
+//!
+//! ```text
+//!   Browse ──x/d/Del/m──► Confirm(command) ──y──► command runs   (--demo skips Confirm)
+//!     │  ▲                     └──n/Esc──► Browse
+//!     │  └──any key── Help ◄──?──┤
+//!     └──/──► LabelFilter(text) ──Enter: filter applied / Esc──► Browse
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use agent::chaos::{MonkeyEvent, MonkeyPolicy};
+use master::selector::LabelSelector;
+use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use crate::cluster::{Cluster, EventLine, Ghost, Pod, PodState, Resource};
+use crate::feed::Update;
+use crate::look::Look;
+
+/// How long an action's outcome stays in the status line.
+const STATUS_SHOWN: Duration = Duration::from_secs(6);
+
+/// Everything that changes the dashboard.
+#[derive(Debug)]
+pub enum Message {
+    /// Terminal input (keys, resizes).
+    Input(Event),
+    /// News from the API server.
+    Feed(Update),
+    /// Time passed (animations, the "unreachable for" counter).
+    Tick,
+    /// An action finished.
+    Done(Outcome),
+    /// The chaos monkey did something.
+    Monkey(MonkeyEvent),
+}
+
+/// What the user asked the cluster to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Kill a node through its chaos hook.
+    Kill(String),
+    /// Revive a killed node.
+    Revive(String),
+    /// Mark a node unschedulable.
+    Cordon(String),
+    /// Mark a node schedulable again.
+    Uncordon(String),
+    /// Cordon a node and evict its pods (DaemonSet pods stay).
+    Drain(String),
+    /// Set a deployment's replicas.
+    Scale {
+        /// Namespace.
+        namespace: String,
+        /// Deployment.
+        name: String,
+        /// New replica count.
+        replicas: i64,
+    },
+    /// Delete a pod.
+    DeletePod {
+        /// Namespace.
+        namespace: String,
+        /// Pod.
+        name: String,
+    },
+    /// Start the chaos monkey.
+    StartMonkey,
+    /// Stop the chaos monkey (it revives what it killed).
+    StopMonkey,
+    /// Leave the dashboard.
+    Quit,
+}
+
+impl Command {
+    /// The question asked before a destructive command, or `None` when it needs no asking.
+    pub fn confirmation(&self) -> Option<String> {
+        match self {
+            Command::Kill(node) => Some(format!(
+                "Kill node {node}? Its containers die and it stops heartbeating."
+            )),
+            Command::Drain(node) => Some(format!(
+                "Drain node {node}? It is cordoned and its pods are evicted."
+            )),
+            Command::DeletePod { namespace, name } => {
+                Some(format!("Delete pod {namespace}/{name}?"))
+            }
+            Command::StartMonkey => {
+                Some("Start the chaos monkey? It kills a random node now and then.".to_owned())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The result of a command, for the status line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// What happened, in words.
+    pub message: String,
+    /// It worked.
+    pub ok: bool,
+}
+
+/// What the keys currently drive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Moving around, acting on the selection.
+    Browse,
+    /// Waiting for y/n on a destructive command.
+    Confirm(Command),
+    /// The help screen.
+    Help,
+    /// Typing a label selector.
+    LabelFilter(String),
+}
+
+/// Which part of the screen the arrow keys move in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    /// Nodes and their pods.
+    Placement,
+    /// The deployment list.
+    Deployments,
+}
+
+/// A column of the placement view: unscheduled pods, or a node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lane {
+    /// Pods without a node yet.
+    Pending,
+    /// A node, by name.
+    Node(String),
+}
+
+/// A line of status under the panes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The text.
+    pub text: String,
+    /// Something went wrong.
+    pub bad: bool,
+    /// When it was set.
+    pub at: Instant,
+}
+
+/// The chaos monkey as the dashboard shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonkeyStatus {
+    /// It is running.
+    pub running: bool,
+    /// Its policy.
+    pub policy: MonkeyPolicy,
+    /// Nodes it killed and will revive.
+    pub killed: BTreeSet<String>,
+}
+
+/// The dashboard's state.
+#[derive(Debug)]
+pub struct App {
+    /// What is known about the cluster.
+    pub cluster: Cluster,
+    /// The API server (`https://host:port`).
+    pub server: String,
+    /// Feeds that are live (listed, watching).
+    pub live: BTreeSet<Resource>,
+    /// Since when the API server has not answered, and its last error.
+    pub lost: Option<(Instant, String)>,
+    /// Terminal capabilities.
+    pub look: Look,
+    /// `--demo`: no confirmations.
+    pub demo: bool,
+    /// What the keys drive.
+    pub mode: Mode,
+    /// Where the arrows move.
+    pub focus: Focus,
+    /// The selected lane.
+    pub lane: Option<Lane>,
+    /// The selected pod (UID), inside the selected lane.
+    pub pod: Option<String>,
+    /// The selected deployment (namespace, name).
+    pub deployment: Option<(String, String)>,
+    /// Only this namespace, or all.
+    pub namespace: Option<String>,
+    /// Only pods matching this label selector (its text and parsed form).
+    pub labels: Option<(String, LabelSelector)>,
+    /// The chaos monkey.
+    pub monkey: MonkeyStatus,
+    /// The status line.
+    pub status: Option<Status>,
+    /// The dashboard's clock.
+    pub now: Instant,
+    /// Wall-clock time, for ages.
+    pub wall: jiff::Timestamp,
+    /// When the dashboard started (the phase of blinking LEDs).
+    pub started: Instant,
+    /// The user asked to leave.
+    pub quit: bool,
+}
+
+impl App {
+    /// A dashboard for the API server at `server` (`https://host:port`).
+    pub fn new(server: &str, look: Look, demo: bool, policy: MonkeyPolicy, now: Instant) -> App {
+        let host = server
+            .trim_start_matches("https://")
+            .rsplit_once(':')
+            .map_or(server, |(host, _)| host)
+            .trim_matches(['[', ']']);
+        App {
+            cluster: Cluster::new(host),
+            server: server.to_owned(),
+            live: BTreeSet::new(),
+            lost: None,
+            look,
+            demo,
+            mode: Mode::Browse,
+            focus: Focus::Placement,
+            lane: None,
+            pod: None,
+            deployment: None,
+            namespace: None,
+            labels: None,
+            monkey: MonkeyStatus {
+                running: false,
+                policy,
+                killed: BTreeSet::new(),
+            },
+            status: None,
+            now,
+            wall: jiff::Timestamp::UNIX_EPOCH,
+            started: now,
+            quit: false,
+        }
+    }
+
+    /// Sets the clocks (the runtime does before every batch; tests pin them).
+    pub fn set_clock(&mut self, now: Instant, wall: jiff::Timestamp) {
+        self.now = now;
+        self.wall = wall;
+    }
+
+    /// Applies one message; a key that acts on the cluster returns its command.
+    pub fn handle(&mut self, message: Message) -> Option<Command> {
+        match message {
+            Message::Input(Event::Key(key)) if key.kind != KeyEventKind::Release => {
+                return self.key(key)
+            }
+            Message::Input(_) => {}
+            Message::Feed(update) => self.feed(update),
+            Message::Tick => {
+                self.cluster.expire(self.now);
+                if self
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| self.now.saturating_duration_since(s.at) > STATUS_SHOWN)
+                {
+                    self.status = None;
+                }
+            }
+            Message::Done(outcome) => {
+                if outcome.ok {
+                    self.note("dashboard", &outcome.message, false);
+                }
+                self.set_status(&outcome.message, !outcome.ok);
+            }
+            Message::Monkey(event) => self.monkey_event(event),
+        }
+        None
+    }
+
+    /// Whether the screen changes with time alone (pulses, ghosts, blinking LEDs, the
+    /// "unreachable for" counter), so the runtime redraws on ticks.
+    pub fn is_animating(&self) -> bool {
+        self.lost.is_some()
+            || self.status.is_some()
+            || self.cluster.is_animating(self.now)
+            || self.cluster.nodes.values().any(|node| {
+                let starting = self
+                    .cluster
+                    .pods
+                    .values()
+                    .any(|p| p.node.as_ref() == Some(&node.name) && p.state.is_starting());
+                !matches!(node.health(starting), hardware::status::NodeHealth::Ready)
+            })
+    }
+
+    fn feed(&mut self, update: Update) {
+        match update {
+            Update::Listed { resource, items } => {
+                self.cluster.replace_all(resource, &items, self.now);
+                self.live.insert(resource);
+                if self.live.len() == Resource::ALL.len() {
+                    self.lost = None;
+                }
+            }
+            Update::Changed {
+                resource,
+                kind,
+                object,
+            } => self.cluster.apply(resource, &kind, &object, self.now),
+            Update::Usage(items) => self.cluster.set_usage(&items),
+            Update::Lost { resource, error } => {
+                self.live.remove(&resource);
+                match &mut self.lost {
+                    Some((_, last)) => *last = error,
+                    None => self.lost = Some((self.now, error)),
+                }
+            }
+        }
+    }
+
+    fn monkey_event(&mut self, event: MonkeyEvent) {
+        match event {
+            MonkeyEvent::Killed { node, revive_in } => {
+                self.monkey.killed.insert(node.clone());
+                let message = format!(
+                    "killed node {node}; it comes back in {} s",
+                    revive_in.as_secs()
+                );
+                self.note("monkey", &message, true);
+            }
+            MonkeyEvent::Revived { node } => {
+                self.monkey.killed.remove(&node);
+                self.note("monkey", &format!("revived node {node}"), false);
+            }
+            MonkeyEvent::Skipped { reason } => self.note("monkey", &reason, false),
+            MonkeyEvent::Failed { message } => self.set_status(&message, true),
+        }
+    }
+
+    /// Adds a line of the dashboard's own to the event pane.
+    fn note(&mut self, reason: &str, message: &str, warning: bool) {
+        let time = self.wall.round(jiff::Unit::Second).unwrap_or(self.wall);
+        self.cluster.push_event(EventLine {
+            time: time.to_string(),
+            warning,
+            reason: reason.to_owned(),
+            object: String::new(),
+            message: message.to_owned(),
+        });
+    }
+
+    fn set_status(&mut self, text: &str, bad: bool) {
+        self.status = Some(Status {
+            text: text.to_owned(),
+            bad,
+            at: self.now,
+        });
+    }
+
+    /// Records that the monkey started or stopped (the runtime owns the monkey itself).
+    pub fn set_monkey_running(&mut self, running: bool) {
+        self.monkey.running = running;
+        if !running {
+            self.monkey.killed.clear();
+        }
+    }
+
+    // ----- what is on screen -----
+
+    /// Whether a pod passes the namespace and label filters.
+    pub fn shows(&self, pod: &Pod) -> bool {
+        self.namespace
+            .as_ref()
+            .is_none_or(|ns| &pod.namespace == ns)
+            && self
+                .labels
+                .as_ref()
+                .is_none_or(|(_, selector)| selector.matches_map(&pod.labels))
+    }
+
+    /// The lanes in screen order: unscheduled pods (when there are any), then the nodes in
+    /// natural order (pi-2 before pi-10).
+    pub fn lanes(&self) -> Vec<Lane> {
+        let mut lanes = Vec::with_capacity(self.cluster.nodes.len() + 1);
+        if self
+            .cluster
+            .pods
+            .values()
+            .any(|p| p.node.is_none() && self.shows(p))
+        {
+            lanes.push(Lane::Pending);
+        }
+        let mut names: Vec<&String> = self.cluster.nodes.keys().collect();
+        names.sort_by_key(|name| natural_key(name));
+        lanes.extend(names.into_iter().map(|n| Lane::Node(n.clone())));
+        lanes
+    }
+
+    /// The pods of a lane that pass the filters, grouped by owner.
+    pub fn pods_in(&self, lane: &Lane) -> Vec<&Pod> {
+        let node = match lane {
+            Lane::Pending => None,
+            Lane::Node(name) => Some(name),
+        };
+        let mut pods: Vec<&Pod> = self
+            .cluster
+            .pods
+            .values()
+            .filter(|p| p.node.as_ref() == node && self.shows(p))
+            .collect();
+        pods.sort_by(|a, b| {
+            (&a.namespace, &a.owner.name, &a.name).cmp(&(&b.namespace, &b.owner.name, &b.name))
+        });
+        pods
+    }
+
+    /// Pods that just left a lane.
+    pub fn ghosts_in(&self, lane: &Lane) -> Vec<&Ghost> {
+        let Lane::Node(name) = lane else {
+            return Vec::new();
+        };
+        self.cluster
+            .ghosts
+            .iter()
+            .filter(|g| g.pod.node.as_ref() == Some(name) && self.shows(&g.pod))
+            .collect()
+    }
+
+    /// The deployments that pass the namespace filter.
+    pub fn deployments(&self) -> Vec<&crate::cluster::Deployment> {
+        self.cluster
+            .deployments
+            .values()
+            .filter(|d| self.namespace.as_ref().is_none_or(|ns| &d.namespace == ns))
+            .collect()
+    }
+
+    /// The selected lane, falling back to the first one.
+    pub fn selected_lane(&self) -> Option<Lane> {
+        let lanes = self.lanes();
+        match &self.lane {
+            Some(lane) if lanes.contains(lane) => Some(lane.clone()),
+            _ => lanes.into_iter().find(|l| matches!(l, Lane::Node(_))),
+        }
+    }
+
+    /// The selected pod, if it is still in the selected lane.
+    pub fn selected_pod(&self) -> Option<&Pod> {
+        let uid = self.pod.as_ref()?;
+        let pod = self.cluster.pods.get(uid)?;
+        let lane = self.selected_lane()?;
+        self.pods_in(&lane).into_iter().find(|p| p.uid == pod.uid)
+    }
+
+    /// The selected deployment, falling back to the first one.
+    pub fn selected_deployment(&self) -> Option<&crate::cluster::Deployment> {
+        let deployments = self.deployments();
+        self.deployment
+            .as_ref()
+            .and_then(|key| {
+                deployments
+                    .iter()
+                    .find(|d| (&d.namespace, &d.name) == (&key.0, &key.1))
+                    .copied()
+            })
+            .or_else(|| deployments.first().copied())
+    }
+
+    /// The keys that work now, for the hint bar, most useful first.
+    pub fn hints(&self) -> Vec<(&'static str, &'static str)> {
+        match &self.mode {
+            Mode::Confirm(_) => vec![("y", "yes"), ("n", "no")],
+            Mode::Help => vec![("any key", "back")],
+            Mode::LabelFilter(_) => {
+                vec![("Enter", "apply"), ("Esc", "cancel"), ("empty", "all pods")]
+            }
+            Mode::Browse => {
+                let mut hints = match self.focus {
+                    Focus::Placement => vec![
+                        ("←→", "node"),
+                        ("↑↓", "pod"),
+                        ("x", "kill"),
+                        ("r", "revive"),
+                        ("m", "monkey"),
+                        ("+-", "scale"),
+                        ("c/u", "cordon"),
+                        ("d", "drain"),
+                        ("Del", "delete pod"),
+                    ],
+                    Focus::Deployments => vec![("↑↓", "deployment"), ("+-", "scale")],
+                };
+                hints.extend([
+                    ("Tab", "panes"),
+                    ("n", "namespace"),
+                    ("/", "labels"),
+                    ("?", "help"),
+                    ("q", "quit"),
+                ]);
+                hints
+            }
+        }
+    }
+
+    // ----- keys -----
+
+    fn key(&mut self, key: KeyEvent) -> Option<Command> {
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            self.quit = true;
+            return Some(Command::Quit);
+        }
+        match std::mem::replace(&mut self.mode, Mode::Browse) {
+            Mode::Browse => self.browse_key(key),
+            Mode::Help => None,
+            Mode::Confirm(command) => match key.code {
+                KeyCode::Char('y' | 'Y') | KeyCode::Enter => Some(command),
+                KeyCode::Char('n' | 'N') | KeyCode::Esc | KeyCode::Char('q') => None,
+                _ => {
+                    self.mode = Mode::Confirm(command);
+                    None
+                }
+            },
+            Mode::LabelFilter(mut text) => {
+                match key.code {
+                    KeyCode::Enter => self.apply_label_filter(&text),
+                    KeyCode::Esc => {}
+                    KeyCode::Backspace => {
+                        text.pop();
+                        self.mode = Mode::LabelFilter(text);
+                    }
+                    KeyCode::Char(c) => {
+                        text.push(c);
+                        self.mode = Mode::LabelFilter(text);
+                    }
+                    _ => self.mode = Mode::LabelFilter(text),
+                }
+                None
+            }
+        }
+    }
+
+    fn apply_label_filter(&mut self, text: &str) {
+        let text = text.trim();
+        if text.is_empty() {
+            self.labels = None;
+            return;
+        }
+        match LabelSelector::parse(text) {
+            Ok(selector) => self.labels = Some((text.to_owned(), selector)),
+            Err(error) => {
+                self.set_status(&format!("label selector {text:?}: {error}"), true);
+                self.mode = Mode::LabelFilter(text.to_owned());
+            }
+        }
+    }
+
+    fn browse_key(&mut self, key: KeyEvent) -> Option<Command> {
+        let command = match key.code {
+            KeyCode::Char('q') => {
+                self.quit = true;
+                return Some(Command::Quit);
+            }
+            KeyCode::Char('?') | KeyCode::F(1) => {
+                self.mode = Mode::Help;
+                return None;
+            }
+            KeyCode::Char('/') => {
+                let current = self.labels.as_ref().map(|(t, _)| t.clone());
+                self.mode = Mode::LabelFilter(current.unwrap_or_default());
+                return None;
+            }
+            KeyCode::Char('n') => {
+                self.next_namespace();
+                return None;
+            }
+            KeyCode::Tab | KeyCode::BackTab => {
+                self.focus = match self.focus {
+                    Focus::Placement => Focus::Deployments,
+                    Focus::Deployments => Focus::Placement,
+                };
+                return None;
+            }
+            KeyCode::Esc => {
+                self.pod = None;
+                return None;
+            }
+            KeyCode::Left | KeyCode::Char('h') => {
+                self.move_lane(-1);
+                return None;
+            }
+            KeyCode::Right | KeyCode::Char('l') => {
+                self.move_lane(1);
+                return None;
+            }
+            KeyCode::Up | KeyCode::Char('k') => {
+                self.move_vertically(-1);
+                return None;
+            }
+            KeyCode::Down | KeyCode::Char('j') => {
+                self.move_vertically(1);
+                return None;
+            }
+            KeyCode::Char('x') => self.node_command(Command::Kill),
+            KeyCode::Char('r') => self.node_command(Command::Revive),
+            KeyCode::Char('c') => self.node_command(Command::Cordon),
+            KeyCode::Char('u') => self.node_command(Command::Uncordon),
+            KeyCode::Char('d') => self.node_command(Command::Drain),
+            KeyCode::Char('+' | '=') => self.scale_command(1),
+            KeyCode::Char('-' | '_') => self.scale_command(-1),
+            KeyCode::Delete | KeyCode::Backspace | KeyCode::Char('D') => {
+                match self.selected_pod() {
+                    Some(pod) => Some(Command::DeletePod {
+                        namespace: pod.namespace.clone(),
+                        name: pod.name.clone(),
+                    }),
+                    None => {
+                        self.set_status("select a pod first (↑↓)", true);
+                        None
+                    }
+                }
+            }
+            KeyCode::Char('m') => Some(if self.monkey.running {
+                Command::StopMonkey
+            } else {
+                Command::StartMonkey
+            }),
+            _ => None,
+        }?;
+        match command.confirmation() {
+            Some(_) if !self.demo => {
+                self.mode = Mode::Confirm(command);
+                None
+            }
+            _ => Some(command),
+        }
+    }
+
+    fn node_command(&mut self, command: fn(String) -> Command) -> Option<Command> {
+        match self.selected_lane() {
+            Some(Lane::Node(name)) => Some(command(name)),
+            _ => {
+                self.set_status("select a node first (←→)", true);
+                None
+            }
+        }
+    }
+
+    fn scale_command(&mut self, by: i64) -> Option<Command> {
+        let target = match self.focus {
+            Focus::Deployments => self
+                .selected_deployment()
+                .map(|d| (d.namespace.clone(), d.name.clone())),
+            Focus::Placement => self
+                .selected_pod()
+                .filter(|pod| pod.owner.kind == "Deployment")
+                .map(|pod| (pod.namespace.clone(), pod.owner.name.clone())),
+        };
+        let Some((namespace, name)) = target else {
+            self.set_status(
+                "select a deployment's pod (↑↓) or a deployment (Tab) to scale",
+                true,
+            );
+            return None;
+        };
+        let current = self
+            .cluster
+            .deployments
+            .get(&(namespace.clone(), name.clone()))
+            .map_or(0, |d| d.desired);
+        let replicas = (current + by).max(0);
+        if replicas == current {
+            return None;
+        }
+        Some(Command::Scale {
+            namespace,
+            name,
+            replicas,
+        })
+    }
+
+    fn move_lane(&mut self, by: isize) {
+        let lanes = self.lanes();
+        if lanes.is_empty() {
+            return;
+        }
+        let current = self
+            .selected_lane()
+            .and_then(|lane| lanes.iter().position(|l| *l == lane))
+            .unwrap_or(0);
+        let next = (current as isize + by).rem_euclid(lanes.len() as isize) as usize;
+        self.lane = Some(lanes[next].clone());
+        self.pod = None;
+        self.focus = Focus::Placement;
+    }
+
+    fn move_vertically(&mut self, by: isize) {
+        match self.focus {
+            Focus::Deployments => {
+                let keys: Vec<(String, String)> = self
+                    .deployments()
+                    .iter()
+                    .map(|d| (d.namespace.clone(), d.name.clone()))
+                    .collect();
+                if keys.is_empty() {
+                    return;
+                }
+                let current = self
+                    .selected_deployment()
+                    .and_then(|d| {
+                        keys.iter()
+                            .position(|k| (&k.0, &k.1) == (&d.namespace, &d.name))
+                    })
+                    .unwrap_or(0);
+                let next = (current as isize + by).clamp(0, keys.len() as isize - 1);
+                self.deployment = Some(keys[next as usize].clone());
+            }
+            Focus::Placement => {
+                let Some(lane) = self.selected_lane() else {
+                    return;
+                };
+                self.lane = Some(lane.clone());
+                let uids: Vec<String> = self.pods_in(&lane).iter().map(|p| p.uid.clone()).collect();
+                let current = self
+                    .selected_pod()
+                    .and_then(|pod| uids.iter().position(|u| *u == pod.uid));
+                self.pod = match (current, by > 0) {
+                    (None, true) => uids.first().cloned(),
+                    (None, false) => None,
+                    (Some(0), false) => None,
+                    (Some(i), true) => uids.get(i + 1).or(uids.get(i)).cloned(),
+                    (Some(i), false) => uids.get(i - 1).cloned(),
+                };
+            }
+        }
+    }
+
+    fn next_namespace(&mut self) {
+        let namespaces: BTreeSet<&String> =
+            self.cluster.pods.values().map(|p| &p.namespace).collect();
+        let namespaces: Vec<&String> = namespaces.into_iter().collect();
+        self.namespace = match &self.namespace {
+            None => namespaces.first().map(|ns| (*ns).clone()),
+            Some(current) => namespaces
+                .iter()
+                .position(|ns| *ns == current)
+                .and_then(|i| namespaces.get(i + 1))
+                .map(|ns| (*ns).clone()),
+        };
+        self.pod = None;
+    }
+
+    // ----- facts for the panes -----
+
+    /// Pods per state among the visible ones.
+    pub fn state_counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts = BTreeMap::new();
+        for pod in self.cluster.pods.values().filter(|p| self.shows(p)) {
+            *counts.entry(pod.state.word()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Whether any visible pod on `node` is still starting.
+    pub fn node_has_starting_pods(&self, node: &str) -> bool {
+        self.cluster
+            .pods
+            .values()
+            .any(|p| p.node.as_deref() == Some(node) && p.state.is_starting())
+    }
+
+    /// How long ago an RFC 3339 time was, as kubectl prints ages (`45s`, `3m`, `2h`, `4d`).
+    pub fn age(&self, time: &str) -> String {
+        let Ok(then) = time.parse::<jiff::Timestamp>() else {
+            return "-".to_owned();
+        };
+        let seconds = self.wall.as_second() - then.as_second();
+        match seconds.max(0) {
+            s if s < 120 => format!("{s}s"),
+            s if s < 7200 => format!("{}m", s / 60),
+            s if s < 172_800 => format!("{}h", s / 3600),
+            s => format!("{}d", s / 86_400),
+        }
+    }
+
+    /// Whether a pod changed within the pulse window.
+    pub fn pulsing(&self, pod: &Pod) -> bool {
+        self.now.saturating_duration_since(pod.changed_at) < crate::cluster::PULSE
+    }
+}
+
+/// Sorts `pi-2` before `pi-10`: the text, then the trailing number.
+fn natural_key(name: &str) -> (String, u64) {
+    let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (text, number) = name.split_at(name.len() - digits);
+    (text.to_owned(), number.parse().unwrap_or(0))
+}
