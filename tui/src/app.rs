@@ -18,7 +18,7 @@ use agent::chaos::{MonkeyEvent, MonkeyPolicy};
 use master::selector::LabelSelector;
 use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use crate::cluster::{Cluster, EventLine, Ghost, Pod, PodState, Resource};
+use crate::cluster::{Cluster, EventLine, Ghost, Pod, Resource};
 use crate::feed::Update;
 use crate::look::Look;
 
@@ -788,4 +788,222 @@ fn natural_key(name: &str) -> (String, u64) {
     let digits = name.len() - name.trim_end_matches(|c: char| c.is_ascii_digit()).len();
     let (text, number) = name.split_at(name.len() - digits);
     (text.to_owned(), number.parse().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::crossterm::event::{Event, KeyCode, KeyEvent};
+
+    use super::*;
+    use crate::fixtures::demo_app;
+
+    fn press(app: &mut App, code: KeyCode) -> Option<Command> {
+        app.handle(Message::Input(Event::Key(KeyEvent::from(code))))
+    }
+
+    #[test]
+    fn lanes_are_in_natural_order_with_waiting_pods_first() {
+        let mut app = demo_app();
+        let mut node = crate::fixtures::node("pi-10", "10.99.0.20", "True");
+        node["metadata"]["name"] = "pi-10".into();
+        app.handle(Message::Feed(Update::Changed {
+            resource: Resource::Nodes,
+            kind: "ADDED".into(),
+            object: node,
+        }));
+        let lanes = app.lanes();
+        let names: Vec<String> = lanes
+            .iter()
+            .map(|l| match l {
+                Lane::Pending => "waiting".to_owned(),
+                Lane::Node(n) => n.clone(),
+            })
+            .collect();
+        assert_eq!(names, ["waiting", "pi-1", "pi-2", "pi-3", "pi-10"]);
+        assert_eq!(app.selected_lane(), Some(Lane::Node("pi-1".into())));
+    }
+
+    #[test]
+    fn killing_asks_first_and_demo_mode_does_not() {
+        let mut app = demo_app();
+        press(&mut app, KeyCode::Right);
+        assert_eq!(press(&mut app, KeyCode::Char('x')), None);
+        assert!(matches!(app.mode, Mode::Confirm(_)));
+        assert_eq!(press(&mut app, KeyCode::Char('z')), None, "other keys wait");
+        assert_eq!(
+            press(&mut app, KeyCode::Char('y')),
+            Some(Command::Kill("pi-2".into()))
+        );
+        assert_eq!(press(&mut app, KeyCode::Char('x')), None);
+        assert_eq!(press(&mut app, KeyCode::Esc), None);
+        assert_eq!(app.mode, Mode::Browse);
+        // Reviving and cordoning never ask.
+        assert_eq!(
+            press(&mut app, KeyCode::Char('r')),
+            Some(Command::Revive("pi-2".into()))
+        );
+        app.demo = true;
+        assert_eq!(
+            press(&mut app, KeyCode::Char('d')),
+            Some(Command::Drain("pi-2".into()))
+        );
+    }
+
+    #[test]
+    fn node_keys_need_a_node() {
+        let mut app = demo_app();
+        press(&mut app, KeyCode::Left); // from pi-1 to the waiting lane
+        assert_eq!(app.selected_lane(), Some(Lane::Pending));
+        assert_eq!(press(&mut app, KeyCode::Char('c')), None);
+        assert!(app.status.as_ref().unwrap().bad);
+    }
+
+    #[test]
+    fn pods_are_picked_with_the_arrows_and_scale_their_deployment() {
+        let mut app = demo_app();
+        // pi-1: db, log-shipper, web, web.
+        press(&mut app, KeyCode::Down);
+        assert_eq!(app.selected_pod().unwrap().name, "db-5d8f7c-q1r2s");
+        assert_eq!(
+            press(&mut app, KeyCode::Char('+')),
+            Some(Command::Scale {
+                namespace: "default".into(),
+                name: "db".into(),
+                replicas: 3
+            })
+        );
+        press(&mut app, KeyCode::Down);
+        assert_eq!(app.selected_pod().unwrap().owner.kind, "DaemonSet");
+        assert_eq!(
+            press(&mut app, KeyCode::Char('-')),
+            None,
+            "not a deployment"
+        );
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Down);
+        press(&mut app, KeyCode::Down);
+        assert_eq!(
+            app.selected_pod().unwrap().name,
+            "web-5d8f7c-d3e4f",
+            "stops at the end"
+        );
+        app.demo = true;
+        assert_eq!(
+            press(&mut app, KeyCode::Delete),
+            Some(Command::DeletePod {
+                namespace: "default".into(),
+                name: "web-5d8f7c-d3e4f".into()
+            })
+        );
+        for _ in 0..4 {
+            press(&mut app, KeyCode::Up);
+        }
+        assert_eq!(
+            app.selected_pod(),
+            None,
+            "up from the first pod selects the node"
+        );
+        // Tab: the deployment list.
+        press(&mut app, KeyCode::Tab);
+        press(&mut app, KeyCode::Down);
+        assert_eq!(
+            press(&mut app, KeyCode::Char('-')),
+            Some(Command::Scale {
+                namespace: "default".into(),
+                name: "web".into(),
+                replicas: 4
+            })
+        );
+    }
+
+    #[test]
+    fn filters_by_namespace_and_labels() {
+        let mut app = demo_app();
+        press(&mut app, KeyCode::Char('/'));
+        for c in "app=web".chars() {
+            press(&mut app, KeyCode::Char(c));
+        }
+        press(&mut app, KeyCode::Enter);
+        assert_eq!(app.mode, Mode::Browse);
+        let lane = Lane::Node("pi-1".into());
+        assert_eq!(app.pods_in(&lane).len(), 2);
+        // A broken selector says so and stays in the editor.
+        press(&mut app, KeyCode::Char('/'));
+        press(&mut app, KeyCode::Char('!'));
+        press(&mut app, KeyCode::Char('='));
+        press(&mut app, KeyCode::Enter);
+        assert!(matches!(app.mode, Mode::LabelFilter(_)));
+        assert!(app.status.as_ref().unwrap().bad);
+        press(&mut app, KeyCode::Esc);
+        assert_eq!(app.labels.as_ref().unwrap().0, "app=web");
+        // An empty selector shows everything again.
+        press(&mut app, KeyCode::Char('/'));
+        for _ in 0..7 {
+            press(&mut app, KeyCode::Backspace);
+        }
+        press(&mut app, KeyCode::Enter);
+        assert!(app.labels.is_none());
+        assert_eq!(app.pods_in(&lane).len(), 4);
+        press(&mut app, KeyCode::Char('n'));
+        assert_eq!(app.namespace.as_deref(), Some("default"));
+        press(&mut app, KeyCode::Char('n'));
+        assert_eq!(app.namespace, None, "after the last namespace: all");
+    }
+
+    #[test]
+    fn the_master_going_away_is_remembered_until_every_feed_is_back() {
+        let mut app = demo_app();
+        let lost = |resource| {
+            Message::Feed(Update::Lost {
+                resource,
+                error: "connection refused".into(),
+            })
+        };
+        app.handle(lost(Resource::Pods));
+        app.handle(lost(Resource::Nodes));
+        assert!(app.lost.is_some());
+        assert!(app.is_animating());
+        app.handle(Message::Feed(Update::Listed {
+            resource: Resource::Pods,
+            items: Vec::new(),
+        }));
+        assert!(app.lost.is_some(), "nodes are not back yet");
+        app.handle(Message::Feed(Update::Listed {
+            resource: Resource::Nodes,
+            items: Vec::new(),
+        }));
+        assert!(app.lost.is_none());
+        assert!(app.cluster.pods.is_empty(), "the new list replaced the old");
+    }
+
+    #[test]
+    fn monkey_events_reach_the_event_pane() {
+        let mut app = demo_app();
+        assert_eq!(press(&mut app, KeyCode::Char('m')), None, "asks first");
+        assert_eq!(press(&mut app, KeyCode::Enter), Some(Command::StartMonkey));
+        app.set_monkey_running(true);
+        app.handle(Message::Monkey(MonkeyEvent::Killed {
+            node: "pi-3".into(),
+            revive_in: Duration::from_secs(20),
+        }));
+        assert!(app.monkey.killed.contains("pi-3"));
+        let last = app.cluster.events.back().unwrap();
+        assert_eq!(
+            (last.reason.as_str(), last.message.as_str()),
+            ("monkey", "killed node pi-3; it comes back in 20 s")
+        );
+        assert_eq!(
+            press(&mut app, KeyCode::Char('m')),
+            Some(Command::StopMonkey)
+        );
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let app = demo_app(); // wall clock 12:00:10
+        assert_eq!(app.age("2026-11-23T12:00:00Z"), "10s");
+        assert_eq!(app.age("2026-11-23T11:55:00Z"), "5m");
+        assert_eq!(app.age("2026-11-21T12:00:00Z"), "2d");
+        assert_eq!(app.age("garbage"), "-");
+    }
 }

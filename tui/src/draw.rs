@@ -22,11 +22,11 @@ use crate::cluster::{Node, Pod, PodState};
 use crate::look::{Look, Signal};
 
 /// Narrowest node card.
-const CARD_MIN_WIDTH: u16 = 24;
+const CARD_MIN_WIDTH: u16 = 20;
 /// Widest node card (few nodes on a wide screen).
 const CARD_MAX_WIDTH: u16 = 44;
-/// Shortest node card: borders, four lines of facts, one line of pods.
-const CARD_MIN_HEIGHT: u16 = 7;
+/// Shortest node card: borders, four lines of facts, two lines of pods.
+const CARD_MIN_HEIGHT: u16 = 8;
 /// Width of the side column on wide screens.
 const SIDE_WIDTH: u16 = 46;
 /// Screens at least this wide get the side column.
@@ -45,7 +45,7 @@ pub fn draw(app: &App, frame: &mut Frame) {
         Constraint::Length(1),
     ])
     .areas(area);
-    frame.render_widget(Paragraph::new(header_line(app)), header);
+    frame.render_widget(Paragraph::new(header_line(app, header.width)), header);
     if let Some(banner) = banner {
         frame.render_widget(Paragraph::new(banner), banner_area);
     }
@@ -64,7 +64,7 @@ pub fn draw(app: &App, frame: &mut Frame) {
         draw_deployments(app, frame, deployment_area);
         draw_events(app, frame, events);
     } else {
-        let bottom = if body.height >= 18 { 8 } else { 6 };
+        let bottom = if body.height >= 28 { 8 } else { 6 };
         let [placement, panes] =
             Layout::vertical([Constraint::Fill(1), Constraint::Length(bottom)]).areas(body);
         draw_placement(app, frame, placement);
@@ -88,7 +88,7 @@ pub fn draw(app: &App, frame: &mut Frame) {
     }
 }
 
-fn header_line(app: &App) -> Line<'static> {
+fn header_line(app: &App, width: u16) -> Line<'static> {
     let look = &app.look;
     let nodes = app.cluster.nodes.values();
     let ready = nodes
@@ -106,21 +106,27 @@ fn header_line(app: &App) -> Line<'static> {
     } else {
         look.signal(Signal::Bad)
     };
-    let mut spans = vec![
-        Span::styled(" bramble ", bold.add_modifier(Modifier::REVERSED)),
-        Span::styled(format!(" {} ", app.server), quiet),
-        Span::styled(format!(" nodes {ready}/{total} Ready "), node_style),
-        Span::raw(format!(" pods {}", visible.len())),
-    ];
+    let mut spans = vec![Span::styled(
+        " bramble ",
+        bold.add_modifier(Modifier::REVERSED),
+    )];
+    if width >= 110 {
+        spans.push(Span::styled(format!(" {} ", app.server), quiet));
+    }
+    spans.push(Span::styled(
+        format!(" nodes {ready}/{total} Ready "),
+        node_style,
+    ));
+    spans.push(Span::raw(format!(" pods {}", visible.len())));
     if unscheduled > 0 {
         spans.push(Span::styled(
-            format!(" ({unscheduled} unscheduled)"),
+            format!(" {unscheduled} waiting"),
             look.signal(Signal::Attention),
         ));
     }
     if failing > 0 {
         spans.push(Span::styled(
-            format!(" ({failing} failing)"),
+            format!(" {failing} failing"),
             look.signal(Signal::Bad),
         ));
     }
@@ -215,6 +221,21 @@ fn draw_placement(app: &App, frame: &mut Frame, area: Rect) {
         );
         return;
     }
+    let selected = app.selected_lane();
+    let mut area = area;
+    if lanes.first() == Some(&Lane::Pending) {
+        let [strip, rest] =
+            Layout::vertical([Constraint::Length(3), Constraint::Fill(1)]).areas(area);
+        draw_pending_strip(app, frame, strip, selected == Some(Lane::Pending));
+        area = rest;
+    }
+    let lanes: Vec<Lane> = lanes
+        .into_iter()
+        .filter(|lane| matches!(lane, Lane::Node(_)))
+        .collect();
+    if lanes.is_empty() || area.height == 0 {
+        return;
+    }
     let per_row = ((area.width / CARD_MIN_WIDTH).max(1) as usize).min(lanes.len());
     let card_width = (area.width / per_row as u16).min(CARD_MAX_WIDTH);
     let rows = lanes.len().div_ceil(per_row);
@@ -225,7 +246,6 @@ fn draw_placement(app: &App, frame: &mut Frame, area: Rect) {
         // The last line says what is hidden.
         visible_rows = ((area.height - 1) / card_height).max(1) as usize;
     }
-    let selected = app.selected_lane();
     let selected_index = selected
         .as_ref()
         .and_then(|s| lanes.iter().position(|l| l == s))
@@ -259,29 +279,48 @@ fn draw_placement(app: &App, frame: &mut Frame, area: Rect) {
     }
 }
 
+/// Pods no node has taken yet, in a strip over the cards.
+fn draw_pending_strip(app: &App, frame: &mut Frame, area: Rect, selected: bool) {
+    let look = &app.look;
+    let pods = app.pods_in(&Lane::Pending);
+    let chosen = app.selected_pod().map(|p| p.uid.clone());
+    let mut spans = Vec::new();
+    for pod in &pods {
+        let is_selected = chosen.as_ref() == Some(&pod.uid);
+        spans.push(Span::styled(
+            format!("{} {}", look.glyph(pod.state), pod.name),
+            pod_style(app, pod, is_selected),
+        ));
+        spans.push(Span::raw("  "));
+    }
+    let marker = match (selected, look.unicode) {
+        (false, _) => "",
+        (true, true) => "▶",
+        (true, false) => ">",
+    };
+    let block = Block::bordered()
+        .border_set(if selected {
+            look.selected_border()
+        } else {
+            look.border()
+        })
+        .border_style(look.signal(Signal::Attention))
+        .title(format!("{marker} waiting for a node ({}) ", pods.len()));
+    frame.render_widget(Paragraph::new(Line::from(spans)).block(block), area);
+}
+
 fn draw_card(app: &App, frame: &mut Frame, area: Rect, lane: &Lane, selected: bool) {
     let look = &app.look;
+    let Lane::Node(name) = lane else {
+        return;
+    };
+    let Some(node) = app.cluster.nodes.get(name) else {
+        return;
+    };
     let pods = app.pods_in(lane);
     let ghosts = app.ghosts_in(lane);
-    let (title, border_style, facts) = match lane {
-        Lane::Pending => (
-            vec![Span::raw(format!(" unscheduled ({}) ", pods.len()))],
-            look.signal(Signal::Attention),
-            Vec::new(),
-        ),
-        Lane::Node(name) => {
-            let Some(node) = app.cluster.nodes.get(name) else {
-                return;
-            };
-            let (title, style) = node_title(app, node);
-            (
-                title,
-                style,
-                node_facts(app, node, &pods, area.width.saturating_sub(2)),
-            )
-        }
-    };
-    let mut title = title;
+    let (mut title, border_style) = node_title(app, node);
+    let facts = node_facts(app, node, &pods, area.width.saturating_sub(2));
     if selected {
         title.insert(0, Span::raw(if look.unicode { "▶" } else { ">" }));
     }
@@ -378,7 +417,7 @@ fn node_facts(app: &App, node: &Node, pods: &[&Pod], width: u16) -> Vec<Line<'st
             "mem",
             usage.memory,
             node.memory_allocatable,
-            &format!("{}/{}", bytes(usage.memory), bytes(node.memory_allocatable)),
+            &memory_figures(usage.memory, node.memory_allocatable),
             width,
         ),
         led_line(app, node, pods),
@@ -482,7 +521,13 @@ fn pod_lines(
     if room == 0 {
         return Vec::new();
     }
-    if pods.len() + ghosts.len() <= room {
+    // Ghosts only while there is room for them.
+    let ghosts = if pods.len() + ghosts.len() <= room {
+        ghosts
+    } else {
+        &[]
+    };
+    if pods.len() <= room {
         // One line per pod: glyph and name.
         let mut lines: Vec<Line> = pods
             .iter()
@@ -506,26 +551,28 @@ fn pod_lines(
         }));
         return lines;
     }
-    // Too many for a line each: a grid of glyphs, two cells per pod.
-    let per_line = (width / 2).max(1);
+    // Too many for a line each: a grid of glyphs, spaced out if there is room.
+    let spaced = pods.len() + ghosts.len() <= (width / 2).max(1) * room;
+    let cell_width = if spaced { 2 } else { 1 };
+    let per_line = (width / cell_width).max(1);
     let capacity = per_line * room;
     let mut cells: Vec<Span> = Vec::new();
     let shown = if pods.len() + ghosts.len() > capacity {
-        capacity.saturating_sub(1)
+        // Room for the "+N" at the end.
+        capacity.saturating_sub(4)
     } else {
         capacity
     };
+    let gap = if spaced { " " } else { "" };
     for pod in pods.iter().take(shown) {
         let is_selected = selected.as_ref() == Some(&pod.uid);
         cells.push(Span::styled(
-            look.glyph(pod.state),
+            format!("{}{gap}", look.glyph(pod.state)),
             pod_style(app, pod, is_selected),
         ));
-        cells.push(Span::raw(" "));
     }
     for _ in ghosts.iter().take(shown.saturating_sub(pods.len())) {
-        cells.push(Span::styled(ghost_glyph, ghost_style));
-        cells.push(Span::raw(" "));
+        cells.push(Span::styled(format!("{ghost_glyph}{gap}"), ghost_style));
     }
     let hidden = (pods.len() + ghosts.len()).saturating_sub(shown);
     if hidden > 0 {
@@ -535,7 +582,7 @@ fn pod_lines(
         ));
     }
     cells
-        .chunks(per_line * 2)
+        .chunks(per_line)
         .map(|chunk| Line::from(chunk.to_vec()))
         .collect()
 }
@@ -819,25 +866,29 @@ fn draw_help(app: &App, frame: &mut Frame, area: Rect) {
         })
         .collect();
     lines.push(Line::raw(""));
-    let legend: Vec<Span> = [
+    let states = [
         PodState::Running,
         PodState::NotReady,
         PodState::ContainerCreating,
         PodState::Pending,
         PodState::Terminating,
         PodState::CrashLoopBackOff,
+        PodState::ImagePullBackOff,
         PodState::Failed,
         PodState::Completed,
-    ]
-    .iter()
-    .flat_map(|state| {
-        [
-            Span::styled(format!(" {}", look.glyph(*state)), bold),
-            Span::raw(format!(" {} ", short_word(*state))),
-        ]
-    })
-    .collect();
-    lines.push(Line::from(legend));
+    ];
+    for row in states.chunks(5) {
+        let legend: Vec<Span> = row
+            .iter()
+            .flat_map(|state| {
+                [
+                    Span::styled(format!(" {}", look.glyph(*state)), bold),
+                    Span::raw(format!(" {:<12}", short_word(*state))),
+                ]
+            })
+            .collect();
+        lines.push(Line::from(legend));
+    }
     let policy = &app.monkey.policy;
     lines.push(Line::raw(format!(
         " monkey: a kill every {}s, dead for {}s, keeps {} nodes Ready{}",
@@ -868,6 +919,7 @@ fn short_word(state: PodState) -> &'static str {
         PodState::NotReady => "not ready",
         PodState::ContainerCreating => "creating",
         PodState::CrashLoopBackOff => "crashing",
+        PodState::ImagePullBackOff => "no image",
         other => other.word(),
     }
 }
@@ -916,6 +968,26 @@ fn bytes(value: i64) -> String {
     }
 }
 
+/// Memory in use and allocatable in the allocatable's unit (`0.9/1.8Gi`): short enough for
+/// a narrow card.
+fn memory_figures(used: i64, total: i64) -> String {
+    let total_text = bytes(total);
+    let unit = total_text.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+    let scale = match unit {
+        "Gi" => 1024f64.powi(3),
+        "Mi" => 1024f64.powi(2),
+        "Ki" => 1024.0,
+        _ => 1.0,
+    };
+    let used = used as f64 / scale;
+    let used = if used < 10.0 && used.fract() > 0.05 {
+        format!("{used:.1}")
+    } else {
+        format!("{}", used.round())
+    };
+    format!("{used}/{total_text}")
+}
+
 /// The local wall-clock time of an RFC 3339 timestamp (`14:03:07`).
 fn clock_time(time: &str) -> String {
     match time.parse::<jiff::Timestamp>() {
@@ -924,5 +996,181 @@ fn clock_time(time: &str) -> String {
             .strftime("%H:%M:%S")
             .to_string(),
         Err(_) => "--:--:--".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ratatui::backend::TestBackend;
+    use ratatui::buffer::Buffer;
+    use ratatui::crossterm::event::{Event, KeyCode, KeyEvent};
+    use ratatui::style::Color;
+    use ratatui::Terminal;
+
+    use super::*;
+    use crate::app::Message;
+    use crate::cluster::Resource;
+    use crate::feed::Update;
+    use crate::fixtures::{demo_app, node, pod};
+    use crate::look::Colours;
+
+    fn render(app: &App, width: u16, height: u16) -> Buffer {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        terminal.draw(|frame| draw(app, frame)).unwrap();
+        terminal.backend().buffer().clone()
+    }
+
+    fn text(buffer: &Buffer) -> String {
+        let area = buffer.area;
+        (0..area.height)
+            .map(|y| {
+                let line: String = (0..area.width).map(|x| buffer[(x, y)].symbol()).collect();
+                line.trim_end().to_owned()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Snapshots with what changes from run to run (clock times, addresses, ages) filtered out.
+    macro_rules! assert_screen {
+        ($name:expr, $buffer:expr) => {
+            insta::with_settings!({filters => vec![
+                (r"\b\d{2}:\d{2}:\d{2}\b", "[time]"),
+                (r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(:\d+)?\b", "[address]"),
+                (r"\b\d+[smhd]\b", "[age]"),
+            ]}, {
+                insta::assert_snapshot!($name, text(&$buffer));
+            });
+        };
+    }
+
+    fn key(app: &mut App, code: KeyCode) -> Option<crate::app::Command> {
+        app.handle(Message::Input(Event::Key(KeyEvent::from(code))))
+    }
+
+    #[test]
+    fn main_screen_80x24() {
+        assert_screen!("main_80x24", render(&demo_app(), 80, 24));
+    }
+
+    #[test]
+    fn main_screen_large() {
+        assert_screen!("main_180x50", render(&demo_app(), 180, 50));
+    }
+
+    #[test]
+    fn a_selected_pod_shows_its_details() {
+        let mut app = demo_app();
+        key(&mut app, KeyCode::Down);
+        key(&mut app, KeyCode::Down);
+        assert_screen!("pod_selected_80x24", render(&app, 80, 24));
+    }
+
+    #[test]
+    fn help_screen() {
+        let mut app = demo_app();
+        key(&mut app, KeyCode::Char('?'));
+        assert_screen!("help_80x24", render(&app, 80, 24));
+    }
+
+    #[test]
+    fn kill_asks_first() {
+        let mut app = demo_app();
+        key(&mut app, KeyCode::Right);
+        key(&mut app, KeyCode::Right);
+        assert_eq!(key(&mut app, KeyCode::Char('x')), None);
+        assert_screen!("confirm_kill_80x24", render(&app, 80, 24));
+    }
+
+    #[test]
+    fn a_lost_master_is_announced() {
+        let mut app = demo_app();
+        app.handle(Message::Feed(Update::Lost {
+            resource: Resource::Pods,
+            error: "cannot reach the API server at 10.99.0.1:6443: connection refused".into(),
+        }));
+        let later = app.now + Duration::from_secs(12);
+        app.set_clock(later, app.wall);
+        assert_screen!("master_lost_80x24", render(&app, 80, 24));
+    }
+
+    #[test]
+    fn plain_terminals_get_ascii_and_no_colour() {
+        let mut app = demo_app();
+        app.look = Look {
+            colours: Colours::None,
+            unicode: false,
+        };
+        let buffer = render(&app, 80, 24);
+        assert!(buffer
+            .content
+            .iter()
+            .all(|cell| cell.fg == Color::Reset && cell.symbol().is_ascii()));
+        assert_screen!("ascii_80x24", buffer);
+    }
+
+    #[test]
+    fn a_hundred_nodes_scroll() {
+        let mut app = demo_app();
+        let nodes = (1..=100)
+            .map(|i| node(&format!("sim-{i}"), &format!("10.99.1.{i}"), "True"))
+            .collect();
+        let pods = (0..3000)
+            .map(|i| {
+                let node = format!("sim-{}", i % 100 + 1);
+                let owner = ("Deployment", ["web", "db", "cache", "api"][i % 4]);
+                pod(&format!("p-{i}"), owner, Some(&node), "Running")
+            })
+            .collect();
+        for (resource, items) in [(Resource::Nodes, nodes), (Resource::Pods, pods)] {
+            app.handle(Message::Feed(Update::Listed { resource, items }));
+        }
+        app.set_clock(app.now + Duration::from_secs(10), app.wall);
+        for _ in 0..42 {
+            key(&mut app, KeyCode::Right);
+        }
+        assert_screen!("hundred_nodes_160x48", render(&app, 160, 48));
+    }
+
+    #[test]
+    fn new_pods_pulse_and_killed_nodes_are_red() {
+        let mut app = demo_app();
+        let arrived = pod(
+            "web-5d8f7c-newpd",
+            ("Deployment", "web"),
+            Some("pi-1"),
+            "Running",
+        );
+        app.handle(Message::Feed(Update::Changed {
+            resource: Resource::Pods,
+            kind: "ADDED".into(),
+            object: arrived,
+        }));
+        let buffer = render(&app, 80, 24);
+        let screen = text(&buffer);
+        let row = screen
+            .lines()
+            .position(|l| l.contains("web-5d8f7c-newpd"))
+            .unwrap();
+        let column = screen
+            .lines()
+            .nth(row)
+            .unwrap()
+            .find("● web-5d8f7c-newpd")
+            .unwrap();
+        let column = screen.lines().nth(row).unwrap()[..column].chars().count() as u16;
+        let cell = &buffer[(column + 2, row as u16)];
+        assert!(cell.modifier.contains(Modifier::REVERSED), "{cell:?}");
+        let later = app.now + crate::cluster::PULSE;
+        app.set_clock(later, app.wall);
+        let cell = &render(&app, 80, 24)[(column + 2, row as u16)];
+        assert!(!cell.modifier.contains(Modifier::REVERSED), "{cell:?}");
+        // pi-2's "killed" is red.
+        let row = screen.lines().position(|l| l.contains("killed")).unwrap();
+        let top = screen.lines().nth(row).unwrap();
+        let killed = top[..top.find("killed").unwrap()].chars().count() as u16;
+        assert_eq!(buffer[(killed, row as u16)].fg, Color::Rgb(255, 0, 0));
     }
 }

@@ -19,6 +19,9 @@ pub mod draw;
 pub mod feed;
 pub mod look;
 
+#[cfg(test)]
+mod fixtures;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
