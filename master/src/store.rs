@@ -993,15 +993,31 @@ impl Store {
     }
 
     /// Drops history older than the retained window and returns its pages to the file.
+    ///
+    /// The floor never passes the newest durable revision: a list of a durable kind reports
+    /// that revision, and a client must be able to watch from it. Without the cap, a busy
+    /// stretch of volatile changes (leases, events) alone would push the floor past it and
+    /// every list-then-watch would end in 410 Gone until the next durable write.
     pub fn compact(&self) -> Result<(), StoreError> {
-        let floor = self
+        let window_floor = self
             .current_revision()
             .saturating_sub(self.history_revisions);
-        if floor <= self.compacted.load(Ordering::SeqCst) {
+        if window_floor <= self.compacted.load(Ordering::SeqCst) {
             return Ok(());
         }
         let mut conn = lock(&self.writer);
         let tx = conn.transaction().map_err(sql("begin compaction"))?;
+        let newest_durable: i64 = tx
+            .query_row(
+                "SELECT coalesce(max(revision), 0) FROM revisions",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(sql("compaction"))?;
+        let floor = window_floor.min(newest_durable as u64);
+        if floor <= self.compacted.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         tx.execute(
             "DELETE FROM revisions WHERE revision <= ?1
              AND revision NOT IN (SELECT revision FROM objects)",
@@ -1302,6 +1318,38 @@ mod tests {
             .changes_since("core/pods", store.current_revision() - 2)
             .unwrap();
         assert_eq!(recent.len(), 2);
+    }
+
+    #[test]
+    fn a_durable_list_can_always_be_watched_despite_volatile_churn() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir); // keeps 5 revisions
+        store
+            .create("core/pods", "default", "p0", pod("p0"))
+            .unwrap();
+        let lease = json!({"metadata": {"name": "n1", "namespace": "kube-node-lease"}});
+        store
+            .create("coordination.k8s.io/leases", "kube-node-lease", "n1", lease)
+            .unwrap();
+        for i in 0..20 {
+            store
+                .update::<StoreError>("coordination.k8s.io/leases", "kube-node-lease", "n1", |l| {
+                    let mut l = l.clone();
+                    l["spec"] = json!({"renewTime": i});
+                    Ok(l)
+                })
+                .unwrap();
+        }
+        store.compact().unwrap();
+        let list = store.list_raw("core/pods", None, None, 0, None).unwrap();
+        assert!(list.revision < store.current_revision() - 5);
+        assert_eq!(
+            store
+                .changes_since("core/pods", list.revision)
+                .unwrap()
+                .len(),
+            0
+        );
     }
 
     #[test]

@@ -201,6 +201,8 @@ pub struct App {
     pub started: Instant,
     /// The user asked to leave.
     pub quit: bool,
+    /// The connection state changed since the last frame.
+    connection_changed: bool,
 }
 
 impl App {
@@ -235,6 +237,7 @@ impl App {
             wall: jiff::Timestamp::UNIX_EPOCH,
             started: now,
             quit: false,
+            connection_changed: false,
         }
     }
 
@@ -276,26 +279,44 @@ impl App {
     /// Whether the screen changes with time alone (pulses, ghosts, blinking LEDs, the
     /// "unreachable for" counter), so the runtime redraws on ticks.
     pub fn is_animating(&self) -> bool {
+        // A node's LED blinks when it is not Ready or while a pod on it starts.
+        let blinking = self
+            .cluster
+            .nodes
+            .values()
+            .any(|node| node.health(false) != hardware::status::NodeHealth::Ready)
+            || self
+                .cluster
+                .pods
+                .values()
+                .any(|pod| pod.node.is_some() && pod.state.is_starting());
         self.lost.is_some()
             || self.status.is_some()
+            || blinking
             || self.cluster.is_animating(self.now)
-            || self.cluster.nodes.values().any(|node| {
-                let starting = self
-                    .cluster
-                    .pods
-                    .values()
-                    .any(|p| p.node.as_ref() == Some(&node.name) && p.state.is_starting());
-                !matches!(node.health(starting), hardware::status::NodeHealth::Ready)
-            })
+    }
+
+    /// Whether the screen needs drawing because of what the feeds brought (a visible change
+    /// in the cluster, the master lost or back); resets the flag.
+    pub fn take_changes(&mut self) -> bool {
+        self.cluster.take_changes() | std::mem::take(&mut self.connection_changed)
     }
 
     fn feed(&mut self, update: Update) {
         match update {
-            Update::Listed { resource, items } => {
-                self.cluster.replace_all(resource, &items, self.now);
-                self.live.insert(resource);
-                if self.live.len() == Resource::ALL.len() {
-                    self.lost = None;
+            Update::Listed {
+                resource,
+                items,
+                first,
+                last,
+            } => {
+                self.cluster
+                    .list_page(resource, &items, first, last, self.now);
+                if last {
+                    self.connection_changed |= self.live.insert(resource);
+                    if self.live.len() == Resource::ALL.len() && self.lost.is_some() {
+                        self.lost = None;
+                    }
                 }
             }
             Update::Changed {
@@ -305,6 +326,7 @@ impl App {
             } => self.cluster.apply(resource, &kind, &object, self.now),
             Update::Usage(items) => self.cluster.set_usage(&items),
             Update::Lost { resource, error } => {
+                self.connection_changed = true;
                 self.live.remove(&resource);
                 match &mut self.lost {
                     Some((_, last)) => *last = error,
@@ -378,12 +400,7 @@ impl App {
     /// natural order (pi-2 before pi-10).
     pub fn lanes(&self) -> Vec<Lane> {
         let mut lanes = Vec::with_capacity(self.cluster.nodes.len() + 1);
-        if self
-            .cluster
-            .pods
-            .values()
-            .any(|p| p.node.is_none() && self.shows(p))
-        {
+        if self.cluster.pods_on(None).any(|p| self.shows(p)) {
             lanes.push(Lane::Pending);
         }
         let mut names: Vec<&String> = self.cluster.nodes.keys().collect();
@@ -400,9 +417,8 @@ impl App {
         };
         let mut pods: Vec<&Pod> = self
             .cluster
-            .pods
-            .values()
-            .filter(|p| p.node.as_ref() == node && self.shows(p))
+            .pods_on(node)
+            .filter(|p| self.shows(p))
             .collect();
         pods.sort_by(|a, b| {
             (&a.namespace, &a.owner.name, &a.name).cmp(&(&b.namespace, &b.owner.name, &b.name))
@@ -440,12 +456,14 @@ impl App {
         }
     }
 
-    /// The selected pod, if it is still in the selected lane.
+    /// The selected pod, if it is still in the selected lane and passes the filters.
     pub fn selected_pod(&self) -> Option<&Pod> {
-        let uid = self.pod.as_ref()?;
-        let pod = self.cluster.pods.get(uid)?;
-        let lane = self.selected_lane()?;
-        self.pods_in(&lane).into_iter().find(|p| p.uid == pod.uid)
+        let pod = self.cluster.pods.get(self.pod.as_ref()?)?;
+        let in_lane = match self.selected_lane()? {
+            Lane::Pending => pod.node.is_none(),
+            Lane::Node(name) => pod.node.as_ref() == Some(&name),
+        };
+        (in_lane && self.shows(pod)).then_some(pod)
     }
 
     /// The selected deployment, falling back to the first one.
@@ -758,9 +776,8 @@ impl App {
     /// Whether any visible pod on `node` is still starting.
     pub fn node_has_starting_pods(&self, node: &str) -> bool {
         self.cluster
-            .pods
-            .values()
-            .any(|p| p.node.as_deref() == Some(node) && p.state.is_starting())
+            .pods_on(Some(&node.to_owned()))
+            .any(|p| p.state.is_starting())
     }
 
     /// How long ago an RFC 3339 time was, as kubectl prints ages (`45s`, `3m`, `2h`, `4d`).
@@ -963,15 +980,15 @@ mod tests {
         app.handle(lost(Resource::Nodes));
         assert!(app.lost.is_some());
         assert!(app.is_animating());
-        app.handle(Message::Feed(Update::Listed {
-            resource: Resource::Pods,
-            items: Vec::new(),
-        }));
+        app.handle(Message::Feed(Update::whole_list(
+            Resource::Pods,
+            Vec::new(),
+        )));
         assert!(app.lost.is_some(), "nodes are not back yet");
-        app.handle(Message::Feed(Update::Listed {
-            resource: Resource::Nodes,
-            items: Vec::new(),
-        }));
+        app.handle(Message::Feed(Update::whole_list(
+            Resource::Nodes,
+            Vec::new(),
+        )));
         assert!(app.lost.is_none());
         assert!(app.cluster.pods.is_empty(), "the new list replaced the old");
     }

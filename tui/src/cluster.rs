@@ -265,6 +265,15 @@ pub struct Usage {
     pub memory: i64,
 }
 
+/// A list arriving in pages: what it held so far.
+#[derive(Debug, Default)]
+struct Listing {
+    /// Keys of the listed objects.
+    seen: BTreeSet<String>,
+    /// Listed events (kept aside: only the latest make it to the pane).
+    events: Vec<(String, EventLine)>,
+}
+
 /// Everything the dashboard knows about the cluster.
 #[derive(Debug, Default)]
 pub struct Cluster {
@@ -272,6 +281,8 @@ pub struct Cluster {
     pub nodes: BTreeMap<String, Node>,
     /// Pods by UID.
     pub pods: BTreeMap<String, Pod>,
+    /// Pod UIDs by node (`None`: not scheduled yet), so a card reads only its own pods.
+    pods_by_node: BTreeMap<Option<String>, BTreeSet<String>>,
     /// Pods that went recently.
     pub ghosts: Vec<Ghost>,
     /// Deployments by (namespace, name).
@@ -282,6 +293,10 @@ pub struct Cluster {
     pub usage: BTreeMap<String, Usage>,
     /// Event UIDs already shown, so a re-list does not repeat them.
     seen_events: BTreeSet<String>,
+    /// The lists being received, page by page (the feeds list at the same time).
+    listings: BTreeMap<Resource, Listing>,
+    /// Something visible changed since the last [`Cluster::take_changes`].
+    changed: bool,
     /// The API server's host, to recognise the master's node.
     master_host: String,
 }
@@ -295,46 +310,71 @@ impl Cluster {
         }
     }
 
-    /// Replaces everything of `resource` with a fresh list (after a (re)connect).
-    pub fn replace_all(&mut self, resource: Resource, items: &[Value], now: Instant) {
+    /// Takes one page of a fresh list of `resource` (after a (re)connect). Lists come in
+    /// pages so a big cluster never sits in memory as JSON all at once; when the last page
+    /// is in, what the list no longer holds goes.
+    pub fn list_page(
+        &mut self,
+        resource: Resource,
+        items: &[Value],
+        first: bool,
+        last: bool,
+        now: Instant,
+    ) {
+        if first {
+            self.listings.insert(resource, Listing::default());
+        }
+        let listing = self.listings.entry(resource).or_default();
+        for item in items {
+            match resource {
+                Resource::Events => listing.events.push((event_key(item), event_from(item))),
+                Resource::Nodes | Resource::Pods | Resource::Deployments => {
+                    listing.seen.insert(list_key(resource, item));
+                }
+            }
+        }
+        if resource != Resource::Events {
+            for item in items {
+                self.apply(resource, "ADDED", item, now);
+            }
+        }
+        if !last {
+            return;
+        }
+        let Listing { seen, mut events } = self.listings.remove(&resource).unwrap_or_default();
         match resource {
             Resource::Nodes => {
-                let names: BTreeSet<&str> = items
-                    .iter()
-                    .filter_map(|n| n["metadata"]["name"].as_str())
-                    .collect();
-                self.nodes.retain(|name, _| names.contains(name.as_str()));
+                let before = self.nodes.len();
+                self.nodes.retain(|name, _| seen.contains(name));
+                self.changed |= self.nodes.len() != before;
             }
             Resource::Pods => {
-                let uids: BTreeSet<&str> = items
-                    .iter()
-                    .filter_map(|p| p["metadata"]["uid"].as_str())
-                    .collect();
                 let gone: Vec<String> = self
                     .pods
                     .keys()
-                    .filter(|uid| !uids.contains(uid.as_str()))
+                    .filter(|uid| !seen.contains(*uid))
                     .cloned()
                     .collect();
                 for uid in gone {
                     self.remove_pod(&uid, now);
                 }
             }
-            Resource::Deployments => self.deployments.clear(),
+            Resource::Deployments => {
+                let before = self.deployments.len();
+                self.deployments
+                    .retain(|(namespace, name), _| seen.contains(&format!("{namespace}/{name}")));
+                self.changed |= self.deployments.len() != before;
+            }
             Resource::Events => {
                 // A list comes in name order; the pane wants the latest, oldest first.
-                let mut events: Vec<(String, &Value)> =
-                    items.iter().map(|e| (event_time(e), e)).collect();
-                events.sort_by(|a, b| a.0.cmp(&b.0));
+                events.sort_by(|a, b| a.1.time.cmp(&b.1.time));
                 let skip = events.len().saturating_sub(EVENTS_KEPT);
-                for (_, event) in &events[skip..] {
-                    self.apply(resource, "ADDED", event, now);
+                for (key, line) in events.into_iter().skip(skip) {
+                    if self.seen_events.insert(key) {
+                        self.push_event(line);
+                    }
                 }
-                return;
             }
-        }
-        for item in items {
-            self.apply(resource, "ADDED", item, now);
         }
     }
 
@@ -349,6 +389,7 @@ impl Cluster {
                 if deleted {
                     self.nodes.remove(name);
                     self.usage.remove(name);
+                    self.changed = true;
                     return;
                 }
                 let mut node = node_from(object, &self.master_host, now);
@@ -359,7 +400,12 @@ impl Cluster {
                     if same_state {
                         node.changed_at = old.changed_at;
                     }
+                    if *old == node {
+                        // A heartbeat: nothing on screen changes.
+                        return;
+                    }
                 }
+                self.changed = true;
                 self.nodes.insert(name.to_owned(), node);
             }
             Resource::Pods => {
@@ -375,7 +421,20 @@ impl Cluster {
                     if old.node == pod.node && old.state == pod.state {
                         pod.changed_at = old.changed_at;
                     }
+                    if *old == pod {
+                        return;
+                    }
                 }
+                self.changed = true;
+                if let Some(old) = self.pods.get(uid).filter(|old| old.node != pod.node) {
+                    if let Some(uids) = self.pods_by_node.get_mut(&old.node) {
+                        uids.remove(uid);
+                    }
+                }
+                self.pods_by_node
+                    .entry(pod.node.clone())
+                    .or_default()
+                    .insert(uid.to_owned());
                 self.pods.insert(uid.to_owned(), pod);
             }
             Resource::Deployments => {
@@ -383,24 +442,20 @@ impl Cluster {
                     str_at(object, "/metadata/namespace"),
                     str_at(object, "/metadata/name"),
                 );
-                if deleted {
-                    self.deployments.remove(&key);
-                } else {
-                    self.deployments
-                        .insert(key.clone(), deployment_from(key, object));
+                let deployment = (!deleted).then(|| deployment_from(key.clone(), object));
+                if self.deployments.get(&key) != deployment.as_ref() {
+                    self.changed = true;
+                    match deployment {
+                        Some(deployment) => self.deployments.insert(key, deployment),
+                        None => self.deployments.remove(&key),
+                    };
                 }
             }
             Resource::Events => {
                 if deleted {
                     return;
                 }
-                // An aggregated event comes back with a higher count: show it again.
-                let key = format!(
-                    "{}/{}",
-                    str_at(object, "/metadata/uid"),
-                    object["count"].as_i64().unwrap_or(1)
-                );
-                if self.seen_events.insert(key) {
+                if self.seen_events.insert(event_key(object)) {
                     self.push_event(event_from(object));
                 }
             }
@@ -409,6 +464,7 @@ impl Cluster {
 
     /// Adds a line to the event pane (the dashboard's own, or the cluster's).
     pub fn push_event(&mut self, event: EventLine) {
+        self.changed = true;
         self.events.push_back(event);
         while self.events.len() > EVENTS_KEPT {
             self.events.pop_front();
@@ -420,7 +476,7 @@ impl Cluster {
 
     /// Replaces node usage with a metrics list (`metrics.k8s.io` NodeMetrics).
     pub fn set_usage(&mut self, items: &[Value]) {
-        self.usage = items
+        let usage: BTreeMap<String, Usage> = items
             .iter()
             .filter_map(|item| {
                 let name = item["metadata"]["name"].as_str()?;
@@ -431,12 +487,33 @@ impl Cluster {
                 Some((name.to_owned(), usage))
             })
             .collect();
+        if usage != self.usage {
+            self.usage = usage;
+            self.changed = true;
+        }
+    }
+
+    /// Whether anything on screen changed since the last call (heartbeats that change nothing
+    /// visible do not count), so the runtime redraws only when there is something to show.
+    pub fn take_changes(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// The pods bound to `node`, or not scheduled yet (`None`).
+    pub fn pods_on<'a>(&'a self, node: Option<&String>) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.pods_by_node
+            .get(&node.cloned())
+            .into_iter()
+            .flatten()
+            .filter_map(|uid| self.pods.get(uid))
     }
 
     /// Forgets ghosts older than [`GHOST`].
     pub fn expire(&mut self, now: Instant) {
+        let before = self.ghosts.len();
         self.ghosts
             .retain(|ghost| now.saturating_duration_since(ghost.gone_at) < GHOST);
+        self.changed |= self.ghosts.len() != before;
     }
 
     /// Whether anything on screen is animating (a pulse or a ghost).
@@ -449,6 +526,13 @@ impl Cluster {
 
     fn remove_pod(&mut self, uid: &str, now: Instant) {
         if let Some(pod) = self.pods.remove(uid) {
+            self.changed = true;
+            if let Some(uids) = self.pods_by_node.get_mut(&pod.node) {
+                uids.remove(uid);
+                if uids.is_empty() {
+                    self.pods_by_node.remove(&pod.node);
+                }
+            }
             if pod.node.is_some() {
                 self.ghosts.push(Ghost { pod, gone_at: now });
             }
@@ -665,6 +749,29 @@ fn deployment_from((namespace, name): (String, String), object: &Value) -> Deplo
     }
 }
 
+/// An event's identity for the pane: an aggregated event that comes back with a higher
+/// count is shown again.
+fn event_key(object: &Value) -> String {
+    format!(
+        "{}/{}",
+        str_at(object, "/metadata/uid"),
+        object["count"].as_i64().unwrap_or(1)
+    )
+}
+
+/// What a list entry is known by: nodes by name, pods by UID, deployments by namespace/name.
+fn list_key(resource: Resource, object: &Value) -> String {
+    match resource {
+        Resource::Pods => str_at(object, "/metadata/uid"),
+        Resource::Deployments => format!(
+            "{}/{}",
+            str_at(object, "/metadata/namespace"),
+            str_at(object, "/metadata/name")
+        ),
+        Resource::Nodes | Resource::Events => str_at(object, "/metadata/name"),
+    }
+}
+
 /// When an event last happened.
 fn event_time(object: &Value) -> String {
     [
@@ -747,8 +854,10 @@ mod tests {
         cluster.apply(Resource::Pods, "ADDED", &pod, start);
         let later = start + Duration::from_secs(10);
         assert!(!cluster.is_animating(later));
+        assert!(cluster.take_changes());
         cluster.apply(Resource::Pods, "MODIFIED", &pod, later);
         assert_eq!(cluster.pods["u1"].changed_at, start, "no change, no pulse");
+        assert!(!cluster.take_changes(), "nothing to redraw");
         cluster.apply(Resource::Pods, "DELETED", &pod, later);
         assert_eq!(cluster.ghosts.len(), 1);
         assert!(cluster.is_animating(later));
@@ -756,9 +865,22 @@ mod tests {
         assert!(cluster.ghosts.is_empty());
         // A re-list that no longer holds a pod removes it too.
         cluster.apply(Resource::Pods, "ADDED", &pod, later);
-        cluster.replace_all(Resource::Pods, &[], later);
+        cluster.list_page(Resource::Pods, &[], true, true, later);
         assert!(cluster.pods.is_empty());
+        assert_eq!(cluster.pods_on(Some(&"pi-1".to_owned())).count(), 0);
         assert_eq!(cluster.ghosts.len(), 1);
+        // Lists of different kinds arrive interleaved, page by page.
+        let other = pod_json("u2", "web-2", Some("pi-2"), "Running");
+        cluster.list_page(
+            Resource::Pods,
+            std::slice::from_ref(&pod),
+            true,
+            false,
+            later,
+        );
+        cluster.list_page(Resource::Events, &[], true, true, later);
+        cluster.list_page(Resource::Pods, &[other], false, true, later);
+        assert_eq!(cluster.pods.len(), 2);
     }
 
     #[test]

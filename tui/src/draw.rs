@@ -1125,7 +1125,7 @@ mod tests {
             })
             .collect();
         for (resource, items) in [(Resource::Nodes, nodes), (Resource::Pods, pods)] {
-            app.handle(Message::Feed(Update::Listed { resource, items }));
+            app.handle(Message::Feed(Update::whole_list(resource, items)));
         }
         app.set_clock(app.now + Duration::from_secs(10), app.wall);
         for _ in 0..42 {

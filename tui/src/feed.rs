@@ -7,7 +7,7 @@
 //! (at most [`RETRY_MAX`]). Node usage has no watch in Kubernetes, so it alone is polled.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent::client::Client;
 use agent::pods::error_chain;
@@ -20,18 +20,24 @@ use crate::cluster::Resource;
 
 /// The longest pause between reconnection attempts.
 const RETRY_MAX: Duration = Duration::from_secs(3);
+/// Objects per list page.
+const PAGE: usize = 500;
 /// How often node usage is fetched.
 const USAGE_EVERY: Duration = Duration::from_secs(5);
 
 /// News from the API server.
 #[derive(Debug)]
 pub enum Update {
-    /// A full list of a kind (first connect and every reconnect).
+    /// A page of a full list of a kind (first connect and every reconnect).
     Listed {
         /// The kind.
         resource: Resource,
-        /// Its objects.
+        /// Its objects on this page.
         items: Vec<Value>,
+        /// The list's first page.
+        first: bool,
+        /// The list's last page.
+        last: bool,
     },
     /// One watch event.
     Changed {
@@ -53,6 +59,18 @@ pub enum Update {
     },
 }
 
+impl Update {
+    /// A whole list in one page.
+    pub fn whole_list(resource: Resource, items: Vec<Value>) -> Update {
+        Update::Listed {
+            resource,
+            items,
+            first: true,
+            last: true,
+        }
+    }
+}
+
 /// Starts every feed; they run until the returned set is dropped.
 pub fn start(client: Arc<Client>, inbox: UnboundedSender<Message>) -> JoinSet<()> {
     let mut feeds = JoinSet::new();
@@ -67,10 +85,10 @@ async fn follow(client: Arc<Client>, resource: Resource, inbox: UnboundedSender<
     let send = |update| inbox.send(Message::Feed(update)).is_ok();
     let mut pause = Duration::from_millis(250);
     loop {
-        let mut list = match client.get(resource.path()).await {
-            Ok(list) => list,
+        let mut version = match list_in_pages(&client, resource, &send).await {
+            Ok(Some(version)) => version,
+            Ok(None) => return,
             Err(error) => {
-                let error = error_chain(&error);
                 if !send(Update::Lost { resource, error }) {
                     return;
                 }
@@ -79,26 +97,22 @@ async fn follow(client: Arc<Client>, resource: Resource, inbox: UnboundedSender<
                 continue;
             }
         };
-        pause = Duration::from_millis(250);
-        let mut version = list
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("0")
-            .to_owned();
-        let items = match list["items"].take() {
-            Value::Array(items) => items,
-            _ => Vec::new(),
-        };
-        if !send(Update::Listed { resource, items }) {
-            return;
-        }
+        let watched = Instant::now();
         let mut events = match client.watch(resource.path(), &version).await {
             Ok(events) => events,
-            Err(_) => continue,
+            Err(error) => {
+                tracing::debug!(?resource, error = error_chain(&error), "watch refused");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_MAX);
+                continue;
+            }
         };
         while let Some(event) = events.recv().await {
             match event.kind.as_str() {
-                "ERROR" => break,
+                "ERROR" => {
+                    tracing::debug!(?resource, status = %event.object, "watch error");
+                    break;
+                }
                 "BOOKMARK" => {}
                 _ => {
                     if let Some(rv) = event.object.pointer("/metadata/resourceVersion") {
@@ -116,6 +130,59 @@ async fn follow(client: Arc<Client>, resource: Resource, inbox: UnboundedSender<
             }
         }
         tracing::debug!(?resource, version, "watch ended; listing again");
+        // A watch that ends at once (410 Gone, a server shutting down) must not turn into a
+        // tight list loop; one that ran a while resets the pause.
+        if watched.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_MAX);
+        } else {
+            pause = Duration::from_millis(250);
+        }
+    }
+}
+
+/// Lists a kind in pages of [`PAGE`] and sends each; returns the list's resourceVersion to
+/// watch from, `None` when the dashboard is gone, or the error in words.
+async fn list_in_pages(
+    client: &Client,
+    resource: Resource,
+    send: &impl Fn(Update) -> bool,
+) -> Result<Option<String>, String> {
+    let mut continue_token = String::new();
+    let mut version = None;
+    loop {
+        let mut path = format!("{}?limit={PAGE}", resource.path());
+        if !continue_token.is_empty() {
+            path.push_str("&continue=");
+            path.push_str(&continue_token);
+        }
+        let mut page = client.get(&path).await.map_err(|e| error_chain(&e))?;
+        let metadata = &page["metadata"];
+        // Every page is the same snapshot; the first one's version is where the watch starts.
+        version.get_or_insert_with(|| {
+            metadata["resourceVersion"]
+                .as_str()
+                .unwrap_or("0")
+                .to_owned()
+        });
+        let first = continue_token.is_empty();
+        continue_token = metadata["continue"].as_str().unwrap_or_default().to_owned();
+        let items = match page["items"].take() {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        };
+        let last = continue_token.is_empty();
+        if !send(Update::Listed {
+            resource,
+            items,
+            first,
+            last,
+        }) {
+            return Ok(None);
+        }
+        if last {
+            return Ok(version);
+        }
     }
 }
 

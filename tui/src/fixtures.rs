@@ -178,7 +178,7 @@ pub fn demo_app() -> App {
         (Resource::Events, events),
     ];
     for (resource, items) in feeds {
-        app.handle(Message::Feed(Update::Listed { resource, items }));
+        app.handle(Message::Feed(Update::whole_list(resource, items)));
     }
     app.handle(Message::Feed(Update::Usage(usage)));
     // A pod that just left pi-1 (still a ghost at the snapshot's time).
