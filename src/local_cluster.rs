@@ -466,7 +466,10 @@ bramble is up: {last} virtual Pis (pi-1..pi-{last}) running real containers.
   kubectl logs deploy/hello
   kubectl set image deployment/hello demo={demo}:2   # a rolling update
 
-Kill a Pi and watch its pods move, then bring it back:
+Watch it live, and kill a Pi with `x` (`r` revives it, `?` lists the keys):
+  {program} tui --kubeconfig {kubeconfig}
+
+Or kill a Pi from the shell and watch its pods move, then bring it back:
   {program} sim kill pi-2
   {program} sim revive pi-2
 
