@@ -1212,6 +1212,27 @@ mod tests {
         .unwrap()
     }
 
+    /// Creates lease n1 (volatile), then renews it `times` times.
+    fn create_and_renew_lease(store: &Store, times: usize) {
+        let lease = json!({"metadata": {"name": "n1", "namespace": "kube-node-lease"}});
+        store
+            .create("coordination.k8s.io/leases", "kube-node-lease", "n1", lease)
+            .unwrap();
+        renew_lease(store, times);
+    }
+
+    fn renew_lease(store: &Store, times: usize) {
+        for i in 0..times {
+            store
+                .update::<StoreError>("coordination.k8s.io/leases", "kube-node-lease", "n1", |l| {
+                    let mut l = l.clone();
+                    l["spec"] = json!({"renewTime": i});
+                    Ok(l)
+                })
+                .unwrap();
+        }
+    }
+
     #[test]
     fn create_get_update_delete_round_trip() {
         let dir = tempfile::tempdir().unwrap();
@@ -1327,19 +1348,7 @@ mod tests {
         store
             .create("core/pods", "default", "p0", pod("p0"))
             .unwrap();
-        let lease = json!({"metadata": {"name": "n1", "namespace": "kube-node-lease"}});
-        store
-            .create("coordination.k8s.io/leases", "kube-node-lease", "n1", lease)
-            .unwrap();
-        for i in 0..20 {
-            store
-                .update::<StoreError>("coordination.k8s.io/leases", "kube-node-lease", "n1", |l| {
-                    let mut l = l.clone();
-                    l["spec"] = json!({"renewTime": i});
-                    Ok(l)
-                })
-                .unwrap();
-        }
+        create_and_renew_lease(&store, 20);
         store.compact().unwrap();
         let list = store.list_raw("core/pods", None, None, 0, None).unwrap();
         assert!(list.revision < store.current_revision() - 5);
@@ -1445,21 +1454,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         store.reserve_revisions().unwrap();
-        let lease = json!({"metadata": {"name": "n1", "namespace": "kube-node-lease"}});
-        store
-            .create("coordination.k8s.io/leases", "kube-node-lease", "n1", lease)
-            .unwrap();
+        create_and_renew_lease(&store, 0);
         let wal = dir.path().join("store.db-wal");
         let before = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        for i in 0..100 {
-            store
-                .update::<StoreError>("coordination.k8s.io/leases", "kube-node-lease", "n1", |l| {
-                    let mut l = l.clone();
-                    l["spec"] = json!({"renewTime": i});
-                    Ok(l)
-                })
-                .unwrap();
-        }
+        renew_lease(&store, 100);
         let after = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
         assert_eq!(before, after);
         let changes = store

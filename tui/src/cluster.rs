@@ -493,6 +493,11 @@ impl Cluster {
         }
     }
 
+    /// A node's CPU and memory in use (zero until its first report).
+    pub fn usage_of(&self, node: &str) -> Usage {
+        self.usage.get(node).copied().unwrap_or_default()
+    }
+
     /// Whether anything on screen changed since the last call (heartbeats that change nothing
     /// visible do not count), so the runtime redraws only when there is something to show.
     pub fn take_changes(&mut self) -> bool {

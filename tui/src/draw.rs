@@ -388,12 +388,7 @@ fn shown_health(app: &App, node: &Node) -> NodeHealth {
 fn node_facts(app: &App, node: &Node, pods: &[&Pod], width: u16) -> Vec<Line<'static>> {
     let look = &app.look;
     let quiet = look.signal(Signal::Quiet);
-    let usage = app
-        .cluster
-        .usage
-        .get(&node.name)
-        .copied()
-        .unwrap_or_default();
+    let usage = app.cluster.usage_of(&node.name);
     let mut about = node.arch.clone();
     if !node.board.is_empty() {
         about.push_str(" · ");
@@ -654,12 +649,7 @@ fn draw_details(app: &App, frame: &mut Frame, area: Rect) {
 }
 
 fn node_details(app: &App, node: &Node) -> Vec<Line<'static>> {
-    let usage = app
-        .cluster
-        .usage
-        .get(&node.name)
-        .copied()
-        .unwrap_or_default();
+    let usage = app.cluster.usage_of(&node.name);
     let pods = app.pods_in(&Lane::Node(node.name.clone()));
     let starting = pods.iter().filter(|p| p.state.is_starting()).count();
     let failing = pods.iter().filter(|p| p.state.is_failing()).count();

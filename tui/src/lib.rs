@@ -4,7 +4,7 @@
 //!   feeds (list + watch per kind, usage poll) ─┐
 //!   keys (a thread reading the terminal) ──────┼─► inbox ─► App::handle ─► Command ─► actions task
 //!   ticks (4 Hz) ──────────────────────────────┤     │                              └► monkey
-//!   action outcomes, monkey events ────────────┘     └─► draw(&App), once per batch of messages
+//!   action outcomes, monkey events ────────────┘     └─► draw(&App): on visible change, ≤ 10 per second
 //! ```
 //!
 //! Network I/O never runs on the UI loop: feeds and actions are tasks that post messages, so
