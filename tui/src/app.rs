@@ -11,7 +11,7 @@
 //!     └──/──► LabelFilter(text) ──Enter: filter applied / Esc──► Browse
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use agent::chaos::{MonkeyEvent, MonkeyPolicy};
@@ -764,16 +764,7 @@ impl App {
 
     // ----- facts for the panes -----
 
-    /// Pods per state among the visible ones.
-    pub fn state_counts(&self) -> BTreeMap<&'static str, usize> {
-        let mut counts = BTreeMap::new();
-        for pod in self.cluster.pods.values().filter(|p| self.shows(p)) {
-            *counts.entry(pod.state.word()).or_insert(0) += 1;
-        }
-        counts
-    }
-
-    /// Whether any visible pod on `node` is still starting.
+    /// Whether any pod on `node` is still starting (its LED blinks meanwhile).
     pub fn node_has_starting_pods(&self, node: &str) -> bool {
         self.cluster
             .pods_on(Some(&node.to_owned()))
