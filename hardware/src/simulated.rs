@@ -160,7 +160,7 @@ impl StripDecoder {
     }
 
     fn take_byte(&mut self, byte: u8) {
-        let at_led_start = self.leds.len() % 4 == 0;
+        let at_led_start = self.leds.len().is_multiple_of(4);
         if self.zeros < 4 {
             self.zeros = if byte == 0 { self.zeros + 1 } else { 0 };
             return;
