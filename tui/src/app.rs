@@ -206,15 +206,18 @@ pub struct App {
 }
 
 impl App {
-    /// A dashboard for the API server at `server` (`https://host:port`).
-    pub fn new(server: &str, look: Look, demo: bool, policy: MonkeyPolicy, now: Instant) -> App {
-        let host = server
-            .trim_start_matches("https://")
-            .rsplit_once(':')
-            .map_or(server, |(host, _)| host)
-            .trim_matches(['[', ']']);
+    /// A dashboard for the API server at `server` (`https://host:port`, shown in the header)
+    /// whose host is `master_host` (to recognise the master's own node).
+    pub fn new(
+        server: &str,
+        master_host: &str,
+        look: Look,
+        demo: bool,
+        policy: MonkeyPolicy,
+        now: Instant,
+    ) -> App {
         App {
-            cluster: Cluster::new(host),
+            cluster: Cluster::new(master_host),
             server: server.to_owned(),
             live: BTreeSet::new(),
             lost: None,

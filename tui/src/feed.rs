@@ -85,7 +85,7 @@ async fn follow(client: Arc<Client>, resource: Resource, inbox: UnboundedSender<
     let send = |update| inbox.send(Message::Feed(update)).is_ok();
     let mut pause = Duration::from_millis(250);
     loop {
-        let mut version = match list_in_pages(&client, resource, &send).await {
+        let version = match list_in_pages(&client, resource, &send).await {
             Ok(Some(version)) => version,
             Ok(None) => return,
             Err(error) => {
@@ -115,9 +115,6 @@ async fn follow(client: Arc<Client>, resource: Resource, inbox: UnboundedSender<
                 }
                 "BOOKMARK" => {}
                 _ => {
-                    if let Some(rv) = event.object.pointer("/metadata/resourceVersion") {
-                        version = rv.as_str().unwrap_or_default().to_owned();
-                    }
                     let update = Update::Changed {
                         resource,
                         kind: event.kind,
@@ -129,7 +126,7 @@ async fn follow(client: Arc<Client>, resource: Resource, inbox: UnboundedSender<
                 }
             }
         }
-        tracing::debug!(?resource, version, "watch ended; listing again");
+        tracing::debug!(?resource, "watch ended; listing again");
         // A watch that ends at once (410 Gone, a server shutting down) must not turn into a
         // tight list loop; one that ran a while resets the pause.
         if watched.elapsed() < Duration::from_secs(1) {
@@ -158,7 +155,8 @@ async fn list_in_pages(
         }
         let mut page = client.get(&path).await.map_err(|e| error_chain(&e))?;
         let metadata = &page["metadata"];
-        // Every page is the same snapshot; the first one's version is where the watch starts.
+        // Later pages show the state when they are read; watching from the first page's
+        // version replays whatever changed meanwhile (applying a change twice is harmless).
         version.get_or_insert_with(|| {
             metadata["resourceVersion"]
                 .as_str()

@@ -103,6 +103,7 @@ pub fn demo_app() -> App {
     let start = Instant::now();
     let mut app = App::new(
         "https://10.99.0.1:6443",
+        "10.99.0.1",
         look(),
         false,
         MonkeyPolicy::default(),

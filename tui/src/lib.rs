@@ -25,7 +25,7 @@ mod fixtures;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use agent::chaos::{ChaosMonkey, MonkeyPolicy};
+use agent::chaos::{ChaosMonkey, ChaosTarget, MonkeyPolicy};
 use agent::client::{Client, ClientError};
 use tokio::sync::mpsc;
 
@@ -80,6 +80,7 @@ pub async fn run(options: Options) -> Result<(), TuiError> {
     };
     let mut app = App::new(
         &format!("https://{}", client.server_address()),
+        &client.master_host(),
         Look::from_env(),
         options.demo,
         options.monkey.clone(),
