@@ -184,6 +184,17 @@ fn rppal_error(bcm: u8, error: rppal::gpio::Error) -> GpioError {
     GpioError::Pin { bcm, why }
 }
 
+/// A simulated pin can be had once, like a real one.
+fn simulated_free(gpio: &SimulatedGpio, bcm: u8) -> Result<(), GpioError> {
+    match gpio.level(bcm) {
+        Some(_) => Err(GpioError::Pin {
+            bcm,
+            why: "already in use (two parts configured on one pin?)".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
 impl Backend {
     /// Opens the chosen backend; `Ok(None)` for [`BackendChoice::None`].
     pub fn open(choice: &BackendChoice) -> Result<Option<Backend>, GpioError> {
@@ -235,7 +246,10 @@ impl Backend {
     /// An output pin, driven low.
     pub fn output(&self, bcm: u8) -> Result<Output, GpioError> {
         match self {
-            Backend::Simulated(gpio) => Ok(Output(OutputKind::Simulated(gpio.output(bcm)))),
+            Backend::Simulated(gpio) => {
+                simulated_free(gpio, bcm)?;
+                Ok(Output(OutputKind::Simulated(gpio.output(bcm))))
+            }
             Backend::Chip(path) => gpiocdev::Request::builder()
                 .on_chip(path)
                 .with_consumer("bramble")
@@ -254,7 +268,10 @@ impl Backend {
     /// An input pin with the pull-up on (a button to ground reads low when pressed).
     pub fn input_pull_up(&self, bcm: u8) -> Result<Input, GpioError> {
         match self {
-            Backend::Simulated(gpio) => Ok(Input(InputKind::Simulated(gpio.input(bcm)))),
+            Backend::Simulated(gpio) => {
+                simulated_free(gpio, bcm)?;
+                Ok(Input(InputKind::Simulated(gpio.input(bcm))))
+            }
             Backend::Chip(path) => gpiocdev::Request::builder()
                 .on_chip(path)
                 .with_consumer("bramble")
@@ -402,6 +419,11 @@ mod tests {
         assert!(button.is_high().unwrap());
         gpio.press(27, true);
         assert!(button.is_low().unwrap());
+        let error = backend.output(27).unwrap_err();
+        assert!(
+            error.to_string().contains("BCM27: already in use"),
+            "{error}"
+        );
     }
 
     #[test]

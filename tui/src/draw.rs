@@ -10,7 +10,7 @@
 //!   key hints (what the keys do now)
 //! ```
 
-use hardware::status::{node_signal, pod_colour, NodeHealth, PodLight};
+use hardware::status::{node_signal, pod_colour, NodeHealth};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -459,14 +459,9 @@ fn led_line(app: &App, node: &Node, pods: &[&Pod]) -> Line<'static> {
         Span::raw(" "),
     ];
     for pod in pods.iter().take(POD_LEDS) {
-        let light = match pod.state {
-            s if s.is_failing() => PodLight::Failing,
-            PodState::Running => PodLight::Running,
-            _ => PodLight::Pending,
-        };
         spans.push(Span::styled(
             look.led(true),
-            look.fg(pod_colour(&pod.app, light)),
+            look.fg(pod_colour(&pod.app, pod.state.light())),
         ));
     }
     for _ in pods.len()..POD_LEDS {

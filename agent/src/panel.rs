@@ -1,0 +1,783 @@
+//! A Pi's front panel on GPIO: the status LED, a strip of APA102 LEDs (a Blinkt!) and
+//! buttons, driven by one thread that polls the buttons every 10 ms and redraws the LEDs when
+//! what they show changes.
+//!
+//! ```text
+//!   agent / master ──set_health, set_light, remove_light──► PanelState ◄── view() (GET /gpio)
+//!                                                              │
+//!   panel thread, every 10 ms: poll buttons ──Down──► feedback (white) at once
+//!                              │           └─Press/LongPress──► ButtonPress channel ─► chaos hook
+//!                              └─ status LED and strip, written only when they change
+//!   Panel dropped: thread stops, LEDs off
+//! ```
+//!
+//! Opening the backend can fail (no GPIO here); a pin that cannot be had only takes its own
+//! part out, recorded in [`PanelView::problems`], and the rest of the panel works.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hardware::apa102::Apa102;
+use hardware::backend::{Backend, BackendChoice, GpioError, Input, Output};
+use hardware::button::{Button, ButtonEvent, Debouncer};
+use hardware::led::StatusLed;
+use hardware::lights::StripLights;
+use hardware::simulated::SimulatedGpio;
+use hardware::status::{node_signal, Blink, NodeHealth, NodeSignal, Rgb};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// How often buttons are read (and the LEDs redrawn if they changed).
+pub const POLL: Duration = Duration::from_millis(10);
+/// How long the panel lights white after a button goes down.
+pub const FEEDBACK: Duration = Duration::from_millis(250);
+/// The strip's brightness (0-31): bright enough for a stage, not blinding up close.
+pub const DEFAULT_BRIGHTNESS: u8 = 8;
+
+/// The status LED's pins: one LED, or an RGB LED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusLedPins {
+    /// One LED on this BCM pin.
+    Single(u8),
+    /// An RGB LED, a BCM pin per colour.
+    Rgb {
+        /// Red.
+        red: u8,
+        /// Green.
+        green: u8,
+        /// Blue.
+        blue: u8,
+    },
+}
+
+fn bcm(text: &str) -> Result<u8, String> {
+    let pin: u8 = text
+        .trim()
+        .trim_start_matches("BCM")
+        .trim_start_matches("GPIO")
+        .parse()
+        .map_err(|_| format!("{text:?} is not a BCM pin number"))?;
+    if pin > 27 {
+        return Err(format!("BCM{pin} is not on the 40-pin header (BCM0-27)"));
+    }
+    Ok(pin)
+}
+
+impl FromStr for StatusLedPins {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.strip_prefix("rgb:") {
+            Some(pins) => match pins.split(',').map(bcm).collect::<Result<Vec<_>, _>>()?[..] {
+                [red, green, blue] => Ok(StatusLedPins::Rgb { red, green, blue }),
+                _ => Err(format!(
+                    "{text:?}: an RGB LED needs three pins, rgb:RED,GREEN,BLUE"
+                )),
+            },
+            None => bcm(text).map(StatusLedPins::Single),
+        }
+    }
+}
+
+impl fmt::Display for StatusLedPins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatusLedPins::Single(pin) => write!(f, "{pin}"),
+            StatusLedPins::Rgb { red, green, blue } => write!(f, "rgb:{red},{green},{blue}"),
+        }
+    }
+}
+
+/// An APA102 strip's pins and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StripPins {
+    /// Data pin (BCM).
+    pub data: u8,
+    /// Clock pin (BCM).
+    pub clock: u8,
+    /// LEDs on the strip.
+    pub len: usize,
+}
+
+impl StripPins {
+    /// A Pimoroni Blinkt!: 8 LEDs, data on BCM23, clock on BCM24.
+    pub const BLINKT: StripPins = StripPins {
+        data: 23,
+        clock: 24,
+        len: 8,
+    };
+}
+
+impl FromStr for StripPins {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "blinkt" {
+            return Ok(StripPins::BLINKT);
+        }
+        let usage = || format!("{text:?}: use blinkt, or apa102:DATA,CLOCK,LEDS (BCM pins)");
+        let fields: Vec<&str> = text
+            .strip_prefix("apa102:")
+            .ok_or_else(usage)?
+            .split(',')
+            .collect();
+        let [data, clock, len] = fields[..] else {
+            return Err(usage());
+        };
+        let len: usize = len.trim().parse().map_err(|_| usage())?;
+        if !(1..=144).contains(&len) {
+            return Err(format!("{text:?}: a strip has 1 to 144 LEDs"));
+        }
+        Ok(StripPins {
+            data: bcm(data)?,
+            clock: bcm(clock)?,
+            len,
+        })
+    }
+}
+
+impl fmt::Display for StripPins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == StripPins::BLINKT {
+            return f.write_str("blinkt");
+        }
+        write!(f, "apa102:{},{},{}", self.data, self.clock, self.len)
+    }
+}
+
+/// What a button does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ButtonAction {
+    /// A press kills this node, a long press revives it.
+    Kill,
+    /// A press starts or stops the chaos monkey (on the master).
+    Monkey,
+}
+
+impl fmt::Display for ButtonAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ButtonAction::Kill => "kill",
+            ButtonAction::Monkey => "monkey",
+        })
+    }
+}
+
+/// A button: what it does and its pin, written `kill=27`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ButtonPin {
+    /// What it does.
+    pub action: ButtonAction,
+    /// Its pin (BCM), wired to ground.
+    pub bcm: u8,
+}
+
+impl FromStr for ButtonPin {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (action, pin) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: write ACTION=PIN, e.g. kill=27 or monkey=22"))?;
+        let action = match action {
+            "kill" => ButtonAction::Kill,
+            "monkey" => ButtonAction::Monkey,
+            other => return Err(format!("unknown button action {other:?}: kill or monkey")),
+        };
+        Ok(ButtonPin {
+            action,
+            bcm: bcm(pin)?,
+        })
+    }
+}
+
+/// Everything on the panel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PanelConfig {
+    /// Where the pins come from; [`BackendChoice::None`] for no panel.
+    pub backend: BackendChoice,
+    /// The status LED, if any.
+    pub status_led: Option<StatusLedPins>,
+    /// The LED strip, if any.
+    pub strip: Option<StripPins>,
+    /// The buttons.
+    pub buttons: Vec<ButtonPin>,
+    /// The strip's brightness, 0-31.
+    pub brightness: u8,
+}
+
+impl Default for PanelConfig {
+    fn default() -> Self {
+        PanelConfig {
+            backend: BackendChoice::None,
+            status_led: None,
+            strip: None,
+            buttons: Vec::new(),
+            brightness: DEFAULT_BRIGHTNESS,
+        }
+    }
+}
+
+/// A button that did something: the panel thread sends these to whoever acts on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ButtonPress {
+    /// The button's action.
+    pub action: ButtonAction,
+    /// A long press (held for 1.5 s or more).
+    pub long: bool,
+}
+
+/// The panel as it is lit now, for `GET /gpio` and `bramble gpio`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PanelView {
+    /// The backend's name.
+    pub backend: String,
+    /// The status LED.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_led: Option<StatusLedView>,
+    /// The strip.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strip: Option<StripView>,
+    /// The buttons.
+    pub buttons: Vec<ButtonView>,
+    /// Parts that do not work, and why.
+    pub problems: Vec<String>,
+}
+
+/// The status LED as lit now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StatusLedView {
+    /// Its pins.
+    pub pins: String,
+    /// What it signals: ready, starting, notready, unknown or stopped.
+    pub health: String,
+    /// The blink pattern.
+    pub blink: String,
+    /// Lit right now.
+    pub lit: bool,
+    /// Its colour while lit, `#rrggbb`.
+    pub colour: String,
+}
+
+/// The strip as lit now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StripView {
+    /// Its pins.
+    pub pins: String,
+    /// Each LED's colour now, `#rrggbb`, nearest the Pi first.
+    pub leds: Vec<String>,
+    /// What each LED stands for (a pod `namespace/name` or a node), `None` when dark.
+    pub showing: Vec<Option<String>>,
+}
+
+/// A button.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ButtonView {
+    /// Its pin (BCM).
+    pub pin: u8,
+    /// What it does.
+    pub action: ButtonAction,
+    /// Held down right now.
+    pub pressed: bool,
+}
+
+fn hex(colour: Rgb) -> String {
+    format!("#{:02x}{:02x}{:02x}", colour.r, colour.g, colour.b)
+}
+
+fn health_word(health: NodeHealth) -> &'static str {
+    match health {
+        NodeHealth::Ready => "ready",
+        NodeHealth::Starting => "starting",
+        NodeHealth::NotReady => "notready",
+        NodeHealth::Unknown => "unknown",
+        NodeHealth::Stopped => "stopped",
+    }
+}
+
+fn blink_word(blink: Blink) -> &'static str {
+    match blink {
+        Blink::Off => "off",
+        Blink::Steady => "steady",
+        Blink::Slow => "slow",
+        Blink::Fast => "fast",
+    }
+}
+
+/// What the panel should show, shared between its owner and its thread.
+struct PanelState {
+    health: NodeHealth,
+    strip: StripLights,
+    feedback_until: Option<Instant>,
+    view: PanelView,
+}
+
+struct Shared {
+    state: Mutex<PanelState>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, PanelState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The pins the thread drives.
+struct Parts {
+    status_led: Option<StatusLed<Output>>,
+    strip: Option<Apa102<Output, Output>>,
+    buttons: Vec<(ButtonPin, Button<Input>)>,
+}
+
+/// A running panel; dropping it turns the LEDs off.
+pub struct Panel {
+    shared: Arc<Shared>,
+    simulated: Option<SimulatedGpio>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Panel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Panel").field("view", &self.view()).finish()
+    }
+}
+
+impl Panel {
+    /// Opens the backend and the pins and starts the panel thread. `Ok(None)` when the config
+    /// has no backend. Button presses arrive on the returned channel.
+    pub fn start(
+        config: &PanelConfig,
+    ) -> Result<Option<(Panel, mpsc::UnboundedReceiver<ButtonPress>)>, GpioError> {
+        let Some(backend) = Backend::open(&config.backend)? else {
+            return Ok(None);
+        };
+        let mut view = PanelView {
+            backend: backend.name(),
+            ..PanelView::default()
+        };
+        let simulated = backend.simulated().cloned();
+        let status_led = config.status_led.and_then(|pins| {
+            let led = match pins {
+                StatusLedPins::Single(pin) => backend.output(pin).map(StatusLed::Single),
+                StatusLedPins::Rgb { red, green, blue } => (|| {
+                    Ok(StatusLed::Rgb {
+                        red: backend.output(red)?,
+                        green: backend.output(green)?,
+                        blue: backend.output(blue)?,
+                    })
+                })(),
+            };
+            match led {
+                Ok(led) => {
+                    view.status_led = Some(StatusLedView {
+                        pins: pins.to_string(),
+                        ..StatusLedView::default()
+                    });
+                    Some(led)
+                }
+                Err(error) => {
+                    view.problems.push(format!("status LED: {error}"));
+                    None
+                }
+            }
+        });
+        let strip_len = config.strip.map_or(0, |pins| pins.len);
+        let strip = config.strip.and_then(|pins| {
+            if let Some(gpio) = &simulated {
+                gpio.watch_strip(pins.data, pins.clock);
+            }
+            match backend
+                .output(pins.data)
+                .and_then(|data| Ok((data, backend.output(pins.clock)?)))
+            {
+                Ok((data, clock)) => {
+                    view.strip = Some(StripView {
+                        pins: pins.to_string(),
+                        leds: vec![hex(Rgb::OFF); pins.len],
+                        showing: vec![None; pins.len],
+                    });
+                    Some(Apa102::new(data, clock, config.brightness))
+                }
+                Err(error) => {
+                    view.problems.push(format!("LED strip: {error}"));
+                    None
+                }
+            }
+        });
+        let mut buttons = Vec::new();
+        for button in &config.buttons {
+            match backend.input_pull_up(button.bcm) {
+                Ok(pin) => {
+                    view.buttons.push(ButtonView {
+                        pin: button.bcm,
+                        action: button.action,
+                        pressed: false,
+                    });
+                    buttons.push((*button, Button::new(pin, Debouncer::default())));
+                }
+                Err(error) => view
+                    .problems
+                    .push(format!("{} button: {error}", button.action)),
+            }
+        }
+        for problem in &view.problems {
+            tracing::error!("{problem}; the rest of the panel works without it");
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(PanelState {
+                health: NodeHealth::Unknown,
+                strip: StripLights::new(if strip.is_some() { strip_len } else { 0 }),
+                feedback_until: None,
+                view,
+            }),
+            stop: AtomicBool::new(false),
+        });
+        let (presses, received) = mpsc::unbounded_channel();
+        let parts = Parts {
+            status_led,
+            strip,
+            buttons,
+        };
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("panel".into())
+                .spawn(move || drive(&shared, parts, &presses))
+                .map_err(|e| GpioError::Unavailable {
+                    backend: backend.name(),
+                    why: format!("cannot start the panel thread: {e}"),
+                })?
+        };
+        tracing::info!(backend = backend.name(), "front panel started");
+        Ok(Some((
+            Panel {
+                shared,
+                simulated,
+                thread: Some(thread),
+            },
+            received,
+        )))
+    }
+
+    /// What the status LED signals.
+    pub fn set_health(&self, health: NodeHealth) {
+        self.shared.state().health = health;
+    }
+
+    /// Shows `key` on the strip in `colour` (a new key or colour flashes).
+    pub fn set_light(&self, key: &str, colour: Rgb) {
+        self.shared.state().strip.set(key, colour, Instant::now());
+    }
+
+    /// `key` is gone from the strip (its LED flashes out).
+    pub fn remove_light(&self, key: &str) {
+        self.shared.state().strip.remove(key, Instant::now());
+    }
+
+    /// Keeps only the keys `keep` accepts (after a fresh list).
+    pub fn retain_lights(&self, keep: impl FnMut(&str) -> bool) {
+        self.shared.state().strip.retain(keep, Instant::now());
+    }
+
+    /// The panel as lit now.
+    pub fn view(&self) -> PanelView {
+        let mut view = self.shared.state().view.clone();
+        if let Some(gpio) = &self.simulated {
+            for button in &mut view.buttons {
+                button.pressed = gpio.level(button.pin) == Some(false);
+            }
+        }
+        view
+    }
+
+    /// Presses a simulated button on `pin` for `hold`. Real buttons are pressed by hand.
+    pub async fn press(&self, pin: u8, hold: Duration) -> Result<(), String> {
+        let Some(gpio) = &self.simulated else {
+            return Err(format!(
+                "the {} backend has real buttons: press them by hand",
+                self.view().backend
+            ));
+        };
+        if !self.view().buttons.iter().any(|b| b.pin == pin) {
+            return Err(format!("there is no button on BCM{pin}"));
+        }
+        gpio.press(pin, true);
+        tokio::time::sleep(hold).await;
+        gpio.press(pin, false);
+        Ok(())
+    }
+}
+
+impl Drop for Panel {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The panel thread: buttons in, LEDs out, until told to stop; then the LEDs go dark.
+fn drive(shared: &Shared, mut parts: Parts, presses: &mpsc::UnboundedSender<ButtonPress>) {
+    let start = Instant::now();
+    let mut shown_status: Option<(bool, Rgb)> = None;
+    let mut shown_strip: Option<Vec<Rgb>> = None;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        let mut failed = Vec::new();
+        for (index, (pin, button)) in parts.buttons.iter_mut().enumerate() {
+            match button.poll(now) {
+                Ok(Some(ButtonEvent::Down)) => shared.state().feedback_until = Some(now + FEEDBACK),
+                Ok(Some(event)) => {
+                    let long = event == ButtonEvent::LongPress;
+                    tracing::info!(action = %pin.action, pin = pin.bcm, long, "button pressed");
+                    let _ = presses.send(ButtonPress {
+                        action: pin.action,
+                        long,
+                    });
+                }
+                Ok(None) => {}
+                Err(error) => failed.push((index, format!("{} button: {error}", pin.action))),
+            }
+        }
+        for (index, problem) in failed.into_iter().rev() {
+            tracing::error!("{problem}; the button is given up");
+            parts.buttons.remove(index);
+            shared.state().view.problems.push(problem);
+        }
+        let (health, signal, colours) = {
+            let mut state = shared.state();
+            let feedback = state.feedback_until.is_some_and(|until| now < until);
+            let signal = if feedback {
+                NodeSignal {
+                    blink: Blink::Steady,
+                    colour: Rgb::new(255, 255, 255),
+                }
+            } else {
+                node_signal(state.health)
+            };
+            let mut colours = state.strip.colours(now);
+            if feedback {
+                colours.fill(Rgb::new(255, 255, 255));
+            }
+            (state.health, signal, colours)
+        };
+        let millis = now.saturating_duration_since(start).as_millis() as u64;
+        let lit = signal.blink.lit_at(millis);
+        if let Some(led) = &mut parts.status_led {
+            if shown_status != Some((lit, signal.colour)) {
+                match led.show(signal, millis) {
+                    Ok(()) => {
+                        shown_status = Some((lit, signal.colour));
+                        if let Some(view) = &mut shared.state().view.status_led {
+                            view.health = health_word(health).into();
+                            view.blink = blink_word(signal.blink).into();
+                            view.lit = lit;
+                            view.colour = hex(signal.colour);
+                        }
+                    }
+                    Err(error) => {
+                        let problem = format!("status LED: {error}");
+                        tracing::error!("{problem}; the LED is given up");
+                        parts.status_led = None;
+                        shared.state().view.problems.push(problem);
+                    }
+                }
+            }
+        }
+        if let Some(strip) = &mut parts.strip {
+            if shown_strip.as_ref() != Some(&colours) {
+                match strip.show(&colours) {
+                    Ok(()) => {
+                        let mut state = shared.state();
+                        let showing = state
+                            .strip
+                            .keys()
+                            .into_iter()
+                            .map(|k| k.map(str::to_owned))
+                            .collect();
+                        if let Some(view) = &mut state.view.strip {
+                            view.leds = colours.iter().copied().map(hex).collect();
+                            view.showing = showing;
+                        }
+                        shown_strip = Some(colours);
+                    }
+                    Err(error) => {
+                        let problem = format!("LED strip: {error:?}");
+                        tracing::error!("{problem}; the strip is given up");
+                        parts.strip = None;
+                        shared.state().view.problems.push(problem);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+    if let Some(led) = &mut parts.status_led {
+        let _ = led.off();
+    }
+    if let Some(strip) = &mut parts.strip {
+        let _ = strip.show(&vec![Rgb::OFF; shown_strip.map_or(0, |s| s.len())]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_parse_and_print_back() {
+        for text in ["17", "rgb:5,6,13"] {
+            assert_eq!(text.parse::<StatusLedPins>().unwrap().to_string(), text);
+        }
+        assert_eq!("GPIO17".parse(), Ok(StatusLedPins::Single(17)));
+        assert!("rgb:5,6"
+            .parse::<StatusLedPins>()
+            .unwrap_err()
+            .contains("three pins"));
+        assert!("40"
+            .parse::<StatusLedPins>()
+            .unwrap_err()
+            .contains("BCM0-27"));
+        for text in ["blinkt", "apa102:10,11,30"] {
+            assert_eq!(text.parse::<StripPins>().unwrap().to_string(), text);
+        }
+        assert_eq!("apa102:23,24,8".parse(), Ok(StripPins::BLINKT));
+        assert!("apa102:1,2"
+            .parse::<StripPins>()
+            .unwrap_err()
+            .contains("apa102:DATA,CLOCK,LEDS"));
+        assert!("apa102:1,2,0"
+            .parse::<StripPins>()
+            .unwrap_err()
+            .contains("1 to 144"));
+        assert_eq!(
+            "monkey=22".parse(),
+            Ok(ButtonPin {
+                action: ButtonAction::Monkey,
+                bcm: 22
+            })
+        );
+        assert!("reboot=3"
+            .parse::<ButtonPin>()
+            .unwrap_err()
+            .contains("kill or monkey"));
+        assert!("27".parse::<ButtonPin>().unwrap_err().contains("kill=27"));
+    }
+
+    fn simulated_kit() -> PanelConfig {
+        PanelConfig {
+            backend: BackendChoice::Simulated,
+            status_led: Some(StatusLedPins::Single(17)),
+            strip: Some(StripPins::BLINKT),
+            buttons: vec![ButtonPin {
+                action: ButtonAction::Kill,
+                bcm: 27,
+            }],
+            brightness: 31,
+        }
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn no_backend_no_panel() {
+        assert!(Panel::start(&PanelConfig::default()).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_simulated_kit_shows_health_and_pods_and_goes_dark_when_dropped() {
+        let (panel, _presses) = Panel::start(&simulated_kit()).unwrap().unwrap();
+        let gpio = panel.simulated.clone().unwrap();
+        panel.set_health(NodeHealth::Ready);
+        wait_for("the status LED", || gpio.level(17) == Some(true));
+        let blue = Rgb::new(0, 0, 255);
+        panel.set_light("default/web-1", blue);
+        wait_for("the pod LED to settle", || {
+            gpio.strip(24).first() == Some(&blue)
+                && !panel.shared.state().strip.animating(Instant::now())
+        });
+        let view = panel.view();
+        assert_eq!(view.backend, "simulated");
+        let strip = view.strip.unwrap();
+        assert_eq!(strip.leds[0], "#0000ff");
+        assert_eq!(strip.showing[0].as_deref(), Some("default/web-1"));
+        assert_eq!(view.status_led.unwrap().health, "ready");
+        drop(panel);
+        assert_eq!(gpio.level(17), Some(false));
+        assert_eq!(gpio.strip(24), [Rgb::OFF; 8]);
+    }
+
+    #[tokio::test]
+    async fn a_press_lights_the_panel_at_once_and_is_reported() {
+        let (panel, mut presses) = Panel::start(&simulated_kit()).unwrap().unwrap();
+        let gpio = panel.simulated.clone().unwrap();
+        panel.set_health(NodeHealth::NotReady);
+        gpio.press(27, true);
+        let down = Instant::now();
+        while gpio.strip(24) != [Rgb::new(255, 255, 255); 8] {
+            assert!(
+                down.elapsed() < Duration::from_millis(100),
+                "no feedback within 100 ms"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        gpio.press(27, false);
+        let press = tokio::time::timeout(Duration::from_secs(2), presses.recv()).await;
+        assert_eq!(
+            press.unwrap(),
+            Some(ButtonPress {
+                action: ButtonAction::Kill,
+                long: false
+            })
+        );
+        panel.press(27, Duration::from_secs(2)).await.unwrap();
+        let press = tokio::time::timeout(Duration::from_secs(2), presses.recv()).await;
+        assert_eq!(press.unwrap().map(|p| p.long), Some(true));
+        assert!(panel
+            .press(5, Duration::ZERO)
+            .await
+            .unwrap_err()
+            .contains("no button on BCM5"));
+    }
+
+    #[test]
+    fn a_pin_in_use_takes_out_only_its_part() {
+        let mut config = simulated_kit();
+        config.status_led = Some(StatusLedPins::Single(24));
+        let (panel, _presses) = Panel::start(&config).unwrap().unwrap();
+        let view = panel.view();
+        assert!(view.status_led.is_some());
+        assert!(view.strip.is_none());
+        assert_eq!(view.buttons.len(), 1);
+        assert_eq!(view.problems.len(), 1);
+        assert!(
+            view.problems[0].starts_with("LED strip: GPIO pin BCM24: already in use"),
+            "{:?}",
+            view.problems
+        );
+    }
+
+    #[test]
+    fn a_missing_chip_is_named() {
+        let mut config = simulated_kit();
+        config.backend = BackendChoice::Chip(Some("/dev/gpiochip-none".into()));
+        let error = Panel::start(&config).unwrap_err();
+        assert!(error.to_string().contains("/dev/gpiochip-none"), "{error}");
+    }
+}
