@@ -358,6 +358,9 @@ fn start_agent(pi: &VirtualPi, join: &Join, registry: &str) -> anyhow::Result<Ch
         .arg(registry)
         .arg("--label")
         .arg("bramble.dev/virtual=true")
+        // Virtual Pis have the demo kit on a simulated header: `bramble gpio pi-N`.
+        .arg("--gpio")
+        .arg("simulated")
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

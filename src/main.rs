@@ -1,5 +1,6 @@
 //! The `bramble` binary: one executable whose subcommands run the parts of the cluster.
 
+mod gpio_command;
 mod local_cluster;
 
 use std::net::SocketAddr;
@@ -80,6 +81,16 @@ enum Command {
     ///   bramble tui --monkey-interval 20s --monkey-dead-for 15s --monkey-min-ready 2
     #[command(verbatim_doc_comment)]
     Tui(TuiArgs),
+    /// Show a node's front panel (status LED, pod LEDs, buttons) and press its buttons.
+    ///
+    /// Reads the panel through the master (GET /api/v1/nodes/NODE/proxy/gpio). The virtual Pis
+    /// of `bramble up` have a simulated panel whose buttons can be pressed from here:
+    ///
+    ///   bramble gpio pi-2                       # what its LEDs show, LED by LED
+    ///   bramble gpio pi-2 --press kill          # a short press: the node dies
+    ///   bramble gpio pi-2 --press kill --hold 2s   # a long press: it comes back
+    #[command(verbatim_doc_comment)]
+    Gpio(gpio_command::GpioArgs),
     /// Run the node agent: join a master and run the pods it schedules here in real containers.
     ///
     /// Registers this machine as a Node, heartbeats, and runs pods with youki's libcontainer
@@ -109,6 +120,16 @@ struct TuiArgs {
     /// Destructive keys (kill, drain, delete, monkey) act without asking.
     #[arg(long)]
     demo: bool,
+    #[command(flatten)]
+    monkey: MonkeyArgs,
+    /// Write the dashboard's own log here (the screen has no room for it).
+    #[arg(long)]
+    log: Option<PathBuf>,
+}
+
+/// The chaos monkey's policy, shared by the dashboard and the master's monkey button.
+#[derive(Args)]
+struct MonkeyArgs {
     /// The chaos monkey kills a node this often (20s, 2m).
     #[arg(long, default_value = "30s", value_parser = agent::chaos::parse_duration)]
     monkey_interval: Duration,
@@ -121,9 +142,72 @@ struct TuiArgs {
     /// The monkey never leaves fewer Ready nodes than this.
     #[arg(long, default_value_t = 2)]
     monkey_min_ready: usize,
-    /// Write the dashboard's own log here (the screen has no room for it).
-    #[arg(long)]
-    log: Option<PathBuf>,
+}
+
+impl MonkeyArgs {
+    fn policy(self) -> agent::chaos::MonkeyPolicy {
+        agent::chaos::MonkeyPolicy {
+            interval: self.monkey_interval,
+            dead_for: self.monkey_dead_for,
+            nodes: self.monkey_nodes,
+            min_ready: self.monkey_min_ready,
+        }
+    }
+}
+
+/// LEDs and buttons on the Pi's GPIO (see the README's wiring guide).
+#[derive(Args)]
+struct PanelArgs {
+    /// Where LEDs and buttons are: none, simulated (no hardware; see `bramble gpio`),
+    /// gpiochip (the GPIO character device, any kernel; gpiochip:/dev/gpiochipN to pick the
+    /// chip) or rppal (Raspberry Pi OS).
+    #[arg(long, default_value = "none", value_name = "BACKEND")]
+    gpio: hardware::backend::BackendChoice,
+    /// The status LED: a BCM pin (17), an RGB LED (rgb:5,6,13), or none.
+    #[arg(long, default_value = "17", value_name = "PINS", value_parser = parse_status_led)]
+    status_led: ::std::option::Option<agent::panel::StatusLedPins>,
+    /// The APA102 strip: blinkt (BCM23 data, BCM24 clock, 8 LEDs), apa102:DATA,CLOCK,LEDS, or
+    /// none. A node shows one LED per pod, the master one per node.
+    #[arg(long, default_value = "blinkt", value_name = "STRIP", value_parser = parse_strip)]
+    strip: ::std::option::Option<agent::panel::StripPins>,
+    /// Buttons (to ground) as ACTION=PIN, comma-separated: kill=27 on a node (press kills it,
+    /// a long press revives it), monkey=22 on the master (starts and stops the chaos monkey);
+    /// none for no buttons. Default: kill=27 on a node, monkey=22 on the master.
+    #[arg(long, value_name = "BUTTONS")]
+    buttons: Option<String>,
+    /// The strip's brightness, 0-31.
+    #[arg(long, default_value_t = agent::panel::DEFAULT_BRIGHTNESS, value_parser = clap::value_parser!(u8).range(0..=31))]
+    brightness: u8,
+}
+
+fn parse_status_led(text: &str) -> Result<Option<agent::panel::StatusLedPins>, String> {
+    (text != "none").then(|| text.parse()).transpose()
+}
+
+fn parse_strip(text: &str) -> Result<Option<agent::panel::StripPins>, String> {
+    (text != "none").then(|| text.parse()).transpose()
+}
+
+impl PanelArgs {
+    /// The panel's config; `default_buttons` when --buttons is not given.
+    fn config(self, default_buttons: &str) -> anyhow::Result<agent::panel::PanelConfig> {
+        let buttons = self.buttons.as_deref().unwrap_or(default_buttons);
+        let buttons = match buttons {
+            "none" | "" => Vec::new(),
+            list => list
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<_, String>>()
+                .map_err(|e| anyhow::anyhow!("--buttons: {e}"))?,
+        };
+        Ok(agent::panel::PanelConfig {
+            backend: self.gpio,
+            status_led: self.status_led,
+            strip: self.strip,
+            buttons,
+            brightness: self.brightness,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -162,9 +246,12 @@ struct AgentArgs {
     /// The resolv.conf given to pods.
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    #[command(flatten)]
+    panel: PanelArgs,
 }
 
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let panel = args.panel.config("kill=27")?;
     let node_name = match args.node_name {
         Some(name) => name,
         None => nix_hostname()?,
@@ -195,6 +282,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         bridge: args.bridge,
         monitor_exe: std::env::current_exe().context("finding the bramble binary")?,
         resolv_conf: args.resolv_conf,
+        panel,
     };
     tokio::select! {
         result = agent::node::run(config) => result?,
@@ -346,6 +434,10 @@ struct MasterArgs {
     listen: SocketAddr,
     #[command(flatten)]
     cluster: ClusterArgs,
+    #[command(flatten)]
+    panel: PanelArgs,
+    #[command(flatten)]
+    monkey: MonkeyArgs,
 }
 
 #[derive(Args)]
@@ -516,12 +608,7 @@ async fn run_tui(args: TuiArgs) -> anyhow::Result<()> {
     let options = tui::Options {
         kubeconfig,
         demo: args.demo,
-        monkey: agent::chaos::MonkeyPolicy {
-            interval: args.monkey_interval,
-            dead_for: args.monkey_dead_for,
-            nodes: args.monkey_nodes,
-            min_ready: args.monkey_min_ready,
-        },
+        monkey: args.monkey.policy(),
     };
     Ok(tui::run(options).await?)
 }
@@ -536,7 +623,17 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn run_master(config: master::MasterConfig, up_nodes: Option<usize>) -> anyhow::Result<()> {
+/// The master's front panel: one LED per node and the monkey button.
+struct MasterPanel {
+    config: agent::panel::PanelConfig,
+    monkey: agent::chaos::MonkeyPolicy,
+}
+
+async fn run_master(
+    config: master::MasterConfig,
+    up_nodes: Option<usize>,
+    panel: Option<MasterPanel>,
+) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let started = master::Master::start(config)
         .await
@@ -551,6 +648,17 @@ async fn run_master(config: master::MasterConfig, up_nodes: Option<usize>) -> an
         started.server_url(),
         data_dir.join("join.token").display()
     );
+    let panel = match panel {
+        Some(panel) if panel.config.backend != hardware::backend::BackendChoice::None => {
+            let client = agent::client::Client::from_kubeconfig(&started.kubeconfig_path)?;
+            Some(tokio::spawn(agent::panel::run_master_panel(
+                client,
+                panel.config,
+                panel.monkey,
+            )))
+        }
+        _ => None,
+    };
     let mut nodes = None;
     if let Some(count) = up_nodes {
         if count > 0 {
@@ -578,8 +686,9 @@ async fn run_master(config: master::MasterConfig, up_nodes: Option<usize>) -> an
         );
     }
     started.serve(shutdown_signal()).await?;
-    if let Some(nodes) = nodes {
-        nodes.abort();
+    for task in [nodes, panel].into_iter().flatten() {
+        task.abort();
+        let _ = task.await;
     }
     Ok(())
 }
@@ -674,9 +783,14 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Master(args) => {
+                let panel = MasterPanel {
+                    config: args.panel.config("monkey=22")?,
+                    monkey: args.monkey.policy(),
+                };
                 run_master(
                     master_config(args.data_dir, args.listen, args.cluster),
                     None,
+                    Some(panel),
                 )
                 .await
             }
@@ -685,6 +799,7 @@ fn main() {
                 run_master(
                     master_config(args.data_dir, listen, args.cluster),
                     Some(args.nodes.into()),
+                    None,
                 )
                 .await
             }
@@ -710,6 +825,7 @@ fn main() {
             Command::Down(args) => local_cluster::down(&args.data_dir, args.purge).await,
             Command::Sim(args) => run_sim(args).await,
             Command::Tui(args) => run_tui(args).await,
+            Command::Gpio(args) => gpio_command::run(args).await,
             Command::Agent(args) => run_agent(args).await,
             Command::Monitor(_) | Command::ExecIn(_) => {
                 unreachable!("container helpers run before the async runtime")

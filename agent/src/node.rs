@@ -23,6 +23,7 @@ use crate::client::{now_time, renew_node_lease, Client, ClientError};
 use crate::image::{ImageError, ImageStore, Platform};
 use crate::network::{Cidr, NetworkError, PodNetwork};
 use crate::node_server::{ensure_identity, AgentIdentity, NodeServer, AGENT_PORT, CERT_ANNOTATION};
+use crate::panel::{ButtonAction, ButtonPress, NodePanel, Panel, PanelConfig};
 use crate::pods::{spawn_worker, IpAllocator, NodeContext, PodHandle};
 use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
 use crate::services::proxy::NodeFacts;
@@ -52,6 +53,8 @@ pub struct AgentConfig {
     pub monitor_exe: PathBuf,
     /// The resolv.conf given to pods.
     pub resolv_conf: PathBuf,
+    /// LEDs and buttons on GPIO.
+    pub panel: PanelConfig,
 }
 
 /// Why the agent stopped.
@@ -426,9 +429,14 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         data_usage: Mutex::new(0.0),
         images: Mutex::new(None),
     });
+    let panel = start_panel(&config.panel, &client, &config.node_name);
     let registered = agent.register().await?;
     let down = registered["metadata"]["annotations"][CHAOS_ANNOTATION].is_string();
     agent.dead.store(down, Ordering::SeqCst);
+    if let Some(panel) = &panel {
+        panel.set_dead(down);
+        panel.node_changed(&registered);
+    }
     let timings = timings(&client).await;
     agent.renew_lease().await;
     {
@@ -543,6 +551,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         let network = network.clone();
         let pods_dir = pods_dir.clone();
         let workers = workers.clone();
+        let panel = panel.clone();
         tokio::spawn(async move {
             let mut routes: BTreeMap<String, (Cidr, Ipv4Addr)> = BTreeMap::new();
             let (changed_tx, mut changed_rx) = tokio::sync::watch::channel(0u64);
@@ -571,6 +580,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                         return;
                     }
                     if name == own {
+                        if let Some(panel) = &panel {
+                            panel.node_changed(node);
+                        }
                         let chaos = node["metadata"]["annotations"][CHAOS_ANNOTATION].as_str();
                         if let Some(seconds) = chaos.and_then(|c| c.strip_prefix("link-down")) {
                             let seconds = seconds.trim_start_matches(':').parse().unwrap_or(20u64);
@@ -579,6 +591,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                         }
                         let kill = chaos == Some("kill");
                         let dead = agent.dead.swap(kill, Ordering::SeqCst);
+                        if let Some(panel) = &panel {
+                            panel.set_dead(kill);
+                        }
                         if kill != dead {
                             services.nudge();
                         }
@@ -683,6 +698,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             workers: workers.clone(),
             pods_dir: pods_dir.clone(),
             runner: ctx.runner.clone(),
+            panel: panel.clone(),
         });
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -707,6 +723,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let dead_agent = agent.clone();
     client
         .follow(&selector, |kind, pod| {
+            if let Some(panel) = &panel {
+                panel.pod_event(kind, pod);
+            }
             let mut workers = workers.lock().expect("workers lock");
             if kind == "LISTING" {
                 listing = true;
@@ -782,6 +801,77 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         })
         .await;
     Ok(())
+}
+
+/// Starts the node's front panel, if it has one, and acts on its buttons: a press kills the
+/// node through the chaos hook, a long press revives it. A panel that cannot start is logged
+/// and the node runs without it.
+fn start_panel(config: &PanelConfig, client: &Arc<Client>, node: &str) -> Option<Arc<NodePanel>> {
+    let (panel, mut presses) = match Panel::start(config) {
+        Ok(Some(started)) => started,
+        Ok(None) => return None,
+        Err(error) => {
+            tracing::error!("{error}; this node runs without its LEDs and buttons");
+            return None;
+        }
+    };
+    let client = client.clone();
+    let node = node.to_owned();
+    tokio::spawn(async move {
+        while let Some(ButtonPress { action, long }) = presses.recv().await {
+            if action == ButtonAction::Monkey {
+                tracing::warn!("the monkey button works on the master's panel; ignored here");
+                continue;
+            }
+            let (alive, what) = if long {
+                (true, "reviving it")
+            } else {
+                (false, "killing it")
+            };
+            tracing::warn!(node, "chaos: the node's button was pressed: {what}");
+            match crate::chaos::set_node_alive(&client, &node, alive).await {
+                Ok(()) => {
+                    node_event(
+                        &client,
+                        &node,
+                        if long { "ButtonRevive" } else { "ButtonKill" },
+                        &format!("the button on {node} was pressed: {what}"),
+                    )
+                    .await
+                }
+                Err(error) => {
+                    tracing::error!(error = %crate::pods::error_chain(&error), "the button could not change the node")
+                }
+            }
+        }
+    });
+    Some(Arc::new(NodePanel::new(panel)))
+}
+
+/// Records an event about this node (the dashboard's event pane shows it).
+async fn node_event(client: &Client, node: &str, reason: &str, message: &str) {
+    let now = now_time();
+    let event = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": format!("{node}."), "namespace": "default"},
+        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node},
+        "reason": reason,
+        "message": message,
+        "type": "Warning",
+        "source": {"component": "bramble-agent", "host": node},
+        "reportingComponent": "bramble-agent",
+        "reportingInstance": node,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    });
+    if let Err(error) = client
+        .create("/api/v1/namespaces/default/events", &event)
+        .await
+    {
+        tracing::debug!(%error, "event not recorded");
+    }
 }
 
 /// The chaos hook's link-down: clears the request (so it runs once), then takes the node's

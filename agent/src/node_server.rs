@@ -53,6 +53,8 @@ pub struct NodeServer {
     pub pods_dir: PathBuf,
     /// How to exec into containers.
     pub runner: ContainerRunner,
+    /// The node's front panel, if it has one (`GET /gpio`, simulated presses).
+    pub panel: Option<Arc<crate::panel::NodePanel>>,
 }
 
 /// The agent's TLS identity: its certificate and key (PEM) and the certificate's SHA-256.
@@ -174,6 +176,61 @@ fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+fn json_response(value: &impl serde::Serialize) -> Response<Body> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(serde_json::to_vec(value).expect("JSON serializes")))
+        .expect("valid response")
+}
+
+fn no_panel() -> Response<Body> {
+    status_error(
+        404,
+        "NotFound",
+        "this node has no front panel: start its agent with --gpio (e.g. --gpio simulated)",
+    )
+}
+
+/// Presses a simulated button, named by its pin (`27`) or its action (`kill`), for `hold`
+/// (`300ms` by default; `2s` is a long press).
+async fn press_button(
+    panel: &crate::panel::NodePanel,
+    button: &str,
+    query: &[(String, String)],
+) -> Response<Body> {
+    let view = panel.panel().view();
+    let pin = button.parse::<u8>().ok().or_else(|| {
+        view.buttons
+            .iter()
+            .find(|b| b.action.to_string() == button)
+            .map(|b| b.pin)
+    });
+    let Some(pin) = pin else {
+        let known: Vec<String> = view
+            .buttons
+            .iter()
+            .map(|b| format!("{} (BCM{})", b.action, b.pin))
+            .collect();
+        return status_error(
+            404,
+            "NotFound",
+            format!("no button {button:?}; this panel has: {}", known.join(", ")),
+        );
+    };
+    let hold = match query.iter().find(|(k, _)| k == "hold") {
+        None => Duration::from_millis(300),
+        Some((_, text)) => match crate::chaos::parse_duration(text) {
+            Ok(hold) if hold <= Duration::from_secs(10) => hold,
+            Ok(_) => return status_error(400, "BadRequest", "hold a button for at most 10s"),
+            Err(error) => return status_error(400, "BadRequest", error),
+        },
+    };
+    match panel.panel().press(pin, hold).await {
+        Ok(()) => json_response(&json!({"pressed": pin, "heldMillis": hold.as_millis() as u64})),
+        Err(error) => status_error(409, "Conflict", error),
+    }
+}
+
 /// Why a request is refused: HTTP code, Status reason, message.
 struct Refusal(u16, &'static str, String);
 
@@ -267,6 +324,14 @@ impl NodeServer {
                 };
                 self.exec(request, attempts, query, container).await
             }
+            (&Method::GET, ["gpio"]) => match &self.panel {
+                Some(panel) => json_response(&panel.panel().view()),
+                None => no_panel(),
+            },
+            (&Method::POST, ["gpio", "buttons", button, "press"]) => match &self.panel {
+                Some(panel) => press_button(panel, button, &query).await,
+                None => no_panel(),
+            },
             _ => status_error(404, "NotFound", format!("no route for {path}")),
         }
     }

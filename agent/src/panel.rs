@@ -529,7 +529,7 @@ impl Drop for Panel {
 /// The panel thread: buttons in, LEDs out, until told to stop; then the LEDs go dark.
 fn drive(shared: &Shared, mut parts: Parts, presses: &mpsc::UnboundedSender<ButtonPress>) {
     let start = Instant::now();
-    let mut shown_status: Option<(bool, Rgb)> = None;
+    let mut shown_status: Option<(bool, Rgb, NodeHealth)> = None;
     let mut shown_strip: Option<Vec<Rgb>> = None;
     while !shared.stop.load(Ordering::SeqCst) {
         let now = Instant::now();
@@ -574,10 +574,10 @@ fn drive(shared: &Shared, mut parts: Parts, presses: &mpsc::UnboundedSender<Butt
         let millis = now.saturating_duration_since(start).as_millis() as u64;
         let lit = signal.blink.lit_at(millis);
         if let Some(led) = &mut parts.status_led {
-            if shown_status != Some((lit, signal.colour)) {
+            if shown_status != Some((lit, signal.colour, health)) {
                 match led.show(signal, millis) {
                     Ok(()) => {
-                        shown_status = Some((lit, signal.colour));
+                        shown_status = Some((lit, signal.colour, health));
                         if let Some(view) = &mut shared.state().view.status_led {
                             view.health = health_word(health).into();
                             view.blink = blink_word(signal.blink).into();
@@ -628,6 +628,232 @@ fn drive(shared: &Shared, mut parts: Parts, presses: &mpsc::UnboundedSender<Butt
     if let Some(strip) = &mut parts.strip {
         let _ = strip.show(&vec![Rgb::OFF; shown_strip.map_or(0, |s| s.len())]);
     }
+}
+
+/// What a node's panel shows, worked out from the node's own Node object, its pods and the
+/// chaos hook: the status LED from health, one strip LED per pod in its app's colour. While
+/// the chaos hook holds the node down its containers are dead, so the strip goes dark; it
+/// lights up again when the node comes back.
+pub struct NodePanel {
+    panel: Panel,
+    facts: Mutex<NodeFacts>,
+}
+
+#[derive(Default)]
+struct NodeFacts {
+    /// The Ready condition the master last published (None: not seen yet).
+    ready: Option<bool>,
+    /// Held down by the chaos hook.
+    dead: bool,
+    /// Pods still starting, by key.
+    starting: std::collections::BTreeSet<String>,
+    /// Each pod's colour, by key.
+    lights: std::collections::BTreeMap<String, Rgb>,
+    /// Pods seen during the current list (to drop the rest when it ends).
+    listed: Option<std::collections::BTreeSet<String>>,
+}
+
+impl NodeFacts {
+    fn health(&self) -> NodeHealth {
+        match (self.dead, self.ready) {
+            (true, _) | (false, Some(false)) => NodeHealth::NotReady,
+            (false, None) => NodeHealth::Unknown,
+            (false, Some(true)) if !self.starting.is_empty() => NodeHealth::Starting,
+            (false, Some(true)) => NodeHealth::Ready,
+        }
+    }
+}
+
+fn pod_key(pod: &serde_json::Value) -> String {
+    format!(
+        "{}/{}",
+        pod["metadata"]["namespace"].as_str().unwrap_or("default"),
+        pod["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+impl NodePanel {
+    /// A node's panel on a started [`Panel`].
+    pub fn new(panel: Panel) -> NodePanel {
+        panel.set_health(NodeHealth::Unknown);
+        NodePanel {
+            panel,
+            facts: Mutex::new(NodeFacts::default()),
+        }
+    }
+
+    /// The panel itself (its view, simulated presses).
+    pub fn panel(&self) -> &Panel {
+        &self.panel
+    }
+
+    fn update(&self, change: impl FnOnce(&mut NodeFacts)) {
+        let mut facts = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut facts);
+        self.panel.set_health(facts.health());
+    }
+
+    /// The node's own Node object changed.
+    pub fn node_changed(&self, node: &serde_json::Value) {
+        let ready = node["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .map(|c| c["status"] == "True");
+        self.update(|facts| facts.ready = ready);
+    }
+
+    /// The chaos hook killed (`true`) or revived the node.
+    pub fn set_dead(&self, dead: bool) {
+        self.update(|facts| {
+            if dead && !facts.dead {
+                self.panel.retain_lights(|_| false);
+            } else if !dead && facts.dead {
+                for (key, colour) in &facts.lights {
+                    self.panel.set_light(key, *colour);
+                }
+            }
+            facts.dead = dead;
+        });
+    }
+
+    /// A watch event (`LISTING`, `ADDED`, `MODIFIED`, `DELETED`, `SYNCED`) for a pod bound here.
+    pub fn pod_event(&self, kind: &str, pod: &serde_json::Value) {
+        let key = pod_key(pod);
+        self.update(|facts| match kind {
+            "LISTING" => facts.listed = Some(Default::default()),
+            "SYNCED" => {
+                if let Some(listed) = facts.listed.take() {
+                    facts.starting.retain(|k| listed.contains(k));
+                    facts.lights.retain(|k, _| listed.contains(k));
+                    self.panel.retain_lights(|k| listed.contains(k));
+                }
+            }
+            "DELETED" => {
+                facts.starting.remove(&key);
+                facts.lights.remove(&key);
+                self.panel.remove_light(&key);
+            }
+            _ => {
+                let state = crate::pod_view::pod_state(pod);
+                let owner = crate::pod_view::owner_of(pod);
+                let app = crate::pod_view::app_of(pod, &owner);
+                if state.is_starting() {
+                    facts.starting.insert(key.clone());
+                } else {
+                    facts.starting.remove(&key);
+                }
+                let colour = hardware::status::pod_colour(&app, state.light());
+                if !facts.dead {
+                    self.panel.set_light(&key, colour);
+                }
+                facts.lights.insert(key.clone(), colour);
+                if let Some(listed) = &mut facts.listed {
+                    listed.insert(key);
+                }
+            }
+        });
+    }
+}
+
+/// How a Node object looks on the master's strip.
+pub fn node_health(node: &serde_json::Value) -> NodeHealth {
+    if node["metadata"]["annotations"][crate::chaos::CHAOS_ANNOTATION].is_string() {
+        return NodeHealth::NotReady;
+    }
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["status"].as_str());
+    match ready {
+        Some("True") => NodeHealth::Ready,
+        Some("False") => NodeHealth::NotReady,
+        _ => NodeHealth::Unknown,
+    }
+}
+
+/// Runs the master's panel until the task is dropped: one strip LED per node (green Ready,
+/// red NotReady, amber unknown), the status LED steady while the master serves and blinking
+/// while the chaos monkey runs, and the monkey button starting and stopping the monkey.
+pub async fn run_master_panel(
+    client: Arc<crate::client::Client>,
+    config: PanelConfig,
+    policy: crate::chaos::MonkeyPolicy,
+) {
+    let (panel, mut presses) = match Panel::start(&config) {
+        Ok(Some(started)) => started,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::error!("{error}; the master runs without its LEDs and buttons");
+            return;
+        }
+    };
+    let panel = Arc::new(panel);
+    panel.set_health(NodeHealth::Ready);
+    let buttons = {
+        let panel = panel.clone();
+        let client = client.clone();
+        async move {
+            let mut monkey: Option<crate::chaos::ChaosMonkey<crate::client::Client>> = None;
+            let (events, mut monkey_events) = mpsc::unbounded_channel();
+            loop {
+                tokio::select! {
+                    press = presses.recv() => {
+                        let Some(press) = press else { break };
+                        if press.action != ButtonAction::Monkey {
+                            tracing::warn!("the kill button works on a node's panel; ignored on the master");
+                            continue;
+                        }
+                        match monkey.take() {
+                            Some(running) => {
+                                match running.stop().await {
+                                    Ok(revived) => tracing::info!(?revived, "chaos monkey stopped"),
+                                    Err(error) => tracing::error!(error = %crate::pods::error_chain(&error), "chaos monkey stopped; a node could not be revived"),
+                                }
+                                panel.set_health(NodeHealth::Ready);
+                            }
+                            None => {
+                                tracing::warn!(?policy, "chaos monkey started by the master's button");
+                                monkey = Some(crate::chaos::ChaosMonkey::start(client.clone(), policy.clone(), events.clone()));
+                                panel.set_health(NodeHealth::Starting);
+                            }
+                        }
+                    }
+                    Some(event) = monkey_events.recv() => tracing::info!(?event, "chaos monkey"),
+                }
+            }
+        }
+    };
+    let nodes = {
+        let panel = panel.clone();
+        async move {
+            let mut listed: Option<std::collections::BTreeSet<String>> = None;
+            client
+                .follow("/api/v1/nodes", |kind, node| {
+                    let name = node["metadata"]["name"].as_str().unwrap_or_default();
+                    match kind {
+                        "LISTING" => listed = Some(Default::default()),
+                        "SYNCED" => {
+                            if let Some(listed) = listed.take() {
+                                panel.retain_lights(|k| listed.contains(k));
+                            }
+                        }
+                        "DELETED" => panel.remove_light(name),
+                        _ => {
+                            panel.set_light(name, hardware::status::node_colour(node_health(node)));
+                            if let Some(listed) = &mut listed {
+                                listed.insert(name.to_owned());
+                            }
+                        }
+                    }
+                })
+                .await;
+        }
+    };
+    tokio::join!(buttons, nodes);
 }
 
 #[cfg(test)]
@@ -779,5 +1005,46 @@ mod tests {
         config.backend = BackendChoice::Chip(Some("/dev/gpiochip-none".into()));
         let error = Panel::start(&config).unwrap_err();
         assert!(error.to_string().contains("/dev/gpiochip-none"), "{error}");
+    }
+
+    fn pod(name: &str, app: &str, phase: &str, ready: bool) -> serde_json::Value {
+        serde_json::json!({
+            "metadata": {"namespace": "default", "name": name, "labels": {"app": app}},
+            "spec": {"nodeName": "pi-1"},
+            "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+        })
+    }
+
+    #[test]
+    fn a_node_panel_follows_health_pods_and_the_chaos_hook() {
+        let (panel, _presses) = Panel::start(&simulated_kit()).unwrap().unwrap();
+        let gpio = panel.simulated.clone().unwrap();
+        let node = NodePanel::new(panel);
+        let health = |node: &NodePanel| node.panel().view().status_led.unwrap().health;
+        wait_for("unknown at first", || health(&node) == "unknown");
+        node.node_changed(
+            &serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+        );
+        node.pod_event("ADDED", &pod("web-1", "web", "Pending", false));
+        wait_for("starting while a pod starts", || {
+            health(&node) == "starting"
+        });
+        let web = hardware::status::app_colour("web");
+        node.pod_event("MODIFIED", &pod("web-1", "web", "Running", true));
+        node.pod_event("ADDED", &pod("db-1", "cache", "Running", true));
+        let db = hardware::status::app_colour("cache");
+        assert_ne!(web, db);
+        wait_for("ready, two pods lit", || {
+            health(&node) == "ready" && gpio.strip(24)[..2] == [web, db]
+        });
+        node.set_dead(true);
+        wait_for("dark and red when killed", || {
+            health(&node) == "notready" && gpio.strip(24) == [Rgb::OFF; 8]
+        });
+        node.pod_event("DELETED", &pod("db-1", "cache", "Running", true));
+        node.set_dead(false);
+        wait_for("the remaining pod back on revival", || {
+            gpio.strip(24)[0] == web && gpio.strip(24)[1..] == [Rgb::OFF; 7]
+        });
     }
 }

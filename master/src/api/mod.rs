@@ -333,6 +333,12 @@ async fn route(
     if let Some(response) = discovery::serve(&segments, &accept)? {
         return Ok(response);
     }
+    if let ["api", "v1", "nodes", name, "proxy", rest @ ..] = segments.as_slice() {
+        if node.is_some() {
+            return Err(ApiError::forbidden("nodes do not proxy to other nodes"));
+        }
+        return node_proxy::proxy(state, name, &rest.join("/"), request).await;
+    }
     if let ["apis", "metrics.k8s.io", "v1beta1", rest @ ..] = segments.as_slice() {
         let method = request.method().clone();
         if let Some(node) = &node {

@@ -130,10 +130,15 @@ impl ServerCertVerifier for PinnedCertificate {
     }
 }
 
-/// Where a pod's container runs: the agent's address and certificate, and the container.
-struct Destination {
+/// A node's agent: its address and the SHA-256 of its certificate.
+struct Endpoint {
     address: String,
     fingerprint: String,
+}
+
+/// Where a pod's container runs: its node's agent, and the container.
+struct Destination {
+    endpoint: Endpoint,
     namespace: String,
     pod: String,
     container: String,
@@ -198,6 +203,16 @@ async fn destination(
             "container \"{container}\" in pod \"{name}\" is waiting to start: the pod is not scheduled yet"
         )));
     };
+    Ok(Destination {
+        endpoint: node_endpoint(state, node_name).await?,
+        namespace,
+        pod: name,
+        container,
+    })
+}
+
+/// The agent of `node_name`, from its Node object.
+async fn node_endpoint(state: &Arc<ApiState>, node_name: &str) -> Result<Endpoint, ApiError> {
     let store = state.store.clone();
     let node_key = crate::resources::find("", "v1", "nodes")
         .expect("nodes are a resource")
@@ -239,25 +254,27 @@ async fn destination(
     } else {
         format!("{ip}:{port}")
     };
-    Ok(Destination {
+    Ok(Endpoint {
         address,
         fingerprint,
-        namespace,
-        pod: name,
-        container,
     })
 }
 
-async fn connect(
+async fn connect<B>(
     client: &NodeClient,
-    destination: &Destination,
+    destination: &Endpoint,
 ) -> Result<
     (
-        hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+        hyper::client::conn::http1::SendRequest<B>,
         tokio::task::JoinHandle<()>,
     ),
     ApiError,
-> {
+>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let unreachable = |why: String| {
         ApiError::new(
             503,
@@ -332,7 +349,7 @@ pub async fn logs(
         .as_ref()
         .ok_or_else(|| ApiError::internal("the master has no credentials for agents"))?;
     let destination = destination(state, target, query).await?;
-    let (mut sender, _driver) = connect(client, &destination).await?;
+    let (mut sender, _driver) = connect(client, &destination.endpoint).await?;
     let mut path = format!(
         "/containerLogs/{}/{}/{}?",
         encode(&destination.namespace),
@@ -354,7 +371,7 @@ pub async fn logs(
     }
     let request = Request::get(path)
         .header(header::HOST, "bramble-agent")
-        .body(Empty::new())
+        .body(Empty::<Bytes>::new())
         .expect("valid request");
     let response = sender.send_request(request).await.map_err(|e| {
         ApiError::new(
@@ -396,7 +413,7 @@ pub async fn exec(
         ));
     }
     let destination = destination(state, target, query).await?;
-    let (mut sender, _driver) = connect(client, &destination).await?;
+    let (mut sender, _driver) = connect(client, &destination.endpoint).await?;
     let mut path = format!(
         "/exec/{}/{}/{}?",
         encode(&destination.namespace),
@@ -426,7 +443,9 @@ pub async fn exec(
             forwarded = forwarded.header(&name, value);
         }
     }
-    let forwarded = forwarded.body(Empty::new()).expect("valid request");
+    let forwarded = forwarded
+        .body(Empty::<Bytes>::new())
+        .expect("valid request");
     let mut response = sender.send_request(forwarded).await.map_err(|e| {
         ApiError::new(
             503,
@@ -454,4 +473,52 @@ pub async fn exec(
     Ok(reply
         .body(super::full(Bytes::new()))
         .expect("valid response"))
+}
+
+/// Serves `nodes/{name}/proxy/{path}`: relays the request to the node's agent, as the
+/// kube-apiserver relays to the kubelet (`kubectl get --raw /api/v1/nodes/pi-1/proxy/gpio`).
+pub async fn proxy(
+    state: &Arc<ApiState>,
+    node: &str,
+    path: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let client = state
+        .node_client
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("the master has no credentials for agents"))?;
+    let endpoint = node_endpoint(state, node).await?;
+    let method = request.method().clone();
+    let uri = match request.uri().query() {
+        Some(query) => format!("/{path}?{query}"),
+        None => format!("/{path}"),
+    };
+    let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
+    let body = super::read_body(request).await?;
+    let (mut sender, _driver) = connect(client, &endpoint).await?;
+    let mut forwarded = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::HOST, "bramble-agent");
+    if let Some(content_type) = content_type {
+        forwarded = forwarded.header(header::CONTENT_TYPE, content_type);
+    }
+    let forwarded = forwarded
+        .body(http_body_util::Full::new(body))
+        .map_err(|e| ApiError::bad_request(format!("cannot relay this request: {e}")))?;
+    let response = sender.send_request(forwarded).await.map_err(|e| {
+        ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("the agent did not answer: {e}"),
+        )
+    })?;
+    let mut reply = Response::builder().status(response.status());
+    for name in [header::CONTENT_TYPE, header::CONTENT_LENGTH] {
+        if let Some(value) = response.headers().get(&name) {
+            reply = reply.header(name, value);
+        }
+    }
+    let body = response.into_body().map_err(std::io::Error::other).boxed();
+    Ok(reply.body(body).expect("valid response"))
 }
