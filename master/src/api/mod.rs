@@ -337,7 +337,9 @@ async fn route(
         if node.is_some() {
             return Err(ApiError::forbidden("nodes do not proxy to other nodes"));
         }
-        return node_proxy::proxy(state, name, &rest.join("/"), request).await;
+        // Clients may send the path as one escaped segment (`gpio%2Fbuttons%2F...`).
+        let path: Vec<String> = rest.iter().map(|s| percent_decode(s)).collect();
+        return node_proxy::proxy(state, name, &path.join("/"), request).await;
     }
     if let ["apis", "metrics.k8s.io", "v1beta1", rest @ ..] = segments.as_slice() {
         let method = request.method().clone();
