@@ -775,6 +775,73 @@ pub fn node_health(node: &serde_json::Value) -> NodeHealth {
     }
 }
 
+/// Shows a node watch event on the master's strip: one LED per node, in its health's colour.
+/// `listed` collects the names of a fresh list, so nodes gone meanwhile go dark when it ends.
+pub fn show_node_event(
+    panel: &Panel,
+    listed: &mut Option<std::collections::BTreeSet<String>>,
+    kind: &str,
+    node: &serde_json::Value,
+) {
+    let name = node["metadata"]["name"].as_str().unwrap_or_default();
+    match kind {
+        "LISTING" => *listed = Some(Default::default()),
+        "SYNCED" => {
+            if let Some(listed) = listed.take() {
+                panel.retain_lights(|k| listed.contains(k));
+            }
+        }
+        "DELETED" => panel.remove_light(name),
+        _ => {
+            panel.set_light(name, hardware::status::node_colour(node_health(node)));
+            if let Some(listed) = listed {
+                listed.insert(name.to_owned());
+            }
+        }
+    }
+}
+
+/// The master's monkey button: each press starts or stops the chaos monkey (stopping revives
+/// what it killed); the status LED blinks while the monkey runs. Returns when the panel stops.
+pub async fn monkey_button<C: crate::chaos::ChaosTarget>(
+    target: Arc<C>,
+    panel: &Panel,
+    presses: &mut mpsc::UnboundedReceiver<ButtonPress>,
+    policy: &crate::chaos::MonkeyPolicy,
+) {
+    let mut monkey: Option<crate::chaos::ChaosMonkey<C>> = None;
+    let (events, mut monkey_events) = mpsc::unbounded_channel();
+    loop {
+        tokio::select! {
+            press = presses.recv() => {
+                let Some(press) = press else { break };
+                if press.action != ButtonAction::Monkey {
+                    tracing::warn!("the kill button works on a node's panel; ignored on the master");
+                    continue;
+                }
+                match monkey.take() {
+                    Some(running) => {
+                        match running.stop().await {
+                            Ok(revived) => tracing::info!(?revived, "chaos monkey stopped by the master's button"),
+                            Err(error) => tracing::error!(error = %crate::pods::error_chain(&error), "chaos monkey stopped; a node could not be revived"),
+                        }
+                        panel.set_health(NodeHealth::Ready);
+                    }
+                    None => {
+                        tracing::warn!(?policy, "chaos monkey started by the master's button");
+                        monkey = Some(crate::chaos::ChaosMonkey::start(target.clone(), policy.clone(), events.clone()));
+                        panel.set_health(NodeHealth::Starting);
+                    }
+                }
+            }
+            Some(event) = monkey_events.recv() => tracing::info!(?event, "chaos monkey"),
+        }
+    }
+    if let Some(running) = monkey {
+        let _ = running.stop().await;
+    }
+}
+
 /// Runs the master's panel until the task is dropped: one strip LED per node (green Ready,
 /// red NotReady, amber unknown), the status LED steady while the master serves and blinking
 /// while the chaos monkey runs, and the monkey button starting and stopping the monkey.
@@ -791,69 +858,14 @@ pub async fn run_master_panel(
             return;
         }
     };
-    let panel = Arc::new(panel);
     panel.set_health(NodeHealth::Ready);
-    let buttons = {
-        let panel = panel.clone();
-        let client = client.clone();
-        async move {
-            let mut monkey: Option<crate::chaos::ChaosMonkey<crate::client::Client>> = None;
-            let (events, mut monkey_events) = mpsc::unbounded_channel();
-            loop {
-                tokio::select! {
-                    press = presses.recv() => {
-                        let Some(press) = press else { break };
-                        if press.action != ButtonAction::Monkey {
-                            tracing::warn!("the kill button works on a node's panel; ignored on the master");
-                            continue;
-                        }
-                        match monkey.take() {
-                            Some(running) => {
-                                match running.stop().await {
-                                    Ok(revived) => tracing::info!(?revived, "chaos monkey stopped"),
-                                    Err(error) => tracing::error!(error = %crate::pods::error_chain(&error), "chaos monkey stopped; a node could not be revived"),
-                                }
-                                panel.set_health(NodeHealth::Ready);
-                            }
-                            None => {
-                                tracing::warn!(?policy, "chaos monkey started by the master's button");
-                                monkey = Some(crate::chaos::ChaosMonkey::start(client.clone(), policy.clone(), events.clone()));
-                                panel.set_health(NodeHealth::Starting);
-                            }
-                        }
-                    }
-                    Some(event) = monkey_events.recv() => tracing::info!(?event, "chaos monkey"),
-                }
-            }
-        }
-    };
-    let nodes = {
-        let panel = panel.clone();
-        async move {
-            let mut listed: Option<std::collections::BTreeSet<String>> = None;
-            client
-                .follow("/api/v1/nodes", |kind, node| {
-                    let name = node["metadata"]["name"].as_str().unwrap_or_default();
-                    match kind {
-                        "LISTING" => listed = Some(Default::default()),
-                        "SYNCED" => {
-                            if let Some(listed) = listed.take() {
-                                panel.retain_lights(|k| listed.contains(k));
-                            }
-                        }
-                        "DELETED" => panel.remove_light(name),
-                        _ => {
-                            panel.set_light(name, hardware::status::node_colour(node_health(node)));
-                            if let Some(listed) = &mut listed {
-                                listed.insert(name.to_owned());
-                            }
-                        }
-                    }
-                })
-                .await;
-        }
-    };
-    tokio::join!(buttons, nodes);
+    let mut listed = None;
+    tokio::join!(
+        monkey_button(client.clone(), &panel, &mut presses, &policy),
+        client.follow("/api/v1/nodes", |kind, node| {
+            show_node_event(&panel, &mut listed, kind, node)
+        }),
+    );
 }
 
 #[cfg(test)]
@@ -1046,5 +1058,117 @@ mod tests {
         wait_for("the remaining pod back on revival", || {
             gpio.strip(24)[0] == web && gpio.strip(24)[1..] == [Rgb::OFF; 7]
         });
+    }
+
+    fn node(name: &str, ready: &str) -> serde_json::Value {
+        serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"conditions": [{"type": "Ready", "status": ready}]},
+        })
+    }
+
+    #[test]
+    fn the_master_strip_has_one_led_per_node() {
+        let (panel, _presses) = Panel::start(&simulated_kit()).unwrap().unwrap();
+        let gpio = panel.simulated.clone().unwrap();
+        let mut listed = None;
+        show_node_event(&panel, &mut listed, "LISTING", &serde_json::Value::Null);
+        for (name, ready) in [
+            ("pi-1", "True"),
+            ("pi-2", "False"),
+            ("pi-3", "Unknown"),
+            ("pi-4", "True"),
+        ] {
+            show_node_event(&panel, &mut listed, "ADDED", &node(name, ready));
+        }
+        show_node_event(&panel, &mut listed, "SYNCED", &serde_json::Value::Null);
+        let (green, red, amber) = (Rgb::GREEN, Rgb::RED, Rgb::AMBER);
+        wait_for("the nodes' colours", || {
+            gpio.strip(24).get(..4) == Some(&[green, red, amber, green][..])
+        });
+        show_node_event(&panel, &mut listed, "LISTING", &serde_json::Value::Null);
+        show_node_event(&panel, &mut listed, "ADDED", &node("pi-1", "True"));
+        show_node_event(&panel, &mut listed, "SYNCED", &serde_json::Value::Null);
+        wait_for("nodes gone from a fresh list going dark", || {
+            gpio.strip(24)
+                == [
+                    green,
+                    Rgb::OFF,
+                    Rgb::OFF,
+                    Rgb::OFF,
+                    Rgb::OFF,
+                    Rgb::OFF,
+                    Rgb::OFF,
+                    Rgb::OFF,
+                ]
+        });
+    }
+
+    /// Three Ready nodes; remembers what the monkey did to them.
+    #[derive(Default)]
+    struct Nodes(Mutex<Vec<(String, bool)>>);
+
+    impl crate::chaos::ChaosTarget for Nodes {
+        async fn nodes(
+            &self,
+            _selector: Option<&str>,
+        ) -> Result<Vec<serde_json::Value>, crate::client::ClientError> {
+            Ok(["pi-1", "pi-2", "pi-3"].map(|n| node(n, "True")).to_vec())
+        }
+
+        async fn set_alive(&self, node: &str, alive: bool) -> Result<(), crate::chaos::ChaosError> {
+            self.0.lock().unwrap().push((node.to_owned(), alive));
+            Ok(())
+        }
+
+        fn master_host(&self) -> String {
+            "10.0.0.1".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_monkey_button_starts_and_stops_the_monkey() {
+        let mut config = simulated_kit();
+        config.buttons = vec![ButtonPin {
+            action: ButtonAction::Monkey,
+            bcm: 22,
+        }];
+        let (panel, mut presses) = Panel::start(&config).unwrap().unwrap();
+        let target = Arc::new(Nodes::default());
+        let policy = crate::chaos::MonkeyPolicy {
+            min_ready: 1,
+            ..Default::default()
+        };
+        let health = |panel: &Panel| panel.view().status_led.unwrap().health;
+        let pressing = async {
+            panel.press(22, Duration::from_millis(50)).await.unwrap();
+            wait_for_async("the monkey to kill a node", || {
+                !target.0.lock().unwrap().is_empty()
+            })
+            .await;
+            wait_for_async("a blinking status LED", || health(&panel) == "starting").await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            panel.press(22, Duration::from_millis(50)).await.unwrap();
+            wait_for_async("the monkey to revive its victim", || {
+                target.0.lock().unwrap().len() == 2
+            })
+            .await;
+            wait_for_async("a steady status LED", || health(&panel) == "ready").await;
+        };
+        tokio::select! {
+            _ = monkey_button(target.clone(), &panel, &mut presses, &policy) => panic!("the button loop ended"),
+            _ = pressing => {}
+        }
+        let done = target.0.lock().unwrap().clone();
+        assert_eq!(done[0].0, done[1].0);
+        assert_eq!((done[0].1, done[1].1), (false, true));
+    }
+
+    async fn wait_for_async(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
