@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use agent::panel::{ButtonAction, ButtonPin, Panel, PanelConfig, StatusLedPins, StripPins};
+use agent::panel::{Panel, PanelConfig};
 use hardware::backend::BackendChoice;
 use hardware::status::{NodeHealth, Rgb};
 
@@ -29,16 +29,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let config = PanelConfig {
-        backend: BackendChoice::Simulated,
-        status_led: Some(StatusLedPins::Single(17)),
-        strip: Some(StripPins::BLINKT),
-        buttons: vec![ButtonPin {
-            action: ButtonAction::Kill,
-            bcm: 27,
-        }],
-        brightness: 8,
-    };
+    let config = PanelConfig::node_kit(BackendChoice::Simulated);
     let (panel, mut presses) = Panel::start(&config)
         .expect("the simulated header opens")
         .expect("a backend was chosen");

@@ -223,6 +223,23 @@ impl Default for PanelConfig {
     }
 }
 
+impl PanelConfig {
+    /// A node's kit from the README's wiring guide on `backend`: a status LED on BCM17, a
+    /// Blinkt! on BCM23/24 and a kill button on BCM27.
+    pub fn node_kit(backend: BackendChoice) -> PanelConfig {
+        PanelConfig {
+            backend,
+            status_led: Some(StatusLedPins::Single(17)),
+            strip: Some(StripPins::BLINKT),
+            buttons: vec![ButtonPin {
+                action: ButtonAction::Kill,
+                bcm: 27,
+            }],
+            brightness: DEFAULT_BRIGHTNESS,
+        }
+    }
+}
+
 /// A button that did something: the panel thread sends these to whoever acts on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ButtonPress {
@@ -918,16 +935,7 @@ mod tests {
     }
 
     fn simulated_kit() -> PanelConfig {
-        PanelConfig {
-            backend: BackendChoice::Simulated,
-            status_led: Some(StatusLedPins::Single(17)),
-            strip: Some(StripPins::BLINKT),
-            buttons: vec![ButtonPin {
-                action: ButtonAction::Kill,
-                bcm: 27,
-            }],
-            brightness: 31,
-        }
+        PanelConfig::node_kit(BackendChoice::Simulated)
     }
 
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {

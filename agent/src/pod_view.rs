@@ -6,7 +6,8 @@ use serde_json::Value;
 
 use hardware::status::PodLight;
 
-fn str_at(object: &Value, pointer: &str) -> String {
+/// The string at a JSON pointer, or an empty string.
+pub fn str_at(object: &Value, pointer: &str) -> String {
     object
         .pointer(pointer)
         .and_then(Value::as_str)

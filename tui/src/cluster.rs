@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use agent::chaos::{is_master_node, CHAOS_ANNOTATION};
-use agent::pod_view::{app_of, owner_of, pod_state};
+use agent::pod_view::{app_of, owner_of, pod_state, str_at};
 pub use agent::pod_view::{Owner, PodState};
 use hardware::status::NodeHealth;
 use serde_json::Value;
@@ -483,14 +483,6 @@ impl Cluster {
             }
         }
     }
-}
-
-fn str_at(object: &Value, pointer: &str) -> String {
-    object
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn quantity_millicores(value: &Value) -> i64 {
