@@ -523,13 +523,14 @@ impl Panel {
 
     /// Presses a simulated button on `pin` for `hold`. Real buttons are pressed by hand.
     pub async fn press(&self, pin: u8, hold: Duration) -> Result<(), String> {
+        let view = self.view();
         let Some(gpio) = &self.simulated else {
             return Err(format!(
                 "the {} backend has real buttons: press them by hand",
-                self.view().backend
+                view.backend
             ));
         };
-        if !self.view().buttons.iter().any(|b| b.pin == pin) {
+        if !view.buttons.iter().any(|b| b.pin == pin) {
             return Err(format!("there is no button on BCM{pin}"));
         }
         gpio.press(pin, true);
@@ -658,11 +659,11 @@ fn drive(shared: &Shared, mut parts: Parts, presses: &mpsc::UnboundedSender<Butt
 /// lights up again when the node comes back.
 pub struct NodePanel {
     panel: Panel,
-    facts: Mutex<NodeFacts>,
+    facts: Mutex<PanelFacts>,
 }
 
 #[derive(Default)]
-struct NodeFacts {
+struct PanelFacts {
     /// The Ready condition the master last published (None: not seen yet).
     ready: Option<bool>,
     /// Held down by the chaos hook.
@@ -675,7 +676,7 @@ struct NodeFacts {
     listed: Option<std::collections::BTreeSet<String>>,
 }
 
-impl NodeFacts {
+impl PanelFacts {
     fn health(&self) -> NodeHealth {
         match (self.dead, self.ready) {
             (true, _) | (false, Some(false)) => NodeHealth::NotReady,
@@ -700,7 +701,7 @@ impl NodePanel {
         panel.set_health(NodeHealth::Unknown);
         NodePanel {
             panel,
-            facts: Mutex::new(NodeFacts::default()),
+            facts: Mutex::new(PanelFacts::default()),
         }
     }
 
@@ -709,7 +710,7 @@ impl NodePanel {
         &self.panel
     }
 
-    fn update(&self, change: impl FnOnce(&mut NodeFacts)) {
+    fn update(&self, change: impl FnOnce(&mut PanelFacts)) {
         let mut facts = self.facts.lock().unwrap_or_else(|p| p.into_inner());
         change(&mut facts);
         self.panel.set_health(facts.health());

@@ -66,16 +66,6 @@ impl StripLights {
         }
     }
 
-    /// How many LEDs the strip has.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether the strip has no LEDs at all.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     fn find(&mut self, key: &str) -> Option<&mut Light> {
         self.slots
             .iter_mut()
