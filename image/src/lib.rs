@@ -1,3 +1,4 @@
-//! The flashable SD-card image builder.
-//!
-//! Not built yet: this crate only marks where that part will live.
+//! The flashable SD-card image: its first-boot configuration (`bramble.toml`), the builder,
+//! the init that boots a Pi into the cluster, and the card writer.
+
+pub mod config;
