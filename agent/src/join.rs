@@ -1,6 +1,8 @@
 //! Joining a master with a join token (`bramble1.<CA SHA-256>.<secret>`): fetch the cluster CA,
 //! check it against the hash in the token (so a machine in the middle cannot pose as the
-//! master), then trade the secret for the node's own kubeconfig.
+//! master), then trade the secret for the node's own kubeconfig. A bare secret (what
+//! bramble.toml holds, written before the master made its CA) works too: the master then sends
+//! an HMAC of its CA keyed with the secret, which only a master knowing the secret can make.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use crate::client::Client;
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
     /// The token is not a bramble join token.
-    #[error("the join token is malformed (expected bramble1.<ca-hash>.<secret>, as in the master's join.token)")]
+    #[error("the join token is malformed (expected bramble1.<ca-hash>.<secret>, as in the master's join.token, or the bare secret: letters, digits, '-' and '_')")]
     BadToken,
     /// The master could not be reached or answered nonsense.
     #[error("cannot fetch the cluster CA from {server}: {problem}")]
@@ -32,7 +34,7 @@ pub enum JoinError {
         problem: String,
     },
     /// The CA is not the one the token names.
-    #[error("the master at {server} presents a CA that does not match the join token: refusing to join (wrong master, or someone in the middle)")]
+    #[error("the master at {server} presents a CA that does not match the join token: refusing to join (wrong master, wrong token, or someone in the middle)")]
     CaMismatch {
         /// The master's address.
         server: String,
@@ -113,7 +115,31 @@ fn token_ca_hash(token: &str) -> Option<&str> {
         .then_some(hash)
 }
 
-async fn fetch_ca(server: &str) -> Result<Vec<u8>, String> {
+/// HMAC-SHA256 of `ca_pem` keyed with the join secret, in hex: what a master that knows the
+/// secret sends beside its CA (header `bramble-ca-proof`).
+fn ca_proof(join_secret: &str, ca_pem: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(join_secret.as_bytes()).expect("any key length");
+    mac.update(ca_pem);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A bare join secret (as in bramble.toml): no `bramble1.` prefix, no dots.
+fn is_bare_secret(token: &str) -> bool {
+    let token = token.trim();
+    !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The CA's PEM and the `bramble-ca-proof` header, if any.
+async fn fetch_ca(server: &str) -> Result<(Vec<u8>, Option<String>), String> {
     let address = server
         .strip_prefix("https://")
         .ok_or("the server must be an https:// address")?
@@ -167,13 +193,18 @@ async fn fetch_ca(server: &str) -> Result<Vec<u8>, String> {
     if !response.status().is_success() {
         return Err(format!("the master answered {}", response.status()));
     }
+    let proof = response
+        .headers()
+        .get("bramble-ca-proof")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = response
         .into_body()
         .collect()
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    Ok(body.to_vec())
+    Ok((body.to_vec(), proof))
 }
 
 /// Joins the master at `server` as `node` and writes the node's kubeconfig to `kubeconfig`.
@@ -183,8 +214,11 @@ pub async fn join(
     node: &str,
     kubeconfig: &Path,
 ) -> Result<(), JoinError> {
-    let expected = token_ca_hash(token).ok_or(JoinError::BadToken)?;
-    let ca_pem = fetch_ca(server).await.map_err(|problem| JoinError::Fetch {
+    let expected = token_ca_hash(token);
+    if expected.is_none() && !is_bare_secret(token) {
+        return Err(JoinError::BadToken);
+    }
+    let (ca_pem, proof) = fetch_ca(server).await.map_err(|problem| JoinError::Fetch {
         server: server.to_owned(),
         problem,
     })?;
@@ -192,11 +226,20 @@ pub async fn join(
         server: server.to_owned(),
         problem: format!("the CA is not PEM: {e}"),
     })?;
-    let actual: String = sha2::Sha256::digest(der.as_ref())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    if !actual.eq_ignore_ascii_case(expected) {
+    let trusted = match expected {
+        Some(expected) => {
+            let actual: String = sha2::Sha256::digest(der.as_ref())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            actual.eq_ignore_ascii_case(expected)
+        }
+        // A bare secret: the master proves it knows the secret too.
+        None => {
+            proof.is_some_and(|proof| proof.eq_ignore_ascii_case(&ca_proof(token.trim(), &ca_pem)))
+        }
+    };
+    if !trusted {
         return Err(JoinError::CaMismatch {
             server: server.to_owned(),
         });
@@ -225,6 +268,18 @@ pub async fn join(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ca_proof_is_hmac_sha256() {
+        // RFC 4231, test case 2; the master's node_auth::ca_proof checks the same vector.
+        assert_eq!(
+            ca_proof("Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(is_bare_secret("change-me-to-a-long-secret_1"));
+        assert!(!is_bare_secret("bramble1.abc.def"));
+        assert!(!is_bare_secret(""));
+    }
 
     #[test]
     fn join_tokens_carry_a_ca_hash() {

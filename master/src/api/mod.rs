@@ -303,11 +303,17 @@ async fn route(
             ))
         }
         ["bramble", "v1", "ca.crt"] if request.method() == Method::GET => {
-            return Ok(respond(
+            let mut response = respond(
                 200,
                 "application/x-pem-file",
                 node_auth::ca_certificate(state),
-            ))
+            );
+            if let Ok(proof) = http::HeaderValue::from_str(&state.nodes.ca_proof()) {
+                response
+                    .headers_mut()
+                    .insert(node_auth::CA_PROOF_HEADER, proof);
+            }
+            return Ok(response);
         }
         ["bramble", "v1", "join"] if request.method() == Method::POST => {
             let bearer = header_str(&request, header::AUTHORIZATION)

@@ -43,6 +43,24 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The response header of `GET /bramble/v1/ca.crt` carrying [`ca_proof`].
+pub const CA_PROOF_HEADER: &str = "bramble-ca-proof";
+
+/// HMAC-SHA256 of the CA's PEM keyed with the join secret, in hex. Only a master that knows
+/// the secret can present it, so an agent joining with a bare secret (no CA hash) still
+/// refuses a machine in the middle. The agent's `join` computes the same.
+pub fn ca_proof(join_secret: &str, ca_pem: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(join_secret.as_bytes()).expect("any key length");
+    mac.update(ca_pem);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The SHA-256 of the first certificate in `pem` (hex), as join tokens carry it.
 pub fn ca_hash(pem: &str) -> Option<String> {
     let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
@@ -100,6 +118,12 @@ impl NodeCredentials {
             format!("{}\n", credentials.join_token()).as_bytes(),
         )?;
         Ok(credentials)
+    }
+
+    /// The CA's proof of the join secret: an agent that has only the secret (from
+    /// bramble.toml) checks the CA it downloads with it, as [`ca_proof`] computes.
+    pub fn ca_proof(&self) -> String {
+        ca_proof(&self.join_secret, self.ca_pem.as_bytes())
     }
 
     /// The token agents join with.
@@ -424,6 +448,15 @@ pub fn join_answer(kubeconfig: String) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ca_proof_is_hmac_sha256() {
+        // RFC 4231, test case 2; the agent's join checks the same vector.
+        assert_eq!(
+            ca_proof("Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
 
     #[test]
     fn node_names_must_be_dns_subdomains() {
