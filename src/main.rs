@@ -1,6 +1,7 @@
 //! The `bramble` binary: one executable whose subcommands run the parts of the cluster.
 
 mod gpio_command;
+mod image_command;
 mod local_cluster;
 
 use std::net::SocketAddr;
@@ -103,6 +104,8 @@ enum Command {
     /// Pods keep running when the agent stops; a restarted agent adopts them. Needs root.
     #[command(verbatim_doc_comment)]
     Agent(AgentArgs),
+    /// Build the Raspberry Pi card image, or write it to a card.
+    Image(image_command::ImageArgs),
     /// Internal: watch over one container (the agent starts one monitor per container).
     #[command(hide = true)]
     Monitor(MonitorArgs),
@@ -753,6 +756,13 @@ fn main() {
             id: args.id,
             command: args.command,
         }),
+        Command::Image(args) => {
+            if let Err(error) = image_command::run(args) {
+                eprintln!("bramble: error: {error:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
         _ => {}
     }
     limit_allocator_arenas();
@@ -827,8 +837,8 @@ fn main() {
             Command::Tui(args) => run_tui(args).await,
             Command::Gpio(args) => gpio_command::run(args).await,
             Command::Agent(args) => run_agent(args).await,
-            Command::Monitor(_) | Command::ExecIn(_) => {
-                unreachable!("container helpers run before the async runtime")
+            Command::Monitor(_) | Command::ExecIn(_) | Command::Image(_) => {
+                unreachable!("these run before the async runtime")
             }
         }
     });

@@ -1,4 +1,9 @@
 //! The flashable SD-card image: its first-boot configuration (`bramble.toml`), the builder,
 //! the init that boots a Pi into the cluster, and the card writer.
 
+pub mod build;
 pub mod config;
+pub mod cpio;
+pub mod debian;
+pub mod elf;
+pub mod mbr;
