@@ -104,14 +104,57 @@ enum Command {
     /// Pods keep running when the agent stops; a restarted agent adopts them. Needs root.
     #[command(verbatim_doc_comment)]
     Agent(AgentArgs),
+    /// Run a local OCI registry holding the multi-arch demo image bramble/demo:1 and :2
+    /// (amd64 + arm64), as `bramble up` does, for Pis on your network to pull from.
+    ///
+    ///   bramble registry --listen 0.0.0.0:5000 --dir ~/bramble-registry
+    ///   kubectl create deployment hello --image=LAPTOP_IP:5000/bramble/demo:1
+    ///
+    /// The Pis need the registry in bramble.toml's insecure_registries (plain HTTP). Needs
+    /// Debian's docker-registry and busybox-static (./tests/setup-host installs both).
+    #[command(verbatim_doc_comment)]
+    Registry(RegistryArgs),
     /// Build the Raspberry Pi card image, or write it to a card.
     Image(image_command::ImageArgs),
+    /// The init of a bramble card (PID 1): reads bramble.toml from the boot partition,
+    /// brings up the network and starts the master or the agent. The card's initramfs runs
+    /// it; it refuses to run anywhere else.
+    Boot,
     /// Internal: watch over one container (the agent starts one monitor per container).
     #[command(hide = true)]
     Monitor(MonitorArgs),
     /// Internal: run a command inside a running container (kubectl exec, exec probes).
     #[command(hide = true)]
     ExecIn(ExecInArgs),
+}
+
+#[derive(Args)]
+struct RegistryArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:5000")]
+    listen: SocketAddr,
+    /// Where the registry keeps its blobs and log.
+    #[arg(long, default_value = "bramble-registry")]
+    dir: PathBuf,
+}
+
+async fn run_registry(args: RegistryArgs) -> anyhow::Result<()> {
+    use agent::image::demo::{installed_busyboxes, push_demo_image};
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let dir = args.dir.canonicalize()?;
+    let registry = agent::image::local_registry::LocalRegistry::start(&dir, args.listen)?;
+    let host = registry.host();
+    let client = agent::image::Registry::new(&host, true, None);
+    for tag in ["1", "2"] {
+        push_demo_image(&client, "bramble/demo", tag, &installed_busyboxes())
+            .await
+            .context("pushing the demo image")?;
+    }
+    println!("bramble: registry {host} holds {host}/bramble/demo:1 and :2 (amd64 + arm64); Ctrl-C stops it");
+    shutdown_signal().await;
+    drop(registry);
+    Ok(())
 }
 
 #[derive(Args)]
@@ -748,7 +791,16 @@ fn log_file(command: &Command) -> Option<std::fs::File> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // Started by the kernel as /sbin/init (no initramfs): behave as `bramble boot`.
+    let as_init = std::process::id() == 1
+        && std::env::args_os()
+            .next()
+            .is_some_and(|arg| arg.to_string_lossy().ends_with("/init"));
+    let cli = if as_init {
+        Cli::parse_from(["bramble", "boot"])
+    } else {
+        Cli::parse()
+    };
     match cli.command {
         Command::Monitor(args) => run_monitor(args),
         Command::ExecIn(args) => agent::runtime::exec::run_helper(agent::runtime::exec::ExecArgs {
@@ -756,6 +808,20 @@ fn main() {
             id: args.id,
             command: args.command,
         }),
+        Command::Boot => {
+            if let Err(error) = image::boot::run() {
+                eprintln!("bramble: error: {error:#}");
+                // As PID 1, exiting would panic the kernel: keep the message on screen.
+                if std::process::id() == 1 {
+                    image::boot::say(&format!("cannot boot: {error:#}"));
+                    loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                }
+                std::process::exit(1);
+            }
+            return;
+        }
         Command::Image(args) => {
             if let Err(error) = image_command::run(args) {
                 eprintln!("bramble: error: {error:#}");
@@ -836,8 +902,9 @@ fn main() {
             Command::Sim(args) => run_sim(args).await,
             Command::Tui(args) => run_tui(args).await,
             Command::Gpio(args) => gpio_command::run(args).await,
+            Command::Registry(args) => run_registry(args).await,
             Command::Agent(args) => run_agent(args).await,
-            Command::Monitor(_) | Command::ExecIn(_) | Command::Image(_) => {
+            Command::Monitor(_) | Command::ExecIn(_) | Command::Image(_) | Command::Boot => {
                 unreachable!("these run before the async runtime")
             }
         }

@@ -259,15 +259,48 @@ pub async fn join(
     if let Some(parent) = kubeconfig.parent() {
         std::fs::create_dir_all(parent).map_err(save)?;
     }
+    // The master names itself by its advertised address; this node reached it at `server`
+    // (which differs behind NAT, or under QEMU's user networking), so that is what it keeps.
+    let text = with_server(text, server);
     crate::runtime::monitor::write_atomic(kubeconfig, text.as_bytes()).map_err(save)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(kubeconfig, std::fs::Permissions::from_mode(0o600)).map_err(save)?;
     Ok(())
 }
 
+/// `kubeconfig` with its cluster's `server:` set to `server`.
+fn with_server(kubeconfig: &str, server: &str) -> String {
+    let mut out: String = kubeconfig
+        .lines()
+        .map(|line| {
+            let indent = line.len() - line.trim_start().len();
+            if line.trim_start().starts_with("server:") {
+                format!(
+                    "{}server: {}\n",
+                    &line[..indent],
+                    server.trim_end_matches('/')
+                )
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    if !kubeconfig.ends_with('\n') {
+        out.pop();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kubeconfig_keeps_the_address_the_node_joined_with() {
+        let given = "clusters:\n- cluster:\n    certificate-authority-data: AAAA\n    server: https://127.0.0.1:6443\n  name: bramble\n";
+        let kept = with_server(given, "https://10.0.2.2:6443/");
+        assert_eq!(kept, given.replace("127.0.0.1", "10.0.2.2"));
+    }
 
     #[test]
     fn the_ca_proof_is_hmac_sha256() {

@@ -65,8 +65,10 @@ const WIFI_FIRMWARE_PREFIXES: [&str; 4] = [
 
 /// Kernel modules on the root partition (paths under `kernel/`, by prefix); what they depend
 /// on comes along. Hardware modules load by device alias at boot, the others on demand.
-const ROOT_MODULES: [&str; 43] = [
+const ROOT_MODULES: [&str; 45] = [
     "fs/ext4/",
+    "crypto/crc32c_generic.ko",
+    "lib/libcrc32c.ko",
     "fs/overlayfs/",
     "fs/fat/",
     "fs/nls/nls_cp437.ko",
@@ -113,8 +115,10 @@ const ROOT_MODULES: [&str; 43] = [
 
 /// The part of [`ROOT_MODULES`] the initramfs needs to find and mount the root partition:
 /// SD card and USB storage on a Pi, virtio disks under QEMU.
-const INITRAMFS_MODULES: [&str; 17] = [
+const INITRAMFS_MODULES: [&str; 19] = [
     "fs/ext4/",
+    "crypto/crc32c_generic.ko",
+    "lib/libcrc32c.ko",
     "drivers/mmc/",
     "drivers/block/virtio_blk.ko",
     "drivers/virtio/",
@@ -630,7 +634,7 @@ pub fn set_times(dir: &Path, epoch: u64) -> Result<(), BuildError> {
         let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| BuildError::Binary(format!("{} has a NUL byte", path.display())))?;
         let time = libc::timespec {
-            tv_sec: epoch as libc::time_t,
+            tv_sec: epoch as _,
             tv_nsec: 0,
         };
         // SAFETY: a valid C string and two timespecs.
@@ -969,7 +973,8 @@ coldplug() {{
   for alias in $(cat $(find /sys/devices -name modalias 2>/dev/null) 2>/dev/null | sort -u); do
     modprobe -qb "$alias" 2>/dev/null
   done
-  modprobe -q ext4
+  # ext4 asks the crypto API for crc32c, which no module dependency names.
+  modprobe -qa crc32c_generic ext4
 }}
 
 find_root() {{

@@ -117,6 +117,9 @@ pub struct MasterSettings {
     pub load_balancer_pool: Option<String>,
     /// The DNS domain of services.
     pub cluster_domain: Option<String>,
+    /// How fast failures are handled: `demo` (the card's default: a dead node is noticed
+    /// within 2 s) or `default` (upstream-like).
+    pub profile: Option<String>,
 }
 
 /// A Pi's role.
@@ -217,6 +220,11 @@ impl BrambleToml {
         Ok(BrambleToml { settings })
     }
 
+    /// A file from settings already parsed (e.g. merged with kept secrets).
+    pub fn from_settings(settings: Settings) -> BrambleToml {
+        BrambleToml { settings }
+    }
+
     /// The settings as written, before any override.
     pub fn settings(&self) -> &Settings {
         &self.settings
@@ -306,6 +314,7 @@ fn overlay(base: Settings, over: Settings) -> Settings {
             MasterSettings {
                 load_balancer_pool: over.load_balancer_pool.or(base.load_balancer_pool),
                 cluster_domain: over.cluster_domain.or(base.cluster_domain),
+                profile: over.profile.or(base.profile),
             }
         }),
         mac: None,
@@ -462,6 +471,15 @@ fn check(settings: Settings, mac: &str, problems: &mut Vec<String>) -> Option<No
         }
         if let Some(domain) = options.cluster_domain {
             master_args.extend(["--cluster-domain".to_owned(), domain]);
+        }
+        match options.profile.as_deref() {
+            Some(profile @ ("demo" | "default")) => {
+                master_args.extend(["--profile".to_owned(), profile.to_owned()])
+            }
+            Some(other) => problems.push(format!(
+                "master-options.profile = {other:?}: use \"demo\" or \"default\""
+            )),
+            None => {}
         }
     }
     Some(NodeConfig {

@@ -111,7 +111,7 @@ mod tests {
         assert_eq!(text.len() % 4, 0);
         let text = String::from_utf8_lossy(&text);
         assert!(text.starts_with("070701"));
-        let names: Vec<&str> = ["bin\0", "bin/sh\0busybox", "init\0", "TRAILER!!!\0"]
+        let names: Vec<&str> = ["bin\0", "bin/sh\0\0\0\0busybox", "init\0", "TRAILER!!!\0"]
             .into_iter()
             .filter(|n| !text.contains(n))
             .collect();
