@@ -54,8 +54,9 @@ const FIRMWARE: [&str; 9] = [
     "fixup4cd.dat",
 ];
 
-/// Wi-Fi firmware of the Pis' Broadcom/Cypress chips: 43430 (Pi 3B, Zero W), 43436 (Zero 2 W),
-/// 43455 (Pi 3B+, 4, 400, CM4), 43456 (Pi 400, some Pi 4s).
+/// Wi-Fi firmware of the Pis' Broadcom/Cypress chips: 43430 (Pi 3B, Zero W), 43436 (Zero 2 W;
+/// not in bookworm's firmware-brcm80211 yet, so its Wi-Fi does not come up), 43455 (Pi 3B+,
+/// 4, 400, CM4), 43456 (Pi 400, some Pi 4s).
 const WIFI_FIRMWARE_PREFIXES: [&str; 4] = [
     "brcmfmac43430",
     "brcmfmac43436",
@@ -869,10 +870,9 @@ fn stage_root(
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if WIFI_FIRMWARE_PREFIXES.iter().any(|p| name.starts_with(p)) {
-                let path = entry.path();
-                match std::fs::read_link(&path) {
-                    Ok(target) => symlink(&target.to_string_lossy(), &firmware_dir.join(&name))?,
-                    Err(_) => copy_file(&path, &firmware_dir.join(&name))?,
+                // Many are links into ../cypress/: copy what they point at.
+                if let Ok(real) = std::fs::canonicalize(entry.path()) {
+                    copy_file(&real, &firmware_dir.join(&name))?;
                 }
             }
         }
