@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BRAMBLE, ROOT, Master, free_port, manifest, wait_for
+from conftest import BRAMBLE, KUBECTL, ROOT, Master, free_port, manifest, wait_for
 
 ARM64_BIN = os.environ.get("BRAMBLE_ARM64_BIN")
 QEMU = shutil.which("qemu-system-aarch64")
@@ -49,6 +49,7 @@ class EmulatedPi:
         self.mtools("mcopy", f"::/{initrd}", str(work / "initrd"))
         self.console = work / "console.log"
         self.process = None
+        self.forward = ""  # QEMU hostfwd rules, e.g. "hostfwd=tcp:127.0.0.1:PORT-:6443"
 
     def mtools(self, *args):
         result = subprocess.run(
@@ -69,7 +70,8 @@ class EmulatedPi:
                 "-kernel", str(self.work / "kernel"), "-initrd", str(self.work / "initrd"),
                 "-append", f"console=ttyAMA0 root=PARTUUID={self.disk_id:08x}-02 rootwait",
                 "-drive", f"file={self.disk},format=raw,if=virtio",
-                "-netdev", "user,id=lan", "-device", "virtio-net-pci,netdev=lan,mac=dc:a6:32:00:00:07",
+                "-netdev", ",".join(filter(None, ["user,id=lan", self.forward])),
+                "-device", "virtio-net-pci,netdev=lan,mac=dc:a6:32:00:00:07",
                 "-device", "virtio-rng-pci",
             ],
             stdin=subprocess.DEVNULL,
@@ -77,6 +79,16 @@ class EmulatedPi:
             stderr=subprocess.STDOUT,
         )
         return self
+
+    def root_partition(self) -> Path:
+        """A copy of the card's root partition as it is now (for debugfs)."""
+        mbr = self.disk.read_bytes()[:512]
+        start, sectors = struct.unpack_from("<II", mbr, 446 + 16 + 8)
+        copy = self.work / "root-now.ext4"
+        with open(self.disk, "rb") as src, open(copy, "wb") as dst:
+            src.seek(start * 512)
+            dst.write(src.read(sectors * 512))
+        return copy
 
     def log(self):
         return self.console.read_text(errors="replace")
@@ -202,3 +214,60 @@ gpio = "none"
     card_toml = pi.mtools("mtype", "::/bramble.toml").decode()
     assert SECRET not in card_toml, card_toml
     assert "removed" in card_toml
+
+
+def test_an_invalid_bramble_toml_is_explained_on_the_console(tmp_path):
+    image = build_image(tmp_path / "dist")
+    toml = 'role = "agent"\njoin_token = "short"\n[network]\naddress = "10.0.0.300/24"\n[panel]\ngpio = "none"\n'
+    pi = EmulatedPi(tmp_path, image, toml, 1 << 30).start()
+    try:
+        wait_for(
+            lambda: "read again every 10 seconds" in pi.log(),
+            timeout=240,
+            interval=1,
+            what="the Pi to explain its bramble.toml",
+        )
+        console = pi.log()
+        for problem in ["master is missing", "join_token is 5 characters", 'network.address = "10.0.0.300/24"']:
+            assert problem in console, console[-3000:]
+        assert "joining cluster" not in console, "it does not boot into a broken node"
+    finally:
+        pi.stop()
+
+
+def test_a_master_card_runs_the_master_and_its_own_node(tmp_path):
+    image = build_image(tmp_path / "dist")
+    port = free_port()
+    toml = 'role = "master"\nhostname = "pi-master"\nntp = []\n[panel]\ngpio = "none"\n'
+    pi = EmulatedPi(tmp_path, image, toml, 1 << 30)
+    pi.forward = f"hostfwd=tcp:127.0.0.1:{port}-:6443"
+    pi.start()
+    try:
+        wait_for(lambda: "agents join with join_token" in pi.log(), timeout=300, interval=1, what="the master to start")
+        console = pi.log()
+        assert "made up a join token" in console, console[-3000:]
+        token = None
+
+        def admin_token():
+            nonlocal token
+            # The guest's ext4 commits every 5 s; read the admin token off the live disk.
+            result = subprocess.run(
+                ["debugfs", "-c", "-R", "cat /var/lib/bramble/master/admin.token", str(pi.root_partition())],
+                capture_output=True, text=True,
+            )
+            token = result.stdout.strip() or None
+            return token
+
+        wait_for(admin_token, timeout=60, interval=2, what="the admin token on the card")
+
+        def own_node_ready():
+            result = subprocess.run(
+                [KUBECTL, "--server", f"https://127.0.0.1:{port}", "--token", token, "--insecure-skip-tls-verify",
+                 "get", "node", "pi-master", "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"],
+                capture_output=True, text=True, timeout=30,
+            )
+            return result.stdout.strip() == "True"
+
+        wait_for(own_node_ready, timeout=300, interval=2, what="the master's own node to be Ready")
+    finally:
+        pi.stop()
