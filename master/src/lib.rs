@@ -478,7 +478,25 @@ fn bootstrap(
             .map_err(|e| fail("the kubernetes endpoints", e))?;
     }
     publish_settings(state).map_err(|e| fail("kube-system/bramble-settings", e))?;
+    publish_join_token(state).map_err(|e| fail("kube-system/bramble-join-token", e))?;
     Ok(())
+}
+
+/// Writes `kube-system/bramble-join-token`, a Secret (as kubeadm keeps its bootstrap tokens):
+/// `token` is the pinned form agents join with, `secret` the bare one bramble.toml takes. The
+/// dashboard shows it in its help; `kubectl -n kube-system get secret bramble-join-token`
+/// reads it. Nodes cannot read it (they read only the secrets of their own pods).
+fn publish_join_token(state: &ApiState) -> Result<(), api::error::ApiError> {
+    use base64::Engine;
+    let token = state.nodes.join_token();
+    let secret = token.rsplit('.').next().unwrap_or_default();
+    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let object = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "bramble-join-token", "namespace": "kube-system"},
+        "data": {"token": encode(&token), "secret": encode(secret)},
+    });
+    create_or_set(state, "Secret", object, "data")
 }
 
 /// Writes `kube-system/bramble-settings`: the timings nodes follow (lease renewal, usage

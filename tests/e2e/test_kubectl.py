@@ -228,3 +228,12 @@ def test_unauthenticated_requests_are_rejected(master):
         raise AssertionError("expected 401")
     except urllib.error.HTTPError as error:
         assert error.code == 401
+
+
+def test_the_join_token_is_a_kube_system_secret(master):
+    import base64
+
+    secret = master.kubectl_json("get", "secret", "bramble-join-token", "-n", "kube-system")
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert token == (master.data_dir / "join.token").read_text().strip()
+    assert token.endswith("." + base64.b64decode(secret["data"]["secret"]).decode())

@@ -201,6 +201,9 @@ pub struct App {
     pub started: Instant,
     /// The user asked to leave.
     pub quit: bool,
+    /// The cluster's join secret (kube-system/bramble-join-token), shown in the help only, so
+    /// it stays off the projector unless asked for.
+    pub join_token: Option<String>,
     /// The connection state changed since the last frame.
     connection_changed: bool,
 }
@@ -240,6 +243,7 @@ impl App {
             wall: jiff::Timestamp::UNIX_EPOCH,
             started: now,
             quit: false,
+            join_token: None,
             connection_changed: false,
         }
     }

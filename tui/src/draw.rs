@@ -891,6 +891,12 @@ fn draw_help(app: &App, frame: &mut Frame, area: Rect) {
             " kill, drain, delete and the monkey ask first (--demo: they do not)",
         ));
     }
+    if let Some(token) = &app.join_token {
+        lines.push(Line::from(vec![
+            Span::raw(" new Pis join with "),
+            Span::styled(format!("join_token = \"{token}\""), bold),
+        ]));
+    }
     let rect = popup(area, 78, lines.len() as u16 + 2);
     frame.render_widget(Clear, rect);
     let block = Block::bordered()
@@ -1058,6 +1064,19 @@ mod tests {
         let mut app = demo_app();
         key(&mut app, KeyCode::Char('?'));
         assert_screen!("help_80x24", render(&app, 80, 24));
+    }
+
+    #[test]
+    fn the_join_token_is_in_the_help_only() {
+        let mut app = demo_app();
+        app.join_token = Some("0123456789abcdef0123".to_owned());
+        assert!(!text(&render(&app, 100, 40)).contains("0123456789abcdef0123"));
+        key(&mut app, KeyCode::Char('?'));
+        let help = text(&render(&app, 100, 40));
+        assert!(
+            help.contains("new Pis join with join_token = \"0123456789abcdef0123\""),
+            "{help}"
+        );
     }
 
     #[test]

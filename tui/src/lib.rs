@@ -60,6 +60,22 @@ pub enum TuiError {
     Terminal(#[source] std::io::Error),
 }
 
+/// The cluster's bare join secret, if the master answers within a second (the help shows it).
+async fn join_secret(client: &Client) -> Option<String> {
+    use base64::Engine;
+    let secret = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.get("/api/v1/namespaces/kube-system/secrets/bramble-join-token"),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["secret"].as_str()?)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
 /// Runs the dashboard until the user quits.
 pub async fn run(options: Options) -> Result<(), TuiError> {
     let client = Client::from_kubeconfig(&options.kubeconfig).map_err(TuiError::Kubeconfig)?;
@@ -86,6 +102,7 @@ pub async fn run(options: Options) -> Result<(), TuiError> {
         options.monkey.clone(),
         Instant::now(),
     );
+    app.join_token = join_secret(&client).await;
     let mut terminal = ratatui::try_init().map_err(TuiError::Terminal)?;
     let mut monkey: Option<ChaosMonkey<Client>> = None;
     let mut last_frame = Instant::now();
