@@ -883,7 +883,7 @@ fn stage_root(
         0o644,
     )?;
     write_file(&root.join("etc/group"), "root:x:0:\n", 0o644)?;
-    // No password: root logs in with an SSH key or on the console.
+    // No password: root logs in only with an SSH key (bramble.toml's [ssh]).
     write_file(
         &root.join("etc/shadow"),
         "root:*:19000:0:99999:7:::\n",

@@ -1030,9 +1030,12 @@ mod tests {
             &objects::DeleteOptions::default(),
         )
         .unwrap();
+        // The address and its announcing node are set by separate reconciles: wait for both
+        // (under qemu emulation the second can lag).
         let second = eventually("the freed address to go to the waiting service", || {
             let second = service_named(&api, "second");
-            (ingress_ips(&second) == [ip("10.99.0.200")]).then_some(second)
+            (ingress_ips(&second) == [ip("10.99.0.200")] && announcing_node(&second).is_some())
+                .then_some(second)
         })
         .await;
         assert_eq!(announcing_node(&second), Some("pi-1"));
