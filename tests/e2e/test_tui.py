@@ -72,7 +72,9 @@ def test_killing_a_node_with_its_key_moves_its_pods(demo_cluster, dashboard):
         what="6 running web pods",
     )
     screen = dashboard.wait_for_screen(
-        lambda s: "nodes 3/3 Ready" in s and "pods 6" in s and s, "the dashboard to show 6 pods on 3 nodes"
+        # "pods 6 5 waiting": the dashboard has not seen every binding yet; wait for them.
+        lambda s: "nodes 3/3 Ready" in s and "pods 6" in s and "waiting" not in s and s,
+        "the dashboard to show 6 pods on 3 nodes",
     )
     for names in placed.values():
         for name in names:
