@@ -614,14 +614,14 @@ fn symlink(target: &str, link: &Path) -> Result<(), BuildError> {
     std::os::unix::fs::symlink(target, link).map_err(BuildError::io(link))
 }
 
-/// Bytes of file data under `dir`, each file rounded up to a 4 KiB block.
+/// Bytes of file data under `dir`, each file and directory rounded up to a 4 KiB block.
 fn tree_bytes(dir: &Path) -> Result<u64, BuildError> {
     let mut total = 0;
-    for entry in std::fs::read_dir(dir).map_err(BuildError::io(dir))? {
-        let path = entry.map_err(BuildError::io(dir))?.path();
+    for relative in crate::tree::entries(dir).map_err(BuildError::io(dir))? {
+        let path = dir.join(relative);
         let meta = std::fs::symlink_metadata(&path).map_err(BuildError::io(&path))?;
         total += if meta.is_dir() {
-            4096 + tree_bytes(&path)?
+            4096
         } else {
             round_up(meta.len().max(1), 4096)
         };
@@ -652,16 +652,8 @@ pub fn set_times(dir: &Path, epoch: u64) -> Result<(), BuildError> {
         }
         Ok(())
     }
-    for entry in std::fs::read_dir(dir).map_err(BuildError::io(dir))? {
-        let path = entry.map_err(BuildError::io(dir))?.path();
-        if std::fs::symlink_metadata(&path)
-            .map_err(BuildError::io(&path))?
-            .is_dir()
-        {
-            set_times(&path, epoch)?;
-        } else {
-            stamp(&path, epoch)?;
-        }
+    for relative in crate::tree::entries(dir).map_err(BuildError::io(dir))? {
+        stamp(&dir.join(relative), epoch)?;
     }
     stamp(dir, epoch)
 }
@@ -1117,7 +1109,10 @@ fn make_ext4(
     let file = std::fs::File::create(image).map_err(BuildError::io(image))?;
     file.set_len(size).map_err(BuildError::io(image))?;
     drop(file);
-    let inodes = count_entries(dir)? + 8192;
+    let inodes = crate::tree::entries(dir)
+        .map_err(BuildError::io(dir))?
+        .len()
+        + 8192;
     let mkfs = format!(
         "mkfs.ext4 -q -F -b 4096 -I 256 -N {inodes} -m 1 -L bramble-root -U {uuid} \
          -E hash_seed={uuid},root_owner=0:0,lazy_itable_init=0 -d '{}' '{}'",
@@ -1140,7 +1135,12 @@ fn make_ext4(
     // mke2fs copies each file's change time from the host, which no one can set, and the access
     // time, which reading the file for mke2fs moved: stamp both.
     let mut paths = vec!["/".to_owned(), "/lost+found".to_owned()];
-    list_paths(dir, dir, &mut paths)?;
+    paths.extend(
+        crate::tree::entries(dir)
+            .map_err(BuildError::io(dir))?
+            .into_iter()
+            .map(|relative| format!("/{relative}")),
+    );
     let script: String = paths
         .iter()
         .flat_map(|path| {
@@ -1158,36 +1158,6 @@ fn make_ext4(
             .env("E2FSPROGS_FAKE_TIME", epoch.to_string()),
     )?;
     Ok(())
-}
-
-fn list_paths(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), BuildError> {
-    for entry in std::fs::read_dir(dir).map_err(BuildError::io(dir))? {
-        let path = entry.map_err(BuildError::io(dir))?.path();
-        let relative = path.strip_prefix(root).unwrap_or(&path);
-        out.push(format!("/{}", relative.display()));
-        if std::fs::symlink_metadata(&path)
-            .map_err(BuildError::io(&path))?
-            .is_dir()
-        {
-            list_paths(root, &path, out)?;
-        }
-    }
-    Ok(())
-}
-
-fn count_entries(dir: &Path) -> Result<u64, BuildError> {
-    let mut count = 0;
-    for entry in std::fs::read_dir(dir).map_err(BuildError::io(dir))? {
-        let path = entry.map_err(BuildError::io(dir))?.path();
-        count += 1;
-        if std::fs::symlink_metadata(&path)
-            .map_err(BuildError::io(&path))?
-            .is_dir()
-        {
-            count += count_entries(&path)?;
-        }
-    }
-    Ok(count)
 }
 
 fn make_fat(dir: &Path, image: &Path, size: u64, serial: u32) -> Result<(), BuildError> {

@@ -8,9 +8,7 @@ use std::path::Path;
 
 /// Archives the tree at `root` into gzip'd newc bytes, every entry stamped `mtime`.
 pub fn archive(root: &Path, mtime: u32) -> std::io::Result<Vec<u8>> {
-    let mut paths = Vec::new();
-    collect(root, root, &mut paths)?;
-    paths.sort();
+    let paths = crate::tree::entries(root)?;
     let mut out = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     for (index, relative) in paths.iter().enumerate() {
         let path = root.join(relative);
@@ -39,22 +37,6 @@ pub fn archive(root: &Path, mtime: u32) -> std::io::Result<Vec<u8>> {
     }
     entry(&mut out, "TRAILER!!!", 0, 0, 1, 0, &[])?;
     out.finish()
-}
-
-fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
-    for item in std::fs::read_dir(dir)? {
-        let path = item?.path();
-        let relative = path
-            .strip_prefix(root)
-            .expect("under root")
-            .to_string_lossy()
-            .into_owned();
-        out.push(relative);
-        if std::fs::symlink_metadata(&path)?.is_dir() {
-            collect(root, &path, out)?;
-        }
-    }
-    Ok(())
 }
 
 fn entry(

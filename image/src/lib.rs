@@ -9,3 +9,4 @@ pub mod debian;
 pub mod elf;
 pub mod flash;
 pub mod mbr;
+pub mod tree;
