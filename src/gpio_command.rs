@@ -20,7 +20,7 @@ pub struct GpioArgs {
     #[arg(long, value_name = "BUTTON")]
     press: Option<String>,
     /// Hold it down this long; 1.5s or more is a long press (kill: revive).
-    #[arg(long, default_value = "300ms", value_parser = agent::chaos::parse_duration)]
+    #[arg(long, default_value = "300ms", value_parser = protocol::chaos::parse_duration)]
     hold: Duration,
     /// Print the panel as JSON.
     #[arg(long)]
@@ -113,7 +113,7 @@ pub async fn run(args: GpioArgs) -> anyhow::Result<()> {
     let kubeconfig = args.kubeconfig.or_else(tui::default_kubeconfig).context(
         "no kubeconfig: pass --kubeconfig FILE (a local cluster's is .bramble/admin.kubeconfig)",
     )?;
-    let client = agent::client::Client::from_kubeconfig(&kubeconfig)?;
+    let client = protocol::client::Client::from_kubeconfig(&kubeconfig)?;
     let base = format!("/api/v1/nodes/{}/proxy/gpio", args.node);
     if let Some(button) = &args.press {
         let path = format!(

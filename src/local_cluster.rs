@@ -397,7 +397,7 @@ async fn wait_until_ready(
     pis: &[VirtualPi],
     agents: &mut [Child],
 ) -> anyhow::Result<()> {
-    let client = agent::client::Client::from_kubeconfig(kubeconfig)?;
+    let client = protocol::client::Client::from_kubeconfig(kubeconfig)?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut reported = 0;
     loop {

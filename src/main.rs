@@ -177,10 +177,10 @@ struct TuiArgs {
 #[derive(Args)]
 struct MonkeyArgs {
     /// The chaos monkey kills a node this often (20s, 2m).
-    #[arg(long, default_value = "30s", value_parser = agent::chaos::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = protocol::chaos::parse_duration)]
     monkey_interval: Duration,
     /// How long a node the monkey killed stays dead.
-    #[arg(long, default_value = "20s", value_parser = agent::chaos::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = protocol::chaos::parse_duration)]
     monkey_dead_for: Duration,
     /// Only nodes matching this label selector may die (default: any node but the master).
     #[arg(long)]
@@ -191,8 +191,8 @@ struct MonkeyArgs {
 }
 
 impl MonkeyArgs {
-    fn policy(self) -> agent::chaos::MonkeyPolicy {
-        agent::chaos::MonkeyPolicy {
+    fn policy(self) -> protocol::chaos::MonkeyPolicy {
+        protocol::chaos::MonkeyPolicy {
             interval: self.monkey_interval,
             dead_for: self.monkey_dead_for,
             nodes: self.monkey_nodes,
@@ -613,18 +613,18 @@ fn master_config(
 }
 
 async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
-    let client = agent::client::Client::from_kubeconfig(&args.kubeconfig)?;
+    let client = protocol::client::Client::from_kubeconfig(&args.kubeconfig)?;
     match args.command {
         Some(SimCommand::Kill { node }) => {
-            agent::chaos::set_node_alive(&client, &node, false).await?;
+            protocol::chaos::set_node_alive(&client, &node, false).await?;
             println!("node/{node} killed");
         }
         Some(SimCommand::Revive { node }) => {
-            agent::chaos::set_node_alive(&client, &node, true).await?;
+            protocol::chaos::set_node_alive(&client, &node, true).await?;
             println!("node/{node} revived");
         }
         Some(SimCommand::LinkDown { node, seconds }) => {
-            agent::chaos::set_node_chaos(&client, &node, Some(&format!("link-down:{seconds}")))
+            protocol::chaos::set_node_chaos(&client, &node, Some(&format!("link-down:{seconds}")))
                 .await?;
             println!("node/{node} takes its link down for {seconds} s");
         }
@@ -672,7 +672,7 @@ async fn shutdown_signal() {
 /// The master's front panel: one LED per node and the monkey button.
 struct MasterPanel {
     config: agent::panel::PanelConfig,
-    monkey: agent::chaos::MonkeyPolicy,
+    monkey: protocol::chaos::MonkeyPolicy,
 }
 
 async fn run_master(
@@ -696,7 +696,7 @@ async fn run_master(
     );
     let panel = match panel {
         Some(panel) if panel.config.backend != hardware::backend::BackendChoice::None => {
-            let client = agent::client::Client::from_kubeconfig(&started.kubeconfig_path)?;
+            let client = protocol::client::Client::from_kubeconfig(&started.kubeconfig_path)?;
             Some(tokio::spawn(agent::panel::run_master_panel(
                 client,
                 panel.config,
@@ -708,7 +708,7 @@ async fn run_master(
     let mut nodes = None;
     if let Some(count) = up_nodes {
         if count > 0 {
-            let client = agent::client::Client::from_kubeconfig(&started.kubeconfig_path)?;
+            let client = protocol::client::Client::from_kubeconfig(&started.kubeconfig_path)?;
             let config = agent::sim::SimConfig {
                 nodes: count,
                 prefix: "pi-".into(),

@@ -10,14 +10,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use protocol::client::Client;
+use protocol::join::{self, JoinToken};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
-use sha2::Digest;
-
-use crate::client::Client;
 
 /// Why joining failed.
 #[derive(Debug, thiserror::Error)]
@@ -103,41 +102,6 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// The CA hash inside a join token.
-fn token_ca_hash(token: &str) -> Option<&str> {
-    let mut parts = token.trim().split('.');
-    let (Some("bramble1"), Some(hash), Some(secret), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty())
-        .then_some(hash)
-}
-
-/// HMAC-SHA256 of `ca_pem` keyed with the join secret, in hex: what a master that knows the
-/// secret sends beside its CA (header `bramble-ca-proof`).
-fn ca_proof(join_secret: &str, ca_pem: &[u8]) -> String {
-    use hmac::Mac;
-    let mut mac =
-        hmac::Hmac::<sha2::Sha256>::new_from_slice(join_secret.as_bytes()).expect("any key length");
-    mac.update(ca_pem);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// A bare join secret (as in bramble.toml): no `bramble1.` prefix, no dots.
-fn is_bare_secret(token: &str) -> bool {
-    let token = token.trim();
-    !token.is_empty()
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// The CA's PEM and the `bramble-ca-proof` header, if any.
 async fn fetch_ca(server: &str) -> Result<(Vec<u8>, Option<String>), String> {
     let address = server
@@ -182,7 +146,7 @@ async fn fetch_ca(server: &str) -> Result<(Vec<u8>, Option<String>), String> {
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    let request = http::Request::get("/bramble/v1/ca.crt")
+    let request = http::Request::get(join::CA_PATH)
         .header(http::header::HOST, host)
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
@@ -195,7 +159,7 @@ async fn fetch_ca(server: &str) -> Result<(Vec<u8>, Option<String>), String> {
     }
     let proof = response
         .headers()
-        .get("bramble-ca-proof")
+        .get(join::CA_PROOF_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let body = response
@@ -214,39 +178,27 @@ pub async fn join(
     node: &str,
     kubeconfig: &Path,
 ) -> Result<(), JoinError> {
-    let expected = token_ca_hash(token);
-    if expected.is_none() && !is_bare_secret(token) {
-        return Err(JoinError::BadToken);
-    }
+    let token = JoinToken::parse(token).ok_or(JoinError::BadToken)?;
     let (ca_pem, proof) = fetch_ca(server).await.map_err(|problem| JoinError::Fetch {
         server: server.to_owned(),
         problem,
     })?;
-    let der = CertificateDer::from_pem_slice(&ca_pem).map_err(|e| JoinError::Fetch {
-        server: server.to_owned(),
-        problem: format!("the CA is not PEM: {e}"),
-    })?;
-    let trusted = match expected {
-        Some(expected) => {
-            let actual: String = sha2::Sha256::digest(der.as_ref())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            actual.eq_ignore_ascii_case(expected)
-        }
-        // A bare secret: the master proves it knows the secret too.
-        None => {
-            proof.is_some_and(|proof| proof.eq_ignore_ascii_case(&ca_proof(token.trim(), &ca_pem)))
-        }
-    };
+    if CertificateDer::from_pem_slice(&ca_pem).is_err() {
+        return Err(JoinError::Fetch {
+            server: server.to_owned(),
+            problem: "the CA is not PEM".to_owned(),
+        });
+    }
+    let trusted = token.trusts(&ca_pem, proof.as_deref());
     if !trusted {
         return Err(JoinError::CaMismatch {
             server: server.to_owned(),
         });
     }
-    let client = Client::new(server, &ca_pem, token.trim()).map_err(JoinError::Refused)?;
+    let client = Client::new(server, &ca_pem, token.secret())
+        .map_err(|e| JoinError::Refused(e.to_string()))?;
     let answer = client
-        .create("/bramble/v1/join", &json!({"node": node}))
+        .create(join::JOIN_PATH, &json!({"node": node}))
         .await
         .map_err(|e| JoinError::Refused(e.to_string()))?;
     let text = answer["kubeconfig"]
@@ -300,29 +252,5 @@ mod tests {
         let given = "clusters:\n- cluster:\n    certificate-authority-data: AAAA\n    server: https://127.0.0.1:6443\n  name: bramble\n";
         let kept = with_server(given, "https://10.0.2.2:6443/");
         assert_eq!(kept, given.replace("127.0.0.1", "10.0.2.2"));
-    }
-
-    #[test]
-    fn the_ca_proof_is_hmac_sha256() {
-        // RFC 4231, test case 2; the master's node_auth::ca_proof checks the same vector.
-        assert_eq!(
-            ca_proof("Jefe", b"what do ya want for nothing?"),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-        assert!(is_bare_secret("change-me-to-a-long-secret_1"));
-        assert!(!is_bare_secret("bramble1.abc.def"));
-        assert!(!is_bare_secret(""));
-    }
-
-    #[test]
-    fn join_tokens_carry_a_ca_hash() {
-        let hash = "ab".repeat(32);
-        assert_eq!(
-            token_ca_hash(&format!("bramble1.{hash}.s3cret\n")),
-            Some(hash.as_str())
-        );
-        assert_eq!(token_ca_hash("bramble1.abc.s3cret"), None);
-        assert_eq!(token_ca_hash(&format!("k10.{hash}.x")), None);
-        assert_eq!(token_ca_hash(&format!("bramble1.{hash}.")), None);
     }
 }

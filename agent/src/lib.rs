@@ -3,8 +3,6 @@
 //! nodes (`bramble sim`) that the controllers, the scheduler and the scale benchmarks run against.
 #![deny(missing_docs)]
 
-pub mod chaos;
-pub mod client;
 pub mod image;
 pub mod join;
 pub mod network;
@@ -12,7 +10,6 @@ pub mod node;
 pub mod node_server;
 pub mod panel;
 pub mod pod_config;
-pub mod pod_view;
 pub mod pods;
 pub mod runtime;
 pub mod services;

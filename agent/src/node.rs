@@ -18,17 +18,18 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::chaos::CHAOS_ANNOTATION;
-use crate::client::{now_time, renew_node_lease, Client, ClientError};
 use crate::image::{ImageError, ImageStore, Platform};
 use crate::network::{Cidr, NetworkError, PodNetwork};
-use crate::node_server::{ensure_identity, AgentIdentity, NodeServer, AGENT_PORT, CERT_ANNOTATION};
+use crate::node_server::{ensure_identity, AgentIdentity, NodeServer, AGENT_PORT};
 use crate::panel::{ButtonAction, ButtonPress, NodePanel, Panel, PanelConfig};
 use crate::pods::{spawn_worker, IpAllocator, NodeContext, PodHandle};
 use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
 use crate::services::proxy::NodeFacts;
 use crate::services::resolv::ClusterDns;
 use crate::services::ServicesConfig;
+use protocol::chaos::CHAOS_ANNOTATION;
+use protocol::client::{now_time, renew_node_lease, Client, ClientError, Event};
+use protocol::node::CERT_ANNOTATION;
 
 /// How a node agent is set up.
 #[derive(Debug, Clone)]
@@ -129,27 +130,6 @@ pub fn board_model() -> Option<String> {
         .trim()
         .to_owned();
     (!text.is_empty()).then_some(text)
-}
-
-/// A label value from free text: letters, digits, `-_.`, at most 63 characters.
-fn label_value(text: &str) -> String {
-    let cleaned: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    cleaned
-        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .chars()
-        .take(63)
-        .collect::<String>()
-        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_owned()
 }
 
 /// Timings the master publishes in `kube-system/bramble-settings`.
@@ -316,8 +296,8 @@ impl Agent {
             CERT_ANNOTATION: self.identity.fingerprint,
         });
         if let Some(model) = board_model() {
-            labels["node.bramble.dev/board"] = json!(label_value(&model));
-            annotations["bramble.dev/board-model"] = json!(model);
+            labels[protocol::node::BOARD_LABEL] = json!(protocol::node::label_value(&model));
+            annotations[protocol::node::BOARD_MODEL_ANNOTATION] = json!(model);
         }
         for (key, value) in &self.config.labels {
             labels[key] = json!(value);
@@ -564,7 +544,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                         let wanted: Vec<(Cidr, Ipv4Addr)> =
                             desired.lock().expect("routes lock").clone();
                         if let Err(error) = network.sync_routes(&wanted).await {
-                            tracing::warn!(error = %crate::pods::error_chain(&error), "route sync failed");
+                            tracing::warn!(error = %protocol::error::error_chain(&error), "route sync failed");
                         }
                     }
                 });
@@ -574,11 +554,11 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             agent
                 .client
                 .clone()
-                .follow("/api/v1/nodes", |kind, node| {
-                    let name = node["metadata"]["name"].as_str().unwrap_or("").to_owned();
-                    if kind == "SYNCED" || kind == "LISTING" {
+                .follow("/api/v1/nodes", |event| {
+                    let Some(node) = event.object() else {
                         return;
-                    }
+                    };
+                    let name = node["metadata"]["name"].as_str().unwrap_or("").to_owned();
                     if name == own {
                         if let Some(panel) = &panel {
                             panel.node_changed(node);
@@ -610,17 +590,11 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                         return;
                     }
                     let before = routes.clone();
-                    if kind == "DELETED" {
+                    if matches!(event, Event::Delete(_)) {
                         routes.remove(&name);
                     } else {
                         let cidr = node["spec"]["podCIDR"].as_str().and_then(Cidr::parse);
-                        let ip = node["status"]["addresses"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .find(|a| a["type"] == "InternalIP")
-                            .and_then(|a| a["address"].as_str())
-                            .and_then(|a| a.parse::<Ipv4Addr>().ok());
+                        let ip = protocol::node::internal_ipv4(node);
                         match (cidr, ip) {
                             (Some(cidr), Some(ip)) => {
                                 routes.insert(name, (cidr, ip));
@@ -718,63 +692,68 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         config.node_name
     );
     let mut first_sync = true;
-    let mut listing = false;
     let mut listed = std::collections::HashSet::new();
     let dead_agent = agent.clone();
     client
-        .follow(&selector, |kind, pod| {
+        .follow(&selector, |event| {
             if let Some(panel) = &panel {
-                panel.pod_event(kind, pod);
+                panel.pod_event(event);
             }
             let mut workers = workers.lock().expect("workers lock");
-            if kind == "LISTING" {
-                listing = true;
-                listed.clear();
-                return;
-            }
-            if kind == "ADDED" && listing {
-                if let Some(uid) = pod["metadata"]["uid"].as_str() {
-                    listed.insert(uid.to_owned());
+            let pod = match event {
+                Event::Init => {
+                    listed.clear();
+                    return;
                 }
-            }
-            if kind == "SYNCED" {
-                listing = false;
-                if !first_sync {
-                    // A fresh list after a long disconnection: pods deleted meanwhile go.
-                    let gone: Vec<String> = workers
-                        .keys()
-                        .filter(|uid| !listed.contains(*uid))
-                        .cloned()
-                        .collect();
-                    for uid in gone {
-                        if let Some(handle) = workers.remove(&uid) {
-                            tracing::info!(uid, "pod deleted while the master was out of reach");
-                            let _ = handle.object.send(None);
-                        }
+                Event::InitApply(pod) => {
+                    if let Some(uid) = pod["metadata"]["uid"].as_str() {
+                        listed.insert(uid.to_owned());
                     }
+                    pod
                 }
-                if first_sync {
-                    first_sync = false;
-                    let known: Vec<String> = workers.keys().cloned().collect();
-                    if let Ok(entries) = std::fs::read_dir(&pods_dir) {
-                        for entry in entries.flatten() {
-                            let uid = entry.file_name().to_string_lossy().into_owned();
-                            if !known.contains(&uid) {
+                Event::Apply(pod) | Event::Delete(pod) => pod,
+                Event::InitDone => {
+                    if !first_sync {
+                        // A fresh list after a long disconnection: pods deleted meanwhile go.
+                        let gone: Vec<String> = workers
+                            .keys()
+                            .filter(|uid| !listed.contains(*uid))
+                            .cloned()
+                            .collect();
+                        for uid in gone {
+                            if let Some(handle) = workers.remove(&uid) {
                                 tracing::info!(
                                     uid,
-                                    "cleaning up a pod deleted while the agent was away"
+                                    "pod deleted while the master was out of reach"
                                 );
-                                workers.insert(uid.clone(), spawn_worker(ctx.clone(), uid, None));
+                                let _ = handle.object.send(None);
                             }
                         }
                     }
+                    if first_sync {
+                        first_sync = false;
+                        let known: Vec<String> = workers.keys().cloned().collect();
+                        if let Ok(entries) = std::fs::read_dir(&pods_dir) {
+                            for entry in entries.flatten() {
+                                let uid = entry.file_name().to_string_lossy().into_owned();
+                                if !known.contains(&uid) {
+                                    tracing::info!(
+                                        uid,
+                                        "cleaning up a pod deleted while the agent was away"
+                                    );
+                                    workers
+                                        .insert(uid.clone(), spawn_worker(ctx.clone(), uid, None));
+                                }
+                            }
+                        }
+                    }
+                    return;
                 }
-                return;
-            }
+            };
             let Some(uid) = pod["metadata"]["uid"].as_str() else {
                 return;
             };
-            if kind == "DELETED" {
+            if matches!(event, Event::Delete(_)) {
                 if let Some(handle) = workers.remove(uid) {
                     let _ = handle.object.send(None);
                 }
@@ -829,7 +808,7 @@ fn start_panel(config: &PanelConfig, client: &Arc<Client>, node: &str) -> Option
                 (false, "killing it")
             };
             tracing::warn!(node, "chaos: the node's button was pressed: {what}");
-            match crate::chaos::set_node_alive(&client, &node, alive).await {
+            match protocol::chaos::set_node_alive(&client, &node, alive).await {
                 Ok(()) => {
                     node_event(
                         &client,
@@ -840,7 +819,7 @@ fn start_panel(config: &PanelConfig, client: &Arc<Client>, node: &str) -> Option
                     .await
                 }
                 Err(error) => {
-                    tracing::error!(error = %crate::pods::error_chain(&error), "the button could not change the node")
+                    tracing::error!(error = %protocol::error::error_chain(&error), "the button could not change the node")
                 }
             }
         }
@@ -899,7 +878,7 @@ fn pull_the_cable(agent: Arc<Agent>, duration: Duration) {
             match crate::network::link_down_for(agent.node_ip, duration).await {
                 Ok(link) => tracing::info!(link, "chaos: link back up"),
                 Err(error) => {
-                    tracing::error!(error = %crate::pods::error_chain(&error), "chaos: link-down failed")
+                    tracing::error!(error = %protocol::error::error_chain(&error), "chaos: link-down failed")
                 }
             }
             agent.revived.notify_waiters();
@@ -920,18 +899,4 @@ fn images_in_use(pods_dir: &Path) -> std::collections::HashSet<String> {
         }
     }
     in_use
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn board_models_become_label_values() {
-        assert_eq!(
-            label_value("Raspberry Pi 4 Model B Rev 1.4"),
-            "Raspberry-Pi-4-Model-B-Rev-1.4"
-        );
-        assert!(label_value(&"x".repeat(100)).len() <= 63);
-    }
 }

@@ -9,7 +9,7 @@
 //!
 //! Only the master gets in: clients must present a certificate signed by the cluster CA (the
 //! CA in the agent's kubeconfig). The agent's own certificate is self-signed; its SHA-256 is
-//! published on the Node (annotation [`CERT_ANNOTATION`]) and the master pins it.
+//! published on the Node (annotation [`protocol::node::CERT_ANNOTATION`]) and the master pins it.
 //!
 //! Exec speaks the Kubernetes WebSocket stream protocols `v5.channel.k8s.io` and
 //! `v4.channel.k8s.io`: every binary message starts with a channel byte (0 stdin, 1 stdout,
@@ -38,8 +38,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use crate::pods::PodHandle;
 use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
 
-/// The Node annotation holding the SHA-256 of the agent's certificate (hex).
-pub const CERT_ANNOTATION: &str = "bramble.dev/agent-cert-sha256";
 /// The port the agent serves on.
 pub const AGENT_PORT: u16 = 10250;
 
@@ -93,16 +91,12 @@ pub fn ensure_identity(
     let key_pem = std::fs::read_to_string(&key_path)?;
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
         .map_err(|e| std::io::Error::other(format!("{}: {e}", cert_path.display())))?;
-    let fingerprint = hex(&sha2::Sha256::digest(der.as_ref()));
+    let fingerprint = protocol::join::der_pin(der.as_ref());
     Ok(AgentIdentity {
         cert_pem,
         key_pem,
         fingerprint,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Serves on `address` until the task is dropped. Clients must hold a certificate signed by
@@ -219,7 +213,7 @@ async fn press_button(
     };
     let hold = match query.iter().find(|(k, _)| k == "hold") {
         None => Duration::from_millis(300),
-        Some((_, text)) => match crate::chaos::parse_duration(text) {
+        Some((_, text)) => match protocol::chaos::parse_duration(text) {
             Ok(hold) if hold <= Duration::from_secs(10) => hold,
             Ok(_) => return status_error(400, "BadRequest", "hold a button for at most 10s"),
             Err(error) => return status_error(400, "BadRequest", error),
@@ -252,49 +246,6 @@ fn status_error(code: u16, reason: &str, message: impl Into<String>) -> Response
         .expect("valid response")
 }
 
-fn query_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn flag(query: &[(String, String)], name: &str) -> bool {
-    query
-        .iter()
-        .any(|(k, v)| k == name && (v == "true" || v == "1" || v.is_empty()))
-}
-
 fn number(query: &[(String, String)], name: &str) -> Option<i64> {
     query
         .iter()
@@ -305,7 +256,7 @@ fn number(query: &[(String, String)], name: &str) -> Option<i64> {
 impl NodeServer {
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         let path = request.uri().path().to_owned();
-        let query = query_pairs(request.uri().query().unwrap_or(""));
+        let query = protocol::query::pairs(request.uri().query().unwrap_or(""));
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         match (request.method(), segments.as_slice()) {
             (&Method::GET, ["healthz"]) => Response::new(full("ok")),
@@ -383,7 +334,7 @@ impl NodeServer {
         pod: &str,
         container: &str,
     ) -> Response<Body> {
-        let attempt = if flag(query, "previous") {
+        let attempt = if protocol::query::flag(query, "previous") {
             if attempts.len() < 2 {
                 return status_error(
                     400,
@@ -398,8 +349,9 @@ impl NodeServer {
             attempts.pop().expect("attempts are not empty")
         };
         let options = LogOptions {
-            follow: flag(query, "follow") && !flag(query, "previous"),
-            timestamps: flag(query, "timestamps"),
+            follow: protocol::query::flag(query, "follow")
+                && !protocol::query::flag(query, "previous"),
+            timestamps: protocol::query::flag(query, "timestamps"),
             tail_lines: number(query, "tailLines").map(|n| n.max(0) as usize),
             limit_bytes: number(query, "limitBytes").map(|n| n.max(1) as usize),
             since: since(query),
@@ -469,10 +421,10 @@ impl NodeServer {
             );
         };
         let options = ExecOptions {
-            stdin: flag(&query, "stdin"),
-            stdout: flag(&query, "stdout"),
-            stderr: flag(&query, "stderr"),
-            tty: flag(&query, "tty"),
+            stdin: protocol::query::flag(&query, "stdin"),
+            stdout: protocol::query::flag(&query, "stdout"),
+            stderr: protocol::query::flag(&query, "stderr"),
+            tty: protocol::query::flag(&query, "tty"),
         };
         let upgrade = hyper::upgrade::on(&mut request);
         let runner = self.runner.clone();

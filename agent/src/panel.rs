@@ -28,6 +28,8 @@ use hardware::led::StatusLed;
 use hardware::lights::StripLights;
 use hardware::simulated::SimulatedGpio;
 use hardware::status::{node_signal, Blink, NodeHealth, NodeSignal, Rgb};
+use protocol::client::Event;
+use protocol::node::Readiness;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -742,26 +744,27 @@ impl NodePanel {
     }
 
     /// A watch event (`LISTING`, `ADDED`, `MODIFIED`, `DELETED`, `SYNCED`) for a pod bound here.
-    pub fn pod_event(&self, kind: &str, pod: &serde_json::Value) {
-        let key = pod_key(pod);
-        self.update(|facts| match kind {
-            "LISTING" => facts.listed = Some(Default::default()),
-            "SYNCED" => {
+    pub fn pod_event(&self, event: Event<'_>) {
+        self.update(|facts| match event {
+            Event::Init => facts.listed = Some(Default::default()),
+            Event::InitDone => {
                 if let Some(listed) = facts.listed.take() {
                     facts.starting.retain(|k| listed.contains(k));
                     facts.lights.retain(|k, _| listed.contains(k));
                     self.panel.retain_lights(|k| listed.contains(k));
                 }
             }
-            "DELETED" => {
+            Event::Delete(pod) => {
+                let key = pod_key(pod);
                 facts.starting.remove(&key);
                 facts.lights.remove(&key);
                 self.panel.remove_light(&key);
             }
-            _ => {
-                let state = crate::pod_view::pod_state(pod);
-                let owner = crate::pod_view::owner_of(pod);
-                let app = crate::pod_view::app_of(pod, &owner);
+            Event::InitApply(pod) | Event::Apply(pod) => {
+                let key = pod_key(pod);
+                let state = protocol::pod_view::pod_state(pod);
+                let owner = protocol::pod_view::owner_of(pod);
+                let app = protocol::pod_view::app_of(pod, &owner);
                 if state.is_starting() {
                     facts.starting.insert(key.clone());
                 } else {
@@ -782,19 +785,13 @@ impl NodePanel {
 
 /// How a Node object looks on the master's strip.
 pub fn node_health(node: &serde_json::Value) -> NodeHealth {
-    if node["metadata"]["annotations"][crate::chaos::CHAOS_ANNOTATION].is_string() {
+    if node["metadata"]["annotations"][protocol::chaos::CHAOS_ANNOTATION].is_string() {
         return NodeHealth::NotReady;
     }
-    let ready = node["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == "Ready")
-        .and_then(|c| c["status"].as_str());
-    match ready {
-        Some("True") => NodeHealth::Ready,
-        Some("False") => NodeHealth::NotReady,
-        _ => NodeHealth::Unknown,
+    match protocol::node::readiness(node) {
+        Readiness::Ready => NodeHealth::Ready,
+        Readiness::NotReady => NodeHealth::NotReady,
+        Readiness::Unknown => NodeHealth::Unknown,
     }
 }
 
@@ -803,22 +800,27 @@ pub fn node_health(node: &serde_json::Value) -> NodeHealth {
 pub fn show_node_event(
     panel: &Panel,
     listed: &mut Option<std::collections::BTreeSet<String>>,
-    kind: &str,
-    node: &serde_json::Value,
+    event: Event<'_>,
 ) {
-    let name = node["metadata"]["name"].as_str().unwrap_or_default();
-    match kind {
-        "LISTING" => *listed = Some(Default::default()),
-        "SYNCED" => {
+    let name = |node: &serde_json::Value| {
+        node["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    match event {
+        Event::Init => *listed = Some(Default::default()),
+        Event::InitDone => {
             if let Some(listed) = listed.take() {
                 panel.retain_lights(|k| listed.contains(k));
             }
         }
-        "DELETED" => panel.remove_light(name),
-        _ => {
-            panel.set_light(name, hardware::status::node_colour(node_health(node)));
+        Event::Delete(node) => panel.remove_light(&name(node)),
+        Event::InitApply(node) | Event::Apply(node) => {
+            let name = name(node);
+            panel.set_light(&name, hardware::status::node_colour(node_health(node)));
             if let Some(listed) = listed {
-                listed.insert(name.to_owned());
+                listed.insert(name);
             }
         }
     }
@@ -826,13 +828,13 @@ pub fn show_node_event(
 
 /// The master's monkey button: each press starts or stops the chaos monkey (stopping revives
 /// what it killed); the status LED blinks while the monkey runs. Returns when the panel stops.
-pub async fn monkey_button<C: crate::chaos::ChaosTarget>(
+pub async fn monkey_button<C: protocol::chaos::ChaosTarget>(
     target: Arc<C>,
     panel: &Panel,
     presses: &mut mpsc::UnboundedReceiver<ButtonPress>,
-    policy: &crate::chaos::MonkeyPolicy,
+    policy: &protocol::chaos::MonkeyPolicy,
 ) {
-    let mut monkey: Option<crate::chaos::ChaosMonkey<C>> = None;
+    let mut monkey: Option<protocol::chaos::ChaosMonkey<C>> = None;
     let (events, mut monkey_events) = mpsc::unbounded_channel();
     loop {
         tokio::select! {
@@ -846,13 +848,13 @@ pub async fn monkey_button<C: crate::chaos::ChaosTarget>(
                     Some(running) => {
                         match running.stop().await {
                             Ok(revived) => tracing::info!(?revived, "chaos monkey stopped by the master's button"),
-                            Err(error) => tracing::error!(error = %crate::pods::error_chain(&error), "chaos monkey stopped; a node could not be revived"),
+                            Err(error) => tracing::error!(error = %protocol::error::error_chain(&error), "chaos monkey stopped; a node could not be revived"),
                         }
                         panel.set_health(NodeHealth::Ready);
                     }
                     None => {
                         tracing::warn!(?policy, "chaos monkey started by the master's button");
-                        monkey = Some(crate::chaos::ChaosMonkey::start(target.clone(), policy.clone(), events.clone()));
+                        monkey = Some(protocol::chaos::ChaosMonkey::start(target.clone(), policy.clone(), events.clone()));
                         panel.set_health(NodeHealth::Starting);
                     }
                 }
@@ -869,9 +871,9 @@ pub async fn monkey_button<C: crate::chaos::ChaosTarget>(
 /// red NotReady, amber unknown), the status LED steady while the master serves and blinking
 /// while the chaos monkey runs, and the monkey button starting and stopping the monkey.
 pub async fn run_master_panel(
-    client: Arc<crate::client::Client>,
+    client: Arc<protocol::client::Client>,
     config: PanelConfig,
-    policy: crate::chaos::MonkeyPolicy,
+    policy: protocol::chaos::MonkeyPolicy,
 ) {
     let (panel, mut presses) = match Panel::start(&config) {
         Ok(Some(started)) => started,
@@ -885,8 +887,8 @@ pub async fn run_master_panel(
     let mut listed = None;
     tokio::join!(
         monkey_button(client.clone(), &panel, &mut presses, &policy),
-        client.follow("/api/v1/nodes", |kind, node| {
-            show_node_event(&panel, &mut listed, kind, node)
+        client.follow("/api/v1/nodes", |event| {
+            show_node_event(&panel, &mut listed, event)
         }),
     );
 }
@@ -1047,13 +1049,13 @@ mod tests {
         node.node_changed(
             &serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
         );
-        node.pod_event("ADDED", &pod("web-1", "web", "Pending", false));
+        node.pod_event(Event::Apply(&pod("web-1", "web", "Pending", false)));
         wait_for("starting while a pod starts", || {
             health(&node) == "starting"
         });
         let web = hardware::status::app_colour("web");
-        node.pod_event("MODIFIED", &pod("web-1", "web", "Running", true));
-        node.pod_event("ADDED", &pod("db-1", "cache", "Running", true));
+        node.pod_event(Event::Apply(&pod("web-1", "web", "Running", true)));
+        node.pod_event(Event::Apply(&pod("db-1", "cache", "Running", true)));
         let db = hardware::status::app_colour("cache");
         assert_ne!(web, db);
         wait_for("ready, two pods lit", || {
@@ -1063,7 +1065,7 @@ mod tests {
         wait_for("dark and red when killed", || {
             health(&node) == "notready" && gpio.strip(24) == [Rgb::OFF; 8]
         });
-        node.pod_event("DELETED", &pod("db-1", "cache", "Running", true));
+        node.pod_event(Event::Delete(&pod("db-1", "cache", "Running", true)));
         node.set_dead(false);
         wait_for("the remaining pod back on revival", || {
             gpio.strip(24)[0] == web && gpio.strip(24)[1..] == [Rgb::OFF; 7]
@@ -1082,23 +1084,23 @@ mod tests {
         let (panel, _presses) = Panel::start(&simulated_kit()).unwrap().unwrap();
         let gpio = panel.simulated.clone().unwrap();
         let mut listed = None;
-        show_node_event(&panel, &mut listed, "LISTING", &serde_json::Value::Null);
+        show_node_event(&panel, &mut listed, Event::Init);
         for (name, ready) in [
             ("pi-1", "True"),
             ("pi-2", "False"),
             ("pi-3", "Unknown"),
             ("pi-4", "True"),
         ] {
-            show_node_event(&panel, &mut listed, "ADDED", &node(name, ready));
+            show_node_event(&panel, &mut listed, Event::InitApply(&node(name, ready)));
         }
-        show_node_event(&panel, &mut listed, "SYNCED", &serde_json::Value::Null);
+        show_node_event(&panel, &mut listed, Event::InitDone);
         let (green, red, amber) = (Rgb::GREEN, Rgb::RED, Rgb::AMBER);
         wait_for("the nodes' colours", || {
             gpio.strip(24).get(..4) == Some(&[green, red, amber, green][..])
         });
-        show_node_event(&panel, &mut listed, "LISTING", &serde_json::Value::Null);
-        show_node_event(&panel, &mut listed, "ADDED", &node("pi-1", "True"));
-        show_node_event(&panel, &mut listed, "SYNCED", &serde_json::Value::Null);
+        show_node_event(&panel, &mut listed, Event::Init);
+        show_node_event(&panel, &mut listed, Event::InitApply(&node("pi-1", "True")));
+        show_node_event(&panel, &mut listed, Event::InitDone);
         wait_for("nodes gone from a fresh list going dark", || {
             gpio.strip(24)
                 == [
@@ -1118,15 +1120,19 @@ mod tests {
     #[derive(Default)]
     struct Nodes(Mutex<Vec<(String, bool)>>);
 
-    impl crate::chaos::ChaosTarget for Nodes {
+    impl protocol::chaos::ChaosTarget for Nodes {
         async fn nodes(
             &self,
             _selector: Option<&str>,
-        ) -> Result<Vec<serde_json::Value>, crate::client::ClientError> {
+        ) -> Result<Vec<serde_json::Value>, protocol::client::ClientError> {
             Ok(["pi-1", "pi-2", "pi-3"].map(|n| node(n, "True")).to_vec())
         }
 
-        async fn set_alive(&self, node: &str, alive: bool) -> Result<(), crate::chaos::ChaosError> {
+        async fn set_alive(
+            &self,
+            node: &str,
+            alive: bool,
+        ) -> Result<(), protocol::chaos::ChaosError> {
             self.0.lock().unwrap().push((node.to_owned(), alive));
             Ok(())
         }
@@ -1145,7 +1151,7 @@ mod tests {
         }];
         let (panel, mut presses) = Panel::start(&config).unwrap().unwrap();
         let target = Arc::new(Nodes::default());
-        let policy = crate::chaos::MonkeyPolicy {
+        let policy = protocol::chaos::MonkeyPolicy {
             min_ready: 1,
             ..Default::default()
         };

@@ -14,9 +14,9 @@ use std::path::{Component, Path, PathBuf};
 use base64::Engine;
 use serde_json::Value;
 
-use crate::client::Client;
 use crate::runtime::spec::{expand, BindMount};
-use crate::sim::parse_quantity;
+use protocol::client::Client;
+use protocol::quantity;
 
 /// A container's configuration cannot be built yet; kubelet reports this as
 /// `CreateContainerConfigError` and retries.
@@ -179,10 +179,10 @@ fn resource_value(container: &Value, reference: &Value) -> Result<String, Config
         });
     let divisor = reference["divisor"]
         .as_str()
-        .and_then(parse_quantity)
+        .and_then(quantity::parse)
         .filter(|d| *d > 0.0)
         .unwrap_or(1.0);
-    let Some(amount) = amount.and_then(|a| parse_quantity(&a)) else {
+    let Some(amount) = amount.and_then(|a| quantity::parse(&a)) else {
         // An absent limit or request reads as 0 here; upstream reports allocatable for limits.
         return Ok("0".into());
     };

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
-use crate::client::{now_time, string_array, Client};
 use crate::image::{Credentials, ImageStore, PullPolicy, Reference};
 use crate::network::{Cidr, PodNetwork};
 use crate::pod_config::{container_env, prepare_volumes, volume_mounts, ObjectSource, PodFacts};
@@ -33,7 +32,8 @@ use crate::runtime::monitor::Exited;
 use crate::runtime::sandbox;
 use crate::runtime::spec::{resolve_args, BindMount, ContainerPlan};
 use crate::services::NodeServices;
-use crate::sim::parse_quantity;
+use protocol::client::{now_time, string_array, Client};
+use protocol::quantity;
 
 /// What every pod worker on the node shares.
 pub struct NodeContext {
@@ -306,7 +306,7 @@ impl PodWorker {
             .map_err(|e| {
                 format!(
                     "cannot connect the pod to the network: {:#}",
-                    error_chain(&e)
+                    protocol::error::error_chain(&e)
                 )
             })?;
         Ok(())
@@ -804,7 +804,7 @@ impl PodWorker {
                         .as_f64()
                         .map(|n| n.to_string())
                 })
-                .and_then(|q| parse_quantity(&q))
+                .and_then(|q| quantity::parse(&q))
         };
         let plan = ContainerPlan {
             args,
@@ -1435,17 +1435,6 @@ impl PodWorker {
             tracing::debug!(%error, "event not recorded");
         }
     }
-}
-
-/// An error and its causes on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 /// Waits until the process `pid` has exited (through a pidfd, so it works for processes that

@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use crate::chaos::CHAOS_ANNOTATION;
-use crate::client::{now_micro_time, now_time, Client, ClientError};
+use protocol::chaos::CHAOS_ANNOTATION;
+use protocol::client::{now_micro_time, now_time, Client, ClientError, Event};
+use protocol::quantity;
 
 /// The label every simulated node carries.
 pub const SIMULATED_LABEL: &str = "node.bramble.dev/simulated";
@@ -318,19 +319,21 @@ impl Simulator {
     async fn follow(
         self: Arc<Self>,
         collection: &'static str,
-        handle: fn(&Arc<Self>, &str, &Value),
+        handle: fn(&Arc<Self>, Change, &Value),
     ) {
         let client = self.client.clone();
         client
-            .follow(collection, |kind, object| {
-                if kind != "SYNCED" && kind != "LISTING" {
-                    handle(&self, kind, object)
+            .follow(collection, |event| match event {
+                Event::InitApply(object) | Event::Apply(object) => {
+                    handle(&self, Change::Applied, object)
                 }
+                Event::Delete(object) => handle(&self, Change::Deleted, object),
+                Event::Init | Event::InitDone => {}
             })
             .await;
     }
 
-    fn on_node(self: &Arc<Self>, _event: &str, node: &Value) {
+    fn on_node(self: &Arc<Self>, _change: Change, node: &Value) {
         let name = node["metadata"]["name"].as_str().unwrap_or_default();
         let dead = node["metadata"]["annotations"][CHAOS_ANNOTATION] == "kill";
         let ready = node["status"]["conditions"]
@@ -385,13 +388,13 @@ impl Simulator {
         }
     }
 
-    fn on_pod(self: &Arc<Self>, event: &str, pod: &Value) {
+    fn on_pod(self: &Arc<Self>, change: Change, pod: &Value) {
         let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
         let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
         let key = (namespace.to_owned(), name.to_owned());
         let mut state = self.state.lock().expect("sim state lock");
-        if event == "DELETED" {
+        if change == Change::Deleted {
             if let Some(gone) = state.pods.remove(&key) {
                 release_ip(&mut state, &gone);
             }
@@ -587,7 +590,7 @@ impl Simulator {
     /// memory between checkpoints, so a master that lost power comes back without them.
     async fn renew_lease(&self, node: &str) {
         let _permit = self.calls.acquire().await.expect("semaphore open");
-        if let Err(error) = crate::client::renew_node_lease(&self.client, node).await {
+        if let Err(error) = protocol::client::renew_node_lease(&self.client, node).await {
             tracing::warn!(%error, node, "lease renewal failed");
         }
     }
@@ -676,46 +679,29 @@ fn usage(pod: &Value) -> (u64, u64) {
     let mut cpu_request = 0;
     for container in pod["spec"]["containers"].as_array().into_iter().flatten() {
         if let Some(cpu) = container["resources"]["requests"]["cpu"].as_str() {
-            cpu_request += parse_quantity(cpu)
+            cpu_request += quantity::parse(cpu)
                 .map(|q| (q * 1000.0) as u64)
                 .unwrap_or(0);
         }
     }
     let cpu = annotation(pod, CPU_ANNOTATION)
-        .and_then(parse_quantity)
+        .and_then(quantity::parse)
         .map(|q| (q * 1000.0).round() as u64)
         .unwrap_or((cpu_request / 20).max(1));
     let memory = annotation(pod, MEMORY_ANNOTATION)
-        .and_then(parse_quantity)
+        .and_then(quantity::parse)
         .map(|q| q as u64)
         .unwrap_or(8 << 20);
     (cpu, memory)
 }
 
-/// A Kubernetes quantity as a number of base units ("250m" = 0.25, "1Gi" = 1073741824).
-pub fn parse_quantity(text: &str) -> Option<f64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let scale = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024.0f64.powi(4),
-        _ => return None,
-    };
-    Some(number * scale)
+/// What a followed object went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Listed, added or modified.
+    Applied,
+    /// Deleted.
+    Deleted,
 }
 
 fn pod_network(node: &Value) -> Option<(u32, u32)> {
@@ -852,15 +838,6 @@ fn node_metrics(state: &SimState, node: &str, window: Duration) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantities() {
-        assert_eq!(parse_quantity("250m"), Some(0.25));
-        assert_eq!(parse_quantity("2"), Some(2.0));
-        assert_eq!(parse_quantity("1Gi"), Some(1073741824.0));
-        assert_eq!(parse_quantity("1.5"), Some(1.5));
-        assert_eq!(parse_quantity("x"), None);
-    }
 
     #[test]
     fn pod_ips_skip_network_bridge_and_broadcast() {

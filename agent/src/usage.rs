@@ -122,7 +122,7 @@ impl UsageSampler {
     /// A NodeMetrics report with the pods' usage (the shape the master's metrics API takes).
     pub fn report(&mut self, node: &str, pods: &[PodCgroups], window_seconds: u64) -> Value {
         let now = Instant::now();
-        let timestamp = crate::client::now_time();
+        let timestamp = protocol::client::now_time();
         let window = format!("{window_seconds}s");
         let mut seen = Vec::new();
         let mut pod_reports = Vec::new();

@@ -410,7 +410,9 @@ fn is_dns_subdomain(text: &str) -> bool {
     !text.is_empty() && text.len() <= 253 && text.split('.').all(is_dns_label)
 }
 
-use crate::selector::{valid_label_key as is_qualified_name, valid_label_value as is_label_value};
+use protocol::selector::{
+    valid_label_key as is_qualified_name, valid_label_value as is_label_value,
+};
 
 #[derive(Clone, Copy, PartialEq)]
 enum NameRule {
@@ -608,7 +610,7 @@ fn validate_pod_spec(
 }
 
 fn selector_matches_labels(selector: &Value, labels: &Value) -> bool {
-    crate::selector::LabelSelector::from_json(selector)
+    protocol::selector::LabelSelector::from_json(selector)
         .map(|s| s.matches_object(&json!({"metadata": {"labels": labels}})))
         .unwrap_or(false)
 }

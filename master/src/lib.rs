@@ -15,9 +15,7 @@ pub mod metrics;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
-pub mod quantity;
 pub mod resources;
-pub mod selector;
 pub mod store;
 pub mod table;
 
@@ -32,10 +30,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Value};
 
-use api::error::error_chain;
 use api::ApiState;
 use controllers::loadbalancer::format_address_pool;
 pub use controllers::loadbalancer::{parse_address_pool, parse_address_range, AddressPool};
+use protocol::error::error_chain;
 use store::{Store, StoreError};
 
 /// How quickly the cluster notices failures and reacts, as a named profile.

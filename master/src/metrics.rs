@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::api::error::ApiError;
-use crate::selector::LabelSelector;
+use protocol::selector::LabelSelector;
 
 /// Reports older than this are no longer served.
 const MAX_AGE: Duration = Duration::from_secs(90);
@@ -61,7 +61,7 @@ fn not_found(kind: &str, name: &str) -> ApiError {
 fn amount(value: &Value, scale: f64) -> i64 {
     value
         .as_str()
-        .and_then(crate::quantity::parse)
+        .and_then(protocol::quantity::parse)
         .map(|q| (q * scale).round() as i64)
         .unwrap_or(0)
 }

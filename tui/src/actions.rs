@@ -3,8 +3,8 @@
 //! Each runs on its own task and reports one [`Outcome`]; the screen then follows from the
 //! watches like any other change, so a key press and a `kubectl` command look the same.
 
-use agent::client::{Client, ClientError};
-use agent::pods::error_chain;
+use protocol::client::{Client, ClientError};
+use protocol::error::error_chain;
 use serde_json::{json, Value};
 
 use crate::app::{Command, Outcome};
@@ -12,11 +12,11 @@ use crate::app::{Command, Outcome};
 /// Carries out a cluster command (not `Quit` or the monkey, which the runtime handles).
 pub async fn run(client: &Client, command: &Command) -> Outcome {
     let result = match command {
-        Command::Kill(node) => agent::chaos::set_node_alive(client, node, false)
+        Command::Kill(node) => protocol::chaos::set_node_alive(client, node, false)
             .await
             .map(|()| format!("killed node {node}"))
             .map_err(|e| error_chain(&e)),
-        Command::Revive(node) => agent::chaos::set_node_alive(client, node, true)
+        Command::Revive(node) => protocol::chaos::set_node_alive(client, node, true)
             .await
             .map(|()| format!("revived node {node}"))
             .map_err(|e| error_chain(&e)),

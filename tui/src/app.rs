@@ -14,8 +14,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use agent::chaos::{MonkeyEvent, MonkeyPolicy};
-use master::selector::LabelSelector;
+use protocol::chaos::{MonkeyEvent, MonkeyPolicy};
+use protocol::selector::LabelSelector;
 use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::cluster::{Cluster, EventLine, Ghost, Pod, Resource};
@@ -330,7 +330,7 @@ impl App {
                 resource,
                 kind,
                 object,
-            } => self.cluster.apply(resource, &kind, &object, self.now),
+            } => self.cluster.apply(resource, kind, &object, self.now),
             Update::Usage(items) => self.cluster.set_usage(&items),
             Update::Lost { resource, error } => {
                 self.connection_changed = true;
@@ -823,7 +823,7 @@ mod tests {
         node["metadata"]["name"] = "pi-10".into();
         app.handle(Message::Feed(Update::Changed {
             resource: Resource::Nodes,
-            kind: "ADDED".into(),
+            kind: protocol::client::WatchKind::Added,
             object: node,
         }));
         let lanes = app.lanes();

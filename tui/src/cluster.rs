@@ -9,10 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use agent::chaos::{is_master_node, CHAOS_ANNOTATION};
-use agent::pod_view::{app_of, owner_of, pod_state, str_at};
-pub use agent::pod_view::{Owner, PodState};
 use hardware::status::NodeHealth;
+use protocol::chaos::{is_master_node, CHAOS_ANNOTATION};
+use protocol::client::WatchKind;
+use protocol::pod_view::{app_of, owner_of, pod_state, str_at};
+pub use protocol::pod_view::{Owner, PodState};
 use serde_json::Value;
 
 /// How long a change stays highlighted.
@@ -275,7 +276,7 @@ impl Cluster {
         }
         if resource != Resource::Events {
             for item in items {
-                self.apply(resource, "ADDED", item, now);
+                self.apply(resource, WatchKind::Added, item, now);
             }
         }
         if !last {
@@ -319,8 +320,8 @@ impl Cluster {
     }
 
     /// Applies one watch event (`ADDED`, `MODIFIED`, `DELETED`).
-    pub fn apply(&mut self, resource: Resource, kind: &str, object: &Value, now: Instant) {
-        let deleted = kind == "DELETED";
+    pub fn apply(&mut self, resource: Resource, kind: WatchKind, object: &Value, now: Instant) {
+        let deleted = kind == WatchKind::Deleted;
         match resource {
             Resource::Nodes => {
                 let Some(name) = object["metadata"]["name"].as_str() else {
@@ -488,14 +489,14 @@ impl Cluster {
 fn quantity_millicores(value: &Value) -> i64 {
     value
         .as_str()
-        .and_then(master::quantity::millicores)
+        .and_then(protocol::quantity::millicores)
         .unwrap_or(0)
 }
 
 fn quantity_bytes(value: &Value) -> i64 {
     value
         .as_str()
-        .and_then(master::quantity::parse)
+        .and_then(protocol::quantity::parse)
         .map_or(0, |bytes| bytes as i64)
 }
 
@@ -714,20 +715,20 @@ mod tests {
         let start = Instant::now();
         let mut cluster = Cluster::new("10.99.0.1");
         let pod = pod_json("u1", "web-1", Some("pi-1"), "Running");
-        cluster.apply(Resource::Pods, "ADDED", &pod, start);
+        cluster.apply(Resource::Pods, WatchKind::Added, &pod, start);
         let later = start + Duration::from_secs(10);
         assert!(!cluster.is_animating(later));
         assert!(cluster.take_changes());
-        cluster.apply(Resource::Pods, "MODIFIED", &pod, later);
+        cluster.apply(Resource::Pods, WatchKind::Modified, &pod, later);
         assert_eq!(cluster.pods["u1"].changed_at, start, "no change, no pulse");
         assert!(!cluster.take_changes(), "nothing to redraw");
-        cluster.apply(Resource::Pods, "DELETED", &pod, later);
+        cluster.apply(Resource::Pods, WatchKind::Deleted, &pod, later);
         assert_eq!(cluster.ghosts.len(), 1);
         assert!(cluster.is_animating(later));
         cluster.expire(later + GHOST);
         assert!(cluster.ghosts.is_empty());
         // A re-list that no longer holds a pod removes it too.
-        cluster.apply(Resource::Pods, "ADDED", &pod, later);
+        cluster.apply(Resource::Pods, WatchKind::Added, &pod, later);
         cluster.list_page(Resource::Pods, &[], true, true, later);
         assert!(cluster.pods.is_empty());
         assert_eq!(cluster.pods_on(Some(&"pi-1".to_owned())).count(), 0);
@@ -759,7 +760,7 @@ mod tests {
                 "allocatable": {"cpu": "4", "memory": "1Gi"},
                 "nodeInfo": {"architecture": "arm64"}},
         });
-        cluster.apply(Resource::Nodes, "ADDED", &node, now);
+        cluster.apply(Resource::Nodes, WatchKind::Added, &node, now);
         let pi = &cluster.nodes["pi-1"];
         assert!(pi.killed && pi.unschedulable && pi.is_master);
         assert_eq!(pi.status_word(), "Ready");
@@ -776,10 +777,10 @@ mod tests {
         let mut cluster = Cluster::new("");
         let mut event = json!({"metadata": {"uid": "e1"}, "type": "Warning", "reason": "BackOff",
             "involvedObject": {"kind": "Pod", "name": "web-1"}, "message": "restarting", "count": 1});
-        cluster.apply(Resource::Events, "ADDED", &event, now);
-        cluster.apply(Resource::Events, "ADDED", &event, now);
+        cluster.apply(Resource::Events, WatchKind::Added, &event, now);
+        cluster.apply(Resource::Events, WatchKind::Added, &event, now);
         event["count"] = json!(2);
-        cluster.apply(Resource::Events, "MODIFIED", &event, now);
+        cluster.apply(Resource::Events, WatchKind::Modified, &event, now);
         assert_eq!(cluster.events.len(), 2);
         assert_eq!(cluster.events[0].object, "pod/web-1");
         assert!(cluster.events[0].warning);

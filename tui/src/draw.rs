@@ -1149,7 +1149,7 @@ mod tests {
         );
         app.handle(Message::Feed(Update::Changed {
             resource: Resource::Pods,
-            kind: "ADDED".into(),
+            kind: protocol::client::WatchKind::Added,
             object: arrived,
         }));
         let buffer = render(&app, 80, 24);

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::client::Client;
-use agent::pods::error_chain;
+use protocol::client::{Client, WatchKind};
+use protocol::error::error_chain;
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
@@ -43,8 +43,8 @@ pub enum Update {
     Changed {
         /// The kind.
         resource: Resource,
-        /// `ADDED`, `MODIFIED` or `DELETED`.
-        kind: String,
+        /// Added, modified or deleted.
+        kind: WatchKind,
         /// The object.
         object: Value,
     },
@@ -108,13 +108,13 @@ async fn follow(client: Arc<Client>, resource: Resource, inbox: UnboundedSender<
             }
         };
         while let Some(event) = events.recv().await {
-            match event.kind.as_str() {
-                "ERROR" => {
+            match event.kind {
+                WatchKind::Error => {
                     tracing::debug!(?resource, status = %event.object, "watch error");
                     break;
                 }
-                "BOOKMARK" => {}
-                _ => {
+                WatchKind::Bookmark => {}
+                WatchKind::Added | WatchKind::Modified | WatchKind::Deleted => {
                     let update = Update::Changed {
                         resource,
                         kind: event.kind,

@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use agent::chaos::MonkeyPolicy;
+use protocol::chaos::MonkeyPolicy;
+use protocol::client::WatchKind;
 use serde_json::{json, Value};
 
 use crate::app::{App, Message};
@@ -187,12 +188,12 @@ pub fn demo_app() -> App {
     app.set_clock(start + Duration::from_secs(8), WALL.parse().unwrap());
     app.handle(Message::Feed(Update::Changed {
         resource: Resource::Pods,
-        kind: "ADDED".into(),
+        kind: WatchKind::Added,
         object: gone.clone(),
     }));
     app.handle(Message::Feed(Update::Changed {
         resource: Resource::Pods,
-        kind: "DELETED".into(),
+        kind: WatchKind::Deleted,
         object: gone,
     }));
     app.set_clock(

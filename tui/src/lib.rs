@@ -25,8 +25,8 @@ mod fixtures;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use agent::chaos::{ChaosMonkey, ChaosTarget, MonkeyPolicy};
-use agent::client::{Client, ClientError};
+use protocol::chaos::{ChaosMonkey, ChaosTarget, MonkeyPolicy};
+use protocol::client::{Client, ClientError};
 use tokio::sync::mpsc;
 
 use crate::app::{App, Command, Message, Outcome};
@@ -220,7 +220,7 @@ async fn stop_monkey(monkey: ChaosMonkey<Client>) -> Outcome {
         Err(error) => Outcome {
             message: format!(
                 "monkey stopped, but a node it killed could not be revived: {}",
-                agent::pods::error_chain(&error)
+                protocol::error::error_chain(&error)
             ),
             ok: false,
         },

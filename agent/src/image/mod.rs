@@ -376,9 +376,9 @@ impl ImageStore {
             reference: name.to_owned(),
             digest: manifest.digest,
             config: RunConfig {
-                entrypoint: crate::client::string_array(&run["Entrypoint"]),
-                cmd: crate::client::string_array(&run["Cmd"]),
-                env: crate::client::string_array(&run["Env"]),
+                entrypoint: protocol::client::string_array(&run["Entrypoint"]),
+                cmd: protocol::client::string_array(&run["Cmd"]),
+                env: protocol::client::string_array(&run["Env"]),
                 working_dir: run["WorkingDir"].as_str().unwrap_or("").to_owned(),
                 user: run["User"].as_str().unwrap_or("").to_owned(),
             },

@@ -25,8 +25,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
-use crate::client::Client;
 use catalog::{parse_endpoints, Catalog, Service, ServiceKey};
+use protocol::client::{Client, Event};
 use proxy::{NftProgram, NodeFacts, ServiceProxy};
 use resolv::ClusterDns;
 
@@ -115,10 +115,10 @@ pub fn start(config: ServicesConfig) -> Arc<NodeServices> {
         tokio::spawn(async move {
             let mut listed: HashSet<ServiceKey> = HashSet::new();
             client
-                .follow(collection.path(), |kind, object| {
-                    match kind {
-                        "LISTING" => listed.clear(),
-                        "SYNCED" => {
+                .follow(collection.path(), |event| {
+                    match event {
+                        Event::Init => listed.clear(),
+                        Event::InitDone => {
                             let mut catalog = catalog.write().expect("catalog lock");
                             collection.retain(&mut catalog, &listed);
                             let mut done = lists_done.lock().expect("lists lock");
@@ -131,13 +131,14 @@ pub fn start(config: ServicesConfig) -> Arc<NodeServices> {
                                 let _ = synced_tx.send(true);
                             }
                         }
-                        _ => {
+                        Event::InitApply(object) | Event::Apply(object) | Event::Delete(object) => {
                             let Some(key) = object_key(object) else {
                                 return;
                             };
                             listed.insert(key.clone());
+                            let deleted = matches!(event, Event::Delete(_));
                             let mut catalog = catalog.write().expect("catalog lock");
-                            collection.apply(&mut catalog, kind, key, object);
+                            collection.apply(&mut catalog, deleted, key, object);
                         }
                     }
                     changed.notify_one();
@@ -171,7 +172,7 @@ pub fn start(config: ServicesConfig) -> Arc<NodeServices> {
                 };
                 tracing::info!(%listen, "cluster DNS serving");
                 if let Err(error) = runtime.block_on(dns::serve(listen, dns_config, catalog)) {
-                    tracing::error!(%listen, error = %crate::pods::error_chain(&error), "cluster DNS stopped");
+                    tracing::error!(%listen, error = %protocol::error::error_chain(&error), "cluster DNS stopped");
                 }
             });
         if let Err(error) = spawned {
@@ -198,12 +199,12 @@ impl Collection {
         }
     }
 
-    fn apply(self, catalog: &mut Catalog, kind: &str, key: ServiceKey, object: &Value) {
-        match (self, kind) {
-            (Collection::Services, "DELETED") => {
+    fn apply(self, catalog: &mut Catalog, deleted: bool, key: ServiceKey, object: &Value) {
+        match (self, deleted) {
+            (Collection::Services, true) => {
                 catalog.services.remove(&key);
             }
-            (Collection::Services, _) => match Service::parse(object) {
+            (Collection::Services, false) => match Service::parse(object) {
                 Some(service) => {
                     catalog.services.insert(key, service);
                 }
@@ -211,10 +212,10 @@ impl Collection {
                     catalog.services.remove(&key);
                 }
             },
-            (Collection::Endpoints, "DELETED") => {
+            (Collection::Endpoints, true) => {
                 catalog.endpoints.remove(&key);
             }
-            (Collection::Endpoints, _) => {
+            (Collection::Endpoints, false) => {
                 catalog.endpoints.insert(key, parse_endpoints(object));
             }
         }
@@ -281,7 +282,7 @@ async fn sync_loop(config: ServicesConfig, catalog: Arc<RwLock<Catalog>>, change
             Ok(snapshot) => snapshot,
             Err(error) => {
                 if !failing {
-                    tracing::error!(error = %crate::pods::error_chain(&error), "service rules not applied; retrying");
+                    tracing::error!(error = %protocol::error::error_chain(&error), "service rules not applied; retrying");
                 }
                 failing = true;
                 continue;
@@ -308,7 +309,7 @@ async fn sync_loop(config: ServicesConfig, catalog: Arc<RwLock<Catalog>>, change
             }
             Err(error) => {
                 if !failing {
-                    tracing::error!(error = %crate::pods::error_chain(&error), "load-balancer addresses not updated; retrying");
+                    tracing::error!(error = %protocol::error::error_chain(&error), "load-balancer addresses not updated; retrying");
                 }
                 failing = true;
             }

@@ -100,7 +100,7 @@ pub fn decode_object(content_type: Option<&str>, body: &[u8]) -> Result<Value, A
         "application/json" | "" | "*/*" | "text/plain" => decode_json(body)?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body)?,
         protobuf::PROTOBUF_MEDIA_TYPE => protobuf::decode_object(body).map_err(|e| {
-            ApiError::unsupported_media_type(super::error::error_chain(&e))
+            ApiError::unsupported_media_type(protocol::error::error_chain(&e))
         })?,
         other => {
             return Err(ApiError::unsupported_media_type(format!(

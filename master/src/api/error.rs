@@ -216,17 +216,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// An error and its causes on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+use protocol::error::error_chain;
 
 /// `deployments.apps` or `pods`, as upstream names resources in messages.
 pub fn qualified(resource: &Resource) -> String {

@@ -193,38 +193,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Decodes `a=b&c=d` with percent-decoding; later duplicates win.
 pub fn parse_query(query: &str) -> HashMap<String, String> {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key), percent_decode(value))
-        })
-        .collect()
+    protocol::query::map(query)
 }
 
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    protocol::query::decode_segment(text)
 }
 
 /// What a resource path names.
@@ -311,7 +284,7 @@ async fn route(
             if let Ok(proof) = http::HeaderValue::from_str(&state.nodes.ca_proof()) {
                 response
                     .headers_mut()
-                    .insert(node_auth::CA_PROOF_HEADER, proof);
+                    .insert(protocol::join::CA_PROOF_HEADER, proof);
             }
             return Ok(response);
         }

@@ -16,10 +16,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use http::Method;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use protocol::join;
 use serde_json::{json, Value};
-use sha2::Digest;
 
 use super::error::ApiError;
 use super::objects::blocking;
@@ -37,34 +35,6 @@ pub struct NodeCredentials {
     tokens_file: PathBuf,
     /// Node token → node name.
     tokens: RwLock<HashMap<String, String>>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The response header of `GET /bramble/v1/ca.crt` carrying [`ca_proof`].
-pub const CA_PROOF_HEADER: &str = "bramble-ca-proof";
-
-/// HMAC-SHA256 of the CA's PEM keyed with the join secret, in hex. Only a master that knows
-/// the secret can present it, so an agent joining with a bare secret (no CA hash) still
-/// refuses a machine in the middle. The agent's `join` computes the same.
-pub fn ca_proof(join_secret: &str, ca_pem: &[u8]) -> String {
-    use hmac::Mac;
-    let mut mac =
-        hmac::Hmac::<sha2::Sha256>::new_from_slice(join_secret.as_bytes()).expect("any key length");
-    mac.update(ca_pem);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The SHA-256 of the first certificate in `pem` (hex), as join tokens carry it.
-pub fn ca_hash(pem: &str) -> Option<String> {
-    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
-    Some(hex(&sha2::Sha256::digest(der.as_ref())))
 }
 
 fn is_dns_subdomain(name: &str) -> bool {
@@ -106,7 +76,7 @@ impl NodeCredentials {
             })
             .collect();
         let credentials = NodeCredentials {
-            ca_hash: ca_hash(ca_pem).unwrap_or_default(),
+            ca_hash: join::certificate_pin(ca_pem.as_bytes()).unwrap_or_default(),
             ca_pem: ca_pem.to_owned(),
             join_secret,
             server_url: server_url.to_owned(),
@@ -121,14 +91,14 @@ impl NodeCredentials {
     }
 
     /// The CA's proof of the join secret: an agent that has only the secret (from
-    /// bramble.toml) checks the CA it downloads with it, as [`ca_proof`] computes.
+    /// bramble.toml) checks the CA it downloads with it, as [`join::ca_proof`] computes.
     pub fn ca_proof(&self) -> String {
-        ca_proof(&self.join_secret, self.ca_pem.as_bytes())
+        join::ca_proof(&self.join_secret, self.ca_pem.as_bytes())
     }
 
     /// The token agents join with.
     pub fn join_token(&self) -> String {
-        format!("bramble1.{}.{}", self.ca_hash, self.join_secret)
+        join::format_token(&self.ca_hash, &self.join_secret)
     }
 
     /// The node a bearer token belongs to.
@@ -142,8 +112,7 @@ impl NodeCredentials {
     }
 
     fn accepts_join_secret(&self, presented: &str) -> bool {
-        let secret = presented.rsplit('.').next().unwrap_or(presented);
-        super::constant_time_eq(secret.as_bytes(), self.join_secret.as_bytes())
+        join::secret_matches(presented, &self.join_secret)
     }
 
     /// Issues a fresh token for `node` (replacing an older one) and returns its kubeconfig.
@@ -453,7 +422,7 @@ mod tests {
     fn the_ca_proof_is_hmac_sha256() {
         // RFC 4231, test case 2; the agent's join checks the same vector.
         assert_eq!(
-            ca_proof("Jefe", b"what do ya want for nothing?"),
+            join::ca_proof("Jefe", b"what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }

@@ -17,19 +17,16 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use protocol::node::CERT_ANNOTATION;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
-use sha2::Digest;
 
 use super::error::ApiError;
 use super::objects::blocking;
 use super::{ApiState, Body, Target};
-
-/// The Node annotation with the agent certificate's SHA-256 (hex).
-pub const CERT_ANNOTATION: &str = "bramble.dev/agent-cert-sha256";
 
 /// The master's credentials towards agents.
 pub struct NodeClient {
@@ -82,11 +79,7 @@ impl ServerCertVerifier for PinnedCertificate {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let digest: String = sha2::Sha256::digest(end_entity.as_ref())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if digest == self.fingerprint {
+        if protocol::join::der_pin(end_entity.as_ref()) == self.fingerprint {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(
@@ -226,12 +219,7 @@ async fn node_endpoint(state: &Arc<ApiState>, node_name: &str) -> Result<Endpoin
     .await?;
     let unavailable = |why: String| ApiError::new(503, "ServiceUnavailable", why);
     let node = node.ok_or_else(|| unavailable(format!("node {node_name} no longer exists")))?;
-    let ip = node["status"]["addresses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|a| a["type"] == "InternalIP")
-        .and_then(|a| a["address"].as_str())
+    let ip = protocol::node::internal_ip(&node)
         .ok_or_else(|| unavailable(format!("node {node_name} has no InternalIP")))?;
     let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
         .as_u64()

@@ -14,16 +14,17 @@ use http::Response;
 use serde_json::{json, Map, Value};
 
 use super::codec::{self, IncludeObject, ResponseFormat};
-use super::error::{error_chain, ApiError};
+use super::error::ApiError;
 use super::{respond_value, ApiState, Body, Target};
 use crate::admission::{self, FieldError, FieldErrorKind};
 use crate::conversion;
 use crate::lifecycle;
 use crate::patch;
 use crate::resources::{self, Resource, RESOURCES};
-use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Store, StoreError};
 use crate::table;
+use protocol::error::error_chain;
+use protocol::selector::{FieldSelector, LabelSelector};
 
 /// One API call on a resource path.
 pub struct Call {

@@ -23,8 +23,8 @@ use super::objects::{blocking, table_with, Call};
 use super::Body;
 use crate::conversion;
 use crate::resources::Resource;
-use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Change, EventType};
+use protocol::selector::{FieldSelector, LabelSelector};
 
 /// How often a watch that allows bookmarks gets one.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);

@@ -12,8 +12,8 @@ use super::view::{string_map, Key, PodInfo, View};
 use super::{key_of, Action, Context, Reconciler};
 use crate::api::error::ApiError;
 use crate::api::objects::DeleteOptions;
-use crate::selector::LabelSelector;
 use crate::store::{Change, EventType};
+use protocol::selector::LabelSelector;
 
 /// The Endpoints controller. Its keys are Service keys.
 pub struct EndpointsController;

@@ -195,7 +195,7 @@ impl Reconciler for AutoscalerController {
             Some("AverageValue") => {
                 let wanted = goal["averageValue"]
                     .as_str()
-                    .and_then(crate::quantity::parse)
+                    .and_then(protocol::quantity::parse)
                     .unwrap_or(1.0);
                 let wanted = if resource == "cpu" {
                     wanted * 1000.0
@@ -203,7 +203,7 @@ impl Reconciler for AutoscalerController {
                     wanted
                 };
                 let value = if resource == "cpu" {
-                    crate::quantity::format_millicores(average)
+                    protocol::quantity::format_millicores(average)
                 } else {
                     average.to_string()
                 };
@@ -226,7 +226,7 @@ impl Reconciler for AutoscalerController {
                 let utilization = (used * 100) / requested;
                 let wanted = goal["averageUtilization"].as_i64().unwrap_or(80).max(1);
                 let value = if resource == "cpu" {
-                    crate::quantity::format_millicores(average)
+                    protocol::quantity::format_millicores(average)
                 } else {
                     average.to_string()
                 };

@@ -21,12 +21,11 @@ use std::sync::Mutex;
 use serde_json::{json, Value};
 
 use super::view::{Key, View};
-use super::{condition, key_of, Action, Context, Reconciler};
+use super::{key_of, Action, Context, Reconciler};
 use crate::api::error::ApiError;
 use crate::store::{Change, EventType};
 
-/// The annotation naming the node that answers ARP for a service's address.
-pub const ANNOUNCING_NODE_ANNOTATION: &str = "bramble.dev/load-balancer-node";
+use protocol::node::ANNOUNCING_NODE_ANNOTATION;
 /// A node label that keeps a node out of load balancing (as upstream's).
 const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 
@@ -212,13 +211,8 @@ impl Candidate {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned(),
-            address: node["status"]["addresses"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|a| a["type"] == "InternalIP")
-                .and_then(|a| a["address"].as_str()?.parse().ok()),
-            ready: condition(node, "Ready").is_some_and(|c| c["status"] == "True"),
+            address: protocol::node::internal_ipv4(node),
+            ready: protocol::node::is_ready(node),
             deleting: !node["metadata"]["deletionTimestamp"].is_null(),
             reluctant: node["spec"]["unschedulable"] == true
                 || node["metadata"]["labels"].get(EXCLUDE_LABEL).is_some(),

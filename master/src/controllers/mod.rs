@@ -24,13 +24,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::api::error::{error_chain, ApiError};
+use crate::api::error::ApiError;
 use crate::api::objects::{self, DeleteOptions};
 use crate::api::ApiState;
 use crate::metrics::MetricsRegistry;
 use crate::resources::{self, Resource};
 use crate::store::Change;
 use crate::HealthTimings;
+use protocol::error::error_chain;
 
 pub mod daemonset;
 pub mod deployment;
@@ -687,10 +688,4 @@ pub fn set_condition(object: &mut Value, kind: &str, status: &str, reason: &str,
     }
 }
 
-/// The condition of a type, if present.
-pub fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
-    object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-}
+pub use protocol::node::condition;

@@ -8,9 +8,9 @@ use super::view::{Key, PodInfo, View};
 use super::{key_of, Action, Context, Reconciler};
 use crate::api::error::ApiError;
 use crate::api::ApiState;
-use crate::quantity::format_millicores;
 use crate::resources::Resource;
 use crate::store::Change;
+use protocol::quantity::format_millicores;
 
 /// Keeps `status.hard` and `status.used` of quotas current.
 pub struct QuotaStatusController;
@@ -77,9 +77,9 @@ fn parse_hard(name: &str, value: &Value) -> i64 {
         .map(str::to_owned)
         .unwrap_or_else(|| value.to_string());
     if is_cpu(name) {
-        crate::quantity::millicores(&text).unwrap_or(0)
+        protocol::quantity::millicores(&text).unwrap_or(0)
     } else {
-        crate::quantity::parse(&text)
+        protocol::quantity::parse(&text)
             .map(|q| q.round() as i64)
             .unwrap_or(0)
     }

@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use super::view::{Key, PodInfo, View};
 use super::{controller_ref, key_of, now_seconds, set_condition, Action, Context, Reconciler};
 use crate::api::error::ApiError;
-use crate::selector::LabelSelector;
 use crate::store::Change;
+use protocol::selector::LabelSelector;
 
 /// Pods created in one pass; the rest follow on the next.
 const CREATE_BURST: usize = 500;

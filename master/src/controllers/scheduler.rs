@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use super::view::{str_of, string_map, Key, NodeUsage, PodInfo, Toleration, View};
 use super::{set_condition, Action, Context, Reconciler};
 use crate::api::error::ApiError;
-use crate::selector::LabelSelector;
 use crate::store::{Change, EventType};
+use protocol::selector::LabelSelector;
 
 /// The name pods use to ask for this scheduler.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";

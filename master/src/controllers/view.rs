@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::quantity;
 use crate::store::{Change, EventType};
+use protocol::quantity;
 
 /// A namespaced object's key: (namespace, name); cluster-scoped objects have an empty namespace.
 pub type Key = (String, String);

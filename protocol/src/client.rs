@@ -1,9 +1,18 @@
 //! A small Kubernetes API client: kubeconfig, one multiplexed HTTP/2 connection, JSON verbs and watches.
 //!
-//! The agent and the simulated nodes need a handful of calls, not a general client: get, list,
-//! create, merge-patch, delete and watch, authenticated with a bearer token against the cluster
-//! CA from the kubeconfig. Requests share one HTTP/2 connection, so a thousand simulated nodes
-//! cost the master one TLS session.
+//! The agents, the simulated nodes and the dashboard need a handful of calls, not a general
+//! client: get, list, create, merge-patch, delete and watch, authenticated with a bearer token
+//! against the cluster CA from the kubeconfig. Requests share one HTTP/2 connection, so a
+//! thousand simulated nodes cost the master one TLS session.
+//!
+//! [`Client::follow`] lists then watches a collection, as kube-runtime's watcher does, and
+//! hands out typed [`Event`]s:
+//!
+//! ```text
+//!   Init ─► InitApply(obj)... ─► InitDone ─► Apply(obj) / Delete(obj)... ─┐
+//!    ▲                                                                     │ watch ended,
+//!    └────────────────────── re-list ◄─────────────────────────────────────┘ expired or failed
+//! ```
 
 use std::path::Path;
 use std::sync::Arc;
@@ -52,6 +61,14 @@ pub enum ClientError {
         /// The Status message from the server.
         message: String,
     },
+    /// The server address or the CA cannot be used.
+    #[error("cannot talk to {server}: {problem}")]
+    Setup {
+        /// The server address.
+        server: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The server's answer was not the JSON expected.
     #[error("{path}: unreadable response")]
     Decode {
@@ -86,13 +103,66 @@ pub struct Client {
     connection: Mutex<Option<SendRequest<Body>>>,
 }
 
+/// What a watch event says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchKind {
+    /// `ADDED`.
+    Added,
+    /// `MODIFIED`.
+    Modified,
+    /// `DELETED`.
+    Deleted,
+    /// `BOOKMARK`: only the resourceVersion is news.
+    Bookmark,
+    /// `ERROR`: the object is a Status (410 Gone when the version expired).
+    Error,
+}
+
+impl WatchKind {
+    fn parse(text: &str) -> Option<WatchKind> {
+        Some(match text {
+            "ADDED" => WatchKind::Added,
+            "MODIFIED" => WatchKind::Modified,
+            "DELETED" => WatchKind::Deleted,
+            "BOOKMARK" => WatchKind::Bookmark,
+            "ERROR" => WatchKind::Error,
+            _ => return None,
+        })
+    }
+}
+
 /// One event of a watch.
 #[derive(Debug, Clone)]
 pub struct WatchEvent {
-    /// ADDED, MODIFIED, DELETED, BOOKMARK or ERROR.
-    pub kind: String,
+    /// What happened.
+    pub kind: WatchKind,
     /// The object.
     pub object: Value,
+}
+
+/// One step of [`Client::follow`], in kube-runtime's manner.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// A (re-)list starts: what follows up to [`Event::InitDone`] is the whole collection.
+    Init,
+    /// An object of the list.
+    InitApply(&'a Value),
+    /// The list is complete: whatever the follower knew that the list did not hold is gone.
+    InitDone,
+    /// An object was added or changed.
+    Apply(&'a Value),
+    /// An object was deleted (its last state).
+    Delete(&'a Value),
+}
+
+impl<'a> Event<'a> {
+    /// The object the event carries, if any.
+    pub fn object(&self) -> Option<&'a Value> {
+        match *self {
+            Event::InitApply(object) | Event::Apply(object) | Event::Delete(object) => Some(object),
+            Event::Init | Event::InitDone => None,
+        }
+    }
 }
 
 impl Client {
@@ -137,11 +207,18 @@ impl Client {
         let token = user["user"]["token"]
             .as_str()
             .ok_or_else(|| problem("the user has no token".into()))?;
-        Client::new(server, &ca_pem, token).map_err(problem)
+        Client::new(server, &ca_pem, token)
     }
 
     /// A client for `server` (https://host:port) trusting the PEM CA, sending `token`.
-    pub fn new(server: &str, ca_pem: &[u8], token: &str) -> Result<Arc<Client>, String> {
+    pub fn new(server: &str, ca_pem: &[u8], token: &str) -> Result<Arc<Client>, ClientError> {
+        Client::build(server, ca_pem, token).map_err(|problem| ClientError::Setup {
+            server: server.to_owned(),
+            problem,
+        })
+    }
+
+    fn build(server: &str, ca_pem: &[u8], token: &str) -> Result<Arc<Client>, String> {
         let address = server
             .strip_prefix("https://")
             .ok_or_else(|| format!("server {server} is not an https:// address"))?
@@ -363,12 +440,15 @@ impl Client {
                 pending.extend_from_slice(&data);
                 while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=end).collect();
-                    let Ok(event) = serde_json::from_slice::<Value>(&line) else {
+                    let Ok(mut event) = serde_json::from_slice::<Value>(&line) else {
+                        continue;
+                    };
+                    let Some(kind) = event["type"].as_str().and_then(WatchKind::parse) else {
                         continue;
                     };
                     let event = WatchEvent {
-                        kind: event["type"].as_str().unwrap_or_default().to_owned(),
-                        object: event["object"].clone(),
+                        kind,
+                        object: event["object"].take(),
                     };
                     if events.send(event).await.is_err() {
                         return;
@@ -379,11 +459,10 @@ impl Client {
         Ok(receiver)
     }
 
-    /// Lists `collection`, then watches it from the list's version, feeding every object to
-    /// `handle` with the event type (`ADDED` for listed items); re-lists when the watch ends
-    /// or expires. `handle` sees `SYNCED` with a null object after every full list, so callers
-    /// can drop what the list no longer holds. Runs until the task is dropped.
-    pub async fn follow(&self, collection: &str, mut handle: impl FnMut(&str, &Value)) {
+    /// Lists `collection`, then watches it from the list's version, feeding every change to
+    /// `handle` as an [`Event`]; re-lists (from [`Event::Init`]) when the watch fails or
+    /// expires. Runs until the task is dropped.
+    pub async fn follow(&self, collection: &str, mut handle: impl FnMut(Event<'_>)) {
         loop {
             let list = match self.get(collection).await {
                 Ok(list) => list,
@@ -393,11 +472,11 @@ impl Client {
                     continue;
                 }
             };
-            handle("LISTING", &Value::Null);
+            handle(Event::Init);
             for item in list["items"].as_array().into_iter().flatten() {
-                handle("ADDED", item);
+                handle(Event::InitApply(item));
             }
-            handle("SYNCED", &Value::Null);
+            handle(Event::InitDone);
             let mut version = list
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
@@ -414,7 +493,7 @@ impl Client {
                 };
                 let mut expired = false;
                 while let Some(event) = events.recv().await {
-                    if event.kind == "ERROR" {
+                    if event.kind == WatchKind::Error {
                         expired = true;
                         break;
                     }
@@ -425,8 +504,12 @@ impl Client {
                     {
                         version = rv.to_owned();
                     }
-                    if event.kind != "BOOKMARK" {
-                        handle(&event.kind, &event.object);
+                    match event.kind {
+                        WatchKind::Added | WatchKind::Modified => {
+                            handle(Event::Apply(&event.object))
+                        }
+                        WatchKind::Deleted => handle(Event::Delete(&event.object)),
+                        WatchKind::Bookmark | WatchKind::Error => {}
                     }
                 }
                 if expired {

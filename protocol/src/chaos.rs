@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::client::{Client, ClientError};
-use crate::pods::error_chain;
+use crate::error::error_chain;
 
 /// The annotation that kills (`kill`) a node; removing it revives the node.
 pub const CHAOS_ANNOTATION: &str = "bramble.dev/chaos";
@@ -159,7 +159,10 @@ pub trait ChaosTarget: Send + Sync + 'static {
 impl ChaosTarget for Client {
     async fn nodes(&self, selector: Option<&str>) -> Result<Vec<Value>, ClientError> {
         let path = match selector {
-            Some(selector) => format!("/api/v1/nodes?labelSelector={}", query_escape(selector)),
+            Some(selector) => format!(
+                "/api/v1/nodes?labelSelector={}",
+                crate::query::escape(selector)
+            ),
             None => "/api/v1/nodes".to_owned(),
         };
         let mut list = self.get(&path).await?;
@@ -180,17 +183,6 @@ impl ChaosTarget for Client {
             .map_or(address.as_str(), |(h, _)| h);
         host.trim_matches(['[', ']']).to_owned()
     }
-}
-
-fn query_escape(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Picks the node to kill, or says why none may die this turn.
@@ -564,6 +556,9 @@ mod tests {
 
     #[test]
     fn selectors_are_escaped_in_the_query() {
-        assert_eq!(query_escape("role in (a,b)"), "role%20in%20%28a%2Cb%29");
+        assert_eq!(
+            crate::query::escape("role in (a,b)"),
+            "role%20in%20%28a%2Cb%29"
+        );
     }
 }

@@ -58,4 +58,25 @@ mod tests {
         assert_eq!(format_millicores(1500), "1500m");
         assert_eq!(format_millicores(2000), "2");
     }
+
+    #[test]
+    fn quantities() {
+        // Once the simulator's own parser's test; it and the agent's limits now use this one.
+        assert_eq!(parse("250m"), Some(0.25));
+        assert_eq!(parse("2"), Some(2.0));
+        assert_eq!(parse("1Gi"), Some(1073741824.0));
+        assert_eq!(parse("1.5"), Some(1.5));
+        assert_eq!(parse("x"), None);
+    }
+
+    #[test]
+    fn exponents_and_peta_are_limits_too() {
+        // `limits.memory: "1e9"` once ran with no limit at all: the agent's parser knew no
+        // exponent, while the master accepted it.
+        assert_eq!(parse("1e9"), Some(1e9));
+        assert_eq!(parse("1E3"), Some(1000.0));
+        assert_eq!(parse("2Pi"), Some(2.0 * 1024f64.powi(5)));
+        assert_eq!(parse("1P"), Some(1e15));
+        assert_eq!(parse("1e"), None);
+    }
 }
