@@ -67,11 +67,12 @@ def test_system_namespaces_may_not_be_deleted_and_come_back(master):
 def test_autoscale_defaults_to_80_percent_cpu(master):
     master.kubectl("apply", "-f", "-", input=manifest(deployment()))
     master.kubectl("autoscale", "deployment", "web", "--max=5")
-    hpa = master.kubectl_json("get", "hpa.v2.autoscaling", "web")
+    hpa = master.kubectl_json("get", "horizontalpodautoscalers.v2.autoscaling", "web")
     assert hpa["spec"]["metrics"] == [
         {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}
     ]
-    assert master.kubectl_json("get", "hpa.v1.autoscaling", "web")["spec"]["targetCPUUtilizationPercentage"] == 80
+    v1 = json.loads(master.kubectl("get", "--raw", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web").stdout)
+    assert v1["spec"]["targetCPUUtilizationPercentage"] == 80
     assert "cpu: <unknown>/80%" in master.kubectl("get", "hpa", "web").stdout
 
 
