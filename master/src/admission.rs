@@ -278,6 +278,13 @@ fn default_pod_spec(spec: &mut Value) {
         }
     }
     for volume in spec["volumes"].as_array_mut().into_iter().flatten() {
+        // A volume that names no source is an emptyDir (upstream's SetDefaults_Volume).
+        let has_source = volume
+            .as_object()
+            .is_some_and(|v| v.iter().any(|(k, v)| k != "name" && !v.is_null()));
+        if volume.is_object() && !has_source {
+            volume["emptyDir"] = json!({});
+        }
         for source in ["configMap", "secret"] {
             if let Some(source) = volume.get_mut(source).filter(|s| s.is_object()) {
                 set_default(source, "defaultMode", json!(420));
@@ -384,7 +391,14 @@ pub fn apply_defaults(group: &str, kind: &str, object: &mut Value) {
             }
         }
         ("autoscaling", "HorizontalPodAutoscaler") => {
-            set_default(child(object, "spec"), "minReplicas", json!(1));
+            let spec = child(object, "spec");
+            set_default(spec, "minReplicas", json!(1));
+            if spec["metrics"].as_array().is_none_or(Vec::is_empty) {
+                spec["metrics"] = json!([{
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
+                }]);
+            }
         }
         _ => {}
     }
@@ -892,6 +906,50 @@ mod tests {
             "/dev/termination-log"
         );
         assert!(validate_create("apps", "Deployment", &d).is_empty());
+    }
+
+    #[test]
+    fn volumes_without_a_source_are_empty_dirs() {
+        let volumes = json!([{"name": "scratch"}, {"name": "cm", "configMap": {"name": "c"}}]);
+        let mut pod =
+            json!({"spec": {"containers": [{"name": "a", "image": "x:1"}], "volumes": volumes}});
+        apply_defaults("", "Pod", &mut pod);
+        assert_eq!(
+            pod["spec"]["volumes"][0],
+            json!({"name": "scratch", "emptyDir": {}})
+        );
+        assert!(pod["spec"]["volumes"][1].get("emptyDir").is_none());
+        for (group, kind) in [
+            ("apps", "Deployment"),
+            ("apps", "ReplicaSet"),
+            ("apps", "DaemonSet"),
+            ("", "ReplicationController"),
+            ("batch", "Job"),
+        ] {
+            let mut object = deployment();
+            object["spec"]["template"]["spec"]["volumes"] = json!([{"name": "scratch"}]);
+            apply_defaults(group, kind, &mut object);
+            assert_eq!(
+                object["spec"]["template"]["spec"]["volumes"][0]["emptyDir"],
+                json!({}),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn autoscalers_default_to_80_percent_cpu() {
+        let mut hpa = json!({"spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 5}});
+        apply_defaults("autoscaling", "HorizontalPodAutoscaler", &mut hpa);
+        assert_eq!(hpa["spec"]["minReplicas"], 1);
+        assert_eq!(
+            hpa["spec"]["metrics"],
+            json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}])
+        );
+        let memory = json!([{"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}}]);
+        let mut chosen = json!({"spec": {"maxReplicas": 5, "metrics": memory.clone()}});
+        apply_defaults("autoscaling", "HorizontalPodAutoscaler", &mut chosen);
+        assert_eq!(chosen["spec"]["metrics"], memory);
     }
 
     #[test]

@@ -70,6 +70,10 @@ fn hpa_v2_to_v1(mut object: Value) -> Value {
     if let Some(status) = object.get_mut("status").and_then(Value::as_object_mut) {
         status.remove("currentMetrics");
         status.remove("conditions");
+        // v1 always carries both counts; v2 omits `currentReplicas` at zero.
+        for field in ["currentReplicas", "desiredReplicas"] {
+            status.entry(field).or_insert(json!(0));
+        }
         if let Some(current) = current_cpu {
             status.insert("currentCPUUtilizationPercentage".into(), current);
         }

@@ -3,7 +3,7 @@
 //! Start-up order: open the store, prepare the CA and certificates, bind the port, create the
 //! built-in namespaces and the `kubernetes` service, write the admin kubeconfig, start the
 //! controllers and the scheduler, then serve. Background upkeep compacts history, checkpoints
-//! volatile objects and expires old events.
+//! volatile objects, expires old events and re-creates missing built-in objects.
 #![deny(missing_docs)]
 
 pub mod admission;
@@ -348,7 +348,11 @@ impl Master {
     /// Serves until `shutdown` completes, then writes volatile objects to disk.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), MasterError> {
         let store = self.state.store.clone();
-        let upkeep = tokio::spawn(upkeep(store.clone(), self.config.checkpoint_interval));
+        let upkeep = tokio::spawn(upkeep(
+            self.state.clone(),
+            api_endpoint(&self.config),
+            self.config.checkpoint_interval,
+        ));
         let server = tokio::spawn(api::serve(self.listener, self.acceptor, self.state));
         shutdown.await;
         server.abort();
@@ -425,9 +429,9 @@ fn api_endpoint(config: &MasterConfig) -> Option<(std::net::Ipv4Addr, u16)> {
     (!ip.is_loopback() && !ip.is_unspecified()).then_some((ip, config.listen.port()))
 }
 
-/// Creates what every cluster has: the built-in namespaces, their default service accounts and
-/// the `kubernetes` service with its endpoint (this API server, so pods can use the service
-/// as their in-cluster API address), and the settings nodes read.
+/// Creates what every cluster has (the system objects, see `ensure_system_objects`), points
+/// the `kubernetes` endpoints at this API server, and publishes the settings and the join token
+/// nodes read.
 fn bootstrap(
     state: &ApiState,
     api_endpoint: Option<(std::net::Ipv4Addr, u16)>,
@@ -435,8 +439,33 @@ fn bootstrap(
     let fail = |what: &str, error: api::error::ApiError| MasterError::Bootstrap {
         message: format!("{what}: {}", error.message),
     };
+    ensure_system_objects(state, api_endpoint)?;
+    if let Some(endpoints) = kubernetes_endpoints(api_endpoint) {
+        // The master may have moved (a new address or port): the service follows it.
+        create_or_set(state, "Endpoints", endpoints, "subsets")
+            .map_err(|e| fail("the kubernetes endpoints", e))?;
+    }
+    publish_settings(state).map_err(|e| fail("kube-system/bramble-settings", e))?;
+    publish_join_token(state).map_err(|e| fail("kube-system/bramble-join-token", e))?;
+    Ok(())
+}
+
+/// Creates the system objects that are missing, as upstream's bootstrap controllers do at start
+/// and then periodically: the built-in namespaces with their default service accounts, and the
+/// `kubernetes` service with its endpoint (this API server, so pods can use the service as
+/// their in-cluster API address). Existing objects are left as they are.
+fn ensure_system_objects(
+    state: &ApiState,
+    api_endpoint: Option<(std::net::Ipv4Addr, u16)>,
+) -> Result<(), MasterError> {
+    let fail = |what: &str, error: api::error::ApiError| MasterError::Bootstrap {
+        message: format!("{what}: {}", error.message),
+    };
     let namespaces = resources::by_kind("", "Namespace").expect("namespaces are served");
-    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+    for name in lifecycle::IMMORTAL_NAMESPACES
+        .iter()
+        .chain(&["kube-node-lease"])
+    {
         let namespace =
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
         match api::objects::create_object(state, namespaces, namespace, false) {
@@ -460,24 +489,30 @@ fn bootstrap(
             Err(e) => return Err(fail("the kubernetes service", e)),
         }
     }
-    if let Some((ip, port)) = api_endpoint {
-        let subsets = json!([{
-            "addresses": [{"ip": ip.to_string()}],
-            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
-        }]);
-        let endpoints = json!({
-            "apiVersion": "v1", "kind": "Endpoints",
-            "metadata": {"name": "kubernetes", "namespace": "default",
-                         "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-            "subsets": subsets,
-        });
-        // The master may have moved (a new address or port): the service follows it.
-        create_or_set(state, "Endpoints", endpoints, "subsets")
-            .map_err(|e| fail("the kubernetes endpoints", e))?;
+    let endpoints = resources::by_kind("", "Endpoints").expect("endpoints are served");
+    if let Some(object) = kubernetes_endpoints(api_endpoint) {
+        match api::objects::create_object(state, endpoints, object, false) {
+            Ok(_) => {}
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(fail("the kubernetes endpoints", e)),
+        }
     }
-    publish_settings(state).map_err(|e| fail("kube-system/bramble-settings", e))?;
-    publish_join_token(state).map_err(|e| fail("kube-system/bramble-join-token", e))?;
     Ok(())
+}
+
+/// The `default/kubernetes` Endpoints: this API server, when pods can reach it.
+fn kubernetes_endpoints(api_endpoint: Option<(std::net::Ipv4Addr, u16)>) -> Option<Value> {
+    let (ip, port) = api_endpoint?;
+    let subsets = json!([{
+        "addresses": [{"ip": ip.to_string()}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    }]);
+    Some(json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": subsets,
+    }))
 }
 
 /// Writes `kube-system/bramble-join-token`, a Secret (as kubeadm keeps its bootstrap tokens):
@@ -551,12 +586,30 @@ fn create_or_set(
 /// How long events are kept, as upstream's default `--event-ttl`.
 const EVENT_TTL: Duration = Duration::from_secs(3600);
 
-async fn upkeep(store: Arc<Store>, checkpoint_interval: Duration) {
+/// How often missing system objects are re-created (upstream: the `kubernetes` service every
+/// 10 s, the system namespaces every minute).
+const SYSTEM_OBJECTS_INTERVAL: Duration = Duration::from_secs(10);
+
+async fn upkeep(
+    state: Arc<ApiState>,
+    api_endpoint: Option<(std::net::Ipv4Addr, u16)>,
+    checkpoint_interval: Duration,
+) {
+    let store = state.store.clone();
     let mut compaction = tokio::time::interval(Duration::from_secs(60));
     let mut checkpoint = tokio::time::interval(checkpoint_interval);
+    let mut system_objects = tokio::time::interval(SYSTEM_OBJECTS_INTERVAL);
     checkpoint.tick().await;
+    system_objects.tick().await;
     loop {
         tokio::select! {
+            _ = system_objects.tick() => {
+                let state = state.clone();
+                let result = tokio::task::spawn_blocking(move || ensure_system_objects(&state, api_endpoint)).await;
+                if let Ok(Err(error)) = result {
+                    tracing::error!(error = %error_chain(&error), "cannot re-create the built-in objects");
+                }
+            }
             _ = compaction.tick() => {
                 let store = store.clone();
                 let result = tokio::task::spawn_blocking(move || {
@@ -601,4 +654,46 @@ fn event_time(event: &Value) -> Option<jiff::Timestamp> {
                 .and_then(Value::as_str),
         )
         .find_map(|text| text.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_system_objects_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = MasterConfig::new(dir.path().to_owned());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let master = Master::start(config).await.unwrap();
+        let state = master.controllers.shared().api.clone();
+        tokio::task::spawn_blocking(move || {
+            // As an older master let `kubectl delete namespace --all` do.
+            for (key, namespace, name) in [
+                ("core/services", "default", "kubernetes"),
+                ("core/serviceaccounts", "default", "default"),
+                ("core/namespaces", "", "default"),
+                ("core/namespaces", "", "kube-node-lease"),
+            ] {
+                state
+                    .store
+                    .delete::<StoreError>(key, namespace, name, |_| Ok(()))
+                    .unwrap();
+            }
+            ensure_system_objects(&state, None).unwrap();
+            let get = |key: &str, namespace: &str, name: &str| {
+                state.store.get(key, namespace, name).unwrap()
+            };
+            assert_eq!(
+                get("core/namespaces", "", "default").unwrap()["status"]["phase"],
+                "Active"
+            );
+            assert!(get("core/namespaces", "", "kube-node-lease").is_some());
+            assert!(get("core/serviceaccounts", "default", "default").is_some());
+            let service = get("core/services", "default", "kubernetes").unwrap();
+            assert_eq!(service["spec"]["clusterIP"], "10.43.0.1");
+        })
+        .await
+        .unwrap();
+    }
 }

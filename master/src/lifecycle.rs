@@ -46,20 +46,70 @@ pub fn has_generation(resource: &Resource) -> bool {
 /// Server-set state of a new object: the status it starts with (clients cannot create objects
 /// with a made-up status, except nodes, whose agent reports status at registration) and the
 /// kind's own fields (a namespace's name label, a Job's selector).
+///
+/// The statuses are what upstream's create answers: the fields its Go types always serialise
+/// (no `omitempty`), at zero. Clients built from those types, such as the Python client,
+/// refuse an object without them.
 pub fn prepare_on_create(resource: &Resource, object: &mut Value) {
     let status = match resource.kind {
         "Pod" => json!({"phase": "Pending"}),
         "Namespace" => json!({"phase": "Active"}),
         "Service" => json!({"loadBalancer": {}}),
         "ReplicationController" | "ReplicaSet" => json!({"replicas": 0}),
-        "HorizontalPodAutoscaler" => json!({"currentReplicas": 0, "desiredReplicas": 0}),
-        "Deployment" | "DaemonSet" | "Job" | "ResourceQuota" => json!({}),
+        "DaemonSet" => json!({
+            "currentNumberScheduled": 0,
+            "numberMisscheduled": 0,
+            "desiredNumberScheduled": 0,
+            "numberReady": 0,
+        }),
+        // Stored as autoscaling/v2, where `currentReplicas` is omitted at zero; the v1 view
+        // adds it back (conversion.rs).
+        "HorizontalPodAutoscaler" => json!({"desiredReplicas": 0}),
+        "Deployment" | "Job" | "ResourceQuota" => json!({}),
+        "Node" => node_status(&object["status"]),
         _ => Value::Null,
     };
     if !status.is_null() {
         object["status"] = status;
     }
     prepare_kind_on_create(resource, object);
+}
+
+/// A node's reported status with what upstream's NodeStatus always carries: the kubelet
+/// endpoint and every node-info string (empty when not reported), and allocatable defaulted
+/// to capacity (`SetDefaults_NodeStatus`).
+fn node_status(reported: &Value) -> Value {
+    let mut status = if reported.is_object() {
+        reported.clone()
+    } else {
+        json!({})
+    };
+    if !status["daemonEndpoints"]["kubeletEndpoint"]["Port"].is_number() {
+        status["daemonEndpoints"]["kubeletEndpoint"]["Port"] = json!(0);
+    }
+    if !status["nodeInfo"].is_object() {
+        status["nodeInfo"] = json!({});
+    }
+    for field in [
+        "machineID",
+        "systemUUID",
+        "bootID",
+        "kernelVersion",
+        "osImage",
+        "containerRuntimeVersion",
+        "kubeletVersion",
+        "kubeProxyVersion",
+        "operatingSystem",
+        "architecture",
+    ] {
+        if !status["nodeInfo"][field].is_string() {
+            status["nodeInfo"][field] = json!("");
+        }
+    }
+    if status["allocatable"].is_null() && status["capacity"].is_object() {
+        status["allocatable"] = status["capacity"].clone();
+    }
+    status
 }
 
 fn prepare_kind_on_create(resource: &Resource, object: &mut Value) {
@@ -415,6 +465,22 @@ fn allocate_service(
     Ok(())
 }
 
+/// The namespaces upstream's NamespaceLifecycle admission keeps from deletion; the master
+/// also re-creates them (with `kube-node-lease`) when they are missing.
+pub const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
+/// Admission of a delete (also a dry run): the immortal namespaces refuse it.
+pub fn admit_delete(resource: &Resource, name: &str) -> Result<(), ApiError> {
+    if resource.kind == "Namespace" && IMMORTAL_NAMESPACES.contains(&name) {
+        return Err(ApiError::forbidden_object(
+            resource,
+            name,
+            "this namespace may not be deleted",
+        ));
+    }
+    Ok(())
+}
+
 /// What a delete does to an object.
 pub enum Deletion {
     /// Remove it now.
@@ -670,6 +736,97 @@ mod tests {
         assert_eq!(qos_class(&guaranteed), "Guaranteed");
         let burstable = json!({"containers": [{"resources": {"requests": {"cpu": "100m"}}}]});
         assert_eq!(qos_class(&burstable), "Burstable");
+    }
+
+    #[test]
+    fn new_objects_start_with_upstreams_status() {
+        let expected = [
+            ("", "Pod", json!({"phase": "Pending"})),
+            ("", "Namespace", json!({"phase": "Active"})),
+            ("", "Service", json!({"loadBalancer": {}})),
+            ("", "ReplicationController", json!({"replicas": 0})),
+            ("", "ResourceQuota", json!({})),
+            ("apps", "Deployment", json!({})),
+            ("apps", "ReplicaSet", json!({"replicas": 0})),
+            (
+                "apps",
+                "DaemonSet",
+                json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0}),
+            ),
+            ("batch", "Job", json!({})),
+            (
+                "autoscaling",
+                "HorizontalPodAutoscaler",
+                json!({"desiredReplicas": 0}),
+            ),
+        ];
+        for (group, kind, status) in expected {
+            let resource = resources::by_kind(group, kind).unwrap();
+            let mut object = json!({"metadata": {"name": "x", "uid": "u"}, "spec": {}, "status": {"made": "up"}});
+            prepare_on_create(resource, &mut object);
+            assert_eq!(object["status"], status, "{kind}");
+        }
+        let v1 = resources::find("autoscaling", "v1", "horizontalpodautoscalers").unwrap();
+        let mut hpa = json!({"metadata": {"name": "x"}, "spec": {}});
+        prepare_on_create(v1, &mut hpa);
+        assert_eq!(
+            crate::conversion::from_storage(v1, hpa)["status"],
+            json!({"currentReplicas": 0, "desiredReplicas": 0})
+        );
+        for kind in [
+            "ConfigMap",
+            "Secret",
+            "ServiceAccount",
+            "Endpoints",
+            "Event",
+        ] {
+            let mut object = json!({"metadata": {"name": "x"}});
+            prepare_on_create(resources::by_kind("", kind).unwrap(), &mut object);
+            assert!(object.get("status").is_none(), "{kind}");
+        }
+    }
+
+    #[test]
+    fn a_new_node_keeps_its_reported_status_and_gets_the_rest() {
+        let nodes = resources::by_kind("", "Node").unwrap();
+        let mut bare = json!({"metadata": {"name": "n"}});
+        prepare_on_create(nodes, &mut bare);
+        assert_eq!(
+            bare["status"]["daemonEndpoints"],
+            json!({"kubeletEndpoint": {"Port": 0}})
+        );
+        assert_eq!(bare["status"]["nodeInfo"]["kubeProxyVersion"], "");
+        assert_eq!(bare["status"]["nodeInfo"].as_object().unwrap().len(), 10);
+
+        let mut reported = json!({"metadata": {"name": "n"}, "status": {
+            "capacity": {"cpu": "4"},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {"kubeletVersion": "v1.37.0", "architecture": "arm64"},
+        }});
+        prepare_on_create(nodes, &mut reported);
+        let status = &reported["status"];
+        assert_eq!(status["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
+        assert_eq!(status["nodeInfo"]["kubeletVersion"], "v1.37.0");
+        assert_eq!(status["nodeInfo"]["machineID"], "");
+        assert_eq!(status["allocatable"], json!({"cpu": "4"}));
+    }
+
+    #[test]
+    fn the_system_namespaces_may_not_be_deleted() {
+        let namespaces = resources::by_kind("", "Namespace").unwrap();
+        for name in ["default", "kube-system", "kube-public"] {
+            let error = admit_delete(namespaces, name).unwrap_err();
+            assert_eq!(error.code, 403);
+            assert_eq!(error.reason, "Forbidden");
+            assert_eq!(
+                error.message,
+                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")
+            );
+        }
+        assert!(admit_delete(namespaces, "kube-node-lease").is_ok());
+        assert!(admit_delete(namespaces, "team-a").is_ok());
+        let config_maps = resources::by_kind("", "ConfigMap").unwrap();
+        assert!(admit_delete(config_maps, "default").is_ok());
     }
 
     #[test]

@@ -72,6 +72,12 @@ impl Resource {
         if !self.is_stored() {
             return &["get", "list"];
         }
+        if self.kind == "Namespace" {
+            // As upstream: namespaces go one by one, through NamespaceLifecycle admission.
+            return &[
+                "create", "delete", "get", "list", "patch", "update", "watch",
+            ];
+        }
         &[
             "create",
             "delete",

@@ -118,8 +118,12 @@ def test_rolling_update_keeps_enough_pods_ready_and_rolls_back(demo_cluster):
         lambda: {p["spec"]["containers"][0]["image"] for p in pods(master, "app=web")} == {"registry.local/web:v1"},
         what="only v1 pods after the undo",
     )
-    # The rollback reused the first ReplicaSet rather than making a third.
-    assert len(master.kubectl_json("get", "rs", "-l", "app=web")["items"]) == 2
+    # The rollback reused the first ReplicaSet rather than making a third; it remembers the
+    # revision it had.
+    sets = master.kubectl_json("get", "rs", "-l", "app=web")["items"]
+    assert len(sets) == 2
+    reused = next(s for s in sets if s["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3")
+    assert reused["metadata"]["annotations"]["deployment.kubernetes.io/revision-history"] == "1"
 
     master.kubectl("rollout", "restart", "deployment/web")
     master.kubectl("rollout", "status", "deployment/web", "--timeout=60s")

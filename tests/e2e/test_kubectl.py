@@ -6,7 +6,7 @@ import time
 
 import yaml
 
-from conftest import KUBECTL, manifest
+from conftest import KUBECTL, manifest, wait_for
 
 
 def deployment(image="nginx:1.25", replicas=2, sidecar=True):
@@ -41,6 +41,39 @@ def test_namespaces_lifecycle(master):
     gone = master.kubectl("get", "namespace", "demo", check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
     assert master.kubectl("get", "configmaps", "-n", "demo", "-o", "name").stdout.strip() == ""
+
+
+def test_system_namespaces_may_not_be_deleted_and_come_back(master):
+    master.kubectl("create", "namespace", "demo")
+    result = master.kubectl("delete", "namespace", "--all", "--wait=false", check=False)
+    assert result.returncode != 0
+    for name in ["default", "kube-system", "kube-public"]:
+        assert (
+            f'Error from server (Forbidden): namespaces "{name}" is forbidden: this namespace may not be deleted'
+            in result.stderr
+        )
+    assert 'namespace "demo" deleted' in result.stdout
+    names = {n["metadata"]["name"] for n in master.kubectl_json("get", "namespaces")["items"]}
+    assert {"default", "kube-system", "kube-public"} <= names
+    assert master.kubectl_json("get", "service", "kubernetes")["spec"]["clusterIP"] == "10.43.0.1"
+    # kube-node-lease may go, as upstream; the master's upkeep brings it back.
+    wait_for(
+        lambda: master.kubectl("get", "namespace", "kube-node-lease", check=False).returncode == 0
+        and master.kubectl_json("get", "namespace", "kube-node-lease")["status"]["phase"] == "Active",
+        what="kube-node-lease to be re-created",
+    )
+
+
+def test_autoscale_defaults_to_80_percent_cpu(master):
+    master.kubectl("apply", "-f", "-", input=manifest(deployment()))
+    master.kubectl("autoscale", "deployment", "web", "--max=5")
+    hpa = master.kubectl_json("get", "horizontalpodautoscalers.v2.autoscaling", "web")
+    assert hpa["spec"]["metrics"] == [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}
+    ]
+    v1 = json.loads(master.kubectl("get", "--raw", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/web").stdout)
+    assert v1["spec"]["targetCPUUtilizationPercentage"] == 80
+    assert "cpu: <unknown>/80%" in master.kubectl("get", "hpa", "web").stdout
 
 
 def test_apply_then_apply_changed_copy_stores_exactly_the_change(master, tmp_path):

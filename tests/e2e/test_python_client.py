@@ -196,6 +196,72 @@ def test_other_resources_round_trip(master):
     assert quota.spec.hard == {"pods": "10"}
 
 
+def test_every_kind_reads_back_through_the_typed_api(master):
+    """Each kind's create answer and read-back deserialise into the client's models, whose
+    required status fields (a DaemonSet's counts, an HPA's replicas) must be there."""
+    api = master.client()
+    core, apps, batch = client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api)
+    labels = {"app": "kinds"}
+    selector = client.V1LabelSelector(match_labels=labels)
+    template = client.V1PodTemplateSpec(
+        metadata=client.V1ObjectMeta(labels=labels),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="busybox:1.36")],
+                              volumes=[client.V1Volume(name="scratch")]))
+
+    def meta(name="kinds"):
+        return client.V1ObjectMeta(name=name)
+
+    daemon_set = apps.create_namespaced_daemon_set("default", client.V1DaemonSet(
+        metadata=meta(), spec=client.V1DaemonSetSpec(selector=selector, template=template)))
+    assert (daemon_set.status.current_number_scheduled, daemon_set.status.desired_number_scheduled,
+            daemon_set.status.number_misscheduled, daemon_set.status.number_ready) == (0, 0, 0, 0)
+    assert apps.read_namespaced_daemon_set("kinds", "default").status.number_ready == 0
+    # A volume naming no source is an emptyDir, in templates as in pods.
+    assert daemon_set.spec.template.spec.volumes[0].empty_dir == client.V1EmptyDirVolumeSource()
+
+    deployment = apps.create_namespaced_deployment("default", client.V1Deployment(
+        metadata=meta(), spec=client.V1DeploymentSpec(selector=selector, template=template)))
+    assert deployment.status is not None
+    replica_set = apps.create_namespaced_replica_set("default", client.V1ReplicaSet(
+        metadata=meta("kinds-rs"), spec=client.V1ReplicaSetSpec(replicas=0, selector=selector, template=template)))
+    assert replica_set.status.replicas == 0
+    rc = core.create_namespaced_replication_controller("default", client.V1ReplicationController(
+        metadata=meta(), spec=client.V1ReplicationControllerSpec(replicas=0, selector=labels, template=template)))
+    assert rc.status.replicas == 0
+    job_template = client.V1PodTemplateSpec(spec=client.V1PodSpec(
+        restart_policy="Never", containers=[client.V1Container(name="c", image="busybox:1.36")]))
+    job = batch.create_namespaced_job("default", client.V1Job(metadata=meta(), spec=client.V1JobSpec(template=job_template)))
+    assert job.status is not None
+
+    target = client.V2CrossVersionObjectReference(kind="Deployment", name="kinds", api_version="apps/v1")
+    hpa = client.AutoscalingV2Api(api).create_namespaced_horizontal_pod_autoscaler("default", client.V2HorizontalPodAutoscaler(
+        metadata=meta(), spec=client.V2HorizontalPodAutoscalerSpec(scale_target_ref=target, max_replicas=5)))
+    assert hpa.status.desired_replicas == 0
+    assert hpa.spec.metrics[0].resource.target.average_utilization == 80
+    hpa_v1 = client.AutoscalingV1Api(api).read_namespaced_horizontal_pod_autoscaler("kinds", "default")
+    assert (hpa_v1.status.current_replicas, hpa_v1.status.desired_replicas) == (0, 0)
+
+    pod = core.create_namespaced_pod("default", client.V1Pod(metadata=meta(), spec=template.spec))
+    assert (pod.status.phase, pod.status.qos_class) == ("Pending", "BestEffort")
+    assert pod.spec.volumes[0].empty_dir is not None
+    service = core.create_namespaced_service("default", client.V1Service(
+        metadata=meta(), spec=client.V1ServiceSpec(selector=labels, ports=[client.V1ServicePort(port=80)])))
+    assert service.status.load_balancer == client.V1LoadBalancerStatus()
+    namespace = core.create_namespace(client.V1Namespace(metadata=meta()))
+    assert namespace.status.phase == "Active"
+    node = core.create_node(client.V1Node(metadata=meta("kinds-node")))
+    assert node.status.node_info.kubelet_version == ""
+    assert node.status.daemon_endpoints.kubelet_endpoint.port == 0
+    assert core.read_node("kinds-node").status.node_info.architecture == ""
+    quota = core.create_namespaced_resource_quota("default", client.V1ResourceQuota(
+        metadata=meta(), spec=client.V1ResourceQuotaSpec(hard={"pods": "10"})))
+    assert quota.spec.hard == {"pods": "10"}
+
+    # Lists go through the same models.
+    assert [d.metadata.name for d in apps.list_namespaced_daemon_set("default").items] == ["kinds"]
+    assert "kinds-node" in [n.metadata.name for n in core.list_node().items]
+
+
 def test_watch_with_selector_sees_objects_leave_and_enter(master):
     core = client.CoreV1Api(master.client())
     core.create_namespaced_config_map("default", client.V1ConfigMap(

@@ -134,7 +134,7 @@ fn resource_list(group: &str, version: &str) -> Value {
         .iter()
         .filter(|r| r.group == group && r.version == version)
     {
-        list.push(json!({
+        let mut entry = json!({
             "name": resource.plural,
             "singularName": resource.singular,
             "namespaced": resource.namespaced,
@@ -142,7 +142,11 @@ fn resource_list(group: &str, version: &str) -> Value {
             "verbs": resource.verbs(),
             "shortNames": resource.short_names,
             "categories": resource.categories,
-        }));
+        });
+        if resource.is_stored() {
+            entry["storageVersionHash"] = json!(storage_version_hash(resource));
+        }
+        list.push(entry);
         for sub in resource.subresources {
             let (g, v, kind) = subresource_kind(resource, sub);
             let mut entry = json!({
@@ -165,6 +169,19 @@ fn resource_list(group: &str, version: &str) -> Value {
         "groupVersion": group_version_string(group, version),
         "resources": list,
     })
+}
+
+/// Upstream's `storageVersionHash`: base64 of the first 8 bytes of the SHA-256 of the stored
+/// form's `group/version/kind` (`/v1/Pod` for the core group). It changes when the storage
+/// version does, which tells storage migrators to rewrite objects. Aggregated discovery has no
+/// such field.
+fn storage_version_hash(resource: &Resource) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let version = resource.storage_version.unwrap_or(resource.version);
+    let gvk = format!("{}/{version}/{}", resource.group, resource.kind);
+    let digest = sha2::Sha256::digest(gvk.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(&digest[..8])
 }
 
 fn aggregated(core: bool) -> Response<Body> {
@@ -297,4 +314,51 @@ fn openapi_document(group: &str, version: &str) -> Value {
         // which know every patch strategy, instead of from an incomplete schema.
         "components": {"schemas": {}},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(list: &Value, name: &str) -> Value {
+        list["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} is listed"))
+    }
+
+    #[test]
+    fn stored_resources_carry_upstreams_storage_version_hash() {
+        // Values a kube-apiserver answers.
+        let core = resource_list("", "v1");
+        assert_eq!(entry(&core, "pods")["storageVersionHash"], "xPOwRZ+Yhw8=");
+        assert_eq!(
+            entry(&core, "namespaces")["storageVersionHash"],
+            "Q3oi5N2YM8M="
+        );
+        let apps = resource_list("apps", "v1");
+        assert_eq!(
+            entry(&apps, "deployments")["storageVersionHash"],
+            "8aSe+NMegvE="
+        );
+        // Subresources and objects that are not stored have none.
+        assert!(entry(&core, "pods/status")
+            .get("storageVersionHash")
+            .is_none());
+        let metrics = resource_list("metrics.k8s.io", "v1beta1");
+        assert!(entry(&metrics, "pods").get("storageVersionHash").is_none());
+        // Both HPA versions hash the stored version.
+        let v1 = entry(
+            &resource_list("autoscaling", "v1"),
+            "horizontalpodautoscalers",
+        );
+        let v2 = entry(
+            &resource_list("autoscaling", "v2"),
+            "horizontalpodautoscalers",
+        );
+        assert_eq!(v1["storageVersionHash"], v2["storageVersionHash"]);
+    }
 }

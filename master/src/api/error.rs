@@ -136,6 +136,17 @@ impl ApiError {
         Self::new(403, "Forbidden", message)
     }
 
+    /// 403 about one object, as upstream's `NewForbidden`: `namespaces "default" is forbidden: why`.
+    pub fn forbidden_object(resource: &Resource, name: &str, why: &str) -> Self {
+        ApiError {
+            details: Some(details(resource, name)),
+            ..Self::forbidden(format!(
+                "{} \"{name}\" is forbidden: {why}",
+                qualified(resource)
+            ))
+        }
+    }
+
     /// 410 for a watch or list continuation older than the retained history.
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)

@@ -682,6 +682,12 @@ impl Call {
                 Ok(self.respond(200, &conversion::from_storage(resource, outcome)))
             }
             None => {
+                if !resource.verbs().contains(&"deletecollection") {
+                    return Err(ApiError::method_not_allowed(&format!(
+                        "delete {}",
+                        resource.plural
+                    )));
+                }
                 let (labels, fields) = self.selectors()?;
                 let all_namespaces = self.target.namespace.is_none();
                 blocking(move || {
@@ -1329,6 +1335,7 @@ pub fn delete_object(
     name: &str,
     options: &DeleteOptions,
 ) -> Result<Value, ApiError> {
+    lifecycle::admit_delete(resource, name)?;
     let store = &state.store;
     let key = resource.storage_key();
     let current = store

@@ -28,6 +28,9 @@ use crate::api::objects::DeleteOptions;
 use crate::store::Change;
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
+const REVISION_HISTORY: &str = "deployment.kubernetes.io/revision-history";
+/// How long `revision-history` may grow, as upstream's `maxRevHistoryLengthInChars`.
+const REVISION_HISTORY_CHARS: usize = 2000;
 const DESIRED: &str = "deployment.kubernetes.io/desired-replicas";
 const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
 const HASH_LABEL: &str = "pod-template-hash";
@@ -35,7 +38,7 @@ const HASH_LABEL: &str = "pod-template-hash";
 const NOT_COPIED: &[&str] = &[
     "kubectl.kubernetes.io/last-applied-configuration",
     REVISION,
-    "deployment.kubernetes.io/revision-history",
+    REVISION_HISTORY,
     DESIRED,
     MAX_REPLICAS,
     "deprecated.deployment.rollback.to",
@@ -102,6 +105,43 @@ fn revision_of(set: &Value) -> i64 {
         .as_str()
         .and_then(|r| r.parse().ok())
         .unwrap_or(0)
+}
+
+/// Gives a ReplicaSet a newer revision (a rollback to it). The revision it had is appended
+/// to `revision-history`, as upstream keeps it; the oldest entries go when the list would pass
+/// its length limit.
+fn bump_revision(set: &mut Value, revision: i64) {
+    let annotations = &mut set["metadata"]["annotations"];
+    let previous = annotations[REVISION].as_str().map(str::to_owned);
+    annotations[REVISION] = json!(revision.to_string());
+    let Some(previous) = previous else {
+        return;
+    };
+    let history = annotations[REVISION_HISTORY].as_str().unwrap_or_default();
+    if let Some(history) = append_revision(history, &previous) {
+        annotations[REVISION_HISTORY] = json!(history);
+    }
+}
+
+/// `history` (comma-separated) with `revision` at the end, within the length limit; `None`
+/// when even `revision` alone does not fit.
+fn append_revision(history: &str, revision: &str) -> Option<String> {
+    if history.is_empty() {
+        return Some(revision.to_owned());
+    }
+    let mut kept: Vec<&str> = history.split(',').collect();
+    let mut length = history.len() + 1 + revision.len();
+    let mut dropped = 0;
+    while length > REVISION_HISTORY_CHARS && dropped < kept.len() {
+        length -= kept[dropped].len() + 1;
+        dropped += 1;
+    }
+    if length > REVISION_HISTORY_CHARS {
+        return None;
+    }
+    kept.drain(..dropped);
+    kept.push(revision);
+    Some(kept.join(","))
 }
 
 fn spec_replicas(set: &Value) -> i64 {
@@ -428,8 +468,7 @@ impl Reconciler for DeploymentController {
                     // An old template came back (rollback): it becomes the newest revision.
                     let (ns, name) = key_of(set);
                     let updated = ctx.update("apps/replicasets", &ns, &name, |s| {
-                        s["metadata"]["annotations"][REVISION] =
-                            json!((highest_old + 1).to_string());
+                        bump_revision(s, highest_old + 1);
                         Ok(())
                     })?;
                     new_set = Some(Arc::new(updated));
@@ -730,6 +769,34 @@ mod tests {
         assert!(template_hash(&a, 0)
             .chars()
             .all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)));
+    }
+
+    #[test]
+    fn a_rolled_back_set_keeps_its_old_revisions() {
+        let mut set = json!({"metadata": {"annotations": {REVISION: "1"}}});
+        bump_revision(&mut set, 3);
+        assert_eq!(set["metadata"]["annotations"][REVISION], "3");
+        assert_eq!(set["metadata"]["annotations"][REVISION_HISTORY], "1");
+        bump_revision(&mut set, 5);
+        assert_eq!(set["metadata"]["annotations"][REVISION], "5");
+        assert_eq!(set["metadata"]["annotations"][REVISION_HISTORY], "1,3");
+
+        let mut unnumbered = json!({"metadata": {}});
+        bump_revision(&mut unnumbered, 2);
+        assert_eq!(unnumbered["metadata"]["annotations"][REVISION], "2");
+        assert!(unnumbered["metadata"]["annotations"][REVISION_HISTORY].is_null());
+    }
+
+    #[test]
+    fn revision_history_drops_its_oldest_entries_at_the_limit() {
+        // 400 five-character entries plus commas: 2399 characters, over the limit.
+        let long: Vec<String> = (10000..10400).map(|r| r.to_string()).collect();
+        let history = append_revision(&long[..333].join(","), "99999").unwrap();
+        assert!(history.len() <= REVISION_HISTORY_CHARS);
+        assert!(history.ends_with(",10332,99999"));
+        assert!(history.starts_with("10001,"), "only the oldest goes");
+        assert_eq!(append_revision("", "7").as_deref(), Some("7"));
+        assert_eq!(append_revision("1,2", &"9".repeat(2001)), None);
     }
 
     #[test]
