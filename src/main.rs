@@ -2,14 +2,15 @@
 
 mod gpio_command;
 mod image_command;
-mod local_cluster;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use agent::local_cluster;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use protocol::command_line::{AgentArgs, ClusterArgs, MasterArgs, MonkeyArgs};
 
 /// bramble: a Raspberry Pi micro-datacenter that speaks the Kubernetes API.
 ///
@@ -173,131 +174,9 @@ struct TuiArgs {
     log: Option<PathBuf>,
 }
 
-/// The chaos monkey's policy, shared by the dashboard and the master's monkey button.
-#[derive(Args)]
-struct MonkeyArgs {
-    /// The chaos monkey kills a node this often (20s, 2m).
-    #[arg(long, default_value = "30s", value_parser = protocol::chaos::parse_duration)]
-    monkey_interval: Duration,
-    /// How long a node the monkey killed stays dead.
-    #[arg(long, default_value = "20s", value_parser = protocol::chaos::parse_duration)]
-    monkey_dead_for: Duration,
-    /// Only nodes matching this label selector may die (default: any node but the master).
-    #[arg(long)]
-    monkey_nodes: Option<String>,
-    /// The monkey never leaves fewer Ready nodes than this.
-    #[arg(long, default_value_t = 2)]
-    monkey_min_ready: usize,
-}
-
-impl MonkeyArgs {
-    fn policy(self) -> protocol::chaos::MonkeyPolicy {
-        protocol::chaos::MonkeyPolicy {
-            interval: self.monkey_interval,
-            dead_for: self.monkey_dead_for,
-            nodes: self.monkey_nodes,
-            min_ready: self.monkey_min_ready,
-        }
-    }
-}
-
-/// LEDs and buttons on the Pi's GPIO (see the README's wiring guide).
-#[derive(Args)]
-struct PanelArgs {
-    /// Where LEDs and buttons are: none, simulated (no hardware; see `bramble gpio`),
-    /// gpiochip (the GPIO character device, any kernel; gpiochip:/dev/gpiochipN to pick the
-    /// chip) or rppal (Raspberry Pi OS).
-    #[arg(long, default_value = "none", value_name = "BACKEND")]
-    gpio: hardware::backend::BackendChoice,
-    /// The status LED: a BCM pin (17), an RGB LED (rgb:5,6,13), or none.
-    #[arg(long, default_value = "17", value_name = "PINS", value_parser = parse_status_led)]
-    status_led: ::std::option::Option<agent::panel::StatusLedPins>,
-    /// The APA102 strip: blinkt (BCM23 data, BCM24 clock, 8 LEDs), apa102:DATA,CLOCK,LEDS, or
-    /// none. A node shows one LED per pod, the master one per node.
-    #[arg(long, default_value = "blinkt", value_name = "STRIP", value_parser = parse_strip)]
-    strip: ::std::option::Option<agent::panel::StripPins>,
-    /// Buttons (to ground) as ACTION=PIN, comma-separated: kill=27 on a node (press kills it,
-    /// a long press revives it), monkey=22 on the master (starts and stops the chaos monkey);
-    /// none for no buttons. Default: kill=27 on a node, monkey=22 on the master.
-    #[arg(long, value_name = "BUTTONS")]
-    buttons: Option<String>,
-    /// The strip's brightness, 0-31.
-    #[arg(long, default_value_t = agent::panel::DEFAULT_BRIGHTNESS, value_parser = clap::value_parser!(u8).range(0..=31))]
-    brightness: u8,
-}
-
-fn parse_status_led(text: &str) -> Result<Option<agent::panel::StatusLedPins>, String> {
-    (text != "none").then(|| text.parse()).transpose()
-}
-
-fn parse_strip(text: &str) -> Result<Option<agent::panel::StripPins>, String> {
-    (text != "none").then(|| text.parse()).transpose()
-}
-
-impl PanelArgs {
-    /// The panel's config; `default_buttons` when --buttons is not given.
-    fn config(self, default_buttons: &str) -> anyhow::Result<agent::panel::PanelConfig> {
-        let buttons = self.buttons.as_deref().unwrap_or(default_buttons);
-        let buttons = match buttons {
-            "none" | "" => Vec::new(),
-            list => list
-                .split(',')
-                .map(str::parse)
-                .collect::<Result<_, String>>()
-                .map_err(|e| anyhow::anyhow!("--buttons: {e}"))?,
-        };
-        Ok(agent::panel::PanelConfig {
-            backend: self.gpio,
-            status_led: self.status_led,
-            strip: self.strip,
-            buttons,
-            brightness: self.brightness,
-        })
-    }
-}
-
-#[derive(Args)]
-struct AgentArgs {
-    /// The master, as https://HOST:PORT (needed to join).
-    #[arg(long)]
-    server: Option<String>,
-    /// The master's join token, used once to obtain this node's credentials.
-    #[arg(long, env = "BRAMBLE_JOIN_TOKEN", hide_env_values = true)]
-    join_token: Option<String>,
-    /// Kubeconfig with this node's credentials (default: DATA_DIR/node.kubeconfig, written
-    /// when the node joins).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// The node's name (default: the host name).
-    #[arg(long)]
-    node_name: Option<String>,
-    /// The address other nodes reach this one on (default: the one that routes to the master).
-    #[arg(long)]
-    node_ip: Option<std::net::Ipv4Addr>,
-    /// Where pods, images and container state live.
-    #[arg(long, default_value = "/var/lib/bramble/agent")]
-    data_dir: PathBuf,
-    /// A registry to pull from over plain HTTP (host:port); repeatable.
-    #[arg(long = "insecure-registry")]
-    insecure_registries: Vec<String>,
-    /// An extra node label KEY=VALUE; repeatable.
-    #[arg(long = "label", value_parser = parse_label)]
-    labels: Vec<(String, String)>,
-    /// Pods this node accepts.
-    #[arg(long, default_value_t = 110)]
-    max_pods: u32,
-    /// Name of the pod bridge.
-    #[arg(long, default_value = "bramble0")]
-    bridge: String,
-    /// The resolv.conf given to pods.
-    #[arg(long, default_value = "/etc/resolv.conf")]
-    resolv_conf: PathBuf,
-    #[command(flatten)]
-    panel: PanelArgs,
-}
-
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    let panel = args.panel.config("kill=27")?;
+    let panel =
+        agent::panel::PanelConfig::from_args(args.panel, "kill=27").map_err(anyhow::Error::msg)?;
     let node_name = match args.node_name {
         Some(name) => name,
         None => nix_hostname()?,
@@ -437,7 +316,7 @@ struct SimArgs {
     #[arg(long, default_value_t = 3)]
     zones: usize,
     /// Extra node label KEY=VALUE (repeatable).
-    #[arg(long = "label", value_parser = parse_label)]
+    #[arg(long = "label", value_parser = protocol::command_line::parse_label)]
     labels: Vec<(String, String)>,
 }
 
@@ -462,28 +341,6 @@ enum SimCommand {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
-}
-
-fn parse_label(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got {text}"))
-}
-
-#[derive(Args)]
-struct MasterArgs {
-    /// Directory for the database, certificates and kubeconfig.
-    #[arg(long, env = "BRAMBLE_DATA_DIR", default_value = "/var/lib/bramble")]
-    data_dir: PathBuf,
-    /// Address and port to serve HTTPS on.
-    #[arg(long, default_value = "0.0.0.0:6443")]
-    listen: SocketAddr,
-    #[command(flatten)]
-    cluster: ClusterArgs,
-    #[command(flatten)]
-    panel: PanelArgs,
-    #[command(flatten)]
-    monkey: MonkeyArgs,
 }
 
 #[derive(Args)]
@@ -526,90 +383,6 @@ struct DownArgs {
 
 fn parse_cidr(text: &str) -> Result<agent::network::Cidr, String> {
     agent::network::Cidr::parse(text).ok_or_else(|| format!("expected A.B.C.D/N, got {text}"))
-}
-
-#[derive(Args)]
-struct ClusterArgs {
-    /// Address clients and agents use to reach the master (default: the listen address, or
-    /// 127.0.0.1 when listening on all addresses). Added to the server certificate.
-    #[arg(long)]
-    advertise_address: Option<String>,
-    /// Extra DNS name or IP for the server certificate (repeatable).
-    #[arg(long = "tls-san")]
-    tls_san: Vec<String>,
-    /// Range that services' cluster IPs come from.
-    #[arg(long, default_value = "10.43.0.0/16")]
-    service_cidr: String,
-    /// Range of node ports, as LOW-HIGH.
-    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
-    node_port_range: (i64, i64),
-    /// DNS domain of the cluster.
-    #[arg(long, default_value = "cluster.local")]
-    cluster_domain: String,
-    /// Range pod IPs come from; each node gets a slice of it.
-    #[arg(long, default_value = "10.42.0.0/16")]
-    cluster_cidr: String,
-    /// Prefix length of each node's slice of the cluster CIDR.
-    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(8..=30))]
-    node_cidr_mask: u32,
-    /// How fast failures are handled: `default` (upstream-like: a dead node is noticed after
-    /// 40 s, its pods move after 5 min) or `demo` (noticed within 2 s, pods replaced at once).
-    #[arg(long, default_value = "default", value_parser = ["default", "demo"])]
-    profile: String,
-    /// Addresses LoadBalancer services get on the LAN; one healthy node answers ARP for each,
-    /// and it moves when that node dies. Without a pool, LoadBalancer services answer on every
-    /// node's address (like k3s). RANGE is FIRST-LAST (192.168.1.240-192.168.1.250) or a CIDR
-    /// (192.168.1.240/28: all but its network and broadcast addresses); repeatable or comma
-    /// separated. Keep it out of your DHCP server's range.
-    #[arg(
-        long = "load-balancer-pool",
-        value_name = "RANGE",
-        value_delimiter = ',',
-        value_parser = master::parse_address_range
-    )]
-    load_balancer_pool: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
-    /// Seconds between writes of leases and events to disk (they live in memory in between,
-    /// so heartbeats do not wear out the SD card).
-    #[arg(long, default_value_t = 300)]
-    checkpoint_seconds: u64,
-}
-
-fn parse_port_range(text: &str) -> Result<(i64, i64), String> {
-    let (low, high) = text
-        .split_once('-')
-        .ok_or_else(|| format!("expected LOW-HIGH, got {text}"))?;
-    let low: i64 = low.trim().parse().map_err(|_| format!("bad port {low}"))?;
-    let high: i64 = high
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad port {high}"))?;
-    if !(1..=65535).contains(&low) || !(low..=65535).contains(&high) {
-        return Err(format!("{text} is not a valid port range"));
-    }
-    Ok((low, high))
-}
-
-fn master_config(
-    data_dir: PathBuf,
-    listen: SocketAddr,
-    cluster: ClusterArgs,
-) -> master::MasterConfig {
-    let mut config = master::MasterConfig::new(data_dir);
-    config.listen = listen;
-    config.advertise_address = cluster.advertise_address;
-    config.extra_names = cluster.tls_san;
-    config.cluster = master::ClusterSettings {
-        service_cidr: cluster.service_cidr,
-        node_port_range: cluster.node_port_range,
-        cluster_domain: cluster.cluster_domain,
-        cluster_cidr: cluster.cluster_cidr,
-        node_cidr_mask: cluster.node_cidr_mask,
-        load_balancer_pool: cluster.load_balancer_pool,
-        timings: master::HealthTimings::named(&cluster.profile)
-            .expect("clap accepts only known profiles"),
-    };
-    config.checkpoint_interval = Duration::from_secs(cluster.checkpoint_seconds.max(1));
-    config
 }
 
 async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
@@ -762,31 +535,18 @@ fn program_name() -> String {
     }
 }
 
-/// Where the log goes instead of stderr: the master's inside `bramble up`
-/// (DIR/logs/master.log), the dashboard's `--log`.
+/// Where the log goes instead of stderr: the dashboard's `--log`.
 fn log_file(command: &Command) -> Option<std::fs::File> {
-    let Command::Up(args) = command else {
-        let Command::Tui(TuiArgs {
-            log: Some(path), ..
-        }) = command
-        else {
-            return None;
-        };
-        return std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(path)
-            .ok();
-    };
-    if args.simulated || !args.foreground {
+    let Command::Tui(TuiArgs {
+        log: Some(path), ..
+    }) = command
+    else {
         return None;
-    }
-    let dir = args.data_dir.join("logs");
-    std::fs::create_dir_all(&dir).ok()?;
+    };
     std::fs::File::options()
         .create(true)
         .append(true)
-        .open(dir.join("master.log"))
+        .open(path)
         .ok()
 }
 
@@ -836,7 +596,6 @@ fn main() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let quiet = matches!(cli.command, Command::Tui(TuiArgs { log: None, .. }));
     match log_file(&cli.command) {
-        // `bramble up` keeps the terminal for its own progress and the master's log in a file.
         Some(file) => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::sync::Mutex::new(file))
@@ -860,11 +619,16 @@ fn main() {
         match cli.command {
             Command::Master(args) => {
                 let panel = MasterPanel {
-                    config: args.panel.config("monkey=22")?,
+                    config: agent::panel::PanelConfig::from_args(args.panel, "monkey=22")
+                        .map_err(anyhow::Error::msg)?,
                     monkey: args.monkey.policy(),
                 };
                 run_master(
-                    master_config(args.data_dir, args.listen, args.cluster),
+                    master::MasterConfig::from_cluster_args(
+                        args.data_dir,
+                        args.listen,
+                        args.cluster,
+                    ),
                     None,
                     Some(panel),
                 )
@@ -873,7 +637,7 @@ fn main() {
             Command::Up(args) if args.simulated => {
                 let listen = SocketAddr::from(([127, 0, 0, 1], args.port));
                 run_master(
-                    master_config(args.data_dir, listen, args.cluster),
+                    master::MasterConfig::from_cluster_args(args.data_dir, listen, args.cluster),
                     Some(args.nodes.into()),
                     None,
                 )
@@ -883,12 +647,13 @@ fn main() {
                 // Everything after `up` is passed on to the background process.
                 let passed: Vec<String> =
                     std::env::args().skip_while(|a| a != "up").skip(1).collect();
-                local_cluster::start_in_background(&args.data_dir, &passed).await
+                Ok(local_cluster::start_in_background(&args.data_dir, &passed).await?)
             }
             Command::Up(args) => {
-                let listen = SocketAddr::from(([127, 0, 0, 1], args.port));
-                local_cluster::up(local_cluster::UpOptions {
-                    master: master_config(args.data_dir.clone(), listen, args.cluster),
+                let mut master = MasterArgs::new(args.data_dir.clone());
+                master.cluster = args.cluster;
+                Ok(local_cluster::up(local_cluster::UpOptions {
+                    master,
                     data_dir: args.data_dir,
                     nodes: args.nodes.into(),
                     lan: args.lan,
@@ -896,9 +661,9 @@ fn main() {
                     in_background: args.in_background,
                     program: program_name(),
                 })
-                .await
+                .await?)
             }
-            Command::Down(args) => local_cluster::down(&args.data_dir, args.purge).await,
+            Command::Down(args) => Ok(local_cluster::down(&args.data_dir, args.purge).await?),
             Command::Sim(args) => run_sim(args).await,
             Command::Tui(args) => run_tui(args).await,
             Command::Gpio(args) => gpio_command::run(args).await,
@@ -912,5 +677,37 @@ fn main() {
     if let Err(error) = result {
         eprintln!("bramble: error: {error:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn what_bramble_starts_for_itself_parses_as_its_subcommands() {
+        let master = MasterArgs::new("/tmp/m".into());
+        let agent = AgentArgs::new("/tmp/a".into());
+        for line in [master.command_line(), agent.command_line()] {
+            let argv = std::iter::once("bramble".to_owned()).chain(line.clone());
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            match cli.command {
+                Command::Master(parsed) => assert_eq!(parsed, master),
+                Command::Agent(parsed) => assert_eq!(
+                    parsed,
+                    AgentArgs {
+                        join_token: parsed.join_token.clone(),
+                        ..agent.clone()
+                    }
+                ),
+                _ => panic!("{line:?} is neither the master nor the agent"),
+            }
+        }
     }
 }

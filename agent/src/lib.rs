@@ -1,10 +1,12 @@
 //! The node agent (`bramble agent`): joining, registration, heartbeats, pods on youki's
 //! libcontainer, images, pod networking, logs and exec, usage, chaos hooks; and the simulated
-//! nodes (`bramble sim`) that the controllers, the scheduler and the scale benchmarks run against.
+//! nodes (`bramble sim`) that the controllers, the scheduler and the scale benchmarks run against;
+//! and the local cluster of virtual Pis (`bramble up`) made of those agents.
 #![deny(missing_docs)]
 
 pub mod image;
 pub mod join;
+pub mod local_cluster;
 pub mod network;
 pub mod node;
 pub mod node_server;

@@ -376,11 +376,16 @@ fn kill_all_containers(pods_dir: &Path) {
     }
 }
 
+/// Where an agent with this data directory keeps its pods: one directory per pod UID.
+pub fn pods_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("pods")
+}
+
 /// Runs the agent until the process is stopped. Pods keep running when the agent stops; a
 /// restarted agent adopts them.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let client = Client::from_kubeconfig(&config.kubeconfig)?;
-    let pods_dir = config.data_dir.join("pods");
+    let pods_dir = pods_dir(&config.data_dir);
     for dir in [&pods_dir, &config.data_dir.join("containers")] {
         std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir {
             path: dir.clone(),

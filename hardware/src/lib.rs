@@ -14,5 +14,6 @@ pub mod backend;
 pub mod button;
 pub mod led;
 pub mod lights;
+pub mod pins;
 pub mod simulated;
 pub mod status;

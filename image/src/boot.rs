@@ -16,10 +16,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use protocol::command_line::{self, AgentArgs, MasterArgs, JOIN_TOKEN_ENV};
 
 use crate::config::{self, Addressing, BrambleToml, NodeConfig, Role};
 
@@ -721,7 +724,11 @@ impl Init {
                 Err(e) => say(&format!("cannot store the join token: {e}")),
             }
         }
-        for spec in services_for(&node, address.as_deref()) {
+        let services = services_for(&node, address.as_deref()).unwrap_or_else(|error| {
+            say(&format!("bramble.toml's options are not accepted: {error}"));
+            Vec::new()
+        });
+        for spec in services {
             let command: Vec<&str> = spec.command.iter().map(String::as_str).collect();
             let env: Vec<(&str, &str)> = spec
                 .env
@@ -1037,85 +1044,69 @@ pub struct ServiceSpec {
 
 /// The bramble processes a Pi runs: the master and a local agent on the master, an agent
 /// elsewhere. Each is (name, command, environment); the join token goes in the environment,
-/// not on the command line where `ps` shows it.
-pub fn services_for(node: &NodeConfig, address: Option<&str>) -> Vec<ServiceSpec> {
+/// not on the command line where `ps` shows it. The command lines are written by the same clap
+/// structs that parse them; bramble.toml's master and panel options are read through them
+/// too, so an option they refuse is an error here rather than a crash loop.
+pub fn services_for(
+    node: &NodeConfig,
+    address: Option<&str>,
+) -> Result<Vec<ServiceSpec>, clap::Error> {
     let bramble = "/usr/bin/bramble".to_owned();
-    let mut services = Vec::new();
-    let agent_args = |server: String, token_env: Vec<(String, String)>| {
-        let mut args = vec![
-            bramble.clone(),
-            "agent".to_owned(),
-            "--server".to_owned(),
-            server,
-            "--node-name".to_owned(),
-            node.hostname.clone(),
-            "--data-dir".to_owned(),
-            format!("{STATE_DIR}/agent"),
-        ];
-        for registry in &node.insecure_registries {
-            args.extend(["--insecure-registry".to_owned(), registry.clone()]);
-        }
-        for (key, value) in &node.labels {
-            args.extend(["--label".to_owned(), format!("{key}={value}")]);
-        }
-        (args, token_env)
+    let token_env = || {
+        let token = node.join_token.clone().unwrap_or_default();
+        vec![(JOIN_TOKEN_ENV.to_owned(), token)]
     };
+    let agent = |server: String, panel_args: &[String]| -> Result<Vec<String>, clap::Error> {
+        let mut args: AgentArgs = command_line::parse(panel_args)?;
+        args.join_token = None;
+        args.server = Some(server);
+        args.node_name = Some(node.hostname.clone());
+        args.data_dir = format!("{STATE_DIR}/agent").into();
+        args.insecure_registries = node.insecure_registries.clone();
+        args.labels = node
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok([vec![bramble.clone()], args.command_line()].concat())
+    };
+    let mut services = Vec::new();
     match node.role {
         Role::Master => {
-            let mut args = vec![
-                bramble.clone(),
-                "master".to_owned(),
-                "--data-dir".to_owned(),
-                format!("{STATE_DIR}/master"),
-                "--listen".to_owned(),
-                format!("0.0.0.0:{API_PORT}"),
-                "--tls-san".to_owned(),
-                node.hostname.clone(),
-                "--tls-san".to_owned(),
-                format!("{}.local", node.hostname),
-            ];
-            if let Some(address) = address {
-                args.extend(["--advertise-address".to_owned(), address.to_owned()]);
-            }
+            let mut given = node.master_args.clone();
+            given.extend(node.panel_args.iter().cloned());
+            let mut args: MasterArgs = command_line::parse(&given)?;
+            args.data_dir = format!("{STATE_DIR}/master").into();
+            args.listen = SocketAddr::from(([0, 0, 0, 0], API_PORT));
+            args.cluster.tls_san = vec![node.hostname.clone(), format!("{}.local", node.hostname)];
+            args.cluster.advertise_address = address.map(str::to_owned);
             if !node.master_args.iter().any(|a| a == "--profile") {
-                args.extend(["--profile".to_owned(), "demo".to_owned()]);
+                args.cluster.profile = "demo".to_owned();
             }
-            args.extend(node.master_args.iter().cloned());
-            args.extend(node.panel_args.iter().cloned());
             services.push(ServiceSpec {
                 name: "master".to_owned(),
-                command: args,
+                command: [vec![bramble.clone()], args.command_line()].concat(),
                 env: Vec::new(),
             });
             // The master's Pi runs pods too, through its own agent on loopback; the master's
             // own panel has the LEDs, so this agent has none.
-            let token = node.join_token.clone().unwrap_or_default();
-            let (mut args, env) = agent_args(
-                format!("https://127.0.0.1:{API_PORT}"),
-                vec![("BRAMBLE_JOIN_TOKEN".to_owned(), token)],
-            );
-            args.extend(["--gpio".to_owned(), "none".to_owned()]);
+            let no_panel = ["--gpio".to_owned(), "none".to_owned()];
             services.push(ServiceSpec {
                 name: "agent".to_owned(),
-                command: args,
-                env,
+                command: agent(format!("https://127.0.0.1:{API_PORT}"), &no_panel)?,
+                env: token_env(),
             });
         }
         Role::Agent => {
-            let token = node.join_token.clone().unwrap_or_default();
-            let (mut args, env) = agent_args(
-                node.master_url.clone().unwrap_or_default(),
-                vec![("BRAMBLE_JOIN_TOKEN".to_owned(), token)],
-            );
-            args.extend(node.panel_args.iter().cloned());
+            let server = node.master_url.clone().unwrap_or_default();
             services.push(ServiceSpec {
                 name: "agent".to_owned(),
-                command: args,
-                env,
+                command: agent(server, &node.panel_args)?,
+                env: token_env(),
             });
         }
     }
-    services
+    Ok(services)
 }
 
 /// Blinks the status LED red (fast) while bramble.toml is unusable, if the panel can start.
@@ -1184,7 +1175,7 @@ mod tests {
         let agent = node(
             "master = \"10.0.2.2:7443\"\njoin_token = \"0123456789abcdef\"\ninsecure_registries = [\"10.0.2.2:5000\"]\n[panel]\ngpio = \"none\"\n",
         );
-        let services = services_for(&agent, Some("10.0.2.15"));
+        let services = services_for(&agent, Some("10.0.2.15")).unwrap();
         assert_eq!(services.len(), 1);
         let ServiceSpec { name, command, env } = &services[0];
         assert_eq!(name, "agent");
@@ -1220,7 +1211,7 @@ mod tests {
             "role = \"master\"\nhostname = \"pi-1\"\n[master-options]\nload_balancer_pool = \"192.168.1.240-192.168.1.250\"\n[panel]\nbuttons = \"monkey=22\"\n",
         );
         master.join_token = Some("0123456789abcdef".to_owned());
-        let services = services_for(&master, Some("192.168.1.10"));
+        let services = services_for(&master, Some("192.168.1.10")).unwrap();
         let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["master", "agent"]);
         let line = services[0].command.join(" ");
@@ -1240,6 +1231,32 @@ mod tests {
             agent.ends_with("--gpio none"),
             "the master's panel has the LEDs: {agent}"
         );
+    }
+
+    #[test]
+    fn every_command_line_parses_as_the_subcommand_it_starts() {
+        let mut master = node("role = \"master\"\nhostname = \"pi-1\"\n[master-options]\nload_balancer_pool = \"192.168.1.240/28\"\n");
+        master.join_token = Some("0123456789abcdef".to_owned());
+        let agent = node("master = \"10.0.2.2:7443\"\njoin_token = \"0123456789abcdef\"\n[panel]\ngpio = \"simulated\"\n");
+        for node in [master, agent] {
+            for service in services_for(&node, Some("192.168.1.10")).unwrap() {
+                let args = &service.command[2..];
+                match service.command[1].as_str() {
+                    "master" => {
+                        let parsed: MasterArgs = command_line::parse(args).unwrap();
+                        assert_eq!(parsed.command_line(), service.command[1..]);
+                    }
+                    "agent" => {
+                        let parsed: AgentArgs = command_line::parse(args).unwrap();
+                        assert_eq!(parsed.command_line(), service.command[1..]);
+                    }
+                    other => panic!("bramble {other} is not started by the card"),
+                }
+            }
+        }
+        let mut refused = node("role = \"master\"\n");
+        refused.master_args = vec!["--node-port-range".into(), "3-1".into()];
+        assert!(services_for(&refused, None).is_err());
     }
 
     #[test]

@@ -599,13 +599,13 @@ fn check_panel(panel: PanelSettings, problems: &mut Vec<String>) -> Vec<String> 
         if v == "none" {
             return Ok(());
         }
-        v.parse::<agent::panel::StatusLedPins>().map(drop)
+        v.parse::<hardware::pins::StatusLedPins>().map(drop)
     });
     flag("strip", panel.strip, &|v| {
         if v == "none" {
             return Ok(());
         }
-        v.parse::<agent::panel::StripPins>().map(drop)
+        v.parse::<hardware::pins::StripPins>().map(drop)
     });
     flag("buttons", panel.buttons, &|v| {
         if v == "none" {

@@ -31,8 +31,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Value};
 
 use api::ApiState;
-use controllers::loadbalancer::format_address_pool;
-pub use controllers::loadbalancer::{parse_address_pool, parse_address_range, AddressPool};
+use protocol::address_pool::format_address_pool;
+pub use protocol::address_pool::{parse_address_pool, parse_address_range, AddressPool};
 use protocol::error::error_chain;
 use store::{Store, StoreError};
 
@@ -150,6 +150,32 @@ pub struct MasterConfig {
 }
 
 impl MasterConfig {
+    /// The settings a `bramble master` (or `bramble up`) command line gives.
+    pub fn from_cluster_args(
+        data_dir: PathBuf,
+        listen: SocketAddr,
+        cluster: protocol::command_line::ClusterArgs,
+    ) -> MasterConfig {
+        let mut config = MasterConfig::new(data_dir);
+        config.listen = listen;
+        config.advertise_address = cluster.advertise_address;
+        config.extra_names = cluster.tls_san;
+        config.cluster = ClusterSettings {
+            service_cidr: cluster.service_cidr,
+            node_port_range: cluster.node_port_range,
+            cluster_domain: cluster.cluster_domain,
+            cluster_cidr: cluster.cluster_cidr,
+            node_cidr_mask: cluster.node_cidr_mask,
+            load_balancer_pool: cluster.load_balancer_pool,
+            // clap accepts only the known profiles; an unknown one gets the defaults.
+            timings: HealthTimings::named(&cluster.profile).unwrap_or_else(|| {
+                HealthTimings::named("default").expect("the default profile exists")
+            }),
+        };
+        config.checkpoint_interval = Duration::from_secs(cluster.checkpoint_seconds.max(1));
+        config
+    }
+
     /// Defaults for a data directory: port 6443 on all addresses.
     pub fn new(data_dir: PathBuf) -> Self {
         MasterConfig {

@@ -6,8 +6,10 @@
 //! (the dashboard) depends on this one and not on the master or the agent.
 #![deny(missing_docs)]
 
+pub mod address_pool;
 pub mod chaos;
 pub mod client;
+pub mod command_line;
 pub mod error;
 pub mod join;
 pub mod node;

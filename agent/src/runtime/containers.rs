@@ -54,6 +54,20 @@ pub struct ContainerRunner {
     pub cgroup_parent: String,
 }
 
+/// The container monitors still running for the pods under `pods_dir` (see
+/// [`crate::node::pods_dir`]): what is left to kill when a node is wiped. A recorded process
+/// ID counts only while it is still a `bramble monitor`, never a process that reused it.
+pub fn recorded_monitors(pods_dir: &Path) -> Vec<i32> {
+    let pods = std::fs::read_dir(pods_dir).into_iter().flatten().flatten();
+    pods.flat_map(|pod| Attempt::all(&pod.path()))
+        .filter_map(|attempt| attempt.monitor_pid())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|line| line.split('\0').any(|arg| arg == "monitor"))
+        })
+        .collect()
+}
+
 impl Attempt {
     /// The attempt `number` of container `name` in a pod directory.
     pub fn new(pod_dir: &Path, name: &str, number: u32) -> Attempt {
@@ -62,6 +76,15 @@ impl Attempt {
             name: name.to_owned(),
             number,
         }
+    }
+
+    /// The process ID its monitor recorded, if it started one.
+    pub fn monitor_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("monitor.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Every attempt of every container recorded in a pod directory, oldest first per name.

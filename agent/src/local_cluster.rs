@@ -21,14 +21,56 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use serde_json::Value;
+use protocol::client::Client;
+use protocol::command_line::{AgentArgs, MasterArgs, JOIN_TOKEN_ENV};
 
-use agent::image::demo::{installed_busyboxes, push_demo_image};
-use agent::image::local_registry::{LocalRegistry, REGISTRY_PROGRAM};
-use agent::image::Registry;
-use agent::network::{create_netns, delete_link, remove_netns, Cidr, PodNetwork};
-use agent::runtime::containers::{kill_cgroup_tree, remove_cgroup_tree};
+use crate::image::demo::{installed_busyboxes, push_demo_image};
+use crate::image::local_registry::{LocalRegistry, REGISTRY_PROGRAM};
+use crate::image::Registry;
+use crate::network::{create_netns, delete_link, remove_netns, Cidr, PodNetwork};
+use crate::runtime::containers::{kill_cgroup_tree, recorded_monitors, remove_cgroup_tree};
+
+/// Why a local cluster could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// Something the user must do first (run as root, stop the running cluster, ...).
+    #[error("{0}")]
+    Refused(String),
+    /// A step failed.
+    #[error("{what}")]
+    Step {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Names the step a fallible call belongs to.
+trait Step<T> {
+    fn step(self, what: &str) -> Result<T, UpError>;
+    fn with_step(self, what: impl FnOnce() -> String) -> Result<T, UpError>;
+}
+
+impl<T, E: Into<Box<dyn std::error::Error + Send + Sync>>> Step<T> for Result<T, E> {
+    fn step(self, what: &str) -> Result<T, UpError> {
+        self.with_step(|| what.to_owned())
+    }
+
+    fn with_step(self, what: impl FnOnce() -> String) -> Result<T, UpError> {
+        self.map_err(|source| UpError::Step {
+            what: what(),
+            source: source.into(),
+        })
+    }
+}
+
+macro_rules! refuse {
+    ($($arg:tt)*) => {
+        return Err(UpError::Refused(format!($($arg)*)))
+    };
+}
 
 /// The host bridge the virtual Pis share.
 pub const LAN_BRIDGE: &str = "bramble-lan";
@@ -47,8 +89,9 @@ pub struct UpOptions {
     pub lan: Cidr,
     /// The master's port on the LAN address.
     pub port: u16,
-    /// The master's settings (its listen and advertise addresses are set here).
-    pub master: master::MasterConfig,
+    /// The master's settings (its data directory, listen and advertise addresses are set
+    /// here).
+    pub master: MasterArgs,
     /// Started by [`start_in_background`]: stopped with `bramble down`, not Ctrl-C.
     pub in_background: bool,
     /// How the user runs bramble (for the commands the welcome shows).
@@ -57,29 +100,29 @@ pub struct UpOptions {
 
 /// Starts `bramble up --foreground ARGS` as a background process with its output in
 /// DIR/logs/up.log, shows its progress, and returns once the cluster is Ready (or failed).
-pub async fn start_in_background(data_dir: &Path, args: &[String]) -> anyhow::Result<()> {
+pub async fn start_in_background(data_dir: &Path, args: &[String]) -> Result<(), UpError> {
     preflight()?;
     std::fs::create_dir_all(data_dir.join("logs"))
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+        .with_step(|| format!("creating {}", data_dir.display()))?;
     if let Some(pid) = running_up(data_dir) {
-        bail!(
+        refuse!(
             "bramble up is already running for {} (pid {pid}); stop it with `bramble down`",
             data_dir.display()
         );
     }
     let log_path = data_dir.join("logs").join("up.log");
     let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
+        .with_step(|| format!("creating {}", log_path.display()))?;
     let ready_file = data_dir.join("up.ready");
     let _ = std::fs::remove_file(&ready_file);
-    let mut command = Command::new(std::env::current_exe()?);
+    let mut command = Command::new(bramble_exe()?);
     command
         .arg("up")
         .args(args)
         .arg("--foreground")
         .arg("--in-background")
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
+        .stdout(log.try_clone().step("opening the log")?)
         .stderr(log);
     // SAFETY: setsid is a plain system call, safe between fork and exec.
     unsafe {
@@ -91,7 +134,7 @@ pub async fn start_in_background(data_dir: &Path, args: &[String]) -> anyhow::Re
     }
     let mut child = command
         .spawn()
-        .context("starting bramble up in the background")?;
+        .step("starting bramble up in the background")?;
     let mut shown = 0;
     loop {
         // Checked before reading the log, so the welcome written just before the ready file
@@ -106,9 +149,9 @@ pub async fn start_in_background(data_dir: &Path, args: &[String]) -> anyhow::Re
         if ready {
             return Ok(());
         }
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = child.try_wait().step("watching bramble up")? {
             print!("{}", &text[shown..]);
-            bail!(
+            refuse!(
                 "bramble up stopped ({status}) before the cluster was Ready; its log is {}",
                 log_path.display()
             );
@@ -140,9 +183,9 @@ impl VirtualPi {
 }
 
 /// Checks what `up` needs before touching anything, with advice for each gap.
-fn preflight() -> anyhow::Result<()> {
+fn preflight() -> Result<(), UpError> {
     if !nix::unistd::geteuid().is_root() {
-        bail!(
+        refuse!(
             "bramble up runs real containers and network namespaces, which needs root: \
              run it with sudo (or use --simulated for simulated nodes without root)"
         );
@@ -161,7 +204,7 @@ fn preflight() -> anyhow::Result<()> {
             missing.push(REGISTRY_PROGRAM.to_owned());
         }
         missing.extend(missing_busybox);
-        bail!(
+        refuse!(
             "missing {} (the local registry and the demo image need them): run ./tests/setup-host once",
             missing.join(", ")
         );
@@ -171,64 +214,63 @@ fn preflight() -> anyhow::Result<()> {
 
 /// Runs the local cluster until Ctrl-C or SIGTERM, then takes it all down again. The master's
 /// database and the registry's blobs stay in the data directory for the next `up`.
-pub async fn up(mut options: UpOptions) -> anyhow::Result<()> {
+pub async fn up(options: UpOptions) -> Result<(), UpError> {
     let program = options.program.clone();
     let in_background = options.in_background;
     preflight()?;
     std::fs::create_dir_all(&options.data_dir)
-        .with_context(|| format!("creating {}", options.data_dir.display()))?;
-    let data_dir = options.data_dir.canonicalize()?;
+        .with_step(|| format!("creating {}", options.data_dir.display()))?;
+    let data_dir = options
+        .data_dir
+        .canonicalize()
+        .with_step(|| format!("finding {}", options.data_dir.display()))?;
     claim_pid_file(&data_dir)?;
     let leftovers = clean_up(&data_dir, None).await;
     if leftovers > 0 {
         println!("bramble: removed {leftovers} leftovers of an earlier run");
     }
-    std::fs::create_dir_all(data_dir.join("logs"))?;
+    std::fs::create_dir_all(data_dir.join("logs")).step("creating the log directory")?;
 
     let gateway = options.lan.nth(1);
     let lan = PodNetwork::bridge(None, LAN_BRIDGE, options.lan)
         .await
-        .with_context(|| format!("creating the LAN bridge {LAN_BRIDGE}"))?;
+        .with_step(|| format!("creating the LAN bridge {LAN_BRIDGE}"))?;
     println!("bramble: LAN {LAN_BRIDGE} {gateway}/{}", options.lan.prefix);
 
     let registry_address = SocketAddr::from((gateway, REGISTRY_PORT));
-    let registry = LocalRegistry::start(&data_dir.join("registry"), registry_address)?;
+    let registry = LocalRegistry::start(&data_dir.join("registry"), registry_address)
+        .step("starting the registry")?;
     let registry_host = registry.host();
     let client = Registry::new(&registry_host, true, None);
     for tag in ["1", "2"] {
         push_demo_image(&client, "bramble/demo", tag, &installed_busyboxes())
             .await
-            .context("pushing the demo image")?;
+            .step("pushing the demo image")?;
     }
     let demo = format!("{registry_host}/bramble/demo");
     println!("bramble: registry {registry_host} holds {demo}:1 and {demo}:2 (amd64 + arm64)");
 
-    if options.master.cluster.load_balancer_pool.is_empty() && options.lan.size() >= 256 {
+    let mut master = options.master;
+    if master.cluster.load_balancer_pool.is_empty() && options.lan.size() >= 256 {
         // LoadBalancer services get addresses on the LAN, well above the Pis'.
-        options.master.cluster.load_balancer_pool =
-            vec![(options.lan.nth(200), options.lan.nth(249))];
+        master.cluster.load_balancer_pool = vec![(options.lan.nth(200), options.lan.nth(249))];
     }
-    if let Some((first, last)) = options.master.cluster.load_balancer_pool.first() {
+    if let Some((first, last)) = master.cluster.load_balancer_pool.first() {
         println!("bramble: LoadBalancer services get addresses {first}-{last}");
     }
-    options.master.listen = SocketAddr::from((gateway, options.port));
-    options.master.advertise_address = Some(gateway.to_string());
-    options.master.data_dir = data_dir.clone();
-    let started = master::Master::start(options.master)
-        .await
-        .context("starting the master")?;
-    let kubeconfig = started.kubeconfig_path.clone();
+    master.listen = SocketAddr::from((gateway, options.port));
+    master.cluster.advertise_address = Some(gateway.to_string());
+    master.data_dir = data_dir.clone();
+    let kubeconfig = data_dir.join("admin.kubeconfig");
+    let mut master_process = start_master(&master, &data_dir)?;
+    wait_for_master(&kubeconfig, &data_dir, &mut master_process).await?;
     let join = Join {
         server: format!("https://{gateway}:{}", options.port),
         token: std::fs::read_to_string(data_dir.join("join.token"))
-            .context("reading the master's join token")?
+            .step("reading the master's join token")?
             .trim()
             .to_owned(),
     };
-    let (stop_master, master_stopped) = tokio::sync::oneshot::channel::<()>();
-    let master_task = tokio::spawn(started.serve(async {
-        let _ = master_stopped.await;
-    }));
     println!("bramble: master https://{gateway}:{}", options.port);
 
     let pis: Vec<VirtualPi> = (1..=options.nodes)
@@ -238,10 +280,10 @@ pub async fn up(mut options: UpOptions) -> anyhow::Result<()> {
     let result = async {
         for pi in &pis {
             create_netns(&pi.netns)
-                .with_context(|| format!("creating network namespace {}", pi.netns.display()))?;
+                .with_step(|| format!("creating network namespace {}", pi.netns.display()))?;
             lan.attach(&pi.name, &pi.netns, pi.ip)
                 .await
-                .with_context(|| format!("wiring {} onto {LAN_BRIDGE}", pi.name))?;
+                .with_step(|| format!("wiring {} onto {LAN_BRIDGE}", pi.name))?;
             agents.push(start_agent(pi, &join, &registry_host)?);
             println!(
                 "bramble: {} started at {} (log: {})",
@@ -257,14 +299,25 @@ pub async fn up(mut options: UpOptions) -> anyhow::Result<()> {
     if result.is_ok() {
         print_welcome(&program, in_background, &kubeconfig, &demo, &pis, &data_dir);
         let _ = std::fs::write(data_dir.join("up.ready"), b"");
-        supervise(&pis, &mut agents, &join, &registry_host).await;
+        supervise(
+            &master,
+            &mut master_process,
+            &pis,
+            &mut agents,
+            &join,
+            &registry_host,
+        )
+        .await;
     }
     println!("bramble: stopping");
     // The master goes first: otherwise it would see the Pis die and evict their pods, and the
     // next `up` would find bare pods gone.
-    let _ = stop_master.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), master_task).await;
-    stop_agents(&mut agents);
+    stop_processes(
+        std::slice::from_mut(&mut master_process),
+        Duration::from_secs(10),
+    )
+    .await;
+    stop_processes(&mut agents, Duration::from_secs(5)).await;
     clean_up(&data_dir, Some(&pis)).await;
     drop(registry);
     let _ = std::fs::remove_file(data_dir.join("up.pid"));
@@ -279,9 +332,9 @@ pub async fn up(mut options: UpOptions) -> anyhow::Result<()> {
 
 /// Stops a running `bramble up` (or cleans up after one that died): containers, namespaces,
 /// mounts, the LAN bridge and cgroups go; with `purge`, the data directory too.
-pub async fn down(data_dir: &Path, purge: bool) -> anyhow::Result<()> {
+pub async fn down(data_dir: &Path, purge: bool) -> Result<(), UpError> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("bramble down removes namespaces, mounts and cgroups, which needs root: use sudo");
+        refuse!("bramble down removes namespaces, mounts and cgroups, which needs root: use sudo");
     }
     if let Some(pid) = running_up(data_dir) {
         println!("bramble: stopping bramble up (pid {pid})");
@@ -295,7 +348,7 @@ pub async fn down(data_dir: &Path, purge: bool) -> anyhow::Result<()> {
     println!("bramble: removed {removed} leftovers");
     if purge && data_dir.exists() {
         std::fs::remove_dir_all(data_dir)
-            .with_context(|| format!("removing {}", data_dir.display()))?;
+            .with_step(|| format!("removing {}", data_dir.display()))?;
         println!("bramble: removed {}", data_dir.display());
     }
     Ok(())
@@ -317,14 +370,15 @@ fn running_up(data_dir: &Path) -> Option<nix::unistd::Pid> {
     (alive && ours && pid != nix::unistd::getpid()).then_some(pid)
 }
 
-fn claim_pid_file(data_dir: &Path) -> anyhow::Result<()> {
+fn claim_pid_file(data_dir: &Path) -> Result<(), UpError> {
     if let Some(pid) = running_up(data_dir) {
-        bail!(
+        refuse!(
             "bramble up is already running for {} (pid {pid}); stop it with `bramble down`",
             data_dir.display()
         );
     }
-    std::fs::write(data_dir.join("up.pid"), format!("{}\n", std::process::id()))?;
+    std::fs::write(data_dir.join("up.pid"), format!("{}\n", std::process::id()))
+        .step("writing up.pid")?;
     Ok(())
 }
 
@@ -334,39 +388,89 @@ struct Join {
     token: String,
 }
 
-fn start_agent(pi: &VirtualPi, join: &Join, registry: &str) -> anyhow::Result<Child> {
-    std::fs::create_dir_all(&pi.data_dir)?;
+/// Starts `bramble master` for the cluster, its log in DIR/logs/master.log.
+fn start_master(master: &MasterArgs, data_dir: &Path) -> Result<Child, UpError> {
+    // The master writes its kubeconfig once it serves: a stale one must not look like that.
+    let _ = std::fs::remove_file(data_dir.join("admin.kubeconfig"));
+    let log_path = data_dir.join("logs").join("master.log");
     let log = std::fs::File::options()
         .create(true)
         .append(true)
-        .open(&pi.log)
-        .with_context(|| format!("opening {}", pi.log.display()))?;
-    let netns = std::fs::File::open(&pi.netns)?;
-    let mut command = Command::new(std::env::current_exe()?);
+        .open(&log_path)
+        .with_step(|| format!("opening {}", log_path.display()))?;
+    let mut command = Command::new(bramble_exe()?);
     command
-        .arg("agent")
-        .arg("--server")
-        .arg(&join.server)
-        .env("BRAMBLE_JOIN_TOKEN", &join.token)
-        .arg("--node-name")
-        .arg(&pi.name)
-        .arg("--node-ip")
-        .arg(pi.ip.to_string())
-        .arg("--data-dir")
-        .arg(&pi.data_dir)
-        .arg("--insecure-registry")
-        .arg(registry)
-        .arg("--label")
-        .arg("bramble.dev/virtual=true")
-        // Virtual Pis have the demo kit on a simulated header: `bramble gpio pi-N`.
-        .arg("--gpio")
-        .arg("simulated")
+        .args(master.command_line())
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
+        .stdout(log.try_clone().step("opening the master's log")?)
+        .stderr(log)
+        // Ctrl-C reaches `up`, which stops the master first.
+        .process_group(0);
+    command.spawn().step("starting the master")
+}
+
+/// Waits until the master serves (its kubeconfig appears), or says why it stopped.
+async fn wait_for_master(
+    kubeconfig: &Path,
+    data_dir: &Path,
+    master: &mut Child,
+) -> Result<(), UpError> {
+    let log = data_dir.join("logs").join("master.log");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !kubeconfig.exists() {
+        if let Some(status) = master.try_wait().step("watching the master")? {
+            refuse!(
+                "the master stopped ({status}) before it served; its log is {}",
+                log.display()
+            );
+        }
+        if tokio::time::Instant::now() > deadline {
+            refuse!(
+                "the master did not serve within a minute; its log is {}",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn bramble_exe() -> Result<PathBuf, UpError> {
+    std::env::current_exe().step("finding the bramble binary")
+}
+
+fn start_agent(pi: &VirtualPi, join: &Join, registry: &str) -> Result<Child, UpError> {
+    std::fs::create_dir_all(&pi.data_dir)
+        .with_step(|| format!("creating {}", pi.data_dir.display()))?;
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(&pi.log)
+        .with_step(|| format!("opening {}", pi.log.display()))?;
+    let netns =
+        std::fs::File::open(&pi.netns).with_step(|| format!("opening {}", pi.netns.display()))?;
+    let mut agent = AgentArgs::new(pi.data_dir.clone());
+    agent.server = Some(join.server.clone());
+    agent.node_name = Some(pi.name.clone());
+    agent.node_ip = Some(pi.ip);
+    agent.insecure_registries = vec![registry.to_owned()];
+    agent.labels = vec![("bramble.dev/virtual".to_owned(), "true".to_owned())];
+    // Virtual Pis have the demo kit on a simulated header: `bramble gpio pi-N`.
+    agent.panel.gpio = hardware::backend::BackendChoice::Simulated;
+    let mut command = Command::new(bramble_exe()?);
+    command
+        .args(agent.command_line())
+        .env(JOIN_TOKEN_ENV, &join.token)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().step("opening the agent's log")?)
         .stderr(log)
         // Ctrl-C reaches `up`, which stops the agents in order.
         .process_group(0);
@@ -379,31 +483,24 @@ fn start_agent(pi: &VirtualPi, join: &Join, registry: &str) -> anyhow::Result<Ch
     }
     let child = command
         .spawn()
-        .with_context(|| format!("starting the agent of {}", pi.name))?;
-    std::fs::write(pi.data_dir.join("agent.pid"), child.id().to_string())?;
+        .with_step(|| format!("starting the agent of {}", pi.name))?;
+    std::fs::write(pi.data_dir.join("agent.pid"), child.id().to_string())
+        .with_step(|| format!("recording the agent of {}", pi.name))?;
     Ok(child)
-}
-
-fn node_ready(node: &Value) -> bool {
-    node["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 async fn wait_until_ready(
     kubeconfig: &Path,
     pis: &[VirtualPi],
     agents: &mut [Child],
-) -> anyhow::Result<()> {
-    let client = protocol::client::Client::from_kubeconfig(kubeconfig)?;
+) -> Result<(), UpError> {
+    let client = Client::from_kubeconfig(kubeconfig).step("reading the admin kubeconfig")?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut reported = 0;
     loop {
         for (pi, agent) in pis.iter().zip(agents.iter_mut()) {
-            if let Some(status) = agent.try_wait()? {
-                bail!(
+            if let Some(status) = agent.try_wait().step("watching the agents")? {
+                refuse!(
                     "the agent of {} stopped ({status}); its log is {}",
                     pi.name,
                     pi.log.display()
@@ -416,7 +513,7 @@ async fn wait_until_ready(
                 .into_iter()
                 .flatten()
                 .filter(|n| pis.iter().any(|p| n["metadata"]["name"] == p.name.as_str()))
-                .filter(|n| node_ready(n))
+                .filter(|n| protocol::node::is_ready(n))
                 .count(),
             Err(_) => 0,
         };
@@ -428,7 +525,7 @@ async fn wait_until_ready(
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
+            refuse!(
                 "only {ready} of {} virtual Pis became Ready within 2 minutes; see the logs in {}",
                 pis.len(),
                 pis[0].log.parent().unwrap_or(Path::new(".")).display()
@@ -484,9 +581,16 @@ Logs: {data_dir}/logs",
     );
 }
 
-/// Waits for Ctrl-C or SIGTERM, restarting agents that stop on their own (as systemd does on
-/// a Pi); their pods keep running and the new agent adopts them.
-async fn supervise(pis: &[VirtualPi], agents: &mut [Child], join: &Join, registry: &str) {
+/// Waits for Ctrl-C or SIGTERM, restarting the master and agents that stop on their own (as
+/// systemd does on a Pi); pods keep running and a new agent adopts them.
+async fn supervise(
+    master: &MasterArgs,
+    master_process: &mut Child,
+    pis: &[VirtualPi],
+    agents: &mut [Child],
+    join: &Join,
+    registry: &str,
+) {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -495,6 +599,18 @@ async fn supervise(pis: &[VirtualPi], agents: &mut [Child], join: &Join, registr
             _ = tokio::signal::ctrl_c() => return,
             _ = terminate.recv() => return,
             _ = tick.tick() => {}
+        }
+        if let Ok(Some(status)) = master_process.try_wait() {
+            eprintln!(
+                "bramble: the master stopped ({status}); restarting it (log: logs/master.log)"
+            );
+            match start_master(master, &master.data_dir) {
+                Ok(child) => *master_process = child,
+                Err(error) => eprintln!(
+                    "bramble: cannot restart the master: {}",
+                    protocol::error::error_chain(&error)
+                ),
+            }
         }
         for (pi, agent) in pis.iter().zip(agents.iter_mut()) {
             if let Ok(Some(status)) = agent.try_wait() {
@@ -505,26 +621,31 @@ async fn supervise(pis: &[VirtualPi], agents: &mut [Child], join: &Join, registr
                 );
                 match start_agent(pi, join, registry) {
                     Ok(child) => *agent = child,
-                    Err(error) => eprintln!("bramble: cannot restart {}: {error:#}", pi.name),
+                    Err(error) => eprintln!(
+                        "bramble: cannot restart {}: {}",
+                        pi.name,
+                        protocol::error::error_chain(&error)
+                    ),
                 }
             }
         }
     }
 }
 
-/// Asks the agents to stop (their containers keep running until [`clean_up`]).
-fn stop_agents(agents: &mut [Child]) {
-    for agent in agents.iter() {
-        let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
+/// Asks processes to stop (SIGTERM), and SIGKILLs those still running after `grace`. An
+/// agent's containers keep running until [`clean_up`].
+async fn stop_processes(processes: &mut [Child], grace: Duration) {
+    for process in processes.iter() {
+        let pid = nix::unistd::Pid::from_raw(process.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    for agent in agents.iter_mut() {
-        while matches!(agent.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+    let deadline = tokio::time::Instant::now() + grace;
+    for process in processes.iter_mut() {
+        while matches!(process.try_wait(), Ok(None)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = agent.kill();
-        let _ = agent.wait();
+        let _ = process.kill();
+        let _ = process.wait();
     }
 }
 
@@ -585,33 +706,13 @@ async fn clean_up(data_dir: &Path, pis: Option<&[VirtualPi]>) -> usize {
 
 /// SIGKILLs the container monitors recorded under a virtual Pi's directory.
 fn kill_monitors(node_dir: &Path) -> usize {
-    let mut killed = 0;
-    for pod in std::fs::read_dir(node_dir.join("pods"))
+    recorded_monitors(&crate::node::pods_dir(node_dir))
         .into_iter()
-        .flatten()
-        .flatten()
-    {
-        for attempt in std::fs::read_dir(pod.path().join("containers"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let Some(pid) = std::fs::read_to_string(attempt.path().join("monitor.pid"))
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let is_monitor = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split('\0').any(|arg| arg == "monitor"));
-            if is_monitor && nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok()
-            {
-                killed += 1;
-            }
-        }
-    }
-    killed
+        .filter(|pid| {
+            let pid = nix::unistd::Pid::from_raw(*pid);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok()
+        })
+        .count()
 }
 
 /// Unmounts every mount at or below `dir`, deepest first. Returns how many.
