@@ -351,7 +351,12 @@ impl Master {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), MasterError> {
         let store = self.state.store.clone();
         let upkeep = tokio::spawn(upkeep(store.clone(), self.config.checkpoint_interval));
-        let server = tokio::spawn(api::serve(self.listener, self.acceptor, self.state));
+        let server = tokio::spawn(api::serve(
+            self.listener,
+            self.acceptor,
+            self.state,
+            api::ServeLimits::default(),
+        ));
         shutdown.await;
         server.abort();
         upkeep.abort();

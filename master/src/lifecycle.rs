@@ -644,6 +644,7 @@ pub fn orphan_dependents(state: &ApiState, owner: &Value) -> Result<(), ApiError
                         {
                             refs.retain(|r| r["uid"] != uid.as_str());
                         }
+                        crate::admission::omit_empty_metadata(&mut object);
                         Ok(object)
                     });
             match result {

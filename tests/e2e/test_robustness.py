@@ -126,3 +126,49 @@ def test_start_failures_are_clear(master, tmp_path):
     )
     assert result.returncode != 0
     assert "cannot open the database" in result.stderr
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_strangers_cannot_grow_or_starve_the_master(master):
+    """Large join bodies are refused early and idle strangers do not keep clients out."""
+    import socket
+
+    host, port = master.url.removeprefix("https://").rsplit(":", 1)
+    context = ssl.create_default_context(cafile=master.ca)
+    before = rss_bytes(master.process.pid)
+    body = b"x" * (3 * 1024 * 1024)
+
+    def join():
+        request = urllib.request.Request(f"{master.url}/bramble/v1/join", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, context=context, timeout=60)
+        except (urllib.error.HTTPError, urllib.error.URLError, ConnectionError, OSError):
+            pass
+
+    threads = [threading.Thread(target=join) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    grown = rss_bytes(master.process.pid) - before
+    assert grown < 64 * 1024 * 1024, f"the master grew by {grown / 2**20:.0f} MiB"
+
+    idle = [socket.create_connection((host, int(port))) for _ in range(300)]
+    try:
+        served = 0
+        for _ in range(3):
+            status, _ = raw(master, "GET", "/api/v1/namespaces")
+            served += status == 200
+        assert served == 3
+    finally:
+        for connection in idle:
+            connection.close()
+    assert master.process.poll() is None
