@@ -476,7 +476,7 @@ struct Reader<'a> {
 enum Wire<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
-    Fixed,
+    Fixed(&'a [u8]),
 }
 
 impl<'a> Reader<'a> {
@@ -520,19 +520,13 @@ impl<'a> Reader<'a> {
         let key = self.varint()?;
         let wire = match key & 7 {
             0 => Wire::Varint(self.varint()?),
-            1 => {
-                self.take(8)?;
-                Wire::Fixed
-            }
+            1 => Wire::Fixed(self.take(8)?),
             2 => {
                 let length = self.varint()?;
                 let length = usize::try_from(length).map_err(|_| self.malformed("huge length"))?;
                 Wire::Bytes(self.take(length)?)
             }
-            5 => {
-                self.take(4)?;
-                Wire::Fixed
-            }
+            5 => Wire::Fixed(self.take(4)?),
             _ => return Err(self.malformed("unsupported wire type")),
         };
         Ok(Some((key >> 3, wire)))
@@ -686,6 +680,11 @@ fn decode_message(
     let mut wire_reader = reader(data, message);
     while let Some((number, wire)) = wire_reader.field()? {
         let Some(field) = fields.iter().find(|f| f.number == number) else {
+            // Go writes every non-pointer field, zero or not: an unknown field holding its zero
+            // value loses nothing when skipped (JSON would have left it out).
+            if is_zero_wire(&wire, 0) {
+                continue;
+            }
             let at = if unknown.path.is_empty() {
                 String::new()
             } else {
@@ -702,6 +701,27 @@ fn decode_message(
         value?;
     }
     Ok(Value::Object(out))
+}
+
+/// Whether a field holds its type's zero value: 0, empty, or a message of zero fields (as far
+/// as the bytes read as one; a few levels deep).
+fn is_zero_wire(wire: &Wire<'_>, depth: usize) -> bool {
+    match wire {
+        Wire::Varint(value) => *value == 0,
+        Wire::Fixed(bytes) => bytes.iter().all(|b| *b == 0),
+        Wire::Bytes([]) => true,
+        Wire::Bytes(bytes) if depth < 8 => {
+            let mut inner = reader(bytes, "unknown");
+            loop {
+                match inner.field() {
+                    Ok(Some((_, wire))) if is_zero_wire(&wire, depth + 1) => {}
+                    Ok(None) => return true,
+                    _ => return false,
+                }
+            }
+        }
+        Wire::Bytes(_) => false,
+    }
 }
 
 fn decode_field(
@@ -906,6 +926,8 @@ mod tests {
         bytes_field(2, &selector, &mut spec);
         bytes_field(3, &template, &mut spec);
         varint_field(99, 7, &mut spec); // an unknown field is skipped
+        varint_field(98, 0, &mut spec); // and zero-valued ones are not even reported
+        bytes_field(97, &[0x0a, 0x00, 0x10, 0x00], &mut spec);
         let mut deployment = Vec::new();
         bytes_field(1, &metadata, &mut deployment);
         bytes_field(2, &spec, &mut deployment);

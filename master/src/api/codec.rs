@@ -122,7 +122,9 @@ pub fn decode_object(
             // bramble's protobuf schema is a hand-written table of the fields kubectl's
             // generators send. A field it does not know (a newer kubectl, a newer API) would be
             // dropped without a word, so the body is refused instead, naming the field; 415
-            // says "this encoding of this body cannot be read", and JSON always can.
+            // says "this encoding of this body cannot be read", and JSON always can. Unknown
+            // fields holding zero values are not counted: Go writes every non-pointer field,
+            // and kubectl 1.37 sends several the table leaves out, all zero.
             if let Some(field) = decoded.unknown_fields.first() {
                 return Err(ApiError::unsupported_media_type(format!(
                     "the protobuf body has a field bramble cannot decode ({field}{}); send the object as JSON or YAML instead (e.g. `kubectl create ... --dry-run=client -o yaml | kubectl apply -f -`)",
