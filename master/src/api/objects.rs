@@ -792,7 +792,7 @@ fn check_patched_shape(patched: &Value) -> Result<(), ApiError> {
 }
 
 /// Upstream's 422 for a patch whose result does not decode as the object's type: an invalid
-/// value of the field `patch` (the patched document, shortened here).
+/// value of the field `patch`, the patched document shown as a quoted string (shortened here).
 fn patch_result_invalid(patched: &Value, why: &str) -> ApiError {
     let mut text = patched.to_string();
     if text.len() > 256 {
@@ -803,13 +803,16 @@ fn patch_result_invalid(patched: &Value, why: &str) -> ApiError {
         text.truncate(cut);
         text.push_str("...");
     }
-    let error = FieldError {
-        kind: FieldErrorKind::Invalid,
-        field: "patch".into(),
-        value: Some(serde_json::to_string(&text).unwrap_or_default()),
-        detail: why.to_owned(),
-    };
-    ApiError::invalid("", "", "", &[error])
+    let quoted = serde_json::to_string(&text).unwrap_or_default();
+    let message = format!("patch: Invalid value: {quoted}: {why}");
+    ApiError {
+        code: 422,
+        reason: "Invalid",
+        message: format!(" \"\" is invalid: {message}"),
+        details: Some(json!({"causes": [
+            {"reason": "FieldValueInvalid", "message": format!("Invalid value: {quoted}: {why}"), "field": "patch"}
+        ]})),
+    }
 }
 
 #[derive(Clone, Copy)]

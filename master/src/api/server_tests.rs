@@ -290,6 +290,23 @@ mod requests {
                 assert_eq!(reply.json()["reason"], "Invalid", "{body}");
             }
         }
+        let reply = server
+            .call(
+                "PATCH",
+                CM,
+                "application/merge-patch+json",
+                br#"{"metadata":"x"}"#,
+            )
+            .await;
+        let status = reply.json();
+        assert!(
+            status["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(r#" "" is invalid: patch: Invalid value: "{\"apiVersion\":"#),
+            "{status}"
+        );
+        assert_eq!(status["details"]["causes"][0]["field"], "patch");
         assert_eq!(stored(&server).await, before);
         // The same for a spec that becomes a number, and a scale that does not decode.
         let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
