@@ -412,6 +412,31 @@ mod requests {
     }
 
     #[tokio::test]
+    async fn huge_grace_periods_are_answered() {
+        let server = TestServer::start().await;
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"nodeName": "pi-1", "terminationGracePeriodSeconds": i64::MAX,
+                     "containers": [{"name": "c", "image": "nginx"}]}});
+        let pods = "/api/v1/namespaces/default/pods";
+        let reply = server
+            .call("POST", pods, "application/json", pod.to_string().as_bytes())
+            .await;
+        assert_eq!(reply.code, 201, "{}", reply.text());
+        let reply = server
+            .call(
+                "DELETE",
+                &format!("{pods}/p?gracePeriodSeconds={}", i64::MAX),
+                "",
+                b"",
+            )
+            .await;
+        assert_eq!(reply.code, 200, "{}", reply.text());
+        assert!(reply.json()["metadata"]["deletionTimestamp"].is_string());
+        let reply = server.call("DELETE", &format!("{pods}/p"), "", b"").await;
+        assert_eq!(reply.code, 200, "{}", reply.text());
+    }
+
+    #[tokio::test]
     async fn the_bearer_scheme_is_case_insensitive() {
         let server = TestServer::start().await;
         for scheme in ["bearer", "BEARER", "Bearer", "bEaReR"] {
