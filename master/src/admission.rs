@@ -788,6 +788,49 @@ fn validate_data_keys(object: &Value, errors: &mut Vec<FieldError>) {
     }
 }
 
+/// Drops the `metadata` fields upstream leaves out when empty (every ObjectMeta field is
+/// `omitempty`): `ownerReferences: []` after the last owner is released, `finalizers: []`,
+/// `labels: {}`, `generateName: ""` and the like.
+pub fn omit_empty_metadata(object: &mut Value) {
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.retain(|_, value| match value {
+            Value::Null => false,
+            Value::String(text) => !text.is_empty(),
+            Value::Array(items) => !items.is_empty(),
+            Value::Object(map) => !map.is_empty(),
+            _ => true,
+        });
+    }
+}
+
+/// Longest Event message: events are kept in memory, so a node cannot grow the master with
+/// large ones (upstream's events.k8s.io API allows 1024 for `note`; core v1 events carry
+/// container termination messages of up to 4096 bytes).
+pub const EVENT_MESSAGE_LIMIT: usize = 4096;
+
+/// Longest Event `reason`, `action` and `reportingInstance`, as upstream's events.k8s.io API.
+const EVENT_FIELD_LIMIT: usize = 128;
+
+fn validate_event(object: &Value, errors: &mut Vec<FieldError>) {
+    let too_long = |field: &str, limit: usize| {
+        FieldError::new(
+            FieldErrorKind::TooLong,
+            field,
+            None,
+            &format!("may not be more than {limit} bytes"),
+        )
+    };
+    let length = |field: &str| object[field].as_str().map_or(0, str::len);
+    if length("message") > EVENT_MESSAGE_LIMIT {
+        errors.push(too_long("message", EVENT_MESSAGE_LIMIT));
+    }
+    for field in ["reason", "action", "reportingInstance"] {
+        if length(field) > EVENT_FIELD_LIMIT {
+            errors.push(too_long(field, EVENT_FIELD_LIMIT));
+        }
+    }
+}
+
 /// Validation on create; empty means valid.
 pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldError> {
     let mut errors = Vec::new();
@@ -812,6 +855,7 @@ pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldErro
         | ("batch", "Job") => validate_workload(object, kind, &mut errors),
         ("", "Service") => validate_service(object, &mut errors),
         ("", "ConfigMap") | ("", "Secret") => validate_data_keys(object, &mut errors),
+        ("", "Event") => validate_event(object, &mut errors),
         ("autoscaling", "HorizontalPodAutoscaler") => {
             let spec = &object["spec"];
             let max = spec["maxReplicas"].as_i64().unwrap_or(0);

@@ -379,7 +379,12 @@ impl Master {
             api_endpoint(&self.config),
             self.config.checkpoint_interval,
         ));
-        let server = tokio::spawn(api::serve(self.listener, self.acceptor, self.state));
+        let server = tokio::spawn(api::serve(
+            self.listener,
+            self.acceptor,
+            self.state,
+            api::ServeLimits::default(),
+        ));
         shutdown.await;
         server.abort();
         upkeep.abort();

@@ -499,9 +499,14 @@ fn has_finalizers(object: &Value) -> bool {
         .is_some_and(|f| !f.is_empty())
 }
 
+/// Now plus `seconds` (a grace period from the request or the pod), at most the latest
+/// time there is: jiff's `+` panics past it.
 fn timestamp_after(seconds: i64) -> String {
-    let now = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds);
-    now.round(jiff::Unit::Second).unwrap_or(now).to_string()
+    let now = jiff::Timestamp::now();
+    let then = now
+        .checked_add(jiff::SignedDuration::from_secs(seconds))
+        .unwrap_or(jiff::Timestamp::MAX);
+    then.round(jiff::Unit::Second).unwrap_or(then).to_string()
 }
 
 /// Decides how a delete proceeds for the object's kind and state.
@@ -710,6 +715,7 @@ pub fn orphan_dependents(state: &ApiState, owner: &Value) -> Result<(), ApiError
                         {
                             refs.retain(|r| r["uid"] != uid.as_str());
                         }
+                        crate::admission::omit_empty_metadata(&mut object);
                         Ok(object)
                     });
             match result {

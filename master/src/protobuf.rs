@@ -4,7 +4,9 @@
 //! serviceaccount|job|quota`) send bodies as `k8s\0` followed by a `runtime.Unknown` envelope
 //! whose `raw` field holds the object. The schema table below lists, for the messages those
 //! commands produce, each field's number, JSON name and type (from the upstream
-//! `generated.proto` files); unknown fields are skipped, as protobuf readers do.
+//! `generated.proto` files). Fields the table does not know are skipped, as protobuf readers do,
+//! and reported in [`Decoded::unknown_fields`]: the API refuses such bodies (a newer kubectl
+//! would otherwise lose what it sent without a word).
 
 use base64::Engine;
 use jiff::Timestamp;
@@ -474,7 +476,7 @@ struct Reader<'a> {
 enum Wire<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
-    Fixed,
+    Fixed(&'a [u8]),
 }
 
 impl<'a> Reader<'a> {
@@ -518,19 +520,13 @@ impl<'a> Reader<'a> {
         let key = self.varint()?;
         let wire = match key & 7 {
             0 => Wire::Varint(self.varint()?),
-            1 => {
-                self.take(8)?;
-                Wire::Fixed
-            }
+            1 => Wire::Fixed(self.take(8)?),
             2 => {
                 let length = self.varint()?;
                 let length = usize::try_from(length).map_err(|_| self.malformed("huge length"))?;
                 Wire::Bytes(self.take(length)?)
             }
-            5 => {
-                self.take(4)?;
-                Wire::Fixed
-            }
+            5 => Wire::Fixed(self.take(4)?),
             _ => return Err(self.malformed("unsupported wire type")),
         };
         Ok(Some((key >> 3, wire)))
@@ -569,6 +565,7 @@ fn decode_scalar(
     kind: Type,
     wire: Wire<'_>,
     message: &'static str,
+    unknown: &mut Unknown,
 ) -> Result<Option<Value>, ProtobufError> {
     let wrong = || ProtobufError::Malformed {
         message,
@@ -579,7 +576,7 @@ fn decode_scalar(
         (Int32, Wire::Varint(v)) => json!(v as i64 as i32),
         (Int64, Wire::Varint(v)) => json!(v as i64),
         (Bool, Wire::Varint(v)) => json!(v != 0),
-        (Message(name), Wire::Bytes(b)) => decode_message(b, name)?,
+        (Message(name), Wire::Bytes(b)) => decode_message(b, name, unknown)?,
         (Quantity, Wire::Bytes(b)) => {
             let mut quantity = reader(b, "Quantity");
             let mut text = String::new();
@@ -665,56 +662,116 @@ fn is_zero(value: &Value) -> bool {
     }
 }
 
-fn decode_message(data: &[u8], message: &'static str) -> Result<Value, ProtobufError> {
+/// Fields the schema table does not know, as `path (field N of Message)`, the path in JSON
+/// names from the object's root.
+#[derive(Debug, Default)]
+struct Unknown {
+    path: Vec<&'static str>,
+    fields: Vec<String>,
+}
+
+fn decode_message(
+    data: &[u8],
+    message: &'static str,
+    unknown: &mut Unknown,
+) -> Result<Value, ProtobufError> {
     let fields = schema(message);
     let mut out = Map::new();
     let mut wire_reader = reader(data, message);
     while let Some((number, wire)) = wire_reader.field()? {
         let Some(field) = fields.iter().find(|f| f.number == number) else {
+            // Go writes every non-pointer field, zero or not: an unknown field holding its zero
+            // value loses nothing when skipped (JSON would have left it out).
+            if is_zero_wire(&wire, 0) {
+                continue;
+            }
+            let at = if unknown.path.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", unknown.path.join("."))
+            };
+            unknown
+                .fields
+                .push(format!("{at}field {number} of {message}"));
             continue;
         };
-        match field.kind {
-            MapStr | MapBytes | MapQuantity => {
-                let Wire::Bytes(bytes) = wire else {
-                    return Err(ProtobufError::Malformed {
-                        message,
-                        detail: "a map entry is not length-delimited",
-                    });
-                };
-                let (key, value) = map_entry(bytes, message)?;
-                let value = match field.kind {
-                    MapStr => json!(utf8(value, message)?),
-                    MapBytes => json!(base64::engine::general_purpose::STANDARD.encode(value)),
-                    _ => decode_scalar(Quantity, Wire::Bytes(value), message)?.unwrap_or_default(),
-                };
-                let entry = out
-                    .entry(field.name)
-                    .or_insert_with(|| Value::Object(Map::new()));
-                if let Some(map) = entry.as_object_mut() {
-                    map.insert(key, value);
-                }
-            }
-            kind => {
-                let Some(value) = decode_scalar(kind, wire, message)? else {
-                    continue;
-                };
-                let scalar = matches!(kind, Str | Int32 | Int64 | Bool);
-                if scalar && !field.repeated && is_zero(&value) && !KEEP_ZERO.contains(&field.name)
-                {
-                    continue;
-                }
-                if field.repeated {
-                    let entry = out.entry(field.name).or_insert_with(|| json!([]));
-                    if let Some(items) = entry.as_array_mut() {
-                        items.push(value);
-                    }
-                } else {
-                    out.insert(field.name.to_owned(), value);
+        unknown.path.push(field.name);
+        let value = decode_field(field, wire, message, unknown, &mut out);
+        unknown.path.pop();
+        value?;
+    }
+    Ok(Value::Object(out))
+}
+
+/// Whether a field holds its type's zero value: 0, empty, or a message of zero fields (as far
+/// as the bytes read as one; a few levels deep).
+fn is_zero_wire(wire: &Wire<'_>, depth: usize) -> bool {
+    match wire {
+        Wire::Varint(value) => *value == 0,
+        Wire::Fixed(bytes) => bytes.iter().all(|b| *b == 0),
+        Wire::Bytes([]) => true,
+        Wire::Bytes(bytes) if depth < 8 => {
+            let mut inner = reader(bytes, "unknown");
+            loop {
+                match inner.field() {
+                    Ok(Some((_, wire))) if is_zero_wire(&wire, depth + 1) => {}
+                    Ok(None) => return true,
+                    _ => return false,
                 }
             }
         }
+        Wire::Bytes(_) => false,
     }
-    Ok(Value::Object(out))
+}
+
+fn decode_field(
+    field: &Field,
+    wire: Wire<'_>,
+    message: &'static str,
+    unknown: &mut Unknown,
+    out: &mut Map<String, Value>,
+) -> Result<(), ProtobufError> {
+    match field.kind {
+        MapStr | MapBytes | MapQuantity => {
+            let Wire::Bytes(bytes) = wire else {
+                return Err(ProtobufError::Malformed {
+                    message,
+                    detail: "a map entry is not length-delimited",
+                });
+            };
+            let (key, value) = map_entry(bytes, message)?;
+            let value = match field.kind {
+                MapStr => json!(utf8(value, message)?),
+                MapBytes => json!(base64::engine::general_purpose::STANDARD.encode(value)),
+                _ => decode_scalar(Quantity, Wire::Bytes(value), message, unknown)?
+                    .unwrap_or_default(),
+            };
+            let entry = out
+                .entry(field.name)
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Some(map) = entry.as_object_mut() {
+                map.insert(key, value);
+            }
+        }
+        kind => {
+            let Some(value) = decode_scalar(kind, wire, message, unknown)? else {
+                return Ok(());
+            };
+            let scalar = matches!(kind, Str | Int32 | Int64 | Bool);
+            if scalar && !field.repeated && is_zero(&value) && !KEEP_ZERO.contains(&field.name) {
+                return Ok(());
+            }
+            if field.repeated {
+                let entry = out.entry(field.name).or_insert_with(|| json!([]));
+                if let Some(items) = entry.as_array_mut() {
+                    items.push(value);
+                }
+            } else {
+                out.insert(field.name.to_owned(), value);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
@@ -734,9 +791,24 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
     })
 }
 
+/// A decoded body and the fields the schema table does not know (skipped).
+#[derive(Debug)]
+pub struct Decoded {
+    /// The object, as JSON.
+    pub object: Value,
+    /// Fields left out, as `spec.template: field 99 of PodTemplateSpec`.
+    pub unknown_fields: Vec<String>,
+}
+
+/// Decodes a request body, skipping unknown fields as protobuf readers do; see [`decode`] for
+/// the fields skipped.
+pub fn decode_object(body: &[u8]) -> Result<Value, ProtobufError> {
+    decode(body).map(|decoded| decoded.object)
+}
+
 /// Decodes a request body: the magic `k8s\0`, then a `runtime.Unknown` envelope
 /// (typeMeta{apiVersion, kind}, raw, contentEncoding, contentType) whose `raw` is the object.
-pub fn decode_object(body: &[u8]) -> Result<Value, ProtobufError> {
+pub fn decode(body: &[u8]) -> Result<Decoded, ProtobufError> {
     let envelope = body
         .strip_prefix(MAGIC)
         .ok_or(ProtobufError::NotKubernetes)?;
@@ -767,10 +839,14 @@ pub fn decode_object(body: &[u8]) -> Result<Value, ProtobufError> {
     let mut object = Map::new();
     object.insert("apiVersion".into(), json!(api_version));
     object.insert("kind".into(), json!(kind));
-    if let Value::Object(fields) = decode_message(raw, message)? {
+    let mut unknown = Unknown::default();
+    if let Value::Object(fields) = decode_message(raw, message, &mut unknown)? {
         object.extend(fields);
     }
-    Ok(Value::Object(object))
+    Ok(Decoded {
+        object: Value::Object(object),
+        unknown_fields: unknown.fields,
+    })
 }
 
 #[cfg(test)]
@@ -850,10 +926,18 @@ mod tests {
         bytes_field(2, &selector, &mut spec);
         bytes_field(3, &template, &mut spec);
         varint_field(99, 7, &mut spec); // an unknown field is skipped
+        varint_field(98, 0, &mut spec); // and zero-valued ones are not even reported
+        bytes_field(97, &[0x0a, 0x00, 0x10, 0x00], &mut spec);
         let mut deployment = Vec::new();
         bytes_field(1, &metadata, &mut deployment);
         bytes_field(2, &spec, &mut deployment);
         let decoded = decode_object(&envelope("apps/v1", "Deployment", &deployment)).unwrap();
+        let reported = decode(&envelope("apps/v1", "Deployment", &deployment)).unwrap();
+        assert_eq!(reported.object, decoded);
+        assert_eq!(
+            reported.unknown_fields,
+            ["spec: field 99 of DeploymentSpec"]
+        );
         assert_eq!(
             decoded,
             json!({

@@ -1,6 +1,6 @@
 //! API errors and their `metav1.Status` bodies, with the reasons and codes clients act on.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::admission::FieldError;
 use crate::resources::Resource;
@@ -121,13 +121,21 @@ impl ApiError {
         };
         let causes: Vec<Value> = errors
             .iter()
-            .map(|e| json!({"reason": e.reason(), "message": e.message(), "field": e.field}))
+            .map(|e| {
+                let mut cause = Map::new();
+                cause.insert("reason".into(), json!(e.reason()));
+                cause.insert("message".into(), json!(e.message()));
+                if !e.field.is_empty() {
+                    cause.insert("field".into(), json!(e.field));
+                }
+                Value::Object(cause)
+            })
             .collect();
         ApiError {
             code: 422,
             reason: "Invalid",
             message: format!("{what} \"{name}\" is invalid: {joined}"),
-            details: Some(json!({"name": name, "group": group, "kind": kind, "causes": causes})),
+            details: Some(details_of(name, group, kind, causes)),
         }
     }
 
@@ -166,26 +174,43 @@ impl ApiError {
         )
     }
 
-    /// 500 for failures inside the server; the cause is logged where it is handled.
+    /// 500 for failures inside the server whose `message` we wrote ourselves and clients may
+    /// read (a full service range), worded as upstream's `Internal error occurred: ...`.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", message)
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+        )
     }
 
-    /// The `metav1.Status` body.
+    /// 500 for a failure whose text is not for clients (SQL, file paths): the whole cause is
+    /// logged once with a correlation id, and the client gets `what` and that id.
+    pub fn internal_logged(what: &str, cause: &dyn std::error::Error) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+        tracing::error!(correlation_id = %id, error = %error_chain(cause), "{what}");
+        Self::internal(format!("{what} (correlation id {id})"))
+    }
+
+    /// The `metav1.Status` body, its fields in upstream's order (`code` after `details`), empty
+    /// ones left out.
     pub fn status(&self) -> Value {
-        let mut status = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        });
-        if let Some(details) = &self.details {
-            status["details"] = details.clone();
+        let mut status = Map::new();
+        status.insert("kind".into(), json!("Status"));
+        status.insert("apiVersion".into(), json!("v1"));
+        status.insert("metadata".into(), json!({}));
+        status.insert("status".into(), json!("Failure"));
+        if !self.message.is_empty() {
+            status.insert("message".into(), json!(self.message));
         }
-        status
+        if !self.reason.is_empty() {
+            status.insert("reason".into(), json!(self.reason));
+        }
+        if let Some(details) = &self.details {
+            status.insert("details".into(), details.clone());
+        }
+        status.insert("code".into(), json!(self.code));
+        Value::Object(status)
     }
 
     /// Maps a store error, naming the object the request was about.
@@ -196,10 +221,7 @@ impl ApiError {
             StoreError::Expired { requested, oldest } => {
                 Self::gone(format!("too old resource version: {requested} ({oldest})"))
             }
-            other => {
-                tracing::error!(error = %error_chain(&other), "store failure");
-                Self::internal(error_chain(&other))
-            }
+            other => Self::internal_logged("the object store failed", &other),
         }
     }
 }
@@ -219,10 +241,7 @@ impl From<StoreError> for ApiError {
                 "NotFound",
                 format!("{resource} {namespace}/{name} not found"),
             ),
-            other => {
-                tracing::error!(error = %error_chain(&other), "store failure");
-                Self::internal(error_chain(&other))
-            }
+            other => Self::internal_logged("the object store failed", &other),
         }
     }
 }
@@ -239,5 +258,64 @@ pub fn qualified(resource: &Resource) -> String {
 }
 
 fn details(resource: &Resource, name: &str) -> Value {
-    json!({"name": name, "group": resource.group, "kind": resource.plural})
+    details_of(name, resource.group, resource.plural, Vec::new())
+}
+
+/// `StatusDetails` without the fields upstream omits when empty (`group` of core kinds).
+fn details_of(name: &str, group: &str, kind: &str, causes: Vec<Value>) -> Value {
+    let mut details = Map::new();
+    for (field, value) in [("name", name), ("group", group), ("kind", kind)] {
+        if !value.is_empty() {
+            details.insert(field.into(), json!(value));
+        }
+    }
+    if !causes.is_empty() {
+        details.insert("causes".into(), Value::Array(causes));
+    }
+    Value::Object(details)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_failures_hide_sql_behind_a_correlation_id() {
+        let sql = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some("no such table: objects_secret_sauce".into()),
+        );
+        let error = ApiError::from(StoreError::Sql {
+            action: "insert",
+            source: sql,
+        });
+        assert_eq!(error.code, 500);
+        assert_eq!(error.reason, "InternalError");
+        assert!(
+            error.message.starts_with("Internal error occurred: "),
+            "{}",
+            error.message
+        );
+        assert!(!error.message.contains("secret_sauce"), "{}", error.message);
+        assert!(!error.message.contains("database"), "{}", error.message);
+        let id = error
+            .message
+            .split("(correlation id ")
+            .nth(1)
+            .and_then(|rest| rest.strip_suffix(')'))
+            .expect("a correlation id");
+        assert_eq!(id.len(), 16);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        let status = error.status();
+        assert_eq!(status["message"], error.message);
+    }
+
+    #[test]
+    fn status_fields_follow_upstreams_order_and_omit_empty_ones() {
+        let error = ApiError::new(400, "BadRequest", "no");
+        assert_eq!(
+            error.status().to_string(),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"no","reason":"BadRequest","code":400}"#
+        );
+    }
 }

@@ -20,19 +20,21 @@ mod node_proxy;
 pub mod objects;
 mod watch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::Value;
 use tokio::net::TcpListener;
+use tokio::sync::{watch as standing, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::resources::{self, Resource};
@@ -65,8 +67,168 @@ pub struct ApiState {
 
 pub use node_proxy::NodeClient;
 
+/// What one peer can hold of the server. Connections are guests until a request on them
+/// authenticates: handshaking and unauthenticated connections share a small pool whose oldest
+/// member is closed to make room for a new one, so idle or slow strangers cannot starve
+/// clients with credentials, whose connections count against a pool of their own.
+#[derive(Debug, Clone)]
+pub struct ServeLimits {
+    /// Time for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time for a request's headers (HTTP/1.1), also how long a kept-alive connection may
+    /// idle; upstream's `ReadHeaderTimeout` is 32 s too.
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay unauthenticated.
+    pub guest_lifetime: Duration,
+    /// Connections handshaking or not yet authenticated.
+    pub guest_connections: usize,
+    /// Connections that authenticated.
+    pub member_connections: usize,
+    /// Largest body of a request without credentials (the join request).
+    pub guest_body_bytes: usize,
+    /// Unauthenticated requests reading a body at once.
+    pub guest_bodies: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(32),
+            guest_lifetime: Duration::from_secs(60),
+            guest_connections: 128,
+            member_connections: 1024,
+            guest_body_bytes: 16 * 1024,
+            guest_bodies: 16,
+        }
+    }
+}
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Guest,
+    Member,
+    Evicted,
+}
+
+/// The guest pool: connections in arrival order, the oldest evicted when a new one needs room.
+struct Guests {
+    limit: usize,
+    queue: std::sync::Mutex<VecDeque<(u64, Arc<standing::Sender<Standing>>)>>,
+    next_id: AtomicU64,
+}
+
+impl Guests {
+    fn admit(self: &Arc<Self>) -> Peer {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let standing = Arc::new(standing::Sender::new(Standing::Guest));
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        while queue.len() >= self.limit.max(1) {
+            if let Some((_, oldest)) = queue.pop_front() {
+                oldest.send_replace(Standing::Evicted);
+            }
+        }
+        queue.push_back((id, standing.clone()));
+        Peer {
+            id,
+            guests: self.clone(),
+            standing,
+            membership: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn leave(&self, id: u64) {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.retain(|(queued, _)| *queued != id);
+    }
+}
+
+/// One connection's place in the pools.
+pub struct Peer {
+    id: u64,
+    guests: Arc<Guests>,
+    standing: Arc<standing::Sender<Standing>>,
+    membership: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl Peer {
+    /// Moves an authenticated connection out of the guest pool into the members' pool; 429
+    /// when that is full (the connection stays a guest).
+    fn promote(&self, members: &Arc<Semaphore>) -> Result<(), ApiError> {
+        let mut membership = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+        if membership.is_some() {
+            return Ok(());
+        }
+        let permit = members.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                429,
+                "TooManyRequests",
+                "too many connections, please try again later",
+            )
+        })?;
+        *membership = Some(permit);
+        self.guests.leave(self.id);
+        self.standing.send_if_modified(|standing| {
+            let guest = *standing == Standing::Guest;
+            if guest {
+                *standing = Standing::Member;
+            }
+            guest
+        });
+        Ok(())
+    }
+
+    /// Completes when the connection must close: evicted, or a guest for too long.
+    async fn closing(&self, lifetime: Duration) -> &'static str {
+        let mut standing = self.standing.subscribe();
+        let deadline = tokio::time::Instant::now() + lifetime;
+        loop {
+            let now = *standing.borrow_and_update();
+            match now {
+                Standing::Member => std::future::pending::<()>().await,
+                Standing::Evicted => return "closed to make room for another connection",
+                Standing::Guest => {}
+            }
+            tokio::select! {
+                _ = standing.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => return "unauthenticated for too long",
+            }
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.guests.leave(self.id);
+    }
+}
+
+/// What the connections share besides the API state.
+struct Gate {
+    limits: ServeLimits,
+    guests: Arc<Guests>,
+    members: Arc<Semaphore>,
+    guest_bodies: Arc<Semaphore>,
+}
+
 /// Serves HTTPS on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<ApiState>) {
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<ApiState>,
+    limits: ServeLimits,
+) {
+    let gate = Arc::new(Gate {
+        guests: Arc::new(Guests {
+            limit: limits.guest_connections,
+            queue: std::sync::Mutex::new(VecDeque::new()),
+            next_id: AtomicU64::new(0),
+        }),
+        members: Arc::new(Semaphore::new(limits.member_connections)),
+        guest_bodies: Arc::new(Semaphore::new(limits.guest_bodies)),
+        limits,
+    });
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -80,24 +242,55 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<ApiS
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let state = state.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(tls) => tls,
-                Err(error) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
+            let connection = Arc::new(gate.guests.admit());
+            let limits = &gate.limits;
+            let serving = async {
+                let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let service = {
+                    let connection = connection.clone();
+                    let gate = gate.clone();
+                    service_fn(move |request| {
+                        let state = state.clone();
+                        let connection = connection.clone();
+                        let gate = gate.clone();
+                        async move {
+                            Ok::<_, Infallible>(handle(state, &gate, &connection, request).await)
+                        }
+                    })
+                };
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout);
+                builder.http2().timer(TokioTimer::new());
+                if let Err(error) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await
+                {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
                 }
             };
-            let service = service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(state, request).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(error) = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+            tokio::select! {
+                _ = serving => {}
+                why = connection.closing(limits.guest_lifetime) => {
+                    tracing::debug!(%peer, why, "connection closed");
+                }
             }
         });
     }
@@ -132,7 +325,12 @@ fn error_response(error: &ApiError, format: ResponseFormat) -> Response<Body> {
     respond_value(error.code, &error.status(), format)
 }
 
-async fn handle(state: Arc<ApiState>, request: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    state: Arc<ApiState>,
+    gate: &Gate,
+    connection: &Peer,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -142,7 +340,7 @@ async fn handle(state: Arc<ApiState>, request: Request<Incoming>) -> Response<Bo
         accept.as_deref(),
         query.get("includeObject").map(String::as_str),
     );
-    let response = match route(&state, request, &path, query, format).await {
+    let response = match route(&state, gate, connection, request, &path, query, format).await {
         Ok(response) => response,
         Err(error) => error_response(&error, format),
     };
@@ -164,10 +362,7 @@ fn header_str<B>(request: &Request<B>, name: header::HeaderName) -> Option<Strin
 
 fn authenticate<B>(state: &ApiState, request: &Request<B>) -> Result<String, ApiError> {
     let header = header_str(request, header::AUTHORIZATION).ok_or_else(ApiError::unauthorized)?;
-    let token = header
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .ok_or_else(ApiError::unauthorized)?;
+    let token = bearer_token(&header).ok_or_else(ApiError::unauthorized)?;
     // Compare against every token without stopping early, so timing does not reveal prefixes.
     let mut user = None;
     for (known, name) in &state.tokens {
@@ -182,6 +377,15 @@ fn authenticate<B>(state: &ApiState, request: &Request<B>) -> Result<String, Api
             .map(|node| format!("{}{node}", node_auth::NODE_USER_PREFIX))
     })
     .ok_or_else(ApiError::unauthorized)
+}
+
+/// The token of an `Authorization: Bearer <token>` header. Like upstream, the scheme is
+/// case-insensitive and the token is the first word after it.
+fn bearer_token(header: &str) -> Option<&str> {
+    let mut words = header.split_whitespace();
+    let scheme = words.next()?;
+    let token = words.next()?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -258,6 +462,8 @@ fn parse_target(segments: &[&str]) -> Result<Option<Target>, ApiError> {
 
 async fn route(
     state: &Arc<ApiState>,
+    gate: &Gate,
+    connection: &Peer,
     request: Request<Incoming>,
     path: &str,
     query: HashMap<String, String>,
@@ -290,8 +496,16 @@ async fn route(
         }
         ["bramble", "v1", "join"] if request.method() == Method::POST => {
             let bearer = header_str(&request, header::AUTHORIZATION)
-                .and_then(|h| h.strip_prefix("Bearer ").map(|t| t.trim().to_owned()));
-            let body = read_body(request).await?;
+                .and_then(|h| bearer_token(&h).map(str::to_owned));
+            // Without credentials: a small body, and only a few read at once.
+            let Ok(_reading) = gate.guest_bodies.clone().try_acquire_owned() else {
+                return Err(ApiError::new(
+                    429,
+                    "TooManyRequests",
+                    "too many join requests, please try again later",
+                ));
+            };
+            let body = read_body(request, gate.limits.guest_body_bytes).await?;
             let state = state.clone();
             let kubeconfig =
                 objects::blocking(move || node_auth::join(&state, bearer.as_deref(), &body))
@@ -305,6 +519,7 @@ async fn route(
         _ => {}
     }
     let user = authenticate(state, &request)?;
+    connection.promote(&gate.members)?;
     let node = user
         .strip_prefix(node_auth::NODE_USER_PREFIX)
         .map(str::to_owned);
@@ -325,7 +540,7 @@ async fn route(
         if let Some(node) = &node {
             node_auth::may_report_usage(node, &method, rest)?;
         }
-        let body = read_body(request).await?;
+        let body = read_body(request, codec::MAX_BODY_BYTES).await?;
         let state = state.clone();
         let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
         let value = objects::blocking(move || {
@@ -355,7 +570,7 @@ async fn route(
     let body = if method == Method::GET {
         Bytes::new()
     } else {
-        read_body(request).await?
+        read_body(request, codec::MAX_BODY_BYTES).await?
     };
     if let Some(node) = &node {
         let watching = query
@@ -391,7 +606,8 @@ async fn route(
     }
 }
 
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
+/// The whole body, at most `limit` bytes held: 413 beyond.
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let mut body = request.into_body();
     let mut collected = bytes::BytesMut::new();
     let mut discarded = 0usize;
@@ -402,22 +618,26 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if collected.len() + data.len() <= codec::MAX_BODY_BYTES && discarded == 0 {
+        if collected.len() + data.len() <= limit && discarded == 0 {
             collected.extend_from_slice(&data);
             continue;
         }
-        // Too large: keep reading (up to a bound) and discard, so the client, still sending,
-        // receives the 413 instead of a reset connection.
+        // Too large: drop what was read, and keep reading (up to a bound) and discarding, so
+        // the client, still sending, receives the 413 instead of a reset connection.
+        collected = bytes::BytesMut::new();
         discarded += data.len();
-        if discarded > 4 * codec::MAX_BODY_BYTES {
+        if discarded > 4 * limit {
             break;
         }
     }
     if discarded > 0 {
-        return Err(ApiError::too_large(codec::MAX_BODY_BYTES));
+        return Err(ApiError::too_large(limit));
     }
     Ok(collected.freeze())
 }
+
+#[cfg(test)]
+mod server_tests;
 
 #[cfg(test)]
 mod tests {

@@ -124,7 +124,7 @@ impl NodeCredentials {
         let mut lines: Vec<String> = tokens.iter().map(|(t, n)| format!("{t} {n}")).collect();
         lines.sort();
         crate::pki::write_private(&self.tokens_file, (lines.join("\n") + "\n").as_bytes())
-            .map_err(|e| ApiError::internal(format!("storing the node's token: {e}")))?;
+            .map_err(|e| ApiError::internal_logged("storing the node's token failed", &e))?;
         Ok(crate::pki::kubeconfig(
             "bramble",
             &self.server_url,
@@ -392,7 +392,7 @@ async fn pods_on(
             .list(&key, Some(&namespace), None, 100_000, &|pod: &Value| {
                 pod["spec"]["nodeName"] == node.as_str()
             })
-            .map_err(|e| ApiError::internal(format!("listing pods: {e}")))?;
+            .map_err(|e| ApiError::internal_logged("listing the node's pods failed", &e))?;
         Ok(page.items)
     })
     .await

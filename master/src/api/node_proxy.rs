@@ -214,7 +214,7 @@ async fn node_endpoint(state: &Arc<ApiState>, node_name: &str) -> Result<Endpoin
     let node: Option<Value> = blocking(move || {
         store
             .get(&node_key, "", &node_name_owned)
-            .map_err(|e| ApiError::internal(format!("reading node: {e}")))
+            .map_err(|e| ApiError::internal_logged("reading the node failed", &e))
     })
     .await?;
     let unavailable = |why: String| ApiError::new(503, "ServiceUnavailable", why);
@@ -360,7 +360,7 @@ pub async fn logs(
     let request = Request::get(path)
         .header(header::HOST, "bramble-agent")
         .body(Empty::<Bytes>::new())
-        .expect("valid request");
+        .map_err(|e| ApiError::bad_request(format!("cannot relay this request: {e}")))?;
     let response = sender.send_request(request).await.map_err(|e| {
         ApiError::new(
             503,
@@ -433,7 +433,7 @@ pub async fn exec(
     }
     let forwarded = forwarded
         .body(Empty::<Bytes>::new())
-        .expect("valid request");
+        .map_err(|e| ApiError::bad_request(format!("cannot relay this request: {e}")))?;
     let mut response = sender.send_request(forwarded).await.map_err(|e| {
         ApiError::new(
             503,
@@ -482,7 +482,7 @@ pub async fn proxy(
         None => format!("/{path}"),
     };
     let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
-    let body = super::read_body(request).await?;
+    let body = super::read_body(request, super::codec::MAX_BODY_BYTES).await?;
     let (mut sender, _driver) = connect(client, &endpoint).await?;
     let mut forwarded = Request::builder()
         .method(method)

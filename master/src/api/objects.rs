@@ -48,7 +48,7 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
+        .map_err(|e| ApiError::internal_logged("the request's task failed", &e))?
 }
 
 /// `fieldValidation` as the request asked.
@@ -213,6 +213,7 @@ impl Call {
 
     async fn list(self) -> Result<Response<Body>, ApiError> {
         let (labels, fields) = self.selectors()?;
+        parse_resource_version(&self.query)?;
         let limit: usize = match self.query.get("limit") {
             Some(text) if !text.is_empty() => text
                 .parse::<i64>()
@@ -326,7 +327,11 @@ impl Call {
     }
 
     fn decode(&self) -> Result<Value, ApiError> {
-        let object = codec::decode_object(self.content_type.as_deref(), &self.body)?;
+        let object = codec::decode_object(
+            self.content_type.as_deref(),
+            &self.body,
+            self.resource().kind,
+        )?;
         check_type_meta(self.resource(), object)
     }
 
@@ -392,7 +397,7 @@ impl Call {
     }
 
     async fn bind(self, name: String) -> Result<Response<Body>, ApiError> {
-        let binding = codec::decode_object(self.content_type.as_deref(), &self.body)?;
+        let binding = codec::decode_object(self.content_type.as_deref(), &self.body, "Binding")?;
         let node = binding
             .pointer("/target/name")
             .and_then(Value::as_str)
@@ -418,7 +423,7 @@ impl Call {
     }
 
     async fn evict(self, name: String) -> Result<Response<Body>, ApiError> {
-        let eviction = codec::decode_object(self.content_type.as_deref(), &self.body)?;
+        let eviction = codec::decode_object(self.content_type.as_deref(), &self.body, "Eviction")?;
         let options = DeleteOptions::from(eviction.get("deleteOptions"), &HashMap::new())?;
         let state = self.state.clone();
         let resource = self.resource();
@@ -443,7 +448,8 @@ impl Call {
                 self.replace(name, object, Part::Status).await
             }
             Some("scale") if self.resource().subresources.contains(&"scale") => {
-                let scale = codec::decode_object(self.content_type.as_deref(), &self.body)?;
+                let scale =
+                    codec::decode_object(self.content_type.as_deref(), &self.body, "Scale")?;
                 self.set_scale(name, move |_| Ok(scale)).await
             }
             Some("finalize") if self.resource().kind == "Namespace" => {
@@ -510,6 +516,15 @@ impl Call {
                 dry_run,
                 |current| {
                     let scale = make_scale(&conversion::scale_of(resource, current))?;
+                    // A scale that does not decode (`"replicas": "x"`) must not scale to zero.
+                    serde_json::from_value::<k8s_openapi::api::autoscaling::v1::Scale>(
+                        scale.clone(),
+                    )
+                    .map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "Scale in version \"v1\" cannot be handled as a Scale: {e}"
+                        ))
+                    })?;
                     let wanted_version = scale
                         .pointer("/metadata/resourceVersion")
                         .and_then(Value::as_str);
@@ -581,6 +596,7 @@ impl Call {
             return Err(ApiError::too_large(codec::MAX_BODY_BYTES));
         }
         let patch_document = codec::decode_json(&self.body)?;
+        check_patch_document(kind, &patch_document)?;
         let resource = self.resource();
         let apply = move |target: &Value,
                           kind_name: &str,
@@ -593,7 +609,9 @@ impl Call {
                     patch::apply_strategic_merge_patch(target, &patch_document, group, kind_name)
                 }
             };
-            result.map_err(|e| ApiError::new(422, "Invalid", error_chain(&e)))
+            let patched = result.map_err(|e| ApiError::new(422, "Invalid", error_chain(&e)))?;
+            check_patched_shape(&patched)?;
+            Ok(patched)
         };
         match self.target.subresource.clone().as_deref() {
             Some("scale") if resource.subresources.contains(&"scale") => {
@@ -630,7 +648,7 @@ impl Call {
                             let storage = conversion::to_storage(resource, patched);
                             let structural =
                                 admission::check_structure(resource.group, resource.kind, &storage)
-                                    .map_err(|e| ApiError::new(422, "Invalid", e.message()))?;
+                                    .map_err(|e| patch_result_invalid(&storage, &e.message()))?;
                             if validation == FieldValidation::Strict
                                 && !structural.unknown_fields.is_empty()
                             {
@@ -721,6 +739,89 @@ impl Call {
     }
 }
 
+/// Most operations a JSON patch may carry, as upstream (`maxJSONPatchOperations`).
+const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// Refuses patch documents upstream's decoders refuse before applying anything (400): a merge
+/// patch must be an object (an array replaces the object, and fails later like upstream), a
+/// strategic merge patch an object, a JSON patch a list of at most 10,000 operations (413).
+fn check_patch_document(kind: PatchKind, document: &Value) -> Result<(), ApiError> {
+    match kind {
+        PatchKind::Merge if !document.is_object() && !document.is_array() => {
+            Err(ApiError::bad_request("Invalid JSON Patch"))
+        }
+        PatchKind::Strategic if !document.is_object() => Err(ApiError::bad_request(format!(
+            "json: cannot unmarshal {} into Go value of type map[string]interface {{}}",
+            codec::go_type(document)
+        ))),
+        PatchKind::Json => match document.as_array() {
+            None => Err(ApiError::bad_request(format!(
+                "json: cannot unmarshal {} into Go value of type jsonpatch.Patch",
+                codec::go_type(document)
+            ))),
+            Some(operations) if operations.len() > MAX_JSON_PATCH_OPERATIONS => Err(ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                format!(
+                    "Request entity too large: The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+                    operations.len()
+                ),
+            )),
+            Some(_) => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// A patched object must still be an object with object `metadata`: a patch that breaks the
+/// shape (`{"metadata": "x"}`, replacing the whole document with a string) is refused and the
+/// stored object stays as it was.
+fn check_patched_shape(patched: &Value) -> Result<(), ApiError> {
+    let Some(object) = patched.as_object() else {
+        return Err(patch_result_invalid(
+            patched,
+            &format!(
+                "json: cannot unmarshal {} into Go value of type map[string]interface {{}}",
+                codec::go_type(patched)
+            ),
+        ));
+    };
+    match object.get("metadata") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
+        Some(other) => Err(patch_result_invalid(
+            patched,
+            &format!(
+                "json: cannot unmarshal {} into Go struct field .metadata of type v1.ObjectMeta",
+                codec::go_type(other)
+            ),
+        )),
+    }
+}
+
+/// Upstream's 422 for a patch whose result does not decode as the object's type: an invalid
+/// value of the field `patch`, the patched document shown as a quoted string (shortened here).
+fn patch_result_invalid(patched: &Value, why: &str) -> ApiError {
+    let mut text = patched.to_string();
+    if text.len() > 256 {
+        let cut = (0..=256)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    let quoted = serde_json::to_string(&text).unwrap_or_default();
+    let message = format!("patch: Invalid value: {quoted}: {why}");
+    ApiError {
+        code: 422,
+        reason: "Invalid",
+        message: format!(" \"\" is invalid: {message}"),
+        details: Some(json!({"causes": [
+            {"reason": "FieldValueInvalid", "message": format!("Invalid value: {quoted}: {why}"), "field": "patch"}
+        ]})),
+    }
+}
+
 #[derive(Clone, Copy)]
 enum PatchKind {
     Strategic,
@@ -730,6 +831,19 @@ enum PatchKind {
 
 fn success_status() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
+}
+
+/// The `resourceVersion` a list or watch asks for: none (absent, empty or "0") or a revision;
+/// anything else is a 400, as upstream's storage refuses it.
+pub fn parse_resource_version(query: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
+    match query.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            ApiError::bad_request(format!(
+                "resourceVersion: Invalid value: \"{text}\": strconv.ParseUint: parsing \"{text}\": invalid syntax"
+            ))
+        }),
+    }
 }
 
 /// A string field of `metadata`, or empty.
@@ -752,6 +866,29 @@ fn not_found_as(error: ApiError, resource: &Resource, name: &str) -> ApiError {
 
 /// Fills or checks `apiVersion` and `kind` against the endpoint.
 fn check_type_meta(resource: &Resource, mut object: Value) -> Result<Value, ApiError> {
+    let cannot_handle = |why: String| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {why}",
+            resource.kind, resource.version, resource.kind
+        ))
+    };
+    if !object.is_object() {
+        return Err(cannot_handle(format!(
+            "json: cannot unmarshal {} into Go value of type {}",
+            codec::go_type(&object),
+            resource.kind
+        )));
+    }
+    match object.get("metadata") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        Some(other) => {
+            return Err(cannot_handle(format!(
+                "json: cannot unmarshal {} into Go struct field {}.metadata of type v1.ObjectMeta",
+                codec::go_type(other),
+                resource.kind
+            )))
+        }
+    }
     let expected_version = resource.api_version();
     match object.get("apiVersion").and_then(Value::as_str) {
         None | Some("") => object["apiVersion"] = json!(expected_version),
@@ -986,9 +1123,9 @@ pub fn create_objects(
             }
         }
         Err(error) => {
-            let message = error_chain(&error);
+            let failed = ApiError::internal_logged("the object store failed", &error);
             for index in indexes {
-                results[index] = Some(Err(ApiError::internal(message.clone())));
+                results[index] = Some(Err(failed.clone()));
             }
         }
     }
@@ -1010,6 +1147,9 @@ fn admit_new(
     object: &Value,
     attempt: u32,
 ) -> Result<Option<(String, String, Value)>, ApiError> {
+    if !object.get("metadata").is_some_and(Value::is_object) {
+        return Err(ApiError::bad_request("metadata must be an object"));
+    }
     let namespace = meta_str(object, "namespace");
     let generated = is_generated(object);
     let mut candidate = object.clone();
@@ -1041,6 +1181,8 @@ fn admit_new(
             &errors,
         ));
     }
+    admission::omit_empty_metadata(&mut candidate);
+    check_volatile_size(resource, &candidate)?;
     if resource.namespaced {
         check_namespace_accepts(&state.store, &namespace, resource)?;
     }
@@ -1071,9 +1213,9 @@ fn check_namespace_accepts(
 
 /// Server-owned metadata for a new object.
 fn prepare_create(resource: &Resource, object: &mut Value) {
-    let metadata = object["metadata"]
-        .as_object_mut()
-        .expect("checked by check_type_meta");
+    let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return; // checked by admit_new
+    };
     for field in [
         "resourceVersion",
         "uid",
@@ -1110,6 +1252,9 @@ pub fn update_object(
         .store
         .update(&resource.storage_key(), namespace, name, |current| {
             let requested = make(current)?;
+            if !requested.get("metadata").is_some_and(Value::is_object) {
+                return Err(ApiError::bad_request("metadata must be an object"));
+            }
             let wanted = requested
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
@@ -1231,6 +1376,7 @@ fn merge_update(
             + 1;
         next["metadata"]["generation"] = json!(generation);
     }
+    admission::omit_empty_metadata(&mut next);
     let errors = admission::validate_update(resource.group, resource.kind, &next, current);
     if !errors.is_empty() {
         return Err(ApiError::invalid(
@@ -1240,7 +1386,19 @@ fn merge_update(
             &errors,
         ));
     }
+    check_volatile_size(resource, &next)?;
     Ok(next)
+}
+
+/// Largest object of a kind kept in memory (Events, Leases), encoded.
+pub const VOLATILE_OBJECT_LIMIT: usize = 64 * 1024;
+
+/// Events and Leases live in memory: one may not be larger than [`VOLATILE_OBJECT_LIMIT`] (413).
+fn check_volatile_size(resource: &Resource, object: &Value) -> Result<(), ApiError> {
+    if resource.volatile && object.to_string().len() > VOLATILE_OBJECT_LIMIT {
+        return Err(ApiError::too_large(VOLATILE_OBJECT_LIMIT));
+    }
+    Ok(())
 }
 
 /// Whether anything but metadata and status differs: upstream bumps `generation` only then.

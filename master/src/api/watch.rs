@@ -142,13 +142,7 @@ pub async fn serve(call: Call) -> Result<Response<Body>, ApiError> {
             "sendInitialEvents: Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true",
         ));
     }
-    let start: Option<u64> = match query.get("resourceVersion").map(String::as_str) {
-        None | Some("") | Some("0") => None,
-        Some(text) => Some(
-            text.parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {text}")))?,
-        ),
-    };
+    let start = super::objects::parse_resource_version(query)?;
     let timeout = query
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())

@@ -286,6 +286,9 @@ impl Context<'_> {
     }
 }
 
+/// The longest a key waits in the queue.
+const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A deduplicating work queue with delayed entries.
 #[derive(Default)]
 struct Queue {
@@ -312,6 +315,9 @@ impl Queue {
     }
 
     fn add_after(&self, key: Key, delay: Duration) {
+        // Delays come from objects (a toleration of i64::MAX seconds): capped, so that adding
+        // them to the clock cannot overflow; a periodic resync comes long before anyway.
+        let delay = delay.min(MAX_REQUEUE_DELAY);
         let mut inner = self.inner.lock().expect("queue lock");
         inner.sequence += 1;
         let sequence = inner.sequence;
@@ -689,3 +695,16 @@ pub fn set_condition(object: &mut Value, kind: &str, status: &str, reason: &str,
 }
 
 pub use protocol::node::condition;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_from_objects_cannot_overflow_the_clock() {
+        let queue = Queue::default();
+        let key: Key = ("default".into(), "web".into());
+        queue.add_after(key.clone(), Duration::MAX);
+        queue.add_after(key, Duration::from_secs(i64::MAX as u64));
+        assert_eq!(queue.inner.lock().unwrap().delayed.len(), 2);
+    }
+}
