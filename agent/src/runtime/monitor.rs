@@ -234,23 +234,12 @@ fn start(args: &MonitorArgs) -> Result<(Pid, OwnedFd, OwnedFd), String> {
         .with_systemd(false)
         .with_detach(true)
         .build()
-        .map_err(|e| describe(&e))?;
-    container.start().map_err(|e| describe(&e))?;
+        .map_err(|e| protocol::error::error_chain(&e))?;
+    container.start().map_err(|e| protocol::error::error_chain(&e))?;
     let pid = container
         .pid()
         .ok_or_else(|| "the container has no process".to_string())?;
     Ok((pid, out_r, err_r))
-}
-
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
@@ -386,7 +375,7 @@ fn oom_killed(args: &MonitorArgs) -> bool {
 fn cleanup(args: &MonitorArgs) -> Result<(), String> {
     let state = args.state_root.join(&args.id);
     if let Ok(mut container) = libcontainer::container::Container::load(state.clone()) {
-        container.delete(true).map_err(|e| describe(&e))?;
+        container.delete(true).map_err(|e| protocol::error::error_chain(&e))?;
     }
     let _ = std::fs::remove_dir_all(state);
     Ok(())
