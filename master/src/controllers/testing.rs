@@ -107,6 +107,12 @@ impl TestCluster {
         self.apply_changes(Some(controller))
     }
 
+    /// Every key `controller` would reconcile on its periodic resync, over an up-to-date view.
+    pub fn all_keys(&self, controller: &dyn Reconciler) -> Vec<Key> {
+        self.sync();
+        controller.all_keys(&self.shared.view.read().expect("view lock"))
+    }
+
     fn apply_changes(&self, controller: Option<&dyn Reconciler>) -> Vec<Key> {
         let mut keys = Vec::new();
         let mut view = self.shared.view.write().expect("view lock");
