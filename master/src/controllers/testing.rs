@@ -155,12 +155,17 @@ impl TestCluster {
 
     /// Creates an object through admission, as a client would; `apiVersion` and `kind` may
     /// be left out.
-    pub fn create(&self, storage_key: &str, mut object: Value) -> Value {
+    pub fn try_create(&self, storage_key: &str, mut object: Value) -> Result<Value, ApiError> {
         let resource = resource_of(storage_key);
         object["apiVersion"] = json!(resource.api_version());
         object["kind"] = json!(resource.kind);
         objects::create_object(self.api(), resource, object, false)
-            .unwrap_or_else(|e| panic!("creating a {}: {}", resource.kind, e.message))
+    }
+
+    /// Creates an object that admission must accept.
+    pub fn create(&self, storage_key: &str, object: Value) -> Value {
+        self.try_create(storage_key, object)
+            .unwrap_or_else(|e| panic!("creating in {storage_key}: {}", e.message))
     }
 
     /// Changes an object (not its status) through admission.
