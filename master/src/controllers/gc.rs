@@ -361,7 +361,9 @@ mod tests {
             cluster.get("core/configmaps", &key("settings")).is_none(),
             "kinds the view does not hold too"
         );
-        assert!(!is_deleting(&cluster.get("core/pods", &key("other")).unwrap()));
+        assert!(!is_deleting(
+            &cluster.get("core/pods", &key("other")).unwrap()
+        ));
     }
 
     #[test]
@@ -437,9 +439,16 @@ mod tests {
         assert_eq!(cluster.queued(&GarbageCollector), [owner_key(&web)]);
 
         let action = cluster.reconcile(&GarbageCollector, &owner_key(&web));
-        assert_eq!(action, Action::RequeueAfter(std::time::Duration::from_millis(500)));
-        assert!(is_deleting(&cluster.get("core/pods", &key("running")).unwrap()));
-        assert!(is_deleting(&cluster.get("core/configmaps", &key("held")).unwrap()));
+        assert_eq!(
+            action,
+            Action::RequeueAfter(std::time::Duration::from_millis(500))
+        );
+        assert!(is_deleting(
+            &cluster.get("core/pods", &key("running")).unwrap()
+        ));
+        assert!(is_deleting(
+            &cluster.get("core/configmaps", &key("held")).unwrap()
+        ));
         assert!(
             cluster.get("apps/replicasets", &key("web")).is_some(),
             "waits for its pod"

@@ -517,41 +517,55 @@ mod tests {
         let [unscheduled, pending, not_ready, ready_lately, ready_long] = &pods[..] else {
             panic!("five pods: {pods:?}");
         };
-        // Ranked by their state, not by when they were made.
         objects::bind_pod(cluster.api(), "default", &pending.1, "pi-1").unwrap();
         cluster.run_pod(not_ready, "pi-1", "10.42.0.3", None);
         cluster.run_pod(ready_lately, "pi-1", "10.42.0.4", Some(&seconds_ago(60)));
         cluster.run_pod(ready_long, "pi-1", "10.42.0.5", Some(&seconds_ago(3600)));
+        // Restarts, the next criterion, point the other way each time: only the state ranks.
+        for (pod, restarts) in [(pending, 3), (not_ready, 5), (ready_long, 7)] {
+            cluster.update_status("core/pods", pod, |p| {
+                p["status"]["containerStatuses"] =
+                    json!([{"name": "app", "restartCount": restarts}])
+            });
+        }
+        let live = |cluster: &TestCluster| -> Vec<Key> {
+            let mut live: Vec<Key> = cluster.live_pods().iter().map(key_of).collect();
+            live.sort();
+            live
+        };
 
-        scale(&cluster, 2);
-        cluster.reconcile(&controller, &key("web"));
-        let mut live: Vec<Key> = cluster.live_pods().iter().map(key_of).collect();
-        let mut kept = vec![ready_lately.clone(), ready_long.clone()];
-        live.sort();
-        kept.sort();
-        assert_eq!(live, kept);
+        let mut expected = pods.clone();
+        for (replicas, victim) in [
+            (4, unscheduled),
+            (3, pending),
+            (2, not_ready),
+            (1, ready_lately),
+        ] {
+            scale(&cluster, replicas);
+            cluster.reconcile(&controller, &key("web"));
+            expected.retain(|p| p != victim);
+            let mut sorted = expected.clone();
+            sorted.sort();
+            assert_eq!(
+                live(&cluster),
+                sorted,
+                "scaled to {replicas}: {victim:?} goes"
+            );
+            assert!(cluster.events_about("web").contains(&(
+                "SuccessfulDelete".into(),
+                format!("Deleted pod: {}", victim.1)
+            )));
+        }
         assert!(
             cluster.get("core/pods", unscheduled).is_none(),
             "a pod on no node goes at once"
         );
-        let deleted = cluster.get("core/pods", not_ready).unwrap();
         assert_eq!(
-            deleted["metadata"]["deletionGracePeriodSeconds"], 30,
+            cluster.get("core/pods", not_ready).unwrap()["metadata"]["deletionGracePeriodSeconds"],
+            30,
             "a pod on a node is given its grace period"
         );
-        let events = cluster.events_about("web");
-        for (_, name) in [unscheduled, pending, not_ready] {
-            assert!(
-                events.contains(&("SuccessfulDelete".into(), format!("Deleted pod: {name}"))),
-                "{events:?}"
-            );
-        }
-
-        scale(&cluster, 1);
-        cluster.reconcile(&controller, &key("web"));
-        let live: Vec<Key> = cluster.live_pods().iter().map(key_of).collect();
-        assert_eq!(live, [ready_long.clone()], "the longest ready stays");
-        assert_eq!(rs_status(&cluster)["observedGeneration"], 3);
+        assert_eq!(rs_status(&cluster)["observedGeneration"], 5);
     }
 
     #[test]
