@@ -478,10 +478,10 @@ mod tests {
                           "uid": "5d1c-gone", "controller": true});
         let stray = owned_pod(&cluster, "stray", json!([gone]));
         let stray_key = ("default".to_owned(), "5d1c-gone".to_owned());
-        assert_eq!(cluster.queued(&GarbageCollector), [stray_key.clone()]);
+        assert_eq!(cluster.queued(&GarbageCollector), vec![stray_key.clone()]);
         assert_eq!(
             cluster.all_keys(&GarbageCollector),
-            [stray_key.clone()],
+            vec![stray_key.clone()],
             "and on every resync, for owners that went while the master was down"
         );
         cluster.reconcile(&GarbageCollector, &stray_key);

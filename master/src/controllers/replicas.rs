@@ -634,7 +634,7 @@ mod tests {
                 .map(|r| r["uid"].clone())
                 .collect()
         };
-        assert_eq!(owner_uids("stray"), [uid.clone()], "adopted");
+        assert_eq!(owner_uids("stray"), vec![uid.clone()], "adopted");
         assert_eq!(
             cluster.get("core/pods", &key("stray")).unwrap()["metadata"]["uid"],
             stray["metadata"]["uid"],
