@@ -3,8 +3,9 @@
 //! When an owner goes (background propagation) its dependents are deleted; a dependent with
 //! another live owner only loses its reference. An owner deleted with
 //! `propagationPolicy: Foreground` waits, marked with the `foregroundDeletion` finalizer,
-//! until the dependents that block it (`blockOwnerDeletion`) are gone. Orphan propagation is done by the API server before the owner
-//! goes. Dependents whose owner vanished while the master was down are found by the resync.
+//! until the dependents that block it (`blockOwnerDeletion`) are gone. Orphan propagation is
+//! done by the API server before the owner goes. Dependents whose owner vanished while the
+//! master was down are found by the resync.
 
 use serde_json::Value;
 
@@ -26,22 +27,35 @@ fn has_finalizer(object: &Value, finalizer: &str) -> bool {
         .is_some_and(|f| f.iter().any(|x| x == finalizer))
 }
 
-/// Whether `dependent` holds back the foreground deletion of the owner with `uid`.
-fn blocks(dependent: &Value, uid: &str) -> bool {
-    dependent["metadata"]["ownerReferences"]
-        .as_array()
-        .is_some_and(|refs| {
-            refs.iter()
-                .any(|r| r["uid"] == uid && r["blockOwnerDeletion"] == true)
-        })
-}
-
 /// Whether changes of this resource can matter to ownership (not the high-churn bookkeeping).
 fn may_own(resource: &str) -> bool {
     !matches!(
         resource,
         "core/events" | "coordination.k8s.io/leases" | "events.k8s.io/events"
     )
+}
+
+/// The owner references of a dependent: from the view for pods and the kinds it holds (no
+/// read per pod of a large owner), from the store for the rest. `None` once it is gone.
+fn owners_of(
+    ctx: &Context,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Vec<view::OwnerRef>>, ApiError> {
+    if resource == "core/pods" {
+        let key = (namespace.to_owned(), name.to_owned());
+        return Ok(ctx.view().pods.get(&key).map(|p| p.owners.clone()));
+    }
+    if CACHED.contains(&resource) {
+        return Ok(ctx
+            .view()
+            .get(resource, namespace, name)
+            .map(|o| view::owner_refs(o)));
+    }
+    Ok(ctx
+        .get(resource, namespace, name)?
+        .map(|o| view::owner_refs(&o)))
 }
 
 impl GarbageCollector {
@@ -181,15 +195,13 @@ impl Reconciler for GarbageCollector {
         };
         let dependents = self.dependents(ctx, namespace, uid)?;
         for (resource, (ns, name)) in &dependents {
-            // Read afresh: the view keeps no owner references of pods or of kinds it does
-            // not cache.
-            let Some(object) = ctx.get(resource, ns, name)? else {
+            let Some(owners) = owners_of(ctx, resource, ns, name)? else {
                 continue;
             };
             // A dependent with another live owner only loses the reference to this one.
             let other_owner_alive = {
                 let view = ctx.view();
-                view::owner_refs(&object)
+                owners
                     .iter()
                     .any(|r| r.uid != *uid && view.owner_exists(ns, r) != Some(false))
             };
@@ -222,9 +234,11 @@ impl Reconciler for GarbageCollector {
             // waits only for references with blockOwnerDeletion).
             let mut blocked = false;
             for (resource, (ns, name)) in self.dependents(ctx, namespace, uid)? {
-                blocked |= ctx
-                    .get(&resource, &ns, &name)?
-                    .is_some_and(|dependent| blocks(&dependent, uid));
+                blocked |= owners_of(ctx, &resource, &ns, &name)?.is_some_and(|owners| {
+                    owners
+                        .iter()
+                        .any(|r| r.uid == *uid && r.block_owner_deletion)
+                });
             }
             if !blocked {
                 let (ns, name) = key_of(&object);

@@ -90,7 +90,7 @@ impl Reconciler for JobController {
         } else {
             let wanted = match completions {
                 Some(c) => parallelism.min(c - succeeded),
-                // A work queue: after the first success, whatever runs finishes; nothing new starts.
+                // A work queue: after the first success what runs may finish, nothing starts.
                 None if succeeded > 0 => active.len() as i64,
                 None => parallelism,
             }
