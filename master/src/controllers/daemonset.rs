@@ -506,6 +506,31 @@ mod tests {
     }
 
     #[test]
+    fn a_daemon_stays_on_an_unreachable_node_and_none_is_added_there() {
+        let cluster = TestCluster::new();
+        node(&cluster, "pi-1", "ssd", json!({}));
+        cluster.create("apps/daemonsets", daemon_set());
+        let controller = DaemonSetController;
+        cluster.reconcile(&controller, &key("logs"));
+        run_all(&cluster);
+        // What the node lifecycle controller puts on a node that stopped reporting.
+        let unreachable = json!([
+            {"key": super::super::nodes::UNREACHABLE, "effect": "NoSchedule"},
+            {"key": super::super::nodes::UNREACHABLE, "effect": "NoExecute"},
+        ]);
+        cluster.update("core/nodes", &node_key("pi-1"), |n| {
+            n["spec"]["taints"] = unreachable.clone()
+        });
+        node(&cluster, "pi-2", "ssd", json!({"taints": unreachable}));
+        cluster.reconcile(&controller, &key("logs"));
+        assert_eq!(
+            nodes_of(&cluster),
+            ["pi-1"],
+            "kept on pi-1, none started on pi-2"
+        );
+    }
+
+    #[test]
     fn a_failed_daemon_is_deleted_and_replaced() {
         let cluster = TestCluster::new();
         node(&cluster, "pi-1", "ssd", json!({}));
