@@ -347,7 +347,10 @@ pub fn apply_defaults(group: &str, kind: &str, object: &mut Value) {
         }
         ("batch", "Job") => {
             let spec = child(object, "spec");
-            set_default(spec, "completions", json!(1));
+            // Upstream: a Job with parallelism but no completions is a work queue.
+            if spec["parallelism"].is_null() {
+                set_default(spec, "completions", json!(1));
+            }
             set_default(spec, "parallelism", json!(1));
             set_default(spec, "backoffLimit", json!(6));
             set_default(spec, "completionMode", json!("NonIndexed"));

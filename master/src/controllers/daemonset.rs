@@ -3,10 +3,12 @@
 //! Pods are placed by the controller itself (`spec.nodeName`), as DaemonSets did before the
 //! default scheduler took them over upstream: a Pi cluster has few nodes, and a daemon must run
 //! on a node even when the scheduler would call it full. Eligibility follows nodeSelector,
-//! required node affinity and NoSchedule/NoExecute taints; DaemonSet pods tolerate the node
-//! condition taints, so they stay on a node that is merely unreachable.
+//! required node affinity and NoSchedule/NoExecute taints; a daemon already running stays
+//! through a new NoSchedule taint, only NoExecute evicts it. DaemonSet pods tolerate the node
+//! condition taints, so they stay on a node that is merely unreachable. A replacement waits
+//! until the daemon before it has terminated; failed daemons are deleted and replaced.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -40,7 +42,10 @@ fn daemon_tolerations() -> Vec<Value> {
     tolerations
 }
 
-fn eligible(template: &Value, node: &Value) -> bool {
+/// Whether a daemon should start on `node`, and whether one already there may stay: a
+/// NoSchedule taint keeps new daemons off a node without evicting the one running (upstream's
+/// shouldRun and shouldContinueRunning).
+fn placement(template: &Value, node: &Value) -> (bool, bool) {
     let labels = node["metadata"]["labels"]
         .as_object()
         .cloned()
@@ -59,17 +64,23 @@ fn eligible(template: &Value, node: &Value) -> bool {
             .iter()
             .any(|t| super::scheduler::node_term_matches(t, name, &labels))
     });
+    if !selector_ok || !affinity_ok {
+        return (false, false);
+    }
     let mut tolerations = Toleration::of_spec(&template["spec"]);
     tolerations.extend(Toleration::of_spec(
         &json!({"tolerations": daemon_tolerations()}),
     ));
-    let taints_ok = node["spec"]["taints"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|t| t["effect"] == "NoSchedule" || t["effect"] == "NoExecute")
-        .all(|t| tolerations.iter().any(|tol| tol.tolerates(t)));
-    selector_ok && affinity_ok && taints_ok
+    let untolerated = |effect: &str| {
+        node["spec"]["taints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["effect"] == effect)
+            .any(|t| !tolerations.iter().any(|tol| tol.tolerates(t)))
+    };
+    let may_stay = !untolerated("NoExecute");
+    (may_stay && !untolerated("NoSchedule"), may_stay)
 }
 
 impl Reconciler for DaemonSetController {
@@ -104,11 +115,23 @@ impl Reconciler for DaemonSetController {
         let owned = claim_pods(ctx, &set, &selector_of(&set))?;
         let nodes: Vec<Arc<Value>> = ctx.view().list("core/nodes").cloned().collect();
         let mut by_node: HashMap<String, Vec<Arc<PodInfo>>> = HashMap::new();
-        for pod in owned.iter().filter(|p| p.is_active()) {
-            by_node
-                .entry(pod.node.clone())
-                .or_default()
-                .push(pod.clone());
+        // Nodes where a daemon is still terminating: its successor waits for it, as upstream's
+        // does (two daemons on a node would contend for its host ports).
+        let mut terminating: HashSet<&str> = HashSet::new();
+        let mut failed: Vec<&Arc<PodInfo>> = Vec::new();
+        for pod in &owned {
+            if pod.is_active() {
+                by_node
+                    .entry(pod.node.clone())
+                    .or_default()
+                    .push(pod.clone());
+            } else if pod.deleting {
+                if pod.phase != "Succeeded" && pod.phase != "Failed" {
+                    terminating.insert(&pod.node);
+                }
+            } else if pod.phase == "Failed" {
+                failed.push(pod);
+            }
         }
         let min_ready = set["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
         let now = now_seconds();
@@ -119,15 +142,33 @@ impl Reconciler for DaemonSetController {
         for node in &nodes {
             let name = str_of(&node["metadata"]["name"]);
             let pods = by_node.remove(&name).unwrap_or_default();
-            if !eligible(template, node) {
+            for pod in failed.iter().filter(|p| p.node == name) {
+                ctx.event(
+                    &set,
+                    "Warning",
+                    "FailedDaemonPod",
+                    &format!(
+                        "Found failed daemon pod {}/{} on node {name}, will try to kill it",
+                        pod.namespace, pod.name
+                    ),
+                );
+                ctx.delete_pod(pod)?;
+            }
+            let (should_run, may_stay) = placement(template, node);
+            if !should_run {
                 misscheduled += i64::from(!pods.is_empty());
-                for pod in pods {
-                    ctx.delete_pod(&pod)?;
+                if !may_stay {
+                    for pod in pods {
+                        ctx.delete_pod(&pod)?;
+                    }
                 }
                 continue;
             }
             desired += 1;
             if pods.is_empty() {
+                if terminating.contains(name.as_str()) {
+                    continue;
+                }
                 let mut pod = pod_from_template(&set, template, &key.1);
                 pod["metadata"]["labels"][HASH_LABEL] = json!(hash);
                 pod["spec"]["nodeName"] = json!(name);
@@ -205,5 +246,368 @@ impl Reconciler for DaemonSetController {
             Err(e) if e.code == 404 => Ok(Action::Done),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::controllers::testing::{key, pod_spec, seconds_ago, TestCluster};
+
+    fn node(cluster: &TestCluster, name: &str, disk: &str, spec: Value) {
+        cluster.create(
+            "core/nodes",
+            json!({
+                "metadata": {"name": name, "labels": {"disk": disk}},
+                "spec": spec,
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+            }),
+        );
+    }
+
+    fn node_key(name: &str) -> Key {
+        (String::new(), name.to_owned())
+    }
+
+    fn daemon_set() -> Value {
+        json!({
+            "metadata": {"name": "logs", "namespace": "default"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "logs"}},
+                "template": {
+                    "metadata": {"labels": {"app": "logs"}},
+                    "spec": {
+                        "nodeSelector": {"disk": "ssd"},
+                        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}],
+                        "containers": pod_spec()["containers"],
+                    },
+                },
+            },
+        })
+    }
+
+    /// Node name → live daemon pod on it.
+    fn daemons(cluster: &TestCluster) -> BTreeMap<String, Value> {
+        cluster
+            .live_pods()
+            .into_iter()
+            .map(|p| (str_of(&p["spec"]["nodeName"]), p))
+            .collect()
+    }
+
+    fn nodes_of(cluster: &TestCluster) -> Vec<String> {
+        daemons(cluster).into_keys().collect()
+    }
+
+    fn ds_status(cluster: &TestCluster) -> Value {
+        cluster.get("apps/daemonsets", &key("logs")).unwrap()["status"].clone()
+    }
+
+    fn taint(cluster: &TestCluster, node: &str, taint: Value) {
+        cluster.update("core/nodes", &node_key(node), |n| {
+            n["spec"]["taints"] = json!([taint])
+        });
+    }
+
+    fn run_all(cluster: &TestCluster) {
+        for (i, (node, pod)) in daemons(cluster).into_iter().enumerate() {
+            let key = key(pod["metadata"]["name"].as_str().unwrap());
+            cluster.set_pod_status(
+                &key,
+                "Running",
+                &format!("10.42.{i}.2"),
+                Some(&seconds_ago(60)),
+            );
+            assert!(!node.is_empty());
+        }
+    }
+
+    #[test]
+    fn one_daemon_on_each_node_its_selector_and_tolerations_allow() {
+        let cluster = TestCluster::new();
+        node(&cluster, "pi-1", "ssd", json!({}));
+        node(
+            &cluster,
+            "pi-2",
+            "ssd",
+            json!({"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}),
+        );
+        node(&cluster, "pi-3", "hdd", json!({}));
+        node(
+            &cluster,
+            "pi-4",
+            "ssd",
+            json!({"unschedulable": true,
+            "taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]}),
+        );
+        node(
+            &cluster,
+            "pi-5",
+            "ssd",
+            json!({"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}),
+        );
+        node(
+            &cluster,
+            "pi-6",
+            "ssd",
+            json!({"taints": [{"key": "maintenance", "effect": "NoExecute"}]}),
+        );
+        let ds = cluster.create("apps/daemonsets", daemon_set());
+        let controller = DaemonSetController;
+
+        assert_eq!(cluster.reconcile(&controller, &key("logs")), Action::Done);
+        assert_eq!(
+            nodes_of(&cluster),
+            ["pi-1", "pi-2", "pi-4"],
+            "pi-3: selector; pi-5: NoSchedule taint; pi-6: NoExecute taint; cordoned pi-4 is fine"
+        );
+        let hash = template_hash(&ds["spec"]["template"], 0);
+        for pod in daemons(&cluster).values() {
+            assert_eq!(pod["metadata"]["generateName"], "logs-");
+            assert_eq!(
+                pod["metadata"]["labels"],
+                json!({"app": "logs", HASH_LABEL: hash})
+            );
+            assert_eq!(
+                pod["metadata"]["ownerReferences"][0]["uid"],
+                ds["metadata"]["uid"]
+            );
+            assert_eq!(pod["metadata"]["ownerReferences"][0]["controller"], true);
+            let tolerations = pod["spec"]["tolerations"].as_array().unwrap();
+            for expected in daemon_tolerations() {
+                assert!(
+                    tolerations.contains(&expected),
+                    "{expected} in {tolerations:?}"
+                );
+            }
+        }
+        assert_eq!(
+            cluster
+                .events_about("logs")
+                .iter()
+                .filter(|(reason, _)| reason == "SuccessfulCreate")
+                .count(),
+            3
+        );
+
+        cluster.reconcile(&controller, &key("logs"));
+        assert_eq!(
+            nodes_of(&cluster),
+            ["pi-1", "pi-2", "pi-4"],
+            "no second daemon"
+        );
+        assert_eq!(
+            ds_status(&cluster),
+            json!({
+                "currentNumberScheduled": 3, "numberMisscheduled": 0, "desiredNumberScheduled": 3,
+                "numberReady": 0, "observedGeneration": 1, "updatedNumberScheduled": 3,
+                "numberAvailable": 0, "numberUnavailable": 3,
+            })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_and_available_daemons_are_counted() {
+        let cluster = TestCluster::new();
+        node(&cluster, "pi-1", "ssd", json!({}));
+        node(&cluster, "pi-2", "ssd", json!({}));
+        node(&cluster, "pi-3", "ssd", json!({}));
+        let mut ds = daemon_set();
+        ds["spec"]["minReadySeconds"] = json!(30);
+        cluster.create("apps/daemonsets", ds);
+        let controller = DaemonSetController;
+        cluster.reconcile(&controller, &key("logs"));
+        let pods = daemons(&cluster);
+        let name = |node: &str| key(pods[node]["metadata"]["name"].as_str().unwrap());
+        cluster.set_pod_status(
+            &name("pi-1"),
+            "Running",
+            "10.42.1.2",
+            Some(&seconds_ago(30)),
+        );
+        cluster.set_pod_status(&name("pi-2"), "Running", "10.42.2.2", Some(&seconds_ago(5)));
+        cluster.set_pod_status(&name("pi-3"), "Running", "10.42.3.2", None);
+
+        cluster.reconcile(&controller, &key("logs"));
+        let status = ds_status(&cluster);
+        assert_eq!(status["desiredNumberScheduled"], 3);
+        assert_eq!(status["currentNumberScheduled"], 3);
+        assert_eq!(status["numberReady"], 2);
+        assert_eq!(status["numberAvailable"], 1);
+        assert_eq!(status["numberUnavailable"], 2);
+
+        tokio::time::advance(Duration::from_secs(25)).await;
+        cluster.reconcile(&controller, &key("logs"));
+        assert_eq!(ds_status(&cluster)["numberAvailable"], 2);
+    }
+
+    #[test]
+    fn daemons_leave_nodes_that_stop_matching_and_follow_new_ones() {
+        let cluster = TestCluster::new();
+        node(&cluster, "pi-1", "ssd", json!({}));
+        node(&cluster, "pi-2", "ssd", json!({}));
+        cluster.create("apps/daemonsets", daemon_set());
+        let controller = DaemonSetController;
+        cluster.reconcile(&controller, &key("logs"));
+        run_all(&cluster);
+        assert_eq!(nodes_of(&cluster), ["pi-1", "pi-2"]);
+
+        cluster.update("core/nodes", &node_key("pi-1"), |n| {
+            n["metadata"]["labels"]["disk"] = json!("hdd")
+        });
+        assert_eq!(cluster.queued(&controller), [key("logs")], "a node change");
+        cluster.reconcile(&controller, &key("logs"));
+        assert_eq!(nodes_of(&cluster), ["pi-2"]);
+        let status = ds_status(&cluster);
+        assert_eq!(status["desiredNumberScheduled"], 1);
+        assert_eq!(status["currentNumberScheduled"], 1);
+        assert_eq!(status["numberMisscheduled"], 1, "counted as it was found");
+
+        node(&cluster, "pi-3", "ssd", json!({}));
+        assert_eq!(cluster.queued(&controller), [key("logs")]);
+        cluster.reconcile(&controller, &key("logs"));
+        assert_eq!(nodes_of(&cluster), ["pi-2", "pi-3"]);
+    }
+
+    #[test]
+    fn a_running_daemon_stays_through_a_no_schedule_taint_but_not_a_no_execute_one() {
+        let cluster = TestCluster::new();
+        node(&cluster, "pi-1", "ssd", json!({}));
+        cluster.create("apps/daemonsets", daemon_set());
+        let controller = DaemonSetController;
+        cluster.reconcile(&controller, &key("logs"));
+        run_all(&cluster);
+
+        taint(
+            &cluster,
+            "pi-1",
+            json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"}),
+        );
+        cluster.reconcile(&controller, &key("logs"));
+        assert_eq!(
+            nodes_of(&cluster),
+            ["pi-1"],
+            "NoSchedule keeps new pods off, no more"
+        );
+        let status = ds_status(&cluster);
+        assert_eq!(status["desiredNumberScheduled"], 0);
+        assert_eq!(status["numberMisscheduled"], 1);
+
+        taint(
+            &cluster,
+            "pi-1",
+            json!({"key": "dedicated", "value": "db", "effect": "NoExecute"}),
+        );
+        cluster.reconcile(&controller, &key("logs"));
+        assert!(nodes_of(&cluster).is_empty(), "NoExecute evicts");
+    }
+
+    #[test]
+    fn a_daemon_stays_on_an_unreachable_node_and_none_is_added_there() {
+        let cluster = TestCluster::new();
+        node(&cluster, "pi-1", "ssd", json!({}));
+        cluster.create("apps/daemonsets", daemon_set());
+        let controller = DaemonSetController;
+        cluster.reconcile(&controller, &key("logs"));
+        run_all(&cluster);
+        // What the node lifecycle controller puts on a node that stopped reporting.
+        let unreachable = json!([
+            {"key": super::super::nodes::UNREACHABLE, "effect": "NoSchedule"},
+            {"key": super::super::nodes::UNREACHABLE, "effect": "NoExecute"},
+        ]);
+        cluster.update("core/nodes", &node_key("pi-1"), |n| {
+            n["spec"]["taints"] = unreachable.clone()
+        });
+        node(&cluster, "pi-2", "ssd", json!({"taints": unreachable}));
+        cluster.reconcile(&controller, &key("logs"));
+        assert_eq!(
+            nodes_of(&cluster),
+            ["pi-1"],
+            "kept on pi-1, none started on pi-2"
+        );
+    }
+
+    #[test]
+    fn a_failed_daemon_is_deleted_and_replaced() {
+        let cluster = TestCluster::new();
+        node(&cluster, "pi-1", "ssd", json!({}));
+        cluster.create("apps/daemonsets", daemon_set());
+        let controller = DaemonSetController;
+        cluster.reconcile(&controller, &key("logs"));
+        let failed = daemons(&cluster)["pi-1"]["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        cluster.set_pod_status(&key(&failed), "Failed", "", None);
+
+        cluster.reconcile(&controller, &key("logs"));
+        assert!(cluster.get("core/pods", &key(&failed)).is_none(), "deleted");
+        let pods = daemons(&cluster);
+        assert_eq!(pods.len(), 1);
+        assert_ne!(
+            pods["pi-1"]["metadata"]["name"],
+            failed.as_str(),
+            "a new one"
+        );
+        assert!(cluster.events_about("logs").contains(&(
+            "FailedDaemonPod".to_owned(),
+            format!("Found failed daemon pod default/{failed} on node pi-1, will try to kill it"),
+        )));
+    }
+
+    #[test]
+    fn a_template_change_replaces_one_daemon_at_a_time() {
+        let cluster = TestCluster::new();
+        node(&cluster, "pi-1", "ssd", json!({}));
+        node(&cluster, "pi-2", "ssd", json!({}));
+        cluster.create("apps/daemonsets", daemon_set());
+        let controller = DaemonSetController;
+        cluster.reconcile(&controller, &key("logs"));
+        run_all(&cluster);
+        let old = daemons(&cluster);
+        let ds = cluster.update("apps/daemonsets", &key("logs"), |ds| {
+            ds["spec"]["template"]["spec"]["containers"][0]["image"] = json!("registry.local/app:2")
+        });
+        let new_hash = template_hash(&ds["spec"]["template"], 0);
+
+        cluster.reconcile(&controller, &key("logs"));
+        let status = ds_status(&cluster);
+        assert_eq!(status["updatedNumberScheduled"], 0);
+        assert_eq!(status["observedGeneration"], 2);
+        let replaced: Vec<&String> = old
+            .iter()
+            .filter(|(_, pod)| {
+                let key = key(pod["metadata"]["name"].as_str().unwrap());
+                !cluster.get("core/pods", &key).unwrap()["metadata"]["deletionTimestamp"].is_null()
+            })
+            .map(|(node, _)| node)
+            .collect();
+        assert_eq!(replaced.len(), 1, "maxUnavailable 1: {replaced:?}");
+
+        cluster.reconcile(&controller, &key("logs"));
+        assert_eq!(
+            nodes_of(&cluster).len(),
+            1,
+            "no new daemon beside one still terminating"
+        );
+        let terminating = old[replaced[0]]["metadata"]["name"].as_str().unwrap();
+        cluster.delete(
+            "core/pods",
+            &key(terminating),
+            &crate::api::objects::DeleteOptions {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        );
+        cluster.reconcile(&controller, &key("logs"));
+        let now = daemons(&cluster);
+        assert_eq!(now.len(), 2);
+        assert_eq!(
+            now[replaced[0]]["metadata"]["labels"][HASH_LABEL],
+            new_hash.as_str()
+        );
     }
 }

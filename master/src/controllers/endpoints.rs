@@ -3,6 +3,8 @@
 //! Both forms are written: Endpoints for older clients, EndpointSlices (one per set of
 //! resolved ports, named after the service) for kubectl's `describe service` and newer
 //! proxies. Slices are owned by their Service, so the garbage collector removes them with it.
+//! As upstream, a terminating pod leaves the Endpoints but stays in its slice, marked
+//! `terminating` (and `serving` while still ready), until it is gone.
 
 use std::collections::BTreeMap;
 
@@ -72,6 +74,10 @@ pub fn subsets(service: &Value, pods: &[&PodInfo]) -> Value {
     let service_name = service["metadata"]["name"].as_str().unwrap_or_default();
     for pod in pods {
         let resolved = resolve_ports(&ports, pod);
+        if resolved.is_empty() && !ports.is_empty() {
+            // It serves none of the service's ports (a named port it lacks): no address.
+            continue;
+        }
         let mut address = json!({
             "ip": pod.ip,
             "nodeName": pod.node,
@@ -134,10 +140,11 @@ pub fn slices(service: &Value, pods: &[&PodInfo]) -> Vec<Value> {
     let mut groups: BTreeMap<PortSet, Vec<Value>> = BTreeMap::new();
     for pod in pods {
         let resolved = resolve_ports(&ports, pod);
-        let ready = pod.ready || publish_not_ready;
+        // Upstream: never ready while terminating, unless not-ready addresses are published.
+        let ready = publish_not_ready || (pod.ready && !pod.deleting);
         let mut endpoint = json!({
             "addresses": [pod.ip],
-            "conditions": {"ready": ready, "serving": pod.ready, "terminating": false},
+            "conditions": {"ready": ready, "serving": pod.ready, "terminating": pod.deleting},
             "nodeName": pod.node,
             "targetRef": {"kind": "Pod", "namespace": pod.namespace, "name": pod.name, "uid": pod.uid},
         });
@@ -287,15 +294,23 @@ impl Reconciler for EndpointsController {
         let Some(selector) = service_selector(&service) else {
             return Ok(Action::Done);
         };
+        let publish_not_ready = service["spec"]["publishNotReadyAddresses"] == true;
         let (subsets, slices) = {
             let view = ctx.view();
+            let finished = |p: &PodInfo| p.phase == "Succeeded" || p.phase == "Failed";
             let mut pods: Vec<&PodInfo> = view
                 .pods_in(&key.0)
-                .filter(|p| !p.ip.is_empty() && p.is_active() && selector.matches_map(&p.labels))
+                .filter(|p| !p.ip.is_empty() && !finished(p) && selector.matches_map(&p.labels))
                 .map(|p| p.as_ref())
                 .collect();
             pods.sort_by(|a, b| a.ip.cmp(&b.ip).then(a.name.cmp(&b.name)));
-            (subsets(&service, &pods), slices(&service, &pods))
+            // Terminating pods stay in the slices, marked so; Endpoints leave them out.
+            let addressed: Vec<&PodInfo> = pods
+                .iter()
+                .copied()
+                .filter(|p| !p.deleting || publish_not_ready)
+                .collect();
+            (subsets(&service, &addressed), slices(&service, &pods))
         };
         self.write_slices(ctx, &key.0, &key.1, slices)?;
         let mut labels = service["metadata"]["labels"]
@@ -329,5 +344,276 @@ impl Reconciler for EndpointsController {
             }
         }
         Ok(Action::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::testing::{key, seconds_ago, TestCluster};
+
+    /// A pod labelled app=web serving metrics on 9100 and, if given, "http" on `http`.
+    fn server(name: &str, app: &str, http: Option<i64>) -> Value {
+        let mut ports = vec![json!({"name": "metrics", "containerPort": 9100})];
+        if let Some(port) = http {
+            ports.push(json!({"name": "http", "containerPort": port}));
+        }
+        json!({
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+            "spec": {"containers": [{"name": "app", "image": "registry.local/app:1", "ports": ports}]},
+        })
+    }
+
+    fn service(name: &str, ports: Value) -> Value {
+        json!({
+            "metadata": {"name": name, "namespace": "default", "labels": {"team": "a"}},
+            "spec": {"selector": {"app": "web"}, "ports": ports},
+        })
+    }
+
+    fn web_ports() -> Value {
+        json!([{"name": "http", "port": 80, "targetPort": "http"},
+               {"name": "metrics", "port": 9000, "targetPort": 9100}])
+    }
+
+    /// Creates a pod and does what the scheduler and its node would: bound to pi-1 at `ip`.
+    fn running(cluster: &TestCluster, pod: Value, ip: &str, ready: bool) -> Value {
+        let created = cluster.create("core/pods", pod);
+        let since = seconds_ago(60);
+        cluster.run_pod(
+            &key_of(&created),
+            "pi-1",
+            ip,
+            ready.then_some(since.as_str()),
+        )
+    }
+
+    fn address(pod: &Value) -> Value {
+        json!({
+            "ip": pod["status"]["podIP"], "nodeName": "pi-1",
+            "targetRef": {"kind": "Pod", "namespace": "default", "name": pod["metadata"]["name"],
+                          "uid": pod["metadata"]["uid"]},
+        })
+    }
+
+    fn endpoint(pod: &Value, ready: bool, serving: bool, terminating: bool) -> Value {
+        json!({
+            "addresses": [pod["status"]["podIP"]],
+            "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+            "nodeName": "pi-1",
+            "targetRef": {"kind": "Pod", "namespace": "default", "name": pod["metadata"]["name"],
+                          "uid": pod["metadata"]["uid"]},
+        })
+    }
+
+    fn ports(http: Option<i64>) -> Value {
+        let mut ports = Vec::new();
+        if let Some(port) = http {
+            ports.push(json!({"name": "http", "port": port, "protocol": "TCP"}));
+        }
+        ports.push(json!({"name": "metrics", "port": 9100, "protocol": "TCP"}));
+        json!(ports)
+    }
+
+    fn subsets_of(cluster: &TestCluster, name: &str) -> Value {
+        cluster
+            .get("core/endpoints", &key(name))
+            .expect("endpoints")["subsets"]
+            .clone()
+    }
+
+    /// Slice name → (ports, endpoints).
+    fn slices_of(cluster: &TestCluster) -> BTreeMap<String, (Value, Value)> {
+        cluster
+            .list("discovery.k8s.io/endpointslices", "default")
+            .into_iter()
+            .map(|s| {
+                (
+                    s["metadata"]["name"].as_str().unwrap().to_owned(),
+                    (s["ports"].clone(), s["endpoints"].clone()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ready_and_not_ready_pods_are_published_per_resolved_port() {
+        let cluster = TestCluster::new();
+        let a = running(&cluster, server("a", "web", Some(8080)), "10.42.0.2", true);
+        let b = running(&cluster, server("b", "web", Some(8080)), "10.42.0.3", false);
+        let c = running(&cluster, server("c", "web", Some(8081)), "10.42.0.4", true);
+        let h = running(&cluster, server("h", "web", None), "10.42.0.9", true);
+        cluster.create("core/pods", server("unplaced", "web", Some(8080)));
+        running(&cluster, server("db", "db", Some(8080)), "10.42.0.7", true);
+        let done = running(
+            &cluster,
+            server("done", "web", Some(8080)),
+            "10.42.0.8",
+            false,
+        );
+        cluster.set_pod_status(&key_of(&done), "Succeeded", "10.42.0.8", None);
+        let e = running(&cluster, server("e", "web", Some(8080)), "10.42.0.6", true);
+        cluster.delete("core/pods", &key("e"), &Default::default());
+        let svc = cluster.create("core/services", service("web", web_ports()));
+        let controller = EndpointsController;
+
+        assert_eq!(cluster.reconcile(&controller, &key("web")), Action::Done);
+        let endpoints = cluster.get("core/endpoints", &key("web")).unwrap();
+        assert_eq!(
+            endpoints["metadata"]["labels"],
+            json!({"team": "a", "endpoints.bramble.dev/managed": "true"})
+        );
+        assert_eq!(
+            endpoints["subsets"],
+            json!([
+                {"addresses": [address(&a)], "notReadyAddresses": [address(&b)], "ports": ports(Some(8080))},
+                {"addresses": [address(&c)], "ports": ports(Some(8081))},
+                {"addresses": [address(&h)], "ports": ports(None)},
+            ]),
+            "no unplaced, unmatched, finished or terminating pods"
+        );
+
+        let slices = cluster.list("discovery.k8s.io/endpointslices", "default");
+        for slice in &slices {
+            assert_eq!(
+                slice["metadata"]["labels"],
+                json!({SERVICE_NAME_LABEL: "web", MANAGED_BY_LABEL: MANAGED_BY})
+            );
+            assert_eq!(
+                slice["metadata"]["ownerReferences"][0]["uid"],
+                svc["metadata"]["uid"]
+            );
+            assert_eq!(slice["addressType"], "IPv4");
+        }
+        let e = cluster.get("core/pods", &key_of(&e)).unwrap();
+        assert_eq!(
+            slices_of(&cluster),
+            BTreeMap::from([
+                (
+                    "web".to_owned(),
+                    (
+                        ports(Some(8080)),
+                        json!([
+                            endpoint(&a, true, true, false),
+                            endpoint(&b, false, false, false),
+                            endpoint(&e, false, true, true),
+                        ])
+                    )
+                ),
+                (
+                    "web-1".to_owned(),
+                    (ports(Some(8081)), json!([endpoint(&c, true, true, false)]))
+                ),
+                (
+                    "web-2".to_owned(),
+                    (ports(None), json!([endpoint(&h, true, true, false)]))
+                ),
+            ]),
+            "a terminating pod stays in its slice, marked so"
+        );
+    }
+
+    #[test]
+    fn endpoints_and_slices_follow_the_pods_and_go_with_the_service() {
+        let cluster = TestCluster::new();
+        let a = running(&cluster, server("a", "web", Some(8080)), "10.42.0.2", true);
+        let b = running(&cluster, server("b", "web", Some(8080)), "10.42.0.3", false);
+        running(&cluster, server("c", "web", Some(8081)), "10.42.0.4", true);
+        cluster.create("core/services", service("web", web_ports()));
+        let controller = EndpointsController;
+        cluster.reconcile(&controller, &key("web"));
+        assert_eq!(slices_of(&cluster).len(), 2);
+
+        let b = cluster.set_pod_status(&key_of(&b), "Running", "10.42.0.3", Some(&seconds_ago(0)));
+        cluster.delete(
+            "core/pods",
+            &key("c"),
+            &crate::api::objects::DeleteOptions {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            cluster.queued(&controller),
+            [key("web")],
+            "pod changes reach the service"
+        );
+        cluster.reconcile(&controller, &key("web"));
+        assert_eq!(
+            subsets_of(&cluster, "web"),
+            json!([{"addresses": [address(&a), address(&b)], "ports": ports(Some(8080))}])
+        );
+        assert_eq!(
+            slices_of(&cluster),
+            BTreeMap::from([(
+                "web".to_owned(),
+                (
+                    ports(Some(8080)),
+                    json!([
+                        endpoint(&a, true, true, false),
+                        endpoint(&b, true, true, false)
+                    ])
+                )
+            )]),
+            "the slice for c's ports is gone"
+        );
+
+        cluster.delete("core/services", &key("web"), &Default::default());
+        assert_eq!(cluster.queued(&controller), [key("web")]);
+        cluster.reconcile(&controller, &key("web"));
+        assert!(cluster.get("core/endpoints", &key("web")).is_none());
+    }
+
+    #[test]
+    fn a_pod_serving_none_of_the_ports_is_no_address() {
+        let cluster = TestCluster::new();
+        let a = running(&cluster, server("a", "web", Some(8080)), "10.42.0.2", true);
+        let h = running(&cluster, server("h", "web", None), "10.42.0.9", true);
+        cluster.create(
+            "core/services",
+            service(
+                "api",
+                json!([{"name": "http", "port": 80, "targetPort": "http"}]),
+            ),
+        );
+        cluster.reconcile(&EndpointsController, &key("api"));
+        assert_eq!(
+            subsets_of(&cluster, "api"),
+            json!([{"addresses": [address(&a)], "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}]),
+            "h has no port named http"
+        );
+        let slices: Vec<(Value, Value)> = slices_of(&cluster).into_values().collect();
+        assert!(
+            slices.contains(&(json!([]), json!([endpoint(&h, true, true, false)]))),
+            "upstream's slices keep it, with no ports: {slices:?}"
+        );
+    }
+
+    #[test]
+    fn publishing_not_ready_addresses_makes_every_pod_ready() {
+        let cluster = TestCluster::new();
+        let a = running(&cluster, server("a", "web", Some(8080)), "10.42.0.2", false);
+        let e = running(&cluster, server("e", "web", Some(8080)), "10.42.0.6", true);
+        cluster.delete("core/pods", &key("e"), &Default::default());
+        let mut svc = service(
+            "web",
+            json!([{"name": "http", "port": 80, "targetPort": "http"}]),
+        );
+        svc["spec"]["publishNotReadyAddresses"] = json!(true);
+        cluster.create("core/services", svc);
+        cluster.reconcile(&EndpointsController, &key("web"));
+        assert_eq!(
+            subsets_of(&cluster, "web"),
+            json!([{"addresses": [address(&a), address(&e)], "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}]),
+            "terminating pods too, as upstream"
+        );
+        let e = cluster.get("core/pods", &key("e")).unwrap();
+        assert_eq!(
+            slices_of(&cluster)["web"].1,
+            json!([
+                endpoint(&a, true, false, false),
+                endpoint(&e, true, true, true)
+            ])
+        );
     }
 }

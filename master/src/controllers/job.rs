@@ -90,7 +90,8 @@ impl Reconciler for JobController {
         } else {
             let wanted = match completions {
                 Some(c) => parallelism.min(c - succeeded),
-                None if succeeded > 0 => 0,
+                // A work queue: after the first success what runs may finish, nothing starts.
+                None if succeeded > 0 => active.len() as i64,
                 None => parallelism,
             }
             .max(0) as usize;
@@ -183,5 +184,253 @@ impl Reconciler for JobController {
             )));
         }
         Ok(Action::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::testing::{key, pod_spec, seconds_ago, TestCluster};
+
+    fn job(spec: Value) -> Value {
+        let mut job = json!({
+            "metadata": {"name": "pi", "namespace": "default"},
+            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": pod_spec()["containers"]}}},
+        });
+        for (field, value) in spec.as_object().unwrap() {
+            job["spec"][field] = value.clone();
+        }
+        job
+    }
+
+    fn live_pods(cluster: &TestCluster) -> Vec<Key> {
+        cluster.live_pods().iter().map(key_of).collect()
+    }
+
+    fn job_now(cluster: &TestCluster) -> Value {
+        cluster.get("batch/jobs", &key("pi")).unwrap()
+    }
+
+    fn finish(cluster: &TestCluster, pod: &Key, phase: &str) {
+        cluster.set_pod_status(pod, phase, "", None);
+    }
+
+    fn condition_of(job: &Value, kind: &str) -> (String, String, String) {
+        let c = condition(job, kind).unwrap_or_else(|| panic!("no {kind} condition: {job}"));
+        let text = |field: &str| c[field].as_str().unwrap_or_default().to_owned();
+        (text("status"), text("reason"), text("message"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pods_run_parallelism_at_a_time_until_completions_succeed() {
+        let cluster = TestCluster::new();
+        let created = cluster.create(
+            "batch/jobs",
+            job(json!({"completions": 3, "parallelism": 2})),
+        );
+        let controller = JobController;
+        let started = seconds_ago(0);
+
+        cluster.reconcile(&controller, &key("pi"));
+        let first = live_pods(&cluster);
+        assert_eq!(first.len(), 2, "parallelism");
+        for pod in cluster.live_pods() {
+            assert_eq!(pod["metadata"]["generateName"], "pi-");
+            assert_eq!(
+                pod["metadata"]["ownerReferences"][0]["uid"],
+                created["metadata"]["uid"]
+            );
+            assert_eq!(pod["metadata"]["labels"]["job-name"], "pi");
+        }
+        let status = job_now(&cluster)["status"].clone();
+        assert_eq!(status["active"], 2);
+        assert_eq!(status["startTime"], started.as_str());
+
+        finish(&cluster, &first[0], "Succeeded");
+        cluster.reconcile(&controller, &key("pi"));
+        assert_eq!(live_pods(&cluster).len(), 3, "the finished pod stays");
+        let status = job_now(&cluster)["status"].clone();
+        assert_eq!(
+            (status["active"].clone(), status["succeeded"].clone()),
+            (json!(2), json!(1))
+        );
+
+        let rest: Vec<Key> = live_pods(&cluster)
+            .into_iter()
+            .filter(|p| *p != first[0])
+            .collect();
+        finish(&cluster, &rest[0], "Succeeded");
+        cluster.reconcile(&controller, &key("pi"));
+        assert_eq!(
+            live_pods(&cluster).len(),
+            3,
+            "one more to succeed, and it runs"
+        );
+        assert_eq!(job_now(&cluster)["status"]["active"], 1);
+
+        tokio::time::advance(Duration::from_secs(42)).await;
+        finish(&cluster, &rest[1], "Succeeded");
+        cluster.reconcile(&controller, &key("pi"));
+        let done = job_now(&cluster);
+        assert_eq!(done["status"]["succeeded"], 3);
+        assert!(done["status"].get("active").is_none(), "{done}");
+        assert_eq!(done["status"]["startTime"], started.as_str());
+        assert_eq!(done["status"]["completionTime"], seconds_ago(0).as_str());
+        let reached = (
+            "True".to_owned(),
+            "CompletionsReached".to_owned(),
+            "Reached expected number of succeeded pods".to_owned(),
+        );
+        assert_eq!(condition_of(&done, "SuccessCriteriaMet"), reached);
+        assert_eq!(condition_of(&done, "Complete"), reached);
+        assert!(cluster
+            .events_about("pi")
+            .contains(&("Completed".into(), "Job completed".into())));
+
+        tokio::time::advance(Duration::from_secs(5)).await;
+        cluster.reconcile(&controller, &key("pi"));
+        assert_eq!(live_pods(&cluster).len(), 3, "nothing more runs");
+        assert_eq!(
+            job_now(&cluster)["status"]["completionTime"],
+            done["status"]["completionTime"]
+        );
+    }
+
+    #[test]
+    fn failures_beyond_the_backoff_limit_fail_the_job() {
+        let cluster = TestCluster::new();
+        cluster.create("batch/jobs", job(json!({"backoffLimit": 1})));
+        let controller = JobController;
+        cluster.reconcile(&controller, &key("pi"));
+        let first = live_pods(&cluster);
+        assert_eq!(first.len(), 1);
+
+        finish(&cluster, &first[0], "Failed");
+        cluster.reconcile(&controller, &key("pi"));
+        let second: Vec<Key> = live_pods(&cluster)
+            .into_iter()
+            .filter(|p| *p != first[0])
+            .collect();
+        assert_eq!(second.len(), 1, "one failure of a limit of one: try again");
+        assert!(condition(&job_now(&cluster), "Failed").is_none());
+
+        finish(&cluster, &second[0], "Failed");
+        cluster.reconcile(&controller, &key("pi"));
+        assert_eq!(live_pods(&cluster).len(), 2, "no third try");
+        let failed = job_now(&cluster);
+        assert_eq!(failed["status"]["failed"], 2);
+        assert!(failed["status"].get("active").is_none());
+        let exceeded = (
+            "True".to_owned(),
+            "BackoffLimitExceeded".to_owned(),
+            "Job has reached the specified backoff limit".to_owned(),
+        );
+        assert_eq!(condition_of(&failed, "FailureTarget"), exceeded);
+        assert_eq!(condition_of(&failed, "Failed"), exceeded);
+        assert!(condition(&failed, "Complete").is_none());
+        assert!(cluster.events_about("pi").contains(&(
+            "BackoffLimitExceeded".into(),
+            "Job has reached the specified backoff limit".into()
+        )));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_past_its_active_deadline_fails_and_stops_its_pods() {
+        let cluster = TestCluster::new();
+        cluster.create(
+            "batch/jobs",
+            job(json!({"completions": 4, "parallelism": 2, "activeDeadlineSeconds": 60})),
+        );
+        let controller = JobController;
+        cluster.reconcile(&controller, &key("pi"));
+        let pods = live_pods(&cluster);
+        for (i, pod) in pods.iter().enumerate() {
+            cluster.run_pod(
+                pod,
+                "pi-1",
+                &format!("10.42.0.{}", i + 2),
+                Some(&seconds_ago(0)),
+            );
+        }
+        assert_eq!(
+            cluster.reconcile(&controller, &key("pi")),
+            Action::RequeueAfter(Duration::from_secs(60)),
+            "the deadline passes without any change to see"
+        );
+
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(
+            cluster.reconcile(&controller, &key("pi")),
+            Action::RequeueAfter(Duration::from_secs(1))
+        );
+        assert!(condition(&job_now(&cluster), "Failed").is_none());
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(cluster.reconcile(&controller, &key("pi")), Action::Done);
+        let failed = job_now(&cluster);
+        assert_eq!(
+            condition_of(&failed, "Failed"),
+            (
+                "True".into(),
+                "DeadlineExceeded".into(),
+                "Job was active longer than specified deadline".into()
+            )
+        );
+        assert!(live_pods(&cluster).is_empty(), "its pods are stopped");
+        for pod in &pods {
+            assert_eq!(
+                cluster.get("core/pods", pod).unwrap()["metadata"]["deletionGracePeriodSeconds"],
+                30
+            );
+        }
+    }
+
+    #[test]
+    fn a_work_queue_job_completes_when_one_pod_succeeded_and_the_rest_finished() {
+        let cluster = TestCluster::new();
+        let created = cluster.create("batch/jobs", job(json!({"parallelism": 2})));
+        assert!(
+            created["spec"]["completions"].is_null(),
+            "completions stay unset when parallelism is given: {}",
+            created["spec"]
+        );
+        let controller = JobController;
+        cluster.reconcile(&controller, &key("pi"));
+        let pods = live_pods(&cluster);
+        assert_eq!(pods.len(), 2);
+
+        finish(&cluster, &pods[0], "Succeeded");
+        cluster.reconcile(&controller, &key("pi"));
+        assert_eq!(
+            live_pods(&cluster),
+            pods,
+            "no new worker; the other keeps running"
+        );
+        assert!(condition(&job_now(&cluster), "Complete").is_none());
+        assert_eq!(job_now(&cluster)["status"]["active"], 1);
+
+        finish(&cluster, &pods[1], "Succeeded");
+        cluster.reconcile(&controller, &key("pi"));
+        let done = job_now(&cluster);
+        assert_eq!(condition_of(&done, "Complete").0, "True");
+        assert_eq!(done["status"]["succeeded"], 2);
+    }
+
+    #[test]
+    fn a_suspended_job_runs_nothing() {
+        let cluster = TestCluster::new();
+        cluster.create(
+            "batch/jobs",
+            job(json!({"parallelism": 2, "completions": 2})),
+        );
+        let controller = JobController;
+        cluster.reconcile(&controller, &key("pi"));
+        assert_eq!(live_pods(&cluster).len(), 2);
+        cluster.update("batch/jobs", &key("pi"), |j| {
+            j["spec"]["suspend"] = json!(true)
+        });
+        cluster.reconcile(&controller, &key("pi"));
+        assert!(live_pods(&cluster).is_empty());
+        assert!(job_now(&cluster)["status"].get("active").is_none());
     }
 }

@@ -45,6 +45,8 @@ pub mod nodes;
 pub mod quota;
 pub mod replicas;
 pub mod scheduler;
+#[cfg(test)]
+mod testing;
 pub mod view;
 
 use view::{Key, View, CACHED};
@@ -644,14 +646,23 @@ pub fn controller_ref(owner: &Value) -> Value {
     })
 }
 
+/// Now, on the controllers' clock: the system's, or in a unit test tokio's (paused) clock.
+fn now() -> jiff::Timestamp {
+    #[cfg(test)]
+    if let Some(now) = testing::now() {
+        return now;
+    }
+    jiff::Timestamp::now()
+}
+
 /// Now as Unix seconds.
 pub fn now_seconds() -> i64 {
-    jiff::Timestamp::now().as_second()
+    now().as_second()
 }
 
 /// Now as an RFC 3339 time to the second.
 pub fn now_time() -> String {
-    let now = jiff::Timestamp::now();
+    let now = now();
     now.round(jiff::Unit::Second).unwrap_or(now).to_string()
 }
 

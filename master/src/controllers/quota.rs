@@ -177,6 +177,8 @@ fn missing_amounts(pod: &Value, hard: &serde_json::Map<String, Value>) -> String
             parts.push(format!("{tracked} for: {}", lacking.join(",")));
         }
     }
+    // Upstream names the resources in order.
+    parts.sort();
     parts.join("; ")
 }
 
@@ -242,6 +244,8 @@ pub fn admit(api: &ApiState, resource: &Resource, object: &Value) -> Result<(), 
             }
         }
         if !exceeded.is_empty() {
+            // Upstream lists the resources in name order, whatever order `hard` has.
+            exceeded.sort();
             let list = |pick: &dyn Fn(&Exceeded) -> i64| {
                 exceeded
                     .iter()
@@ -316,5 +320,178 @@ impl Reconciler for QuotaStatusController {
             Ok(_) | Err(ApiError { code: 404, .. }) => Ok(Action::Done),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::objects::DeleteOptions;
+    use crate::controllers::testing::{key, TestCluster};
+
+    fn pod(name: &str, requests: Value, limits: Value) -> Value {
+        json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"containers": [{"name": "app", "image": "registry.local/app:1",
+                "resources": {"requests": requests, "limits": limits}}]},
+        })
+    }
+
+    fn quota(cluster: &TestCluster, name: &str, hard: Value) {
+        cluster.create(
+            "core/resourcequotas",
+            json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"hard": hard}}),
+        );
+    }
+
+    fn refusal(cluster: &TestCluster, storage_key: &str, object: Value) -> String {
+        let name = object["metadata"]["name"].clone();
+        let error = cluster
+            .try_create(storage_key, object)
+            .expect_err("over the quota");
+        assert_eq!((error.code, error.reason), (403, "Forbidden"));
+        assert!(
+            cluster
+                .get(storage_key, &key(name.as_str().unwrap()))
+                .is_none(),
+            "nothing stored"
+        );
+        error.message
+    }
+
+    #[test]
+    fn creates_over_a_quota_are_refused_with_upstreams_message() {
+        let cluster = TestCluster::new();
+        // Not in name order: upstream lists the resources sorted.
+        quota(
+            &cluster,
+            "compute",
+            json!({"requests.memory": "1Gi", "requests.cpu": "1", "pods": "2"}),
+        );
+        cluster.create(
+            "core/pods",
+            pod("a", json!({"cpu": "500m", "memory": "512Mi"}), json!({})),
+        );
+        assert_eq!(
+            refusal(
+                &cluster,
+                "core/pods",
+                pod("b", json!({"cpu": "600m", "memory": "768Mi"}), json!({}))
+            ),
+            "pods \"b\" is forbidden: exceeded quota: compute, \
+             requested: requests.cpu=600m,requests.memory=768Mi, \
+             used: requests.cpu=500m,requests.memory=512Mi, \
+             limited: requests.cpu=1,requests.memory=1Gi"
+        );
+        cluster.create(
+            "core/pods",
+            pod("c", json!({"cpu": "500m", "memory": "512Mi"}), json!({})),
+        );
+        assert_eq!(
+            refusal(&cluster, "core/pods", pod("d", json!({"cpu": "0", "memory": "0"}), json!({}))),
+            "pods \"d\" is forbidden: exceeded quota: compute, requested: pods=1, used: pods=2, limited: pods=2"
+        );
+    }
+
+    #[test]
+    fn a_pod_must_say_what_it_needs_of_what_a_quota_limits() {
+        let cluster = TestCluster::new();
+        quota(
+            &cluster,
+            "compute",
+            json!({"requests.cpu": "4", "limits.cpu": "4", "limits.memory": "4Gi"}),
+        );
+        assert_eq!(
+            refusal(
+                &cluster,
+                "core/pods",
+                pod("bare", json!({}), json!({"memory": "1Gi"}))
+            ),
+            "pods \"bare\" is forbidden: failed quota: compute: \
+             must specify limits.cpu for: app; requests.cpu for: app"
+        );
+        // A limit stands in for the request it implies.
+        cluster.create(
+            "core/pods",
+            pod("limited", json!({}), json!({"cpu": "1", "memory": "1Gi"})),
+        );
+    }
+
+    #[test]
+    fn object_counts_are_limited_too() {
+        let cluster = TestCluster::new();
+        quota(&cluster, "objects", json!({"count/configmaps": "1"}));
+        let config_map =
+            |name: &str| json!({"metadata": {"name": name, "namespace": "default"}, "data": {}});
+        cluster.create("core/configmaps", config_map("first"));
+        assert_eq!(
+            refusal(&cluster, "core/configmaps", config_map("second")),
+            "configmaps \"second\" is forbidden: exceeded quota: objects, \
+             requested: count/configmaps=1, used: count/configmaps=1, limited: count/configmaps=1"
+        );
+        cluster.create(
+            "core/secrets",
+            json!({"metadata": {"name": "s", "namespace": "default"}}),
+        );
+    }
+
+    #[test]
+    fn status_used_follows_what_the_namespace_holds() {
+        let cluster = TestCluster::new();
+        let hard = json!({"pods": "10", "requests.cpu": "2", "requests.memory": "2Gi",
+                          "limits.memory": "4Gi", "count/configmaps": "5"});
+        quota(&cluster, "compute", hard.clone());
+        let controller = QuotaStatusController;
+        assert_eq!(cluster.queued(&controller), [key("compute")]);
+        assert_eq!(
+            cluster.reconcile(&controller, &key("compute")),
+            Action::Done
+        );
+        let status = |cluster: &TestCluster| {
+            cluster.get("core/resourcequotas", &key("compute")).unwrap()["status"].clone()
+        };
+        assert_eq!(
+            status(&cluster),
+            json!({"hard": hard, "used": {"pods": "0", "requests.cpu": "0", "requests.memory": "0",
+                                          "limits.memory": "0", "count/configmaps": "0"}})
+        );
+
+        cluster.create(
+            "core/pods",
+            pod(
+                "a",
+                json!({"cpu": "500m", "memory": "512Mi"}),
+                json!({"memory": "1Gi"}),
+            ),
+        );
+        cluster.create(
+            "core/pods",
+            pod(
+                "b",
+                json!({"cpu": "250m", "memory": "256Mi"}),
+                json!({"memory": "512Mi"}),
+            ),
+        );
+        cluster.create(
+            "core/configmaps",
+            json!({"metadata": {"name": "x", "namespace": "default"}}),
+        );
+        assert_eq!(cluster.queued(&controller), [key("compute")]);
+        cluster.reconcile(&controller, &key("compute"));
+        assert_eq!(
+            status(&cluster)["used"],
+            json!({"pods": "2", "requests.cpu": "750m", "requests.memory": "768Mi",
+                   "limits.memory": "1536Mi", "count/configmaps": "1"})
+        );
+
+        cluster.set_pod_status(&key("a"), "Succeeded", "", None);
+        cluster.delete("core/pods", &key("b"), &DeleteOptions::default());
+        cluster.reconcile(&controller, &key("compute"));
+        assert_eq!(
+            status(&cluster)["used"],
+            json!({"pods": "0", "requests.cpu": "0", "requests.memory": "0",
+                   "limits.memory": "0", "count/configmaps": "1"}),
+            "finished and deleted pods no longer count"
+        );
     }
 }

@@ -107,12 +107,19 @@ pub fn deletion_order(pods: &mut [Arc<PodInfo>]) {
         "Unknown" => 1,
         _ => 2,
     };
+    // Ready times rank only ready pods (one without a time first); when a pod stopped being
+    // ready says nothing, its restarts do.
+    let ready_rank = |p: &PodInfo| match (p.ready, p.ready_since) {
+        (true, Some(since)) => Reverse(since),
+        (true, None) => Reverse(i64::MAX),
+        (false, _) => Reverse(0),
+    };
     pods.sort_by_key(|p| {
         (
             !p.node.is_empty(),
             phase_rank(p),
             p.ready,
-            Reverse(p.ready_since.unwrap_or(0)),
+            ready_rank(p),
             Reverse(p.restarts),
             Reverse(p.created),
         )
@@ -370,5 +377,396 @@ impl Reconciler for ReplicaController {
             Some(seconds) => Action::RequeueAfter(Duration::from_secs(seconds.max(0) as u64 + 1)),
             None => Action::Done,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::objects::{self, DeleteOptions};
+    use crate::controllers::testing::{bare_pod, key, pod_spec, seconds_ago, TestCluster};
+
+    fn replica_set(replicas: i64) -> Value {
+        json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web", "tier": "front"}},
+                    "spec": pod_spec(),
+                },
+            },
+        })
+    }
+
+    fn scale(cluster: &TestCluster, replicas: i64) {
+        cluster.update("apps/replicasets", &key("web"), |rs| {
+            rs["spec"]["replicas"] = json!(replicas)
+        });
+    }
+
+    fn names(pods: &[Value]) -> Vec<String> {
+        let mut names: Vec<String> = pods
+            .iter()
+            .map(|p| str_of(&p["metadata"]["name"]))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn str_of(value: &Value) -> String {
+        value.as_str().unwrap_or_default().to_owned()
+    }
+
+    fn rs_status(cluster: &TestCluster) -> Value {
+        cluster.get("apps/replicasets", &key("web")).unwrap()["status"].clone()
+    }
+
+    #[test]
+    fn scaling_up_creates_the_missing_pods_from_the_template() {
+        let cluster = TestCluster::new();
+        let rs = cluster.create("apps/replicasets", replica_set(3));
+        let controller = ReplicaController::replica_sets();
+
+        let action = cluster.reconcile(&controller, &key("web"));
+        let pods = cluster.live_pods();
+        assert_eq!(pods.len(), 3);
+        for pod in &pods {
+            let name = str_of(&pod["metadata"]["name"]);
+            assert_eq!(pod["metadata"]["generateName"], "web-");
+            assert!(
+                name.starts_with("web-") && name.len() == "web-".len() + 5,
+                "{name}"
+            );
+            assert_eq!(
+                pod["metadata"]["labels"],
+                json!({"app": "web", "tier": "front"})
+            );
+            assert_eq!(
+                pod["metadata"]["ownerReferences"],
+                json!([{
+                    "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web",
+                    "uid": rs["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true,
+                }])
+            );
+            assert_eq!(
+                pod["spec"]["containers"][0]["image"],
+                "registry.local/app:1"
+            );
+        }
+        let mut created = names(&pods);
+        created.dedup();
+        assert_eq!(created.len(), 3, "generated names differ");
+        let events = cluster.events_about("web");
+        for name in &created {
+            assert!(
+                events.contains(&("SuccessfulCreate".into(), format!("Created pod: {name}"))),
+                "{events:?}"
+            );
+        }
+        assert_eq!(
+            action,
+            Action::RequeueAfter(Duration::from_millis(10)),
+            "short of replicas when it looked: look again"
+        );
+
+        assert_eq!(cluster.reconcile(&controller, &key("web")), Action::Done);
+        assert_eq!(
+            names(&cluster.live_pods()),
+            created,
+            "nothing more to create"
+        );
+        let status = rs_status(&cluster);
+        assert_eq!(status["replicas"], 3);
+        assert_eq!(status["fullyLabeledReplicas"], 3);
+        assert_eq!(status["readyReplicas"], 0);
+        assert_eq!(status["availableReplicas"], 0);
+        assert_eq!(status["observedGeneration"], 1);
+    }
+
+    #[test]
+    fn a_replication_controller_without_a_selector_uses_its_template_labels() {
+        let cluster = TestCluster::new();
+        let mut rc = replica_set(2);
+        rc["spec"]["selector"] = Value::Null;
+        let rc = cluster.create("core/replicationcontrollers", rc);
+        let controller = ReplicaController::replication_controllers();
+        cluster.reconcile(&controller, &key("web"));
+        let pods = cluster.live_pods();
+        assert_eq!(pods.len(), 2);
+        assert!(pods.iter().all(|p| {
+            p["metadata"]["ownerReferences"][0]["kind"] == "ReplicationController"
+                && p["metadata"]["ownerReferences"][0]["uid"] == rc["metadata"]["uid"]
+        }));
+        cluster.reconcile(&controller, &key("web"));
+        let status = cluster
+            .get("core/replicationcontrollers", &key("web"))
+            .unwrap()["status"]
+            .clone();
+        assert_eq!(status["replicas"], 2);
+    }
+
+    #[test]
+    fn scaling_down_deletes_unscheduled_then_pending_then_not_ready_then_newly_ready_pods() {
+        let cluster = TestCluster::new();
+        cluster.create("apps/replicasets", replica_set(5));
+        let controller = ReplicaController::replica_sets();
+        cluster.reconcile(&controller, &key("web"));
+        let pods: Vec<Key> = cluster.live_pods().iter().map(key_of).collect();
+        let [unscheduled, pending, not_ready, ready_lately, ready_long] = &pods[..] else {
+            panic!("five pods: {pods:?}");
+        };
+        objects::bind_pod(cluster.api(), "default", &pending.1, "pi-1").unwrap();
+        cluster.run_pod(not_ready, "pi-1", "10.42.0.3", None);
+        cluster.run_pod(ready_lately, "pi-1", "10.42.0.4", Some(&seconds_ago(60)));
+        cluster.run_pod(ready_long, "pi-1", "10.42.0.5", Some(&seconds_ago(3600)));
+        // Restarts, the next criterion, point the other way each time: only the state ranks.
+        for (pod, restarts) in [(pending, 3), (not_ready, 5), (ready_long, 7)] {
+            cluster.update_status("core/pods", pod, |p| {
+                p["status"]["containerStatuses"] =
+                    json!([{"name": "app", "restartCount": restarts}])
+            });
+        }
+        let live = |cluster: &TestCluster| -> Vec<Key> {
+            let mut live: Vec<Key> = cluster.live_pods().iter().map(key_of).collect();
+            live.sort();
+            live
+        };
+
+        let mut expected = pods.clone();
+        for (replicas, victim) in [
+            (4, unscheduled),
+            (3, pending),
+            (2, not_ready),
+            (1, ready_lately),
+        ] {
+            scale(&cluster, replicas);
+            cluster.reconcile(&controller, &key("web"));
+            expected.retain(|p| p != victim);
+            let mut sorted = expected.clone();
+            sorted.sort();
+            assert_eq!(
+                live(&cluster),
+                sorted,
+                "scaled to {replicas}: {victim:?} goes"
+            );
+            assert!(cluster.events_about("web").contains(&(
+                "SuccessfulDelete".into(),
+                format!("Deleted pod: {}", victim.1)
+            )));
+        }
+        assert!(
+            cluster.get("core/pods", unscheduled).is_none(),
+            "a pod on no node goes at once"
+        );
+        assert_eq!(
+            cluster.get("core/pods", not_ready).unwrap()["metadata"]["deletionGracePeriodSeconds"],
+            30,
+            "a pod on a node is given its grace period"
+        );
+        assert_eq!(rs_status(&cluster)["observedGeneration"], 5);
+    }
+
+    #[test]
+    fn ready_times_rank_only_ready_pods() {
+        let pod = |name: &str, ready: &str, since: Option<&str>, restarts: i64| {
+            let mut condition = json!({"type": "Ready", "status": ready});
+            if let Some(since) = since {
+                condition["lastTransitionTime"] = json!(since);
+            }
+            Arc::new(PodInfo::from_object(&json!({
+                "metadata": {"name": name, "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"nodeName": "pi-1"},
+                "status": {"phase": "Running", "conditions": [condition],
+                           "containerStatuses": [{"name": "app", "restartCount": restarts}]},
+            })))
+        };
+        let order = |mut pods: Vec<Arc<PodInfo>>| {
+            deletion_order(&mut pods);
+            pods.iter().map(|p| p.name.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            order(vec![
+                pod("unready-lately", "False", Some("2026-01-01T02:00:00Z"), 0),
+                pod("crashing", "False", Some("2026-01-01T01:00:00Z"), 3),
+            ]),
+            ["crashing", "unready-lately"],
+            "between pods not ready, restarts decide"
+        );
+        assert_eq!(
+            order(vec![
+                pod("ready-long", "True", Some("2026-01-01T01:00:00Z"), 0),
+                pod("ready-lately", "True", Some("2026-01-01T02:00:00Z"), 0),
+                pod("ready-when", "True", None, 0),
+            ]),
+            ["ready-when", "ready-lately", "ready-long"],
+            "no ready time < less time < more time"
+        );
+    }
+
+    #[test]
+    fn orphans_that_match_are_adopted_and_pods_relabelled_away_are_released() {
+        let cluster = TestCluster::new();
+        let stray = cluster.create(
+            "core/pods",
+            bare_pod("stray", json!({"app": "web", "tier": "front"})),
+        );
+        cluster.create("core/pods", bare_pod("db", json!({"app": "db"})));
+        let mut taken = bare_pod("taken", json!({"app": "web"}));
+        taken["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "name": "other", "uid": "0b3c-other", "controller": true}]);
+        cluster.create("core/pods", taken);
+        let mut deleting = bare_pod("leaving", json!({"app": "web"}));
+        deleting["metadata"]["finalizers"] = json!(["example.com/hold"]);
+        cluster.create("core/pods", deleting);
+        cluster.delete("core/pods", &key("leaving"), &DeleteOptions::default());
+        let rs = cluster.create("apps/replicasets", replica_set(2));
+        let uid = rs["metadata"]["uid"].clone();
+        let controller = ReplicaController::replica_sets();
+
+        cluster.reconcile(&controller, &key("web"));
+        let owner_uids = |name: &str| -> Vec<Value> {
+            cluster.get("core/pods", &key(name)).unwrap()["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| r["uid"].clone())
+                .collect()
+        };
+        assert_eq!(owner_uids("stray"), vec![uid.clone()], "adopted");
+        assert_eq!(
+            cluster.get("core/pods", &key("stray")).unwrap()["metadata"]["uid"],
+            stray["metadata"]["uid"],
+            "adopted, not replaced"
+        );
+        assert!(owner_uids("db").is_empty(), "labels do not match");
+        assert_eq!(
+            owner_uids("taken"),
+            [json!("0b3c-other")],
+            "has a controller"
+        );
+        assert!(owner_uids("leaving").is_empty(), "being deleted");
+        let ours = |cluster: &TestCluster| -> Vec<String> {
+            let pods: Vec<Value> = cluster
+                .live_pods()
+                .into_iter()
+                .filter(|p| p["metadata"]["ownerReferences"][0]["uid"] == uid)
+                .collect();
+            names(&pods)
+        };
+        let before = ours(&cluster);
+        assert_eq!(before.len(), 2, "the orphan and one new pod: {before:?}");
+        assert!(before.contains(&"stray".to_owned()));
+
+        // Taking a pod out for debugging: it is let go and replaced.
+        cluster.update("core/pods", &key("stray"), |pod| {
+            pod["metadata"]["labels"]["app"] = json!("debug")
+        });
+        cluster.reconcile(&controller, &key("web"));
+        assert!(owner_uids("stray").is_empty(), "released");
+        assert!(
+            cluster.get("core/pods", &key("stray")).is_some(),
+            "not deleted"
+        );
+        let after = ours(&cluster);
+        assert_eq!(after.len(), 2, "{after:?}");
+        assert!(!after.contains(&"stray".to_owned()));
+    }
+
+    #[test]
+    fn a_replica_set_being_deleted_neither_adopts_nor_creates() {
+        let cluster = TestCluster::new();
+        cluster.create("core/pods", bare_pod("stray", json!({"app": "web"})));
+        let mut rs = replica_set(3);
+        rs["metadata"]["finalizers"] = json!(["example.com/hold"]);
+        cluster.create("apps/replicasets", rs);
+        cluster.delete("apps/replicasets", &key("web"), &DeleteOptions::default());
+        cluster.reconcile(&ReplicaController::replica_sets(), &key("web"));
+        let pods = cluster.live_pods();
+        assert_eq!(names(&pods), ["stray"]);
+        assert!(pods[0]["metadata"]["ownerReferences"].is_null());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_counts_ready_available_and_fully_labelled_pods() {
+        let cluster = TestCluster::new();
+        cluster.create(
+            "core/pods",
+            bare_pod("partly-labelled", json!({"app": "web"})),
+        );
+        let mut rs = replica_set(4);
+        rs["spec"]["minReadySeconds"] = json!(30);
+        cluster.create("apps/replicasets", rs);
+        let controller = ReplicaController::replica_sets();
+        cluster.reconcile(&controller, &key("web"));
+        let mut pods: Vec<Key> = cluster.live_pods().iter().map(key_of).collect();
+        pods.retain(|k| k.1 != "partly-labelled");
+        cluster.run_pod(
+            &key("partly-labelled"),
+            "pi-1",
+            "10.42.0.2",
+            Some(&seconds_ago(300)),
+        );
+        cluster.run_pod(&pods[0], "pi-1", "10.42.0.3", Some(&seconds_ago(30)));
+        cluster.run_pod(&pods[1], "pi-1", "10.42.0.4", Some(&seconds_ago(10)));
+        cluster.run_pod(&pods[2], "pi-1", "10.42.0.5", None);
+        cluster.update("apps/replicasets", &key("web"), |rs| {
+            rs["spec"]["template"]["metadata"]["annotations"] = json!({"note": "v2"})
+        });
+
+        let action = cluster.reconcile(&controller, &key("web"));
+        let status = rs_status(&cluster);
+        assert_eq!(status["replicas"], 4);
+        assert_eq!(status["fullyLabeledReplicas"], 3, "one lacks tier=front");
+        assert_eq!(status["readyReplicas"], 3);
+        assert_eq!(status["availableReplicas"], 2, "ready for minReadySeconds");
+        assert_eq!(status["observedGeneration"], 2);
+        assert_eq!(
+            action,
+            Action::RequeueAfter(Duration::from_secs(21)),
+            "when the pod ready for 10 s of 30 becomes available"
+        );
+
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(cluster.reconcile(&controller, &key("web")), Action::Done);
+        assert_eq!(rs_status(&cluster)["availableReplicas"], 3);
+    }
+
+    #[test]
+    fn a_refused_create_is_reported_and_retried() {
+        let cluster = TestCluster::new();
+        cluster.create(
+            "core/resourcequotas",
+            json!({"metadata": {"name": "pods", "namespace": "default"}, "spec": {"hard": {"pods": "2"}}}),
+        );
+        cluster.create("apps/replicasets", replica_set(3));
+        let controller = ReplicaController::replica_sets();
+        let action = cluster.reconcile(&controller, &key("web"));
+        assert_eq!(action, Action::RequeueAfter(Duration::from_secs(5)));
+        assert_eq!(cluster.live_pods().len(), 2);
+        let failure = super::super::condition(
+            &cluster.get("apps/replicasets", &key("web")).unwrap(),
+            "ReplicaFailure",
+        )
+        .cloned()
+        .expect("a ReplicaFailure condition");
+        assert_eq!(failure["status"], "True");
+        assert_eq!(failure["reason"], "FailedCreate");
+        let message = failure["message"].as_str().unwrap();
+        assert!(message.contains("exceeded quota: pods"), "{message}");
+        assert!(cluster
+            .events_about("web")
+            .iter()
+            .any(|(reason, message)| reason == "FailedCreate"
+                && message.starts_with("Error creating: pods \"web-")));
+
+        scale(&cluster, 2);
+        cluster.reconcile(&controller, &key("web"));
+        let rs = cluster.get("apps/replicasets", &key("web")).unwrap();
+        assert!(
+            super::super::condition(&rs, "ReplicaFailure").is_none(),
+            "cleared once the set is whole: {rs}"
+        );
     }
 }

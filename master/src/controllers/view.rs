@@ -42,6 +42,8 @@ pub struct OwnerRef {
     pub uid: String,
     /// Whether the owner is the managing controller.
     pub controller: bool,
+    /// Whether the owner's foreground deletion waits for this dependent.
+    pub block_owner_deletion: bool,
 }
 
 /// A toleration, as the taint checks need it.
@@ -293,6 +295,7 @@ pub fn owner_refs(object: &Value) -> Vec<OwnerRef> {
             name: str_of(&r["name"]),
             uid: str_of(&r["uid"]),
             controller: r["controller"] == true,
+            block_owner_deletion: r["blockOwnerDeletion"] == true,
         })
         .collect()
 }
