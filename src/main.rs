@@ -144,7 +144,7 @@ async fn run_registry(args: RegistryArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
-    let registry = agent::image::local_registry::LocalRegistry::start(&dir, args.listen)?;
+    let registry = agent::image::local_registry::LocalRegistry::start(&dir, args.listen).await?;
     let host = registry.host();
     let client = agent::image::Registry::new(&host, true, None);
     for tag in ["1", "2"] {

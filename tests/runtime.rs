@@ -96,7 +96,7 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
     };
     let registry_dir = root.join("registry");
     let address = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let registry = LocalRegistry::start(&registry_dir, address).unwrap();
+    let registry = LocalRegistry::start(&registry_dir, address).await.unwrap();
     let client = Registry::new(&registry.host(), true, None);
     push_demo_image(&client, "bramble/demo", "1", &busyboxes())
         .await

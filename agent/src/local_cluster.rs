@@ -239,6 +239,7 @@ pub async fn up(options: UpOptions) -> Result<(), UpError> {
 
     let registry_address = SocketAddr::from((gateway, REGISTRY_PORT));
     let registry = LocalRegistry::start(&data_dir.join("registry"), registry_address)
+        .await
         .step("starting the registry")?;
     let registry_host = registry.host();
     let client = Registry::new(&registry_host, true, None);

@@ -8,7 +8,7 @@ use agent::image::demo::{installed_busyboxes, push_demo_image, Busybox};
 use agent::image::local_registry::LocalRegistry;
 use agent::image::{ImageError, ImageStore, Platform, PullPolicy, Registry};
 
-fn start_registry() -> (LocalRegistry, tempfile::TempDir) {
+async fn start_registry() -> (LocalRegistry, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -16,7 +16,10 @@ fn start_registry() -> (LocalRegistry, tempfile::TempDir) {
         .unwrap()
         .port();
     let address = format!("127.0.0.1:{port}").parse().unwrap();
-    (LocalRegistry::start(dir.path(), address).unwrap(), dir)
+    (
+        LocalRegistry::start(dir.path(), address).await.unwrap(),
+        dir,
+    )
 }
 
 fn busyboxes() -> Vec<Busybox> {
@@ -25,7 +28,7 @@ fn busyboxes() -> Vec<Busybox> {
 
 #[tokio::test]
 async fn pulls_the_right_platform_of_a_multi_arch_image() {
-    let (registry, _dir) = start_registry();
+    let (registry, _dir) = start_registry().await;
     let client = Registry::new(&registry.host(), true, None);
     push_demo_image(&client, "bramble/demo", "1", &busyboxes())
         .await
@@ -65,7 +68,7 @@ async fn pulls_the_right_platform_of_a_multi_arch_image() {
 
 #[tokio::test]
 async fn a_corrupted_layer_is_refused_and_never_used() {
-    let (registry, _dir) = start_registry();
+    let (registry, _dir) = start_registry().await;
     let client = Registry::new(&registry.host(), true, None);
     push_demo_image(&client, "bramble/demo", "1", &busyboxes())
         .await
@@ -107,7 +110,7 @@ async fn a_corrupted_layer_is_refused_and_never_used() {
 
 #[tokio::test]
 async fn missing_images_and_never_pull_say_so() {
-    let (registry, _dir) = start_registry();
+    let (registry, _dir) = start_registry().await;
     let dir = tempfile::tempdir().unwrap();
     let store = ImageStore::open(dir.path(), Platform::host(), [registry.host()]).unwrap();
     let name = format!("{}/nothing/here:1", registry.host());

@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
 
 /// The registry program `tests/setup-host` installs.
 pub const REGISTRY_PROGRAM: &str = "docker-registry";
@@ -45,7 +47,10 @@ pub enum LocalRegistryError {
 
 impl LocalRegistry {
     /// Starts a registry listening on `address`, keeping its blobs and its log in `dir`.
-    pub fn start(dir: &Path, address: SocketAddr) -> Result<LocalRegistry, LocalRegistryError> {
+    pub async fn start(
+        dir: &Path,
+        address: SocketAddr,
+    ) -> Result<LocalRegistry, LocalRegistryError> {
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage).map_err(|source| LocalRegistryError::Directory {
             path: storage.clone(),
@@ -75,13 +80,15 @@ impl LocalRegistry {
             address,
             storage,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let connect =
+            || tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(address));
+        while !matches!(connect().await, Ok(Ok(_))) {
             let exited = registry.child.try_wait().ok().flatten().is_some();
-            if exited || Instant::now() > deadline {
+            if exited || tokio::time::Instant::now() > deadline {
                 return Err(LocalRegistryError::NotListening { address, log });
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(registry)
     }

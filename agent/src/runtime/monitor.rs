@@ -235,7 +235,9 @@ fn start(args: &MonitorArgs) -> Result<(Pid, OwnedFd, OwnedFd), String> {
         .with_detach(true)
         .build()
         .map_err(|e| protocol::error::error_chain(&e))?;
-    container.start().map_err(|e| protocol::error::error_chain(&e))?;
+    container
+        .start()
+        .map_err(|e| protocol::error::error_chain(&e))?;
     let pid = container
         .pid()
         .ok_or_else(|| "the container has no process".to_string())?;
@@ -375,7 +377,9 @@ fn oom_killed(args: &MonitorArgs) -> bool {
 fn cleanup(args: &MonitorArgs) -> Result<(), String> {
     let state = args.state_root.join(&args.id);
     if let Ok(mut container) = libcontainer::container::Container::load(state.clone()) {
-        container.delete(true).map_err(|e| protocol::error::error_chain(&e))?;
+        container
+            .delete(true)
+            .map_err(|e| protocol::error::error_chain(&e))?;
     }
     let _ = std::fs::remove_dir_all(state);
     Ok(())
