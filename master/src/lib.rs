@@ -6,18 +6,18 @@
 //! volatile objects, expires old events and re-creates missing built-in objects.
 #![deny(missing_docs)]
 
-pub mod admission;
-pub mod api;
-pub mod controllers;
-pub mod conversion;
-pub mod lifecycle;
-pub mod metrics;
-pub mod patch;
-pub mod pki;
-pub mod protobuf;
-pub mod resources;
-pub mod store;
-pub mod table;
+pub(crate) mod admission;
+pub(crate) mod api;
+pub(crate) mod controllers;
+pub(crate) mod conversion;
+pub(crate) mod lifecycle;
+pub(crate) mod metrics;
+pub(crate) mod patch;
+pub(crate) mod pki;
+pub(crate) mod protobuf;
+pub(crate) mod resources;
+pub(crate) mod store;
+pub(crate) mod table;
 
 use std::collections::HashMap;
 use std::future::Future;

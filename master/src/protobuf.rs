@@ -801,8 +801,9 @@ pub struct Decoded {
 }
 
 /// Decodes a request body, skipping unknown fields as protobuf readers do; see [`decode`] for
-/// the fields skipped.
-pub fn decode_object(body: &[u8]) -> Result<Value, ProtobufError> {
+/// the fields skipped. The tests' short form; the API refuses unknown fields.
+#[cfg(test)]
+fn decode_object(body: &[u8]) -> Result<Value, ProtobufError> {
     decode(body).map(|decoded| decoded.object)
 }
 

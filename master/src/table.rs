@@ -21,7 +21,7 @@ pub struct Column {
 
 impl Column {
     /// The `meta.k8s.io/v1` TableColumnDefinition.
-    pub fn to_json(&self) -> Value {
+    pub fn to_json(self) -> Value {
         json!({
             "name": self.name,
             "type": self.type_,

@@ -1600,7 +1600,7 @@ pub fn table_with(
     let columns: Vec<Value> = if with_columns {
         table::columns(storage.group, storage.plural)
             .iter()
-            .map(table::Column::to_json)
+            .map(|column| column.to_json())
             .collect()
     } else {
         Vec::new()
