@@ -54,8 +54,8 @@ impl PodWorker {
             .map(|s| Duration::try_from(finished.duration_since(s)).unwrap_or_default())
             .unwrap_or_default();
         let delay = restart_delay(self.ctx.crash_backoff, attempt.number + 1, ran);
-        let elapsed = Duration::try_from(self.ctx.clock.now().duration_since(finished))
-            .unwrap_or_default();
+        let elapsed =
+            Duration::try_from(self.ctx.clock.now().duration_since(finished)).unwrap_or_default();
         if elapsed >= delay {
             return None;
         }
@@ -84,8 +84,13 @@ impl PodWorker {
         {
             Ok(()) => {
                 self.waiting.remove(name);
-                self.event(pod, "Normal", "Started", &format!("Started container {name}"))
-                    .await;
+                self.event(
+                    pod,
+                    "Normal",
+                    "Started",
+                    &format!("Started container {name}"),
+                )
+                .await;
             }
             Err(error) => {
                 self.event(pod, "Warning", error.event_reason(), &error_chain(&error))

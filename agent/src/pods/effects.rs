@@ -55,8 +55,11 @@ pub trait PodApi: Send + Sync {
         uid: &'a str,
     ) -> Effect<'a, Result<(), ApiError>>;
     /// Records an event.
-    fn create_event<'a>(&'a self, namespace: &'a str, event: &'a Value)
-        -> Effect<'a, Result<(), ApiError>>;
+    fn create_event<'a>(
+        &'a self,
+        namespace: &'a str,
+        event: &'a Value,
+    ) -> Effect<'a, Result<(), ApiError>>;
     /// A config map or secret (`kind` is the plural resource), `None` when absent.
     fn get_object<'a>(
         &'a self,

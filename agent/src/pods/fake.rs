@@ -121,19 +121,32 @@ impl FakeRuntime {
     /// What happened, as "second: what" lines.
     pub fn log(&self) -> Vec<String> {
         let state = self.state.lock().unwrap();
-        state.log.iter().map(|(t, what)| format!("{t}: {what}")).collect()
+        state
+            .log
+            .iter()
+            .map(|(t, what)| format!("{t}: {what}"))
+            .collect()
     }
 
     /// The log lines containing `needle`.
     pub fn log_of(&self, needle: &str) -> Vec<String> {
-        self.log().into_iter().filter(|l| l.contains(needle)).collect()
+        self.log()
+            .into_iter()
+            .filter(|l| l.contains(needle))
+            .collect()
     }
 
     fn note(state: &mut RuntimeState, clock: &TestClock, what: String) {
         state.log.push((clock.elapsed().as_secs(), what));
     }
 
-    fn end(state: &mut RuntimeState, clock: &TestClock, dir: &Path, exit_code: i32, signal: Option<i32>) {
+    fn end(
+        state: &mut RuntimeState,
+        clock: &TestClock,
+        dir: &Path,
+        exit_code: i32,
+        signal: Option<i32>,
+    ) {
         let Some(fake) = state.attempts.get_mut(dir) else {
             return;
         };
@@ -184,7 +197,11 @@ impl ContainerRuntime for FakeRuntime {
     ) -> Effect<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
             let mut state = self.state.lock().unwrap();
-            let behaviour = state.behaviour.get(&attempt.name).cloned().unwrap_or_default();
+            let behaviour = state
+                .behaviour
+                .get(&attempt.name)
+                .cloned()
+                .unwrap_or_default();
             let (ended, _) = watch::channel(false);
             state.attempts.insert(
                 attempt.dir.clone(),
@@ -200,9 +217,13 @@ impl ContainerRuntime for FakeRuntime {
             let label = format!("{}.{}", attempt.name, attempt.number);
             Self::note(&mut state, &self.clock, format!("start {label}"));
             match behaviour.runs_for {
-                Some(Duration::ZERO) => {
-                    Self::end(&mut state, &self.clock, &attempt.dir, behaviour.exit_code, None)
-                }
+                Some(Duration::ZERO) => Self::end(
+                    &mut state,
+                    &self.clock,
+                    &attempt.dir,
+                    behaviour.exit_code,
+                    None,
+                ),
                 Some(run) => {
                     let shared = self.state.clone();
                     let clock = self.clock.clone();
@@ -245,7 +266,10 @@ impl ContainerRuntime for FakeRuntime {
 
     fn stopped(&self, attempt: &Attempt) -> Effect<'static, ()> {
         let state = self.state.lock().unwrap();
-        let ended = state.attempts.get(&attempt.dir).map(|f| f.ended.subscribe());
+        let ended = state
+            .attempts
+            .get(&attempt.dir)
+            .map(|f| f.ended.subscribe());
         Box::pin(async move {
             if let Some(mut ended) = ended {
                 let _ = ended.wait_for(|e| *e).await;
@@ -271,7 +295,11 @@ impl ContainerRuntime for FakeRuntime {
                 .unwrap_or(true);
             Ok(ExecOutput {
                 exit_code: if ok { 0 } else { 1 },
-                output: if ok { Vec::new() } else { b"unhealthy".to_vec() },
+                output: if ok {
+                    Vec::new()
+                } else {
+                    b"unhealthy".to_vec()
+                },
             })
         })
     }

@@ -20,25 +20,49 @@ use Support::*;
 
 /// PodSpec fields (JSON names; a dotted name is a part of a field that is treated apart).
 pub const POD_SPEC: &[(&str, Support, &str)] = &[
-    ("activeDeadlineSeconds", Ignored, "pods are not stopped at a deadline"),
+    (
+        "activeDeadlineSeconds",
+        Ignored,
+        "pods are not stopped at a deadline",
+    ),
     ("affinity", Master, "scheduler"),
     ("automountServiceAccountToken", Master, "admission"),
     ("containers", Honoured, ""),
     ("dnsConfig", Honoured, "resolv.conf"),
     ("dnsPolicy", Honoured, "resolv.conf"),
     ("enableServiceLinks", Honoured, "service variables"),
-    ("ephemeralContainers", Ignored, "kubectl debug is not supported"),
+    (
+        "ephemeralContainers",
+        Ignored,
+        "kubectl debug is not supported",
+    ),
     ("evictionResponders", Ignored, ""),
     ("hostAliases", Honoured, "/etc/hosts"),
-    ("hostIPC", Ignored, "pods always get their own IPC namespace"),
+    (
+        "hostIPC",
+        Ignored,
+        "pods always get their own IPC namespace",
+    ),
     ("hostNetwork", Honoured, ""),
-    ("hostPID", Ignored, "pods always get their own PID namespace"),
+    (
+        "hostPID",
+        Ignored,
+        "pods always get their own PID namespace",
+    ),
     ("hostUsers", Ignored, "no user namespaces"),
     ("hostname", Honoured, ""),
     ("hostnameOverride", Ignored, ""),
     ("imagePullSecrets", Honoured, ""),
-    ("initContainers", Honoured, "in order; sidecars (restartPolicy) are not"),
-    ("nodeName", Master, "scheduler; the agent follows pods bound to it"),
+    (
+        "initContainers",
+        Honoured,
+        "in order; sidecars (restartPolicy) are not",
+    ),
+    (
+        "nodeName",
+        Master,
+        "scheduler; the agent follows pods bound to it",
+    ),
     ("nodeSelector", Master, "scheduler"),
     ("os", Ignored, ""),
     ("overhead", Master, "admission"),
@@ -47,7 +71,11 @@ pub const POD_SPEC: &[(&str, Support, &str)] = &[
     ("priorityClassName", Master, "scheduler"),
     ("readinessGates", Ignored, "Ready ignores them"),
     ("resourceClaims", Ignored, "no dynamic resource allocation"),
-    ("resources", Ignored, "no pod-level limits; container limits apply"),
+    (
+        "resources",
+        Ignored,
+        "no pod-level limits; container limits apply",
+    ),
     ("restartPolicy", Honoured, ""),
     ("runtimeClassName", Ignored, "one runtime"),
     ("schedulerName", Master, "scheduler"),
@@ -59,7 +87,11 @@ pub const POD_SPEC: &[(&str, Support, &str)] = &[
     ("securityContext.supplementalGroups", Ignored, ""),
     ("securityContext.sysctls", Ignored, ""),
     ("serviceAccount", Master, "admission"),
-    ("serviceAccountName", Honoured, "downward API; the token volume comes from admission"),
+    (
+        "serviceAccountName",
+        Honoured,
+        "downward API; the token volume comes from admission",
+    ),
     ("setHostnameAsFQDN", Ignored, ""),
     ("shareProcessNamespace", Ignored, ""),
     ("subdomain", Ignored, "no host name records in /etc/hosts"),
@@ -85,16 +117,28 @@ pub const CONTAINER: &[(&str, Support, &str)] = &[
     ("readinessProbe", Honoured, "exec, httpGet, tcpSocket"),
     ("resizePolicy", Ignored, ""),
     ("resources", Honoured, "cpu and memory limits, cpu requests"),
-    ("restartPolicy", Ignored, "sidecar init containers run to completion like others"),
+    (
+        "restartPolicy",
+        Ignored,
+        "sidecar init containers run to completion like others",
+    ),
     ("restartPolicyRules", Ignored, ""),
-    ("securityContext", Honoured, "runAsUser, runAsGroup, privileged"),
+    (
+        "securityContext",
+        Honoured,
+        "runAsUser, runAsGroup, privileged",
+    ),
     ("securityContext.capabilities", Ignored, ""),
     ("securityContext.readOnlyRootFilesystem", Ignored, ""),
     ("securityContext.runAsNonRoot", Ignored, ""),
     ("startupProbe", Honoured, "exec, httpGet, tcpSocket"),
     ("stdin", Ignored, "no attach"),
     ("stdinOnce", Ignored, "no attach"),
-    ("terminationMessagePath", IgnoredUnless("\"/dev/termination-log\""), ""),
+    (
+        "terminationMessagePath",
+        IgnoredUnless("\"/dev/termination-log\""),
+        "",
+    ),
     ("terminationMessagePolicy", IgnoredUnless("\"File\""), ""),
     ("tty", Honoured, ""),
     ("volumeDevices", Ignored, ""),
@@ -114,13 +158,19 @@ fn is_set(value: &Value) -> bool {
     }
 }
 
-fn ignored_in(object: &Value, table: &[(&str, Support, &str)], prefix: &str, found: &mut Vec<String>) {
+fn ignored_in(
+    object: &Value,
+    table: &[(&str, Support, &str)],
+    prefix: &str,
+    found: &mut Vec<String>,
+) {
     for (path, support, _) in table {
         let value = path.split('.').fold(object, |v, key| &v[key]);
         let warn = match support {
             Ignored => is_set(value),
             IgnoredUnless(harmless) => {
-                is_set(value) && serde_json::from_str::<Value>(harmless).ok().as_ref() != Some(value)
+                is_set(value)
+                    && serde_json::from_str::<Value>(harmless).ok().as_ref() != Some(value)
             }
             Honoured | Master => false,
         };
@@ -137,7 +187,12 @@ pub fn ignored(spec: &Value) -> Vec<String> {
     for kind in ["initContainers", "containers"] {
         for container in spec[kind].as_array().into_iter().flatten() {
             let name = container["name"].as_str().unwrap_or("");
-            ignored_in(container, CONTAINER, &format!("spec.{kind}[{name}]."), &mut found);
+            ignored_in(
+                container,
+                CONTAINER,
+                &format!("spec.{kind}[{name}]."),
+                &mut found,
+            );
         }
     }
     found
@@ -234,7 +289,12 @@ mod tests {
     }
 
     fn keys(value: Value) -> BTreeSet<String> {
-        value.as_object().expect("an object").keys().cloned().collect()
+        value
+            .as_object()
+            .expect("an object")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     fn top_level(table: &[(&str, Support, &str)]) -> BTreeSet<String> {

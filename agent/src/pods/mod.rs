@@ -28,8 +28,8 @@ use crate::network::Cidr;
 
 pub use containers::{resolve_user, restart_delay};
 pub use effects::{
-    ApiError, Clock, ContainerRuntime, PodApi, PodImages, PodNetworking, PodServices,
-    RuntimeError, SystemClock,
+    ApiError, Clock, ContainerRuntime, PodApi, PodImages, PodNetworking, PodServices, RuntimeError,
+    SystemClock,
 };
 pub use error::{error_chain, SandboxError, StartError};
 

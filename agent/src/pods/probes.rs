@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::time::Instant;
 
 use crate::runtime::containers::Attempt;
+use crate::runtime::monitor::Started;
 
 use super::worker::{spec, PodWorker, DEFAULT_GRACE_SECONDS};
 use super::NodeContext;
@@ -47,9 +48,17 @@ impl PodWorker {
         pod: &Pod,
         container: &Container,
         attempt: &Attempt,
+        started: &Started,
     ) -> Option<Duration> {
         let name = &container.name;
         let now = Instant::now();
+        // Initial delays count from the container's start.
+        let ran = started
+            .started_at
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .and_then(|at| Duration::try_from(self.ctx.clock.now().duration_since(at)).ok())
+            .unwrap_or_default();
         let startup = container.startup_probe.as_ref();
         let liveness = container.liveness_probe.as_ref();
         let readiness = container.readiness_probe.as_ref();
@@ -61,7 +70,9 @@ impl PodWorker {
                 && !state.started)
         {
             let initial = |probe: &Probe| {
-                now + Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64)
+                let delay =
+                    Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64);
+                now + delay.saturating_sub(ran)
             };
             *state = ProbeState {
                 attempt: attempt.number,
@@ -77,13 +88,11 @@ impl PodWorker {
         let mut kill: Option<(String, Option<i64>)> = None;
 
         if !self.probes[name].started {
-            if let Some(probe) = startup.filter(|_| {
-                self.probes[name]
-                    .next_startup
-                    .is_some_and(|t| t <= now)
-            }) {
-                let result = run_handler(&handler(probe), container, &pod_ip, attempt, &self.ctx)
-                    .await;
+            if let Some(probe) =
+                startup.filter(|_| self.probes[name].next_startup.is_some_and(|t| t <= now))
+            {
+                let result =
+                    run_handler(&handler(probe), container, &pod_ip, attempt, &self.ctx).await;
                 let state = self.probes.get_mut(name).expect("present");
                 state.next_startup = Some(now + period(probe));
                 match result {
@@ -103,13 +112,11 @@ impl PodWorker {
                 }
             }
         } else {
-            if let Some(probe) = liveness.filter(|_| {
-                self.probes[name]
-                    .next_liveness
-                    .is_some_and(|t| t <= now)
-            }) {
-                let result = run_handler(&handler(probe), container, &pod_ip, attempt, &self.ctx)
-                    .await;
+            if let Some(probe) =
+                liveness.filter(|_| self.probes[name].next_liveness.is_some_and(|t| t <= now))
+            {
+                let result =
+                    run_handler(&handler(probe), container, &pod_ip, attempt, &self.ctx).await;
                 let state = self.probes.get_mut(name).expect("present");
                 state.next_liveness = Some(now + period(probe));
                 match result {
@@ -126,20 +133,20 @@ impl PodWorker {
                         .await;
                         if failures >= failure_threshold(probe) {
                             kill = Some((
-                                format!("Container {name} failed liveness probe, will be restarted"),
+                                format!(
+                                    "Container {name} failed liveness probe, will be restarted"
+                                ),
                                 probe.termination_grace_period_seconds,
                             ));
                         }
                     }
                 }
             }
-            if let Some(probe) = readiness.filter(|_| {
-                self.probes[name]
-                    .next_readiness
-                    .is_some_and(|t| t <= now)
-            }) {
-                let result = run_handler(&handler(probe), container, &pod_ip, attempt, &self.ctx)
-                    .await;
+            if let Some(probe) =
+                readiness.filter(|_| self.probes[name].next_readiness.is_some_and(|t| t <= now))
+            {
+                let result =
+                    run_handler(&handler(probe), container, &pod_ip, attempt, &self.ctx).await;
                 let state = self.probes.get_mut(name).expect("present");
                 state.next_readiness = Some(now + period(probe));
                 match result {
@@ -182,15 +189,16 @@ impl PodWorker {
             return Some(Duration::from_millis(50));
         }
         let state = &self.probes[name];
-        [
-            state.next_startup,
-            state.next_liveness,
-            state.next_readiness,
-        ]
-        .into_iter()
-        .flatten()
-        .map(|t| t.saturating_duration_since(Instant::now()))
-        .min()
+        // Until the startup probe passes, only it runs: the others' due times wait (counting
+        // them made the worker spin while a container was starting).
+        let due = match state.started {
+            false => [state.next_startup, None, None],
+            true => [None, state.next_liveness, state.next_readiness],
+        };
+        due.into_iter()
+            .flatten()
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .min()
     }
 }
 

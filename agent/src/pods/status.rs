@@ -122,7 +122,13 @@ impl PodWorker {
             restart_count: latest.map_or(0, |a| a.number as i32),
             state: Some(state),
             last_state: Some(last_state),
-            started: Some(running && self.probes.get(name).is_none_or(|p| p.started)),
+            started: Some(
+                running
+                    && match self.probes.get(name) {
+                        Some(p) => p.started,
+                        None => container.startup_probe.is_none(),
+                    },
+            ),
             container_id: latest.map(|a| self.container_id(a)),
             ..Default::default()
         };
@@ -202,9 +208,7 @@ impl PodWorker {
             } else {
                 "Failed"
             }
-        } else if initialized
-            && all_started_once
-            && (any_running || policy != RestartPolicy::Never)
+        } else if initialized && all_started_once && (any_running || policy != RestartPolicy::Never)
         {
             "Running"
         } else {

@@ -42,11 +42,8 @@ impl PodWorker {
             if !matches!(state, AttemptState::Running(_) | AttemptState::Creating) {
                 continue;
             }
-            let container = pod.and_then(|pod| {
-                app_containers(pod)
-                    .iter()
-                    .find(|c| c.name == attempt.name)
-            });
+            let container =
+                pod.and_then(|pod| app_containers(pod).iter().find(|c| c.name == attempt.name));
             let hook = container
                 .and_then(|c| c.lifecycle.as_ref())
                 .and_then(|l| l.pre_stop.as_ref());

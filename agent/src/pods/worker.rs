@@ -310,7 +310,8 @@ impl PodWorker {
             ));
         }
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        let finished = matches!(phase, Some("Succeeded") | Some("Failed")) && self.last_status.is_some();
+        let finished =
+            matches!(phase, Some("Succeeded") | Some("Failed")) && self.last_status.is_some();
         if finished {
             self.teardown().await;
             self.report(pod).await;
@@ -381,9 +382,10 @@ impl PodWorker {
                 let latest = self.latest_attempt(name);
                 let state = latest.as_ref().map(|a| self.ctx.runtime.state(a));
                 match (latest, state) {
-                    (Some(attempt), Some(AttemptState::Running(_))) => {
+                    (Some(attempt), Some(AttemptState::Running(started))) => {
                         self.watch_exit(&attempt);
-                        if let Some(wait) = self.run_probes(pod, container, &attempt).await {
+                        let probes = self.run_probes(pod, container, &attempt, &started);
+                        if let Some(wait) = probes.await {
                             next = next.min(wait);
                         }
                     }
@@ -404,9 +406,12 @@ impl PodWorker {
                         let number = attempt.number + 1;
                         self.start(pod, container, number, &volumes, &mut objects)
                             .await;
+                        // Soon again, to begin probing it.
+                        next = next.min(Duration::from_millis(200));
                     }
                     _ => {
                         self.start(pod, container, 0, &volumes, &mut objects).await;
+                        next = next.min(Duration::from_millis(200));
                     }
                 }
             }
