@@ -54,7 +54,7 @@ impl Clock for TestClock {
 }
 
 /// How a fake container behaves.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Behaviour {
     /// It exits on its own after this long; `None`: it runs until signalled.
     pub runs_for: Option<Duration>,
@@ -62,16 +62,6 @@ pub struct Behaviour {
     pub exit_code: i32,
     /// SIGTERM does not stop it (a PID 1 without a handler).
     pub ignores_sigterm: bool,
-}
-
-impl Default for Behaviour {
-    fn default() -> Behaviour {
-        Behaviour {
-            runs_for: None,
-            exit_code: 0,
-            ignores_sigterm: false,
-        }
-    }
 }
 
 struct FakeAttempt {
