@@ -22,7 +22,7 @@ use crate::image::{ImageError, ImageStore, Platform};
 use crate::network::{Cidr, NetworkError, PodNetwork};
 use crate::node_server::{ensure_identity, AgentIdentity, NodeServer, AGENT_PORT};
 use crate::panel::{ButtonAction, ButtonPress, NodePanel, Panel, PanelConfig};
-use crate::pods::{spawn_worker, IpAllocator, NodeContext, PodHandle};
+use crate::pods::{spawn_worker, IpAllocator, NodeContext, PodHandle, SystemClock};
 use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
 use crate::services::proxy::NodeFacts;
 use crate::services::resolv::ClusterDns;
@@ -476,21 +476,23 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         config.insecure_registries.clone(),
     )?);
     *agent.images.lock().expect("images lock") = Some(images.clone());
+    let runner = ContainerRunner {
+        monitor_exe: config.monitor_exe.clone(),
+        state_root: config.data_dir.join("containers"),
+        cgroup_parent: format!("/bramble/{}", config.node_name),
+    };
     let ctx = Arc::new(NodeContext {
-        client: client.clone(),
+        api: client.clone(),
         node_name: config.node_name.clone(),
         node_ip,
         pods_dir: pods_dir.clone(),
-        runner: ContainerRunner {
-            monitor_exe: config.monitor_exe.clone(),
-            state_root: config.data_dir.join("containers"),
-            cgroup_parent: format!("/bramble/{}", config.node_name),
-        },
+        runtime: Arc::new(runner.clone()),
         images: images.clone(),
         network: network.clone(),
         ips: Mutex::new(IpAllocator::new(cidr)),
         crash_backoff: timings.crash_backoff,
         services: services.clone(),
+        clock: Arc::new(SystemClock),
         paused: agent.dead.clone(),
     });
 
@@ -623,7 +625,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     {
         let agent = agent.clone();
         let workers = workers.clone();
-        let runner = ctx.runner.clone();
+        let runner = runner.clone();
         tokio::spawn(async move {
             let mut sampler = crate::usage::UsageSampler::default();
             let interval = timings.metrics_interval;
@@ -676,7 +678,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         let server = Arc::new(NodeServer {
             workers: workers.clone(),
             pods_dir: pods_dir.clone(),
-            runner: ctx.runner.clone(),
+            runner: runner.clone(),
             panel: panel.clone(),
         });
         let agent = agent.clone();

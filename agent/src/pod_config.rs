@@ -14,8 +14,8 @@ use std::path::{Component, Path, PathBuf};
 use base64::Engine;
 use serde_json::Value;
 
+use crate::pods::{ApiError, PodApi};
 use crate::runtime::spec::{expand, BindMount};
-use protocol::client::Client;
 use protocol::quantity;
 
 /// A container's configuration cannot be built yet; kubelet reports this as
@@ -26,16 +26,16 @@ pub struct ConfigError(pub String);
 
 /// Fetches the config maps and secrets a pod refers to, once per sync.
 pub struct ObjectSource<'a> {
-    client: &'a Client,
+    api: &'a dyn PodApi,
     namespace: String,
     cache: HashMap<(String, String), Option<Value>>,
 }
 
 impl<'a> ObjectSource<'a> {
     /// A source for one namespace.
-    pub fn new(client: &'a Client, namespace: &str) -> ObjectSource<'a> {
+    pub fn new(api: &'a dyn PodApi, namespace: &str) -> ObjectSource<'a> {
         ObjectSource {
-            client,
+            api,
             namespace: namespace.to_owned(),
             cache: HashMap::new(),
         }
@@ -47,11 +47,13 @@ impl<'a> ObjectSource<'a> {
         if let Some(found) = self.cache.get(&key) {
             return Ok(found.clone());
         }
-        let path = format!("/api/v1/namespaces/{}/{kind}/{name}", self.namespace);
-        let found = match self.client.get(&path).await {
-            Ok(object) => Some(object),
-            Err(e) if e.code() == Some(404) => None,
-            Err(e) => return Err(ConfigError(format!("cannot read {kind} {name:?}: {e}"))),
+        let found = match self.api.get_object(&self.namespace, kind, name).await {
+            Ok(found) => found,
+            Err(ApiError::NotFound) => None,
+            Err(e) => {
+                let e = protocol::error::error_chain(&e);
+                return Err(ConfigError(format!("cannot read {kind} {name:?}: {e}")));
+            }
         };
         self.cache.insert(key, found.clone());
         Ok(found)

@@ -1,0 +1,683 @@
+//! The pod life cycle drawn in [`super::worker`], driven with fakes under paused time.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ContainerStatus, PodStatus};
+use serde_json::{json, Value};
+use tokio::time::sleep;
+
+use super::fake::{Behaviour, FakeNode};
+use super::{spawn_worker, PodHandle};
+
+const UID: &str = "0f1e2d3c";
+
+fn pod(spec: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "default", "uid": UID},
+        "spec": spec,
+    })
+}
+
+fn start(node: &FakeNode, pod: Value) -> PodHandle {
+    spawn_worker(node.ctx.clone(), UID.into(), Some(pod))
+}
+
+/// Lets the worker run until `seconds` after the test began.
+async fn until(node: &FakeNode, seconds: u64) {
+    let at = Duration::from_secs(seconds);
+    let now = node.clock.elapsed();
+    assert!(now <= at, "already at {now:?}");
+    sleep(at - now).await;
+}
+
+fn container<'a>(status: &'a PodStatus, name: &str) -> &'a ContainerStatus {
+    status
+        .container_statuses
+        .iter()
+        .chain(status.init_container_statuses.iter())
+        .flatten()
+        .find(|c| c.name == name)
+        .expect("a status for the container")
+}
+
+fn waiting_reason(status: &ContainerStatus) -> Option<&str> {
+    status.state.as_ref()?.waiting.as_ref()?.reason.as_deref()
+}
+
+fn condition(status: &PodStatus, kind: &str) -> String {
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.status.clone())
+        .unwrap_or_default()
+}
+
+fn starts(node: &FakeNode, name: &str) -> Vec<String> {
+    node.runtime.log_of(&format!("start {name}."))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_pod_reports_running_and_ready() {
+    let node = FakeNode::new();
+    let _pod = start(
+        &node,
+        pod(json!({"containers": [{"name": "app", "image": "busybox:1"}]})),
+    );
+    until(&node, 1).await;
+    let status = node.api.status();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(condition(&status, "Ready"), "True");
+    assert_eq!(condition(&status, "Initialized"), "True");
+    assert_eq!(condition(&status, "PodReadyToStartContainers"), "True");
+    assert_eq!(status.pod_ip.as_deref(), Some("10.42.1.2"));
+    let app = container(&status, "app");
+    assert!(app.state.as_ref().unwrap().running.is_some());
+    assert_eq!(
+        (app.ready, app.restart_count, app.started),
+        (true, 0, Some(true))
+    );
+    assert_eq!(app.image_id, "busybox:1@sha256:0123");
+    assert_eq!(
+        app.container_id.as_deref(),
+        Some("bramble://0f1e2d3c-app-0")
+    );
+    assert_eq!(node.api.reasons(), ["Started"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn crashing_containers_back_off_10s_doubling_to_5_minutes() {
+    let node = FakeNode::new();
+    node.runtime.behave(
+        "app",
+        Behaviour {
+            runs_for: Some(Duration::ZERO),
+            exit_code: 1,
+            ..Default::default()
+        },
+    );
+    let _pod = start(
+        &node,
+        pod(json!({"containers": [{"name": "app", "image": "busybox:1"}]})),
+    );
+    until(&node, 1000).await;
+    assert_eq!(
+        starts(&node, "app"),
+        [
+            "0: start app.0",
+            "10: start app.1",
+            "30: start app.2",
+            "70: start app.3",
+            "150: start app.4",
+            "310: start app.5",
+            "610: start app.6",
+            "910: start app.7",
+        ]
+    );
+    let status = node.api.status();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(condition(&status, "Ready"), "False");
+    let app = container(&status, "app");
+    assert_eq!(waiting_reason(app), Some("CrashLoopBackOff"));
+    assert_eq!(app.restart_count, 7);
+    assert!(!app.ready);
+    let last = app
+        .last_state
+        .as_ref()
+        .unwrap()
+        .terminated
+        .as_ref()
+        .unwrap();
+    assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_back_off_starts_over_after_ten_minutes_of_running() {
+    let node = FakeNode::new();
+    let crash = Behaviour {
+        runs_for: Some(Duration::ZERO),
+        exit_code: 1,
+        ..Default::default()
+    };
+    node.runtime.behave("app", crash.clone());
+    let _pod = start(
+        &node,
+        pod(json!({"containers": [{"name": "app", "image": "busybox:1"}]})),
+    );
+    until(&node, 35).await;
+    node.runtime.behave(
+        "app",
+        Behaviour {
+            runs_for: Some(Duration::from_secs(600)),
+            exit_code: 1,
+            ..Default::default()
+        },
+    );
+    until(&node, 669).await;
+    node.runtime.behave("app", crash);
+    until(&node, 700).await;
+    assert_eq!(
+        starts(&node, "app"),
+        [
+            "0: start app.0",
+            "10: start app.1",
+            "30: start app.2",
+            "70: start app.3",
+            // app.3 ran 600 s (to 670): 10 s again, not 80 s.
+            "680: start app.4",
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_policy_decides_what_restarts() {
+    for (policy, exit_code, restarts, phase) in [
+        ("Never", 1, false, "Failed"),
+        ("Never", 0, false, "Succeeded"),
+        ("OnFailure", 0, false, "Succeeded"),
+        ("OnFailure", 1, true, "Running"),
+        ("Always", 0, true, "Running"),
+    ] {
+        let node = FakeNode::new();
+        node.runtime.behave(
+            "app",
+            Behaviour {
+                runs_for: Some(Duration::from_secs(5)),
+                exit_code,
+                ..Default::default()
+            },
+        );
+        let _pod = start(
+            &node,
+            pod(
+                json!({"restartPolicy": policy, "containers": [{"name": "app", "image": "busybox:1"}]}),
+            ),
+        );
+        until(&node, 16).await;
+        let status = node.api.status();
+        let case = format!("{policy} after exit {exit_code}");
+        assert_eq!(
+            starts(&node, "app").len(),
+            if restarts { 2 } else { 1 },
+            "{case}"
+        );
+        assert_eq!(status.phase.as_deref(), Some(phase), "{case}");
+        if !restarts {
+            let app = container(&status, "app");
+            let state = app.state.as_ref().unwrap().terminated.as_ref().unwrap();
+            assert_eq!(state.exit_code, exit_code, "{case}");
+            assert_eq!(condition(&status, "Ready"), "False", "{case}");
+        }
+    }
+}
+
+fn init_pod(policy: &str) -> Value {
+    pod(json!({
+        "restartPolicy": policy,
+        "initContainers": [
+            {"name": "first", "image": "busybox:1"},
+            {"name": "second", "image": "busybox:1"},
+        ],
+        "containers": [{"name": "app", "image": "busybox:1"}],
+    }))
+}
+
+fn runs(seconds: u64, exit_code: i32) -> Behaviour {
+    Behaviour {
+        runs_for: Some(Duration::from_secs(seconds)),
+        exit_code,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn init_containers_run_in_order_before_the_app() {
+    let node = FakeNode::new();
+    node.runtime.behave("first", runs(5, 0));
+    node.runtime.behave("second", runs(5, 0));
+    let _pod = start(&node, init_pod("Always"));
+    until(&node, 3).await;
+    let status = node.api.status();
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    assert_eq!(condition(&status, "Initialized"), "False");
+    assert_eq!(
+        waiting_reason(container(&status, "second")),
+        Some("PodInitializing")
+    );
+    assert_eq!(
+        waiting_reason(container(&status, "app")),
+        Some("ContainerCreating")
+    );
+    until(&node, 20).await;
+    let log: Vec<String> = node
+        .runtime
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("start") || l.contains("exit"))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            "0: start first.0",
+            "5: exit first.0 0",
+            "5: start second.0",
+            "10: exit second.0 0",
+            "10: start app.0",
+        ]
+    );
+    let status = node.api.status();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(condition(&status, "Initialized"), "True");
+    let first = container(&status, "first");
+    let done = first.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(done.reason.as_deref(), Some("Completed"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_init_container_blocks_the_app_and_restarts_with_back_off() {
+    let node = FakeNode::new();
+    node.runtime.behave("first", runs(0, 0));
+    node.runtime.behave("second", runs(0, 1));
+    let _pod = start(&node, init_pod("Always"));
+    until(&node, 65).await;
+    assert_eq!(
+        starts(&node, "second"),
+        [
+            "0: start second.0",
+            "10: start second.1",
+            "30: start second.2"
+        ]
+    );
+    assert!(starts(&node, "app").is_empty());
+    let status = node.api.status();
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    assert_eq!(condition(&status, "Initialized"), "False");
+    assert_eq!(
+        waiting_reason(container(&status, "second")),
+        Some("CrashLoopBackOff")
+    );
+    node.runtime.behave("second", runs(0, 0));
+    until(&node, 75).await;
+    assert_eq!(starts(&node, "app"), ["70: start app.0"]);
+    assert_eq!(condition(&node.api.status(), "Initialized"), "True");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_init_container_fails_a_never_restarting_pod() {
+    let node = FakeNode::new();
+    node.runtime.behave("first", runs(1, 2));
+    let _pod = start(&node, init_pod("Never"));
+    until(&node, 60).await;
+    assert_eq!(starts(&node, "first"), ["0: start first.0"]);
+    assert!(starts(&node, "second").is_empty());
+    assert!(starts(&node, "app").is_empty());
+    let status = node.api.status();
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    let first = container(&status, "first");
+    assert_eq!(
+        first
+            .state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .exit_code,
+        2
+    );
+}
+
+fn probed(probe: &str, settings: Value) -> Value {
+    let mut handler = json!({"exec": {"command": [probe]}});
+    for (key, value) in settings.as_object().unwrap() {
+        handler[key] = value.clone();
+    }
+    let mut app = json!({"name": "app", "image": "busybox:1"});
+    app[probe] = handler;
+    pod(json!({"containers": [app], "terminationGracePeriodSeconds": 5}))
+}
+
+#[tokio::test(start_paused = true)]
+async fn liveness_failures_past_the_threshold_restart_the_container() {
+    let node = FakeNode::new();
+    node.runtime.command("app", "livenessProbe", false);
+    let _pod = start(
+        &node,
+        probed(
+            "livenessProbe",
+            json!({"initialDelaySeconds": 10, "periodSeconds": 5, "failureThreshold": 3}),
+        ),
+    );
+    until(&node, 31).await;
+    let log: Vec<String> = node
+        .runtime
+        .log()
+        .into_iter()
+        .filter(|l| !l.contains("exit "))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            "0: start app.0",
+            "10: exec app.0 livenessProbe",
+            "15: exec app.0 livenessProbe",
+            "20: exec app.0 livenessProbe",
+            "20: SIGTERM app.0",
+            "30: start app.1",
+        ]
+    );
+    let reasons = node.api.reasons();
+    assert_eq!(reasons.iter().filter(|r| *r == "Unhealthy").count(), 3);
+    assert!(reasons.contains(&"Killing".to_owned()));
+    let app = container(&node.api.status(), "app").clone();
+    assert_eq!(app.restart_count, 1);
+    let last = app.last_state.unwrap().terminated.unwrap();
+    assert_eq!(last.exit_code, 143);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_liveness_probe_that_recovers_before_the_threshold_does_not_restart() {
+    let node = FakeNode::new();
+    node.runtime.command("app", "livenessProbe", false);
+    let _pod = start(
+        &node,
+        probed(
+            "livenessProbe",
+            json!({"periodSeconds": 5, "failureThreshold": 3}),
+        ),
+    );
+    until(&node, 7).await;
+    node.runtime.command("app", "livenessProbe", true);
+    until(&node, 12).await;
+    node.runtime.command("app", "livenessProbe", false);
+    until(&node, 22).await;
+    assert!(
+        node.runtime.log_of("SIGTERM").is_empty(),
+        "{:?}",
+        node.runtime.log()
+    );
+    assert_eq!(starts(&node, "app").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_flips_the_ready_condition_without_restarting() {
+    let node = FakeNode::new();
+    let _pod = start(
+        &node,
+        probed(
+            "readinessProbe",
+            json!({"initialDelaySeconds": 2, "periodSeconds": 5, "failureThreshold": 2}),
+        ),
+    );
+    until(&node, 1).await;
+    assert_eq!(
+        condition(&node.api.status(), "Ready"),
+        "False",
+        "before the first probe"
+    );
+    until(&node, 3).await;
+    assert_eq!(condition(&node.api.status(), "Ready"), "True");
+    node.runtime.command("app", "readinessProbe", false);
+    until(&node, 8).await;
+    assert_eq!(
+        condition(&node.api.status(), "Ready"),
+        "True",
+        "one failure is not enough"
+    );
+    until(&node, 13).await;
+    let status = node.api.status();
+    assert_eq!(condition(&status, "Ready"), "False");
+    assert_eq!(condition(&status, "ContainersReady"), "False");
+    assert!(!container(&status, "app").ready);
+    node.runtime.command("app", "readinessProbe", true);
+    until(&node, 18).await;
+    assert_eq!(condition(&node.api.status(), "Ready"), "True");
+    assert_eq!(starts(&node, "app").len(), 1);
+    assert!(node.runtime.log_of("SIGTERM").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_startup_probe_holds_liveness_back_and_kills_past_its_threshold() {
+    let node = FakeNode::new();
+    node.runtime.command("app", "startupProbe", false);
+    let mut spec = probed(
+        "startupProbe",
+        json!({"periodSeconds": 10, "failureThreshold": 3}),
+    );
+    spec["spec"]["containers"][0]["livenessProbe"] =
+        json!({"exec": {"command": ["livenessProbe"]}});
+    let _pod = start(&node, spec);
+    until(&node, 5).await;
+    let status = node.api.status();
+    assert_eq!(container(&status, "app").started, Some(false));
+    until(&node, 21).await;
+    let log: Vec<String> = node
+        .runtime
+        .log()
+        .into_iter()
+        .filter(|l| !l.contains("exit "))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            "0: start app.0",
+            "0: exec app.0 startupProbe",
+            "10: exec app.0 startupProbe",
+            "20: exec app.0 startupProbe",
+            "20: SIGTERM app.0",
+        ]
+    );
+}
+
+fn deleting(mut pod: Value, grace: u64) -> Value {
+    pod["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:01:00Z");
+    pod["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+    pod
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_runs_pre_stop_then_sigterm_then_sigkill_after_the_grace_period() {
+    let node = FakeNode::new();
+    node.runtime.behave(
+        "app",
+        Behaviour {
+            ignores_sigterm: true,
+            ..Default::default()
+        },
+    );
+    let spec = pod(json!({
+        "terminationGracePeriodSeconds": 20,
+        "containers": [{
+            "name": "app",
+            "image": "busybox:1",
+            "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+        }],
+    }));
+    let handle = start(&node, spec.clone());
+    until(&node, 60).await;
+    handle.object.send(Some(deleting(spec, 20))).unwrap();
+    until(&node, 100).await;
+    assert_eq!(
+        node.runtime.log(),
+        [
+            "0: start app.0",
+            "65: SIGTERM app.0",
+            "80: SIGKILL app.0",
+            "80: exit app.0 137",
+        ]
+    );
+    // (The fake API keeps the pod, so the worker deletes it again on each pass.)
+    assert_eq!(node.api.deleted.lock().unwrap()[0], "web");
+    let status = node.api.status();
+    let app = container(&status, "app");
+    let ended = app.state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!((ended.exit_code, ended.signal), (137, Some(9)));
+    assert!(node.api.reasons().contains(&"Killing".to_owned()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_that_stops_on_sigterm_is_not_killed() {
+    let node = FakeNode::new();
+    let spec = pod(json!({
+        "containers": [{
+            "name": "app",
+            "image": "busybox:1",
+            "lifecycle": {"preStop": {"exec": {"command": ["drain"]}}},
+        }],
+    }));
+    let handle = start(&node, spec.clone());
+    until(&node, 10).await;
+    handle.object.send(Some(deleting(spec, 30))).unwrap();
+    until(&node, 60).await;
+    assert_eq!(
+        node.runtime.log(),
+        [
+            "0: start app.0",
+            "10: exec app.0 drain",
+            "10: SIGTERM app.0",
+            "10: exit app.0 143",
+        ]
+    );
+    // (The fake API keeps the pod, so the worker deletes it again on each pass.)
+    assert_eq!(node.api.deleted.lock().unwrap()[0], "web");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_pod_grace_period_applies_when_the_delete_names_none() {
+    let node = FakeNode::new();
+    node.runtime.behave(
+        "app",
+        Behaviour {
+            ignores_sigterm: true,
+            ..Default::default()
+        },
+    );
+    let spec = pod(json!({
+        "terminationGracePeriodSeconds": 7,
+        "containers": [{"name": "app", "image": "busybox:1"}],
+    }));
+    let handle = start(&node, spec.clone());
+    until(&node, 10).await;
+    let mut gone = spec;
+    gone["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:10Z");
+    handle.object.send(Some(gone)).unwrap();
+    until(&node, 30).await;
+    assert_eq!(
+        node.runtime.log_of("SIG"),
+        ["10: SIGTERM app.0", "17: SIGKILL app.0"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn image_pull_failures_wait_in_err_image_pull_then_back_off() {
+    let node = FakeNode::new();
+    node.images.missing.lock().unwrap().insert("ghost:1".into());
+    let _pod = start(
+        &node,
+        pod(json!({"containers": [{"name": "app", "image": "ghost:1"}]})),
+    );
+    until(&node, 1).await;
+    let first = super::status::as_status(&node.api.statuses.lock().unwrap()[0]);
+    let app = container(&first, "app");
+    assert_eq!(waiting_reason(app), Some("ErrImagePull"));
+    let message = app
+        .state
+        .as_ref()
+        .unwrap()
+        .waiting
+        .as_ref()
+        .unwrap()
+        .message
+        .clone();
+    assert_eq!(
+        message.as_deref(),
+        Some("Failed to pull image \"ghost:1\": image ghost:1: manifest unknown")
+    );
+    assert_eq!(first.phase.as_deref(), Some("Pending"));
+    // The next pass finds the pull backing off (5 s, then 10, 20...).
+    let status = node.api.status();
+    let app = container(&status, "app");
+    assert_eq!(waiting_reason(app), Some("ImagePullBackOff"));
+    let message = app
+        .state
+        .as_ref()
+        .unwrap()
+        .waiting
+        .as_ref()
+        .unwrap()
+        .message
+        .clone();
+    assert_eq!(
+        message.as_deref(),
+        Some("Back-off 5s pulling image \"ghost:1\"")
+    );
+    node.images.missing.lock().unwrap().clear();
+    until(&node, 60).await;
+    assert_eq!(starts(&node, "app").len(), 1);
+    let reasons = node.api.reasons();
+    assert!(reasons.contains(&"Failed".to_owned()), "{reasons:?}");
+    assert!(reasons.contains(&"BackOff".to_owned()), "{reasons:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_config_map_key_is_a_create_container_config_error() {
+    let node = FakeNode::new();
+    node.api.objects.lock().unwrap().insert(
+        ("configmaps".into(), "settings".into()),
+        json!({"data": {"mode": "fast"}}),
+    );
+    let _pod = start(
+        &node,
+        pod(json!({"containers": [{
+            "name": "app",
+            "image": "busybox:1",
+            "env": [{"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "level"}}}],
+        }]})),
+    );
+    until(&node, 1).await;
+    let status = node.api.status();
+    let app = container(&status, "app");
+    assert_eq!(waiting_reason(app), Some("CreateContainerConfigError"));
+    assert!(starts(&node, "app").is_empty());
+    node.api.objects.lock().unwrap().insert(
+        ("configmaps".into(), "settings".into()),
+        json!({"data": {"level": "3"}}),
+    );
+    until(&node, 15).await;
+    assert_eq!(starts(&node, "app").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_image_name_is_reported_as_such() {
+    let node = FakeNode::new();
+    let _pod = start(
+        &node,
+        pod(json!({"containers": [{"name": "app", "image": "Not A Name"}]})),
+    );
+    until(&node, 1).await;
+    let status = node.api.status();
+    assert_eq!(
+        waiting_reason(container(&status, "app")),
+        Some("InvalidImageName")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ignored_fields_are_reported_once() {
+    let node = FakeNode::new();
+    let spec = pod(json!({
+        "shareProcessNamespace": true,
+        "containers": [{"name": "app", "image": "busybox:1"}],
+    }));
+    let handle = start(&node, spec.clone());
+    until(&node, 1).await;
+    handle.object.send(Some(spec)).unwrap();
+    until(&node, 2).await;
+    let events = node.api.events.lock().unwrap().clone();
+    let ignored: Vec<_> = events.iter().filter(|e| e.1 == "IgnoredFields").collect();
+    assert_eq!(ignored.len(), 1);
+    assert_eq!(ignored[0].2, "bramble ignores spec.shareProcessNamespace");
+}
