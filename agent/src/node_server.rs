@@ -1077,6 +1077,25 @@ mod tests {
         assert!(read_message(&mut reader).await.unwrap().is_none());
     }
 
+    async fn body_json(response: Response<Body>) -> Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_overlong_hold_is_refused_not_a_panic() {
+        let config =
+            crate::panel::PanelConfig::node_kit(hardware::backend::BackendChoice::Simulated);
+        let (panel, _presses) = crate::panel::Panel::start(&config).unwrap().unwrap();
+        let panel = crate::panel::NodePanel::new(panel);
+        for hold in ["99999999999999999999h", "1e400", "11s"] {
+            let query = query_pairs(&format!("hold={hold}"));
+            let response = press_button(&panel, "kill", &query).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "hold={hold}");
+            assert_eq!(body_json(response).await["reason"], "BadRequest");
+        }
+    }
+
     #[test]
     fn failures_carry_the_exit_code() {
         let status = exit_status(&["false".into()], 3);
