@@ -117,16 +117,26 @@ fn token_ca_hash(token: &str) -> Option<&str> {
 
 /// HMAC-SHA256 of `ca_pem` keyed with the join secret, in hex: what a master that knows the
 /// secret sends beside its CA (header `bramble-ca-proof`).
+#[cfg(test)]
 fn ca_proof(join_secret: &str, ca_pem: &[u8]) -> String {
+    use hmac::Mac;
+    hex::encode(ca_mac(join_secret, ca_pem).finalize().into_bytes())
+}
+
+fn ca_mac(join_secret: &str, ca_pem: &[u8]) -> hmac::Hmac<sha2::Sha256> {
     use hmac::Mac;
     let mut mac =
         hmac::Hmac::<sha2::Sha256>::new_from_slice(join_secret.as_bytes()).expect("any key length");
     mac.update(ca_pem);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    mac
+}
+
+/// Whether `proof` (hex) is the master's HMAC of `ca_pem` under the join secret, compared in
+/// constant time so that its timing tells nothing about the right proof.
+fn proof_holds(proof: &str, join_secret: &str, ca_pem: &[u8]) -> bool {
+    use hmac::Mac;
+    hex::decode(proof.trim())
+        .is_ok_and(|proof| ca_mac(join_secret, ca_pem).verify_slice(&proof).is_ok())
 }
 
 /// A bare join secret (as in bramble.toml): no `bramble1.` prefix, no dots.
@@ -228,16 +238,10 @@ pub async fn join(
     })?;
     let trusted = match expected {
         Some(expected) => {
-            let actual: String = sha2::Sha256::digest(der.as_ref())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            actual.eq_ignore_ascii_case(expected)
+            hex::encode(sha2::Sha256::digest(der.as_ref())).eq_ignore_ascii_case(expected)
         }
         // A bare secret: the master proves it knows the secret too.
-        None => {
-            proof.is_some_and(|proof| proof.eq_ignore_ascii_case(&ca_proof(token.trim(), &ca_pem)))
-        }
+        None => proof.is_some_and(|proof| proof_holds(&proof, token.trim(), &ca_pem)),
     };
     if !trusted {
         return Err(JoinError::CaMismatch {
@@ -309,6 +313,28 @@ mod tests {
             ca_proof("Jefe", b"what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+        let proof = ca_proof("Jefe", b"what do ya want for nothing?");
+        assert!(proof_holds(&proof, "Jefe", b"what do ya want for nothing?"));
+        assert!(proof_holds(
+            &proof.to_uppercase(),
+            "Jefe",
+            b"what do ya want for nothing?"
+        ));
+        assert!(!proof_holds(
+            &proof,
+            "Jefe",
+            b"what do ya want for something?"
+        ));
+        assert!(!proof_holds(
+            &proof[..62],
+            "Jefe",
+            b"what do ya want for nothing?"
+        ));
+        assert!(!proof_holds(
+            "not hex",
+            "Jefe",
+            b"what do ya want for nothing?"
+        ));
         assert!(is_bare_secret("change-me-to-a-long-secret_1"));
         assert!(!is_bare_secret("bramble1.abc.def"));
         assert!(!is_bare_secret(""));

@@ -54,11 +54,7 @@ pub fn ca_proof(join_secret: &str, ca_pem: &[u8]) -> String {
     let mut mac =
         hmac::Hmac::<sha2::Sha256>::new_from_slice(join_secret.as_bytes()).expect("any key length");
     mac.update(ca_pem);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// The SHA-256 of the first certificate in `pem` (hex), as join tokens carry it.
