@@ -217,12 +217,9 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 fn nix_hostname() -> anyhow::Result<String> {
-    let mut buffer = [0u8; 256];
-    // SAFETY: gethostname writes at most the buffer's length.
-    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
-    anyhow::ensure!(rc == 0, "cannot read the host name; give --node-name");
-    let end = buffer.iter().position(|b| *b == 0).unwrap_or(buffer.len());
-    Ok(String::from_utf8_lossy(&buffer[..end]).to_lowercase())
+    let name = nix::unistd::gethostname()
+        .map_err(|e| anyhow::anyhow!("cannot read the host name ({e}); give --node-name"))?;
+    Ok(name.to_string_lossy().to_lowercase())
 }
 
 #[derive(Args)]

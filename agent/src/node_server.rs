@@ -13,8 +13,9 @@
 //!
 //! Exec speaks the Kubernetes WebSocket stream protocols `v5.channel.k8s.io` and
 //! `v4.channel.k8s.io`: every binary message starts with a channel byte (0 stdin, 1 stdout,
-//! 2 stderr, 3 the final status, 4 terminal resize, 255 close a stream in v5). The master
-//! relays the upgraded connection byte for byte.
+//! 2 stderr, 3 the final status, 4 terminal resize, 255 close a stream in v5). The WebSocket
+//! framing is tungstenite's, which refuses unmasked client frames and oversized messages. The
+//! master relays the upgraded connection byte for byte.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
@@ -32,8 +32,13 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Value};
-use sha2::Digest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::{
+    self,
+    protocol::{frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig},
+    Message,
+};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::pods::PodHandle;
 use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
@@ -452,10 +457,7 @@ impl NodeServer {
 
 /// `Sec-WebSocket-Accept` for a client's key (RFC 6455 section 4.2.2).
 pub fn websocket_accept(key: &str) -> String {
-    let mut hasher = sha1::Sha1::new();
-    hasher.update(key.trim().as_bytes());
-    hasher.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(hasher.finalize())
+    tungstenite::handshake::derive_accept_key(key.trim().as_bytes())
 }
 
 fn since(query: &[(String, String)]) -> Option<jiff::Timestamp> {
@@ -687,83 +689,48 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
-/// A WebSocket message the server sends.
+/// The largest message (and frame) a client may send. Clients send stdin in chunks of a few
+/// KiB and resize requests of a few bytes; anything larger is refused, not buffered.
+const MAX_CLIENT_MESSAGE: usize = 1 << 20;
+
+/// What the server sends: channel messages, then a normal close.
 enum Outgoing {
     Binary(Vec<u8>),
-    Pong(Vec<u8>),
     Close,
 }
 
-fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 10);
-    out.push(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => out.push(n as u8),
-        n if n <= 0xffff => {
-            out.push(126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(payload);
-    out
+/// The exec session's WebSocket over the upgraded connection (the handshake was the HTTP
+/// exchange): client frames must be masked, messages and frames are limited in size.
+async fn exec_socket<S>(io: S) -> WebSocketStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE));
+    WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
 }
 
-/// A message the client sent: opcode and unmasked payload (fragments joined).
-async fn read_message(
-    reader: &mut (impl tokio::io::AsyncRead + Unpin),
-) -> std::io::Result<Option<(u8, Vec<u8>)>> {
-    let mut message = Vec::new();
-    let mut message_opcode = None;
+/// The next binary message from the client (channel byte first); `Ok(None)` when the client
+/// closed or went away. Pings are answered and text messages skipped on the way.
+async fn read_message<S>(stream: &mut S) -> Result<Option<Bytes>, tungstenite::Error>
+where
+    S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    use futures_util::StreamExt;
     loop {
-        let mut head = [0u8; 2];
-        if let Err(e) = reader.read_exact(&mut head).await {
-            return if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Ok(None)
-            } else {
-                Err(e)
-            };
-        }
-        let fin = head[0] & 0x80 != 0;
-        let opcode = head[0] & 0x0f;
-        let masked = head[1] & 0x80 != 0;
-        let mut length = u64::from(head[1] & 0x7f);
-        if length == 126 {
-            let mut ext = [0u8; 2];
-            reader.read_exact(&mut ext).await?;
-            length = u64::from(u16::from_be_bytes(ext));
-        } else if length == 127 {
-            let mut ext = [0u8; 8];
-            reader.read_exact(&mut ext).await?;
-            length = u64::from_be_bytes(ext);
-        }
-        if length > 16 << 20 {
-            return Err(std::io::Error::other("WebSocket message too large"));
-        }
-        let mut mask = [0u8; 4];
-        if masked {
-            reader.read_exact(&mut mask).await?;
-        }
-        let mut payload = vec![0u8; length as usize];
-        reader.read_exact(&mut payload).await?;
-        if masked {
-            for (i, byte) in payload.iter_mut().enumerate() {
-                *byte ^= mask[i % 4];
-            }
-        }
-        if opcode >= 0x8 {
-            // Control frames arrive whole, even between fragments.
-            return Ok(Some((opcode, payload)));
-        }
-        if opcode != 0 {
-            message_opcode = Some(opcode);
-        }
-        message.extend_from_slice(&payload);
-        if fin {
-            return Ok(Some((message_opcode.unwrap_or(2), message)));
+        match stream.next().await {
+            Some(Ok(Message::Binary(payload))) => return Ok(Some(payload)),
+            Some(Ok(Message::Close(_))) | None => return Ok(None),
+            Some(Ok(_)) => continue,
+            Some(Err(
+                tungstenite::Error::ConnectionClosed
+                | tungstenite::Error::AlreadyClosed
+                | tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                ),
+            )) => return Ok(None),
+            Some(Err(error)) => return Err(error),
         }
     }
 }
@@ -784,26 +751,30 @@ fn exit_status(command: &[String], code: i32) -> Value {
 }
 
 async fn run_exec(
-    io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     runner: &ContainerRunner,
     attempt: &Attempt,
     command: Vec<String>,
     options: ExecOptions,
 ) -> std::io::Result<()> {
-    let (mut reader, mut writer) = tokio::io::split(io);
+    use futures_util::{SinkExt, StreamExt};
+    let (mut writer, mut reader) = exec_socket(io).await.split();
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Outgoing>(32);
     let write_task = tokio::spawn(async move {
         while let Some(message) = out_rx.recv().await {
-            let bytes = match &message {
-                Outgoing::Binary(payload) => frame(0x2, payload),
-                Outgoing::Pong(payload) => frame(0xA, payload),
-                Outgoing::Close => frame(0x8, &1000u16.to_be_bytes()),
+            let sent = match message {
+                Outgoing::Binary(payload) => writer.send(Message::binary(payload)).await,
+                Outgoing::Close => {
+                    let close = CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "".into(),
+                    };
+                    let _ = writer.send(Message::Close(Some(close))).await;
+                    let _ = writer.close().await;
+                    break;
+                }
             };
-            if writer.write_all(&bytes).await.is_err() {
-                break;
-            }
-            if matches!(message, Outgoing::Close) {
-                let _ = writer.shutdown().await;
+            if sent.is_err() {
                 break;
             }
         }
@@ -904,51 +875,51 @@ async fn run_exec(
     }
     let mut stdin = child.stdin.take();
 
-    // Input: stdin, resizes, pings and close from the client, until the process ends.
-    let input_tx = out_tx.clone();
+    // Input: stdin, resizes and close from the client, until the process ends.
     let input = tokio::spawn(async move {
-        while let Ok(Some((opcode, payload))) = read_message(&mut reader).await {
-            match opcode {
-                0x8 => break,
-                0x9 => {
-                    let _ = input_tx.send(Outgoing::Pong(payload)).await;
+        loop {
+            let payload = match read_message(&mut reader).await {
+                Ok(Some(payload)) => payload,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::debug!(%error, "exec client broke the WebSocket protocol");
+                    break;
                 }
-                0x2 if !payload.is_empty() => {
-                    let data = &payload[1..];
-                    match payload[0] {
-                        STDIN => {
-                            if let Some(writer) = terminal_writer.as_mut() {
-                                let _ = writer.write_all(data).await;
-                            } else if let Some(pipe) = stdin.as_mut() {
-                                if pipe.write_all(data).await.is_err() {
-                                    stdin = None;
-                                }
-                            }
-                        }
-                        RESIZE => {
-                            if let (Some(fd), Ok(size)) =
-                                (terminal_fd, serde_json::from_slice::<Value>(data))
-                            {
-                                let size = libc::winsize {
-                                    ws_row: size["Height"].as_u64().unwrap_or(24) as u16,
-                                    ws_col: size["Width"].as_u64().unwrap_or(80) as u16,
-                                    ws_xpixel: 0,
-                                    ws_ypixel: 0,
-                                };
-                                // SAFETY: TIOCSWINSZ reads a winsize from the pointer.
-                                unsafe {
-                                    libc::ioctl(fd, libc::TIOCSWINSZ, &size);
-                                }
-                            }
-                        }
-                        CLOSE if data.first() == Some(&STDIN) => {
+            };
+            let Some((&channel, data)) = payload.split_first() else {
+                continue;
+            };
+            match channel {
+                STDIN => {
+                    if let Some(writer) = terminal_writer.as_mut() {
+                        let _ = writer.write_all(data).await;
+                    } else if let Some(pipe) = stdin.as_mut() {
+                        if pipe.write_all(data).await.is_err() {
                             stdin = None;
-                            if let Some(mut writer) = terminal_writer.take() {
-                                // End of input on a terminal: send ^D.
-                                let _ = writer.write_all(&[4]).await;
-                            }
                         }
-                        _ => {}
+                    }
+                }
+                RESIZE => {
+                    if let (Some(fd), Ok(size)) =
+                        (terminal_fd, serde_json::from_slice::<Value>(data))
+                    {
+                        let size = libc::winsize {
+                            ws_row: size["Height"].as_u64().unwrap_or(24) as u16,
+                            ws_col: size["Width"].as_u64().unwrap_or(80) as u16,
+                            ws_xpixel: 0,
+                            ws_ypixel: 0,
+                        };
+                        // SAFETY: TIOCSWINSZ reads a winsize from the pointer.
+                        unsafe {
+                            libc::ioctl(fd, libc::TIOCSWINSZ, &size);
+                        }
+                    }
+                }
+                CLOSE if data.first() == Some(&STDIN) => {
+                    stdin = None;
+                    if let Some(mut writer) = terminal_writer.take() {
+                        // End of input on a terminal: send ^D.
+                        let _ = writer.write_all(&[4]).await;
                     }
                 }
                 _ => {}
@@ -1012,21 +983,110 @@ mod tests {
         );
     }
 
+    /// A frame as a client puts it on the wire: masked with `mask`, or unmasked.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut wire = vec![if fin { 0x80 } else { 0 } | opcode];
+        let masked = if mask.is_some() { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => wire.push(masked | n as u8),
+            n if n <= 0xffff => {
+                wire.push(masked | 126);
+                wire.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                wire.push(masked | 127);
+                wire.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        match mask {
+            Some(mask) => {
+                wire.extend_from_slice(&mask);
+                wire.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            }
+            None => wire.extend_from_slice(payload),
+        }
+        wire
+    }
+
+    /// The server's side of an exec socket that has received `wire` and then end of file.
+    async fn server_reading(wire: Vec<u8>) -> WebSocketStream<tokio::io::DuplexStream> {
+        let (mut client, server) = tokio::io::duplex(wire.len() + 1024);
+        client.write_all(&wire).await.unwrap();
+        drop(client);
+        exec_socket(server).await
+    }
+
     #[tokio::test]
     async fn masked_fragmented_messages_are_read_whole() {
         let mask = [1u8, 2, 3, 4];
-        let mut wire = Vec::new();
-        for (first, fin, part) in [(true, false, &b"\x00ab"[..]), (false, true, &b"cd"[..])] {
-            wire.push(if fin { 0x80 } else { 0 } | if first { 0x2 } else { 0 });
-            wire.push(0x80 | part.len() as u8);
-            wire.extend_from_slice(&mask);
-            wire.extend(part.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        }
-        let mut reader = &wire[..];
-        let (opcode, payload) = read_message(&mut reader).await.unwrap().unwrap();
-        assert_eq!(opcode, 2);
-        assert_eq!(payload, b"\x00abcd");
+        let mut wire = client_frame(false, 0x2, b"\x00ab", Some(mask));
+        wire.extend(client_frame(true, 0x0, b"cd", Some(mask)));
+        let mut reader = server_reading(wire).await;
+        let payload = read_message(&mut reader).await.unwrap().unwrap();
+        assert_eq!(payload, &b"\x00abcd"[..]);
         assert!(read_message(&mut reader).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn unmasked_client_frames_are_refused() {
+        let wire = client_frame(true, 0x2, b"\x00ls\n", None);
+        let mut reader = server_reading(wire).await;
+        let error = read_message(&mut reader).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::UnmaskedFrameFromClient
+                )
+            ),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn fragments_may_not_add_up_past_the_limit() {
+        // Each fragment is small; together they pass the limit.
+        let mask = [9u8, 8, 7, 6];
+        let part = vec![b'x'; MAX_CLIENT_MESSAGE / 4];
+        let mut wire = client_frame(false, 0x2, &part, Some(mask));
+        for _ in 0..4 {
+            wire.extend(client_frame(false, 0x0, &part, Some(mask)));
+        }
+        wire.extend(client_frame(true, 0x0, b"end", Some(mask)));
+        let mut reader = server_reading(wire).await;
+        let error = read_message(&mut reader).await.unwrap_err();
+        assert!(matches!(error, tungstenite::Error::Capacity(_)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn one_frame_past_the_limit_is_refused() {
+        let wire = client_frame(
+            true,
+            0x2,
+            &vec![0u8; MAX_CLIENT_MESSAGE + 1],
+            Some([1, 1, 1, 1]),
+        );
+        let mut reader = server_reading(wire).await;
+        assert!(read_message(&mut reader).await.is_err());
+    }
+
+    async fn body_json(response: Response<Body>) -> Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_overlong_hold_is_refused_not_a_panic() {
+        let config =
+            crate::panel::PanelConfig::node_kit(hardware::backend::BackendChoice::Simulated);
+        let (panel, _presses) = crate::panel::Panel::start(&config).unwrap().unwrap();
+        let panel = crate::panel::NodePanel::new(panel);
+        for hold in ["99999999999999999999h", "1e400", "11s"] {
+            let query = protocol::query::pairs(&format!("hold={hold}"));
+            let response = press_button(&panel, "kill", &query).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "hold={hold}");
+            assert_eq!(body_json(response).await["reason"], "BadRequest");
+        }
     }
 
     #[test]

@@ -91,8 +91,11 @@ fn host_cpu_nanos() -> Option<u64> {
         .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
         .map(|(_, v)| *v)
         .sum();
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as u64;
     Some(busy * 1_000_000_000 / ticks)
 }
 

@@ -1,6 +1,7 @@
-//! Where pins come from: rppal (Raspberry Pi OS), the Linux GPIO character device (any
-//! kernel, including Debian's), or the simulated header. Pins are numbered BCM, as on every
-//! Pi pinout chart.
+//! Where pins come from: the Linux GPIO character device (any kernel, including Debian's),
+//! the simulated header, or rppal (Raspberry Pi OS, /dev/gpiomem). rppal is archived upstream,
+//! so it is compiled in only with the `rppal` cargo feature; asked for without it, opening
+//! says so. Pins are numbered BCM, as on every Pi pinout chart.
 //!
 //! Every backend hands out the same [`Output`] and [`Input`] types, which implement the
 //! embedded-hal traits, so the drivers never know which one they run on. Opening a backend or a
@@ -24,7 +25,7 @@ pub enum BackendChoice {
     Simulated,
     /// The GPIO character device; `None` finds the chip with the Pi's header on it.
     Chip(Option<PathBuf>),
-    /// rppal, through /dev/gpiomem.
+    /// rppal, through /dev/gpiomem (only with the `rppal` cargo feature).
     Rppal,
 }
 
@@ -107,6 +108,7 @@ pub enum Backend {
     /// A GPIO character device.
     Chip(PathBuf),
     /// rppal.
+    #[cfg(feature = "rppal")]
     Rppal(rppal::gpio::Gpio),
 }
 
@@ -173,6 +175,7 @@ fn chip_error(path: &Path, bcm: u8, error: gpiocdev::Error) -> GpioError {
     }
 }
 
+#[cfg(feature = "rppal")]
 fn rppal_error(bcm: u8, error: rppal::gpio::Error) -> GpioError {
     let why = match &error {
         rppal::gpio::Error::PinUsed(_) => {
@@ -214,6 +217,15 @@ impl Backend {
                     })?;
                 Ok(Some(Backend::Chip(path)))
             }
+            #[cfg(not(feature = "rppal"))]
+            BackendChoice::Rppal => Err(GpioError::Unavailable {
+                backend: "rppal".into(),
+                why: "this bramble was built without the `rppal` cargo feature (rppal is \
+                      archived upstream); use --gpio gpiochip, which drives the same pins on \
+                      every Pi kernel, or rebuild with `cargo build --features rppal`"
+                    .into(),
+            }),
+            #[cfg(feature = "rppal")]
             BackendChoice::Rppal => rppal::gpio::Gpio::new()
                 .map(|gpio| Some(Backend::Rppal(gpio)))
                 .map_err(|e| GpioError::Unavailable {
@@ -231,6 +243,7 @@ impl Backend {
         match self {
             Backend::Simulated(_) => "simulated".into(),
             Backend::Chip(path) => format!("gpiochip:{}", path.display()),
+            #[cfg(feature = "rppal")]
             Backend::Rppal(_) => "rppal".into(),
         }
     }
@@ -258,6 +271,7 @@ impl Backend {
                 .request()
                 .map(|request| Output(OutputKind::Chip { request, bcm }))
                 .map_err(|e| chip_error(path, bcm, e)),
+            #[cfg(feature = "rppal")]
             Backend::Rppal(gpio) => gpio
                 .get(bcm)
                 .map(|pin| Output(OutputKind::Rppal(pin.into_output_low())))
@@ -281,6 +295,7 @@ impl Backend {
                 .request()
                 .map(|request| Input(InputKind::Chip { request, bcm }))
                 .map_err(|e| chip_error(path, bcm, e)),
+            #[cfg(feature = "rppal")]
             Backend::Rppal(gpio) => gpio
                 .get(bcm)
                 .map(|pin| Input(InputKind::Rppal(pin.into_input_pullup())))
@@ -296,7 +311,11 @@ pub struct Output(OutputKind);
 #[derive(Debug)]
 enum OutputKind {
     Simulated(SimulatedPin),
-    Chip { request: gpiocdev::Request, bcm: u8 },
+    Chip {
+        request: gpiocdev::Request,
+        bcm: u8,
+    },
+    #[cfg(feature = "rppal")]
     Rppal(rppal::gpio::OutputPin),
 }
 
@@ -307,7 +326,11 @@ pub struct Input(InputKind);
 #[derive(Debug)]
 enum InputKind {
     Simulated(SimulatedPin),
-    Chip { request: gpiocdev::Request, bcm: u8 },
+    Chip {
+        request: gpiocdev::Request,
+        bcm: u8,
+    },
+    #[cfg(feature = "rppal")]
     Rppal(rppal::gpio::InputPin),
 }
 
@@ -340,6 +363,7 @@ impl OutputPin for Output {
                     why: e.to_string(),
                 })
             }
+            #[cfg(feature = "rppal")]
             OutputKind::Rppal(pin) => {
                 match state {
                     PinState::High => pin.set_high(),
@@ -369,6 +393,7 @@ impl InputPin for Input {
                     bcm: *bcm,
                     why: e.to_string(),
                 }),
+            #[cfg(feature = "rppal")]
             InputKind::Rppal(pin) => Ok(pin.is_high()),
         }
     }
@@ -424,6 +449,23 @@ mod tests {
             error.to_string().contains("BCM27: already in use"),
             "{error}"
         );
+    }
+
+    #[cfg(not(feature = "rppal"))]
+    #[test]
+    fn rppal_without_the_feature_says_how_to_get_it() {
+        let error = Backend::open(&BackendChoice::Rppal)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("GPIO backend rppal is unavailable"),
+            "{error}"
+        );
+        assert!(
+            error.contains("without the `rppal` cargo feature"),
+            "{error}"
+        );
+        assert!(error.contains("--gpio gpiochip"), "{error}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! LEDs and buttons on GPIO behind embedded-hal traits, with rppal, GPIO character device and simulated backends.
+//! LEDs and buttons on GPIO behind embedded-hal traits, with GPIO character device, simulated
+//! and (with the `rppal` feature) rppal backends.
 //!
 //! What the lights mean ([`status`]: patterns and colours, which the dashboard also shows as
 //! virtual LEDs), and drivers written against embedded-hal 1.0 traits: APA102 strips such as

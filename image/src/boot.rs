@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use nix::sys::reboot::RebootMode;
+
 use protocol::command_line::{self, AgentArgs, MasterArgs, JOIN_TOKEN_ENV};
 
 use crate::config::{self, Addressing, BrambleToml, NodeConfig, Role};
@@ -125,8 +127,7 @@ fn block_signals() -> anyhow::Result<nix::sys::signal::SigSet> {
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
     // Ctrl-Alt-Del sends SIGINT to init instead of rebooting at once.
-    // SAFETY: reboot(2) with CAD_OFF changes only that setting.
-    unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_CAD_OFF) };
+    let _ = nix::sys::reboot::set_cad_enabled(false);
     Ok(set)
 }
 
@@ -218,7 +219,8 @@ fn set_clock_floor(release: &str) {
             tv_sec: floor as _,
             tv_nsec: 0,
         };
-        // SAFETY: a valid timespec.
+        // SAFETY: a valid timespec. (nix wraps this only behind its "time" feature, which
+        // nothing else here needs.)
         if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &time) } == 0 {
             say(&format!(
                 "the clock was {now}; set it to {floor} (the last time this card saw) until a time server answers"
@@ -540,10 +542,7 @@ pub fn keep_and_scrub_secrets(card: &Path, kept: &Path, text: &str) -> std::io::
     // pulled plug leaves either the old file or the new one.
     let directory = std::fs::File::open(card.parent().unwrap_or(Path::new(".")))?;
     use std::os::fd::AsRawFd;
-    // SAFETY: syncfs on an open descriptor.
-    if unsafe { libc::syncfs(directory.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    nix::unistd::syncfs(directory.as_raw_fd())?;
     Ok(true)
 }
 
@@ -601,10 +600,9 @@ impl Init {
             let signal = unsafe { libc::sigtimedwait(self.signals.as_ref(), &mut info, &timeout) };
             match signal {
                 libc::SIGCHLD => self.reap(),
-                libc::SIGTERM => self.shutdown(libc::LINUX_REBOOT_CMD_RESTART),
-                libc::SIGINT => self.shutdown(libc::LINUX_REBOOT_CMD_RESTART),
-                libc::SIGUSR2 => self.shutdown(libc::LINUX_REBOOT_CMD_POWER_OFF),
-                libc::SIGUSR1 => self.shutdown(libc::LINUX_REBOOT_CMD_HALT),
+                libc::SIGTERM | libc::SIGINT => self.shutdown(RebootMode::RB_AUTOBOOT),
+                libc::SIGUSR2 => self.shutdown(RebootMode::RB_POWER_OFF),
+                libc::SIGUSR1 => self.shutdown(RebootMode::RB_HALT_SYSTEM),
                 _ => {}
             }
             if signal < 0 {
@@ -851,7 +849,7 @@ impl Init {
         }
     }
 
-    fn shutdown(&mut self, how: libc::c_int) -> ! {
+    fn shutdown(&mut self, how: RebootMode) -> ! {
         say("stopping");
         for service in self.services.values_mut() {
             if let Some(child) = &service.child {
@@ -872,12 +870,14 @@ impl Init {
         {
             std::thread::sleep(Duration::from_millis(100));
         }
-        // SAFETY: kill(-1) signals every process but init.
-        unsafe { libc::kill(-1, libc::SIGKILL) };
+        // Pid -1: every process but init.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(-1),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         save_clock();
         let _ = nix::mount::umount(BOOT_MOUNT);
-        // SAFETY: sync has no preconditions.
-        unsafe { libc::sync() };
+        nix::unistd::sync();
         let _ = nix::mount::mount(
             None::<&str>,
             "/",
@@ -886,8 +886,7 @@ impl Init {
             None::<&str>,
         );
         say("the card is safe to remove");
-        // SAFETY: reboot(2) as PID 1.
-        unsafe { libc::reboot(how) };
+        let _ = nix::sys::reboot::reboot(how);
         std::process::exit(0);
     }
 }

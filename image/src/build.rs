@@ -316,8 +316,7 @@ fn on_path(program: &str) -> bool {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// Checks the host has the tools a build runs; `fakeroot` only matters without root.
@@ -632,25 +631,15 @@ fn tree_bytes(dir: &Path) -> Result<u64, BuildError> {
 /// Sets every entry's access and modification time under `dir` (and `dir`'s) to `epoch`.
 pub fn set_times(dir: &Path, epoch: u64) -> Result<(), BuildError> {
     fn stamp(path: &Path, epoch: u64) -> Result<(), BuildError> {
-        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| BuildError::Binary(format!("{} has a NUL byte", path.display())))?;
-        let time = libc::timespec {
-            tv_sec: epoch as _,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid C string and two timespecs.
-        let rc = unsafe {
-            libc::utimensat(
-                libc::AT_FDCWD,
-                c_path.as_ptr(),
-                [time, time].as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if rc != 0 {
-            return Err(BuildError::io(path)(std::io::Error::last_os_error()));
-        }
-        Ok(())
+        let time = nix::sys::time::TimeSpec::new(epoch as _, 0);
+        nix::sys::stat::utimensat(
+            None,
+            path,
+            &time,
+            &time,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|errno| BuildError::io(path)(errno.into()))
     }
     for relative in crate::tree::entries(dir).map_err(BuildError::io(dir))? {
         stamp(&dir.join(relative), epoch)?;
@@ -1105,6 +1094,18 @@ fn make_ext4(
     uuid: &str,
     epoch: u64,
 ) -> Result<(), BuildError> {
+    make_ext4_as(dir, image, size, uuid, epoch, is_root())
+}
+
+/// [`make_ext4`], owning the files as root (`run_as_root`) or through fakeroot.
+fn make_ext4_as(
+    dir: &Path,
+    image: &Path,
+    size: u64,
+    uuid: &str,
+    epoch: u64,
+    run_as_root: bool,
+) -> Result<(), BuildError> {
     let _ = std::fs::remove_file(image);
     let file = std::fs::File::create(image).map_err(BuildError::io(image))?;
     file.set_len(size).map_err(BuildError::io(image))?;
@@ -1113,25 +1114,47 @@ fn make_ext4(
         .map_err(BuildError::io(dir))?
         .len()
         + 8192;
-    let mkfs = format!(
-        "mkfs.ext4 -q -F -b 4096 -I 256 -N {inodes} -m 1 -L bramble-root -U {uuid} \
-         -E hash_seed={uuid},root_owner=0:0,lazy_itable_init=0 -d '{}' '{}'",
-        dir.display(),
-        image.display()
-    );
-    let chown = format!("chown -R -h 0:0 '{}'", dir.display());
-    let script = format!("{chown} && {mkfs}");
-    let mut command = if is_root() {
-        let mut c = Command::new("sh");
-        c.arg("-c").arg(&script);
-        c
-    } else {
-        let mut c = Command::new("fakeroot");
-        c.arg("sh").arg("-c").arg(&script);
-        c
+    // Everything in the image belongs to root. Without root, fakeroot makes it so: its
+    // made-up owners are kept in a session file from the chown to mkfs.ext4's reading. The
+    // fakeroot script evals that file's path, so it lives in a directory of our own naming.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let session_dir =
+        std::env::temp_dir().join(format!("bramble-fakeroot-{}-{nanos}", std::process::id()));
+    if !run_as_root {
+        std::fs::create_dir(&session_dir).map_err(BuildError::io(&session_dir))?;
+    }
+    let session = session_dir.join("session");
+    let as_root = |program: &str, session_flag: &str| {
+        if run_as_root {
+            Command::new(program)
+        } else {
+            let mut command = Command::new("fakeroot");
+            command
+                .arg(session_flag)
+                .arg(&session)
+                .arg("--")
+                .arg(program);
+            command
+        }
     };
-    command.env("E2FSPROGS_FAKE_TIME", epoch.to_string());
-    output(&mut command)?;
+    let mut chown = as_root("chown", "-s");
+    chown.args(["-R", "-h", "0:0"]).arg(dir);
+    let mut mkfs = as_root("mkfs.ext4", "-i");
+    mkfs.args(["-q", "-F", "-b", "4096", "-I", "256", "-N"])
+        .arg(inodes.to_string())
+        .args(["-m", "1", "-L", "bramble-root", "-U", uuid, "-E"])
+        .arg(format!(
+            "hash_seed={uuid},root_owner=0:0,lazy_itable_init=0"
+        ))
+        .arg("-d")
+        .arg(dir)
+        .arg(image)
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string());
+    let made = output(&mut chown).and_then(|_| output(&mut mkfs));
+    let _ = std::fs::remove_dir_all(&session_dir);
+    made?;
     // mke2fs copies each file's change time from the host, which no one can set, and the access
     // time, which reading the file for mke2fs moved: stamp both.
     let mut paths = vec!["/".to_owned(), "/lost+found".to_owned()];
@@ -1213,4 +1236,62 @@ fn assemble(path: &Path, mbr: &Mbr, boot: &Path, root: &Path) -> Result<u64, Bui
     out.sync_all().map_err(BuildError::io(&partial))?;
     std::fs::rename(&partial, path).map_err(BuildError::io(path))?;
     Ok(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The owner of `path` inside an ext4 image, as debugfs reads it.
+    fn owner_in_image(image: &Path, path: &str) -> String {
+        let text = output(
+            Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("stat {path}"))
+                .arg(image),
+        )
+        .unwrap();
+        let user = text.split("User:").nth(1).unwrap_or_default();
+        user.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn ext4_images_take_paths_with_quotes_and_spaces() {
+        // Once a shell script: a quote in the output path broke it (or ran what followed).
+        let work = tempfile::tempdir().unwrap();
+        for run_as_root in [true, false] {
+            if run_as_root && !is_root() {
+                continue;
+            }
+            let dir = work.path().join(format!("it's a tree {run_as_root}"));
+            std::fs::create_dir_all(dir.join("etc")).unwrap();
+            std::fs::write(dir.join("etc/hostname"), "pi\n").unwrap();
+            if is_root() {
+                // Someone else's file on the host; root's in the image.
+                std::os::unix::fs::lchown(dir.join("etc/hostname"), Some(1000), Some(1000))
+                    .unwrap();
+            }
+            let image = work
+                .path()
+                .join(format!("o'ut $(touch x) {run_as_root}.img"));
+            make_ext4_as(
+                &dir,
+                &image,
+                16 << 20,
+                "2b1e7a9c-4f1d-4c1b-9b59-0f0a1c2d3e4f",
+                1_700_000_000,
+                run_as_root,
+            )
+            .unwrap();
+            assert_eq!(
+                owner_in_image(&image, "/etc/hostname"),
+                "0",
+                "root: {run_as_root}"
+            );
+            assert!(!work.path().join("x").exists());
+        }
+    }
 }

@@ -1,5 +1,7 @@
 //! `bramble image flash`: writes the image to a card, refusing any disk that has a partition
-//! in use (mounted, or swap), above all the one the running system lives on.
+//! in use (mounted, swap, or held by device-mapper or RAID: LVM, LUKS, md), above all the one
+//! the running system lives on. When the kernel's tables cannot be read, it refuses too: the
+//! check fails closed.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -25,6 +27,27 @@ pub enum FlashError {
         mount_point: String,
         /// What to do.
         hint: String,
+    },
+    /// A partition (or the disk) carries another block device: LVM, LUKS or RAID.
+    #[error("refusing to write to {device}: {partition} is in use by {holder} (LVM, LUKS or RAID): close it first (vgchange -an, cryptsetup close or mdadm --stop)")]
+    Held {
+        /// The disk.
+        device: String,
+        /// The partition that is held.
+        partition: String,
+        /// The device built on it (`/dev/dm-0`, `/dev/md0`).
+        holder: String,
+    },
+    /// Whether the disk is in use could not be found out.
+    #[error("refusing to write to {device}: cannot tell whether it is in use (reading {what})")]
+    Unchecked {
+        /// The disk.
+        device: String,
+        /// What could not be read.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The card is smaller than the image.
     #[error("{device} holds {device_mib} MiB, the image needs {image_mib} MiB")]
@@ -80,7 +103,7 @@ pub fn disk(device: &Path) -> Result<Disk, FlashError> {
         return Err(FlashError::NotADisk(device.display().to_string()));
     }
     let rdev = meta.rdev();
-    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
     let sys = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}"))
         .map_err(io(Path::new("/sys/dev/block")))?;
     let name = sys
@@ -119,67 +142,243 @@ pub fn disk(device: &Path) -> Result<Disk, FlashError> {
     })
 }
 
-/// The mounted (or swap) partitions of `disk`, as (partition, where).
-pub fn in_use(disk: &Disk) -> Vec<(String, String)> {
-    let mut names = vec![disk.name.clone()];
-    if let Ok(entries) = std::fs::read_dir(format!("/sys/class/block/{}", disk.name)) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if entry.path().join("partition").exists() {
-                names.push(name);
-            }
-        }
-    }
-    let numbers: Vec<(String, String)> = names
-        .iter()
-        .filter_map(|name| {
-            let dev = std::fs::read_to_string(format!("/sys/class/block/{name}/dev")).ok()?;
-            Some((name.clone(), dev.trim().to_owned()))
-        })
-        .collect();
-    let mut used = Vec::new();
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for line in mountinfo.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(dev), Some(point)) = (fields.get(2), fields.get(4)) else {
-            continue;
-        };
-        if let Some((name, _)) = numbers.iter().find(|(_, number)| number == dev) {
-            used.push((format!("/dev/{name}"), point.replace("\\040", " ")));
-        }
-    }
-    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
-    for line in swaps.lines().skip(1) {
-        if let Some(device) = line.split_whitespace().next() {
-            let base = device.trim_start_matches("/dev/");
-            if names.iter().any(|n| n == base) {
-                used.push((device.to_owned(), "swap".to_owned()));
-            }
-        }
-    }
-    used
+/// What the kernel says about block devices and their users: [`Kernel`] reads `/sys` and
+/// `/proc`; tests use a fake.
+pub trait BlockDevices {
+    /// The partitions of `disk`, by kernel name (`sdb1`).
+    fn partitions(&self, disk: &str) -> std::io::Result<Vec<String>>;
+    /// A device's `major:minor`.
+    fn number(&self, name: &str) -> std::io::Result<String>;
+    /// The devices built on this one (`dm-0` for LVM or LUKS, `md0` for RAID).
+    fn holders(&self, name: &str) -> std::io::Result<Vec<String>>;
+    /// The mount table.
+    fn mounts(&self) -> std::io::Result<procfs::process::MountInfos>;
+    /// The text of `/proc/swaps`.
+    fn swaps(&self) -> std::io::Result<String>;
 }
 
-/// Refuses a disk with a partition in use.
+/// The running kernel, through `/sys/class/block` and `/proc`.
+pub struct Kernel;
+
+fn names_in(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        names.push(entry?.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
+}
+
+impl BlockDevices for Kernel {
+    fn partitions(&self, disk: &str) -> std::io::Result<Vec<String>> {
+        let dir = Path::new("/sys/class/block").join(disk);
+        Ok(names_in(&dir)?
+            .into_iter()
+            .filter(|name| dir.join(name).join("partition").exists())
+            .collect())
+    }
+
+    fn number(&self, name: &str) -> std::io::Result<String> {
+        std::fs::read_to_string(format!("/sys/class/block/{name}/dev")).map(|n| n.trim().to_owned())
+    }
+
+    fn holders(&self, name: &str) -> std::io::Result<Vec<String>> {
+        names_in(&Path::new("/sys/class/block").join(name).join("holders"))
+    }
+
+    fn mounts(&self) -> std::io::Result<procfs::process::MountInfos> {
+        procfs::process::Process::myself()
+            .and_then(|me| me.mountinfo())
+            .map_err(std::io::Error::other)
+    }
+
+    fn swaps(&self) -> std::io::Result<String> {
+        std::fs::read_to_string("/proc/swaps")
+    }
+}
+
+/// How a partition of the disk is in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Usage {
+    /// Mounted here.
+    Mounted(String),
+    /// Swap.
+    Swap,
+    /// Carries another block device that is itself unused (a closed-but-open LUKS mapping,
+    /// an inactive LVM volume group's device, a RAID member).
+    Held,
+}
+
+/// One partition (or the whole disk) in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InUse {
+    /// `/dev/sdb1`.
+    pub partition: String,
+    /// The device built on it that is actually used (`/dev/dm-0`), when there is one.
+    pub through: Option<String>,
+    /// How.
+    pub usage: Usage,
+}
+
+/// Mount points in mountinfo escape space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_point(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How the disk and its partitions are in use, following holders (LUKS on a partition, LVM
+/// on LUKS) up to what is mounted. An error when a table cannot be read: never "unused" on
+/// a guess.
+pub fn in_use(disk: &Disk, kernel: &dyn BlockDevices) -> Result<Vec<InUse>, FlashError> {
+    let unchecked = |what: String| {
+        let device = disk.path.display().to_string();
+        move |source| FlashError::Unchecked {
+            device,
+            what,
+            source,
+        }
+    };
+    let mut names = vec![disk.name.clone()];
+    names.extend(
+        kernel
+            .partitions(&disk.name)
+            .map_err(unchecked(format!("/sys/class/block/{}", disk.name)))?,
+    );
+    let mounts = kernel
+        .mounts()
+        .map_err(unchecked("/proc/self/mountinfo".to_owned()))?;
+    let swaps = kernel
+        .swaps()
+        .map_err(unchecked("/proc/swaps".to_owned()))?;
+    let swapped: Vec<&str> = swaps
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().next())
+        .map(|device| device.trim_start_matches("/dev/"))
+        .collect();
+    let mut used = Vec::new();
+    for name in &names {
+        let partition = format!("/dev/{name}");
+        let found = used.len();
+        let mut first_holder = None;
+        // The partition, then what is built on it, and so on (a small graph; stop on loops).
+        let mut pending = vec![name.clone()];
+        let mut seen: Vec<String> = Vec::new();
+        while let Some(device) = pending.pop() {
+            if seen.contains(&device) || seen.len() >= 64 {
+                continue;
+            }
+            let through = (&device != name).then(|| format!("/dev/{device}"));
+            let number = kernel
+                .number(&device)
+                .map_err(unchecked(format!("/sys/class/block/{device}/dev")))?;
+            for mount in mounts.iter().filter(|m| m.majmin == number) {
+                used.push(InUse {
+                    partition: partition.clone(),
+                    through: through.clone(),
+                    usage: Usage::Mounted(unescape_mount_point(
+                        &mount.mount_point.to_string_lossy(),
+                    )),
+                });
+            }
+            if swapped.contains(&device.as_str()) {
+                used.push(InUse {
+                    partition: partition.clone(),
+                    through: through.clone(),
+                    usage: Usage::Swap,
+                });
+            }
+            let holders = kernel
+                .holders(&device)
+                .map_err(unchecked(format!("/sys/class/block/{device}/holders")))?;
+            if first_holder.is_none() {
+                first_holder = holders.first().map(|h| format!("/dev/{h}"));
+            }
+            pending.extend(holders);
+            seen.push(device);
+        }
+        if used.len() == found {
+            if let Some(holder) = first_holder {
+                used.push(InUse {
+                    partition,
+                    through: Some(holder),
+                    usage: Usage::Held,
+                });
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// Refuses a disk with a partition in use, or one whose use cannot be checked.
 pub fn check_unused(disk: &Disk) -> Result<(), FlashError> {
-    let used = in_use(disk);
-    let Some((partition, mount_point)) = used
+    check_unused_on(disk, &Kernel)
+}
+
+/// [`check_unused`] on what `kernel` says.
+pub fn check_unused_on(disk: &Disk, kernel: &dyn BlockDevices) -> Result<(), FlashError> {
+    let used = in_use(disk, kernel)?;
+    let mounted_on = |usage: &InUse| match &usage.usage {
+        Usage::Mounted(point) => Some(point.clone()),
+        _ => None,
+    };
+    let Some(found) = used
         .iter()
-        .find(|(_, point)| is_system(point))
+        .find(|u| mounted_on(u).is_some_and(|p| is_system(&p)))
         .or_else(|| used.first())
         .cloned()
     else {
         return Ok(());
     };
-    let hint = if is_system(&mount_point) {
-        " — that is this computer's own system disk, not a card".to_owned()
-    } else if mount_point == "swap" {
-        format!(": turn it off first (swapoff {partition})")
-    } else {
-        format!(": if it is the card, unmount it first (umount {mount_point})")
+    let device = disk.path.display().to_string();
+    let partition = match &found.through {
+        Some(through) if found.usage != Usage::Held => {
+            format!("{} (through {through})", found.partition)
+        }
+        _ => found.partition.clone(),
+    };
+    let (mount_point, hint) = match &found.usage {
+        Usage::Held => {
+            return Err(FlashError::Held {
+                device,
+                partition,
+                holder: found.through.unwrap_or_default(),
+            })
+        }
+        Usage::Swap => {
+            let swap = found.through.as_ref().unwrap_or(&found.partition);
+            (
+                "swap".to_owned(),
+                format!(": turn it off first (swapoff {swap})"),
+            )
+        }
+        Usage::Mounted(point) if is_system(point) => (
+            point.clone(),
+            " — that is this computer's own system disk, not a card".to_owned(),
+        ),
+        Usage::Mounted(point) => (
+            point.clone(),
+            format!(": if it is the card, unmount it first (umount {point})"),
+        ),
     };
     Err(FlashError::InUse {
-        device: disk.path.display().to_string(),
+        device,
         partition,
         mount_point,
         hint,
@@ -303,4 +502,221 @@ pub fn progress_line(done: u64, total: u64, started: Instant) -> String {
         total >> 20,
         done as f64 / (1 << 20) as f64 / seconds
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use procfs::FromBufRead;
+    use std::collections::HashMap;
+
+    /// Block devices in memory: name → (number, partitions, holders).
+    #[derive(Default)]
+    struct FakeKernel {
+        devices: HashMap<String, (String, Vec<String>, Vec<String>)>,
+        mountinfo: Option<String>,
+        swaps: Option<String>,
+    }
+
+    fn missing(what: &str) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::NotFound, what.to_owned())
+    }
+
+    impl FakeKernel {
+        /// `sdb` with `sdb1` (8:17) and `sdb2` (8:18); nothing mounted, no swap.
+        fn card() -> FakeKernel {
+            let mut kernel = FakeKernel {
+                mountinfo: Some(
+                    "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
+                     26 1 8:2 / / rw,relatime - ext4 /dev/sda2 rw\n"
+                        .to_owned(),
+                ),
+                swaps: Some("Filename\tType\tSize\tUsed\tPriority\n".to_owned()),
+                ..FakeKernel::default()
+            };
+            kernel.add("sdb", "8:16", &["sdb1", "sdb2"], &[]);
+            kernel.add("sdb1", "8:17", &[], &[]);
+            kernel.add("sdb2", "8:18", &[], &[]);
+            kernel
+        }
+
+        fn add(&mut self, name: &str, number: &str, partitions: &[&str], holders: &[&str]) {
+            let owned = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+            self.devices.insert(
+                name.to_owned(),
+                (number.to_owned(), owned(partitions), owned(holders)),
+            );
+        }
+
+        fn mount(&mut self, number: &str, point: &str) {
+            let table = self.mountinfo.get_or_insert_with(String::new);
+            table.push_str(&format!(
+                "40 26 {number} / {point} rw,relatime shared:1 - ext4 /dev/x rw\n"
+            ));
+        }
+
+        fn device(&self, name: &str) -> std::io::Result<&(String, Vec<String>, Vec<String>)> {
+            self.devices.get(name).ok_or_else(|| missing(name))
+        }
+    }
+
+    impl BlockDevices for FakeKernel {
+        fn partitions(&self, disk: &str) -> std::io::Result<Vec<String>> {
+            Ok(self.device(disk)?.1.clone())
+        }
+        fn number(&self, name: &str) -> std::io::Result<String> {
+            Ok(self.device(name)?.0.clone())
+        }
+        fn holders(&self, name: &str) -> std::io::Result<Vec<String>> {
+            Ok(self.device(name)?.2.clone())
+        }
+        fn mounts(&self) -> std::io::Result<procfs::process::MountInfos> {
+            let text = self
+                .mountinfo
+                .as_ref()
+                .ok_or_else(|| missing("mountinfo"))?;
+            procfs::process::MountInfos::from_buf_read(text.as_bytes())
+                .map_err(std::io::Error::other)
+        }
+        fn swaps(&self) -> std::io::Result<String> {
+            self.swaps.clone().ok_or_else(|| missing("swaps"))
+        }
+    }
+
+    fn sdb() -> Disk {
+        Disk {
+            path: PathBuf::from("/dev/sdb"),
+            name: "sdb".to_owned(),
+            size: 32 << 30,
+            model: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_unused_card_may_be_written() {
+        check_unused_on(&sdb(), &FakeKernel::card()).unwrap();
+    }
+
+    #[test]
+    fn a_mounted_partition_is_named_with_its_unescaped_mount_point() {
+        let mut kernel = FakeKernel::card();
+        kernel.mount("8:17", "/media/my\\040card");
+        let error = check_unused_on(&sdb(), &kernel).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "refusing to write to /dev/sdb: /dev/sdb1 is mounted on /media/my card: if it is the card, unmount it first (umount /media/my card)"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_mount_table_fails_closed() {
+        let kernel = FakeKernel {
+            mountinfo: None,
+            ..FakeKernel::card()
+        };
+        let error = check_unused_on(&sdb(), &kernel).unwrap_err();
+        assert!(matches!(error, FlashError::Unchecked { .. }), "{error}");
+        assert!(error.to_string().contains("/proc/self/mountinfo"));
+        // A table that does not parse is no better than none.
+        let kernel = FakeKernel {
+            mountinfo: Some("garbage\n".to_owned()),
+            ..FakeKernel::card()
+        };
+        assert!(matches!(
+            check_unused_on(&sdb(), &kernel),
+            Err(FlashError::Unchecked { .. })
+        ));
+        let kernel = FakeKernel {
+            swaps: None,
+            ..FakeKernel::card()
+        };
+        assert!(matches!(
+            check_unused_on(&sdb(), &kernel),
+            Err(FlashError::Unchecked { .. })
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_partition_fails_closed() {
+        let mut kernel = FakeKernel::card();
+        kernel.devices.remove("sdb2");
+        assert!(matches!(
+            check_unused_on(&sdb(), &kernel),
+            Err(FlashError::Unchecked { .. })
+        ));
+    }
+
+    #[test]
+    fn lvm_on_luks_on_a_partition_is_followed_to_the_system_mount() {
+        // sda2 → dm-0 (LUKS) → dm-1 (LVM) mounted on /.
+        let mut kernel = FakeKernel::card();
+        kernel.add("sda", "8:0", &["sda1", "sda2"], &[]);
+        kernel.add("sda1", "8:1", &[], &[]);
+        kernel.add("sda2", "8:2", &[], &["dm-0"]);
+        kernel.add("dm-0", "254:0", &[], &["dm-1"]);
+        kernel.add("dm-1", "254:1", &[], &[]);
+        kernel.mountinfo =
+            Some("26 1 254:1 / / rw,relatime - ext4 /dev/mapper/vg-root rw\n".into());
+        let sda = Disk {
+            path: PathBuf::from("/dev/sda"),
+            name: "sda".to_owned(),
+            ..sdb()
+        };
+        let error = check_unused_on(&sda, &kernel).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "refusing to write to /dev/sda: /dev/sda2 (through /dev/dm-1) is mounted on / — that is this computer's own system disk, not a card"
+        );
+    }
+
+    #[test]
+    fn a_held_partition_or_disk_is_refused_even_when_nothing_is_mounted() {
+        let mut kernel = FakeKernel::card();
+        kernel.add("sdb2", "8:18", &[], &["dm-3"]);
+        kernel.add("dm-3", "254:3", &[], &[]);
+        let error = check_unused_on(&sdb(), &kernel).unwrap_err().to_string();
+        assert!(
+            error.starts_with("refusing to write to /dev/sdb: /dev/sdb2 is in use by /dev/dm-3 (LVM, LUKS or RAID)"),
+            "{error}"
+        );
+        // A whole disk that is a RAID member, without partitions.
+        let mut kernel = FakeKernel::card();
+        kernel.add("sdb", "8:16", &[], &["md0"]);
+        kernel.add("md0", "9:0", &[], &[]);
+        let error = check_unused_on(&sdb(), &kernel).unwrap_err();
+        assert!(matches!(error, FlashError::Held { ref holder, .. } if holder == "/dev/md0"));
+    }
+
+    #[test]
+    fn swap_on_a_partition_or_a_holder_is_refused() {
+        let mut kernel = FakeKernel::card();
+        kernel.swaps =
+            Some("Filename\tType\tSize\tUsed\tPriority\n/dev/sdb2 partition 1048572 0 -2\n".into());
+        let error = check_unused_on(&sdb(), &kernel).unwrap_err().to_string();
+        assert!(
+            error.ends_with("turn it off first (swapoff /dev/sdb2)"),
+            "{error}"
+        );
+        let mut kernel = FakeKernel::card();
+        kernel.add("sdb2", "8:18", &[], &["dm-2"]);
+        kernel.add("dm-2", "254:2", &[], &[]);
+        kernel.swaps =
+            Some("Filename\tType\tSize\tUsed\tPriority\n/dev/dm-2 partition 1048572 0 -2\n".into());
+        let error = check_unused_on(&sdb(), &kernel).unwrap_err().to_string();
+        assert!(error.ends_with("(swapoff /dev/dm-2)"), "{error}");
+    }
+
+    #[test]
+    fn mount_points_unescape_octal() {
+        assert_eq!(unescape_mount_point("/a\\040b\\011c\\134d"), "/a b\tc\\d");
+        assert_eq!(unescape_mount_point("/plain\\9"), "/plain\\9");
+    }
+
+    #[test]
+    fn the_real_kernel_tables_can_be_read() {
+        // Whatever this machine has: reading must work, so that the check does not fail here.
+        let mounts = Kernel.mounts().unwrap();
+        assert!(mounts.iter().any(|m| m.mount_point == Path::new("/")));
+        Kernel.swaps().unwrap();
+    }
 }

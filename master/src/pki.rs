@@ -217,7 +217,7 @@ pub fn ensure_credentials(
 /// A fresh random bearer token.
 pub fn new_token() -> String {
     let bytes: [u8; 24] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// A kubeconfig for `user` with `token`, trusting the cluster CA, pointing at `server`.

@@ -386,7 +386,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    Ok(Duration::from_secs_f64(seconds))
+    // `from_secs_f64` panics on what does not fit; the text may come from the network.
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is too long a duration"))
 }
 
 #[cfg(test)]
@@ -552,6 +553,10 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
+        // Too large for a Duration: an error, not a panic.
+        let huge = parse_duration("99999999999999999999h").unwrap_err();
+        assert!(huge.contains("too long"), "{huge}");
+        assert!(parse_duration(&"9".repeat(400)).is_err());
     }
 
     #[test]

@@ -173,7 +173,7 @@ impl Client {
             problem,
         };
         let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
-        let config: Value = serde_yaml::from_str(&text).map_err(|e| problem(e.to_string()))?;
+        let config: Value = serde_saphyr::from_str(&text).map_err(|e| problem(e.to_string()))?;
         let current = config["current-context"].as_str().unwrap_or_default();
         let named = |section: &str, name: &str| -> Option<Value> {
             config[section]

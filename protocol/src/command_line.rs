@@ -87,7 +87,7 @@ pub struct ClusterArgs {
 pub struct PanelArgs {
     /// Where LEDs and buttons are: none, simulated (no hardware; see `bramble gpio`),
     /// gpiochip (the GPIO character device, any kernel; gpiochip:/dev/gpiochipN to pick the
-    /// chip) or rppal (Raspberry Pi OS).
+    /// chip) or rppal (Raspberry Pi OS; only in a bramble built with `--features rppal`).
     #[arg(long, default_value = "none", value_name = "BACKEND")]
     pub gpio: BackendChoice,
     /// The status LED: a BCM pin (17), an RGB LED (rgb:5,6,13), or none.

@@ -182,6 +182,8 @@ mod tests {
         assert!(token.trusts(ca, Some(&proof.to_ascii_uppercase())));
         assert!(!token.trusts(ca, Some(&ca_proof("other", ca))));
         assert!(!token.trusts(ca, None));
+        assert!(!token.trusts(ca, Some(&proof[..62])));
+        assert!(!token.trusts(ca, Some("not hex")));
         assert!(!token.trusts(b"another CA", Some(&proof)));
     }
 }

@@ -155,12 +155,9 @@ fn make_whiteout(path: &Path) -> std::io::Result<()> {
         Ok(_) => std::fs::remove_file(path)?,
         Err(_) => {}
     }
-    let name = c_path(path)?;
-    // SAFETY: a valid NUL-terminated path; a 0/0 character device is overlayfs's whiteout.
-    let rc = unsafe { libc::mknod(name.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // A 0/0 character device is overlayfs's whiteout.
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    mknod(path, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))?;
     Ok(())
 }
 

@@ -121,14 +121,9 @@ pub fn spawn_worker(ctx: Arc<NodeContext>, uid: String, pod: Option<Value>) -> P
 /// Waits until the process `pid` has exited (through a pidfd, so it works for processes that
 /// are not our children, such as monitors adopted after an agent restart).
 pub async fn wait_for_exit(pid: i32) {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
+    let Some(owned) = crate::runtime::monitor::pidfd_open(pid) else {
         return;
-    }
-    // SAFETY: a non-negative return is a descriptor we now own.
-    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    };
     // SAFETY: the AsyncFd owns the pidfd, which stays open and unchanged until it is dropped.
     let registered = unsafe {
         tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)

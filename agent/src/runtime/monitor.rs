@@ -20,7 +20,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
@@ -207,10 +207,8 @@ pub fn run(args: MonitorArgs) -> ! {
 
 fn detach_stdout() {
     if let Ok(null) = File::options().write(true).open("/dev/null") {
-        // SAFETY: dup2 onto our own stdout; the agent's pipe may be gone.
-        unsafe {
-            libc::dup2(null.as_raw_fd(), 1);
-        }
+        // Onto our own stdout; the agent's pipe may be gone.
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
     }
 }
 
@@ -244,16 +242,16 @@ fn start(args: &MonitorArgs) -> Result<(Pid, OwnedFd, OwnedFd), String> {
     Ok((pid, out_r, err_r))
 }
 
-fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    // SAFETY: a non-negative return is a descriptor we now own.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+/// A descriptor that becomes readable when process `pid` exits; `None` when it has gone (or
+/// the kernel is older than 5.3).
+pub fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
 /// Copies the container's output into the log until its init exits; returns how it exited.
 fn relay(pid: Pid, out: OwnedFd, err: OwnedFd, log: &mut LogWriter) -> WaitStatus {
-    let pidfd = pidfd_open(pid);
+    let pidfd = pidfd_open(pid.as_raw());
     let mut streams = [
         Some((File::from(out), "stdout", Vec::new())),
         Some((File::from(err), "stderr", Vec::new())),

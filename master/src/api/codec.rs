@@ -76,7 +76,7 @@ impl ResponseFormat {
 /// Serialises a response body in `format` (Tables are built before this).
 pub fn encode(value: &Value, format: ResponseFormat) -> Vec<u8> {
     match format {
-        ResponseFormat::Yaml => serde_yaml::to_string(value)
+        ResponseFormat::Yaml => serde_saphyr::to_string(value)
             .map(String::into_bytes)
             .unwrap_or_else(|_| serde_json::to_vec(value).unwrap_or_default()),
         _ => serde_json::to_vec(value).unwrap_or_default(),
@@ -209,15 +209,32 @@ pub fn decode_json(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 fn decode_yaml(body: &[u8]) -> Result<Value, ApiError> {
-    let yaml: serde_yaml::Value = serde_yaml::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
-    serde_json::to_value(yaml)
-        .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))
+    serde_saphyr::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_manifests_decode_and_responses_read_back() {
+        let manifest = b"---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels: {app: web, tier: \"1\"}\nspec:\n  replicas: 3\n  template:\n    spec:\n      containers:\n      - name: web\n        image: nginx:1.27\n        args: [\"--flag=true\", \"yes\"]\n        ports:\n        - containerPort: 80\n";
+        let object = decode_object(Some("application/yaml"), manifest, "Deployment").unwrap();
+        assert_eq!(object["spec"]["replicas"], 3);
+        assert_eq!(object["metadata"]["labels"]["tier"], "1");
+        let container = &object["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["ports"][0]["containerPort"], 80);
+        assert_eq!(container["args"][1], "yes");
+        // Strings that look like other scalars stay strings on the way back.
+        let tricky = serde_json::json!({"a": "true", "b": "1", "c": "null", "d": "", "e": "x: y",
+            "f": "line\nbreak", "g": "~", "n": 1.5, "t": true, "z": null, "l": [1, "2"]});
+        let yaml = encode(&tricky, ResponseFormat::Yaml);
+        let back = decode_object(Some("application/yaml"), &yaml, "Widget").unwrap();
+        assert_eq!(back, tricky, "{}", String::from_utf8_lossy(&yaml));
+        // Bad YAML is a 400, not a panic.
+        assert!(decode_object(Some("application/yaml"), b"a: [1, 2\n", "Widget").is_err());
+    }
 
     #[test]
     fn kubectl_get_asks_for_tables() {

@@ -389,10 +389,7 @@ fn bearer_token(header: &str) -> Option<&str> {
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// Decodes `a=b&c=d` with percent-decoding; later duplicates win.
