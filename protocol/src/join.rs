@@ -9,9 +9,14 @@
 //!     POST /bramble/v1/join {"node": NAME}, Bearer <secret> ──► a kubeconfig with the node's token
 //! ```
 
+use std::sync::Arc;
+
 use hmac::Mac;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::Digest;
 use subtle::ConstantTimeEq;
 
@@ -116,6 +121,78 @@ pub fn secret_matches(presented: &str, secret: &str) -> bool {
     presented.as_bytes().ct_eq(secret.as_bytes()).into()
 }
 
+/// The server certificates a TLS client accepts where no CA vouches for them: exactly the one
+/// with a pin (the master reaching an agent, whose certificate's pin is on its Node), or any
+/// (a node fetching the CA it then checks against its join token). Signatures are checked
+/// either way, with the provider's algorithms.
+#[derive(Debug)]
+pub struct PinnedServer {
+    pin: Option<String>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedServer {
+    /// Accepts only the certificate with this pin ([`der_pin`]).
+    pub fn pinned(pin: &str, provider: Arc<CryptoProvider>) -> PinnedServer {
+        PinnedServer {
+            pin: Some(pin.to_ascii_lowercase()),
+            provider,
+        }
+    }
+
+    /// Accepts any certificate: only for what is checked another way afterwards.
+    pub fn any(provider: Arc<CryptoProvider>) -> PinnedServer {
+        PinnedServer {
+            pin: None,
+            provider,
+        }
+    }
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match &self.pin {
+            Some(pin) if der_pin(end_entity.as_ref()) != *pin => Err(rustls::Error::General(
+                "the server's certificate is not the one pinned for it".into(),
+            )),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +262,23 @@ mod tests {
         assert!(!token.trusts(ca, Some(&proof[..62])));
         assert!(!token.trusts(ca, Some("not hex")));
         assert!(!token.trusts(b"another CA", Some(&proof)));
+    }
+
+    #[test]
+    fn a_pinned_server_accepts_only_its_certificate() {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ours = CertificateDer::from(b"the agent's certificate".to_vec());
+        let theirs = CertificateDer::from(b"someone else's".to_vec());
+        let name = ServerName::try_from("10.99.0.11").unwrap();
+        let check = |verifier: &PinnedServer, cert: &CertificateDer<'_>| {
+            verifier
+                .verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+                .is_ok()
+        };
+        let pinned = PinnedServer::pinned(&der_pin(&ours).to_ascii_uppercase(), provider.clone());
+        assert!(check(&pinned, &ours));
+        assert!(!check(&pinned, &theirs));
+        let any = PinnedServer::any(provider);
+        assert!(check(&any, &ours) && check(&any, &theirs));
     }
 }
