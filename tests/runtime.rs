@@ -72,16 +72,7 @@ impl Drop for Cleanup {
             }
         }
         std::thread::sleep(Duration::from_millis(200));
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<&str> = mounts
-            .lines()
-            .filter_map(|line| line.split(' ').nth(4))
-            .filter(|point| point.starts_with(self.root.to_str().unwrap()))
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        for point in points {
-            let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
-        }
+        agent::mounts::unmount_under(&self.root);
         agent::runtime::containers::remove_cgroup_tree(&self.cgroup);
     }
 }

@@ -7,6 +7,7 @@
 pub mod image;
 pub mod join;
 pub mod local_cluster;
+pub mod mounts;
 pub mod network;
 pub mod node;
 pub(crate) mod node_server;

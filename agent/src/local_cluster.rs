@@ -681,7 +681,7 @@ async fn clean_up(data_dir: &Path, pis: Option<&[VirtualPi]>) -> usize {
         removed += kill_monitors(&nodes_dir.join(name));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    removed += unmount_under(data_dir);
+    removed += crate::mounts::unmount_under(data_dir);
     for entry in std::fs::read_dir(NETNS_DIR).into_iter().flatten().flatten() {
         if entry
             .file_name()
@@ -716,58 +716,9 @@ fn kill_monitors(node_dir: &Path) -> usize {
         .count()
 }
 
-/// Unmounts every mount at or below `dir`, deepest first. Returns how many.
-fn unmount_under(dir: &Path) -> usize {
-    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return 0;
-    };
-    let mut points: Vec<PathBuf> = table
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_mount_path)
-        .filter(|point| point.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    points.dedup();
-    points
-        .iter()
-        .filter(|point| nix::mount::umount2(*point, nix::mount::MntFlags::MNT_DETACH).is_ok())
-        .count()
-}
-
-/// Mount points in mountinfo escape space, tab, newline and backslash as octal.
-fn unescape_mount_path(text: &str) -> PathBuf {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            let digits = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
-            if let Ok(code) = u8::from_str_radix(digits, 8) {
-                out.push(code);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mount_paths_are_unescaped() {
-        assert_eq!(
-            unescape_mount_path(r"/data/my\040dir/x"),
-            PathBuf::from("/data/my dir/x")
-        );
-        assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
-        assert_eq!(unescape_mount_path(r"/end\"), PathBuf::from(r"/end\"));
-    }
 
     #[test]
     fn virtual_pis_get_addresses_after_the_gateway() {

@@ -29,6 +29,8 @@ use protocol::chaos::CHAOS_ANNOTATION;
 use protocol::client::{now_micro_time, now_time, Client, ClientError, Event};
 use protocol::quantity;
 
+use crate::usage::{container_usage, Sample};
+
 /// The label every simulated node carries.
 pub const SIMULATED_LABEL: &str = "node.bramble.dev/simulated";
 
@@ -799,6 +801,10 @@ fn pod_status(pod: &SimPod, host_ip: &str, reported: Reported) -> Value {
 fn node_metrics(state: &SimState, node: &str, window: Duration) -> Value {
     let timestamp = now_time();
     let window = format!("{}s", window.as_secs().max(1));
+    let sample = Sample {
+        timestamp: &timestamp,
+        window: &window,
+    };
     let mut node_cpu = 50; // the node's own work, in millicores
     let mut node_memory: u64 = 256 << 20;
     let mut pods = Vec::new();
@@ -813,26 +819,13 @@ fn node_metrics(state: &SimState, node: &str, window: Duration) -> Value {
             .containers
             .iter()
             .map(|(container, _)| {
-                json!({"name": container, "usage": {
-                    "cpu": format!("{}n", pod.cpu_milli * 1_000_000 / share),
-                    "memory": format!("{}Ki", pod.memory_bytes / share / 1024),
-                }})
+                let cpu_nanos = pod.cpu_milli * 1_000_000 / share;
+                container_usage(container, cpu_nanos, pod.memory_bytes / share)
             })
             .collect();
-        pods.push(json!({
-            "metadata": {"name": name, "namespace": namespace},
-            "timestamp": timestamp, "window": window, "containers": containers,
-        }));
+        pods.push(sample.pod(namespace, name, containers));
     }
-    json!({
-        "apiVersion": "metrics.k8s.io/v1beta1",
-        "kind": "NodeMetrics",
-        "metadata": {"name": node},
-        "timestamp": timestamp,
-        "window": window,
-        "usage": {"cpu": format!("{}n", node_cpu * 1_000_000), "memory": format!("{}Ki", node_memory / 1024)},
-        "pods": pods,
-    })
+    sample.node(node, node_cpu * 1_000_000, node_memory, pods)
 }
 
 #[cfg(test)]

@@ -137,17 +137,15 @@ impl UsageSampler {
                     .and_then(|nanos| self.rate(&container.cgroup, nanos, now));
                 let memory = cgroup_working_set(&container.cgroup);
                 if let (Some(cpu), Some(memory)) = (cpu, memory) {
-                    containers.push(json!({"name": container.name, "usage": {
-                        "cpu": format!("{cpu}n"),
-                        "memory": format!("{}Ki", memory / 1024),
-                    }}));
+                    containers.push(container_usage(&container.name, cpu, memory));
                 }
             }
             if !containers.is_empty() {
-                pod_reports.push(json!({
-                    "metadata": {"name": pod.name, "namespace": pod.namespace},
-                    "timestamp": timestamp, "window": window, "containers": containers,
-                }));
+                let sample = Sample {
+                    timestamp: &timestamp,
+                    window: &window,
+                };
+                pod_reports.push(sample.pod(&pod.namespace, &pod.name, containers));
             }
         }
         self.previous
@@ -155,17 +153,50 @@ impl UsageSampler {
         let node_cpu = host_cpu_nanos()
             .and_then(|nanos| self.rate("node", nanos, now))
             .unwrap_or(0);
+        let sample = Sample {
+            timestamp: &timestamp,
+            window: &window,
+        };
+        sample.node(node, node_cpu, host_memory_used().unwrap_or(0), pod_reports)
+    }
+}
+
+/// A container's usage in a metrics report: CPU in nanocores, memory in bytes.
+pub fn container_usage(name: &str, cpu_nanos: u64, memory_bytes: u64) -> Value {
+    json!({"name": name, "usage": {
+        "cpu": format!("{cpu_nanos}n"),
+        "memory": format!("{}Ki", memory_bytes / 1024),
+    }})
+}
+
+/// When a metrics report was sampled and over which window (`"10s"`).
+pub struct Sample<'a> {
+    pub timestamp: &'a str,
+    pub window: &'a str,
+}
+
+impl Sample<'_> {
+    /// One pod's entry in a NodeMetrics report.
+    pub fn pod(&self, namespace: &str, name: &str, containers: Vec<Value>) -> Value {
+        json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "timestamp": self.timestamp, "window": self.window, "containers": containers,
+        })
+    }
+
+    /// The NodeMetrics report the master's metrics API takes: the node's usage and its pods'.
+    pub fn node(&self, node: &str, cpu_nanos: u64, memory_bytes: u64, pods: Vec<Value>) -> Value {
         json!({
             "apiVersion": "metrics.k8s.io/v1beta1",
             "kind": "NodeMetrics",
             "metadata": {"name": node},
-            "timestamp": timestamp,
-            "window": window,
+            "timestamp": self.timestamp,
+            "window": self.window,
             "usage": {
-                "cpu": format!("{node_cpu}n"),
-                "memory": format!("{}Ki", host_memory_used().unwrap_or(0) / 1024),
+                "cpu": format!("{cpu_nanos}n"),
+                "memory": format!("{}Ki", memory_bytes / 1024),
             },
-            "pods": pod_reports,
+            "pods": pods,
         })
     }
 }

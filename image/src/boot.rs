@@ -287,11 +287,11 @@ fn coldplug() {
 
 /// The block device (`/sys/class/block/NAME`) the root file system is on, and its disk.
 fn root_device() -> Option<(String, String)> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let numbers = mountinfo.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        (fields.get(4) == Some(&"/")).then(|| fields.get(2).map(|s| s.to_string()))?
-    })?;
+    let numbers = agent::mounts::table()
+        .ok()?
+        .into_iter()
+        .find(|mount| mount.mount_point == Path::new("/"))?
+        .majmin;
     let link = std::fs::canonicalize(format!("/sys/dev/block/{numbers}")).ok()?;
     let partition = link.file_name()?.to_string_lossy().into_owned();
     let disk = link.parent()?.file_name()?.to_string_lossy().into_owned();

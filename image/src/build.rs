@@ -858,35 +858,24 @@ fn stage_root(
             }
         }
     }
-    write_file(
-        &root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\n",
-        0o644,
-    )?;
-    write_file(&root.join("etc/group"), "root:x:0:\n", 0o644)?;
-    // No password: root logs in only with an SSH key (bramble.toml's [ssh]).
-    write_file(
-        &root.join("etc/shadow"),
-        "root:*:19000:0:99999:7:::\n",
-        0o600,
-    )?;
-    write_file(&root.join("etc/shells"), "/bin/sh\n", 0o644)?;
-    write_file(
-        &root.join("etc/nsswitch.conf"),
-        "passwd: files\ngroup: files\nhosts: files dns\n",
-        0o644,
-    )?;
-    write_file(
-        &root.join("etc/hosts"),
-        "127.0.0.1 localhost\n::1 localhost\n",
-        0o644,
-    )?;
-    write_file(&root.join("etc/resolv.conf"), "", 0o644)?;
-    write_file(
-        &root.join("usr/share/udhcpc/default.script"),
-        UDHCPC_SCRIPT,
-        0o755,
-    )?;
+    let files = [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644),
+        ("etc/group", "root:x:0:\n", 0o644),
+        // No password: root logs in only with an SSH key (bramble.toml's [ssh]).
+        ("etc/shadow", "root:*:19000:0:99999:7:::\n", 0o600),
+        ("etc/shells", "/bin/sh\n", 0o644),
+        (
+            "etc/nsswitch.conf",
+            "passwd: files\ngroup: files\nhosts: files dns\n",
+            0o644,
+        ),
+        ("etc/hosts", "127.0.0.1 localhost\n::1 localhost\n", 0o644),
+        ("etc/resolv.conf", "", 0o644),
+        ("usr/share/udhcpc/default.script", UDHCPC_SCRIPT, 0o755),
+    ];
+    for (path, text, mode) in files {
+        write_file(&root.join(path), text, mode)?;
+    }
     let packages: Vec<String> = debs
         .iter()
         .map(|d| format!("#   {} {}", d.name, d.version))

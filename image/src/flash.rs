@@ -8,6 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use agent::mounts::MountInfo;
 use sha2::Digest;
 
 /// Why a card was not written.
@@ -152,7 +153,7 @@ pub trait BlockDevices {
     /// The devices built on this one (`dm-0` for LVM or LUKS, `md0` for RAID).
     fn holders(&self, name: &str) -> std::io::Result<Vec<String>>;
     /// The mount table.
-    fn mounts(&self) -> std::io::Result<procfs::process::MountInfos>;
+    fn mounts(&self) -> std::io::Result<Vec<MountInfo>>;
     /// The text of `/proc/swaps`.
     fn swaps(&self) -> std::io::Result<String>;
 }
@@ -185,10 +186,8 @@ impl BlockDevices for Kernel {
         names_in(&Path::new("/sys/class/block").join(name).join("holders"))
     }
 
-    fn mounts(&self) -> std::io::Result<procfs::process::MountInfos> {
-        procfs::process::Process::myself()
-            .and_then(|me| me.mountinfo())
-            .map_err(std::io::Error::other)
+    fn mounts(&self) -> std::io::Result<Vec<MountInfo>> {
+        agent::mounts::table()
     }
 
     fn swaps(&self) -> std::io::Result<String> {
@@ -217,29 +216,6 @@ pub struct InUse {
     pub through: Option<String>,
     /// How.
     pub usage: Usage,
-}
-
-/// Mount points in mountinfo escape space, tab, newline and backslash as `\ooo`.
-fn unescape_mount_point(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
-            Some(byte) => {
-                out.push(byte);
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// How the disk and its partitions are in use, following holders (LUKS on a partition, LVM
@@ -292,9 +268,7 @@ pub fn in_use(disk: &Disk, kernel: &dyn BlockDevices) -> Result<Vec<InUse>, Flas
                 used.push(InUse {
                     partition: partition.clone(),
                     through: through.clone(),
-                    usage: Usage::Mounted(unescape_mount_point(
-                        &mount.mount_point.to_string_lossy(),
-                    )),
+                    usage: Usage::Mounted(mount.mount_point.to_string_lossy().into_owned()),
                 });
             }
             if swapped.contains(&device.as_str()) {
@@ -507,7 +481,6 @@ pub fn progress_line(done: u64, total: u64, started: Instant) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use procfs::FromBufRead;
     use std::collections::HashMap;
 
     /// Block devices in memory: name → (number, partitions, holders).
@@ -570,13 +543,12 @@ mod tests {
         fn holders(&self, name: &str) -> std::io::Result<Vec<String>> {
             Ok(self.device(name)?.2.clone())
         }
-        fn mounts(&self) -> std::io::Result<procfs::process::MountInfos> {
+        fn mounts(&self) -> std::io::Result<Vec<MountInfo>> {
             let text = self
                 .mountinfo
                 .as_ref()
                 .ok_or_else(|| missing("mountinfo"))?;
-            procfs::process::MountInfos::from_buf_read(text.as_bytes())
-                .map_err(std::io::Error::other)
+            agent::mounts::parse(text.as_bytes())
         }
         fn swaps(&self) -> std::io::Result<String> {
             self.swaps.clone().ok_or_else(|| missing("swaps"))
@@ -704,12 +676,6 @@ mod tests {
             Some("Filename\tType\tSize\tUsed\tPriority\n/dev/dm-2 partition 1048572 0 -2\n".into());
         let error = check_unused_on(&sdb(), &kernel).unwrap_err().to_string();
         assert!(error.ends_with("(swapoff /dev/dm-2)"), "{error}");
-    }
-
-    #[test]
-    fn mount_points_unescape_octal() {
-        assert_eq!(unescape_mount_point("/a\\040b\\011c\\134d"), "/a b\tc\\d");
-        assert_eq!(unescape_mount_point("/plain\\9"), "/plain\\9");
     }
 
     #[test]

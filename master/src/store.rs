@@ -230,6 +230,22 @@ struct VolatileState {
     dirty: bool,
 }
 
+impl VolatileState {
+    /// The key of a volatile object and its current state, or NotFound.
+    fn current(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(Key, Arc<Value>), StoreError> {
+        let key = (resource.to_owned(), namespace.to_owned(), name.to_owned());
+        match self.objects.get(&key) {
+            Some(current) => Ok((key, current.clone())),
+            None => Err(not_found(resource, namespace, name)),
+        }
+    }
+}
+
 /// The store. Methods block on SQLite; call them from blocking tasks.
 pub struct Store {
     path: PathBuf,
@@ -642,12 +658,7 @@ impl Store {
     ) -> Result<Value, E> {
         if self.is_volatile(resource) {
             let mut state = lock(&self.volatile);
-            let key = (resource.to_owned(), namespace.to_owned(), name.to_owned());
-            let current = state
-                .objects
-                .get(&key)
-                .cloned()
-                .ok_or_else(|| not_found(resource, namespace, name))?;
+            let (key, current) = state.current(resource, namespace, name)?;
             let updated = change(&current)?;
             if same_ignoring_version(&current, &updated) {
                 return Ok((*current).clone());
@@ -688,12 +699,7 @@ impl Store {
     ) -> Result<Value, E> {
         if self.is_volatile(resource) {
             let mut state = lock(&self.volatile);
-            let key = (resource.to_owned(), namespace.to_owned(), name.to_owned());
-            let current = state
-                .objects
-                .get(&key)
-                .cloned()
-                .ok_or_else(|| not_found(resource, namespace, name))?;
+            let (key, current) = state.current(resource, namespace, name)?;
             check(&current)?;
             return Ok(self.write_volatile(
                 &mut state,

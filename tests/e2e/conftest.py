@@ -161,6 +161,19 @@ def wait_for(condition, timeout=30.0, interval=0.1, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def mtools(disk, offset, *args):
+    """Runs an mtools command (`mdir`, `mtype`, `mcopy`) on the FAT partition at byte `offset`
+    of the disk image `disk`; its output."""
+    result = subprocess.run(
+        [args[0], "-i", f"{disk}@@{offset}", *args[1:]],
+        capture_output=True,
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 @pytest.fixture
 def demo_cluster(tmp_path):
     """A master with the demo profile and three simulated nodes."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BRAMBLE, ROOT
+from conftest import mtools as mtools_on
 
 ARM64_BIN = os.environ.get("BRAMBLE_ARM64_BIN")
 CACHE = ROOT / "target" / "image-cache"
@@ -56,15 +57,7 @@ def partitions(image: Path):
 
 
 def mtools(*args, image: Path):
-    offset = partitions(image)[1][0]["start"]
-    result = subprocess.run(
-        [args[0], "-i", f"{image}@@{offset}", *args[1:]],
-        capture_output=True,
-        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return mtools_on(image, partitions(image)[1][0]["start"], *args)
 
 
 def extract_root(image: Path, into: Path) -> Path:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BRAMBLE, KUBECTL, ROOT, Master, free_port, manifest, wait_for
+from conftest import BRAMBLE, KUBECTL, Master, free_port, manifest, wait_for
+from conftest import mtools as mtools_on
+from test_image import build as build_card
 
 ARM64_BIN = os.environ.get("BRAMBLE_ARM64_BIN")
 QEMU = shutil.which("qemu-system-aarch64")
-CACHE = ROOT / "target" / "image-cache"
 SECRET = "qemu-test-join-secret-0123"
 
 pytestmark = pytest.mark.skipif(
@@ -52,14 +53,7 @@ class EmulatedPi:
         self.forward = ""  # QEMU hostfwd rules, e.g. "hostfwd=tcp:127.0.0.1:PORT-:6443"
 
     def mtools(self, *args):
-        result = subprocess.run(
-            [args[0], "-i", f"{self.disk}@@{self.boot_offset}", *args[1:]],
-            capture_output=True,
-            env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
-            timeout=60,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
+        return mtools_on(self.disk, self.boot_offset, *args)
 
     def start(self):
         self.started = time.monotonic()
@@ -119,14 +113,8 @@ def registry(tmp_path):
 
 
 def build_image(out: Path) -> Path:
-    result = subprocess.run(
-        [BRAMBLE, "image", "build", "--out", str(out), "--binary", ARM64_BIN, "--cache", str(CACHE)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr + result.stdout
-    return next(out.glob("bramble-*-arm64.img"))
+    image, _ = build_card(out)
+    return image
 
 
 def test_an_emulated_pi_boots_the_card_joins_and_runs_a_pod(tmp_path, registry):

@@ -432,15 +432,7 @@ impl Registry {
         mut progress: impl FnMut(u64),
     ) -> Result<(), RegistryError> {
         let what = format!("layer {digest}");
-        let response = self
-            .send(
-                Method::GET,
-                &format!("/v2/{repository}/blobs/{digest}"),
-                HeaderMap::new(),
-                Bytes::new(),
-                &format!("repository:{repository}:pull"),
-            )
-            .await?;
+        let response = self.get_blob(repository, digest).await?;
         let status = response.status();
         if !status.is_success() {
             let body = collect(response, 64 * 1024, &what)
@@ -495,18 +487,26 @@ impl Registry {
         result
     }
 
+    /// Asks for a blob; the answer's body is still to be read.
+    async fn get_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, RegistryError> {
+        self.send(
+            Method::GET,
+            &format!("/v2/{repository}/blobs/{digest}"),
+            HeaderMap::new(),
+            Bytes::new(),
+            &format!("repository:{repository}:pull"),
+        )
+        .await
+    }
+
     /// Fetches a small blob (an image config) into memory, verifying its digest.
     pub async fn blob(&self, repository: &str, digest: &str) -> Result<Bytes, RegistryError> {
         let what = format!("blob {digest}");
-        let response = self
-            .send(
-                Method::GET,
-                &format!("/v2/{repository}/blobs/{digest}"),
-                HeaderMap::new(),
-                Bytes::new(),
-                &format!("repository:{repository}:pull"),
-            )
-            .await?;
+        let response = self.get_blob(repository, digest).await?;
         let status = response.status();
         let bytes = collect(response, MAX_MANIFEST_BYTES, &what).await?;
         if !status.is_success() {

@@ -16,7 +16,7 @@ use crate::image::{Credentials, Image, ImageError, ImageStore, PullPolicy};
 use crate::network::{NetworkError, PodNetwork};
 use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
 use crate::runtime::exec::ExecOutput;
-use crate::runtime::monitor::{write_atomic, Exited};
+use crate::runtime::monitor::Exited;
 use crate::runtime::sandbox;
 use crate::runtime::spec::{ContainerPlan, PodNamespaces};
 use crate::services::NodeServices;
@@ -83,6 +83,11 @@ mod client_api {
         }
     }
 
+    /// A write whose answer the worker does not need, only whether it was done.
+    fn done(answer: Result<Value, ClientError>) -> Result<(), ApiError> {
+        answer.map(drop).map_err(api_error)
+    }
+
     impl PodApi for Client {
         fn patch_pod_status<'a>(
             &'a self,
@@ -92,10 +97,7 @@ mod client_api {
         ) -> Effect<'a, Result<(), ApiError>> {
             Box::pin(async move {
                 let path = format!("/api/v1/namespaces/{namespace}/pods/{name}/status");
-                self.merge_patch(&path, &json!({ "status": status }))
-                    .await
-                    .map(drop)
-                    .map_err(api_error)
+                done(self.merge_patch(&path, &json!({ "status": status })).await)
             })
         }
 
@@ -108,10 +110,7 @@ mod client_api {
             Box::pin(async move {
                 let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
                 let options = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
-                self.delete(&path, &options)
-                    .await
-                    .map(drop)
-                    .map_err(api_error)
+                done(self.delete(&path, &options).await)
             })
         }
 
@@ -122,7 +121,7 @@ mod client_api {
         ) -> Effect<'a, Result<(), ApiError>> {
             Box::pin(async move {
                 let path = format!("/api/v1/namespaces/{namespace}/events");
-                self.create(&path, event).await.map(drop).map_err(api_error)
+                done(self.create(&path, event).await)
             })
         }
 
@@ -218,18 +217,7 @@ impl ContainerRuntime for ContainerRunner {
             };
             if !attempt.dir.join("exit.json").exists() {
                 let _ = std::fs::create_dir_all(&attempt.dir);
-                let exited = Exited {
-                    exit_code: 128,
-                    signal: None,
-                    reason: "StartError".into(),
-                    message: message.clone(),
-                    started_at: String::new(),
-                    finished_at: protocol::client::now_time(),
-                };
-                let _ = write_atomic(
-                    &attempt.dir.join("exit.json"),
-                    &serde_json::to_vec(&exited).expect("serializes"),
-                );
+                let _ = Exited::start_error(message.clone()).write_to(&attempt.dir);
             }
             Err(RuntimeError { message })
         })

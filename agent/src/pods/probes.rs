@@ -86,15 +86,16 @@ impl PodWorker {
         }
         let pod_ip = self.pod_ip_text(pod);
         let mut kill: Option<(String, Option<i64>)> = None;
-
+        let due = Due {
+            name,
+            container,
+            pod_ip: &pod_ip,
+            attempt,
+            now,
+        };
         if !self.probes[name].started {
-            if let Some(probe) =
-                startup.filter(|_| self.probes[name].next_startup.is_some_and(|t| t <= now))
-            {
-                let result =
-                    run_handler(&handler(probe), container, &pod_ip, attempt, &self.ctx).await;
+            if let Some((probe, result)) = self.run_if_due(startup, next_startup, &due).await {
                 let state = self.probes.get_mut(name).expect("present");
-                state.next_startup = Some(now + period(probe));
                 match result {
                     Ok(()) => {
                         state.started = true;
@@ -112,13 +113,8 @@ impl PodWorker {
                 }
             }
         } else {
-            if let Some(probe) =
-                liveness.filter(|_| self.probes[name].next_liveness.is_some_and(|t| t <= now))
-            {
-                let result =
-                    run_handler(&handler(probe), container, &pod_ip, attempt, &self.ctx).await;
+            if let Some((probe, result)) = self.run_if_due(liveness, next_liveness, &due).await {
                 let state = self.probes.get_mut(name).expect("present");
-                state.next_liveness = Some(now + period(probe));
                 match result {
                     Ok(()) => state.liveness_failures = 0,
                     Err(message) => {
@@ -142,13 +138,8 @@ impl PodWorker {
                     }
                 }
             }
-            if let Some(probe) =
-                readiness.filter(|_| self.probes[name].next_readiness.is_some_and(|t| t <= now))
-            {
-                let result =
-                    run_handler(&handler(probe), container, &pod_ip, attempt, &self.ctx).await;
+            if let Some((probe, result)) = self.run_if_due(readiness, next_readiness, &due).await {
                 let state = self.probes.get_mut(name).expect("present");
-                state.next_readiness = Some(now + period(probe));
                 match result {
                     Ok(()) => {
                         state.readiness_failures = 0;
@@ -199,6 +190,59 @@ impl PodWorker {
             .flatten()
             .map(|t| t.saturating_duration_since(Instant::now()))
             .min()
+    }
+}
+
+/// Where a probe connects: its `host`, or the pod's IP when it names none.
+fn probe_host(host: Option<&str>, pod_ip: &str) -> String {
+    host.filter(|h| !h.is_empty()).unwrap_or(pod_ip).to_owned()
+}
+
+/// One container's probe round: which container, where, and the round's instant.
+struct Due<'a> {
+    name: &'a str,
+    container: &'a Container,
+    pod_ip: &'a str,
+    attempt: &'a Attempt,
+    now: Instant,
+}
+
+fn next_startup(state: &mut ProbeState) -> &mut Option<Instant> {
+    &mut state.next_startup
+}
+
+fn next_liveness(state: &mut ProbeState) -> &mut Option<Instant> {
+    &mut state.next_liveness
+}
+
+fn next_readiness(state: &mut ProbeState) -> &mut Option<Instant> {
+    &mut state.next_readiness
+}
+
+impl PodWorker {
+    /// Runs `probe` when its next run (`next` of the container's probe state) is due, and
+    /// schedules the one after: the probe and its result, or `None` when it was not due.
+    async fn run_if_due<'p>(
+        &mut self,
+        probe: Option<&'p Probe>,
+        next: fn(&mut ProbeState) -> &mut Option<Instant>,
+        due: &Due<'_>,
+    ) -> Option<(&'p Probe, Result<(), String>)> {
+        let probe = probe?;
+        let state = self.probes.get_mut(due.name)?;
+        if !next(state).is_some_and(|t| t <= due.now) {
+            return None;
+        }
+        let result = run_handler(
+            &handler(probe),
+            due.container,
+            due.pod_ip,
+            due.attempt,
+            &self.ctx,
+        )
+        .await;
+        *next(self.probes.get_mut(due.name).expect("present")) = Some(due.now + period(probe));
+        Some((probe, result))
     }
 }
 
@@ -267,12 +311,7 @@ async fn run_handler(
     let timeout = handler.timeout;
     if let Some(action) = handler.http_get {
         let port = port_of(&action.port, container)?;
-        let host = action
-            .host
-            .as_deref()
-            .filter(|h| !h.is_empty())
-            .unwrap_or(pod_ip)
-            .to_owned();
+        let host = probe_host(action.host.as_deref(), pod_ip);
         let path = action.path.as_deref().unwrap_or("/").to_owned();
         let request = async {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -311,12 +350,7 @@ async fn run_handler(
     }
     if let Some(action) = handler.tcp_socket {
         let port = port_of(&action.port, container)?;
-        let host = action
-            .host
-            .as_deref()
-            .filter(|h| !h.is_empty())
-            .unwrap_or(pod_ip)
-            .to_owned();
+        let host = probe_host(action.host.as_deref(), pod_ip);
         return match tokio::time::timeout(
             timeout,
             tokio::net::TcpStream::connect((host.as_str(), port)),

@@ -79,6 +79,26 @@ pub struct Exited {
     pub finished_at: String,
 }
 
+impl Exited {
+    /// A container that never ran: `StartError` with why.
+    pub fn start_error(message: String) -> Exited {
+        Exited {
+            exit_code: 128,
+            signal: None,
+            reason: "StartError".into(),
+            message,
+            started_at: String::new(),
+            finished_at: now(),
+        }
+    }
+
+    /// Records it as the container directory's `exit.json`.
+    pub fn write_to(&self, container_dir: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(self).expect("an Exited serializes");
+        write_atomic(&container_dir.join("exit.json"), &bytes)
+    }
+}
+
 fn now() -> String {
     jiff::Timestamp::now().to_string()
 }
@@ -146,18 +166,7 @@ pub fn run(args: MonitorArgs) -> ! {
     let (pid, out, err) = match start(&args) {
         Ok(started) => started,
         Err(message) => {
-            let exited = Exited {
-                exit_code: 128,
-                signal: None,
-                reason: "StartError".into(),
-                message: message.clone(),
-                started_at: String::new(),
-                finished_at: now(),
-            };
-            let _ = write_atomic(
-                &args.dir.join("exit.json"),
-                &serde_json::to_vec(&exited).expect("serializes"),
-            );
+            let _ = Exited::start_error(message.clone()).write_to(&args.dir);
             println!("failed {}", message.replace('\n', " "));
             let _ = cleanup(&args);
             std::process::exit(1);
@@ -197,10 +206,7 @@ pub fn run(args: MonitorArgs) -> ! {
         started_at: started.started_at,
         finished_at: now(),
     };
-    let _ = write_atomic(
-        &args.dir.join("exit.json"),
-        &serde_json::to_vec(&exited).expect("serializes"),
-    );
+    let _ = exited.write_to(&args.dir);
     let _ = cleanup(&args);
     std::process::exit(0)
 }

@@ -99,6 +99,20 @@ impl Call {
         self.query.get("dryRun").is_some_and(|v| v == "All")
     }
 
+    /// Replaces `part` of the named object with what `change` makes of its current state, off
+    /// the async threads (SQLite blocks).
+    async fn update_stored(
+        &self,
+        name: String,
+        part: Part,
+        change: impl FnOnce(&Value) -> Result<Value, ApiError> + Send + 'static,
+    ) -> Result<Value, ApiError> {
+        let (state, resource) = (self.state.clone(), self.resource());
+        let (namespace, dry_run) = (self.namespace(), self.dry_run());
+        blocking(move || update_object(&state, resource, &namespace, &name, part, dry_run, change))
+            .await
+    }
+
     fn field_validation(&self) -> FieldValidation {
         match self.query.get("fieldValidation").map(String::as_str) {
             Some("Strict") => FieldValidation::Strict,
@@ -479,21 +493,9 @@ impl Call {
         let object = set_namespace(resource, object, self.target.namespace.as_deref())?;
         let (mut object, warnings) = self.structure(object)?;
         object["metadata"]["name"] = json!(name);
-        let state = self.state.clone();
-        let namespace = self.namespace();
-        let dry_run = self.dry_run();
-        let stored = blocking(move || {
-            update_object(
-                &state,
-                resource,
-                &namespace,
-                &name,
-                part,
-                dry_run,
-                |_current| Ok(object),
-            )
-        })
-        .await?;
+        let stored = self
+            .update_stored(name, part, |_current| Ok(object))
+            .await?;
         Ok(self.respond_with_warnings(200, &conversion::from_storage(resource, stored), &warnings))
     }
 
@@ -503,66 +505,51 @@ impl Call {
         make_scale: impl FnOnce(&Value) -> Result<Value, ApiError> + Send + 'static,
     ) -> Result<Response<Body>, ApiError> {
         let resource = self.resource();
-        let state = self.state.clone();
-        let namespace = self.namespace();
-        let dry_run = self.dry_run();
-        let stored = blocking(move || {
-            update_object(
-                &state,
-                resource,
-                &namespace,
-                &name,
-                Part::Main,
-                dry_run,
-                |current| {
-                    let scale = make_scale(&conversion::scale_of(resource, current))?;
-                    // A scale that does not decode (`"replicas": "x"`) must not scale to zero.
-                    serde_json::from_value::<k8s_openapi::api::autoscaling::v1::Scale>(
-                        scale.clone(),
-                    )
+        let stored = self
+            .update_stored(name.clone(), Part::Main, move |current| {
+                let scale = make_scale(&conversion::scale_of(resource, current))?;
+                // A scale that does not decode (`"replicas": "x"`) must not scale to zero.
+                serde_json::from_value::<k8s_openapi::api::autoscaling::v1::Scale>(scale.clone())
                     .map_err(|e| {
-                        ApiError::bad_request(format!(
-                            "Scale in version \"v1\" cannot be handled as a Scale: {e}"
-                        ))
-                    })?;
-                    let wanted_version = scale
-                        .pointer("/metadata/resourceVersion")
-                        .and_then(Value::as_str);
-                    let current_version = current
-                        .pointer("/metadata/resourceVersion")
-                        .and_then(Value::as_str);
-                    if wanted_version.is_some_and(|v| !v.is_empty())
-                        && wanted_version != current_version
-                    {
-                        return Err(ApiError::stale(resource, &name));
-                    }
-                    let replicas = scale
-                        .pointer("/spec/replicas")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(0);
-                    if replicas < 0 {
-                        return Err(ApiError::invalid(
-                            "Scale",
-                            "autoscaling",
-                            &name,
-                            &[FieldError {
-                                kind: FieldErrorKind::Invalid,
-                                field: "spec.replicas".into(),
-                                value: Some(replicas.to_string()),
-                                detail: "must be greater than or equal to 0".into(),
-                            }],
-                        ));
-                    }
-                    let mut next = current.clone();
-                    next["spec"]["replicas"] = json!(replicas);
-                    // The store's precondition check compares this with what is committed.
-                    next["metadata"]["resourceVersion"] =
-                        json!(current_version.unwrap_or_default());
-                    Ok(next)
-                },
-            )
-        })
-        .await?;
+                    ApiError::bad_request(format!(
+                        "Scale in version \"v1\" cannot be handled as a Scale: {e}"
+                    ))
+                })?;
+                let wanted_version = scale
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str);
+                let current_version = current
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str);
+                if wanted_version.is_some_and(|v| !v.is_empty())
+                    && wanted_version != current_version
+                {
+                    return Err(ApiError::stale(resource, &name));
+                }
+                let replicas = scale
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                if replicas < 0 {
+                    return Err(ApiError::invalid(
+                        "Scale",
+                        "autoscaling",
+                        &name,
+                        &[FieldError {
+                            kind: FieldErrorKind::Invalid,
+                            field: "spec.replicas".into(),
+                            value: Some(replicas.to_string()),
+                            detail: "must be greater than or equal to 0".into(),
+                        }],
+                    ));
+                }
+                let mut next = current.clone();
+                next["spec"]["replicas"] = json!(replicas);
+                // The store's precondition check compares this with what is committed.
+                next["metadata"]["resourceVersion"] = json!(current_version.unwrap_or_default());
+                Ok(next)
+            })
+            .await?;
         Ok(respond_value(
             200,
             &conversion::scale_of(resource, &stored),
@@ -627,48 +614,35 @@ impl Call {
                 } else {
                     Part::Main
                 };
-                let state = self.state.clone();
-                let namespace = self.namespace();
-                let dry_run = self.dry_run();
                 let validation = self.field_validation();
-                let stored = blocking(move || {
-                    update_object(
-                        &state,
-                        resource,
-                        &namespace,
-                        &name,
-                        part,
-                        dry_run,
-                        |current| {
-                            let current_version =
-                                current.pointer("/metadata/resourceVersion").cloned();
-                            let requested = conversion::from_storage(resource, current.clone());
-                            let patched = apply(&requested, resource.kind, resource.group)?;
-                            let patched = check_type_meta(resource, patched)?;
-                            let storage = conversion::to_storage(resource, patched);
-                            let structural =
-                                admission::check_structure(resource.group, resource.kind, &storage)
-                                    .map_err(|e| patch_result_invalid(&storage, &e.message()))?;
-                            if validation == FieldValidation::Strict
-                                && !structural.unknown_fields.is_empty()
-                            {
-                                return Err(ApiError::bad_request(format!(
-                                    "strict decoding error: unknown field \"{}\"",
-                                    structural.unknown_fields.join("\", unknown field \"")
-                                )));
+                let stored = self
+                    .update_stored(name, part, move |current| {
+                        let current_version = current.pointer("/metadata/resourceVersion").cloned();
+                        let requested = conversion::from_storage(resource, current.clone());
+                        let patched = apply(&requested, resource.kind, resource.group)?;
+                        let patched = check_type_meta(resource, patched)?;
+                        let storage = conversion::to_storage(resource, patched);
+                        let structural =
+                            admission::check_structure(resource.group, resource.kind, &storage)
+                                .map_err(|e| patch_result_invalid(&storage, &e.message()))?;
+                        if validation == FieldValidation::Strict
+                            && !structural.unknown_fields.is_empty()
+                        {
+                            return Err(ApiError::bad_request(format!(
+                                "strict decoding error: unknown field \"{}\"",
+                                structural.unknown_fields.join("\", unknown field \"")
+                            )));
+                        }
+                        let mut next = structural.object;
+                        // A patch carries a precondition only if it sets resourceVersion itself.
+                        if next.pointer("/metadata/resourceVersion").is_none() {
+                            if let Some(version) = current_version {
+                                next["metadata"]["resourceVersion"] = version;
                             }
-                            let mut next = structural.object;
-                            // A patch carries a precondition only if it sets resourceVersion itself.
-                            if next.pointer("/metadata/resourceVersion").is_none() {
-                                if let Some(version) = current_version {
-                                    next["metadata"]["resourceVersion"] = version;
-                                }
-                            }
-                            Ok(next)
-                        },
-                    )
-                })
-                .await?;
+                        }
+                        Ok(next)
+                    })
+                    .await?;
                 Ok(self.respond(200, &conversion::from_storage(resource, stored)))
             }
             Some(other) => Err(ApiError::no_route(other)),

@@ -312,6 +312,18 @@ mod tests {
         });
     }
 
+    /// A cluster whose ssd nodes `names` each run a Running daemon of `daemon_set()`.
+    fn daemons_running_on(names: &[&str]) -> TestCluster {
+        let cluster = TestCluster::new();
+        for name in names {
+            node(&cluster, name, "ssd", json!({}));
+        }
+        cluster.create("apps/daemonsets", daemon_set());
+        cluster.reconcile(&DaemonSetController, &key("logs"));
+        run_all(&cluster);
+        cluster
+    }
+
     fn run_all(cluster: &TestCluster) {
         for (i, (node, pod)) in daemons(cluster).into_iter().enumerate() {
             let key = key(pod["metadata"]["name"].as_str().unwrap());
@@ -446,13 +458,8 @@ mod tests {
 
     #[test]
     fn daemons_leave_nodes_that_stop_matching_and_follow_new_ones() {
-        let cluster = TestCluster::new();
-        node(&cluster, "pi-1", "ssd", json!({}));
-        node(&cluster, "pi-2", "ssd", json!({}));
-        cluster.create("apps/daemonsets", daemon_set());
+        let cluster = daemons_running_on(&["pi-1", "pi-2"]);
         let controller = DaemonSetController;
-        cluster.reconcile(&controller, &key("logs"));
-        run_all(&cluster);
         assert_eq!(nodes_of(&cluster), ["pi-1", "pi-2"]);
 
         cluster.update("core/nodes", &node_key("pi-1"), |n| {
@@ -474,12 +481,8 @@ mod tests {
 
     #[test]
     fn a_running_daemon_stays_through_a_no_schedule_taint_but_not_a_no_execute_one() {
-        let cluster = TestCluster::new();
-        node(&cluster, "pi-1", "ssd", json!({}));
-        cluster.create("apps/daemonsets", daemon_set());
+        let cluster = daemons_running_on(&["pi-1"]);
         let controller = DaemonSetController;
-        cluster.reconcile(&controller, &key("logs"));
-        run_all(&cluster);
 
         taint(
             &cluster,
@@ -507,12 +510,8 @@ mod tests {
 
     #[test]
     fn a_daemon_stays_on_an_unreachable_node_and_none_is_added_there() {
-        let cluster = TestCluster::new();
-        node(&cluster, "pi-1", "ssd", json!({}));
-        cluster.create("apps/daemonsets", daemon_set());
+        let cluster = daemons_running_on(&["pi-1"]);
         let controller = DaemonSetController;
-        cluster.reconcile(&controller, &key("logs"));
-        run_all(&cluster);
         // What the node lifecycle controller puts on a node that stopped reporting.
         let unreachable = json!([
             {"key": super::super::nodes::UNREACHABLE, "effect": "NoSchedule"},
@@ -560,13 +559,8 @@ mod tests {
 
     #[test]
     fn a_template_change_replaces_one_daemon_at_a_time() {
-        let cluster = TestCluster::new();
-        node(&cluster, "pi-1", "ssd", json!({}));
-        node(&cluster, "pi-2", "ssd", json!({}));
-        cluster.create("apps/daemonsets", daemon_set());
+        let cluster = daemons_running_on(&["pi-1", "pi-2"]);
         let controller = DaemonSetController;
-        cluster.reconcile(&controller, &key("logs"));
-        run_all(&cluster);
         let old = daemons(&cluster);
         let ds = cluster.update("apps/daemonsets", &key("logs"), |ds| {
             ds["spec"]["template"]["spec"]["containers"][0]["image"] = json!("registry.local/app:2")
