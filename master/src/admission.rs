@@ -180,6 +180,9 @@ pub fn check_structure(group: &str, kind: &str, object: &Value) -> Result<Struct
         ("", "Event") => round_trip::<core::Event>(object)?,
         ("", "ServiceAccount") => round_trip::<core::ServiceAccount>(object)?,
         ("", "ResourceQuota") => round_trip::<core::ResourceQuota>(object)?,
+        ("", "LimitRange") => round_trip::<core::LimitRange>(object)?,
+        ("", "PersistentVolume") => round_trip::<core::PersistentVolume>(object)?,
+        ("", "PersistentVolumeClaim") => round_trip::<core::PersistentVolumeClaim>(object)?,
         ("coordination.k8s.io", "Lease") => round_trip::<coordination::Lease>(object)?,
         ("discovery.k8s.io", "EndpointSlice") => {
             round_trip::<k8s_openapi::api::discovery::v1::EndpointSlice>(object)?
@@ -187,7 +190,19 @@ pub fn check_structure(group: &str, kind: &str, object: &Value) -> Result<Struct
         ("apps", "Deployment") => round_trip::<apps::Deployment>(object)?,
         ("apps", "ReplicaSet") => round_trip::<apps::ReplicaSet>(object)?,
         ("apps", "DaemonSet") => round_trip::<apps::DaemonSet>(object)?,
+        ("apps", "StatefulSet") => round_trip::<apps::StatefulSet>(object)?,
+        ("apps", "ControllerRevision") => round_trip::<apps::ControllerRevision>(object)?,
         ("batch", "Job") => round_trip::<batch::Job>(object)?,
+        ("batch", "CronJob") => round_trip::<batch::CronJob>(object)?,
+        ("policy", "PodDisruptionBudget") => {
+            round_trip::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(object)?
+        }
+        ("scheduling.k8s.io", "PriorityClass") => {
+            round_trip::<k8s_openapi::api::scheduling::v1::PriorityClass>(object)?
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            round_trip::<k8s_openapi::api::storage::v1::StorageClass>(object)?
+        }
         ("autoscaling", "HorizontalPodAutoscaler") => {
             round_trip::<autoscaling::HorizontalPodAutoscaler>(object)?
         }
