@@ -150,6 +150,8 @@ pub struct Pod {
     pub ip: String,
     /// Container images.
     pub images: Vec<String>,
+    /// Its volumes and what backs each (`data: claim data-db-0`), for the details pane.
+    pub volumes: Vec<String>,
     /// When the pod was created (RFC 3339).
     pub created: String,
     /// When it appeared, moved or changed state on screen.
@@ -593,9 +595,46 @@ fn pod_from(object: &Value, now: Instant) -> Pod {
             .sum(),
         ip: str_at(object, "/status/podIP"),
         images,
+        volumes: object["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(volume_summary)
+            .collect(),
         created: str_at(object, "/metadata/creationTimestamp"),
         changed_at: now,
     }
+}
+
+/// A volume in a few words: its name and its source (`www: claim www-web-0`).
+fn volume_summary(volume: &Value) -> String {
+    let name = str_at(volume, "/name");
+    let source = volume
+        .as_object()
+        .into_iter()
+        .flatten()
+        .find(|(key, _)| key.as_str() != "name");
+    let backing = match source {
+        Some((kind, spec)) if kind == "persistentVolumeClaim" => {
+            format!("claim {}", str_at(spec, "/claimName"))
+        }
+        Some((kind, spec)) if kind == "configMap" || kind == "secret" => {
+            let named = str_at(spec, "/name");
+            let named = if named.is_empty() {
+                str_at(spec, "/secretName")
+            } else {
+                named
+            };
+            format!("{kind} {named}")
+        }
+        Some((kind, spec)) if kind == "hostPath" => format!("hostPath {}", str_at(spec, "/path")),
+        Some((kind, spec)) if kind == "nfs" => {
+            format!("nfs {}:{}", str_at(spec, "/server"), str_at(spec, "/path"))
+        }
+        Some((kind, _)) => kind.clone(),
+        None => "emptyDir".to_owned(),
+    };
+    format!("{name}: {backing}")
 }
 
 fn deployment_from((namespace, name): (String, String), object: &Value) -> Deployment {
@@ -665,6 +704,28 @@ fn event_from(object: &Value) -> EventLine {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_pods_volumes_are_named_with_their_source() {
+        let mut object = pod_json("u1", "web-0", Some("pi-1"), "Running");
+        object["spec"]["volumes"] = json!([
+            {"name": "www", "persistentVolumeClaim": {"claimName": "www-web-0"}},
+            {"name": "conf", "configMap": {"name": "nginx"}},
+            {"name": "certs", "secret": {"secretName": "tls"}},
+            {"name": "share", "nfs": {"server": "10.0.0.5", "path": "/exports"}},
+            {"name": "scratch", "emptyDir": {}},
+        ]);
+        assert_eq!(
+            pod_from(&object, Instant::now()).volumes,
+            [
+                "www: claim www-web-0",
+                "conf: configMap nginx",
+                "certs: secret tls",
+                "share: nfs 10.0.0.5:/exports",
+                "scratch: emptyDir",
+            ]
+        );
+    }
 
     fn pod_json(uid: &str, name: &str, node: Option<&str>, phase: &str) -> Value {
         json!({

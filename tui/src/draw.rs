@@ -607,7 +607,7 @@ fn field(name: &str, value: String) -> Line<'static> {
 fn draw_details(app: &App, frame: &mut Frame, area: Rect) {
     let lines = if let Some(pod) = app.selected_pod() {
         let node = pod.node.clone().unwrap_or_else(|| "-".to_owned());
-        vec![
+        let mut lines = vec![
             Line::styled(
                 format!("pod {}/{}", pod.namespace, pod.name),
                 pod_style(app, pod, false).remove_modifier(Modifier::REVERSED),
@@ -627,8 +627,12 @@ fn draw_details(app: &App, frame: &mut Frame, area: Rect) {
             field("ip", or_dash(&pod.ip)),
             field("owner", format!("{} {}", pod.owner.kind, pod.owner.name)),
             field("image", pod.images.join(", ")),
-            field("age", app.age(&pod.created)),
-        ]
+        ];
+        if !pod.volumes.is_empty() {
+            lines.push(field("volumes", pod.volumes.join(", ")));
+        }
+        lines.push(field("age", app.age(&pod.created)));
+        lines
     } else if let Some(Lane::Node(name)) = app.selected_lane() {
         match app.cluster.nodes.get(&name) {
             Some(node) => node_details(app, node),
