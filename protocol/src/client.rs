@@ -14,6 +14,7 @@
 //!    └────────────────────── re-list ◄─────────────────────────────────────┘ expired or failed
 //! ```
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,6 +154,25 @@ pub enum Event<'a> {
     Apply(&'a Value),
     /// An object was deleted (its last state).
     Delete(&'a Value),
+}
+
+/// Objects per page when [`Client::follow`] lists.
+pub const FOLLOW_PAGE: usize = 500;
+/// The first pause before a follower tries the server again.
+pub const FOLLOW_RETRY_MIN: Duration = Duration::from_millis(250);
+/// The longest pause between a follower's attempts.
+pub const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(3);
+
+/// How [`Client::follow_with`] follows a collection: the page size of its lists, what to do
+/// with each [`Event`], and what to do when the server cannot be reached. Either hook stops
+/// the follower by answering [`ControlFlow::Break`].
+pub struct Follower<H, L> {
+    /// Objects per list page.
+    pub page: usize,
+    /// Takes each event.
+    pub handle: H,
+    /// Hears of each failed list.
+    pub lost: L,
 }
 
 impl<'a> Event<'a> {
@@ -463,58 +483,120 @@ impl Client {
     /// `handle` as an [`Event`]; re-lists (from [`Event::Init`]) when the watch fails or
     /// expires. Runs until the task is dropped.
     pub async fn follow(&self, collection: &str, mut handle: impl FnMut(Event<'_>)) {
+        let follower = Follower {
+            page: FOLLOW_PAGE,
+            handle: |event: Event<'_>| {
+                handle(event);
+                ControlFlow::Continue(())
+            },
+            lost: |error: &ClientError| {
+                tracing::warn!(%error, collection, "list failed; retrying");
+                ControlFlow::Continue(())
+            },
+        };
+        self.follow_with(collection, follower).await
+    }
+
+    /// [`Client::follow`] with a say in it: lists in pages of `follower.page`, tells
+    /// `follower.lost` each time the server cannot be reached (the follower keeps retrying,
+    /// pausing longer each time up to [`FOLLOW_RETRY_MAX`]), and returns as soon as either
+    /// hook answers [`ControlFlow::Break`].
+    pub async fn follow_with<H, L>(&self, collection: &str, mut follower: Follower<H, L>)
+    where
+        H: FnMut(Event<'_>) -> ControlFlow<()>,
+        L: FnMut(&ClientError) -> ControlFlow<()>,
+    {
+        let mut pause = FOLLOW_RETRY_MIN;
         loop {
-            let list = match self.get(collection).await {
-                Ok(list) => list,
+            let version = match self.list_in_pages(collection, &mut follower).await {
+                Ok(Some(version)) => version,
+                Ok(None) => return,
                 Err(error) => {
-                    tracing::warn!(%error, collection, "list failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if (follower.lost)(&error).is_break() {
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(FOLLOW_RETRY_MAX);
                     continue;
                 }
             };
-            handle(Event::Init);
-            for item in list["items"].as_array().into_iter().flatten() {
-                handle(Event::InitApply(item));
-            }
-            handle(Event::InitDone);
-            let mut version = list
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("0")
-                .to_owned();
-            loop {
-                let mut events = match self.watch(collection, &version).await {
-                    Ok(events) => events,
-                    Err(error) => {
-                        tracing::warn!(%error, collection, "watch failed; re-listing");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        break;
-                    }
-                };
-                let mut expired = false;
-                while let Some(event) = events.recv().await {
-                    if event.kind == WatchKind::Error {
-                        expired = true;
-                        break;
-                    }
-                    if let Some(rv) = event
-                        .object
-                        .pointer("/metadata/resourceVersion")
-                        .and_then(Value::as_str)
-                    {
-                        version = rv.to_owned();
-                    }
-                    match event.kind {
-                        WatchKind::Added | WatchKind::Modified => {
-                            handle(Event::Apply(&event.object))
+            let watched = tokio::time::Instant::now();
+            match self.watch(collection, &version).await {
+                Ok(mut events) => {
+                    while let Some(event) = events.recv().await {
+                        let flow = match event.kind {
+                            WatchKind::Added | WatchKind::Modified => {
+                                (follower.handle)(Event::Apply(&event.object))
+                            }
+                            WatchKind::Deleted => (follower.handle)(Event::Delete(&event.object)),
+                            WatchKind::Bookmark => ControlFlow::Continue(()),
+                            // Expired (410 Gone) or refused midway: list again.
+                            WatchKind::Error => break,
+                        };
+                        if flow.is_break() {
+                            return;
                         }
-                        WatchKind::Deleted => handle(Event::Delete(&event.object)),
-                        WatchKind::Bookmark | WatchKind::Error => {}
                     }
                 }
-                if expired {
-                    break;
+                Err(error) => tracing::debug!(%error, collection, "watch refused; listing again"),
+            }
+            // A watch that ends at once (410 Gone, a server shutting down) must not turn into a
+            // tight list loop; one that ran a while resets the pause.
+            if watched.elapsed() < Duration::from_secs(1) {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(FOLLOW_RETRY_MAX);
+            } else {
+                pause = FOLLOW_RETRY_MIN;
+            }
+        }
+    }
+
+    /// Lists a collection in pages, handing out `Init`, each object and `InitDone`; the
+    /// version to watch from, or `None` when the follower has had enough.
+    async fn list_in_pages<H, L>(
+        &self,
+        collection: &str,
+        follower: &mut Follower<H, L>,
+    ) -> Result<Option<String>, ClientError>
+    where
+        H: FnMut(Event<'_>) -> ControlFlow<()>,
+    {
+        let separator = if collection.contains('?') { '&' } else { '?' };
+        let mut continue_token = String::new();
+        let mut version = None;
+        loop {
+            let mut path = format!("{collection}{separator}limit={}", follower.page.max(1));
+            if !continue_token.is_empty() {
+                path.push_str("&continue=");
+                path.push_str(&crate::query::escape(&continue_token));
+            }
+            let page = self.get(&path).await?;
+            // Later pages show the state when they are read; watching from the first page's
+            // version replays whatever changed meanwhile (applying a change twice is harmless).
+            if version.is_none() {
+                let first = page
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str);
+                version = Some(first.unwrap_or("0").to_owned());
+                if (follower.handle)(Event::Init).is_break() {
+                    return Ok(None);
                 }
+            }
+            for item in page["items"].as_array().into_iter().flatten() {
+                if (follower.handle)(Event::InitApply(item)).is_break() {
+                    return Ok(None);
+                }
+            }
+            continue_token = page
+                .pointer("/metadata/continue")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            if continue_token.is_empty() {
+                if (follower.handle)(Event::InitDone).is_break() {
+                    return Ok(None);
+                }
+                return Ok(version);
             }
         }
     }

@@ -1,15 +1,17 @@
 //! The dashboard's news from the API server: one list-then-watch loop per kind, and node usage.
 //!
-//! Each loop lists its collection, then watches from the list's resourceVersion; when the
-//! watch ends (the master restarted, the connection broke, the version expired) it lists
-//! again. A failure becomes [`Update::Lost`], so the screen can say the master is unreachable
-//! while it keeps showing the last state, and the loop retries by itself with a growing pause
-//! (at most [`RETRY_MAX`]). Node usage has no watch in Kubernetes, so it alone is polled.
+//! Each loop is the protocol client's list-then-watch ([`Client::follow_with`]): it lists its
+//! collection in pages, then watches from the list's resourceVersion; when the watch ends (the
+//! master restarted, the connection broke, the version expired) it lists again. A failure
+//! becomes [`Update::Lost`], so the screen can say the master is unreachable while it keeps
+//! showing the last state, and the client retries by itself with a growing pause. Node usage
+//! has no watch in Kubernetes, so it alone is polled.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use protocol::client::{Client, WatchKind};
+use protocol::client::{Client, ClientError, Event, Follower, WatchKind};
 use protocol::error::error_chain;
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
@@ -18,8 +20,6 @@ use tokio::task::JoinSet;
 use crate::app::Message;
 use crate::cluster::Resource;
 
-/// The longest pause between reconnection attempts.
-const RETRY_MAX: Duration = Duration::from_secs(3);
 /// Objects per list page.
 const PAGE: usize = 500;
 /// How often node usage is fetched.
@@ -82,106 +82,67 @@ pub fn start(client: Arc<Client>, inbox: UnboundedSender<Message>) -> JoinSet<()
 }
 
 async fn follow(client: Arc<Client>, resource: Resource, inbox: UnboundedSender<Message>) {
-    let send = |update| inbox.send(Message::Feed(update)).is_ok();
-    let mut pause = Duration::from_millis(250);
-    loop {
-        let version = match list_in_pages(&client, resource, &send).await {
-            Ok(Some(version)) => version,
-            Ok(None) => return,
-            Err(error) => {
-                if !send(Update::Lost { resource, error }) {
-                    return;
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(RETRY_MAX);
-                continue;
-            }
-        };
-        let watched = Instant::now();
-        let mut events = match client.watch(resource.path(), &version).await {
-            Ok(events) => events,
-            Err(error) => {
-                tracing::debug!(?resource, error = error_chain(&error), "watch refused");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(RETRY_MAX);
-                continue;
-            }
-        };
-        while let Some(event) = events.recv().await {
-            match event.kind {
-                WatchKind::Error => {
-                    tracing::debug!(?resource, status = %event.object, "watch error");
-                    break;
-                }
-                WatchKind::Bookmark => {}
-                WatchKind::Added | WatchKind::Modified | WatchKind::Deleted => {
-                    let update = Update::Changed {
-                        resource,
-                        kind: event.kind,
-                        object: event.object,
-                    };
-                    if !send(update) {
-                        return;
-                    }
-                }
-            }
-        }
-        tracing::debug!(?resource, "watch ended; listing again");
-        // A watch that ends at once (410 Gone, a server shutting down) must not turn into a
-        // tight list loop; one that ran a while resets the pause.
-        if watched.elapsed() < Duration::from_secs(1) {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(RETRY_MAX);
+    let send = |update| {
+        if inbox.send(Message::Feed(update)).is_ok() {
+            ControlFlow::Continue(())
         } else {
-            pause = Duration::from_millis(250);
+            ControlFlow::Break(())
         }
-    }
-}
-
-/// Lists a kind in pages of [`PAGE`] and sends each; returns the list's resourceVersion to
-/// watch from, `None` when the dashboard is gone, or the error in words.
-async fn list_in_pages(
-    client: &Client,
-    resource: Resource,
-    send: &impl Fn(Update) -> bool,
-) -> Result<Option<String>, String> {
-    let mut continue_token = String::new();
-    let mut version = None;
-    loop {
-        let mut path = format!("{}?limit={PAGE}", resource.path());
-        if !continue_token.is_empty() {
-            path.push_str("&continue=");
-            path.push_str(&continue_token);
-        }
-        let mut page = client.get(&path).await.map_err(|e| error_chain(&e))?;
-        let metadata = &page["metadata"];
-        // Later pages show the state when they are read; watching from the first page's
-        // version replays whatever changed meanwhile (applying a change twice is harmless).
-        version.get_or_insert_with(|| {
-            metadata["resourceVersion"]
-                .as_str()
-                .unwrap_or("0")
-                .to_owned()
-        });
-        let first = continue_token.is_empty();
-        continue_token = metadata["continue"].as_str().unwrap_or_default().to_owned();
-        let items = match page["items"].take() {
-            Value::Array(items) => items,
-            _ => Vec::new(),
-        };
-        let last = continue_token.is_empty();
-        if !send(Update::Listed {
-            resource,
-            items,
-            first,
-            last,
-        }) {
-            return Ok(None);
-        }
-        if last {
-            return Ok(version);
-        }
-    }
+    };
+    // The list arrives in screenfuls of PAGE objects, so a big cluster shows up as it loads.
+    let mut listed: Vec<Value> = Vec::new();
+    let mut first = true;
+    let follower = Follower {
+        page: PAGE,
+        handle: |event: Event<'_>| match event {
+            Event::Init => {
+                first = true;
+                ControlFlow::Continue(())
+            }
+            Event::InitApply(object) => {
+                listed.push(object.clone());
+                if listed.len() < PAGE {
+                    return ControlFlow::Continue(());
+                }
+                let items = std::mem::take(&mut listed);
+                let last = false;
+                let update = Update::Listed {
+                    resource,
+                    items,
+                    first: std::mem::take(&mut first),
+                    last,
+                };
+                send(update)
+            }
+            Event::InitDone => {
+                let items = std::mem::take(&mut listed);
+                let first = std::mem::take(&mut first);
+                send(Update::Listed {
+                    resource,
+                    items,
+                    first,
+                    last: true,
+                })
+            }
+            Event::Apply(object) => send(Update::Changed {
+                resource,
+                kind: WatchKind::Modified,
+                object: object.clone(),
+            }),
+            Event::Delete(object) => send(Update::Changed {
+                resource,
+                kind: WatchKind::Deleted,
+                object: object.clone(),
+            }),
+        },
+        lost: |error: &ClientError| {
+            send(Update::Lost {
+                resource,
+                error: error_chain(error),
+            })
+        },
+    };
+    client.follow_with(resource.path(), follower).await;
 }
 
 async fn poll_usage(client: Arc<Client>, inbox: UnboundedSender<Message>) {

@@ -17,6 +17,7 @@ use super::{ApiState, ServeLimits};
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub token: String,
+    pub ca_pem: String,
     pub state: Arc<ApiState>,
     connector: TlsConnector,
     server: tokio::task::JoinHandle<()>,
@@ -103,6 +104,7 @@ impl TestServer {
         TestServer {
             addr,
             token: credentials.admin_token,
+            ca_pem: credentials.ca_pem.clone(),
             state,
             connector: TlsConnector::from(Arc::new(config)),
             server,
@@ -828,4 +830,74 @@ mod limits {
         assert!(closed_within(&mut idle_tcp[0], Duration::from_secs(30)).await);
         assert!(closed_within(&mut idle_tls[0], Duration::from_secs(30)).await);
     }
+}
+
+/// The protocol client's list-then-watch against the real server: pages, then changes, and a
+/// follower that stops when its hook says so.
+#[tokio::test]
+async fn a_follower_lists_in_pages_then_watches_until_it_stops() {
+    use protocol::client::{Client, Event, Follower};
+    use std::ops::ControlFlow;
+
+    let server = TestServer::start().await;
+    for i in 0..7 {
+        server.config_map(&format!("cm-{i}")).await;
+    }
+    let client = Client::new(
+        &format!("https://{}", server.addr),
+        server.ca_pem.as_bytes(),
+        &server.token,
+    )
+    .unwrap();
+    let (seen, mut heard) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let follow = tokio::spawn(async move {
+        let name = |object: &Value| object["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        let follower = Follower {
+            page: 3,
+            handle: |event: Event<'_>| {
+                let (word, stop) = match event {
+                    Event::Init => ("init".to_owned(), false),
+                    Event::InitApply(o) => (format!("listed {}", name(o)), false),
+                    Event::InitDone => ("listed".to_owned(), false),
+                    Event::Apply(o) => (format!("applied {}", name(o)), false),
+                    Event::Delete(o) => (format!("deleted {}", name(o)), true),
+                };
+                let _ = seen.send(word);
+                if stop {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+            lost: |_: &protocol::client::ClientError| ControlFlow::Break(()),
+        };
+        client
+            .follow_with("/api/v1/namespaces/default/configmaps", follower)
+            .await;
+    });
+    let mut words = Vec::new();
+    while words.last().map(String::as_str) != Some("listed") {
+        words.push(heard.recv().await.expect("the follower lists"));
+    }
+    let mut expected = vec!["init".to_owned()];
+    expected.extend((0..7).map(|i| format!("listed cm-{i}")));
+    expected.push("listed".to_owned());
+    assert_eq!(words, expected, "seven objects over three pages, in order");
+
+    server.config_map("late").await;
+    let reply = server
+        .call(
+            "DELETE",
+            "/api/v1/namespaces/default/configmaps/cm-3",
+            "application/json",
+            b"",
+        )
+        .await;
+    assert_eq!(reply.code, 200, "{}", reply.text());
+    tokio::time::timeout(std::time::Duration::from_secs(10), follow)
+        .await
+        .expect("the follower stops on its hook's Break")
+        .unwrap();
+    let rest: Vec<String> = std::iter::from_fn(|| heard.try_recv().ok()).collect();
+    assert_eq!(rest, ["applied late", "deleted cm-3"]);
 }
