@@ -338,11 +338,7 @@ impl Simulator {
     fn on_node(self: &Arc<Self>, _change: Change, node: &Value) {
         let name = node["metadata"]["name"].as_str().unwrap_or_default();
         let dead = node["metadata"]["annotations"][CHAOS_ANNOTATION] == "kill";
-        let ready = node["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let ready = protocol::node::is_ready(node);
         let mut revived = false;
         let mut report_ready = None;
         {
@@ -653,11 +649,7 @@ fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 fn pod_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    protocol::node::condition(pod, "Ready").is_some_and(|c| c["status"] == "True")
 }
 
 fn ready_delay(pod: &Value) -> Duration {

@@ -244,7 +244,7 @@ impl PodWorker {
             );
         }
         let mut mounts = volume_mounts(&container_json, volumes)?;
-        mounts.extend(self.etc_files(pod, &pod_json)?);
+        mounts.extend(self.etc_files(pod)?);
         let vars: Vec<(String, String)> = env
             .iter()
             .filter_map(|e| e.split_once('='))
@@ -333,7 +333,7 @@ impl PodWorker {
     }
 
     /// /etc/hosts, /etc/hostname and /etc/resolv.conf for the pod's containers.
-    fn etc_files(&self, pod: &Pod, pod_json: &Value) -> Result<Vec<BindMount>, StartError> {
+    fn etc_files(&self, pod: &Pod) -> Result<Vec<BindMount>, StartError> {
         let dir = self.dir.join("etc");
         let io = |file| move |source| StartError::EtcFiles { file, source };
         std::fs::create_dir_all(&dir).map_err(io("etc directory"))?;
@@ -346,7 +346,7 @@ impl PodWorker {
             let names = alias.hostnames.as_deref().unwrap_or_default().join(" ");
             hosts.push_str(&format!("{}\t{names}\n", alias.ip));
         }
-        let resolv = self.ctx.services.resolv_conf(pod_json).into_bytes();
+        let resolv = self.ctx.services.resolv_conf(pod).into_bytes();
         let files = [
             ("hosts", "/etc/hosts", hosts.into_bytes()),
             (

@@ -361,7 +361,7 @@ pub trait PodServices: Send + Sync {
     /// The service variables of a container in `namespace`.
     fn env(&self, namespace: &str, service_links: bool) -> Vec<(String, String)>;
     /// The pod's resolv.conf (`pod` is the pod object as JSON).
-    fn resolv_conf(&self, pod: &Value) -> String;
+    fn resolv_conf(&self, pod: &k8s_openapi::api::core::v1::Pod) -> String;
 }
 
 impl PodServices for NodeServices {
@@ -373,7 +373,7 @@ impl PodServices for NodeServices {
         NodeServices::env(self, namespace, service_links)
     }
 
-    fn resolv_conf(&self, pod: &Value) -> String {
+    fn resolv_conf(&self, pod: &k8s_openapi::api::core::v1::Pod) -> String {
         NodeServices::resolv_conf(self, pod)
     }
 }

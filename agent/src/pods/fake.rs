@@ -474,7 +474,7 @@ impl PodServices for FakeServices {
         Vec::new()
     }
 
-    fn resolv_conf(&self, _pod: &Value) -> String {
+    fn resolv_conf(&self, _pod: &k8s_openapi::api::core::v1::Pod) -> String {
         "nameserver 10.42.0.1\n".into()
     }
 }

@@ -85,7 +85,7 @@ impl NodeServices {
     }
 
     /// The resolv.conf of a pod.
-    pub fn resolv_conf(&self, pod: &Value) -> String {
+    pub fn resolv_conf(&self, pod: &k8s_openapi::api::core::v1::Pod) -> String {
         resolv::pod_resolv_conf(pod, &self.node_resolv_conf, Some(&self.dns))
     }
 }

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use serde_json::Value;
+use k8s_openapi::api::core::v1::Pod;
 
 /// Where the cluster's names are answered.
 #[derive(Debug, Clone)]
@@ -69,10 +69,12 @@ impl ResolvConf {
 
 /// The pod's resolv.conf: `node` is the node's own resolv.conf; `cluster` is `None` when the
 /// node has no cluster DNS (the pod then gets the node's resolvers).
-pub fn pod_resolv_conf(pod: &Value, node: &str, cluster: Option<&ClusterDns>) -> String {
-    let spec = &pod["spec"];
-    let host_network = spec["hostNetwork"] == true;
-    let policy = spec["dnsPolicy"].as_str().unwrap_or("ClusterFirst");
+pub fn pod_resolv_conf(pod: &Pod, node: &str, cluster: Option<&ClusterDns>) -> String {
+    let spec = pod.spec.as_ref();
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    let policy = spec
+        .and_then(|s| s.dns_policy.as_deref())
+        .unwrap_or("ClusterFirst");
     let node_conf = ResolvConf::parse(node);
     let use_cluster = match policy {
         "ClusterFirstWithHostNet" => true,
@@ -82,7 +84,7 @@ pub fn pod_resolv_conf(pod: &Value, node: &str, cluster: Option<&ClusterDns>) ->
     let mut conf = match (policy, cluster) {
         ("None", _) => ResolvConf::default(),
         (_, Some(cluster)) if use_cluster => {
-            let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
             let domain = &cluster.domain;
             let mut searches = vec![
                 format!("{namespace}.svc.{domain}"),
@@ -98,24 +100,20 @@ pub fn pod_resolv_conf(pod: &Value, node: &str, cluster: Option<&ClusterDns>) ->
         }
         _ => node_conf,
     };
-    let config = &spec["dnsConfig"];
-    for server in config["nameservers"].as_array().into_iter().flatten() {
-        if let Some(server) = server.as_str() {
-            conf.nameservers.push(server.to_owned());
-        }
-    }
-    for search in config["searches"].as_array().into_iter().flatten() {
-        if let Some(search) = search.as_str() {
-            if !conf.searches.iter().any(|s| s == search) {
-                conf.searches.push(search.to_owned());
+    if let Some(config) = spec.and_then(|s| s.dns_config.as_ref()) {
+        conf.nameservers
+            .extend(config.nameservers.iter().flatten().cloned());
+        for search in config.searches.iter().flatten() {
+            if !conf.searches.contains(search) {
+                conf.searches.push(search.clone());
             }
         }
-    }
-    for option in config["options"].as_array().into_iter().flatten() {
-        if let Some(name) = option["name"].as_str() {
-            match option["value"].as_str() {
-                Some(value) => conf.set_option(format!("{name}:{value}")),
-                None => conf.set_option(name.to_owned()),
+        for option in config.options.iter().flatten() {
+            if let Some(name) = &option.name {
+                match &option.value {
+                    Some(value) => conf.set_option(format!("{name}:{value}")),
+                    None => conf.set_option(name.clone()),
+                }
             }
         }
     }
@@ -128,7 +126,11 @@ pub fn pod_resolv_conf(pod: &Value, node: &str, cluster: Option<&ClusterDns>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn typed(object: Value) -> Pod {
+        serde_json::from_value(object).unwrap()
+    }
 
     const NODE: &str = "nameserver 192.168.1.1\nsearch lan\noptions edns0\n";
 
@@ -141,7 +143,7 @@ mod tests {
 
     #[test]
     fn cluster_first_searches_the_namespace_first() {
-        let pod = json!({"metadata": {"namespace": "shop"}, "spec": {}});
+        let pod = typed(json!({"metadata": {"namespace": "shop"}, "spec": {}}));
         let text = pod_resolv_conf(&pod, NODE, Some(&cluster()));
         assert_eq!(
             text,
@@ -154,30 +156,31 @@ mod tests {
 
     #[test]
     fn host_network_and_default_use_the_node_resolvers() {
-        let host = json!({"metadata": {"namespace": "shop"}, "spec": {"hostNetwork": true}});
+        let host = typed(json!({"metadata": {"namespace": "shop"}, "spec": {"hostNetwork": true}}));
         assert!(pod_resolv_conf(&host, NODE, Some(&cluster())).contains("nameserver 192.168.1.1"));
-        let with_host_net = json!({"metadata": {"namespace": "shop"},
-            "spec": {"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"}});
+        let with_host_net = typed(json!({"metadata": {"namespace": "shop"},
+            "spec": {"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"}}));
         assert!(pod_resolv_conf(&with_host_net, NODE, Some(&cluster()))
             .contains("nameserver 10.42.1.1"));
-        let default = json!({"metadata": {"namespace": "shop"}, "spec": {"dnsPolicy": "Default"}});
+        let default =
+            typed(json!({"metadata": {"namespace": "shop"}, "spec": {"dnsPolicy": "Default"}}));
         assert!(!pod_resolv_conf(&default, NODE, Some(&cluster())).contains("10.42.1.1"));
-        let no_cluster_dns = json!({"metadata": {"namespace": "shop"}, "spec": {}});
+        let no_cluster_dns = typed(json!({"metadata": {"namespace": "shop"}, "spec": {}}));
         assert!(pod_resolv_conf(&no_cluster_dns, NODE, None).contains("nameserver 192.168.1.1"));
     }
 
     #[test]
     fn dns_config_adds_to_the_policy() {
-        let pod = json!({"metadata": {"namespace": "shop"}, "spec": {
+        let pod = typed(json!({"metadata": {"namespace": "shop"}, "spec": {
             "dnsPolicy": "None",
             "dnsConfig": {"nameservers": ["1.1.1.1"], "searches": ["example.org"],
-                          "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}}});
+                          "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}}}));
         assert_eq!(
             pod_resolv_conf(&pod, NODE, Some(&cluster())),
             "# Generated by bramble for this pod.\nsearch example.org\nnameserver 1.1.1.1\noptions ndots:2 edns0\n"
         );
-        let tuned = json!({"metadata": {"namespace": "a"}, "spec": {
-            "dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}}});
+        let tuned = typed(json!({"metadata": {"namespace": "a"}, "spec": {
+            "dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}}}));
         let text = pod_resolv_conf(&tuned, NODE, Some(&cluster()));
         assert!(text.contains("options ndots:1\n") && !text.contains("ndots:5"));
     }

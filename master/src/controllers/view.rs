@@ -175,11 +175,7 @@ impl PodInfo {
         let meta = &pod["metadata"];
         let spec = &pod["spec"];
         let status = &pod["status"];
-        let ready_condition = status["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["type"] == "Ready");
+        let ready_condition = protocol::node::condition(pod, "Ready");
         let containers = spec["containers"]
             .as_array()
             .map(Vec::as_slice)
@@ -617,11 +613,7 @@ fn remove_from(index: &mut HashMap<String, HashSet<Key>>, at: &str, key: &Key) {
 }
 
 fn ready_heartbeat(node: &Value) -> Option<&Value> {
-    node["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .map(|c| &c["lastHeartbeatTime"])
+    protocol::node::condition(node, "Ready").map(|c| &c["lastHeartbeatTime"])
 }
 
 /// Whether a node change carries a new heartbeat from the node itself.
