@@ -945,9 +945,7 @@ pub fn validate_update(group: &str, kind: &str, new: &Value, old: &Value) -> Vec
     match (group, kind) {
         ("", "PersistentVolumeClaim") => storage::validate_claim_update(new, old, &mut errors),
         ("", "PersistentVolume") => storage::validate_volume_update(new, old, &mut errors),
-        ("storage.k8s.io", "StorageClass") => {
-            storage::validate_class_update(new, old, &mut errors)
-        }
+        ("storage.k8s.io", "StorageClass") => storage::validate_class_update(new, old, &mut errors),
         _ => {}
     }
     if (kind == "ConfigMap" || kind == "Secret") && old["immutable"] == json!(true) {

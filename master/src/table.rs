@@ -618,7 +618,9 @@ fn phase_or_terminating(object: &Value) -> String {
 }
 
 fn unset_if_missing(value: &Value) -> String {
-    value.as_str().map_or_else(|| "<unset>".into(), str::to_owned)
+    value
+        .as_str()
+        .map_or_else(|| "<unset>".into(), str::to_owned)
 }
 
 /// Upstream's `GetAccessModesAsString`: short names, each once, in a fixed order.
@@ -650,7 +652,9 @@ fn canonical_quantity(text: &str) -> String {
     };
     let binary = text.ends_with('i');
     let decimal_suffix = text.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
-    if value.fract() != 0.0 || value < 0.0 || (!binary && decimal_suffix.starts_with(['m', 'u', 'n']))
+    if value.fract() != 0.0
+        || value < 0.0
+        || (!binary && decimal_suffix.starts_with(['m', 'u', 'n']))
     {
         return text.to_owned();
     }
@@ -864,7 +868,11 @@ pub fn cells(group: &str, plural: &str, object: &Value, now: jiff::Timestamp) ->
         ("", "persistentvolumes") => {
             let reference = &spec["claimRef"];
             let claim = if reference.is_object() {
-                format!("{}/{}", text(&reference["namespace"]), text(&reference["name"]))
+                format!(
+                    "{}/{}",
+                    text(&reference["namespace"]),
+                    text(&reference["name"])
+                )
             } else {
                 String::new()
             };
@@ -875,9 +883,11 @@ pub fn cells(group: &str, plural: &str, object: &Value, now: jiff::Timestamp) ->
                 json!(text(&spec["persistentVolumeReclaimPolicy"])),
                 json!(phase_or_terminating(object)),
                 json!(claim),
-                json!(metadata["annotations"]["volume.beta.kubernetes.io/storage-class"]
-                    .as_str()
-                    .map_or_else(|| text(&spec["storageClassName"]), str::to_owned)),
+                json!(
+                    metadata["annotations"]["volume.beta.kubernetes.io/storage-class"]
+                        .as_str()
+                        .map_or_else(|| text(&spec["storageClassName"]), str::to_owned)
+                ),
                 json!(unset_if_missing(&spec["volumeAttributesClassName"])),
                 json!(text(&status["reason"])),
                 age,
@@ -900,9 +910,11 @@ pub fn cells(group: &str, plural: &str, object: &Value, now: jiff::Timestamp) ->
                 json!(text(&spec["volumeName"])),
                 json!(capacity),
                 json!(modes),
-                json!(metadata["annotations"]["volume.beta.kubernetes.io/storage-class"]
-                    .as_str()
-                    .map_or_else(|| text(&spec["storageClassName"]), str::to_owned)),
+                json!(
+                    metadata["annotations"]["volume.beta.kubernetes.io/storage-class"]
+                        .as_str()
+                        .map_or_else(|| text(&spec["storageClassName"]), str::to_owned)
+                ),
                 json!(unset_if_missing(&spec["volumeAttributesClassName"])),
                 age,
                 json!(unset_if_missing(&spec["volumeMode"])),
@@ -1081,8 +1093,17 @@ mod tests {
         assert_eq!(
             cells("", "persistentvolumes", &volume, now()),
             [
-                "pvc-1", "2Gi", "RWO,RWX", "Delete", "Bound", "default/data", "local-path",
-                "<unset>", "", "4s", "Filesystem"
+                "pvc-1",
+                "2Gi",
+                "RWO,RWX",
+                "Delete",
+                "Bound",
+                "default/data",
+                "local-path",
+                "<unset>",
+                "",
+                "4s",
+                "Filesystem"
             ]
             .map(|c| json!(c))
         );
@@ -1092,14 +1113,28 @@ mod tests {
             "status": {"phase": "Pending"}});
         assert_eq!(
             cells("", "persistentvolumeclaims", &pending, now()),
-            ["data", "Pending", "", "", "", "local-path", "<unset>", "60s", "Filesystem"].map(|c| json!(c))
+            [
+                "data",
+                "Pending",
+                "",
+                "",
+                "",
+                "local-path",
+                "<unset>",
+                "60s",
+                "Filesystem"
+            ]
+            .map(|c| json!(c))
         );
         let mut bound = pending.clone();
         bound["spec"]["volumeName"] = json!("pvc-1");
         bound["status"] = json!({"phase": "Bound", "capacity": {"storage": "1000M"}, "accessModes": ["ReadWriteOnce"]});
         bound["metadata"]["deletionTimestamp"] = json!("2026-11-22T12:00:00Z");
         let row = cells("", "persistentvolumeclaims", &bound, now());
-        assert_eq!(row[1..5], ["Terminating", "pvc-1", "1G", "RWO"].map(|c| json!(c)));
+        assert_eq!(
+            row[1..5],
+            ["Terminating", "pvc-1", "1G", "RWO"].map(|c| json!(c))
+        );
         let class = json!({"metadata": {"name": "local-path", "creationTimestamp": "2026-11-22T11:00:00Z",
             "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
             "provisioner": "bramble.dev/local-path", "volumeBindingMode": "WaitForFirstConsumer"});

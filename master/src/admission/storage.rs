@@ -348,7 +348,10 @@ pub fn validate_class_update(new: &Value, old: &Value, errors: &mut Vec<FieldErr
         other => other.clone(),
     };
     if empty_as_null(&old["parameters"]) != empty_as_null(&new["parameters"]) {
-        errors.push(forbidden("parameters", "updates to parameters are forbidden."));
+        errors.push(forbidden(
+            "parameters",
+            "updates to parameters are forbidden.",
+        ));
     }
     if old["provisioner"] != new["provisioner"] {
         errors.push(forbidden(

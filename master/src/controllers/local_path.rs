@@ -46,9 +46,10 @@ impl Reconciler for LocalPathProvisioner {
                 vec![(change.namespace.clone(), change.name.clone())]
             }
             // A node became Ready (Immediate claims wait for one) or reported its directory.
-            "core/nodes" if change.previous.as_ref().is_none_or(|p| {
-                protocol::node::is_ready(p) != protocol::node::is_ready(&change.object)
-            }) =>
+            "core/nodes"
+                if change.previous.as_ref().is_none_or(|p| {
+                    protocol::node::is_ready(p) != protocol::node::is_ready(&change.object)
+                }) =>
             {
                 self.all_keys(view)
             }
@@ -131,7 +132,10 @@ fn choose_node(ctx: &Context, claim: &Value, class: &Value) -> Result<Option<Val
     if claim["spec"]["selector"].is_object() {
         return Err("claim.Spec.Selector is not supported".into());
     }
-    let modes = claim["spec"]["accessModes"].as_array().cloned().unwrap_or_default();
+    let modes = claim["spec"]["accessModes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if modes
         .iter()
         .any(|m| m != "ReadWriteOnce" && m != "ReadWriteOncePod")

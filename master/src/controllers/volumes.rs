@@ -133,7 +133,9 @@ pub fn modes_fit(claim: &Value, volume: &Value) -> bool {
 }
 
 fn volume_mode(object: &Value) -> &str {
-    object["spec"]["volumeMode"].as_str().unwrap_or("Filesystem")
+    object["spec"]["volumeMode"]
+        .as_str()
+        .unwrap_or("Filesystem")
 }
 
 fn is_deleting(object: &Value) -> bool {
@@ -222,8 +224,7 @@ fn selector_fits(claim: &Value, volume: &Value) -> bool {
     if selector.is_null() {
         return true;
     }
-    protocol::selector::LabelSelector::from_json(selector)
-        .is_ok_and(|s| s.matches_object(volume))
+    protocol::selector::LabelSelector::from_json(selector).is_ok_and(|s| s.matches_object(volume))
 }
 
 /// The volume a claim should bind to (upstream's `FindMatchingVolume`): a volume pre-bound to it
@@ -314,8 +315,7 @@ pub fn admit_volume(volume: &mut Value) {
 /// Upstream's PersistentVolumeClaimResize admission: only a bound claim whose class allows
 /// expansion may ask for more storage. (An unbound claim's spec is refused by validation.)
 pub fn admit_claim_resize(store: &Store, current: &Value, next: &Value) -> Result<(), ApiError> {
-    if requested_bytes(next) <= requested_bytes(current) || current["status"]["phase"] != "Bound"
-    {
+    if requested_bytes(next) <= requested_bytes(current) || current["status"]["phase"] != "Bound" {
         return Ok(());
     }
     let name = str_of(&current["metadata"]["name"]);
@@ -661,7 +661,12 @@ fn sync_bound_claim(ctx: &Context, claim: &Value) -> Result<Action, ApiError> {
     )
 }
 
-fn lose_claim(ctx: &Context, claim: &Value, reason: &str, message: &str) -> Result<Action, ApiError> {
+fn lose_claim(
+    ctx: &Context,
+    claim: &Value,
+    reason: &str,
+    message: &str,
+) -> Result<Action, ApiError> {
     if claim["status"]["phase"] != "Lost" {
         set_claim_phase(ctx, claim, "Lost")?;
         ctx.event(claim, "Warning", reason, message);
@@ -805,13 +810,12 @@ fn sync_volume(ctx: &Context, name: &str) -> Result<Action, ApiError> {
     }
     .filter(|c| str_of(&c["metadata"]["uid"]) == uid);
     let Some(claim) = claim else {
-        let volume = if volume["status"]["phase"] == "Released"
-            || volume["status"]["phase"] == "Failed"
-        {
-            volume.as_ref().clone()
-        } else {
-            set_volume_phase(ctx, &volume, "Released")?
-        };
+        let volume =
+            if volume["status"]["phase"] == "Released" || volume["status"]["phase"] == "Failed" {
+                volume.as_ref().clone()
+            } else {
+                set_volume_phase(ctx, &volume, "Released")?
+            };
         return reclaim(ctx, &volume);
     };
     let bound_to = str_of(&claim["spec"]["volumeName"]);
@@ -896,3 +900,7 @@ fn reclaim(ctx: &Context, volume: &Value) -> Result<Action, ApiError> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "volumes_tests.rs"]
+mod tests;
