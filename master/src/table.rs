@@ -665,7 +665,7 @@ fn canonical_quantity(text: &str) -> String {
         (1000, &["", "k", "M", "G", "T", "P", "E"])
     };
     let mut index = 0;
-    while number != 0 && number % base == 0 && index + 1 < suffixes.len() {
+    while number != 0 && number.is_multiple_of(base) && index + 1 < suffixes.len() {
         number /= base;
         index += 1;
     }
