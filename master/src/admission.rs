@@ -408,6 +408,23 @@ pub fn apply_defaults(group: &str, kind: &str, object: &mut Value) {
                 }
             }
         }
+        ("", "PersistentVolume") => {
+            let spec = child(object, "spec");
+            set_default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+            set_default(spec, "volumeMode", json!("Filesystem"));
+            if let Some(host_path) = spec.get_mut("hostPath").filter(|h| h.is_object()) {
+                set_default(host_path, "type", json!(""));
+            }
+            set_default(child(object, "status"), "phase", json!("Pending"));
+        }
+        ("", "PersistentVolumeClaim") => {
+            set_default(child(object, "spec"), "volumeMode", json!("Filesystem"));
+            set_default(child(object, "status"), "phase", json!("Pending"));
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            set_default(object, "reclaimPolicy", json!("Delete"));
+            set_default(object, "volumeBindingMode", json!("Immediate"));
+        }
         ("autoscaling", "HorizontalPodAutoscaler") => {
             let spec = child(object, "spec");
             set_default(spec, "minReplicas", json!(1));
@@ -423,6 +440,8 @@ pub fn apply_defaults(group: &str, kind: &str, object: &mut Value) {
 }
 
 // ----- validation ----------------------------------------------------------------------------
+
+mod storage;
 
 const DNS1123_SUBDOMAIN: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const DNS1123_LABEL: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
@@ -852,7 +871,7 @@ fn validate_event(object: &Value, errors: &mut Vec<FieldError>) {
 /// Validation on create; empty means valid.
 pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    let cluster_scoped = matches!(kind, "Namespace" | "Node");
+    let cluster_scoped = crate::resources::by_kind(group, kind).is_some_and(|r| !r.namespaced);
     let rule = match kind {
         "Namespace" => NameRule::Label,
         "Service" => NameRule::Dns1035,
@@ -874,6 +893,9 @@ pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldErro
         ("", "Service") => validate_service(object, &mut errors),
         ("", "ConfigMap") | ("", "Secret") => validate_data_keys(object, &mut errors),
         ("", "Event") => validate_event(object, &mut errors),
+        ("", "PersistentVolumeClaim") => storage::validate_claim(object, &mut errors),
+        ("", "PersistentVolume") => storage::validate_volume(object, &mut errors),
+        ("storage.k8s.io", "StorageClass") => storage::validate_class(object, &mut errors),
         ("autoscaling", "HorizontalPodAutoscaler") => {
             let spec = &object["spec"];
             let max = spec["maxReplicas"].as_i64().unwrap_or(0);
@@ -919,6 +941,12 @@ pub fn validate_update(group: &str, kind: &str, new: &Value, old: &Value) -> Vec
                 "field is immutable",
             ));
         }
+    }
+    match (group, kind) {
+        ("", "PersistentVolumeClaim") => storage::validate_claim_update(new, old, &mut errors),
+        ("", "PersistentVolume") => storage::validate_volume_update(new, old, &mut errors),
+        ("storage.k8s.io", "StorageClass") => storage::validate_class_update(new, old, &mut errors),
+        _ => {}
     }
     if (kind == "ConfigMap" || kind == "Secret") && old["immutable"] == json!(true) {
         for field in ["data", "binaryData", "immutable"] {

@@ -478,7 +478,28 @@ fn bootstrap(
     }
     publish_settings(state).map_err(|e| fail("kube-system/bramble-settings", e))?;
     publish_join_token(state).map_err(|e| fail("kube-system/bramble-join-token", e))?;
+    create_default_storage_class(state).map_err(|e| fail("the local-path StorageClass", e))?;
     Ok(())
+}
+
+/// Creates the default StorageClass `local-path` (as k3s ships one) when the cluster has none of
+/// that name: claims without a class get a directory on the node their pod runs on.
+fn create_default_storage_class(state: &ApiState) -> Result<(), api::error::ApiError> {
+    use controllers::volumes::{DEFAULT_CLASS, LOCAL_PATH};
+    let classes =
+        resources::by_kind("storage.k8s.io", "StorageClass").expect("storage classes are served");
+    let class = json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "local-path", "annotations": {DEFAULT_CLASS: "true"}},
+        "provisioner": LOCAL_PATH,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+    });
+    match api::objects::create_object(state, classes, class, false) {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Creates the system objects that are missing, as upstream's bootstrap controllers do at start

@@ -67,6 +67,9 @@ pub fn prepare_on_create(resource: &Resource, object: &mut Value) {
         "HorizontalPodAutoscaler" => json!({"desiredReplicas": 0}),
         "Deployment" | "Job" | "ResourceQuota" => json!({}),
         "Node" => node_status(&object["status"]),
+        // Upstream's strategies drop what the client sent; a volume records when its phase began.
+        "PersistentVolume" => json!({"phase": "Pending", "lastPhaseTransitionTime": now_second()}),
+        "PersistentVolumeClaim" => json!({"phase": "Pending"}),
         _ => Value::Null,
     };
     if !status.is_null() {
@@ -207,7 +210,37 @@ pub fn admit_create(
             Ok(())
         }
         "Service" => allocate_service(state, object, None),
+        "PersistentVolumeClaim" => {
+            crate::controllers::volumes::admit_claim(&state.store, object);
+            Ok(())
+        }
+        "PersistentVolume" => {
+            crate::controllers::volumes::admit_volume(object);
+            Ok(())
+        }
         _ => Ok(()),
+    }
+}
+
+/// Now, to the second, as upstream's `metav1.Now` serialises.
+fn now_second() -> String {
+    let now = jiff::Timestamp::now();
+    now.round(jiff::Unit::Second).unwrap_or(now).to_string()
+}
+
+/// What the server does to a status update beyond taking the new status: a PersistentVolume's
+/// `lastPhaseTransitionTime` moves when its phase does, unless the writer set it.
+pub fn carry_over_on_status_update(resource: &Resource, current: &Value, next: &mut Value) {
+    if resource.kind != "PersistentVolume" || !next["status"].is_object() {
+        return;
+    }
+    let time = "lastPhaseTransitionTime";
+    if current["status"]["phase"] == next["status"]["phase"] {
+        if next["status"][time].is_null() && !current["status"][time].is_null() {
+            next["status"][time] = current["status"][time].clone();
+        }
+    } else if next["status"][time] == current["status"][time] || next["status"][time].is_null() {
+        next["status"][time] = json!(now_second());
     }
 }
 
@@ -243,6 +276,9 @@ pub fn carry_over_on_update(
     current: &Value,
     next: &mut Value,
 ) -> Result<(), ApiError> {
+    if resource.kind == "PersistentVolumeClaim" {
+        return crate::controllers::volumes::admit_claim_resize(&state.store, current, next);
+    }
     if resource.kind != "Service" {
         return Ok(());
     }

@@ -134,6 +134,35 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
             i("Replicas"),
             AGE,
         ]),
+        ("", "persistentvolumes") => columns.extend([
+            s("Capacity"),
+            s("Access Modes"),
+            s("Reclaim Policy"),
+            s("Status"),
+            s("Claim"),
+            s("StorageClass"),
+            s("VolumeAttributesClass"),
+            s("Reason"),
+            AGE,
+            wide("VolumeMode"),
+        ]),
+        ("", "persistentvolumeclaims") => columns.extend([
+            s("Status"),
+            s("Volume"),
+            s("Capacity"),
+            s("Access Modes"),
+            s("StorageClass"),
+            s("VolumeAttributesClass"),
+            AGE,
+            wide("VolumeMode"),
+        ]),
+        ("storage.k8s.io", "storageclasses") => columns.extend([
+            s("Provisioner"),
+            s("ReclaimPolicy"),
+            s("VolumeBindingMode"),
+            s("AllowVolumeExpansion"),
+            AGE,
+        ]),
         ("", "events") => {
             return vec![
                 s("Last Seen"),
@@ -579,6 +608,70 @@ fn hpa_targets(hpa: &Value) -> String {
     }
 }
 
+/// `status.phase`, or `Terminating` while the object is being deleted.
+fn phase_or_terminating(object: &Value) -> String {
+    if object["metadata"]["deletionTimestamp"].is_null() {
+        text(&object["status"]["phase"])
+    } else {
+        "Terminating".into()
+    }
+}
+
+fn unset_if_missing(value: &Value) -> String {
+    value
+        .as_str()
+        .map_or_else(|| "<unset>".into(), str::to_owned)
+}
+
+/// Upstream's `GetAccessModesAsString`: short names, each once, in a fixed order.
+fn access_modes(modes: &Value) -> String {
+    let modes: Vec<&str> = modes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    [
+        ("ReadWriteOnce", "RWO"),
+        ("ReadOnlyMany", "ROX"),
+        ("ReadWriteMany", "RWX"),
+        ("ReadWriteOncePod", "RWOP"),
+    ]
+    .iter()
+    .filter(|(long, _)| modes.contains(long))
+    .map(|(_, short)| *short)
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
+/// A quantity as upstream's `Quantity.String()` writes it: the largest suffix of its own
+/// family (binary or decimal) that keeps the number whole, so `1024Mi` is `1Gi`.
+fn canonical_quantity(text: &str) -> String {
+    let Some(value) = protocol::quantity::parse(text) else {
+        return text.to_owned();
+    };
+    let binary = text.ends_with('i');
+    let decimal_suffix = text.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+    if value.fract() != 0.0
+        || value < 0.0
+        || (!binary && decimal_suffix.starts_with(['m', 'u', 'n']))
+    {
+        return text.to_owned();
+    }
+    let mut number = value as u128;
+    let (base, suffixes): (u128, &[&str]) = if binary {
+        (1024, &["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"])
+    } else {
+        (1000, &["", "k", "M", "G", "T", "P", "E"])
+    };
+    let mut index = 0;
+    while number != 0 && number.is_multiple_of(base) && index + 1 < suffixes.len() {
+        number /= base;
+        index += 1;
+    }
+    format!("{number}{}", suffixes[index])
+}
+
 /// Cells for one object, in column order.
 pub fn cells(group: &str, plural: &str, object: &Value, now: jiff::Timestamp) -> Vec<Value> {
     let metadata = &object["metadata"];
@@ -772,6 +865,79 @@ pub fn cells(group: &str, plural: &str, object: &Value, now: jiff::Timestamp) ->
                 age,
             ]
         }
+        ("", "persistentvolumes") => {
+            let reference = &spec["claimRef"];
+            let claim = if reference.is_object() {
+                format!(
+                    "{}/{}",
+                    text(&reference["namespace"]),
+                    text(&reference["name"])
+                )
+            } else {
+                String::new()
+            };
+            vec![
+                name,
+                json!(canonical_quantity(&text(&spec["capacity"]["storage"]))),
+                json!(access_modes(&spec["accessModes"])),
+                json!(text(&spec["persistentVolumeReclaimPolicy"])),
+                json!(phase_or_terminating(object)),
+                json!(claim),
+                json!(
+                    metadata["annotations"]["volume.beta.kubernetes.io/storage-class"]
+                        .as_str()
+                        .map_or_else(|| text(&spec["storageClassName"]), str::to_owned)
+                ),
+                json!(unset_if_missing(&spec["volumeAttributesClassName"])),
+                json!(text(&status["reason"])),
+                age,
+                json!(unset_if_missing(&spec["volumeMode"])),
+            ]
+        }
+        ("", "persistentvolumeclaims") => {
+            let bound = !text(&spec["volumeName"]).is_empty();
+            let (capacity, modes) = if bound {
+                (
+                    canonical_quantity(&text(&status["capacity"]["storage"])),
+                    access_modes(&status["accessModes"]),
+                )
+            } else {
+                (String::new(), String::new())
+            };
+            vec![
+                name,
+                json!(phase_or_terminating(object)),
+                json!(text(&spec["volumeName"])),
+                json!(capacity),
+                json!(modes),
+                json!(
+                    metadata["annotations"]["volume.beta.kubernetes.io/storage-class"]
+                        .as_str()
+                        .map_or_else(|| text(&spec["storageClassName"]), str::to_owned)
+                ),
+                json!(unset_if_missing(&spec["volumeAttributesClassName"])),
+                age,
+                json!(unset_if_missing(&spec["volumeMode"])),
+            ]
+        }
+        ("storage.k8s.io", "storageclasses") => {
+            let annotations = &metadata["annotations"];
+            let default = annotations["storageclass.kubernetes.io/is-default-class"] == "true"
+                || annotations["storageclass.beta.kubernetes.io/is-default-class"] == "true";
+            let shown = if default {
+                format!("{} (default)", text(&metadata["name"]))
+            } else {
+                text(&metadata["name"])
+            };
+            vec![
+                json!(shown),
+                json!(text(&object["provisioner"])),
+                json!(object["reclaimPolicy"].as_str().unwrap_or("Delete")),
+                json!(object["volumeBindingMode"].as_str().unwrap_or("Immediate")),
+                json!(object["allowVolumeExpansion"] == true),
+                age,
+            ]
+        }
         ("", "events") => {
             let involved = &object["involvedObject"];
             let last = object
@@ -918,6 +1084,77 @@ mod tests {
     }
 
     #[test]
+    fn storage_rows_follow_upstreams_printers() {
+        let volume = json!({"metadata": {"name": "pvc-1", "creationTimestamp": "2026-11-22T11:59:56Z"},
+            "spec": {"capacity": {"storage": "2048Mi"}, "accessModes": ["ReadWriteMany", "ReadWriteOnce", "ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "local-path", "volumeMode": "Filesystem",
+                     "claimRef": {"namespace": "default", "name": "data"}},
+            "status": {"phase": "Bound"}});
+        assert_eq!(
+            cells("", "persistentvolumes", &volume, now()),
+            [
+                "pvc-1",
+                "2Gi",
+                "RWO,RWX",
+                "Delete",
+                "Bound",
+                "default/data",
+                "local-path",
+                "<unset>",
+                "",
+                "4s",
+                "Filesystem"
+            ]
+            .map(|c| json!(c))
+        );
+        let pending = json!({"metadata": {"name": "data", "creationTimestamp": "2026-11-22T11:59:00Z"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                     "storageClassName": "local-path", "volumeMode": "Filesystem"},
+            "status": {"phase": "Pending"}});
+        assert_eq!(
+            cells("", "persistentvolumeclaims", &pending, now()),
+            [
+                "data",
+                "Pending",
+                "",
+                "",
+                "",
+                "local-path",
+                "<unset>",
+                "60s",
+                "Filesystem"
+            ]
+            .map(|c| json!(c))
+        );
+        let mut bound = pending.clone();
+        bound["spec"]["volumeName"] = json!("pvc-1");
+        bound["status"] = json!({"phase": "Bound", "capacity": {"storage": "1000M"}, "accessModes": ["ReadWriteOnce"]});
+        bound["metadata"]["deletionTimestamp"] = json!("2026-11-22T12:00:00Z");
+        let row = cells("", "persistentvolumeclaims", &bound, now());
+        assert_eq!(
+            row[1..5],
+            ["Terminating", "pvc-1", "1G", "RWO"].map(|c| json!(c))
+        );
+        let class = json!({"metadata": {"name": "local-path", "creationTimestamp": "2026-11-22T11:00:00Z",
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "bramble.dev/local-path", "volumeBindingMode": "WaitForFirstConsumer"});
+        assert_eq!(
+            cells("storage.k8s.io", "storageclasses", &class, now()),
+            [
+                json!("local-path (default)"),
+                json!("bramble.dev/local-path"),
+                json!("Delete"),
+                json!("WaitForFirstConsumer"),
+                json!(false),
+                json!("60m")
+            ]
+        );
+        assert_eq!(canonical_quantity("1536Mi"), "1536Mi");
+        assert_eq!(canonical_quantity("500m"), "500m");
+        assert_eq!(canonical_quantity("1073741824"), "1073741824");
+    }
+
+    #[test]
     fn every_row_fits_its_columns() {
         let resources = [
             ("", "namespaces"),
@@ -937,6 +1174,9 @@ mod tests {
             ("batch", "jobs"),
             ("autoscaling", "horizontalpodautoscalers"),
             ("", "events"),
+            ("", "persistentvolumes"),
+            ("", "persistentvolumeclaims"),
+            ("storage.k8s.io", "storageclasses"),
             ("x", "widgets"),
         ];
         let object =

@@ -8,8 +8,9 @@
 //!
 //! Authorization, like upstream's Node authorizer: a node may change only its own Node (and its
 //! status), its own Lease, the status of pods bound to it, delete those pods, create events and
-//! report its own usage; it may read config maps and secrets only when a pod bound to it uses
-//! them. Everything else it asks to change is refused with 403.
+//! report its own usage; it may read config maps, secrets and claims only when a pod bound to it
+//! uses them, and volumes bound to such claims; it may list and watch volumes and delete the
+//! local volumes pinned to it. Everything else it asks to change is refused with 403.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -371,10 +372,90 @@ pub async fn authorize(state: &Arc<ApiState>, request: NodeRequest<'_>) -> Resul
                 Err(forbidden(&request, "nodes create and update events"))
             }
         }
+        ("", "persistentvolumeclaims") | ("", "persistentvolumes") => {
+            authorize_volume_request(state, &request).await
+        }
         _ if reading => Ok(()),
         _ => Err(forbidden(&request, "nodes may not change this")),
     }
 }
+
+/// A node reads the claims its pods use and the volumes bound to them, lists and watches
+/// volumes, and deletes the local volumes pinned to it (after removing their directory).
+async fn authorize_volume_request(
+    state: &Arc<ApiState>,
+    request: &NodeRequest<'_>,
+) -> Result<(), ApiError> {
+    let target = request.target;
+    let node = request.node;
+    let claims = target.resource.plural == "persistentvolumeclaims";
+    let method = request.method;
+    let Some(name) = target.name.as_deref() else {
+        return if !claims && *method == Method::GET {
+            Ok(())
+        } else {
+            Err(forbidden(
+                request,
+                "a node reads claims one by one, for its pods, and may list only volumes",
+            ))
+        };
+    };
+    let load = |storage_key: &'static str, namespace: String, name: String| {
+        let store = state.store.clone();
+        blocking(move || {
+            store
+                .get(storage_key, &namespace, &name)
+                .map_err(|e| ApiError::internal_logged("reading the store failed", &e))
+        })
+    };
+    match (claims, method) {
+        (true, &Method::GET) => {
+            let namespace = target.namespace.as_deref().unwrap_or("default").to_owned();
+            if pods_on(state, node, &namespace)
+                .await?
+                .iter()
+                .any(|pod| crate::controllers::view::claims_of(pod).iter().any(|c| c == name))
+            {
+                return Ok(());
+            }
+            Err(forbidden(request, "no pod bound to this node uses it"))
+        }
+        (false, &Method::GET) => {
+            let Some(volume) = load(VOLUMES, String::new(), name.to_owned()).await? else {
+                return Ok(()); // a missing volume answers 404 as usual
+            };
+            let reference = &volume["spec"]["claimRef"];
+            let (namespace, claim) = (
+                reference["namespace"].as_str().unwrap_or_default(),
+                reference["name"].as_str().unwrap_or_default(),
+            );
+            if !claim.is_empty()
+                && pods_on(state, node, namespace)
+                    .await?
+                    .iter()
+                    .any(|pod| crate::controllers::view::claims_of(pod).iter().any(|c| c == claim))
+            {
+                return Ok(());
+            }
+            Err(forbidden(request, "no pod bound to this node uses it"))
+        }
+        (false, &Method::DELETE) => {
+            let Some(volume) = load(VOLUMES, String::new(), name.to_owned()).await? else {
+                return Ok(());
+            };
+            if crate::controllers::local_path::node_of_volume(&volume).as_deref() == Some(node) {
+                return Ok(());
+            }
+            Err(forbidden(request, "the volume is not pinned to this node"))
+        }
+        _ => Err(forbidden(
+            request,
+            "a node may only read the claims and volumes of its pods and delete its own local volumes",
+        )),
+    }
+}
+
+const VOLUMES: &str = "core/persistentvolumes";
 
 async fn pods_on(
     state: &Arc<ApiState>,

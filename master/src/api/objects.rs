@@ -1339,8 +1339,9 @@ fn merge_update(
         }
     };
     admission::apply_defaults(resource.group, resource.kind, &mut next);
-    if part == Part::Main {
-        lifecycle::carry_over_on_update(state, resource, current, &mut next)?;
+    match part {
+        Part::Main => lifecycle::carry_over_on_update(state, resource, current, &mut next)?,
+        Part::Status => lifecycle::carry_over_on_status_update(resource, current, &mut next),
     }
     if lifecycle::has_generation(resource) && spec_changed(current, &next) {
         let generation = current

@@ -41,6 +41,7 @@ pub mod gc;
 pub mod hpa;
 pub mod job;
 pub mod loadbalancer;
+pub mod local_path;
 pub mod nodes;
 pub mod quota;
 pub mod replicas;
@@ -48,6 +49,8 @@ pub mod scheduler;
 #[cfg(test)]
 mod testing;
 pub mod view;
+pub mod volume_binding;
+pub mod volumes;
 
 use view::{Key, View, CACHED};
 
@@ -427,6 +430,8 @@ impl Runtime {
             Arc::new(nodes::NodeLifecycle::new(timings)),
             Arc::new(quota::QuotaStatusController),
             Arc::new(hpa::AutoscalerController::new(timings)),
+            Arc::new(volumes::VolumeController),
+            Arc::new(local_path::LocalPathProvisioner),
             Arc::new(scheduler::Scheduler::default()),
         ];
         let queues: Vec<Arc<Queue>> = reconcilers

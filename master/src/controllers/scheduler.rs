@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::view::{str_of, string_map, Key, NodeUsage, PodInfo, Toleration, View};
+use super::volume_binding::{pods_waiting_for, prepare_volumes, PodVolumes};
 use super::{set_condition, Action, Context, Reconciler};
 use crate::api::error::ApiError;
 use crate::store::{Change, EventType};
@@ -317,6 +318,13 @@ impl AffinityRules {
 
 /// Picks a node, or explains why none fits: "0/3 nodes are available: ...".
 fn choose_node(candidate: &Candidate, view: &View) -> Result<String, String> {
+    let volumes = match PodVolumes::resolve(&candidate.info, view) {
+        Ok(volumes) => volumes,
+        Err(message) => {
+            let total = view.list("core/nodes").count();
+            return Err(format!("0/{total} nodes are available: {message}."));
+        }
+    };
     let rules = AffinityRules::resolve(candidate, view);
     let empty = NodeUsage::default();
     let mut feasible: Vec<(&Arc<Value>, &NodeUsage)> = Vec::new();
@@ -327,7 +335,9 @@ fn choose_node(candidate: &Candidate, view: &View) -> Result<String, String> {
         let name = node["metadata"]["name"].as_str().unwrap_or_default();
         let usage = view.node_usage.get(name).unwrap_or(&empty);
         let capacity = view.node_allocatable.get(name).copied().unwrap_or_default();
-        match filter(candidate, node, capacity, usage, &rules) {
+        let fits = filter(candidate, node, capacity, usage, &rules)
+            .and_then(|()| volumes.check(node, view));
+        match fits {
             Ok(()) => feasible.push((node, usage)),
             Err(reason) => *reasons.entry(reason).or_default() += 1,
         }
@@ -458,7 +468,7 @@ impl Reconciler for Scheduler {
         Duration::from_secs(10)
     }
 
-    fn keys_for(&self, change: &Change, _view: &View) -> Vec<Key> {
+    fn keys_for(&self, change: &Change, view: &View) -> Vec<Key> {
         match change.resource.as_str() {
             "core/pods" => {
                 let mut keys = Vec::new();
@@ -478,6 +488,14 @@ impl Reconciler for Scheduler {
                 keys
             }
             "core/nodes" => self.retry_unschedulable(),
+            "core/persistentvolumeclaims" => {
+                let mut keys = pods_waiting_for(view, &change.namespace, &change.name);
+                keys.extend(self.retry_unschedulable());
+                keys
+            }
+            "core/persistentvolumes" | "storage.k8s.io/storageclasses" => {
+                self.retry_unschedulable()
+            }
             _ => Vec::new(),
         }
     }
@@ -526,6 +544,15 @@ impl Reconciler for Scheduler {
             let choice = choose_node(&candidate, &ctx.view());
             match choice {
                 Ok(node) => {
+                    match prepare_volumes(ctx, &candidate.info, &node) {
+                        Ok(true) => {}
+                        // Its claims' changes bring it back once they are bound.
+                        Ok(false) => continue,
+                        Err(error) => {
+                            results[index] = Err(error);
+                            continue;
+                        }
+                    }
                     let mut assumed = candidate.info.clone();
                     assumed.node = node.clone();
                     let previous = ctx.assume_pod(key, assumed);

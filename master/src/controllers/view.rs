@@ -29,6 +29,9 @@ pub const CACHED: &[&str] = &[
     "apps/daemonsets",
     "batch/jobs",
     "autoscaling/horizontalpodautoscalers",
+    "core/persistentvolumes",
+    "core/persistentvolumeclaims",
+    "storage.k8s.io/storageclasses",
 ];
 
 /// A reference from an object to its owner.
@@ -145,6 +148,8 @@ pub struct PodInfo {
     pub hostname: (String, String),
     /// Container restarts, summed.
     pub restarts: i64,
+    /// The PersistentVolumeClaims its volumes name (ephemeral ones as `<pod>-<volume>`).
+    pub claims: Vec<String>,
 }
 
 impl PodInfo {
@@ -256,8 +261,29 @@ impl PodInfo {
                 .flatten()
                 .filter_map(|c| c["restartCount"].as_i64())
                 .sum(),
+            claims: claims_of(pod),
         }
     }
+}
+
+/// The claims a pod's volumes use: `persistentVolumeClaim.claimName`, and for an ephemeral
+/// volume the claim made for it, `<pod>-<volume>`.
+pub fn claims_of(pod: &Value) -> Vec<String> {
+    let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    pod["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|volume| {
+            if let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str() {
+                return Some(claim.to_owned());
+            }
+            let name = volume["name"].as_str()?;
+            volume["ephemeral"]
+                .is_object()
+                .then(|| format!("{pod_name}-{name}"))
+        })
+        .collect()
 }
 
 /// A string or empty.
