@@ -35,6 +35,7 @@ use protocol::error::error_chain;
 
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
@@ -426,6 +427,7 @@ impl Runtime {
             Arc::new(gc::NamespaceController),
             Arc::new(nodes::NodeLifecycle::new(timings)),
             Arc::new(quota::QuotaStatusController),
+            Arc::new(disruption::DisruptionController),
             Arc::new(hpa::AutoscalerController::new(timings)),
             Arc::new(scheduler::Scheduler::default()),
         ];

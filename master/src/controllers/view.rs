@@ -29,6 +29,7 @@ pub const CACHED: &[&str] = &[
     "apps/daemonsets",
     "batch/jobs",
     "autoscaling/horizontalpodautoscalers",
+    "policy/poddisruptionbudgets",
 ];
 
 /// A reference from an object to its owner.
@@ -145,6 +146,13 @@ pub struct PodInfo {
     pub hostname: (String, String),
     /// Container restarts, summed.
     pub restarts: i64,
+    /// `spec.priority` (0 when unset).
+    pub priority: i64,
+    /// `spec.preemptionPolicy` is `Never`.
+    pub never_preempts: bool,
+    /// The pod's `DisruptionTarget` condition is True (the scheduler or an eviction is
+    /// removing it).
+    pub disruption_target: bool,
 }
 
 impl PodInfo {
@@ -260,6 +268,13 @@ impl PodInfo {
                 .flatten()
                 .filter_map(|c| c["restartCount"].as_i64())
                 .sum(),
+            priority: spec["priority"].as_i64().unwrap_or(0),
+            never_preempts: spec["preemptionPolicy"] == "Never",
+            disruption_target: status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "DisruptionTarget" && c["status"] == "True"),
         }
     }
 }
