@@ -856,7 +856,8 @@ fn validate_event(object: &Value, errors: &mut Vec<FieldError>) {
 /// Validation on create; empty means valid.
 pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    let cluster_scoped = matches!(kind, "Namespace" | "Node");
+    let cluster_scoped = matches!(kind, "Namespace" | "Node")
+        || crate::resources::by_kind(group, kind).is_some_and(|r| !r.namespaced);
     let rule = match kind {
         "Namespace" => NameRule::Label,
         "Service" => NameRule::Dns1035,

@@ -620,3 +620,86 @@ pub fn admit_limits(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::controllers::testing::{bare_pod, TestCluster};
+
+    fn limited(cluster: &TestCluster) -> Value {
+        cluster.create(
+            "core/limitranges",
+            json!({"metadata": {"name": "cpu", "namespace": "default"},
+                   "spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}, "min": {"cpu": "100m"},
+                                        "maxLimitRequestRatio": {"cpu": "2"}}]}}),
+        )
+    }
+
+    #[test]
+    fn quantities_read_as_upstream_writes_them() {
+        assert_eq!(canonical("0.5"), "500m");
+        assert_eq!(canonical("1024Mi"), "1Gi");
+        assert_eq!(canonical("1536Mi"), "1536Mi");
+        assert_eq!(canonical("2000"), "2k");
+        assert_eq!(canonical("1"), "1");
+    }
+
+    #[test]
+    fn the_maximum_becomes_the_default_limit_and_request() {
+        let cluster = TestCluster::new();
+        let range = limited(&cluster);
+        let item = &range["spec"]["limits"][0];
+        assert_eq!(item["default"], json!({"cpu": "1"}));
+        assert_eq!(item["defaultRequest"], json!({"cpu": "1"}));
+        let pod = cluster.create("core/pods", bare_pod("web", json!({})));
+        let resources = &pod["spec"]["containers"][0]["resources"];
+        assert_eq!(resources["limits"]["cpu"], "1");
+        assert_eq!(resources["requests"]["cpu"], "1");
+        assert_eq!(
+            pod["metadata"]["annotations"][ANNOTATION],
+            "LimitRanger plugin set: cpu request for container app; cpu limit for container app"
+        );
+    }
+
+    #[test]
+    fn pods_outside_the_range_are_forbidden() {
+        let cluster = TestCluster::new();
+        limited(&cluster);
+        let mut pod = bare_pod("small", json!({}));
+        pod["spec"]["containers"][0]["resources"] =
+            json!({"requests": {"cpu": "50m"}, "limits": {"cpu": "100m"}});
+        let error = cluster.try_create("core/pods", pod).unwrap_err();
+        assert_eq!(error.code, 403);
+        assert_eq!(error.reason, "Forbidden");
+        assert_eq!(
+            error.message,
+            "pods \"small\" is forbidden: minimum cpu usage per Container is 100m, but request is 50m"
+        );
+        let mut pod = bare_pod("big", json!({}));
+        pod["spec"]["containers"][0]["resources"] =
+            json!({"requests": {"cpu": "500m"}, "limits": {"cpu": "2"}});
+        let error = cluster.try_create("core/pods", pod).unwrap_err();
+        assert_eq!(
+            error.message,
+            "pods \"big\" is forbidden: [maximum cpu usage per Container is 1, but limit is 2, cpu max limit to request ratio per Container is 2, but provided ratio is 4.000000]"
+        );
+    }
+
+    #[test]
+    fn a_pod_range_may_not_carry_defaults() {
+        let cluster = TestCluster::new();
+        let error = cluster
+            .try_create(
+                "core/limitranges",
+                json!({"metadata": {"name": "pods", "namespace": "default"},
+                       "spec": {"limits": [{"type": "Pod", "default": {"cpu": "1"}}]}}),
+            )
+            .unwrap_err();
+        assert_eq!(
+            error.message,
+            "LimitRange \"pods\" is invalid: spec.limits[0].default: Forbidden: may not be specified when `type` is 'Pod'"
+        );
+    }
+}

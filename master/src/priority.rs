@@ -299,3 +299,111 @@ pub fn carry_over_pod_priority(current: &Value, next: &mut Value) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::controllers::testing::{bare_pod, key, TestCluster};
+
+    fn class(name: &str, value: i64, default: bool) -> serde_json::Value {
+        json!({"metadata": {"name": name}, "value": value, "globalDefault": default})
+    }
+
+    #[test]
+    fn pods_get_their_class_priority_or_are_refused() {
+        let cluster = TestCluster::new();
+        cluster.create(
+            "scheduling.k8s.io/priorityclasses",
+            class("high", 1000, false),
+        );
+        let mut pod = bare_pod("web", json!({"app": "web"}));
+        pod["spec"]["priorityClassName"] = json!("high");
+        let created = cluster.create("core/pods", pod.clone());
+        assert_eq!(created["spec"]["priority"], 1000);
+        assert_eq!(created["spec"]["preemptionPolicy"], "PreemptLowerPriority");
+
+        pod["metadata"]["name"] = json!("other");
+        pod["spec"]["priorityClassName"] = json!("missing");
+        let error = cluster.try_create("core/pods", pod.clone()).unwrap_err();
+        assert_eq!(error.code, 403);
+        assert_eq!(
+            error.message,
+            "pods \"other\" is forbidden: no PriorityClass with name missing was found"
+        );
+
+        pod["spec"]["priorityClassName"] = json!("high");
+        pod["spec"]["priority"] = json!(5);
+        let error = cluster.try_create("core/pods", pod).unwrap_err();
+        assert_eq!(error.message, "pods \"other\" is forbidden: the integer value of priority (5) must not be provided in pod spec; priority admission controller computed 1000 from the given PriorityClass name");
+    }
+
+    #[test]
+    fn the_global_default_applies_and_is_unique() {
+        let cluster = TestCluster::new();
+        let plain = cluster.create("core/pods", bare_pod("before", json!({})));
+        assert_eq!(plain["spec"]["priority"], 0);
+        assert!(plain["spec"].get("priorityClassName").is_none());
+        cluster.create(
+            "scheduling.k8s.io/priorityclasses",
+            class("normal", 100, true),
+        );
+        let pod = cluster.create("core/pods", bare_pod("after", json!({})));
+        assert_eq!(pod["spec"]["priorityClassName"], "normal");
+        assert_eq!(pod["spec"]["priority"], 100);
+        let error = cluster
+            .try_create("scheduling.k8s.io/priorityclasses", class("also", 5, true))
+            .unwrap_err();
+        assert_eq!(error.code, 403);
+        assert_eq!(error.message, "priorityclasses.scheduling.k8s.io \"also\" is forbidden: PriorityClass normal is already marked as default. Only one default can exist");
+        // An update keeps the computed priority when the client leaves it out.
+        let updated = cluster.update("core/pods", &key("after"), |p| {
+            p["spec"].as_object_mut().unwrap().remove("priority");
+            p["metadata"]["labels"] = json!({"x": "y"});
+        });
+        assert_eq!(updated["spec"]["priority"], 100);
+    }
+
+    #[test]
+    fn reserved_names_and_values_are_refused() {
+        let cluster = TestCluster::new();
+        super::ensure_system_classes(cluster.api()).unwrap();
+        let node_critical = cluster
+            .get(
+                "scheduling.k8s.io/priorityclasses",
+                &(String::new(), "system-node-critical".into()),
+            )
+            .unwrap();
+        assert_eq!(node_critical["value"], 2000001000);
+        assert_eq!(node_critical["preemptionPolicy"], "PreemptLowerPriority");
+        assert_eq!(
+            node_critical["description"],
+            "Used for system critical pods that must not be moved from their current node."
+        );
+        let error = cluster
+            .try_create(
+                "scheduling.k8s.io/priorityclasses",
+                class("high", 1_000_000_001, false),
+            )
+            .unwrap_err();
+        assert_eq!(error.code, 422);
+        assert_eq!(error.message, "PriorityClass.scheduling.k8s.io \"high\" is invalid: value: Forbidden: maximum allowed value of a user defined priority is 1000000000");
+        let error = cluster
+            .try_create(
+                "scheduling.k8s.io/priorityclasses",
+                class("system-foo", 5, false),
+            )
+            .unwrap_err();
+        assert_eq!(error.message, "PriorityClass.scheduling.k8s.io \"system-foo\" is invalid: metadata.name: Forbidden: priority class names with 'system-' prefix are reserved for system use only. error: system-foo is not a known system priority class");
+        let resource = crate::resources::by_kind("scheduling.k8s.io", "PriorityClass").unwrap();
+        let error = crate::api::objects::delete_object(
+            cluster.api(),
+            resource,
+            "",
+            "system-node-critical",
+            &Default::default(),
+        )
+        .unwrap_err();
+        assert_eq!(error.message, "priorityclasses.scheduling.k8s.io \"system-node-critical\" is forbidden: this is a system priority class and cannot be deleted");
+    }
+}

@@ -463,3 +463,279 @@ impl Reconciler for DisruptionController {
         Ok(recheck.map_or(Action::Done, Action::RequeueAfter))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::eviction::evict;
+    use crate::controllers::testing::{key, pod_spec, seconds_ago, TestCluster};
+
+    /// A ReplicaSet of `replicas` and its `running` pods, Ready, labelled `app: web`.
+    fn replica_set(cluster: &TestCluster, replicas: i64, running: &[&str]) {
+        let set = cluster.create(
+            "apps/replicasets",
+            json!({
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                         "template": {"metadata": {"labels": {"app": "web"}}, "spec": pod_spec()}},
+            }),
+        );
+        for (index, name) in running.iter().enumerate() {
+            web_pod(cluster, &set, name, &format!("10.0.0.{}", index + 1));
+        }
+    }
+
+    fn web_pod(cluster: &TestCluster, set: &Value, name: &str, ip: &str) {
+        cluster.create(
+            "core/pods",
+            json!({
+                "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"},
+                             "ownerReferences": [super::super::controller_ref(set)]},
+                "spec": pod_spec(),
+            }),
+        );
+        cluster.run_pod(&key(name), "n1", ip, Some(&seconds_ago(60)));
+    }
+
+    fn budget(cluster: &TestCluster, spec: Value) -> Value {
+        let mut spec = spec;
+        spec["selector"] = json!({"matchLabels": {"app": "web"}});
+        cluster.create(
+            STORAGE_KEY,
+            json!({"metadata": {"name": "web-pdb", "namespace": "default"}, "spec": spec}),
+        )
+    }
+
+    fn status(cluster: &TestCluster) -> Value {
+        cluster.get(STORAGE_KEY, &key("web-pdb")).unwrap()["status"].clone()
+    }
+
+    fn eviction(name: &str) -> Value {
+        json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": "default"}})
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_budget_answers_with_zero_counts_then_the_controller_fills_them() {
+        let cluster = TestCluster::new();
+        replica_set(&cluster, 3, &["a", "b", "c"]);
+        let created = budget(&cluster, json!({"minAvailable": "50%"}));
+        assert_eq!(
+            created["status"],
+            json!({"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0})
+        );
+        cluster.reconcile(&DisruptionController, &key("web-pdb"));
+        let status = status(&cluster);
+        // 50% of 3 rounds up to 2.
+        assert_eq!(status["expectedPods"], 3);
+        assert_eq!(status["desiredHealthy"], 2);
+        assert_eq!(status["currentHealthy"], 3);
+        assert_eq!(status["disruptionsAllowed"], 1);
+        assert_eq!(status["observedGeneration"], 1);
+        let condition = &status["conditions"][0];
+        assert_eq!(condition["type"], "DisruptionAllowed");
+        assert_eq!(condition["status"], "True");
+        assert_eq!(condition["reason"], "SufficientPods");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_unavailable_percentages_round_up_against_the_owners_scale() {
+        let cluster = TestCluster::new();
+        // The ReplicaSet wants 4; only 3 pods exist so far.
+        replica_set(&cluster, 4, &["a", "b", "c"]);
+        budget(&cluster, json!({"maxUnavailable": "30%"}));
+        cluster.reconcile(&DisruptionController, &key("web-pdb"));
+        let status = status(&cluster);
+        // 30% of 4 is 1.2, rounded up to 2 unavailable: 2 must stay healthy.
+        assert_eq!(status["expectedPods"], 4);
+        assert_eq!(status["desiredHealthy"], 2);
+        assert_eq!(status["disruptionsAllowed"], 1);
+    }
+
+    #[test]
+    fn both_bounds_or_bad_percentages_are_refused() {
+        let cluster = TestCluster::new();
+        let error = cluster
+            .try_create(
+                STORAGE_KEY,
+                json!({"metadata": {"name": "x", "namespace": "default"},
+                       "spec": {"minAvailable": 1, "maxUnavailable": "150%"}}),
+            )
+            .unwrap_err();
+        assert_eq!(error.code, 422);
+        assert!(
+            error
+                .message
+                .starts_with("PodDisruptionBudget.policy \"x\" is invalid: ["),
+            "{}",
+            error.message
+        );
+        assert!(
+            error
+                .message
+                .contains(": minAvailable and maxUnavailable cannot be both set"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains(
+                "spec.maxUnavailable: Invalid value: \"150%\": must not be greater than 100%"
+            ),
+            "{}",
+            error.message
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn evictions_spend_the_budget_and_wait_for_a_ready_replacement() {
+        let cluster = TestCluster::new();
+        replica_set(&cluster, 3, &["a", "b", "c"]);
+        budget(&cluster, json!({"minAvailable": 2}));
+        // Until the controller has looked, the budget refuses and asks to come back in 10 s.
+        let early = evict(cluster.api(), "default", "a", &eviction("a"), false).unwrap_err();
+        assert_eq!(early.code, 429);
+        assert_eq!(
+            early.message,
+            "Cannot evict pod as it would violate the pod's disruption budget."
+        );
+        assert_eq!(early.details.as_ref().unwrap()["retryAfterSeconds"], 10);
+        cluster.reconcile(&DisruptionController, &key("web-pdb"));
+        assert_eq!(status(&cluster)["disruptionsAllowed"], 1);
+
+        evict(cluster.api(), "default", "a", &eviction("a"), false).unwrap();
+        let a = cluster.get("core/pods", &key("a")).unwrap();
+        assert!(a["metadata"]["deletionTimestamp"].is_string());
+        let target = a["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "DisruptionTarget")
+            .unwrap()
+            .clone();
+        assert_eq!(target["reason"], "EvictionByEvictionAPI");
+        assert_eq!(target["message"], "Eviction API: evicting");
+        let after = status(&cluster);
+        assert_eq!(after["disruptionsAllowed"], 0);
+        assert!(after["disruptedPods"]["a"].is_string());
+        assert_eq!(after["conditions"][0]["reason"], "InsufficientPods");
+        // The controller sees `a` terminating: no longer healthy, no longer pending.
+        cluster.reconcile(&DisruptionController, &key("web-pdb"));
+        let synced = status(&cluster);
+        assert_eq!(synced["currentHealthy"], 2);
+        assert!(synced.get("disruptedPods").is_none(), "{synced}");
+
+        let refused = evict(cluster.api(), "default", "b", &eviction("b"), false).unwrap_err();
+        assert_eq!(refused.code, 429);
+        assert_eq!(refused.reason, "TooManyRequests");
+        assert_eq!(
+            refused.status().to_string(),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Cannot evict pod as it would violate the pod's disruption budget.","reason":"TooManyRequests","details":{"causes":[{"reason":"DisruptionBudget","message":"The disruption budget web-pdb needs 2 healthy pods and has 2 currently"}]},"code":429}"#
+        );
+        assert!(
+            cluster.get("core/pods", &key("b")).unwrap()["metadata"]["deletionTimestamp"].is_null()
+        );
+
+        // The node finishes `a`; the ReplicaSet's replacement starts but is not Ready yet.
+        cluster.delete(
+            "core/pods",
+            &key("a"),
+            &crate::api::objects::DeleteOptions {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        );
+        let set = cluster.get("apps/replicasets", &key("web")).unwrap();
+        web_pod(&cluster, &set, "d", "10.0.0.4");
+        cluster.set_pod_status(&key("d"), "Running", "10.0.0.4", None);
+        cluster.reconcile(&DisruptionController, &key("web-pdb"));
+        let waiting = status(&cluster);
+        assert_eq!(waiting["currentHealthy"], 2);
+        assert_eq!(waiting["disruptionsAllowed"], 0);
+        assert!(waiting.get("disruptedPods").is_none(), "{waiting}");
+        assert_eq!(
+            evict(cluster.api(), "default", "b", &eviction("b"), false)
+                .unwrap_err()
+                .code,
+            429
+        );
+
+        // Once the replacement is Ready, the next eviction goes through.
+        cluster.set_pod_status(&key("d"), "Running", "10.0.0.4", Some(&seconds_ago(0)));
+        cluster.reconcile(&DisruptionController, &key("web-pdb"));
+        assert_eq!(status(&cluster)["disruptionsAllowed"], 1);
+        evict(cluster.api(), "default", "b", &eviction("b"), false).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_eviction_not_confirmed_in_two_minutes_is_forgotten() {
+        let cluster = TestCluster::new();
+        replica_set(&cluster, 3, &["a", "b", "c"]);
+        budget(&cluster, json!({"minAvailable": 2}));
+        cluster.reconcile(&DisruptionController, &key("web-pdb"));
+        // Recorded as if accepted, but the pod is never deleted.
+        cluster.update_status(STORAGE_KEY, &key("web-pdb"), |pdb| {
+            pdb["status"]["disruptedPods"] = json!({"a": crate::controllers::now_time()});
+            pdb["status"]["disruptionsAllowed"] = json!(0);
+        });
+        let action = cluster.reconcile(&DisruptionController, &key("web-pdb"));
+        assert_eq!(action, Action::RequeueAfter(Duration::from_secs(120)));
+        assert_eq!(status(&cluster)["currentHealthy"], 2);
+        tokio::time::advance(Duration::from_secs(121)).await;
+        cluster.reconcile(&DisruptionController, &key("web-pdb"));
+        let status = status(&cluster);
+        assert_eq!(status["currentHealthy"], 3);
+        assert_eq!(status["disruptionsAllowed"], 1);
+        assert!(cluster
+            .events_about("a")
+            .iter()
+            .any(|(reason, message)| reason == "NotDeleted"
+                && message
+                    == "Pod was expected by PDB default/default to be deleted but it wasn't"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pods_not_running_go_freely_and_two_budgets_are_an_error() {
+        let cluster = TestCluster::new();
+        replica_set(&cluster, 3, &["a", "b"]);
+        budget(&cluster, json!({"minAvailable": "100%"}));
+        cluster.reconcile(&DisruptionController, &key("web-pdb"));
+        assert_eq!(status(&cluster)["disruptionsAllowed"], 0);
+        // A pod still Pending is not protected.
+        cluster.create("core/pods", json!({"metadata": {"name": "p", "namespace": "default", "labels": {"app": "web"}}, "spec": pod_spec()}));
+        evict(cluster.api(), "default", "p", &eviction("p"), false).unwrap();
+        assert!(cluster.get("core/pods", &key("p")).is_none());
+        // A second budget over the same pods: the eviction API does not choose.
+        cluster.create(
+            STORAGE_KEY,
+            json!({"metadata": {"name": "other", "namespace": "default"}, "spec": {"maxUnavailable": 1, "selector": {}}}),
+        );
+        let error = evict(cluster.api(), "default", "a", &eviction("a"), false).unwrap_err();
+        assert_eq!(error.code, 500);
+        assert_eq!(
+            error.status().to_string(),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.","code":500}"#
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unhealthy_pods_go_when_the_budget_is_healthy_or_always_allowed() {
+        let cluster = TestCluster::new();
+        replica_set(&cluster, 3, &["a", "b", "c"]);
+        budget(&cluster, json!({"minAvailable": 3}));
+        cluster.set_pod_status(&key("c"), "Running", "10.0.0.3", None);
+        cluster.reconcile(&DisruptionController, &key("web-pdb"));
+        // 2 healthy of 3 needed: an unready pod is protected (IfHealthyBudget).
+        assert_eq!(
+            evict(cluster.api(), "default", "c", &eviction("c"), false)
+                .unwrap_err()
+                .code,
+            429
+        );
+        cluster.update(STORAGE_KEY, &key("web-pdb"), |pdb| {
+            pdb["spec"]["unhealthyPodEvictionPolicy"] = json!("AlwaysAllow");
+        });
+        cluster.reconcile(&DisruptionController, &key("web-pdb"));
+        evict(cluster.api(), "default", "c", &eviction("c"), false).unwrap();
+        // The budget was not spent on it.
+        assert!(status(&cluster).get("disruptedPods").is_none());
+    }
+}

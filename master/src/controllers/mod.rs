@@ -43,11 +43,12 @@ pub mod hpa;
 pub mod job;
 pub mod loadbalancer;
 pub mod nodes;
+pub mod preemption;
 pub mod quota;
 pub mod replicas;
 pub mod scheduler;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod view;
 
 use view::{Key, View, CACHED};

@@ -329,7 +329,8 @@ pub struct NodeUsage {
 }
 
 impl NodeUsage {
-    fn add(&mut self, pod: &PodInfo, sign: i64) {
+    /// Counts a pod in (`sign` 1) or out (-1).
+    pub fn add(&mut self, pod: &PodInfo, sign: i64) {
         self.cpu += sign * pod.cpu_request;
         self.memory += sign * pod.memory_request;
         self.pods += sign;
