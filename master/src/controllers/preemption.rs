@@ -302,6 +302,27 @@ fn evict_victim(
     Ok(())
 }
 
+/// A node's usage counting the pods nominated to it that matter to `pod` (as important or
+/// more, not `pod` itself): room made by preemption is kept for the pod it was made for.
+pub(super) fn with_nominated<'a>(
+    view: &View,
+    node: &str,
+    usage: &'a NodeUsage,
+    pod: &PodInfo,
+) -> std::borrow::Cow<'a, NodeUsage> {
+    let Some(nominated) = view.nominated_pods.get(node) else {
+        return std::borrow::Cow::Borrowed(usage);
+    };
+    let mut counted = usage.clone();
+    for other in nominated.iter().filter_map(|key| view.pods.get(key)) {
+        let itself = other.namespace == pod.namespace && other.name == pod.name;
+        if !itself && other.priority >= pod.priority {
+            counted.add(other, 1);
+        }
+    }
+    std::borrow::Cow::Owned(counted)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -380,6 +401,12 @@ mod tests {
             cluster.get("core/pods", &key("low-2")).unwrap()["metadata"]["deletionTimestamp"]
                 .is_null()
         );
+        // The room made is kept for the pod it was made for: a lower-priority pod does not
+        // take it.
+        cluster.create("core/pods", pod("sneaky", "low", "600m", json!({})));
+        cluster.reconcile(&Scheduler::default(), &key("sneaky"));
+        let sneaky = cluster.get("core/pods", &key("sneaky")).unwrap();
+        assert!(sneaky["spec"]["nodeName"].is_null(), "{sneaky}");
         // With the victim going, the next attempt (once its backoff is over) binds the pod
         // where room was made.
         cluster.reconcile(&Scheduler::default(), &key("urgent"));

@@ -327,7 +327,8 @@ fn choose_node(candidate: &Candidate, view: &View) -> Result<String, String> {
         let name = node["metadata"]["name"].as_str().unwrap_or_default();
         let usage = view.node_usage.get(name).unwrap_or(&empty);
         let capacity = view.node_allocatable.get(name).copied().unwrap_or_default();
-        match filter(candidate, node, capacity, usage, &rules) {
+        let with_nominated = super::preemption::with_nominated(view, name, usage, &candidate.info);
+        match filter(candidate, node, capacity, &with_nominated, &rules) {
             Ok(()) => feasible.push((node, usage)),
             Err(reason) => *reasons.entry(reason).or_default() += 1,
         }

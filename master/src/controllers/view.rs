@@ -146,6 +146,8 @@ pub struct PodInfo {
     pub hostname: (String, String),
     /// Container restarts, summed.
     pub restarts: i64,
+    /// `status.nominatedNodeName`: where preemption is making room for it, while unbound.
+    pub nominated_node: String,
     /// `spec.priority` (0 when unset).
     pub priority: i64,
     /// `spec.preemptionPolicy` is `Never`.
@@ -268,6 +270,7 @@ impl PodInfo {
                 .flatten()
                 .filter_map(|c| c["restartCount"].as_i64())
                 .sum(),
+            nominated_node: str_of(&status["nominatedNodeName"]),
             priority: spec["priority"].as_i64().unwrap_or(0),
             never_preempts: spec["preemptionPolicy"] == "Never",
             disruption_target: status["conditions"]
@@ -361,6 +364,8 @@ pub struct View {
     pub orphan_pods: HashMap<String, HashSet<Key>>,
     /// Pods that carry pod affinity or anti-affinity terms.
     pub pods_with_affinity: HashSet<Key>,
+    /// Unbound pods nominated to a node by preemption, by that node.
+    pub nominated_pods: HashMap<String, HashSet<Key>>,
     /// Whole objects of the [`CACHED`] resources, by storage key.
     pub objects: HashMap<&'static str, BTreeMap<Key, Arc<Value>>>,
     /// Cached objects by the uid of each owner: (storage key, key).
@@ -537,6 +542,12 @@ impl View {
         if pod.pod_affinity.is_some() {
             self.pods_with_affinity.insert(key.clone());
         }
+        if pod.node.is_empty() && !pod.nominated_node.is_empty() && pod.is_active() {
+            self.nominated_pods
+                .entry(pod.nominated_node.clone())
+                .or_default()
+                .insert(key.clone());
+        }
         self.pods.insert(key, Arc::new(pod));
     }
 
@@ -558,6 +569,7 @@ impl View {
         }
         remove_from(&mut self.orphan_pods, &pod.namespace, key);
         self.pods_with_affinity.remove(key);
+        remove_from(&mut self.nominated_pods, &pod.nominated_node, key);
         Some(pod)
     }
 
