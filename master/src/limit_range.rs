@@ -355,7 +355,7 @@ pub fn admit_defaults(
     resource: &Resource,
     object: &mut Value,
 ) -> Result<(), ApiError> {
-    if resource.group != "" || resource.kind != "Pod" || !object["spec"].is_object() {
+    if !resource.group.is_empty() || resource.kind != "Pod" || !object["spec"].is_object() {
         return Ok(());
     }
     let namespace = object["metadata"]["namespace"]
