@@ -42,7 +42,8 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(kind: FieldErrorKind, field: &str, value: Option<String>, detail: &str) -> Self {
+    /// An error of any kind.
+    pub fn new(kind: FieldErrorKind, field: &str, value: Option<String>, detail: &str) -> Self {
         FieldError {
             kind,
             field: field.to_owned(),
@@ -285,8 +286,6 @@ fn default_pod_spec(spec: &mut Value) {
     set_default(spec, "securityContext", json!({}));
     set_default(spec, "schedulerName", json!("default-scheduler"));
     set_default(spec, "enableServiceLinks", json!(true));
-    set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
-    set_default(spec, "priority", json!(0));
     for field in ["containers", "initContainers"] {
         for container in spec[field].as_array_mut().into_iter().flatten() {
             default_container(container);
@@ -319,7 +318,12 @@ pub fn apply_defaults(group: &str, kind: &str, object: &mut Value) {
         return;
     }
     match (group, kind) {
-        ("", "Pod") => default_pod_spec(child(object, "spec")),
+        ("", "Pod") => {
+            default_pod_spec(child(object, "spec"));
+            crate::limit_range::requests_from_limits(child(object, "spec"));
+        }
+        ("", "LimitRange") => crate::limit_range::apply_defaults(object),
+        ("scheduling.k8s.io", "PriorityClass") => crate::priority::apply_defaults(object),
         ("apps", "Deployment") => {
             let spec = child(object, "spec");
             set_default(spec, "replicas", json!(1));
@@ -896,6 +900,11 @@ pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldErro
         ("", "PersistentVolumeClaim") => storage::validate_claim(object, &mut errors),
         ("", "PersistentVolume") => storage::validate_volume(object, &mut errors),
         ("storage.k8s.io", "StorageClass") => storage::validate_class(object, &mut errors),
+        ("", "LimitRange") => errors.extend(crate::limit_range::validate(object)),
+        ("policy", "PodDisruptionBudget") => {
+            errors.extend(crate::controllers::disruption::validate(object))
+        }
+        ("scheduling.k8s.io", "PriorityClass") => errors.extend(crate::priority::validate(object)),
         ("autoscaling", "HorizontalPodAutoscaler") => {
             let spec = &object["spec"];
             let max = spec["maxReplicas"].as_i64().unwrap_or(0);
@@ -923,6 +932,9 @@ pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldErro
 /// Validation on update, including fields that may not change.
 pub fn validate_update(group: &str, kind: &str, new: &Value, old: &Value) -> Vec<FieldError> {
     let mut errors = validate_create(group, kind, new);
+    if (group, kind) == ("scheduling.k8s.io", "PriorityClass") {
+        errors.extend(crate::priority::validate_update(new, old));
+    }
     let immutable: &[&str] = match (group, kind) {
         ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet") => {
             &["/spec/selector"]

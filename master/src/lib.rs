@@ -11,9 +11,11 @@ pub(crate) mod api;
 pub(crate) mod controllers;
 pub(crate) mod conversion;
 pub(crate) mod lifecycle;
+pub(crate) mod limit_range;
 pub(crate) mod metrics;
 pub(crate) mod patch;
 pub(crate) mod pki;
+pub(crate) mod priority;
 pub(crate) mod protobuf;
 pub(crate) mod resources;
 pub(crate) mod store;
@@ -541,6 +543,7 @@ fn ensure_system_objects(
             Err(e) => return Err(fail("the kubernetes service", e)),
         }
     }
+    priority::ensure_system_classes(state).map_err(|e| fail("the system priority classes", e))?;
     let endpoints = resources::by_kind("", "Endpoints").expect("endpoints are served");
     if let Some(object) = kubernetes_endpoints(api_endpoint) {
         match api::objects::create_object(state, endpoints, object, false) {

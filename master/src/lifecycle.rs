@@ -40,6 +40,8 @@ pub fn has_generation(resource: &Resource) -> bool {
             | "Job"
             | "HorizontalPodAutoscaler"
             | "ResourceQuota"
+            | "PodDisruptionBudget"
+            | "PriorityClass"
     )
 }
 
@@ -70,6 +72,7 @@ pub fn prepare_on_create(resource: &Resource, object: &mut Value) {
         // Upstream's strategies drop what the client sent; a volume records when its phase began.
         "PersistentVolume" => json!({"phase": "Pending", "lastPhaseTransitionTime": now_second()}),
         "PersistentVolumeClaim" => json!({"phase": "Pending"}),
+        "PodDisruptionBudget" => crate::controllers::disruption::initial_status(),
         _ => Value::Null,
     };
     if !status.is_null() {
@@ -505,8 +508,12 @@ fn allocate_service(
 /// also re-creates them (with `kube-node-lease`) when they are missing.
 pub const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
-/// Admission of a delete (also a dry run): the immortal namespaces refuse it.
+/// Admission of a delete (also a dry run): the immortal namespaces and the system priority
+/// classes refuse it.
 pub fn admit_delete(resource: &Resource, name: &str) -> Result<(), ApiError> {
+    if resource.kind == "PriorityClass" {
+        crate::priority::admit_delete(name)?;
+    }
     if resource.kind == "Namespace" && IMMORTAL_NAMESPACES.contains(&name) {
         return Err(ApiError::forbidden_object(
             resource,

@@ -102,6 +102,27 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
         ("", "serviceaccounts") => columns.extend([i("Secrets"), AGE]),
         ("", "resourcequotas") => columns.extend([AGE, s("Request"), s("Limit")]),
         ("coordination.k8s.io", "leases") => columns.extend([s("Holder"), AGE]),
+        ("policy", "poddisruptionbudgets") => columns.extend([
+            Column {
+                description: "The minimum number of pods that must be available.",
+                ..s("Min Available")
+            },
+            Column {
+                description: "The maximum number of pods that may be unavailable.",
+                ..s("Max Unavailable")
+            },
+            Column {
+                description: "Calculated number of pods that may be disrupted at this time.",
+                ..i("Allowed Disruptions")
+            },
+            AGE,
+        ]),
+        ("scheduling.k8s.io", "priorityclasses") => columns.extend([
+            i("Value"),
+            col("Global-Default", "boolean", 0),
+            AGE,
+            s("PreemptionPolicy"),
+        ]),
         ("", "replicationcontrollers") | ("apps", "replicasets") => {
             columns.extend([i("Desired"), i("Current"), i("Ready"), AGE]);
             columns.extend(WORKLOAD_WIDE);
@@ -847,6 +868,26 @@ pub fn cells(group: &str, plural: &str, object: &Value, now: jiff::Timestamp) ->
             row.extend(workload_wide(object));
             row
         }
+        ("policy", "poddisruptionbudgets") => {
+            let int_or_percent = |value: &Value| match value {
+                Value::Null => "N/A".to_owned(),
+                other => text(other),
+            };
+            vec![
+                name,
+                json!(int_or_percent(&spec["minAvailable"])),
+                json!(int_or_percent(&spec["maxUnavailable"])),
+                json!(int(&status["disruptionsAllowed"])),
+                age,
+            ]
+        }
+        ("scheduling.k8s.io", "priorityclasses") => vec![
+            name,
+            json!(int(&object["value"])),
+            json!(object["globalDefault"] == true),
+            age,
+            json!(text(&object["preemptionPolicy"])),
+        ],
         ("autoscaling", "horizontalpodautoscalers") => {
             let target = &spec["scaleTargetRef"];
             vec![

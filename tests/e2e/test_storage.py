@@ -141,4 +141,5 @@ def test_a_pod_with_an_unbound_immediate_claim_is_unschedulable(demo_cluster):
         return next((c.get("message") for c in conditions if c["type"] == "PodScheduled"), None)
 
     text = wait_for(message, what="a FailedScheduling condition")
-    assert text == "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims."
+    assert text == ("0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. "
+                    "preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.")

@@ -15,6 +15,7 @@
 pub mod codec;
 mod discovery;
 pub mod error;
+pub mod eviction;
 pub mod node_auth;
 mod node_proxy;
 pub mod objects;
@@ -322,7 +323,18 @@ fn error_response(error: &ApiError, format: ResponseFormat) -> Response<Body> {
         ResponseFormat::Yaml => ResponseFormat::Yaml,
         _ => ResponseFormat::Json,
     };
-    respond_value(error.code, &error.status(), format)
+    let mut response = respond_value(error.code, &error.status(), format);
+    let retry_after = error
+        .details
+        .as_ref()
+        .and_then(|d| d["retryAfterSeconds"].as_i64())
+        .filter(|s| *s > 0);
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert("Retry-After", http::HeaderValue::from(seconds));
+    }
+    response
 }
 
 async fn handle(

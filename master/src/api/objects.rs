@@ -438,11 +438,11 @@ impl Call {
 
     async fn evict(self, name: String) -> Result<Response<Body>, ApiError> {
         let eviction = codec::decode_object(self.content_type.as_deref(), &self.body, "Eviction")?;
-        let options = DeleteOptions::from(eviction.get("deleteOptions"), &HashMap::new())?;
         let state = self.state.clone();
-        let resource = self.resource();
         let namespace = self.namespace();
-        blocking(move || delete_object(&state, resource, &namespace, &name, &options)).await?;
+        let dry_run = self.dry_run();
+        blocking(move || super::eviction::evict(&state, &namespace, &name, &eviction, dry_run))
+            .await?;
         Ok(respond_value(201, &success_status(), ResponseFormat::Json))
     }
 
@@ -1132,6 +1132,12 @@ fn admit_new(
         candidate["metadata"]["name"] = json!(format!("{prefix}{}", random_suffix()));
     }
     let name = meta_str(&candidate, "name");
+    // What admission plugins call the object: upstream names it before generating the name.
+    let admission_name = if generated {
+        meta_str(object, "generateName")
+    } else {
+        name.clone()
+    };
     // Upstream reports a taken name before anything admission would say about the object.
     if !name.is_empty()
         && state
@@ -1146,6 +1152,9 @@ fn admit_new(
     }
     prepare_create(resource, &mut candidate);
     admission::apply_defaults(resource.group, resource.kind, &mut candidate);
+    // Mutating admission plugins, in upstream's order, before validation.
+    crate::limit_range::admit_defaults(state, resource, &mut candidate)?;
+    crate::priority::admit_create(state, resource, &mut candidate, &admission_name)?;
     let errors = admission::validate_create(resource.group, resource.kind, &candidate);
     if !errors.is_empty() {
         return Err(ApiError::invalid(
@@ -1161,6 +1170,8 @@ fn admit_new(
         check_namespace_accepts(&state.store, &namespace, resource)?;
     }
     lifecycle::admit_create(state, resource, &mut candidate)?;
+    // Validating admission: LimitRanger comes before the quota check of the caller.
+    crate::limit_range::admit_limits(state, resource, &candidate, &admission_name)?;
     Ok(Some((namespace, name, candidate)))
 }
 
@@ -1340,7 +1351,16 @@ fn merge_update(
     };
     admission::apply_defaults(resource.group, resource.kind, &mut next);
     match part {
-        Part::Main => lifecycle::carry_over_on_update(state, resource, current, &mut next)?,
+        Part::Main => {
+            lifecycle::carry_over_on_update(state, resource, current, &mut next)?;
+            match (resource.group, resource.kind) {
+                ("", "Pod") => crate::priority::carry_over_pod_priority(current, &mut next),
+                ("scheduling.k8s.io", "PriorityClass") => {
+                    crate::priority::admit_update(state, &next, current)?
+                }
+                _ => {}
+            }
+        }
         Part::Status => lifecycle::carry_over_on_status_update(resource, current, &mut next),
     }
     if lifecycle::has_generation(resource) && spec_changed(current, &next) {
@@ -1409,6 +1429,11 @@ pub struct DeleteOptions {
 }
 
 impl DeleteOptions {
+    /// The options of a request body alone (an Eviction's `deleteOptions`).
+    pub fn from_body(body: Option<&Value>) -> Result<Self, ApiError> {
+        Self::from(body, &HashMap::new())
+    }
+
     fn from(body: Option<&Value>, query: &HashMap<String, String>) -> Result<Self, ApiError> {
         let mut options = DeleteOptions::default();
         if let Some(body) = body.filter(|b| !b.is_null()) {

@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use super::view::{str_of, Key, View};
 use super::volumes::{
-    claim_class, claim_reference, CLAIMS, CLASSES, LOCAL_PATH, PROVISIONED_BY, SELECTED_NODE,
-    STORAGE_PROVISIONER, VOLUMES,
+    claim_class, claim_reference, is_local_path, CLAIMS, CLASSES, LOCAL_PATH, PROVISIONED_BY,
+    SELECTED_NODE, STORAGE_PROVISIONER, VOLUMES,
 };
 use super::{Action, Context, Reconciler};
 use crate::api::error::ApiError;
@@ -30,8 +30,9 @@ pub struct LocalPathProvisioner;
 
 /// Whether this provisioner was asked for a volume for the claim and none is bound yet.
 fn wants_volume(claim: &Value) -> bool {
-    claim["metadata"]["annotations"][STORAGE_PROVISIONER] == LOCAL_PATH
-        && str_of(&claim["spec"]["volumeName"]).is_empty()
+    is_local_path(&str_of(
+        &claim["metadata"]["annotations"][STORAGE_PROVISIONER],
+    )) && str_of(&claim["spec"]["volumeName"]).is_empty()
         && claim["metadata"]["deletionTimestamp"].is_null()
 }
 
@@ -79,7 +80,7 @@ impl Reconciler for LocalPathProvisioner {
         let Some(class) = ctx.view().get(CLASSES, "", &class_name).cloned() else {
             return Ok(Action::Done);
         };
-        if class["provisioner"] != LOCAL_PATH {
+        if !is_local_path(&str_of(&class["provisioner"])) {
             return Ok(Action::Done);
         }
         let node = match choose_node(ctx, &claim, &class) {

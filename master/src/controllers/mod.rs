@@ -35,6 +35,7 @@ use protocol::error::error_chain;
 
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
@@ -43,11 +44,12 @@ pub mod job;
 pub mod loadbalancer;
 pub mod local_path;
 pub mod nodes;
+pub mod preemption;
 pub mod quota;
 pub mod replicas;
 pub mod scheduler;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod view;
 pub mod volume_binding;
 pub mod volumes;
@@ -429,6 +431,7 @@ impl Runtime {
             Arc::new(gc::NamespaceController),
             Arc::new(nodes::NodeLifecycle::new(timings)),
             Arc::new(quota::QuotaStatusController),
+            Arc::new(disruption::DisruptionController),
             Arc::new(hpa::AutoscalerController::new(timings)),
             Arc::new(volumes::VolumeController),
             Arc::new(local_path::LocalPathProvisioner),

@@ -145,8 +145,8 @@ pub(crate) fn node_term_matches(
 }
 
 /// Everything about the pod being placed that the filters and scores need.
-struct Candidate {
-    info: PodInfo,
+pub(super) struct Candidate {
+    pub(super) info: PodInfo,
     node_selector: BTreeMap<String, String>,
     affinity: Value,
     tolerations: Vec<Toleration>,
@@ -154,7 +154,7 @@ struct Candidate {
 }
 
 impl Candidate {
-    fn from(pod: &Value) -> Candidate {
+    pub(super) fn from(pod: &Value) -> Candidate {
         let info = PodInfo::from_object(pod);
         Candidate {
             node_selector: string_map(&pod["spec"]["nodeSelector"]),
@@ -172,7 +172,7 @@ fn no_labels() -> &'static serde_json::Map<String, Value> {
 }
 
 /// The filters, in upstream's order of evaluation. `Ok` if the pod fits the node.
-fn filter(
+pub(super) fn filter(
     candidate: &Candidate,
     node: &Value,
     (cpu, memory, pods): (i64, i64, i64),
@@ -256,7 +256,7 @@ fn filter(
 }
 
 /// Required pod affinity and anti-affinity, resolved once per decision.
-struct AffinityRules {
+pub(super) struct AffinityRules {
     affinity: Vec<(PodTerm, HashSet<String>, bool)>,
     anti_affinity: Vec<(PodTerm, HashSet<String>)>,
     /// (topology key, value) pairs where a running pod's anti-affinity forbids this pod.
@@ -264,7 +264,7 @@ struct AffinityRules {
 }
 
 impl AffinityRules {
-    fn resolve(candidate: &Candidate, view: &View) -> AffinityRules {
+    pub(super) fn resolve(candidate: &Candidate, view: &View) -> AffinityRules {
         let namespace = &candidate.info.namespace;
         let affinity = required_terms(&candidate.affinity, "podAffinity")
             .iter()
@@ -335,7 +335,8 @@ fn choose_node(candidate: &Candidate, view: &View) -> Result<String, String> {
         let name = node["metadata"]["name"].as_str().unwrap_or_default();
         let usage = view.node_usage.get(name).unwrap_or(&empty);
         let capacity = view.node_allocatable.get(name).copied().unwrap_or_default();
-        let fits = filter(candidate, node, capacity, usage, &rules)
+        let with_nominated = super::preemption::with_nominated(view, name, usage, &candidate.info);
+        let fits = filter(candidate, node, capacity, &with_nominated, &rules)
             .and_then(|()| volumes.check(node, view));
         match fits {
             Ok(()) => feasible.push((node, usage)),
@@ -558,7 +559,17 @@ impl Reconciler for Scheduler {
                     let previous = ctx.assume_pod(key, assumed);
                     placed.push((index, node, previous));
                 }
-                Err(message) => results[index] = self.mark_unschedulable(ctx, key, &message),
+                Err(message) => {
+                    results[index] = match super::preemption::preempt(ctx, &pod, &candidate) {
+                        Ok(preemption) => self.mark_unschedulable(
+                            ctx,
+                            key,
+                            &preemption.fit_error(&message),
+                            preemption.nominated.as_deref(),
+                        ),
+                        Err(error) => Err(error),
+                    }
+                }
             }
         }
         if placed.is_empty() {
@@ -637,9 +648,18 @@ impl Scheduler {
         ctx: &Context,
         key: &Key,
         message: &str,
+        nominated: Option<&str>,
     ) -> Result<Action, ApiError> {
         let result = ctx.update_status("core/pods", &key.0, &key.1, |p| {
             set_condition(p, "PodScheduled", "False", "Unschedulable", message);
+            match nominated {
+                Some(node) => p["status"]["nominatedNodeName"] = json!(node),
+                None => {
+                    if let Some(status) = p["status"].as_object_mut() {
+                        status.remove("nominatedNodeName");
+                    }
+                }
+            }
             Ok(())
         });
         match result {

@@ -32,6 +32,7 @@ pub const CACHED: &[&str] = &[
     "core/persistentvolumes",
     "core/persistentvolumeclaims",
     "storage.k8s.io/storageclasses",
+    "policy/poddisruptionbudgets",
 ];
 
 /// A reference from an object to its owner.
@@ -150,6 +151,15 @@ pub struct PodInfo {
     pub restarts: i64,
     /// The PersistentVolumeClaims its volumes name (ephemeral ones as `<pod>-<volume>`).
     pub claims: Vec<String>,
+    /// `status.nominatedNodeName`: where preemption is making room for it, while unbound.
+    pub nominated_node: String,
+    /// `spec.priority` (0 when unset).
+    pub priority: i64,
+    /// `spec.preemptionPolicy` is `Never`.
+    pub never_preempts: bool,
+    /// The pod's `DisruptionTarget` condition is True (the scheduler or an eviction is
+    /// removing it).
+    pub disruption_target: bool,
 }
 
 impl PodInfo {
@@ -262,6 +272,14 @@ impl PodInfo {
                 .filter_map(|c| c["restartCount"].as_i64())
                 .sum(),
             claims: claims_of(pod),
+            nominated_node: str_of(&status["nominatedNodeName"]),
+            priority: spec["priority"].as_i64().unwrap_or(0),
+            never_preempts: spec["preemptionPolicy"] == "Never",
+            disruption_target: status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "DisruptionTarget" && c["status"] == "True"),
         }
     }
 }
@@ -336,7 +354,8 @@ pub struct NodeUsage {
 }
 
 impl NodeUsage {
-    fn add(&mut self, pod: &PodInfo, sign: i64) {
+    /// Counts a pod in (`sign` 1) or out (-1).
+    pub fn add(&mut self, pod: &PodInfo, sign: i64) {
         self.cpu += sign * pod.cpu_request;
         self.memory += sign * pod.memory_request;
         self.pods += sign;
@@ -367,6 +386,8 @@ pub struct View {
     pub orphan_pods: HashMap<String, HashSet<Key>>,
     /// Pods that carry pod affinity or anti-affinity terms.
     pub pods_with_affinity: HashSet<Key>,
+    /// Unbound pods nominated to a node by preemption, by that node.
+    pub nominated_pods: HashMap<String, HashSet<Key>>,
     /// Whole objects of the [`CACHED`] resources, by storage key.
     pub objects: HashMap<&'static str, BTreeMap<Key, Arc<Value>>>,
     /// Cached objects by the uid of each owner: (storage key, key).
@@ -543,6 +564,12 @@ impl View {
         if pod.pod_affinity.is_some() {
             self.pods_with_affinity.insert(key.clone());
         }
+        if pod.node.is_empty() && !pod.nominated_node.is_empty() && pod.is_active() {
+            self.nominated_pods
+                .entry(pod.nominated_node.clone())
+                .or_default()
+                .insert(key.clone());
+        }
         self.pods.insert(key, Arc::new(pod));
     }
 
@@ -564,6 +591,7 @@ impl View {
         }
         remove_from(&mut self.orphan_pods, &pod.namespace, key);
         self.pods_with_affinity.remove(key);
+        remove_from(&mut self.nominated_pods, &pod.nominated_node, key);
         Some(pod)
     }
 

@@ -61,6 +61,20 @@ const BETA_CLASS: &str = "volume.beta.kubernetes.io/storage-class";
 /// The provisioner built into the master (see `local_path.rs`).
 pub const LOCAL_PATH: &str = "bramble.dev/local-path";
 
+/// The host-path provisioners of other small clusters, which bramble's answers for too, so that
+/// manifests written for k3s, minikube, MicroK8s or Docker Desktop bind unchanged.
+pub const LOCAL_PATH_ALIASES: &[&str] = &[
+    "rancher.io/local-path",
+    "k8s.io/minikube-hostpath",
+    "microk8s.io/hostpath",
+    "docker.io/hostpath",
+];
+
+/// Whether bramble's local-path provisioner answers for `provisioner`.
+pub fn is_local_path(provisioner: &str) -> bool {
+    provisioner == LOCAL_PATH || LOCAL_PATH_ALIASES.contains(&provisioner)
+}
+
 // ----- reading claims, volumes and classes ----------------------------------------------------
 
 /// A claim's class: the legacy annotation first, then `spec.storageClassName`; `None` when it

@@ -446,13 +446,18 @@ fn an_unbound_immediate_claim_keeps_its_pod_pending() {
     cluster.reconcile(&Scheduler::default(), &key("app"));
     assert!(cluster.events_about("app").contains(&(
         "FailedScheduling".into(),
-        "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims.".into()
+        // As upstream prints it: preemption cannot help a pod its volumes keep off every node.
+        "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: \
+         0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+            .into()
     )));
     pod_using(&cluster, "lost", "missing");
     cluster.reconcile(&Scheduler::default(), &key("lost"));
     assert!(cluster.events_about("lost").contains(&(
         "FailedScheduling".into(),
-        "0/1 nodes are available: persistentvolumeclaim \"missing\" not found.".into()
+        "0/1 nodes are available: persistentvolumeclaim \"missing\" not found. preemption: \
+         0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+            .into()
     )));
 }
 
