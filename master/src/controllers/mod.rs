@@ -38,6 +38,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod history;
 pub mod hpa;
 pub mod job;
 pub mod loadbalancer;
@@ -45,6 +46,7 @@ pub mod nodes;
 pub mod quota;
 pub mod replicas;
 pub mod scheduler;
+pub mod statefulset;
 #[cfg(test)]
 mod testing;
 pub mod view;
@@ -417,6 +419,7 @@ impl Runtime {
             Arc::new(replicas::ReplicaController::replication_controllers()),
             Arc::new(deployment::DeploymentController),
             Arc::new(daemonset::DaemonSetController),
+            Arc::new(statefulset::StatefulSetController),
             Arc::new(job::JobController),
             Arc::new(endpoints::EndpointsController),
             Arc::new(loadbalancer::LoadBalancerController::new(
