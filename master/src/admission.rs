@@ -1276,4 +1276,107 @@ mod tests {
         let errors = validate_update("apps", "Deployment", &new, &old);
         assert_eq!(errors[0].field, "spec.selector");
     }
+
+    fn stateful_set() -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"serviceName": "nginx",
+                     "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "web", "image": "nginx:1.27",
+                                            "volumeMounts": [{"name": "www", "mountPath": "/data"}]}]}},
+                     "volumeClaimTemplates": [{"metadata": {"name": "www"},
+                                               "spec": {"accessModes": ["ReadWriteOnce"]}}]}
+        })
+    }
+
+    #[test]
+    fn stateful_set_defaults_match_upstream() {
+        let mut set = stateful_set();
+        apply_defaults("apps", "StatefulSet", &mut set);
+        let spec = &set["spec"];
+        assert_eq!(spec["podManagementPolicy"], "OrderedReady");
+        assert_eq!(
+            spec["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+        );
+        assert_eq!(
+            spec["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
+        assert_eq!(spec["replicas"], 1);
+        assert_eq!(spec["revisionHistoryLimit"], 10);
+        assert_eq!(
+            spec["volumeClaimTemplates"][0]["spec"]["volumeMode"],
+            "Filesystem"
+        );
+        assert_eq!(
+            spec["volumeClaimTemplates"][0]["status"]["phase"],
+            "Pending"
+        );
+        assert!(
+            validate_create("apps", "StatefulSet", &set).is_empty(),
+            "claim mounts are volumes"
+        );
+
+        let mut typed = stateful_set();
+        typed["spec"]["updateStrategy"] = json!({"type": "RollingUpdate"});
+        apply_defaults("apps", "StatefulSet", &mut typed);
+        assert_eq!(
+            typed["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate"}),
+            "no block made"
+        );
+    }
+
+    #[test]
+    fn stateful_set_mistakes_get_upstreams_messages() {
+        let messages = |set: &Value| -> Vec<String> {
+            validate_create("apps", "StatefulSet", set)
+                .iter()
+                .map(FieldError::message)
+                .collect()
+        };
+        let mut mismatched = stateful_set();
+        mismatched["spec"]["selector"]["matchLabels"]["app"] = json!("db");
+        assert_eq!(
+            messages(&mismatched),
+            [
+                r#"spec.template.metadata.labels: Invalid value: {"app":"web"}: `selector` does not match template `labels`"#
+            ]
+        );
+        let mut bad = stateful_set();
+        bad["spec"]["serviceName"] = json!("Nginx_1");
+        bad["spec"]["podManagementPolicy"] = json!("Random");
+        bad["spec"]["updateStrategy"] =
+            json!({"type": "OnDelete", "rollingUpdate": {"partition": 1}});
+        let found = messages(&bad);
+        assert!(found.contains(&r#"spec.podManagementPolicy: Invalid value: "Random": must be 'OrderedReady' or 'Parallel'"#.to_owned()), "{found:?}");
+        assert!(
+            found.iter().any(|m| m
+                .starts_with(r#"spec.serviceName: Invalid value: "Nginx_1": a DNS-1035 label"#)),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|m| m.ends_with("only allowed for updateStrategy 'RollingUpdate'")),
+            "{found:?}"
+        );
+
+        let mut old = stateful_set();
+        apply_defaults("apps", "StatefulSet", &mut old);
+        let mut scaled = old.clone();
+        scaled["spec"]["replicas"] = json!(3);
+        scaled["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:1.28");
+        assert!(validate_update("apps", "StatefulSet", &scaled, &old).is_empty());
+        let mut renamed = old.clone();
+        renamed["spec"]["serviceName"] = json!("other");
+        let errors = validate_update("apps", "StatefulSet", &renamed, &old);
+        assert_eq!(
+            errors.iter().map(FieldError::message).collect::<Vec<_>>(),
+            ["spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"]
+        );
+    }
 }

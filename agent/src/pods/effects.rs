@@ -362,6 +362,8 @@ pub trait PodServices: Send + Sync {
     fn env(&self, namespace: &str, service_links: bool) -> Vec<(String, String)>;
     /// The pod's resolv.conf (`pod` is the pod object as JSON).
     fn resolv_conf(&self, pod: &Value) -> String;
+    /// The cluster's DNS domain (`cluster.local`), for a pod's fully qualified name.
+    fn cluster_domain(&self) -> String;
 }
 
 impl PodServices for NodeServices {
@@ -375,6 +377,10 @@ impl PodServices for NodeServices {
 
     fn resolv_conf(&self, pod: &Value) -> String {
         NodeServices::resolv_conf(self, pod)
+    }
+
+    fn cluster_domain(&self) -> String {
+        NodeServices::cluster_domain(self)
     }
 }
 

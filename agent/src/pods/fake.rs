@@ -477,6 +477,10 @@ impl PodServices for FakeServices {
     fn resolv_conf(&self, _pod: &Value) -> String {
         "nameserver 10.42.0.1\n".into()
     }
+
+    fn cluster_domain(&self) -> String {
+        "cluster.local".into()
+    }
 }
 
 /// A node of fakes with its own pod directory.

@@ -662,14 +662,20 @@ mod tests {
             .get("apps/controllerrevisions", &key(&format!("logs-{first}")))
             .expect("named <set>-<hash>");
         assert_eq!(revision["metadata"]["labels"]["app"], "logs");
-        assert_eq!(revision["metadata"]["ownerReferences"][0]["kind"], "DaemonSet");
+        assert_eq!(
+            revision["metadata"]["ownerReferences"][0]["kind"],
+            "DaemonSet"
+        );
 
         cluster.update("apps/daemonsets", &key("logs"), |ds| {
             ds["spec"]["template"]["spec"]["containers"][0]["image"] = json!("registry.local/app:2")
         });
         cluster.reconcile(&controller, &key("logs"));
         let second = revisions(&cluster)[1].1.clone();
-        assert_eq!(revisions(&cluster), [(1, first.clone()), (2, second.clone())]);
+        assert_eq!(
+            revisions(&cluster),
+            [(1, first.clone()), (2, second.clone())]
+        );
 
         let current = cluster.get("apps/daemonsets", &key("logs")).unwrap();
         let undone = crate::patch::apply_strategic_merge_patch(
@@ -699,6 +705,10 @@ mod tests {
             );
         }
         cluster.reconcile(&controller, &key("logs"));
-        assert_eq!(revisions(&cluster), [(3, first)], "no daemon runs the second");
+        assert_eq!(
+            revisions(&cluster),
+            [(3, first)],
+            "no daemon runs the second"
+        );
     }
 }
