@@ -307,6 +307,38 @@ fn default_pod_spec(spec: &mut Value) {
     }
 }
 
+/// Upstream's `SetDefaults_StatefulSet`: a `rollingUpdate` block (with partition 0) appears
+/// only when the strategy type was left out; the claim templates get the claim defaults.
+fn default_stateful_set(object: &mut Value) {
+    let spec = child(object, "spec");
+    set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+    let strategy = child(spec, "updateStrategy");
+    if strategy["type"].is_null() {
+        set_default(strategy, "type", json!("RollingUpdate"));
+        set_default(strategy, "rollingUpdate", json!({}));
+    }
+    if strategy["type"] == "RollingUpdate" {
+        if let Some(rolling) = strategy.get_mut("rollingUpdate") {
+            set_default(rolling, "partition", json!(0));
+        }
+    }
+    let retention = child(spec, "persistentVolumeClaimRetentionPolicy");
+    set_default(retention, "whenDeleted", json!("Retain"));
+    set_default(retention, "whenScaled", json!("Retain"));
+    set_default(spec, "replicas", json!(1));
+    set_default(spec, "revisionHistoryLimit", json!(10));
+    for claim in spec["volumeClaimTemplates"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .filter(|c| c.is_object())
+    {
+        set_default(child(claim, "spec"), "volumeMode", json!("Filesystem"));
+        set_default(child(claim, "status"), "phase", json!("Pending"));
+    }
+    default_template(object);
+}
+
 fn default_template(object: &mut Value) {
     let template = child(child(object, "spec"), "template");
     default_pod_spec(child(template, "spec"));
@@ -364,6 +396,7 @@ pub fn apply_defaults(group: &str, kind: &str, object: &mut Value) {
             }
             default_template(object);
         }
+        ("apps", "StatefulSet") => default_stateful_set(object),
         ("batch", "Job") => {
             let spec = child(object, "spec");
             // Upstream: a Job with parallelism but no completions is a work queue.
@@ -756,6 +789,151 @@ fn validate_workload(object: &Value, kind: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
+fn non_negative(value: &Value, field: &str, errors: &mut Vec<FieldError>) {
+    if let Some(number) = value.as_i64().filter(|n| *n < 0) {
+        errors.push(FieldError::invalid(
+            field,
+            &number.to_string(),
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+/// Upstream's `ValidateStatefulSetSpec`. The template's volume mounts may name claim templates,
+/// which become volumes only in each pod.
+fn validate_stateful_set(object: &Value, errors: &mut Vec<FieldError>) {
+    let spec = &object["spec"];
+    match spec["podManagementPolicy"].as_str() {
+        None | Some("OrderedReady") | Some("Parallel") => {}
+        Some(other) => errors.push(FieldError::invalid(
+            "spec.podManagementPolicy",
+            other,
+            "must be 'OrderedReady' or 'Parallel'",
+        )),
+    }
+    let strategy = &spec["updateStrategy"];
+    match strategy["type"].as_str() {
+        None | Some("RollingUpdate") => non_negative(
+            &strategy["rollingUpdate"]["partition"],
+            "spec.updateStrategy.rollingUpdate.partition",
+            errors,
+        ),
+        Some("OnDelete") if !strategy["rollingUpdate"].is_null() => {
+            errors.push(FieldError::invalid(
+                "spec.updateStrategy.rollingUpdate",
+                &strategy["rollingUpdate"].to_string(),
+                "only allowed for updateStrategy 'RollingUpdate'",
+            ))
+        }
+        Some("OnDelete") => {}
+        Some(_) => errors.push(FieldError::invalid(
+            "spec.updateStrategy",
+            &strategy.to_string(),
+            "must be 'RollingUpdate' or 'OnDelete'",
+        )),
+    }
+    let retention = &spec["persistentVolumeClaimRetentionPolicy"];
+    for field in ["whenDeleted", "whenScaled"] {
+        if let Some(policy) = retention[field].as_str() {
+            if policy != "Retain" && policy != "Delete" {
+                errors.push(FieldError::new(
+                    FieldErrorKind::NotSupported,
+                    &format!("spec.persistentVolumeClaimRetentionPolicy.{field}"),
+                    Some(policy.to_owned()),
+                    "supported values: \"Delete\", \"Retain\"",
+                ));
+            }
+        }
+    }
+    if let Some(service) = spec["serviceName"].as_str().filter(|s| !s.is_empty()) {
+        if !(is_dns_label(service) && service.starts_with(|c: char| c.is_ascii_lowercase())) {
+            errors.push(FieldError::invalid(
+                "spec.serviceName",
+                service,
+                DNS1035_LABEL,
+            ));
+        }
+    }
+    non_negative(&spec["replicas"], "spec.replicas", errors);
+    non_negative(&spec["minReadySeconds"], "spec.minReadySeconds", errors);
+    non_negative(&spec["ordinals"]["start"], "spec.ordinals.start", errors);
+    let selector = &spec["selector"];
+    let labels = &spec["template"]["metadata"]["labels"];
+    if selector.is_null() {
+        errors.push(FieldError::required("spec.selector", ""));
+    } else if selector["matchLabels"]
+        .as_object()
+        .is_none_or(Map::is_empty)
+        && selector["matchExpressions"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    {
+        errors.push(FieldError::invalid(
+            "spec.selector",
+            &selector.to_string(),
+            "empty selector is invalid for statefulset",
+        ));
+    } else if !selector_matches_labels(selector, labels) {
+        errors.push(FieldError::invalid(
+            "spec.template.metadata.labels",
+            &labels.to_string(),
+            "`selector` does not match template `labels`",
+        ));
+    }
+    let mut pod_spec = spec["template"]["spec"].clone();
+    if let Some(map) = pod_spec.as_object_mut() {
+        let mut volumes = map
+            .get("volumes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for claim in spec["volumeClaimTemplates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let name = &claim["metadata"]["name"];
+            if name.as_str().is_none_or(str::is_empty) {
+                continue;
+            }
+            if !volumes.iter().any(|v| &v["name"] == name) {
+                volumes.push(json!({"name": name, "persistentVolumeClaim": {"claimName": name}}));
+            }
+        }
+        map.insert("volumes".into(), json!(volumes));
+    }
+    validate_pod_spec(&pod_spec, "spec.template.spec", &["Always"], errors);
+}
+
+/// The StatefulSet spec fields an update may change (upstream's `ValidateStatefulSetUpdate`).
+const STATEFUL_SET_MUTABLE: &[&str] = &[
+    "replicas",
+    "ordinals",
+    "template",
+    "updateStrategy",
+    "revisionHistoryLimit",
+    "persistentVolumeClaimRetentionPolicy",
+    "minReadySeconds",
+];
+
+fn validate_stateful_set_update(new: &Value, old: &Value, errors: &mut Vec<FieldError>) {
+    let frozen = |object: &Value| {
+        let mut spec = object["spec"].as_object().cloned().unwrap_or_default();
+        spec.retain(|field, value| {
+            !STATEFUL_SET_MUTABLE.contains(&field.as_str()) && !value.is_null()
+        });
+        spec
+    };
+    if frozen(new) != frozen(old) {
+        errors.push(FieldError::new(
+            FieldErrorKind::Forbidden,
+            "spec",
+            None,
+            "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+        ));
+    }
+}
+
 fn validate_service(object: &Value, errors: &mut Vec<FieldError>) {
     let spec = &object["spec"];
     let kind = spec["type"].as_str().unwrap_or("ClusterIP");
@@ -894,6 +1072,10 @@ pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldErro
         | ("apps", "DaemonSet")
         | ("", "ReplicationController")
         | ("batch", "Job") => validate_workload(object, kind, &mut errors),
+        ("apps", "StatefulSet") => validate_stateful_set(object, &mut errors),
+        ("apps", "ControllerRevision") => {
+            non_negative(&object["revision"], "revision", &mut errors)
+        }
         ("", "Service") => validate_service(object, &mut errors),
         ("", "ConfigMap") | ("", "Secret") => validate_data_keys(object, &mut errors),
         ("", "Event") => validate_event(object, &mut errors),
@@ -941,8 +1123,12 @@ pub fn validate_update(group: &str, kind: &str, new: &Value, old: &Value) -> Vec
         }
         ("batch", "Job") => &["/spec/selector", "/spec/template", "/spec/completions"],
         ("", "Service") => &["/spec/clusterIP"],
+        ("apps", "ControllerRevision") => &["/data"],
         _ => &[],
     };
+    if (group, kind) == ("apps", "StatefulSet") {
+        validate_stateful_set_update(new, old, &mut errors);
+    }
     for pointer in immutable {
         let (before, after) = (old.pointer(pointer), new.pointer(pointer));
         if before.is_some() && before != after {
@@ -1129,5 +1315,108 @@ mod tests {
         new["spec"]["template"]["metadata"]["labels"]["x"] = json!("y");
         let errors = validate_update("apps", "Deployment", &new, &old);
         assert_eq!(errors[0].field, "spec.selector");
+    }
+
+    fn stateful_set() -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"serviceName": "nginx",
+                     "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "web", "image": "nginx:1.27",
+                                            "volumeMounts": [{"name": "www", "mountPath": "/data"}]}]}},
+                     "volumeClaimTemplates": [{"metadata": {"name": "www"},
+                                               "spec": {"accessModes": ["ReadWriteOnce"]}}]}
+        })
+    }
+
+    #[test]
+    fn stateful_set_defaults_match_upstream() {
+        let mut set = stateful_set();
+        apply_defaults("apps", "StatefulSet", &mut set);
+        let spec = &set["spec"];
+        assert_eq!(spec["podManagementPolicy"], "OrderedReady");
+        assert_eq!(
+            spec["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+        );
+        assert_eq!(
+            spec["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
+        assert_eq!(spec["replicas"], 1);
+        assert_eq!(spec["revisionHistoryLimit"], 10);
+        assert_eq!(
+            spec["volumeClaimTemplates"][0]["spec"]["volumeMode"],
+            "Filesystem"
+        );
+        assert_eq!(
+            spec["volumeClaimTemplates"][0]["status"]["phase"],
+            "Pending"
+        );
+        assert!(
+            validate_create("apps", "StatefulSet", &set).is_empty(),
+            "claim mounts are volumes"
+        );
+
+        let mut typed = stateful_set();
+        typed["spec"]["updateStrategy"] = json!({"type": "RollingUpdate"});
+        apply_defaults("apps", "StatefulSet", &mut typed);
+        assert_eq!(
+            typed["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate"}),
+            "no block made"
+        );
+    }
+
+    #[test]
+    fn stateful_set_mistakes_get_upstreams_messages() {
+        let messages = |set: &Value| -> Vec<String> {
+            validate_create("apps", "StatefulSet", set)
+                .iter()
+                .map(FieldError::message)
+                .collect()
+        };
+        let mut mismatched = stateful_set();
+        mismatched["spec"]["selector"]["matchLabels"]["app"] = json!("db");
+        assert_eq!(
+            messages(&mismatched),
+            [
+                r#"spec.template.metadata.labels: Invalid value: {"app":"web"}: `selector` does not match template `labels`"#
+            ]
+        );
+        let mut bad = stateful_set();
+        bad["spec"]["serviceName"] = json!("Nginx_1");
+        bad["spec"]["podManagementPolicy"] = json!("Random");
+        bad["spec"]["updateStrategy"] =
+            json!({"type": "OnDelete", "rollingUpdate": {"partition": 1}});
+        let found = messages(&bad);
+        assert!(found.contains(&r#"spec.podManagementPolicy: Invalid value: "Random": must be 'OrderedReady' or 'Parallel'"#.to_owned()), "{found:?}");
+        assert!(
+            found.iter().any(|m| m
+                .starts_with(r#"spec.serviceName: Invalid value: "Nginx_1": a DNS-1035 label"#)),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|m| m.ends_with("only allowed for updateStrategy 'RollingUpdate'")),
+            "{found:?}"
+        );
+
+        let mut old = stateful_set();
+        apply_defaults("apps", "StatefulSet", &mut old);
+        let mut scaled = old.clone();
+        scaled["spec"]["replicas"] = json!(3);
+        scaled["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:1.28");
+        assert!(validate_update("apps", "StatefulSet", &scaled, &old).is_empty());
+        let mut renamed = old.clone();
+        renamed["spec"]["serviceName"] = json!("other");
+        let errors = validate_update("apps", "StatefulSet", &renamed, &old);
+        assert_eq!(
+            errors.iter().map(FieldError::message).collect::<Vec<_>>(),
+            ["spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"]
+        );
     }
 }

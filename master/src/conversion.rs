@@ -107,7 +107,7 @@ fn hpa_v1_to_v2(mut object: Value) -> Value {
     object
 }
 
-/// The `autoscaling/v1` Scale of a Deployment, ReplicaSet or ReplicationController.
+/// The `autoscaling/v1` Scale of a Deployment, ReplicaSet, ReplicationController or StatefulSet.
 pub fn scale_of(resource: &Resource, object: &Value) -> Value {
     let metadata = &object["metadata"];
     let mut scale_metadata = Map::new();

@@ -37,6 +37,7 @@ pub fn has_generation(resource: &Resource) -> bool {
             | "Deployment"
             | "ReplicaSet"
             | "DaemonSet"
+            | "StatefulSet"
             | "Job"
             | "HorizontalPodAutoscaler"
             | "ResourceQuota"
@@ -58,6 +59,7 @@ pub fn prepare_on_create(resource: &Resource, object: &mut Value) {
         "Namespace" => json!({"phase": "Active"}),
         "Service" => json!({"loadBalancer": {}}),
         "ReplicationController" | "ReplicaSet" => json!({"replicas": 0}),
+        "StatefulSet" => json!({"replicas": 0, "availableReplicas": 0}),
         "DaemonSet" => json!({
             "currentNumberScheduled": 0,
             "numberMisscheduled": 0,
@@ -803,6 +805,11 @@ mod tests {
                 json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0}),
             ),
             ("batch", "Job", json!({})),
+            (
+                "apps",
+                "StatefulSet",
+                json!({"replicas": 0, "availableReplicas": 0}),
+            ),
             (
                 "autoscaling",
                 "HorizontalPodAutoscaler",

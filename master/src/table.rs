@@ -56,6 +56,16 @@ const WORKLOAD_WIDE: [Column; 3] = [
     col("Selector", "string", 1),
 ];
 
+const fn described(name: &'static str, priority: i32, description: &'static str) -> Column {
+    Column {
+        name,
+        type_: "string",
+        format: "",
+        description,
+        priority,
+    }
+}
+
 /// Columns for a resource, by API group ("" for core) and plural.
 pub fn columns(group: &str, plural: &str) -> Vec<Column> {
     let s = |name| col(name, "string", 0);
@@ -143,6 +153,21 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
             ]);
             columns.extend(WORKLOAD_WIDE);
         }
+        ("apps", "statefulsets") => columns.extend([
+            described("Ready", 0, "Number of the pod with ready state"),
+            AGE,
+            described("Containers", 1, "Names of each container in the template."),
+            described(
+                "Images",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+        ]),
+        ("apps", "controllerrevisions") => columns.extend([
+            described("Controller", 0, "Controller of the object"),
+            s("Revision"),
+            AGE,
+        ]),
         ("batch", "jobs") => {
             columns.extend([s("Status"), s("Completions"), s("Duration"), AGE]);
             columns.extend(WORKLOAD_WIDE);
@@ -826,6 +851,45 @@ pub fn cells(group: &str, plural: &str, object: &Value, now: jiff::Timestamp) ->
             row.extend(workload_wide(object));
             row
         }
+        ("apps", "statefulsets") => {
+            let [containers, images, _] = workload_wide(object);
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    int(&status["readyReplicas"]),
+                    int(&spec["replicas"])
+                )),
+                age,
+                containers,
+                images,
+            ]
+        }
+        ("apps", "controllerrevisions") => {
+            let controller = metadata["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["controller"] == true)
+                .map(|r| {
+                    let api_version = text(&r["apiVersion"]);
+                    let group = api_version.split_once('/').map_or("", |(g, _)| g);
+                    let kind = text(&r["kind"]).to_lowercase();
+                    let kind = if group.is_empty() {
+                        kind
+                    } else {
+                        format!("{kind}.{group}")
+                    };
+                    format!("{kind}/{}", text(&r["name"]))
+                })
+                .unwrap_or_else(|| "<none>".to_owned());
+            vec![
+                name,
+                json!(controller),
+                json!(int(&object["revision"])),
+                age,
+            ]
+        }
         ("batch", "jobs") => {
             let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
             let has = |kind: &str| {
@@ -1212,6 +1276,8 @@ mod tests {
             ("apps", "replicasets"),
             ("apps", "deployments"),
             ("apps", "daemonsets"),
+            ("apps", "statefulsets"),
+            ("apps", "controllerrevisions"),
             ("batch", "jobs"),
             ("autoscaling", "horizontalpodautoscalers"),
             ("", "events"),

@@ -338,14 +338,8 @@ impl PodWorker {
         let io = |file| move |source| StartError::EtcFiles { file, source };
         std::fs::create_dir_all(&dir).map_err(io("etc directory"))?;
         let hostname = pod_hostname(pod).to_owned();
-        let mut hosts = String::from("# Kubernetes-managed hosts file (bramble).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        if !host_network(pod) {
-            hosts.push_str(&format!("{}\t{hostname}\n", self.pod_ip_text(pod)));
-        }
-        for alias in spec(pod).host_aliases.iter().flatten() {
-            let names = alias.hostnames.as_deref().unwrap_or_default().join(" ");
-            hosts.push_str(&format!("{}\t{names}\n", alias.ip));
-        }
+        let domain = self.ctx.services.cluster_domain();
+        let hosts = hosts_file(pod, &self.pod_ip_text(pod), &domain);
         let resolv = self.ctx.services.resolv_conf(pod).into_bytes();
         let files = [
             ("hosts", "/etc/hosts", hosts.into_bytes()),
@@ -370,6 +364,30 @@ impl PodWorker {
         }
         Ok(mounts)
     }
+}
+
+/// A pod's /etc/hosts as kubelet writes it: its own address under its host name, fully
+/// qualified under `<subdomain>.<namespace>.svc.<domain>` when it has a subdomain (the
+/// StatefulSet pod `web-0` of service `nginx` is `web-0.nginx.default.svc.cluster.local`).
+fn hosts_file(pod: &Pod, ip: &str, domain: &str) -> String {
+    let hostname: String = pod_hostname(pod).chars().take(63).collect();
+    let mut hosts = String::from("# Kubernetes-managed hosts file (bramble).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if !host_network(pod) {
+        let subdomain = spec(pod).subdomain.as_deref().unwrap_or_default();
+        if subdomain.is_empty() {
+            hosts.push_str(&format!("{ip}\t{hostname}\n"));
+        } else {
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+            hosts.push_str(&format!(
+                "{ip}\t{hostname}.{subdomain}.{namespace}.svc.{domain}\t{hostname}\n"
+            ));
+        }
+    }
+    for alias in spec(pod).host_aliases.iter().flatten() {
+        let names = alias.hostnames.as_deref().unwrap_or_default().join(" ");
+        hosts.push_str(&format!("{}\t{names}\n", alias.ip));
+    }
+    hosts
 }
 
 /// The user and group an image's `USER` names: numeric, or looked up in the image's
@@ -422,6 +440,29 @@ fn lookup_gid_for_uid(uid: u32, layers: &[PathBuf]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_name_a_pod_under_its_subdomain_as_kubelet_does() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-0", "namespace": "shop"},
+            "spec": {"hostname": "web-0", "subdomain": "nginx",
+                     "containers": [{"name": "app"}],
+                     "hostAliases": [{"ip": "10.0.0.9", "hostnames": ["db", "db.lan"]}]},
+        }))
+        .unwrap();
+        let hosts = hosts_file(&pod, "10.42.1.5", "cluster.local");
+        assert!(
+            hosts.contains("\n10.42.1.5\tweb-0.nginx.shop.svc.cluster.local\tweb-0\n"),
+            "{hosts}"
+        );
+        assert!(hosts.ends_with("10.0.0.9\tdb db.lan\n"));
+        let plain: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "solo", "namespace": "shop"},
+            "spec": {"containers": [{"name": "app"}]},
+        }))
+        .unwrap();
+        assert!(hosts_file(&plain, "10.42.1.6", "cluster.local").ends_with("\n10.42.1.6\tsolo\n"));
+    }
 
     #[test]
     fn restart_back_off_doubles_and_resets() {

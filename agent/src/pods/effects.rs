@@ -360,8 +360,10 @@ pub trait PodServices: Send + Sync {
     fn wait_synced(&self) -> Effect<'_, ()>;
     /// The service variables of a container in `namespace`.
     fn env(&self, namespace: &str, service_links: bool) -> Vec<(String, String)>;
-    /// The pod's resolv.conf (`pod` is the pod object as JSON).
+    /// The pod's resolv.conf.
     fn resolv_conf(&self, pod: &k8s_openapi::api::core::v1::Pod) -> String;
+    /// The cluster's DNS domain (`cluster.local`), for a pod's fully qualified name.
+    fn cluster_domain(&self) -> String;
 }
 
 impl PodServices for NodeServices {
@@ -375,6 +377,10 @@ impl PodServices for NodeServices {
 
     fn resolv_conf(&self, pod: &k8s_openapi::api::core::v1::Pod) -> String {
         NodeServices::resolv_conf(self, pod)
+    }
+
+    fn cluster_domain(&self) -> String {
+        NodeServices::cluster_domain(self)
     }
 }
 

@@ -477,6 +477,10 @@ impl PodServices for FakeServices {
     fn resolv_conf(&self, _pod: &k8s_openapi::api::core::v1::Pod) -> String {
         "nameserver 10.42.0.1\n".into()
     }
+
+    fn cluster_domain(&self) -> String {
+        "cluster.local".into()
+    }
 }
 
 /// A node of fakes with its own pod directory.

@@ -94,7 +94,7 @@ pub const POD_SPEC: &[(&str, Support, &str)] = &[
     ),
     ("setHostnameAsFQDN", Ignored, ""),
     ("shareProcessNamespace", Ignored, ""),
-    ("subdomain", Ignored, "no host name records in /etc/hosts"),
+    ("subdomain", Honoured, "/etc/hosts"),
     ("terminationGracePeriodSeconds", Honoured, ""),
     ("tolerations", Master, "scheduler and taint eviction"),
     ("topologySpreadConstraints", Master, "scheduler"),

@@ -199,7 +199,9 @@ pub fn lookup(catalog: &Catalog, domain: &str, name: &str, qtype: u16) -> Lookup
             let found = catalog
                 .endpoints_of(service)
                 .iter()
-                .find(|e| endpoint_host(service, e).as_deref() == Some(*host));
+                // As CoreDNS: only ready endpoints (publishNotReadyAddresses makes them all
+                // ready), so a StatefulSet pod is found once it is Ready.
+                .find(|e| e.ready && endpoint_host(service, e).as_deref() == Some(*host));
             match found {
                 Some(endpoint) if matches!(qtype, TYPE_A | TYPE_ANY) => {
                     answer(vec![a_record(&name, endpoint.ip)], Vec::new())
@@ -868,6 +870,11 @@ mod tests {
         assert_eq!(
             lookup(&catalog, "k8s.local", "db-9.db.shop.svc.k8s.local", TYPE_A),
             Lookup::NxDomain
+        );
+        assert_eq!(
+            lookup(&catalog, "k8s.local", "db-2.db.shop.svc.k8s.local", TYPE_A),
+            Lookup::NxDomain,
+            "not ready yet"
         );
     }
 

@@ -88,6 +88,11 @@ impl NodeServices {
     pub fn resolv_conf(&self, pod: &k8s_openapi::api::core::v1::Pod) -> String {
         resolv::pod_resolv_conf(pod, &self.node_resolv_conf, Some(&self.dns))
     }
+
+    /// The cluster's DNS domain.
+    pub fn cluster_domain(&self) -> String {
+        self.dns.domain.clone()
+    }
 }
 
 /// Starts following services and endpoints, the proxy, the load-balancer addresses and the

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::deployment::{int_or_percent, template_hash};
+use super::history::{self, Flavor};
 use super::replicas::{claim_pods, create_pods, pod_from_template, selector_of};
 use super::view::{str_of, Key, PodInfo, Toleration, View};
 use super::{key_of, now_seconds, Action, Context, Reconciler};
@@ -21,6 +22,13 @@ use crate::api::error::ApiError;
 use crate::store::Change;
 
 const HASH_LABEL: &str = "controller-revision-hash";
+
+/// How DaemonSet revisions are named: bramble's own template hash, which DaemonSet pods carry
+/// as `controller-revision-hash` (upstream's hashes a Go struct dump no other language makes).
+const FLAVOR: Flavor = Flavor {
+    hash_label: HASH_LABEL,
+    hash: |template, _, collisions| template_hash(template, collisions),
+};
 
 /// The DaemonSet controller.
 pub struct DaemonSetController;
@@ -111,7 +119,8 @@ impl Reconciler for DaemonSetController {
             return Ok(Action::Done);
         }
         let template = &set["spec"]["template"];
-        let hash = template_hash(template, 0);
+        let revisions = history::sync_revisions(ctx, &set, &FLAVOR)?;
+        let hash = str_of(&revisions.update["metadata"]["labels"][HASH_LABEL]);
         let owned = claim_pods(ctx, &set, &selector_of(&set))?;
         let nodes: Vec<Arc<Value>> = ctx.view().list("core/nodes").cloned().collect();
         let mut by_node: HashMap<String, Vec<Arc<PodInfo>>> = HashMap::new();
@@ -239,13 +248,34 @@ impl Reconciler for DaemonSetController {
                 "numberAvailable": available,
                 "numberUnavailable": (desired - available).max(0),
             });
+            if revisions.collisions > 0 {
+                ds["status"]["collisionCount"] = json!(revisions.collisions);
+            }
             Ok(())
         });
         match result {
-            Ok(_) => Ok(Action::Done),
-            Err(e) if e.code == 404 => Ok(Action::Done),
-            Err(e) => Err(e),
+            Ok(_) => {}
+            Err(e) if e.code == 404 => return Ok(Action::Done),
+            Err(e) => return Err(e),
         }
+        // Revisions a daemon still runs stay, whatever the limit (upstream's cleanupHistory).
+        let mut live: HashSet<String> = HashSet::new();
+        live.insert(str_of(&revisions.update["metadata"]["name"]));
+        let running: HashSet<String> = owned
+            .iter()
+            .filter(|p| !p.deleting)
+            .filter_map(|p| p.labels.get(HASH_LABEL).cloned())
+            .collect();
+        for revision in &revisions.all {
+            if let Some(hash) = revision["metadata"]["labels"][HASH_LABEL].as_str() {
+                if running.contains(hash) {
+                    live.insert(str_of(&revision["metadata"]["name"]));
+                }
+            }
+        }
+        let limit = set["spec"]["revisionHistoryLimit"].as_i64().unwrap_or(10);
+        history::truncate_history(ctx, &revisions.all, &live, limit)?;
+        Ok(Action::Done)
     }
 }
 
@@ -602,6 +632,83 @@ mod tests {
         assert_eq!(
             now[replaced[0]]["metadata"]["labels"][HASH_LABEL],
             new_hash.as_str()
+        );
+    }
+
+    #[test]
+    fn revisions_follow_the_template_and_undo_renumbers_the_old_one() {
+        let cluster = daemons_running_on(&["pi-1"]);
+        let controller = DaemonSetController;
+        let revisions = |cluster: &TestCluster| {
+            let mut found: Vec<(i64, String)> = cluster
+                .list("apps/controllerrevisions", "default")
+                .iter()
+                .map(|r| {
+                    (
+                        r["revision"].as_i64().unwrap(),
+                        str_of(&r["metadata"]["labels"][HASH_LABEL]),
+                    )
+                })
+                .collect();
+            found.sort();
+            found
+        };
+        let first = daemons(&cluster)["pi-1"]["metadata"]["labels"][HASH_LABEL]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(revisions(&cluster), [(1, first.clone())]);
+        let revision = cluster
+            .get("apps/controllerrevisions", &key(&format!("logs-{first}")))
+            .expect("named <set>-<hash>");
+        assert_eq!(revision["metadata"]["labels"]["app"], "logs");
+        assert_eq!(
+            revision["metadata"]["ownerReferences"][0]["kind"],
+            "DaemonSet"
+        );
+
+        cluster.update("apps/daemonsets", &key("logs"), |ds| {
+            ds["spec"]["template"]["spec"]["containers"][0]["image"] = json!("registry.local/app:2")
+        });
+        cluster.reconcile(&controller, &key("logs"));
+        let second = revisions(&cluster)[1].1.clone();
+        assert_eq!(
+            revisions(&cluster),
+            [(1, first.clone()), (2, second.clone())]
+        );
+
+        let current = cluster.get("apps/daemonsets", &key("logs")).unwrap();
+        let undone = crate::patch::apply_strategic_merge_patch(
+            &current,
+            &revision["data"],
+            "apps",
+            "DaemonSet",
+        )
+        .unwrap();
+        cluster.update("apps/daemonsets", &key("logs"), |ds| {
+            ds["spec"] = undone["spec"].clone()
+        });
+        cluster.reconcile(&controller, &key("logs"));
+        assert_eq!(revisions(&cluster), [(2, second), (3, first.clone())]);
+
+        cluster.update("apps/daemonsets", &key("logs"), |ds| {
+            ds["spec"]["revisionHistoryLimit"] = json!(0)
+        });
+        for pod in cluster.list("core/pods", "default") {
+            cluster.delete(
+                "core/pods",
+                &key(pod["metadata"]["name"].as_str().unwrap()),
+                &crate::api::objects::DeleteOptions {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                },
+            );
+        }
+        cluster.reconcile(&controller, &key("logs"));
+        assert_eq!(
+            revisions(&cluster),
+            [(3, first)],
+            "no daemon runs the second"
         );
     }
 }

@@ -616,4 +616,39 @@ mod tests {
             ])
         );
     }
+
+    #[test]
+    fn a_pod_is_named_only_in_the_service_its_subdomain_names() {
+        let cluster = TestCluster::new();
+        let mut member = server("web-0", "web", Some(8080));
+        member["spec"]["hostname"] = json!("web-0");
+        member["spec"]["subdomain"] = json!("nginx");
+        running(&cluster, member, "10.42.0.2", true);
+        let mut other = server("web-1", "web", Some(8080));
+        other["spec"]["hostname"] = json!("web-1");
+        other["spec"]["subdomain"] = json!("elsewhere");
+        running(&cluster, other, "10.42.0.3", true);
+        for name in ["nginx", "web"] {
+            let mut svc = service(
+                name,
+                json!([{"name": "http", "port": 80, "targetPort": "http"}]),
+            );
+            svc["spec"]["clusterIP"] = json!("None");
+            cluster.create("core/services", svc);
+            cluster.reconcile(&EndpointsController, &key(name));
+        }
+        let hostnames = |name: &str| -> Vec<Value> {
+            subsets_of(&cluster, name)[0]["addresses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["hostname"].clone())
+                .collect()
+        };
+        assert_eq!(hostnames("nginx"), [json!("web-0"), Value::Null]);
+        assert_eq!(hostnames("web"), [Value::Null, Value::Null]);
+        let slices = slices_of(&cluster);
+        assert_eq!(slices["nginx"].1[0]["hostname"], "web-0");
+        assert!(slices["nginx"].1[1].get("hostname").is_none());
+    }
 }

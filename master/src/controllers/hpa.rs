@@ -43,6 +43,7 @@ fn target_storage_key(kind: &str) -> Option<&'static str> {
         "Deployment" => Some("apps/deployments"),
         "ReplicaSet" => Some("apps/replicasets"),
         "ReplicationController" => Some("core/replicationcontrollers"),
+        "StatefulSet" => Some("apps/statefulsets"),
         _ => None,
     }
 }

@@ -39,6 +39,7 @@ pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod history;
 pub mod hpa;
 pub mod job;
 pub mod loadbalancer;
@@ -48,6 +49,7 @@ pub mod preemption;
 pub mod quota;
 pub mod replicas;
 pub mod scheduler;
+pub mod statefulset;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod view;
@@ -422,6 +424,7 @@ impl Runtime {
             Arc::new(replicas::ReplicaController::replication_controllers()),
             Arc::new(deployment::DeploymentController),
             Arc::new(daemonset::DaemonSetController),
+            Arc::new(statefulset::StatefulSetController),
             Arc::new(job::JobController),
             Arc::new(endpoints::EndpointsController),
             Arc::new(loadbalancer::LoadBalancerController::new(

@@ -24,9 +24,12 @@ pub const CACHED: &[&str] = &[
     "core/services",
     "core/replicationcontrollers",
     "core/resourcequotas",
+    "core/persistentvolumeclaims",
     "apps/replicasets",
     "apps/deployments",
     "apps/daemonsets",
+    "apps/statefulsets",
+    "apps/controllerrevisions",
     "batch/jobs",
     "autoscaling/horizontalpodautoscalers",
     "core/persistentvolumes",
@@ -482,6 +485,7 @@ impl View {
             "ReplicaSet" => "apps/replicasets",
             "Deployment" => "apps/deployments",
             "DaemonSet" => "apps/daemonsets",
+            "StatefulSet" => "apps/statefulsets",
             "Job" => "batch/jobs",
             "Pod" => {
                 return Some(
