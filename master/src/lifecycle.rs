@@ -38,6 +38,7 @@ pub fn has_generation(resource: &Resource) -> bool {
             | "ReplicaSet"
             | "DaemonSet"
             | "Job"
+            | "CronJob"
             | "HorizontalPodAutoscaler"
             | "ResourceQuota"
     )
@@ -65,7 +66,7 @@ pub fn prepare_on_create(resource: &Resource, object: &mut Value) {
         // Stored as autoscaling/v2, where `currentReplicas` is omitted at zero; the v1 view
         // adds it back (conversion.rs).
         "HorizontalPodAutoscaler" => json!({"desiredReplicas": 0}),
-        "Deployment" | "Job" | "ResourceQuota" => json!({}),
+        "Deployment" | "Job" | "CronJob" | "ResourceQuota" => json!({}),
         "Node" => node_status(&object["status"]),
         _ => Value::Null,
     };

@@ -33,6 +33,7 @@ use crate::store::Change;
 use crate::HealthTimings;
 use protocol::error::error_chain;
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -418,6 +419,7 @@ impl Runtime {
             Arc::new(deployment::DeploymentController),
             Arc::new(daemonset::DaemonSetController),
             Arc::new(job::JobController),
+            Arc::new(cronjob::CronJobController),
             Arc::new(endpoints::EndpointsController),
             Arc::new(loadbalancer::LoadBalancerController::new(
                 shared.api.cluster.load_balancer_pool.clone(),

@@ -28,6 +28,7 @@ pub const CACHED: &[&str] = &[
     "apps/deployments",
     "apps/daemonsets",
     "batch/jobs",
+    "batch/cronjobs",
     "autoscaling/horizontalpodautoscalers",
 ];
 
@@ -440,6 +441,7 @@ impl View {
             "Deployment" => "apps/deployments",
             "DaemonSet" => "apps/daemonsets",
             "Job" => "batch/jobs",
+            "CronJob" => "batch/cronjobs",
             "Pod" => {
                 return Some(
                     self.pods
