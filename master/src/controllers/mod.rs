@@ -48,6 +48,7 @@ pub mod replicas;
 pub mod scheduler;
 #[cfg(test)]
 mod testing;
+pub mod ttl_after_finished;
 pub mod view;
 
 use view::{Key, View, CACHED};
@@ -420,6 +421,7 @@ impl Runtime {
             Arc::new(daemonset::DaemonSetController),
             Arc::new(job::JobController),
             Arc::new(cronjob::CronJobController),
+            Arc::new(ttl_after_finished::TtlAfterFinishedController),
             Arc::new(endpoints::EndpointsController),
             Arc::new(loadbalancer::LoadBalancerController::new(
                 shared.api.cluster.load_balancer_pool.clone(),
