@@ -339,6 +339,35 @@ fn default_stateful_set(object: &mut Value) {
     default_template(object);
 }
 
+/// Upstream's `SetDefaults_Job` past completions and parallelism.
+fn default_job_spec(spec: &mut Value) {
+    let per_index = !spec["backoffLimitPerIndex"].is_null();
+    set_default(
+        spec,
+        "backoffLimit",
+        json!(if per_index { i32::MAX } else { 6 }),
+    );
+    set_default(spec, "completionMode", json!("NonIndexed"));
+    set_default(spec, "suspend", json!(false));
+    let replacement = if spec["podFailurePolicy"].is_object() {
+        "Failed"
+    } else {
+        "TerminatingOrFailed"
+    };
+    set_default(spec, "podReplacementPolicy", json!(replacement));
+    let rules = spec
+        .pointer_mut("/podFailurePolicy/rules")
+        .and_then(Value::as_array_mut);
+    for rule in rules.into_iter().flatten() {
+        let patterns = rule
+            .get_mut("onPodConditions")
+            .and_then(Value::as_array_mut);
+        for pattern in patterns.into_iter().flatten() {
+            set_default(pattern, "status", json!("True"));
+        }
+    }
+}
+
 fn default_template(object: &mut Value) {
     let template = child(child(object, "spec"), "template");
     default_pod_spec(child(template, "spec"));
@@ -404,11 +433,18 @@ pub fn apply_defaults(group: &str, kind: &str, object: &mut Value) {
                 set_default(spec, "completions", json!(1));
             }
             set_default(spec, "parallelism", json!(1));
-            set_default(spec, "backoffLimit", json!(6));
-            set_default(spec, "completionMode", json!("NonIndexed"));
-            set_default(spec, "suspend", json!(false));
-            set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+            default_job_spec(spec);
             default_template(object);
+        }
+        ("batch", "CronJob") => {
+            let spec = child(object, "spec");
+            set_default(spec, "concurrencyPolicy", json!("Allow"));
+            set_default(spec, "suspend", json!(false));
+            set_default(spec, "successfulJobsHistoryLimit", json!(3));
+            set_default(spec, "failedJobsHistoryLimit", json!(1));
+            // Only the pod template is defaulted: the Job's own defaults come when it is made.
+            let template = child(child(child(spec, "jobTemplate"), "spec"), "template");
+            default_pod_spec(child(template, "spec"));
         }
         ("", "Service") => {
             let spec = child(object, "spec");
@@ -758,6 +794,9 @@ fn validate_workload(object: &Value, kind: &str, errors: &mut Vec<FieldError>) {
         restart,
         errors,
     );
+    if kind == "Job" {
+        validate_job_spec(spec, "spec", errors);
+    }
     if kind == "Deployment" {
         let strategy = &spec["strategy"];
         match strategy["type"].as_str() {
@@ -934,6 +973,229 @@ fn validate_stateful_set_update(new: &Value, old: &Value, errors: &mut Vec<Field
     }
 }
 
+/// Upstream's `validateJobSpec` checks bramble honours: the completion mode and what Indexed
+/// needs, and the pod failure policy's actions and operators.
+fn validate_job_spec(spec: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let indexed = match spec["completionMode"].as_str() {
+        None | Some("NonIndexed") => false,
+        Some("Indexed") => true,
+        Some(other) => {
+            errors.push(FieldError::new(
+                FieldErrorKind::NotSupported,
+                &format!("{path}.completionMode"),
+                Some(other.to_owned()),
+                "supported values: \"NonIndexed\", \"Indexed\"",
+            ));
+            false
+        }
+    };
+    if indexed && spec["completions"].is_null() {
+        errors.push(FieldError::required(
+            &format!("{path}.completions"),
+            "when completion mode is Indexed",
+        ));
+    }
+    if !spec["backoffLimitPerIndex"].is_null() && !indexed {
+        errors.push(FieldError::invalid(
+            &format!("{path}.backoffLimitPerIndex"),
+            &spec["backoffLimitPerIndex"].to_string(),
+            "requires indexed completion mode",
+        ));
+    }
+    for field in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "activeDeadlineSeconds",
+        "ttlSecondsAfterFinished",
+        "backoffLimitPerIndex",
+    ] {
+        if let Some(value) = spec[field].as_i64().filter(|v| *v < 0) {
+            errors.push(FieldError::invalid(
+                &format!("{path}.{field}"),
+                &value.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    let rules = spec
+        .pointer("/podFailurePolicy/rules")
+        .and_then(Value::as_array);
+    for (index, rule) in rules.into_iter().flatten().enumerate() {
+        let at = format!("{path}.podFailurePolicy.rules[{index}]");
+        let action = rule["action"].as_str().unwrap_or_default();
+        if !["FailJob", "FailIndex", "Ignore", "Count"].contains(&action) {
+            errors.push(FieldError::new(
+                FieldErrorKind::NotSupported,
+                &format!("{at}.action"),
+                Some(action.to_owned()),
+                "supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\"",
+            ));
+        }
+        if action == "FailIndex" && spec["backoffLimitPerIndex"].is_null() {
+            errors.push(FieldError::invalid(
+                &format!("{at}.action"),
+                action,
+                "requires the backoffLimitPerIndex to be set",
+            ));
+        }
+        let codes = &rule["onExitCodes"];
+        let conditions = &rule["onPodConditions"];
+        if codes.is_null() == conditions.is_null() {
+            errors.push(FieldError::invalid(
+                &at,
+                "",
+                "specifying one of OnExitCodes and OnPodConditions is required",
+            ));
+        }
+        if codes.is_object() {
+            let operator = codes["operator"].as_str().unwrap_or_default();
+            if operator != "In" && operator != "NotIn" {
+                errors.push(FieldError::new(
+                    FieldErrorKind::NotSupported,
+                    &format!("{at}.onExitCodes.operator"),
+                    Some(operator.to_owned()),
+                    "supported values: \"In\", \"NotIn\"",
+                ));
+            }
+            let values = codes["values"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            if operator == "In" && values.contains(&json!(0)) {
+                errors.push(FieldError::invalid(
+                    &format!("{at}.onExitCodes.values"),
+                    "0",
+                    "must not be 0 for the In operator",
+                ));
+            }
+        }
+    }
+}
+
+/// The name of a CronJob leaves room for the 11 characters of its Jobs' suffix in a label.
+const CRONJOB_NAME_MAX: usize = 52;
+
+/// Upstream's `validTimeZoneCharacters` for each `/` segment of a time zone.
+fn valid_zone_segment(segment: &str) -> bool {
+    (1..=14).contains(&segment.len())
+        && segment
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
+        && segment != "."
+        && segment != ".."
+        && !segment.starts_with('-')
+}
+
+/// Upstream's CronJob validation; `old` on update, when the name is no longer checked and a
+/// `TZ=` the schedule already had may stay.
+fn validate_cronjob(object: &Value, old: Option<&Value>, errors: &mut Vec<FieldError>) {
+    let spec = &object["spec"];
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    if old.is_none() && name.len() > CRONJOB_NAME_MAX {
+        errors.push(FieldError::invalid(
+            "metadata.name",
+            name,
+            "must be no more than 52 characters",
+        ));
+    }
+    let zone = spec["timeZone"].as_str();
+    match spec["schedule"].as_str().unwrap_or_default() {
+        "" => errors.push(FieldError::required("spec.schedule", "")),
+        schedule => {
+            if let Err(error) = crate::cron::parse_standard(schedule) {
+                errors.push(FieldError::invalid("spec.schedule", schedule, &error));
+            }
+            let had_zone = old
+                .and_then(|o| o["spec"]["schedule"].as_str())
+                .is_some_and(|s| s.contains("TZ"));
+            if schedule.contains("TZ") {
+                if !had_zone {
+                    errors.push(FieldError::invalid(
+                        "spec.schedule",
+                        schedule,
+                        "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+                    ));
+                } else if zone.is_some() {
+                    errors.push(FieldError::invalid(
+                        "spec.schedule",
+                        schedule,
+                        "cannot use both timeZone field and TZ or CRON_TZ in schedule",
+                    ));
+                }
+            }
+        }
+    }
+    let zone_changed = old.is_none_or(|o| o["spec"]["timeZone"].as_str() != zone);
+    if let Some(zone) = zone.filter(|_| zone_changed) {
+        let field = "spec.timeZone";
+        if zone.is_empty() {
+            errors.push(FieldError::invalid(
+                field,
+                zone,
+                "timeZone must be nil or non-empty string",
+            ));
+        } else if !zone.split('/').all(valid_zone_segment) {
+            errors.push(FieldError::invalid(
+                field,
+                zone,
+                &format!("unknown time zone {zone}"),
+            ));
+        } else if zone.eq_ignore_ascii_case("Local") {
+            errors.push(FieldError::invalid(
+                field,
+                zone,
+                "timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones",
+            ));
+        } else if let Err(error) = crate::cron::load_zone(zone) {
+            errors.push(FieldError::invalid(field, zone, &error));
+        }
+    }
+    match spec["concurrencyPolicy"].as_str().unwrap_or_default() {
+        "Allow" | "Forbid" | "Replace" => {}
+        "" => errors.push(FieldError::required("spec.concurrencyPolicy", "")),
+        other => errors.push(FieldError::new(
+            FieldErrorKind::NotSupported,
+            "spec.concurrencyPolicy",
+            Some(other.to_owned()),
+            "supported values: \"Allow\", \"Forbid\", \"Replace\"",
+        )),
+    }
+    for field in [
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ] {
+        if let Some(value) = spec[field].as_i64().filter(|v| *v < 0) {
+            errors.push(FieldError::invalid(
+                &format!("spec.{field}"),
+                &value.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    let job_spec = &spec["jobTemplate"]["spec"];
+    if !job_spec["selector"].is_null() {
+        errors.push(FieldError::invalid(
+            "spec.jobTemplate.spec.selector",
+            &job_spec["selector"].to_string(),
+            "`selector` will be auto-generated",
+        ));
+    }
+    if job_spec["manualSelector"] == json!(true) {
+        errors.push(FieldError::new(
+            FieldErrorKind::NotSupported,
+            "spec.jobTemplate.spec.manualSelector",
+            Some("true".into()),
+            "supported values: \"nil\", \"false\"",
+        ));
+    }
+    validate_job_spec(job_spec, "spec.jobTemplate.spec", errors);
+    validate_pod_spec(
+        &job_spec["template"]["spec"],
+        "spec.jobTemplate.spec.template.spec",
+        &["OnFailure", "Never"],
+        errors,
+    );
+}
+
 fn validate_service(object: &Value, errors: &mut Vec<FieldError>) {
     let spec = &object["spec"];
     let kind = spec["type"].as_str().unwrap_or("ClusterIP");
@@ -1076,6 +1338,7 @@ pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldErro
         ("apps", "ControllerRevision") => {
             non_negative(&object["revision"], "revision", &mut errors)
         }
+        ("batch", "CronJob") => validate_cronjob(object, None, &mut errors),
         ("", "Service") => validate_service(object, &mut errors),
         ("", "ConfigMap") | ("", "Secret") => validate_data_keys(object, &mut errors),
         ("", "Event") => validate_event(object, &mut errors),
@@ -1113,7 +1376,14 @@ pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldErro
 
 /// Validation on update, including fields that may not change.
 pub fn validate_update(group: &str, kind: &str, new: &Value, old: &Value) -> Vec<FieldError> {
-    let mut errors = validate_create(group, kind, new);
+    let mut errors = if (group, kind) == ("batch", "CronJob") {
+        let mut errors = Vec::new();
+        validate_metadata(new, true, NameRule::Subdomain, &mut errors);
+        validate_cronjob(new, Some(old), &mut errors);
+        errors
+    } else {
+        validate_create(group, kind, new)
+    };
     if (group, kind) == ("scheduling.k8s.io", "PriorityClass") {
         errors.extend(crate::priority::validate_update(new, old));
     }

@@ -10,6 +10,7 @@ pub(crate) mod admission;
 pub(crate) mod api;
 pub(crate) mod controllers;
 pub(crate) mod conversion;
+pub(crate) mod cron;
 pub(crate) mod lifecycle;
 pub(crate) mod limit_range;
 pub(crate) mod metrics;

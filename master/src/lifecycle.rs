@@ -39,6 +39,7 @@ pub fn has_generation(resource: &Resource) -> bool {
             | "DaemonSet"
             | "StatefulSet"
             | "Job"
+            | "CronJob"
             | "HorizontalPodAutoscaler"
             | "ResourceQuota"
             | "PodDisruptionBudget"
@@ -69,7 +70,7 @@ pub fn prepare_on_create(resource: &Resource, object: &mut Value) {
         // Stored as autoscaling/v2, where `currentReplicas` is omitted at zero; the v1 view
         // adds it back (conversion.rs).
         "HorizontalPodAutoscaler" => json!({"desiredReplicas": 0}),
-        "Deployment" | "Job" | "ResourceQuota" => json!({}),
+        "Deployment" | "Job" | "CronJob" | "ResourceQuota" => json!({}),
         "Node" => node_status(&object["status"]),
         // Upstream's strategies drop what the client sent; a volume records when its phase began.
         "PersistentVolume" => json!({"phase": "Pending", "lastPhaseTransitionTime": now_second()}),

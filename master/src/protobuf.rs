@@ -54,6 +54,8 @@ enum Type {
     MapStr,
     MapBytes,
     MapQuantity,
+    /// An embedded Go struct (`json:",inline"`): its fields join the enclosing object.
+    Inline(&'static str),
 }
 
 use Type::*;
@@ -364,6 +366,67 @@ fn schema(message: &str) -> &'static [Field] {
                     one(8, "ttlSecondsAfterFinished", Int32),
                     one(9, "completionMode", Str),
                     one(10, "suspend", Bool),
+                    one(11, "podFailurePolicy", Message("PodFailurePolicy")),
+                    one(12, "backoffLimitPerIndex", Int32),
+                    one(13, "maxFailedIndexes", Int32),
+                    one(14, "podReplacementPolicy", Str),
+                    one(15, "managedBy", Str),
+                ]
+            }
+        }
+        "PodFailurePolicy" => const { &[many(1, "rules", Message("PodFailurePolicyRule"))] },
+        "PodFailurePolicyRule" => {
+            const {
+                &[
+                    one(1, "action", Str),
+                    one(2, "onExitCodes", Message("PodFailurePolicyOnExitCodes")),
+                    many(
+                        3,
+                        "onPodConditions",
+                        Message("PodFailurePolicyOnPodConditions"),
+                    ),
+                ]
+            }
+        }
+        "PodFailurePolicyOnExitCodes" => {
+            const {
+                &[
+                    one(1, "containerName", Str),
+                    one(2, "operator", Str),
+                    many(3, "values", Int32),
+                ]
+            }
+        }
+        "PodFailurePolicyOnPodConditions" => {
+            const { &[one(1, "type", Str), one(2, "status", Str)] }
+        }
+        "CronJob" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    one(2, "spec", Message("CronJobSpec")),
+                ]
+            }
+        }
+        "CronJobSpec" => {
+            const {
+                &[
+                    one(1, "schedule", Str),
+                    one(8, "timeZone", Str),
+                    one(2, "startingDeadlineSeconds", Int64),
+                    one(3, "concurrencyPolicy", Str),
+                    one(4, "suspend", Bool),
+                    one(5, "jobTemplate", Message("JobTemplateSpec")),
+                    one(6, "successfulJobsHistoryLimit", Int32),
+                    one(7, "failedJobsHistoryLimit", Int32),
+                ]
+            }
+        }
+        "JobTemplateSpec" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    one(2, "spec", Message("JobSpec")),
                 ]
             }
         }
@@ -395,6 +458,7 @@ fn schema(message: &str) -> &'static [Field] {
         "PodSpec" => {
             const {
                 &[
+                    many(1, "volumes", Message("Volume")),
                     many(2, "containers", Message("Container")),
                     one(3, "restartPolicy", Str),
                     one(4, "terminationGracePeriodSeconds", Int64),
@@ -402,13 +466,27 @@ fn schema(message: &str) -> &'static [Field] {
                     one(6, "dnsPolicy", Str),
                     one(7, "nodeSelector", MapStr),
                     one(8, "serviceAccountName", Str),
+                    one(9, "serviceAccount", Str),
                     one(10, "nodeName", Str),
                     one(11, "hostNetwork", Bool),
+                    one(12, "hostPID", Bool),
+                    one(13, "hostIPC", Bool),
+                    one(14, "securityContext", Message("PodSecurityContext")),
                     many(15, "imagePullSecrets", Message("LocalObjectReference")),
                     one(16, "hostname", Str),
                     one(17, "subdomain", Str),
                     one(19, "schedulerName", Str),
                     many(20, "initContainers", Message("Container")),
+                    one(21, "automountServiceAccountToken", Bool),
+                    many(22, "tolerations", Message("Toleration")),
+                    one(24, "priorityClassName", Str),
+                    one(25, "priority", Int32),
+                    one(27, "shareProcessNamespace", Bool),
+                    one(29, "runtimeClassName", Str),
+                    one(30, "enableServiceLinks", Bool),
+                    one(31, "preemptionPolicy", Str),
+                    one(35, "setHostnameAsFQDN", Bool),
+                    one(37, "hostUsers", Bool),
                 ]
             }
         }
@@ -426,6 +504,8 @@ fn schema(message: &str) -> &'static [Field] {
                     many(9, "volumeMounts", Message("VolumeMount")),
                     one(13, "terminationMessagePath", Str),
                     one(14, "imagePullPolicy", Str),
+                    one(15, "securityContext", Message("SecurityContext")),
+                    many(19, "envFrom", Message("EnvFromSource")),
                     one(16, "stdin", Bool),
                     one(17, "stdinOnce", Bool),
                     one(18, "tty", Bool),
@@ -444,7 +524,137 @@ fn schema(message: &str) -> &'static [Field] {
                 ]
             }
         }
-        "EnvVar" => const { &[one(1, "name", Str), one(2, "value", Str)] },
+        "EnvVar" => {
+            const {
+                &[
+                    one(1, "name", Str),
+                    one(2, "value", Str),
+                    one(3, "valueFrom", Message("EnvVarSource")),
+                ]
+            }
+        }
+        "EnvVarSource" => {
+            const {
+                &[
+                    one(1, "fieldRef", Message("ObjectFieldSelector")),
+                    one(3, "configMapKeyRef", Message("KeySelector")),
+                    one(4, "secretKeyRef", Message("KeySelector")),
+                ]
+            }
+        }
+        "ObjectFieldSelector" => const { &[one(1, "apiVersion", Str), one(2, "fieldPath", Str)] },
+        "KeySelector" => {
+            const {
+                &[
+                    one(1, "", Inline("LocalObjectReference")),
+                    one(2, "key", Str),
+                    one(3, "optional", Bool),
+                ]
+            }
+        }
+        "EnvFromSource" => {
+            const {
+                &[
+                    one(1, "prefix", Str),
+                    one(2, "configMapRef", Message("EnvSource")),
+                    one(3, "secretRef", Message("EnvSource")),
+                ]
+            }
+        }
+        "EnvSource" => {
+            const {
+                &[
+                    one(1, "", Inline("LocalObjectReference")),
+                    one(2, "optional", Bool),
+                ]
+            }
+        }
+        "Volume" => const { &[one(1, "name", Str), one(2, "", Inline("VolumeSource"))] },
+        "VolumeSource" => {
+            const {
+                &[
+                    one(1, "hostPath", Message("HostPathVolumeSource")),
+                    one(2, "emptyDir", Message("EmptyDirVolumeSource")),
+                    one(6, "secret", Message("SecretVolumeSource")),
+                    one(
+                        10,
+                        "persistentVolumeClaim",
+                        Message("PersistentVolumeClaimVolumeSource"),
+                    ),
+                    one(19, "configMap", Message("ConfigMapVolumeSource")),
+                ]
+            }
+        }
+        "HostPathVolumeSource" => const { &[one(1, "path", Str), one(2, "type", Str)] },
+        "EmptyDirVolumeSource" => const { &[one(1, "medium", Str), one(2, "sizeLimit", Quantity)] },
+        "SecretVolumeSource" => {
+            const {
+                &[
+                    one(1, "secretName", Str),
+                    many(2, "items", Message("KeyToPath")),
+                    one(3, "defaultMode", Int32),
+                    one(4, "optional", Bool),
+                ]
+            }
+        }
+        "ConfigMapVolumeSource" => {
+            const {
+                &[
+                    one(1, "", Inline("LocalObjectReference")),
+                    many(2, "items", Message("KeyToPath")),
+                    one(3, "defaultMode", Int32),
+                    one(4, "optional", Bool),
+                ]
+            }
+        }
+        "KeyToPath" => {
+            const {
+                &[
+                    one(1, "key", Str),
+                    one(2, "path", Str),
+                    one(3, "mode", Int32),
+                ]
+            }
+        }
+        "PersistentVolumeClaimVolumeSource" => {
+            const { &[one(1, "claimName", Str), one(2, "readOnly", Bool)] }
+        }
+        "Toleration" => {
+            const {
+                &[
+                    one(1, "key", Str),
+                    one(2, "operator", Str),
+                    one(3, "value", Str),
+                    one(4, "effect", Str),
+                    one(5, "tolerationSeconds", Int64),
+                ]
+            }
+        }
+        "PodSecurityContext" => {
+            const {
+                &[
+                    one(2, "runAsUser", Int64),
+                    one(3, "runAsNonRoot", Bool),
+                    many(4, "supplementalGroups", Int64),
+                    one(5, "fsGroup", Int64),
+                    one(6, "runAsGroup", Int64),
+                ]
+            }
+        }
+        "SecurityContext" => {
+            const {
+                &[
+                    one(1, "capabilities", Message("Capabilities")),
+                    one(2, "privileged", Bool),
+                    one(4, "runAsUser", Int64),
+                    one(5, "runAsNonRoot", Bool),
+                    one(6, "readOnlyRootFilesystem", Bool),
+                    one(7, "allowPrivilegeEscalation", Bool),
+                    one(8, "runAsGroup", Int64),
+                ]
+            }
+        }
+        "Capabilities" => const { &[many(1, "add", Str), many(2, "drop", Str)] },
         "ResourceRequirements" => {
             const {
                 &[
@@ -649,8 +859,29 @@ const KEEP_ZERO: &[&str] = &[
     "manualSelector",
     "suspend",
     "automountServiceAccountToken",
+    "enableServiceLinks",
+    "priority",
+    "optional",
+    "defaultMode",
+    "mode",
+    "tolerationSeconds",
+    "runAsUser",
+    "runAsGroup",
+    "runAsNonRoot",
+    "fsGroup",
+    "privileged",
+    "readOnlyRootFilesystem",
+    "allowPrivilegeEscalation",
+    "backoffLimitPerIndex",
+    "maxFailedIndexes",
+    "hostUsers",
+    "setHostnameAsFQDN",
+    "shareProcessNamespace",
     "controller",
     "blockOwnerDeletion",
+    "startingDeadlineSeconds",
+    "successfulJobsHistoryLimit",
+    "failedJobsHistoryLimit",
 ];
 
 fn is_zero(value: &Value) -> bool {
@@ -753,6 +984,17 @@ fn decode_field(
                 map.insert(key, value);
             }
         }
+        Inline(name) => {
+            let Wire::Bytes(bytes) = wire else {
+                return Err(ProtobufError::Malformed {
+                    message,
+                    detail: "an embedded message is not length-delimited",
+                });
+            };
+            if let Value::Object(fields) = decode_message(bytes, name, unknown)? {
+                out.extend(fields);
+            }
+        }
         kind => {
             let Some(value) = decode_scalar(kind, wire, message, unknown)? else {
                 return Ok(());
@@ -785,6 +1027,7 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
         ("v1", "Pod") => "Pod",
         ("apps/v1", "Deployment") => "Deployment",
         ("batch/v1", "Job") => "Job",
+        ("batch/v1", "CronJob") => "CronJob",
         ("autoscaling/v2", "HorizontalPodAutoscaler") => "HorizontalPodAutoscaler",
         ("autoscaling/v1", "HorizontalPodAutoscaler") => "HorizontalPodAutoscalerV1",
         _ => return None,

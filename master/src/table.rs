@@ -172,6 +172,17 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
             columns.extend([s("Status"), s("Completions"), s("Duration"), AGE]);
             columns.extend(WORKLOAD_WIDE);
         }
+        ("batch", "cronjobs") => {
+            columns.extend([
+                s("Schedule"),
+                s("Timezone"),
+                col("Suspend", "boolean", 0),
+                i("Active"),
+                s("Last Schedule"),
+                AGE,
+            ]);
+            columns.extend(WORKLOAD_WIDE);
+        }
         ("autoscaling", "horizontalpodautoscalers") => columns.extend([
             s("Reference"),
             s("Targets"),
@@ -901,18 +912,25 @@ pub fn cells(group: &str, plural: &str, object: &Value, now: jiff::Timestamp) ->
                 "Complete"
             } else if has("Failed") {
                 "Failed"
+            } else if metadata
+                .get("deletionTimestamp")
+                .is_some_and(|d| !d.is_null())
+            {
+                "Terminating"
             } else if has("Suspended") {
                 "Suspended"
+            } else if has("FailureTarget") {
+                "FailureTarget"
             } else {
                 "Running"
             };
+            let succeeded = int(&status["succeeded"]);
             let completions = match spec["completions"].as_i64() {
-                Some(total) => format!("{}/{total}", int(&status["succeeded"])),
-                None => format!(
-                    "{}/1 of {}",
-                    int(&status["succeeded"]),
-                    int(&spec["parallelism"])
-                ),
+                Some(total) => format!("{succeeded}/{total}"),
+                None if int(&spec["parallelism"]) > 1 => {
+                    format!("{succeeded}/1 of {}", int(&spec["parallelism"]))
+                }
+                None => format!("{succeeded}/1"),
             };
             let duration = match (status.get("startTime"), status.get("completionTime")) {
                 (Some(start), Some(end)) => {
@@ -952,6 +970,29 @@ pub fn cells(group: &str, plural: &str, object: &Value, now: jiff::Timestamp) ->
             age,
             json!(text(&object["preemptionPolicy"])),
         ],
+        ("batch", "cronjobs") => {
+            let suspend = match spec["suspend"].as_bool() {
+                Some(true) => "True",
+                Some(false) => "False",
+                None => "<unset>",
+            };
+            let last = match status.get("lastScheduleTime") {
+                Some(time) if !time.is_null() => age_of(Some(time), now),
+                _ => "<none>".into(),
+            };
+            let template = &spec["jobTemplate"];
+            let mut row = vec![
+                name,
+                json!(text(&spec["schedule"])),
+                json!(or_none(text(&spec["timeZone"]))),
+                json!(suspend),
+                json!(status["active"].as_array().map_or(0, Vec::len)),
+                json!(last),
+                age,
+            ];
+            row.extend(workload_wide(template));
+            row
+        }
         ("autoscaling", "horizontalpodautoscalers") => {
             let target = &spec["scaleTargetRef"];
             vec![
@@ -1279,6 +1320,7 @@ mod tests {
             ("apps", "statefulsets"),
             ("apps", "controllerrevisions"),
             ("batch", "jobs"),
+            ("batch", "cronjobs"),
             ("autoscaling", "horizontalpodautoscalers"),
             ("", "events"),
             ("", "persistentvolumes"),

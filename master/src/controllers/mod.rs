@@ -33,6 +33,7 @@ use crate::store::Change;
 use crate::HealthTimings;
 use protocol::error::error_chain;
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
@@ -52,6 +53,7 @@ pub mod scheduler;
 pub mod statefulset;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod ttl_after_finished;
 pub mod view;
 pub mod volume_binding;
 pub mod volumes;
@@ -426,6 +428,8 @@ impl Runtime {
             Arc::new(daemonset::DaemonSetController),
             Arc::new(statefulset::StatefulSetController),
             Arc::new(job::JobController),
+            Arc::new(cronjob::CronJobController),
+            Arc::new(ttl_after_finished::TtlAfterFinishedController),
             Arc::new(endpoints::EndpointsController),
             Arc::new(loadbalancer::LoadBalancerController::new(
                 shared.api.cluster.load_balancer_pool.clone(),

@@ -31,6 +31,7 @@ pub const CACHED: &[&str] = &[
     "apps/statefulsets",
     "apps/controllerrevisions",
     "batch/jobs",
+    "batch/cronjobs",
     "autoscaling/horizontalpodautoscalers",
     "core/persistentvolumes",
     "core/persistentvolumeclaims",
@@ -487,6 +488,7 @@ impl View {
             "DaemonSet" => "apps/daemonsets",
             "StatefulSet" => "apps/statefulsets",
             "Job" => "batch/jobs",
+            "CronJob" => "batch/cronjobs",
             "Pod" => {
                 return Some(
                     self.pods
