@@ -200,6 +200,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         kubeconfig,
         node_name,
         node_ip: args.node_ip,
+        storage_dir: args.storage_dir(),
         data_dir: args.data_dir,
         insecure_registries: args.insecure_registries,
         labels: args.labels,

@@ -509,6 +509,7 @@ impl FakeNode {
             services: Arc::new(FakeServices),
             clock: clock.clone(),
             paused: Arc::new(AtomicBool::new(false)),
+            volume_changes: watch::channel(0).0,
         });
         FakeNode {
             ctx,
