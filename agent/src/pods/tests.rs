@@ -737,13 +737,14 @@ async fn a_pod_waits_for_its_claim_to_be_bound_then_mounts_its_volume() {
     assert_eq!(failures.len(), 5, "{failures:?}");
 
     // The PV controller binds it; the PV's change wakes the worker before its next try.
-    let mut objects = node.api.objects.lock().unwrap();
-    objects.insert(
-        ("persistentvolumeclaims".into(), "data".into()),
-        json!({"metadata": {"name": "data", "namespace": "default", "uid": "c1"},
+    {
+        let mut objects = node.api.objects.lock().unwrap();
+        objects.insert(
+            ("persistentvolumeclaims".into(), "data".into()),
+            json!({"metadata": {"name": "data", "namespace": "default", "uid": "c1"},
                "spec": {"volumeName": "pvc-c1"}, "status": {"phase": "Bound"}}),
-    );
-    objects.insert(
+        );
+        objects.insert(
         ("persistentvolumes".into(), "pvc-c1".into()),
         json!({"metadata": {"name": "pvc-c1",
                             "annotations": {"pv.kubernetes.io/provisioned-by": "bramble.dev/local-path"}},
@@ -751,7 +752,7 @@ async fn a_pod_waits_for_its_claim_to_be_bound_then_mounts_its_volume() {
                         "claimRef": {"name": "data", "namespace": "default", "uid": "c1"}},
                "status": {"phase": "Bound"}}),
     );
-    drop(objects);
+    }
     node.ctx.volume_changes.send_modify(|n| *n += 1);
     until(&node, 21).await;
     assert_eq!(starts(&node, "app"), ["20: start app.0"]);
@@ -776,19 +777,20 @@ async fn a_pod_waits_for_its_claim_to_be_bound_then_mounts_its_volume() {
 #[tokio::test(start_paused = true)]
 async fn a_claim_bound_to_a_volume_of_another_claim_is_refused() {
     let node = FakeNode::new();
-    let mut objects = node.api.objects.lock().unwrap();
-    objects.insert(
-        ("persistentvolumeclaims".into(), "data".into()),
-        json!({"metadata": {"name": "data", "namespace": "default", "uid": "c1"},
+    {
+        let mut objects = node.api.objects.lock().unwrap();
+        objects.insert(
+            ("persistentvolumeclaims".into(), "data".into()),
+            json!({"metadata": {"name": "data", "namespace": "default", "uid": "c1"},
                "spec": {"volumeName": "pv-x"}, "status": {"phase": "Bound"}}),
-    );
-    objects.insert(
-        ("persistentvolumes".into(), "pv-x".into()),
-        json!({"metadata": {"name": "pv-x"},
+        );
+        objects.insert(
+            ("persistentvolumes".into(), "pv-x".into()),
+            json!({"metadata": {"name": "pv-x"},
                "spec": {"local": {"path": "/nonexistent/disk"},
                         "claimRef": {"name": "data", "namespace": "default", "uid": "c0"}}}),
-    );
-    drop(objects);
+        );
+    }
     let _pod = start(&node, claim_pod());
     until(&node, 1).await;
     assert!(starts(&node, "app").is_empty());
