@@ -409,10 +409,11 @@ fn count_files(dir: &Path) -> usize {
 /// Prepares every volume of the pod and returns where each is on the host. Volumes in `known`
 /// were set up by an earlier pass and are kept as they are (a mounted claim stays mounted
 /// while the pod lives, as with kubelet); config maps and secrets are rewritten each pass
-/// when their object changed.
+/// when their object changed. `started`: some container of the pod ran already.
 pub async fn prepare_volumes(
     pod: &Pod,
     pod_dir: &Path,
+    started: bool,
     objects: &mut ObjectSource<'_>,
     known: &mut HashMap<String, PreparedVolume>,
 ) -> Result<HashMap<String, PreparedVolume>, ConfigError> {
@@ -464,7 +465,7 @@ pub async fn prepare_volumes(
                 read_only: false,
             }
         } else if let Some(claim) = &volume.persistent_volume_claim {
-            volumes::claim_volume(name, claim, &dir, security, objects).await?
+            volumes::claim_volume(name, claim, &dir, security, started, objects).await?
         } else if let Some(nfs) = &volume.nfs {
             let read_only = nfs.read_only == Some(true);
             volumes::mount_nfs(nfs, &[], read_only, &dir).map_err(|why| {

@@ -52,12 +52,14 @@ fn claim_error(namespace: &str, claim: &str, volume: &str, why: String) -> Confi
 
 /// Follows a pod's claim to its bound PV and sets up the PV's source: `hostPath` (with its
 /// type check), `local` (which must exist) or `nfs` (mounted at `mount_point`). `fs_group`
-/// is applied to `local` volumes, as kubelet's local plugin does.
+/// is applied to `local` volumes, as kubelet's local plugin does. A claim being deleted is
+/// refused for a pod that has not `started` (one adopted after an agent restart keeps it).
 pub async fn claim_volume(
     volume: &str,
     source: &PersistentVolumeClaimVolumeSource,
     mount_point: &Path,
     security: Option<&PodSecurityContext>,
+    started: bool,
     objects: &mut ObjectSource<'_>,
 ) -> Result<PreparedVolume, ConfigError> {
     let namespace = objects.namespace().to_owned();
@@ -71,7 +73,7 @@ pub async fn claim_volume(
                 "failed to fetch PVC from API server: persistentvolumeclaims \"{claim_name}\" not found"
             ))
         })?;
-    if claim.metadata.deletion_timestamp.is_some() {
+    if claim.metadata.deletion_timestamp.is_some() && !started {
         return Err(fail(format!(
             "can't start pod because PVC {namespace}/{claim_name} is being deleted"
         )));

@@ -354,7 +354,9 @@ impl PodWorker {
         self.torn_down = false;
         let ctx = self.ctx.clone();
         let mut objects = ObjectSource::new(&*ctx.api, namespace(pod));
-        let prepared = prepare_volumes(pod, &self.dir, &mut objects, &mut self.volumes).await;
+        let started = !self.ctx.runtime.attempts(&self.dir).is_empty();
+        let prepared =
+            prepare_volumes(pod, &self.dir, started, &mut objects, &mut self.volumes).await;
         let volumes = match prepared {
             Ok(volumes) => {
                 self.volume_retry = None;
