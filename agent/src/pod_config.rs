@@ -468,7 +468,8 @@ pub async fn prepare_volumes(
             volumes::claim_volume(name, claim, &dir, security, started, objects).await?
         } else if let Some(nfs) = &volume.nfs {
             let read_only = nfs.read_only == Some(true);
-            volumes::mount_nfs(nfs, &[], read_only, &dir).map_err(|why| {
+            let mounted = volumes::mount_nfs_off_thread(nfs, &[], read_only, &dir).await;
+            mounted.map_err(|why| {
                 ConfigError(format!(
                     "MountVolume.SetUp failed for volume \"{name}\" : {why}"
                 ))

@@ -130,7 +130,9 @@ pub async fn claim_volume(
     }
     if let Some(nfs) = spec.and_then(|s| s.nfs.as_ref()) {
         let options = pv_mount_options(&pv);
-        mount_nfs(nfs, &options, read_only, mount_point).map_err(setup_failed)?;
+        mount_nfs_off_thread(nfs, &options, read_only, mount_point)
+            .await
+            .map_err(setup_failed)?;
         return Ok(PreparedVolume {
             path: mount_point.to_owned(),
             read_only,
@@ -393,6 +395,8 @@ pub fn mount_nfs(
     read_only: bool,
     target: &Path,
 ) -> Result<(), String> {
+    // The mount table holds absolute paths.
+    let target = &std::path::absolute(target).map_err(|e| format!("{}: {e}", target.display()))?;
     if is_mount_point(target) {
         return Ok(());
     }
@@ -431,6 +435,20 @@ pub fn mount_nfs(
         }
     }
     Err(format!("mount failed: {}", errors.join("; ")))
+}
+
+/// [`mount_nfs`] on a blocking thread: mount(2) waits for the server (minutes when it does
+/// not answer), and the agent's other pods must not wait with it.
+pub async fn mount_nfs_off_thread(
+    nfs: &NFSVolumeSource,
+    options: &[String],
+    read_only: bool,
+    target: &Path,
+) -> Result<(), String> {
+    let (nfs, options, target) = (nfs.clone(), options.to_vec(), target.to_owned());
+    tokio::task::spawn_blocking(move || mount_nfs(&nfs, &options, read_only, &target))
+        .await
+        .map_err(|e| format!("mount failed: {e}"))?
 }
 
 /// The local address the kernel would use to reach `server` (the NFSv4 callback address).
