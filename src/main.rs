@@ -175,6 +175,7 @@ struct TuiArgs {
 }
 
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let storage_dir = args.storage_dir();
     let panel =
         agent::panel::PanelConfig::from_args(args.panel, "kill=27").map_err(anyhow::Error::msg)?;
     let node_name = match args.node_name {
@@ -200,6 +201,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         kubeconfig,
         node_name,
         node_ip: args.node_ip,
+        storage_dir,
         data_dir: args.data_dir,
         insecure_registries: args.insecure_registries,
         labels: args.labels,

@@ -135,6 +135,7 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
         cwd: image.config.working_dir.clone(),
         uid: 0,
         gid: 0,
+        additional_gids: vec![],
         rootfs: Default::default(),
         pod_namespaces: pod.clone(),
         mounts: vec![],

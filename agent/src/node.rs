@@ -29,7 +29,7 @@ use crate::services::resolv::ClusterDns;
 use crate::services::ServicesConfig;
 use protocol::chaos::CHAOS_ANNOTATION;
 use protocol::client::{now_time, renew_node_lease, Client, ClientError, Event};
-use protocol::node::CERT_ANNOTATION;
+use protocol::node::{CERT_ANNOTATION, STORAGE_DIR_ANNOTATION};
 
 /// How a node agent is set up.
 #[derive(Debug, Clone)]
@@ -42,6 +42,8 @@ pub struct AgentConfig {
     pub node_ip: Option<Ipv4Addr>,
     /// Where pods, images and container state live.
     pub data_dir: PathBuf,
+    /// Where local-path volumes live (`pvc-…` directories); reported on the Node.
+    pub storage_dir: PathBuf,
     /// Registries spoken to over plain HTTP.
     pub insecure_registries: Vec<String>,
     /// Extra node labels.
@@ -294,6 +296,7 @@ impl Agent {
         let mut annotations = json!({
             "node.alpha.kubernetes.io/ttl": "0",
             CERT_ANNOTATION: self.identity.fingerprint,
+            STORAGE_DIR_ANNOTATION: self.config.storage_dir.display().to_string(),
         });
         if let Some(model) = board_model() {
             labels[protocol::node::BOARD_LABEL] = json!(protocol::node::label_value(&model));
@@ -383,10 +386,20 @@ pub fn pods_dir(data_dir: &Path) -> PathBuf {
 
 /// Runs the agent until the process is stopped. Pods keep running when the agent stops; a
 /// restarted agent adopts them.
-pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
     let client = Client::from_kubeconfig(&config.kubeconfig)?;
     let pods_dir = pods_dir(&config.data_dir);
-    for dir in [&pods_dir, &config.data_dir.join("containers")] {
+    // The Node says where volumes are as an absolute path: the master writes it into PVs.
+    config.storage_dir =
+        std::path::absolute(&config.storage_dir).map_err(|source| AgentError::DataDir {
+            path: config.storage_dir.clone(),
+            source,
+        })?;
+    for dir in [
+        &pods_dir,
+        &config.data_dir.join("containers"),
+        &config.storage_dir,
+    ] {
         std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir {
             path: dir.clone(),
             source,
@@ -481,6 +494,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         state_root: config.data_dir.join("containers"),
         cgroup_parent: format!("/bramble/{}", config.node_name),
     };
+    let volume_changes = tokio::sync::watch::channel(0u64).0;
     let ctx = Arc::new(NodeContext {
         api: client.clone(),
         node_name: config.node_name.clone(),
@@ -494,7 +508,16 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         services: services.clone(),
         clock: Arc::new(SystemClock),
         paused: agent.dead.clone(),
+        volume_changes: volume_changes.clone(),
     });
+
+    // Local-path volumes of this node: reclaimed when released; PV changes wake pod workers.
+    tokio::spawn(crate::reclaim::follow_volumes(
+        client.clone(),
+        config.node_name.clone(),
+        config.storage_dir.clone(),
+        volume_changes,
+    ));
 
     // Node status, and image garbage collection when the disk fills.
     {

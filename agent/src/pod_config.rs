@@ -1,6 +1,7 @@
 //! What a container sees besides its image: environment variables (literal, `$(VAR)`
 //! references, config maps, secrets, the downward API) and volumes (`emptyDir`, `hostPath`,
-//! `configMap`, `secret`), written the way kubelet writes them.
+//! `configMap`, `secret`, and through [`crate::volumes`] `persistentVolumeClaim` and `nfs`),
+//! set up the way kubelet sets them up.
 //!
 //! Config map and secret volumes use kubelet's atomic layout: the files live in a
 //! timestamped directory, `..data` is a symlink to it, and each key is a symlink through
@@ -11,11 +12,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use base64::Engine;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, KeyToPath, Pod, ResourceFieldSelector, Secret, Volume,
+};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::pods::{ApiError, PodApi};
 use crate::runtime::spec::{expand, BindMount};
+use crate::volumes::{self, PreparedVolume};
 use protocol::quantity;
 
 /// A container's configuration cannot be built yet; kubelet reports this as
@@ -24,7 +29,8 @@ use protocol::quantity;
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// Fetches the config maps and secrets a pod refers to, once per sync.
+/// Fetches the objects a pod refers to (config maps, secrets, claims and their volumes), once
+/// per sync.
 pub struct ObjectSource<'a> {
     api: &'a dyn PodApi,
     namespace: String,
@@ -41,13 +47,24 @@ impl<'a> ObjectSource<'a> {
         }
     }
 
-    /// The config map or secret, `None` when it does not exist.
+    /// The namespace the source reads from.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The object of the plural resource `kind` (in the pod's namespace, or cluster-wide for
+    /// `persistentvolumes`), `None` when it does not exist.
     pub async fn get(&mut self, kind: &str, name: &str) -> Result<Option<Value>, ConfigError> {
         let key = (kind.to_owned(), name.to_owned());
         if let Some(found) = self.cache.get(&key) {
             return Ok(found.clone());
         }
-        let found = match self.api.get_object(&self.namespace, kind, name).await {
+        let namespace = if kind == "persistentvolumes" {
+            ""
+        } else {
+            self.namespace.as_str()
+        };
+        let found = match self.api.get_object(namespace, kind, name).await {
             Ok(found) => found,
             Err(ApiError::NotFound) => None,
             Err(e) => {
@@ -59,43 +76,46 @@ impl<'a> ObjectSource<'a> {
         Ok(found)
     }
 
-    /// The string data of a config map or (decoded) secret.
+    /// The object as its typed form; one that does not read as that type is an error.
+    pub async fn typed<T: DeserializeOwned>(
+        &mut self,
+        kind: &str,
+        name: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some(object) = self.get(kind, name).await? else {
+            return Ok(None);
+        };
+        serde_json::from_value(object)
+            .map(Some)
+            .map_err(|e| ConfigError(format!("{} {name:?} is unreadable: {e}", kind_name(kind))))
+    }
+
+    /// The data of a config map (string and binary) or a secret (decoded), by key.
     pub async fn data(
         &mut self,
         kind: &str,
         name: &str,
     ) -> Result<Option<BTreeMap<String, Vec<u8>>>, ConfigError> {
-        let Some(object) = self.get(kind, name).await? else {
-            return Ok(None);
-        };
         let mut data = BTreeMap::new();
         if kind == "secrets" {
-            for (key, value) in object["data"].as_object().into_iter().flatten() {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(value.as_str().unwrap_or(""))
-                    .map_err(|_| {
-                        ConfigError(format!("secret {name:?} key {key:?} is not base64"))
-                    })?;
-                data.insert(key.clone(), bytes);
+            let Some(secret) = self.typed::<Secret>(kind, name).await? else {
+                return Ok(None);
+            };
+            for (key, bytes) in secret.data.into_iter().flatten() {
+                data.insert(key, bytes.0);
             }
-            for (key, value) in object["stringData"].as_object().into_iter().flatten() {
-                data.insert(
-                    key.clone(),
-                    value.as_str().unwrap_or("").as_bytes().to_vec(),
-                );
+            for (key, text) in secret.string_data.into_iter().flatten() {
+                data.insert(key, text.into_bytes());
             }
         } else {
-            for (key, value) in object["data"].as_object().into_iter().flatten() {
-                data.insert(
-                    key.clone(),
-                    value.as_str().unwrap_or("").as_bytes().to_vec(),
-                );
+            let Some(config_map) = self.typed::<ConfigMap>(kind, name).await? else {
+                return Ok(None);
+            };
+            for (key, text) in config_map.data.into_iter().flatten() {
+                data.insert(key, text.into_bytes());
             }
-            for (key, value) in object["binaryData"].as_object().into_iter().flatten() {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(value.as_str().unwrap_or(""))
-                    .unwrap_or_default();
-                data.insert(key.clone(), bytes);
+            for (key, bytes) in config_map.binary_data.into_iter().flatten() {
+                data.insert(key, bytes.0);
             }
         }
         Ok(Some(data))
@@ -103,17 +123,19 @@ impl<'a> ObjectSource<'a> {
 }
 
 fn kind_name(kind: &str) -> &'static str {
-    if kind == "secrets" {
-        "secret"
-    } else {
-        "configmap"
+    match kind {
+        "secrets" => "secret",
+        "configmaps" => "configmap",
+        "persistentvolumeclaims" => "persistentvolumeclaim",
+        "persistentvolumes" => "persistentvolume",
+        _ => "object",
     }
 }
 
 /// The pod fields the downward API can expose.
 pub struct PodFacts<'a> {
     /// The pod object.
-    pub pod: &'a Value,
+    pub pod: &'a Pod,
     /// The pod's IP.
     pub pod_ip: String,
     /// The node's IP.
@@ -124,17 +146,17 @@ pub struct PodFacts<'a> {
 }
 
 fn field_value(facts: &PodFacts, path: &str) -> Result<String, ConfigError> {
-    let meta = &facts.pod["metadata"];
-    let lookup = |map: &Value, key: &str| map[key].as_str().unwrap_or("").to_owned();
+    let meta = &facts.pod.metadata;
+    let text = |value: &Option<String>| value.clone().unwrap_or_default();
+    let spec = facts.pod.spec.as_ref();
     let value = match path {
-        "metadata.name" => lookup(meta, "name"),
-        "metadata.namespace" => lookup(meta, "namespace"),
-        "metadata.uid" => lookup(meta, "uid"),
-        "spec.nodeName" => facts.pod["spec"]["nodeName"].as_str().unwrap_or("").into(),
-        "spec.serviceAccountName" => facts.pod["spec"]["serviceAccountName"]
-            .as_str()
-            .unwrap_or("default")
-            .into(),
+        "metadata.name" => text(&meta.name),
+        "metadata.namespace" => text(&meta.namespace),
+        "metadata.uid" => text(&meta.uid),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into()),
         "status.podIP" | "status.podIPs" => facts.pod_ip.clone(),
         "status.hostIP" | "status.hostIPs" => facts.host_ip.clone(),
         other => {
@@ -144,20 +166,23 @@ fn field_value(facts: &PodFacts, path: &str) -> Result<String, ConfigError> {
                     .and_then(|rest| rest.strip_suffix("']"))
                     .map(str::to_owned)
             };
+            let empty = BTreeMap::new();
+            let labels = meta.labels.as_ref().unwrap_or(&empty);
+            let annotations = meta.annotations.as_ref().unwrap_or(&empty);
+            let lines = |map: &BTreeMap<String, String>| {
+                map.iter()
+                    .map(|(k, v)| format!("{k}=\"{v}\""))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
             if let Some(key) = inside("metadata.labels['") {
-                lookup(&meta["labels"], &key)
+                labels.get(&key).cloned().unwrap_or_default()
             } else if let Some(key) = inside("metadata.annotations['") {
-                lookup(&meta["annotations"], &key)
-            } else if other == "metadata.labels" || other == "metadata.annotations" {
-                let map = &meta[other.trim_start_matches("metadata.")];
-                map.as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or("")))
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    })
-                    .unwrap_or_default()
+                annotations.get(&key).cloned().unwrap_or_default()
+            } else if other == "metadata.labels" {
+                lines(labels)
+            } else if other == "metadata.annotations" {
+                lines(annotations)
             } else {
                 return Err(ConfigError(format!("unsupported fieldRef {other:?}")));
             }
@@ -166,25 +191,30 @@ fn field_value(facts: &PodFacts, path: &str) -> Result<String, ConfigError> {
     Ok(value)
 }
 
-fn resource_value(container: &Value, reference: &Value) -> Result<String, ConfigError> {
-    let resource = reference["resource"].as_str().unwrap_or("");
+fn resource_value(
+    container: &Container,
+    reference: &ResourceFieldSelector,
+) -> Result<String, ConfigError> {
+    let resource = reference.resource.as_str();
     let (section, name) = resource
         .split_once('.')
         .ok_or_else(|| ConfigError(format!("unsupported resourceFieldRef {resource:?}")))?;
-    let amount = container["resources"][section][name]
-        .as_str()
-        .map(str::to_owned)
-        .or_else(|| {
-            container["resources"][section][name]
-                .as_f64()
-                .map(|n| n.to_string())
-        });
-    let divisor = reference["divisor"]
-        .as_str()
-        .and_then(quantity::parse)
+    let resources = container.resources.as_ref();
+    let amounts = match section {
+        "limits" => resources.and_then(|r| r.limits.as_ref()),
+        "requests" => resources.and_then(|r| r.requests.as_ref()),
+        _ => None,
+    };
+    let divisor = reference
+        .divisor
+        .as_ref()
+        .and_then(|d| quantity::parse(&d.0))
         .filter(|d| *d > 0.0)
         .unwrap_or(1.0);
-    let Some(amount) = amount.and_then(|a| quantity::parse(&a)) else {
+    let Some(amount) = amounts
+        .and_then(|a| a.get(name))
+        .and_then(|a| quantity::parse(&a.0))
+    else {
         // An absent limit or request reads as 0 here; upstream reports allocatable for limits.
         return Ok("0".into());
     };
@@ -194,7 +224,7 @@ fn resource_value(container: &Value, reference: &Value) -> Result<String, Config
 /// The container's environment after the image's: `NAME=value` pairs in Kubernetes order
 /// (envFrom first, then env, later entries winning, `$(VAR)` expanded against earlier ones).
 pub async fn container_env(
-    container: &Value,
+    container: &Container,
     image_env: &[String],
     facts: &PodFacts<'_>,
     objects: &mut ObjectSource<'_>,
@@ -211,14 +241,15 @@ pub async fn container_env(
     for (key, value) in &facts.service_env {
         set(&mut vars, key.clone(), value.clone());
     }
-    for source in container["envFrom"].as_array().into_iter().flatten() {
-        let prefix = source["prefix"].as_str().unwrap_or("");
-        let (kind, reference) = if source.get("secretRef").is_some() {
-            ("secrets", &source["secretRef"])
-        } else {
-            ("configmaps", &source["configMapRef"])
+    for source in container.env_from.iter().flatten() {
+        let prefix = source.prefix.as_deref().unwrap_or("");
+        let (kind, name, optional) = match (&source.secret_ref, &source.config_map_ref) {
+            (Some(secret), _) => ("secrets", secret.name.as_str(), secret.optional),
+            (None, Some(config_map)) => {
+                ("configmaps", config_map.name.as_str(), config_map.optional)
+            }
+            (None, None) => continue,
         };
-        let name = reference["name"].as_str().unwrap_or("");
         match objects.data(kind, name).await? {
             Some(data) => {
                 for (key, value) in data {
@@ -229,7 +260,7 @@ pub async fn container_env(
                     );
                 }
             }
-            None if reference["optional"].as_bool() == Some(true) => {}
+            None if optional == Some(true) => {}
             None => {
                 return Err(ConfigError(format!(
                     "{} \"{name}\" not found",
@@ -238,29 +269,24 @@ pub async fn container_env(
             }
         }
     }
-    for entry in container["env"].as_array().into_iter().flatten() {
-        let Some(name) = entry["name"].as_str() else {
-            continue;
-        };
-        let value = if let Some(value) = entry.get("value").and_then(Value::as_str) {
+    for entry in container.env.iter().flatten() {
+        let value = if let Some(value) = &entry.value {
             Some(expand(value, &vars))
-        } else if let Some(from) = entry.get("valueFrom") {
-            if let Some(field) = from.get("fieldRef") {
-                Some(field_value(
-                    facts,
-                    field["fieldPath"].as_str().unwrap_or(""),
-                )?)
-            } else if let Some(resource) = from.get("resourceFieldRef") {
+        } else if let Some(from) = &entry.value_from {
+            if let Some(field) = &from.field_ref {
+                Some(field_value(facts, &field.field_path)?)
+            } else if let Some(resource) = &from.resource_field_ref {
                 Some(resource_value(container, resource)?)
             } else {
-                let (kind, reference) = if from.get("secretKeyRef").is_some() {
-                    ("secrets", &from["secretKeyRef"])
-                } else {
-                    ("configmaps", &from["configMapKeyRef"])
-                };
-                let object = reference["name"].as_str().unwrap_or("");
-                let key = reference["key"].as_str().unwrap_or("");
-                let optional = reference["optional"].as_bool() == Some(true);
+                let (kind, object, key, optional) =
+                    match (&from.secret_key_ref, &from.config_map_key_ref) {
+                        (Some(r), _) => ("secrets", r.name.as_str(), r.key.as_str(), r.optional),
+                        (None, Some(r)) => {
+                            ("configmaps", r.name.as_str(), r.key.as_str(), r.optional)
+                        }
+                        (None, None) => continue,
+                    };
+                let optional = optional == Some(true);
                 match objects.data(kind, object).await? {
                     Some(data) => match data.get(key) {
                         Some(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
@@ -269,7 +295,7 @@ pub async fn container_env(
                             return Err(ConfigError(format!(
                                 "couldn't find key {key} in {} {}/{object}",
                                 kind_name(kind),
-                                facts.pod["metadata"]["namespace"].as_str().unwrap_or("")
+                                facts.pod.metadata.namespace.as_deref().unwrap_or("")
                             )))
                         }
                     },
@@ -286,7 +312,7 @@ pub async fn container_env(
             Some(String::new())
         };
         if let Some(value) = value {
-            set(&mut vars, name.to_owned(), value);
+            set(&mut vars, entry.name.clone(), value);
         }
     }
     Ok(vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
@@ -380,137 +406,197 @@ fn count_files(dir: &Path) -> usize {
     count
 }
 
-/// Prepares every volume of the pod under `pod_dir/volumes` and returns the host path of each.
-/// Config map and secret volumes are rewritten when their object changed.
+/// Prepares every volume of the pod and returns where each is on the host. Volumes in `known`
+/// were set up by an earlier pass and are kept as they are (a mounted claim stays mounted
+/// while the pod lives, as with kubelet); config maps and secrets are rewritten each pass
+/// when their object changed. `started`: some container of the pod ran already.
 pub async fn prepare_volumes(
-    pod: &Value,
+    pod: &Pod,
     pod_dir: &Path,
+    started: bool,
     objects: &mut ObjectSource<'_>,
-) -> Result<HashMap<String, PathBuf>, ConfigError> {
-    let mut paths = HashMap::new();
-    for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
-        let name = volume["name"].as_str().unwrap_or("");
-        let dir = pod_dir.join("volumes").join(name);
+    known: &mut HashMap<String, PreparedVolume>,
+) -> Result<HashMap<String, PreparedVolume>, ConfigError> {
+    let security = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let fs_group = security.and_then(|s| s.fs_group).map(|g| g as u32);
+    let change_policy = security.and_then(|s| s.fs_group_change_policy.as_deref());
+    let mut prepared = HashMap::new();
+    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_deref());
+    for volume in volumes.unwrap_or_default() {
+        let name = volume.name.as_str();
+        let dir = volumes::pod_volumes_dir(pod_dir).join(name);
         let io = |e: std::io::Error| ConfigError(format!("volume {name:?}: {e}"));
-        if volume.get("emptyDir").is_some() {
+        if volume.config_map.is_some() || volume.secret.is_some() {
+            let changed = write_object_volume(volume, &dir, objects).await?;
+            if let (true, Some(group)) = (changed, fs_group) {
+                volumes::set_volume_ownership(&dir, group, true, None).map_err(io)?;
+            }
+            prepared.insert(
+                name.to_owned(),
+                PreparedVolume {
+                    path: dir,
+                    read_only: true,
+                },
+            );
+            continue;
+        }
+        if let Some(done) = known.get(name) {
+            prepared.insert(name.to_owned(), done.clone());
+            continue;
+        }
+        let ready = if volume.empty_dir.is_some() {
             std::fs::create_dir_all(&dir).map_err(io)?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(io)?;
-            paths.insert(name.to_owned(), dir);
-        } else if let Some(host) = volume.get("hostPath") {
-            let path = PathBuf::from(host["path"].as_str().unwrap_or(""));
-            match host["type"].as_str().unwrap_or("") {
-                "DirectoryOrCreate" => std::fs::create_dir_all(&path).map_err(io)?,
-                "FileOrCreate" if !path.exists() => {
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent).map_err(io)?;
-                    }
-                    std::fs::write(&path, b"").map_err(io)?;
-                }
-                "Directory" if !path.is_dir() => {
-                    return Err(ConfigError(format!(
-                        "hostPath {} is not a directory",
-                        path.display()
-                    )))
-                }
-                "File" if !path.is_file() => {
-                    return Err(ConfigError(format!(
-                        "hostPath {} is not a file",
-                        path.display()
-                    )))
-                }
-                _ => {}
+            if let Some(group) = fs_group {
+                volumes::set_volume_ownership(&dir, group, false, change_policy).map_err(io)?;
             }
-            paths.insert(name.to_owned(), path);
-        } else if volume.get("configMap").is_some() || volume.get("secret").is_some() {
-            let (kind, source, object) = if let Some(secret) = volume.get("secret") {
-                (
-                    "secrets",
-                    secret,
-                    secret["secretName"].as_str().unwrap_or(""),
-                )
-            } else {
-                let cm = &volume["configMap"];
-                ("configmaps", cm, cm["name"].as_str().unwrap_or(""))
-            };
-            let default_mode = source["defaultMode"].as_u64().unwrap_or(0o644) as u32;
-            let optional = source["optional"].as_bool() == Some(true);
-            let data = match objects.data(kind, object).await? {
-                Some(data) => data,
-                None if optional => BTreeMap::new(),
-                None => {
-                    return Err(ConfigError(format!(
-                        "{} \"{object}\" not found",
-                        kind_name(kind)
-                    )))
-                }
-            };
-            let mut files = BTreeMap::new();
-            match source["items"].as_array() {
-                Some(items) => {
-                    for item in items {
-                        let key = item["key"].as_str().unwrap_or("");
-                        let path = relative(item["path"].as_str().unwrap_or(key))?;
-                        let mode = item["mode"]
-                            .as_u64()
-                            .map(|m| m as u32)
-                            .unwrap_or(default_mode);
-                        match data.get(key) {
-                            Some(bytes) => {
-                                files.insert(path, (bytes.clone(), mode));
-                            }
-                            None if optional => {}
-                            None => {
-                                return Err(ConfigError(format!(
-                                    "{} \"{object}\" has no key {key:?}",
-                                    kind_name(kind)
-                                )))
-                            }
-                        }
-                    }
-                }
-                None => {
-                    for (key, bytes) in &data {
-                        files.insert(relative(key)?, (bytes.clone(), default_mode));
-                    }
-                }
+            PreparedVolume {
+                path: dir,
+                read_only: false,
             }
-            write_atomic_dir(&dir, &files).map_err(io)?;
-            paths.insert(name.to_owned(), dir);
+        } else if let Some(host) = &volume.host_path {
+            volumes::check_host_path(host, 0o755).map_err(|why| {
+                ConfigError(format!(
+                    "MountVolume.SetUp failed for volume \"{name}\" : {why}"
+                ))
+            })?;
+            PreparedVolume {
+                path: PathBuf::from(&host.path),
+                read_only: false,
+            }
+        } else if let Some(claim) = &volume.persistent_volume_claim {
+            volumes::claim_volume(name, claim, &dir, security, started, objects).await?
+        } else if let Some(nfs) = &volume.nfs {
+            let read_only = nfs.read_only == Some(true);
+            let mounted = volumes::mount_nfs_off_thread(nfs, &[], read_only, &dir).await;
+            mounted.map_err(|why| {
+                ConfigError(format!(
+                    "MountVolume.SetUp failed for volume \"{name}\" : {why}"
+                ))
+            })?;
+            PreparedVolume {
+                path: dir,
+                read_only,
+            }
         } else {
             tracing::debug!(volume = name, "volume type not supported; mounted empty");
             std::fs::create_dir_all(&dir).map_err(io)?;
-            paths.insert(name.to_owned(), dir);
-        }
+            PreparedVolume {
+                path: dir,
+                read_only: false,
+            }
+        };
+        known.insert(name.to_owned(), ready.clone());
+        prepared.insert(name.to_owned(), ready);
     }
-    Ok(paths)
+    Ok(prepared)
 }
 
-/// The bind mounts of a container's `volumeMounts`.
+/// Writes a config map or secret volume with kubelet's atomic layout; whether it changed.
+async fn write_object_volume(
+    volume: &Volume,
+    dir: &Path,
+    objects: &mut ObjectSource<'_>,
+) -> Result<bool, ConfigError> {
+    let name = volume.name.as_str();
+    let (kind, object, default_mode, optional, items): (_, _, _, _, Option<&[KeyToPath]>) =
+        match (&volume.secret, &volume.config_map) {
+            (Some(secret), _) => (
+                "secrets",
+                secret.secret_name.as_deref().unwrap_or(""),
+                secret.default_mode,
+                secret.optional,
+                secret.items.as_deref(),
+            ),
+            (None, Some(config_map)) => (
+                "configmaps",
+                config_map.name.as_str(),
+                config_map.default_mode,
+                config_map.optional,
+                config_map.items.as_deref(),
+            ),
+            (None, None) => return Ok(false),
+        };
+    let default_mode = default_mode.map_or(0o644, |m| m as u32);
+    let optional = optional == Some(true);
+    let data = match objects.data(kind, object).await? {
+        Some(data) => data,
+        None if optional => BTreeMap::new(),
+        None => {
+            return Err(ConfigError(format!(
+                "{} \"{object}\" not found",
+                kind_name(kind)
+            )))
+        }
+    };
+    let mut files = BTreeMap::new();
+    match items {
+        Some(items) => {
+            for item in items {
+                let key = item.key.as_str();
+                let path = relative(if item.path.is_empty() {
+                    key
+                } else {
+                    &item.path
+                })?;
+                let mode = item.mode.map_or(default_mode, |m| m as u32);
+                match data.get(key) {
+                    Some(bytes) => {
+                        files.insert(path, (bytes.clone(), mode));
+                    }
+                    None if optional => {}
+                    None => {
+                        return Err(ConfigError(format!(
+                            "{} \"{object}\" has no key {key:?}",
+                            kind_name(kind)
+                        )))
+                    }
+                }
+            }
+        }
+        None => {
+            for (key, bytes) in &data {
+                files.insert(relative(key)?, (bytes.clone(), default_mode));
+            }
+        }
+    }
+    write_atomic_dir(dir, &files).map_err(|e| ConfigError(format!("volume {name:?}: {e}")))
+}
+
+/// The bind mounts of a container's `volumeMounts`: `subPath` (or `subPathExpr`, expanded
+/// with the container's environment `env`) checked and created as kubelet does; read-only
+/// when the mount or the volume says so.
 pub fn volume_mounts(
-    container: &Value,
-    volumes: &HashMap<String, PathBuf>,
+    container: &Container,
+    volumes: &HashMap<String, PreparedVolume>,
+    env: &[(String, String)],
 ) -> Result<Vec<BindMount>, ConfigError> {
     let mut mounts = Vec::new();
-    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
-        let name = mount["name"].as_str().unwrap_or("");
-        let source = volumes
-            .get(name)
-            .ok_or_else(|| ConfigError(format!("volume {name:?} is not defined in the pod")))?;
-        let source = match mount["subPath"].as_str().filter(|s| !s.is_empty()) {
-            Some(sub) => {
-                let path = source.join(relative(sub)?);
-                if !path.exists() {
-                    std::fs::create_dir_all(&path)
-                        .map_err(|e| ConfigError(format!("subPath {sub:?}: {e}")))?;
-                }
-                path
+    for mount in container.volume_mounts.iter().flatten() {
+        let name = mount.name.as_str();
+        let volume = volumes.get(name).ok_or_else(|| {
+            ConfigError(format!(
+                "cannot find volume {name:?} to mount into container {:?}",
+                container.name
+            ))
+        })?;
+        let sub_path = match (&mount.sub_path, &mount.sub_path_expr) {
+            (Some(sub), _) if !sub.is_empty() => sub.clone(),
+            (_, Some(expr)) if !expr.is_empty() => {
+                volumes::expand_sub_path_expr(expr, env).map_err(ConfigError)?
             }
-            None => source.clone(),
+            _ => String::new(),
+        };
+        let source = if sub_path.is_empty() {
+            volume.path.clone()
+        } else {
+            volumes::prepare_sub_path(&volume.path, &sub_path, name, &container.name)
+                .map_err(ConfigError)?
         };
         mounts.push(BindMount {
-            destination: mount["mountPath"].as_str().unwrap_or("/").to_owned(),
+            destination: mount.mount_path.clone(),
             source,
-            read_only: mount["readOnly"].as_bool() == Some(true),
+            read_only: mount.read_only == Some(true) || volume.read_only,
         });
     }
     Ok(mounts)
@@ -551,8 +637,10 @@ mod tests {
 
     #[test]
     fn downward_api_fields() {
-        let pod = json!({"metadata": {"name": "web-1", "namespace": "demo",
-            "labels": {"app": "web"}}, "spec": {"nodeName": "pi-2"}});
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "web-1",
+            "namespace": "demo", "labels": {"app": "web", "tier": "front"}},
+            "spec": {"nodeName": "pi-2", "containers": []}}))
+        .unwrap();
         let facts = PodFacts {
             pod: &pod,
             pod_ip: "10.42.1.5".into(),
@@ -561,17 +649,78 @@ mod tests {
         };
         assert_eq!(field_value(&facts, "metadata.name").unwrap(), "web-1");
         assert_eq!(field_value(&facts, "spec.nodeName").unwrap(), "pi-2");
+        assert_eq!(
+            field_value(&facts, "spec.serviceAccountName").unwrap(),
+            "default"
+        );
         assert_eq!(field_value(&facts, "status.podIP").unwrap(), "10.42.1.5");
         assert_eq!(
             field_value(&facts, "metadata.labels['app']").unwrap(),
             "web"
         );
+        assert_eq!(
+            field_value(&facts, "metadata.labels").unwrap(),
+            "app=\"web\"\ntier=\"front\""
+        );
+        assert_eq!(
+            field_value(&facts, "metadata.annotations['x']").unwrap(),
+            ""
+        );
         assert!(field_value(&facts, "spec.bogus").is_err());
-        let container = json!({"resources": {"limits": {"memory": "128Mi", "cpu": "500m"}}});
-        let mem = json!({"resource": "limits.memory", "divisor": "1Mi"});
+        let container: Container = serde_json::from_value(json!({"name": "app",
+            "resources": {"limits": {"memory": "128Mi", "cpu": "500m"}}}))
+        .unwrap();
+        let selector = |value: serde_json::Value| -> ResourceFieldSelector {
+            serde_json::from_value(value).unwrap()
+        };
+        let mem = selector(json!({"resource": "limits.memory", "divisor": "1Mi"}));
         assert_eq!(resource_value(&container, &mem).unwrap(), "128");
-        let cpu = json!({"resource": "limits.cpu", "divisor": "1m"});
+        let cpu = selector(json!({"resource": "limits.cpu", "divisor": "1m"}));
         assert_eq!(resource_value(&container, &cpu).unwrap(), "500");
+        let unset = selector(json!({"resource": "requests.memory"}));
+        assert_eq!(resource_value(&container, &unset).unwrap(), "0");
+    }
+
+    #[test]
+    fn mounts_follow_sub_paths_and_read_only_volumes() {
+        let volume = tempfile::tempdir().unwrap();
+        let mut volumes = HashMap::new();
+        let prepared = |read_only| PreparedVolume {
+            path: volume.path().to_owned(),
+            read_only,
+        };
+        volumes.insert("data".to_owned(), prepared(false));
+        volumes.insert("config".to_owned(), prepared(true));
+        let container: Container = serde_json::from_value(json!({"name": "db",
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/var/lib/db", "subPathExpr": "$(POD)/db"},
+            {"name": "data", "mountPath": "/backup", "readOnly": true},
+            {"name": "config", "mountPath": "/etc/db"},
+        ]}))
+        .unwrap();
+        let env = vec![("POD".to_owned(), "db-0".to_owned())];
+        let mounts = volume_mounts(&container, &volumes, &env).unwrap();
+        let shown: Vec<(&str, bool)> = mounts
+            .iter()
+            .map(|m| (m.destination.as_str(), m.read_only))
+            .collect();
+        assert_eq!(
+            shown,
+            [("/var/lib/db", false), ("/backup", true), ("/etc/db", true)]
+        );
+        assert!(volume.path().join("db-0/db").is_dir());
+        assert_eq!(
+            volume_mounts(&container, &volumes, &[]).unwrap_err().0,
+            "missing value for POD"
+        );
+        let unknown: Container = serde_json::from_value(
+            json!({"name": "db", "volumeMounts": [{"name": "nope", "mountPath": "/x"}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            volume_mounts(&unknown, &volumes, &env).unwrap_err().0,
+            "cannot find volume \"nope\" to mount into container \"db\""
+        );
     }
 
     #[test]

@@ -216,10 +216,15 @@ impl Simulator {
         for (key, value) in &self.config.labels {
             labels[key] = json!(value);
         }
+        // Where a real agent would keep local-path volumes: the master provisions claims of
+        // simulated pods there (nothing is written; simulated pods mount nothing).
+        let annotations = json!({
+            protocol::node::STORAGE_DIR_ANNOTATION: format!("/var/lib/bramble/sim/{name}/storage"),
+        });
         let node = json!({
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": name, "labels": labels},
+            "metadata": {"name": name, "labels": labels, "annotations": annotations},
             "spec": {},
             "status": self.node_status(&host_ip.to_string(), &name),
         });

@@ -41,6 +41,9 @@ pub struct Settings {
     pub insecure_registries: Option<Vec<String>>,
     /// Extra node labels.
     pub labels: Option<BTreeMap<String, String>>,
+    /// Where the node keeps local-path volumes (an absolute path, e.g. a USB disk's mount
+    /// point); default: the agent's data directory's `storage`.
+    pub storage_dir: Option<String>,
     /// Time servers; an empty list means none (the clock then follows the master).
     pub ntp: Option<Vec<String>>,
     /// Wired or wireless addressing.
@@ -196,6 +199,8 @@ pub struct NodeConfig {
     pub insecure_registries: Vec<String>,
     /// Extra node labels.
     pub labels: BTreeMap<String, String>,
+    /// The agent's `--storage-dir`, when the file sets one.
+    pub storage_dir: Option<String>,
     /// Panel flags for `bramble master`/`bramble agent`, as `--flag value` pairs.
     pub panel_args: Vec<String>,
     /// Extra `bramble master` flags from `[master-options]`.
@@ -288,6 +293,7 @@ fn overlay(base: Settings, over: Settings) -> Settings {
             base.extend(over);
             base
         }),
+        storage_dir: over.storage_dir.or(base.storage_dir),
         ntp: over.ntp.or(base.ntp),
         network: merge(base.network, over.network, |base, over| NetworkSettings {
             interface: over.interface.or(base.interface),
@@ -463,6 +469,14 @@ fn check(settings: Settings, mac: &str, problems: &mut Vec<String>) -> Option<No
     labels
         .entry("bramble.dev/cluster".to_owned())
         .or_insert_with(|| cluster.clone());
+    let storage_dir = settings.storage_dir;
+    if let Some(dir) = &storage_dir {
+        if !dir.starts_with('/') || dir.split('/').any(|part| part == "..") {
+            problems.push(format!(
+                "storage_dir = {dir:?}: use an absolute path without '..', e.g. \"/mnt/usb/storage\""
+            ));
+        }
+    }
     let panel_args = check_panel(settings.panel.unwrap_or_default(), problems);
     let mut master_args = Vec::new();
     if let Some(options) = settings.master_options {
@@ -497,6 +511,7 @@ fn check(settings: Settings, mac: &str, problems: &mut Vec<String>) -> Option<No
             .unwrap_or_else(|| vec!["pool.ntp.org".to_owned()]),
         insecure_registries: settings.insecure_registries.unwrap_or_default(),
         labels,
+        storage_dir,
         panel_args,
         master_args,
     })
@@ -847,6 +862,7 @@ mod tests {
             role = "worker"
             join_token = "short"
             hostname = "Pi_2"
+            storage_dir = "usb/storage"
             [network]
             address = "192.168.1.300/24"
             [wifi]
@@ -869,6 +885,7 @@ mod tests {
             "role = \"worker\"",
             "join_token is 5 characters",
             "hostname = \"Pi_2\"",
+            "storage_dir = \"usb/storage\": use an absolute path",
             "network.address = \"192.168.1.300/24\"",
             "WPA needs 8 to 63",
             "wifi.country",

@@ -159,6 +159,10 @@ pub struct AgentArgs {
     /// Where pods, images and container state live.
     #[arg(long, default_value = "/var/lib/bramble/agent")]
     pub data_dir: PathBuf,
+    /// Where the node's local-path volumes live, one directory per claim (default:
+    /// DATA_DIR/storage). The node reports it on its Node for the master's provisioner.
+    #[arg(long)]
+    pub storage_dir: Option<PathBuf>,
     /// A registry to pull from over plain HTTP (host:port); repeatable.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
@@ -289,6 +293,13 @@ impl MonkeyArgs {
 }
 
 impl AgentArgs {
+    /// The storage directory: `--storage-dir`, else `storage` in the data directory.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.storage_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("storage"))
+    }
+
     /// The settings every option leaves at its default, in `data_dir`.
     pub fn new(data_dir: PathBuf) -> AgentArgs {
         let mut args: AgentArgs = parse(&[]).expect("the defaults parse");
@@ -315,6 +326,9 @@ impl AgentArgs {
             push(&mut line, "--node-ip", ip);
         }
         push(&mut line, "--data-dir", self.data_dir.display());
+        if let Some(storage) = &self.storage_dir {
+            push(&mut line, "--storage-dir", storage.display());
+        }
         for registry in &self.insecure_registries {
             push(&mut line, "--insecure-registry", registry);
         }
@@ -449,6 +463,7 @@ mod tests {
         every.max_pods = 30;
         every.bridge = "pods0".into();
         every.resolv_conf = "/run/resolv.conf".into();
+        every.storage_dir = Some("/mnt/usb/storage".into());
         every.panel.gpio = BackendChoice::Simulated;
         every.panel.status_led = Some("rgb:5,6,13".parse().unwrap());
         every.panel.strip = None;

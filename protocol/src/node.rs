@@ -12,6 +12,9 @@ pub const CERT_ANNOTATION: &str = "bramble.dev/agent-cert-sha256";
 pub const BOARD_MODEL_ANNOTATION: &str = "bramble.dev/board-model";
 /// The board model as a label value, for node selectors.
 pub const BOARD_LABEL: &str = "node.bramble.dev/board";
+/// The agent's storage directory (absolute), where the master's local-path provisioner puts
+/// this node's volumes.
+pub const STORAGE_DIR_ANNOTATION: &str = "bramble.dev/storage-dir";
 /// The node that answers ARP for a LoadBalancer service's address (on the Service).
 pub const ANNOUNCING_NODE_ANNOTATION: &str = "bramble.dev/load-balancer-node";
 

@@ -216,7 +216,9 @@ def test_unschedulable_pod_stays_pending_with_the_reason(demo_cluster):
 
     condition = wait_for(unschedulable, what="PodScheduled=False")
     assert condition["reason"] == "Unschedulable"
-    assert condition["message"] == "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+    # As upstream since preemption: what was tried after the filters failed follows.
+    assert condition["message"] == ("0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector. "
+                                     "preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.")
     described = master.kubectl("describe", "pod", "picky").stdout
     assert "FailedScheduling" in described and "didn't match Pod's node affinity/selector" in described
     assert master.kubectl_json("get", "pod", "picky")["status"]["phase"] == "Pending"

@@ -14,10 +14,11 @@ use crate::pod_config::{container_env, volume_mounts, ObjectSource, PodFacts};
 use crate::runtime::containers::Attempt;
 use crate::runtime::monitor::Exited;
 use crate::runtime::spec::{resolve_args, BindMount, ContainerPlan};
+use crate::volumes::PreparedVolume;
 use protocol::quantity;
 
 use super::error::StartError;
-use super::worker::{host_network, namespace, pod_hostname, raw, spec, PodWorker, Waiting};
+use super::worker::{host_network, namespace, pod_hostname, spec, PodWorker, Waiting};
 use protocol::error::error_chain;
 
 /// The longest restart or image pull back-off.
@@ -75,7 +76,7 @@ impl PodWorker {
         pod: &Pod,
         container: &Container,
         number: u32,
-        volumes: &HashMap<String, PathBuf>,
+        volumes: &HashMap<String, PreparedVolume>,
         objects: &mut ObjectSource<'_>,
     ) {
         let name = &container.name;
@@ -159,7 +160,7 @@ impl PodWorker {
         pod: &Pod,
         container: &Container,
         number: u32,
-        volumes: &HashMap<String, PathBuf>,
+        volumes: &HashMap<String, PreparedVolume>,
         objects: &mut ObjectSource<'_>,
     ) -> Result<(), StartError> {
         let name = &container.name;
@@ -225,15 +226,13 @@ impl PodWorker {
         self.image_ids.insert(name.clone(), image.digest.clone());
         self.ctx.services.wait_synced().await;
         let service_links = spec(pod).enable_service_links != Some(false);
-        let pod_json = raw(pod);
         let facts = PodFacts {
-            pod: &pod_json,
+            pod,
             pod_ip: self.pod_ip_text(pod),
             host_ip: self.ctx.node_ip.to_string(),
             service_env: self.ctx.services.env(namespace(pod), service_links),
         };
-        let container_json = serde_json::to_value(container).unwrap_or_default();
-        let mut env = container_env(&container_json, &image.config.env, &facts, objects).await?;
+        let mut env = container_env(container, &image.config.env, &facts, objects).await?;
         if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
             env.push(format!("HOSTNAME={}", super::worker::name(pod)));
         }
@@ -243,13 +242,13 @@ impl PodWorker {
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
             );
         }
-        let mut mounts = volume_mounts(&container_json, volumes)?;
-        mounts.extend(self.etc_files(pod)?);
         let vars: Vec<(String, String)> = env
             .iter()
             .filter_map(|e| e.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
+        let mut mounts = volume_mounts(container, volumes, &vars)?;
+        mounts.extend(self.etc_files(pod)?);
         let expand_all = |items: &Option<Vec<String>>| -> Vec<String> {
             items
                 .iter()
@@ -286,6 +285,16 @@ impl PodWorker {
         {
             gid = run_as as u32;
         }
+        // kubelet gives the process the pod's supplemental groups and its fsGroup.
+        let mut additional_gids: Vec<u32> = pod_security
+            .and_then(|s| s.supplemental_groups.as_ref())
+            .into_iter()
+            .flatten()
+            .chain(pod_security.and_then(|s| s.fs_group.as_ref()))
+            .filter_map(|g| u32::try_from(*g).ok())
+            .collect();
+        additional_gids.sort_unstable();
+        additional_gids.dedup();
         let resources = container.resources.as_ref();
         let quantity = |requests: bool, resource: &str| {
             let section = match requests {
@@ -307,6 +316,7 @@ impl PodWorker {
                 .to_owned(),
             uid,
             gid,
+            additional_gids,
             rootfs: PathBuf::new(),
             pod_namespaces: crate::runtime::sandbox::namespaces(&self.dir),
             mounts,

@@ -60,7 +60,9 @@ pub trait PodApi: Send + Sync {
         namespace: &'a str,
         event: &'a Value,
     ) -> Effect<'a, Result<(), ApiError>>;
-    /// A config map or secret (`kind` is the plural resource), `None` when absent.
+    /// An object the pod refers to (`kind` is the plural resource: config maps, secrets,
+    /// claims; with an empty `namespace` a cluster-scoped one: persistent volumes), `None`
+    /// when absent.
     fn get_object<'a>(
         &'a self,
         namespace: &'a str,
@@ -132,7 +134,10 @@ mod client_api {
             name: &'a str,
         ) -> Effect<'a, Result<Option<Value>, ApiError>> {
             Box::pin(async move {
-                let path = format!("/api/v1/namespaces/{namespace}/{kind}/{name}");
+                let path = match namespace {
+                    "" => format!("/api/v1/{kind}/{name}"),
+                    namespace => format!("/api/v1/namespaces/{namespace}/{kind}/{name}"),
+                };
                 match self.get(&path).await.map_err(api_error) {
                     Ok(object) => Ok(Some(object)),
                     Err(ApiError::NotFound) => Ok(None),

@@ -78,6 +78,8 @@ struct RuntimeState {
     /// (container, command) → whether the command succeeds; absent: it does.
     commands: HashMap<(String, String), bool>,
     log: Vec<(u64, String)>,
+    /// The plan of each container's latest start.
+    plans: HashMap<String, ContainerPlan>,
 }
 
 /// A container runtime that runs nothing and remembers everything.
@@ -106,6 +108,11 @@ impl FakeRuntime {
         state
             .commands
             .insert((name.to_owned(), command.to_owned()), ok);
+    }
+
+    /// The plan the container `name` was last started with.
+    pub fn plan(&self, name: &str) -> Option<ContainerPlan> {
+        self.state.lock().unwrap().plans.get(name).cloned()
     }
 
     /// What happened, as "second: what" lines.
@@ -183,10 +190,11 @@ impl ContainerRuntime for FakeRuntime {
         attempt: &'a Attempt,
         _pod_uid: &'a str,
         _layers: &'a [PathBuf],
-        _plan: ContainerPlan,
+        plan: ContainerPlan,
     ) -> Effect<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
             let mut state = self.state.lock().unwrap();
+            state.plans.insert(attempt.name.clone(), plan);
             let behaviour = state
                 .behaviour
                 .get(&attempt.name)
@@ -513,6 +521,7 @@ impl FakeNode {
             services: Arc::new(FakeServices),
             clock: clock.clone(),
             paused: Arc::new(AtomicBool::new(false)),
+            volume_changes: watch::channel(0).0,
         });
         FakeNode {
             ctx,

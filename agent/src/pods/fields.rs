@@ -81,10 +81,13 @@ pub const POD_SPEC: &[(&str, Support, &str)] = &[
     ("schedulerName", Master, "scheduler"),
     ("schedulingGates", Master, "scheduler"),
     ("schedulingGroup", Master, "scheduler"),
-    ("securityContext", Honoured, "runAsUser and runAsGroup"),
-    ("securityContext.fsGroup", Ignored, ""),
+    (
+        "securityContext",
+        Honoured,
+        "runAsUser, runAsGroup, supplementalGroups; fsGroup and fsGroupChangePolicy on emptyDir, \
+         configMap, secret and local volumes (as kubelet: not hostPath or NFS)",
+    ),
     ("securityContext.runAsNonRoot", Ignored, ""),
-    ("securityContext.supplementalGroups", Ignored, ""),
     ("securityContext.sysctls", Ignored, ""),
     ("serviceAccount", Master, "admission"),
     (
@@ -98,7 +101,12 @@ pub const POD_SPEC: &[(&str, Support, &str)] = &[
     ("terminationGracePeriodSeconds", Honoured, ""),
     ("tolerations", Master, "scheduler and taint eviction"),
     ("topologySpreadConstraints", Master, "scheduler"),
-    ("volumes", Honoured, "emptyDir, hostPath, configMap, secret"),
+    (
+        "volumes",
+        Honoured,
+        "emptyDir, hostPath, configMap, secret, nfs, persistentVolumeClaim (hostPath, local \
+         and nfs PVs)",
+    ),
 ];
 
 /// Container fields, as [`POD_SPEC`].
@@ -142,7 +150,11 @@ pub const CONTAINER: &[(&str, Support, &str)] = &[
     ("terminationMessagePolicy", IgnoredUnless("\"File\""), ""),
     ("tty", Honoured, ""),
     ("volumeDevices", Ignored, ""),
-    ("volumeMounts", Honoured, ""),
+    (
+        "volumeMounts",
+        Honoured,
+        "readOnly, subPath, subPathExpr; not mountPropagation or recursiveReadOnly",
+    ),
     ("workingDir", Honoured, ""),
 ];
 

@@ -56,6 +56,9 @@ pub struct NodeContext {
     pub clock: Arc<dyn Clock>,
     /// Set while the chaos hook holds the node down: workers leave pods alone.
     pub paused: Arc<AtomicBool>,
+    /// Bumped when a PersistentVolume on the node changes: workers whose volumes failed try
+    /// again at once.
+    pub volume_changes: watch::Sender<u64>,
 }
 
 /// Hands out pod IPs from the node's pod CIDR (.1 is the bridge), round-robin: a pod's

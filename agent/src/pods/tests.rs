@@ -1,5 +1,7 @@
 //! The pod life cycle drawn in [`super::worker`], driven with fakes under paused time.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, PodStatus};
@@ -680,4 +682,130 @@ async fn ignored_fields_are_reported_once() {
     let ignored: Vec<_> = events.iter().filter(|e| e.1 == "IgnoredFields").collect();
     assert_eq!(ignored.len(), 1);
     assert_eq!(ignored[0].2, "bramble ignores spec.shareProcessNamespace");
+}
+
+fn claim_pod() -> Value {
+    pod(json!({
+        "volumes": [
+            {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
+            {"name": "seen", "persistentVolumeClaim": {"claimName": "data", "readOnly": true}},
+        ],
+        "containers": [{
+            "name": "app",
+            "image": "busybox:1",
+            "volumeMounts": [
+                {"name": "data", "mountPath": "/srv", "subPath": "www"},
+                {"name": "seen", "mountPath": "/seen"},
+            ],
+        }],
+    }))
+}
+
+fn failed_mounts(node: &FakeNode) -> Vec<String> {
+    let events = node.api.events.lock().unwrap();
+    events
+        .iter()
+        .filter(|(_, reason, _)| reason == "FailedMount")
+        .map(|(_, _, message)| message.clone())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_waits_for_its_claim_to_be_bound_then_mounts_its_volume() {
+    let node = FakeNode::new();
+    let storage = tempfile::tempdir().unwrap();
+    let dir = storage.path().join("pvc-c1_default_data");
+    node.api.objects.lock().unwrap().insert(
+        ("persistentvolumeclaims".into(), "data".into()),
+        json!({"metadata": {"name": "data", "namespace": "default", "uid": "c1"},
+               "spec": {}, "status": {"phase": "Pending"}}),
+    );
+    let _pod = start(&node, claim_pod());
+    until(&node, 20).await;
+    assert!(starts(&node, "app").is_empty());
+    let status = node.api.status();
+    let app = container(&status, "app");
+    assert_eq!(waiting_reason(app), Some("ContainerCreating"));
+    let failures = failed_mounts(&node);
+    assert_eq!(
+        failures[0],
+        "Unable to attach or mount volumes: unmounted volumes=[data], unattached volumes=[], \
+         failed to process volumes=[data]: error processing PVC default/data: PVC default/data \
+         has non-bound phase (\"Pending\") or empty pvc.Spec.VolumeName (\"\")"
+    );
+    // Tries at 0, 1, 3, 7 and 15 s: the wait doubles.
+    assert_eq!(failures.len(), 5, "{failures:?}");
+
+    // The PV controller binds it; the PV's change wakes the worker before its next try.
+    {
+        let mut objects = node.api.objects.lock().unwrap();
+        objects.insert(
+            ("persistentvolumeclaims".into(), "data".into()),
+            json!({"metadata": {"name": "data", "namespace": "default", "uid": "c1"},
+               "spec": {"volumeName": "pvc-c1"}, "status": {"phase": "Bound"}}),
+        );
+        objects.insert(
+        ("persistentvolumes".into(), "pvc-c1".into()),
+        json!({"metadata": {"name": "pvc-c1",
+                            "annotations": {"pv.kubernetes.io/provisioned-by": "bramble.dev/local-path"}},
+               "spec": {"hostPath": {"path": dir, "type": "DirectoryOrCreate"},
+                        "claimRef": {"name": "data", "namespace": "default", "uid": "c1"}},
+               "status": {"phase": "Bound"}}),
+    );
+    }
+    node.ctx.volume_changes.send_modify(|n| *n += 1);
+    until(&node, 21).await;
+    assert_eq!(starts(&node, "app"), ["20: start app.0"]);
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o777, "made as local-path-provisioner makes it");
+    let plan = node.runtime.plan("app").unwrap();
+    let mounts: Vec<(&str, PathBuf, bool)> = plan
+        .mounts
+        .iter()
+        .filter(|m| !m.destination.starts_with("/etc/"))
+        .map(|m| (m.destination.as_str(), m.source.clone(), m.read_only))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("/srv", dir.join("www").canonicalize().unwrap(), false),
+            ("/seen", dir.clone(), true),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_bound_to_a_volume_of_another_claim_is_refused() {
+    let node = FakeNode::new();
+    {
+        let mut objects = node.api.objects.lock().unwrap();
+        objects.insert(
+            ("persistentvolumeclaims".into(), "data".into()),
+            json!({"metadata": {"name": "data", "namespace": "default", "uid": "c1"},
+               "spec": {"volumeName": "pv-x"}, "status": {"phase": "Bound"}}),
+        );
+        objects.insert(
+            ("persistentvolumes".into(), "pv-x".into()),
+            json!({"metadata": {"name": "pv-x"},
+               "spec": {"local": {"path": "/nonexistent/disk"},
+                        "claimRef": {"name": "data", "namespace": "default", "uid": "c0"}}}),
+        );
+    }
+    let _pod = start(&node, claim_pod());
+    until(&node, 1).await;
+    assert!(starts(&node, "app").is_empty());
+    assert!(failed_mounts(&node)[0].ends_with(
+        "found PV object \"pv-x\" but its pv.Spec.ClaimRef.UID (\"c0\") does not point to claim.UID (\"c1\")"
+    ));
+    node.api.objects.lock().unwrap().insert(
+        ("persistentvolumes".into(), "pv-x".into()),
+        json!({"metadata": {"name": "pv-x"},
+               "spec": {"local": {"path": "/nonexistent/disk"},
+                        "claimRef": {"name": "data", "namespace": "default", "uid": "c1"}}}),
+    );
+    until(&node, 2).await;
+    assert_eq!(
+        failed_mounts(&node).last().unwrap(),
+        "MountVolume.NewMounter initialization failed for volume \"pv-x\" : path \"/nonexistent/disk\" does not exist"
+    );
 }

@@ -28,6 +28,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::pod_config::{prepare_volumes, ObjectSource};
 use crate::runtime::containers::{Attempt, AttemptState};
+use crate::volumes::{unmount_pod_volumes, PreparedVolume};
 
 use super::error::{SandboxError, StartError};
 use super::probes::ProbeState;
@@ -38,6 +39,9 @@ use protocol::error::error_chain;
 pub(super) const RESYNC: Duration = Duration::from_secs(10);
 /// How long a pod's containers get to stop when neither the pod nor the delete says.
 pub(super) const DEFAULT_GRACE_SECONDS: i64 = 30;
+/// The first and the longest wait before volumes that failed are tried again (a change to
+/// a PersistentVolume on the node wakes the worker sooner).
+const VOLUME_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(32));
 
 /// `restartPolicy`: which exits a container is restarted after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,8 +127,8 @@ pub(super) fn host_network(pod: &Pod) -> bool {
     spec(pod).host_network == Some(true)
 }
 
-/// The pod as JSON, for the parts that still read it that way (volumes, environment,
-/// resolv.conf).
+/// The pod as JSON, for the parts that still read it that way (resolv.conf, the table of
+/// honoured fields).
 pub(super) fn raw(pod: &Pod) -> Value {
     serde_json::to_value(pod).unwrap_or_default()
 }
@@ -146,6 +150,10 @@ pub(super) struct PodWorker {
     pub(super) start_time: Option<String>,
     pub(super) torn_down: bool,
     pub(super) warned_fields: bool,
+    /// Volumes set up once for the pod's life (claims, NFS, emptyDir, hostPath).
+    pub(super) volumes: HashMap<String, PreparedVolume>,
+    /// While volumes fail: the current wait before the next try.
+    pub(super) volume_retry: Option<Duration>,
 }
 
 impl PodWorker {
@@ -173,17 +181,28 @@ impl PodWorker {
             start_time: None,
             torn_down: false,
             warned_fields: false,
+            volumes: HashMap::new(),
+            volume_retry: None,
         }
     }
 
     pub(super) async fn run(&mut self, mut object: watch::Receiver<Option<Value>>) {
+        let mut volume_changes = self.ctx.volume_changes.subscribe();
         loop {
             let raw = object.borrow_and_update().clone();
             let Some(raw) = raw else {
                 // Gone from the API (or never there: left over from before a restart).
                 self.stop_all(None, Duration::ZERO).await;
                 self.teardown().await;
-                let _ = std::fs::remove_dir_all(&self.dir);
+                if unmount_pod_volumes(&self.dir) {
+                    let _ = std::fs::remove_dir_all(&self.dir);
+                } else {
+                    // Removing it would reach into a share that is still mounted.
+                    tracing::error!(
+                        uid = self.uid,
+                        "a volume of the pod stays mounted; its directory is kept"
+                    );
+                }
                 self.ctx.runtime.remove_pod(&self.uid);
                 return;
             };
@@ -202,6 +221,7 @@ impl PodWorker {
                     }
                 }
                 _ = self.wake.notified() => {}
+                Ok(()) = volume_changes.changed(), if self.volume_retry.is_some() => {}
                 _ = tokio::time::sleep(next) => {}
             }
         }
@@ -282,6 +302,10 @@ impl PodWorker {
         }
         let _ = self.ctx.network.detach(&self.uid).await;
         self.ctx.runtime.remove_sandbox(&self.dir);
+        // The containers are gone: shares mounted for them go too, as kubelet unmounts the
+        // volumes of a finished pod.
+        unmount_pod_volumes(&self.dir);
+        self.volumes.clear();
         if let Some(ip) = self.pod_ip.take() {
             self.ctx.ips.lock().expect("ip lock").release(ip);
             let _ = std::fs::remove_file(self.dir.join("ip"));
@@ -330,13 +354,24 @@ impl PodWorker {
         self.torn_down = false;
         let ctx = self.ctx.clone();
         let mut objects = ObjectSource::new(&*ctx.api, namespace(pod));
-        let volumes = match prepare_volumes(&raw(pod), &self.dir, &mut objects).await {
-            Ok(volumes) => volumes,
+        let started = !self.ctx.runtime.attempts(&self.dir).is_empty();
+        let prepared =
+            prepare_volumes(pod, &self.dir, started, &mut objects, &mut self.volumes).await;
+        let volumes = match prepared {
+            Ok(volumes) => {
+                self.volume_retry = None;
+                volumes
+            }
             Err(error) => {
+                // Not a tight loop: the wait doubles, and a PV change wakes the worker.
+                let wait = self
+                    .volume_retry
+                    .map_or(VOLUME_RETRY.0, |w| (w * 2).min(VOLUME_RETRY.1));
+                self.volume_retry = Some(wait);
                 self.all_waiting(pod, &error.0);
                 self.event(pod, "Warning", "FailedMount", &error.0).await;
                 self.report(pod).await;
-                return Duration::from_secs(5);
+                return wait;
             }
         };
         let policy = RestartPolicy::of(pod);

@@ -31,6 +31,8 @@ pub struct ContainerPlan {
     pub uid: u32,
     /// Primary group.
     pub gid: u32,
+    /// Supplementary groups (the pod's `supplementalGroups` and `fsGroup`).
+    pub additional_gids: Vec<u32>,
     /// The overlay-mounted root file system.
     pub rootfs: PathBuf,
     /// Namespace files of the pod: network, IPC, UTS.
@@ -248,7 +250,7 @@ pub fn runtime_spec(plan: &ContainerPlan) -> Value {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": plan.terminal,
-            "user": {"uid": plan.uid, "gid": plan.gid},
+            "user": {"uid": plan.uid, "gid": plan.gid, "additionalGids": plan.additional_gids},
             "args": plan.args,
             "env": plan.env,
             "cwd": if plan.cwd.is_empty() { "/" } else { plan.cwd.as_str() },
@@ -378,6 +380,7 @@ mod tests {
             cwd: String::new(),
             uid: 0,
             gid: 0,
+            additional_gids: vec![2000],
             rootfs: "/r".into(),
             pod_namespaces: PodNamespaces {
                 network: "/n".into(),
@@ -398,6 +401,7 @@ mod tests {
         assert_eq!(resources["cpu"]["quota"], 50_000);
         assert_eq!(resources["cpu"]["shares"], 256);
         assert_eq!(spec["process"]["cwd"], "/");
+        assert_eq!(spec["process"]["user"]["additionalGids"], json!([2000]));
         assert_eq!(spec["linux"]["namespaces"][3]["path"], "/n");
     }
 }
