@@ -366,7 +366,7 @@ fn running_up(data_dir: &Path) -> Option<nix::unistd::Pid> {
     let ours = args.first().is_some_and(|program| {
         Path::new(program)
             .file_name()
-            .is_some_and(|name| name.to_string_lossy().starts_with("bramble"))
+            .is_some_and(|name| name.to_string_lossy().contains("bramble"))
     }) && args.contains(&"up");
     (alive && ours && pid != nix::unistd::getpid()).then_some(pid)
 }

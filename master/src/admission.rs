@@ -80,6 +80,12 @@ impl FieldError {
 
     /// Upstream's text for the error, e.g. `spec.replicas: Invalid value: -1: must be greater than or equal to 0`.
     pub fn message(&self) -> String {
+        format!("{}: {}", self.field, self.body())
+    }
+
+    /// The message without the field (upstream's `ErrorBody`): what a Status cause says, next
+    /// to its own `field`.
+    pub fn body(&self) -> String {
         let value = self.value.as_deref().map(|v| {
             if v.parse::<f64>().is_ok() || v.starts_with('{') || v.starts_with('[') {
                 v.to_owned()
@@ -95,22 +101,18 @@ impl FieldError {
             }
         };
         match self.kind {
-            FieldErrorKind::Required => with_detail(format!("{}: Required value", self.field)),
-            FieldErrorKind::Forbidden => with_detail(format!("{}: Forbidden", self.field)),
-            FieldErrorKind::Duplicate => format!(
-                "{}: Duplicate value: {}",
-                self.field,
-                value.unwrap_or_default()
-            ),
-            FieldErrorKind::NotSupported => with_detail(format!(
-                "{}: Unsupported value: {}",
-                self.field,
-                value.unwrap_or_default()
-            )),
-            FieldErrorKind::TooLong => with_detail(format!("{}: Too long", self.field)),
+            FieldErrorKind::Required => with_detail("Required value".to_owned()),
+            FieldErrorKind::Forbidden => with_detail("Forbidden".to_owned()),
+            FieldErrorKind::Duplicate => {
+                format!("Duplicate value: {}", value.unwrap_or_default())
+            }
+            FieldErrorKind::NotSupported => {
+                with_detail(format!("Unsupported value: {}", value.unwrap_or_default()))
+            }
+            FieldErrorKind::TooLong => with_detail("Too long".to_owned()),
             FieldErrorKind::Invalid | FieldErrorKind::TypeInvalid => match value {
-                Some(value) => with_detail(format!("{}: Invalid value: {value}", self.field)),
-                None => with_detail(format!("{}: Invalid value", self.field)),
+                Some(value) => with_detail(format!("Invalid value: {value}")),
+                None => with_detail("Invalid value".to_owned()),
             },
         }
     }

@@ -1,7 +1,9 @@
 """Shared fixtures: a real `bramble master` per test, real kubectl, the real Python client."""
 
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -251,7 +253,11 @@ def pis(tmp_path_factory):
 
 @pytest.fixture
 def namespace(pis, request):
-    name = "t-" + request.node.name.replace("_", "-")[:50].strip("-").lower()
+    # A DNS label from the test's name (parameters included), unique when it has to be cut.
+    full = re.sub(r"[^a-z0-9-]+", "-", request.node.name.replace("_", "-").lower()).strip("-")
+    if len(full) > 50:
+        full = full[:43].strip("-") + "-" + hashlib.sha1(full.encode()).hexdigest()[:6]
+    name = "t-" + full
     pis.kubectl("create", "namespace", name)
     yield name
     pis.kubectl("delete", "namespace", name, "--wait=false", check=False)

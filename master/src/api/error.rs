@@ -124,7 +124,7 @@ impl ApiError {
             .map(|e| {
                 let mut cause = Map::new();
                 cause.insert("reason".into(), json!(e.reason()));
-                cause.insert("message".into(), json!(e.message()));
+                cause.insert("message".into(), json!(e.body()));
                 if !e.field.is_empty() {
                     cause.insert("field".into(), json!(e.field));
                 }
@@ -316,6 +316,28 @@ mod tests {
         assert_eq!(
             error.status().to_string(),
             r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"no","reason":"BadRequest","code":400}"#
+        );
+    }
+
+    #[test]
+    fn invalid_causes_name_their_field_once() {
+        let errors = [crate::admission::FieldError::new(
+            crate::admission::FieldErrorKind::Invalid,
+            "metadata.name",
+            Some("a[b".to_owned()),
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters",
+        )];
+        let status = ApiError::invalid("Namespace", "", "a[b", &errors).status();
+        assert_eq!(
+            status["message"],
+            "Namespace \"a[b\" is invalid: metadata.name: Invalid value: \"a[b\": a lowercase \
+             RFC 1123 label must consist of lower case alphanumeric characters"
+        );
+        assert_eq!(status["details"]["causes"][0]["field"], "metadata.name");
+        assert_eq!(
+            status["details"]["causes"][0]["message"],
+            "Invalid value: \"a[b\": a lowercase RFC 1123 label must consist of lower case \
+             alphanumeric characters"
         );
     }
 }

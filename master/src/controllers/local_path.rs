@@ -21,7 +21,7 @@ use crate::api::error::ApiError;
 use crate::store::{Change, EventType};
 
 /// The annotation an agent reports its storage directory in (an absolute path).
-pub const STORAGE_DIR_ANNOTATION: &str = "bramble.dev/storage-dir";
+pub use protocol::node::STORAGE_DIR_ANNOTATION;
 /// Where a node that reports no storage directory keeps volumes.
 pub const DEFAULT_STORAGE_DIR: &str = "/var/lib/bramble/storage";
 
