@@ -478,31 +478,15 @@ pub fn unmount_pod_volumes(pod_dir: &Path) -> bool {
 /// `ExpandContainerVolumeMounts`).
 pub fn expand_sub_path_expr(expr: &str, env: &[(String, String)]) -> Result<String, String> {
     let mut missing = BTreeSet::new();
-    let mut out = String::with_capacity(expr.len());
-    let mut rest = expr;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(stripped) = after.strip_prefix('$') {
-            out.push('$');
-            rest = stripped;
-        } else if let Some((name, tail)) = after
-            .strip_prefix('(')
-            .and_then(|body| body.split_once(')'))
-        {
-            match env.iter().rev().find(|(k, _)| k == name) {
-                Some((_, value)) if !value.is_empty() => out.push_str(value),
-                _ => {
-                    missing.insert(name.to_owned());
-                }
+    let out = crate::runtime::spec::expand_with(expr, |name| {
+        match env.iter().rev().find(|(k, _)| k == name) {
+            Some((_, value)) if !value.is_empty() => Some(value.clone()),
+            _ => {
+                missing.insert(name.to_owned());
+                Some(String::new())
             }
-            rest = tail;
-        } else {
-            out.push('$');
-            rest = after;
         }
-    }
-    out.push_str(rest);
+    });
     if !missing.is_empty() {
         let names: Vec<String> = missing.into_iter().collect();
         return Err(format!("missing value for {}", names.join(", ")));

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::admission::{FieldError, FieldErrorKind};
 use crate::api::error::ApiError;
 use crate::api::ApiState;
+use crate::controllers::view::string_map as resource_map;
 use crate::resources::Resource;
 use protocol::quantity;
 
@@ -72,15 +73,6 @@ pub fn canonical(text: &str) -> String {
         }
     }
     units.to_string()
-}
-
-fn resource_map(value: &Value) -> BTreeMap<String, String> {
-    value
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-        .collect()
 }
 
 // ----- the object ----------------------------------------------------------------------------

@@ -297,6 +297,17 @@ pub fn resolve_args(
 
 /// Expands `$(VAR)` references against earlier variables, as kubelet does; `$$(VAR)` escapes.
 pub fn expand(text: &str, vars: &[(String, String)]) -> String {
+    expand_with(text, |name| {
+        vars.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, value)| value.clone())
+    })
+}
+
+/// Kubelet's `$(VAR)` syntax with the values from `value_of`: `$$` is a `$`, and a reference
+/// `value_of` answers `None` for stays as written.
+pub fn expand_with(text: &str, mut value_of: impl FnMut(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find('$') {
@@ -305,25 +316,19 @@ pub fn expand(text: &str, vars: &[(String, String)]) -> String {
         if let Some(stripped) = after.strip_prefix('$') {
             out.push('$');
             rest = stripped;
-        } else if let Some(body) = after.strip_prefix('(') {
-            match body.find(')') {
-                Some(end) => {
-                    let name = &body[..end];
-                    match vars.iter().rev().find(|(k, _)| k == name) {
-                        Some((_, value)) => out.push_str(value),
-                        None => {
-                            out.push_str("$(");
-                            out.push_str(name);
-                            out.push(')');
-                        }
-                    }
-                    rest = &body[end + 1..];
-                }
+        } else if let Some((name, tail)) = after
+            .strip_prefix('(')
+            .and_then(|body| body.split_once(')'))
+        {
+            match value_of(name) {
+                Some(value) => out.push_str(&value),
                 None => {
                     out.push_str("$(");
-                    rest = body;
+                    out.push_str(name);
+                    out.push(')');
                 }
             }
+            rest = tail;
         } else {
             out.push('$');
             rest = after;
