@@ -8,6 +8,7 @@
 //! with a PodScheduled=False condition and a FailedScheduling event saying why, and is retried
 //! when nodes or pods change. Pods naming another scheduler are left to it.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -650,7 +651,17 @@ impl Scheduler {
         message: &str,
         nominated: Option<&str>,
     ) -> Result<Action, ApiError> {
+        // Bound meanwhile (a binding of its own, another scheduler): as upstream, the failure
+        // is not written over the binding's PodScheduled=True.
+        let bound_meanwhile = Cell::new(false);
         let result = ctx.update_status("core/pods", &key.0, &key.1, |p| {
+            if p["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
+            {
+                bound_meanwhile.set(true);
+                return Ok(());
+            }
             set_condition(p, "PodScheduled", "False", "Unschedulable", message);
             match nominated {
                 Some(node) => p["status"]["nominatedNodeName"] = json!(node),
@@ -663,6 +674,10 @@ impl Scheduler {
             Ok(())
         });
         match result {
+            Ok(_) if bound_meanwhile.get() => {
+                self.forget(key);
+                return Ok(Action::Done);
+            }
             Ok(updated) => ctx.event(&updated, "Warning", "FailedScheduling", message),
             Err(e) if e.code == 404 => {
                 self.forget(key);
