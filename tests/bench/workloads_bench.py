@@ -129,8 +129,17 @@ def main():
                 if event["type"] == "ADDED":
                     job_seen.setdefault(job.metadata.name, time.time())
 
+        def quietly(watcher):
+            # The streams end when the cluster stops at the end; that is not news.
+            def run():
+                try:
+                    watcher()
+                except Exception:  # noqa: BLE001
+                    pass
+            return run
+
         for watcher in (watch_claims, watch_pods, watch_jobs):
-            threading.Thread(target=watcher, daemon=True).start()
+            threading.Thread(target=quietly(watcher), daemon=True).start()
         time.sleep(1)
         to_bound, to_running = [], []
         for i in range(10):
