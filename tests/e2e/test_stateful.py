@@ -224,3 +224,29 @@ def test_drain_honours_a_disruption_budget(pis, namespace):
     assert f"node/{busiest} drained" in drained.stdout, drained.stdout
     pods = pis.kubectl_json("get", "pods", "-n", namespace, "-l", "app=guarded")["items"]
     assert all(p["spec"]["nodeName"] != busiest for p in pods if not p["metadata"].get("deletionTimestamp"))
+
+
+def test_a_cronjob_runs_real_jobs_on_schedule(pis, namespace):
+    """A CronJob every minute on real containers: its Job is created on the minute, its pod
+    runs the command and completes, and `kubectl create job --from` runs it at once."""
+    pis.kubectl("create", "cronjob", "tick", f"--image={pis.demo}:1", "--schedule=* * * * *",
+                "-n", namespace, "--", "sh", "-c", "echo tick from $(hostname)")
+    pis.kubectl("create", "job", "tick-now", "--from=cronjob/tick", "-n", namespace)
+    pis.kubectl("wait", "--for=condition=complete", "job/tick-now", "-n", namespace, "--timeout=60s")
+    assert "tick from tick-now-" in pis.kubectl("logs", "job/tick-now", "-n", namespace).stdout
+
+    def scheduled_jobs():
+        jobs = pis.kubectl_json("get", "jobs", "-n", namespace)["items"]
+        return [j for j in jobs if j["metadata"].get("annotations", {}).get(
+            "batch.kubernetes.io/cronjob-scheduled-timestamp")]
+
+    job = wait_for(lambda: scheduled_jobs(), timeout=75, interval=0.5, what="a scheduled Job")[0]
+    name = job["metadata"]["name"]
+    created = job["metadata"]["creationTimestamp"]
+    assert created.endswith(":00Z") or created[-3:-1] in ("00", "01"), f"created {created}, on the minute"
+    pis.kubectl("wait", "--for=condition=complete", f"job/{name}", "-n", namespace, "--timeout=60s")
+    cronjob = wait_for(lambda: pis.kubectl_json("get", "cronjob", "tick", "-n", namespace)
+                       .get("status", {}).get("lastSuccessfulTime") and
+                       pis.kubectl_json("get", "cronjob", "tick", "-n", namespace),
+                       timeout=30, what="lastSuccessfulTime")
+    assert cronjob["status"]["lastScheduleTime"]
