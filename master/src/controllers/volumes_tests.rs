@@ -67,6 +67,32 @@ fn pod_using(cluster: &TestCluster, name: &str, claim: &str) -> Value {
     )
 }
 
+/// An update through admission that must be refused; the refusal.
+fn refused_update(
+    cluster: &TestCluster,
+    storage_key: &str,
+    (namespace, name): (&str, &str),
+    change: impl FnOnce(&mut Value),
+) -> crate::api::error::ApiError {
+    let resource = super::super::resource_of(storage_key);
+    let update = |current: &Value| {
+        let mut next = current.clone();
+        change(&mut next);
+        Ok(next)
+    };
+    let part = crate::api::objects::Part::Main;
+    crate::api::objects::update_object(
+        cluster.api(),
+        resource,
+        namespace,
+        name,
+        part,
+        false,
+        update,
+    )
+    .expect_err("admission refuses the update")
+}
+
 fn vkey(name: &str) -> Key {
     (String::new(), name.to_owned())
 }
@@ -157,20 +183,9 @@ fn admission_refuses_the_common_mistakes_in_upstreams_words() {
         error.message
     );
     claim(&cluster, "data", "1Gi", Some(""));
-    let grow = crate::api::objects::update_object(
-        cluster.api(),
-        super::super::resource_of(CLAIMS),
-        "default",
-        "data",
-        crate::api::objects::Part::Main,
-        false,
-        |c| {
-            let mut c = c.clone();
-            c["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
-            Ok(c)
-        },
-    )
-    .unwrap_err();
+    let grow = refused_update(&cluster, CLAIMS, ("default", "data"), |c| {
+        c["spec"]["resources"]["requests"]["storage"] = json!("2Gi")
+    });
     assert!(
         grow.message
             .contains("spec: Forbidden: spec is immutable after creation"),
@@ -178,21 +193,10 @@ fn admission_refuses_the_common_mistakes_in_upstreams_words() {
         grow.message
     );
     class(&cluster, "fast", "example.com/fast", "Immediate", false);
-    let change = crate::api::objects::update_object(
-        cluster.api(),
-        super::super::resource_of(CLASSES),
-        "",
-        "fast",
-        crate::api::objects::Part::Main,
-        false,
-        |c| {
-            let mut c = c.clone();
-            c["provisioner"] = json!("example.com/slow");
-            c["volumeBindingMode"] = json!("WaitForFirstConsumer");
-            Ok(c)
-        },
-    )
-    .unwrap_err();
+    let change = refused_update(&cluster, CLASSES, ("", "fast"), |c| {
+        c["provisioner"] = json!("example.com/slow");
+        c["volumeBindingMode"] = json!("WaitForFirstConsumer");
+    });
     assert!(
         change
             .message
