@@ -209,6 +209,44 @@ pub fn check_structure(group: &str, kind: &str, object: &Value) -> Result<Struct
         ("autoscaling", "HorizontalPodAutoscaler") => {
             round_trip::<autoscaling::HorizontalPodAutoscaler>(object)?
         }
+        ("rbac.authorization.k8s.io", kind) => {
+            use k8s_openapi::api::rbac::v1 as rbac;
+            match kind {
+                "ClusterRole" => round_trip::<rbac::ClusterRole>(object)?,
+                "ClusterRoleBinding" => round_trip::<rbac::ClusterRoleBinding>(object)?,
+                "Role" => round_trip::<rbac::Role>(object)?,
+                "RoleBinding" => round_trip::<rbac::RoleBinding>(object)?,
+                _ => object.clone(),
+            }
+        }
+        ("authorization.k8s.io", kind) => {
+            use k8s_openapi::api::authorization::v1 as authorization;
+            match kind {
+                "LocalSubjectAccessReview" => {
+                    round_trip::<authorization::LocalSubjectAccessReview>(object)?
+                }
+                "SelfSubjectAccessReview" => {
+                    round_trip::<authorization::SelfSubjectAccessReview>(object)?
+                }
+                "SelfSubjectRulesReview" => {
+                    round_trip::<authorization::SelfSubjectRulesReview>(object)?
+                }
+                "SubjectAccessReview" => round_trip::<authorization::SubjectAccessReview>(object)?,
+                _ => object.clone(),
+            }
+        }
+        ("authentication.k8s.io", kind) => {
+            use k8s_openapi::api::authentication::v1 as authentication;
+            match kind {
+                "SelfSubjectReview" => round_trip::<authentication::SelfSubjectReview>(object)?,
+                "TokenReview" => round_trip::<authentication::TokenReview>(object)?,
+                "TokenRequest" => round_trip::<authentication::TokenRequest>(object)?,
+                _ => object.clone(),
+            }
+        }
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            round_trip::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>(object)?
+        }
         _ => object.clone(),
     };
     let mut unknown = Vec::new();

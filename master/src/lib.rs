@@ -8,6 +8,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod api;
+pub(crate) mod auth;
 pub(crate) mod controllers;
 pub(crate) mod conversion;
 pub(crate) mod cron;
@@ -18,11 +19,11 @@ pub(crate) mod patch;
 pub(crate) mod pki;
 pub(crate) mod priority;
 pub(crate) mod protobuf;
+pub(crate) mod rbac;
 pub(crate) mod resources;
 pub(crate) mod store;
 pub(crate) mod table;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -312,8 +313,6 @@ impl Master {
         let credentials = pki::ensure_credentials(&data_dir, &names).map_err(MasterError::Pki)?;
         let acceptor = tls_acceptor(&credentials)?;
 
-        let mut tokens = HashMap::new();
-        tokens.insert(credentials.admin_token.clone(), "admin".to_owned());
         let nodes = api::node_auth::NodeCredentials::load(
             &data_dir,
             &credentials.ca_pem,
@@ -322,7 +321,13 @@ impl Master {
         .map_err(MasterError::Pki)?;
         let state = Arc::new(ApiState {
             store: store.clone(),
-            tokens,
+            auth: auth::AuthState::load(
+                &data_dir,
+                &credentials.ca_pem,
+                Some(&credentials.admin_token),
+            )
+            .map_err(MasterError::Pki)?,
+            rbac: rbac::Authorizer::default(),
             cluster: config.cluster.clone(),
             allocation: std::sync::Mutex::new(()),
             admission: std::sync::Mutex::new(()),

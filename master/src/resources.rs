@@ -62,13 +62,22 @@ impl Resource {
         format!("{}List", self.kind)
     }
 
-    /// Whether objects of this resource live in the store (metrics do not).
+    /// Whether objects of this resource live in the store (metrics and reviews do not).
     pub fn is_stored(&self) -> bool {
-        self.group != "metrics.k8s.io"
+        self.group != "metrics.k8s.io" && !self.is_review()
+    }
+
+    /// Whether this is a review: a request object answered at once and never stored
+    /// (SubjectAccessReview, TokenReview, ...), served by `api::reviews`.
+    pub fn is_review(&self) -> bool {
+        matches!(self.group, "authorization.k8s.io" | "authentication.k8s.io")
     }
 
     /// Verbs for discovery.
     pub fn verbs(&self) -> &'static [&'static str] {
+        if self.is_review() {
+            return &["create"];
+        }
         if !self.is_stored() {
             return &["get", "list"];
         }
@@ -137,7 +146,7 @@ pub static RESOURCES: &[Resource] = &[
             namespaced: true, categories: NONE, subresources: NONE)
     },
     resource!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", &["sa"],
-        namespaced: true, categories: NONE, subresources: NONE),
+        namespaced: true, categories: NONE, subresources: &["token"]),
     resource!("", "v1", "ResourceQuota", "resourcequotas", "resourcequota", &["quota"],
         namespaced: true, categories: NONE, subresources: &["status"]),
     resource!("", "v1", "LimitRange", "limitranges", "limitrange", &["limits"],
@@ -178,6 +187,28 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: false, categories: NONE, subresources: NONE),
     resource!("storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", &["sc"],
         namespaced: false, categories: NONE, subresources: NONE),
+    resource!("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", NONE,
+        namespaced: false, categories: NONE, subresources: NONE),
+    resource!("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", NONE,
+        namespaced: false, categories: NONE, subresources: NONE),
+    resource!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", NONE,
+        namespaced: true, categories: NONE, subresources: NONE),
+    resource!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", NONE,
+        namespaced: true, categories: NONE, subresources: NONE),
+    resource!("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", "localsubjectaccessreview", NONE,
+        namespaced: true, categories: NONE, subresources: NONE),
+    resource!("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", "selfsubjectaccessreview", NONE,
+        namespaced: false, categories: NONE, subresources: NONE),
+    resource!("authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", "selfsubjectrulesreview", NONE,
+        namespaced: false, categories: NONE, subresources: NONE),
+    resource!("authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", "subjectaccessreview", NONE,
+        namespaced: false, categories: NONE, subresources: NONE),
+    resource!("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", NONE,
+        namespaced: false, categories: NONE, subresources: NONE),
+    resource!("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", "tokenreview", NONE,
+        namespaced: false, categories: NONE, subresources: NONE),
+    resource!("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", &["csr"],
+        namespaced: false, categories: NONE, subresources: &["status", "approval"]),
     resource!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", NONE,
         namespaced: true, categories: NONE, subresources: NONE),
     resource!("metrics.k8s.io", "v1beta1", "NodeMetrics", "nodes", "", NONE,

@@ -19,6 +19,7 @@ pub mod eviction;
 pub mod node_auth;
 mod node_proxy;
 pub mod objects;
+mod reviews;
 mod watch;
 
 use std::collections::{HashMap, VecDeque};
@@ -50,8 +51,10 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 pub struct ApiState {
     /// The object store.
     pub store: Arc<Store>,
-    /// Bearer tokens accepted, each with the user it authenticates.
-    pub tokens: HashMap<String, String>,
+    /// Credentials accepted besides node tokens (see `auth`).
+    pub auth: crate::auth::AuthState,
+    /// The RBAC authorizer.
+    pub rbac: crate::rbac::Authorizer,
     /// Cluster settings handlers need (service ranges).
     pub cluster: crate::ClusterSettings,
     /// Serialises cluster IP and node port allocation.
@@ -261,6 +264,14 @@ pub async fn serve(
                         return;
                     }
                 };
+                // A client certificate, verified in the handshake, names a user for every
+                // request on the connection that carries no bearer token.
+                let peer_user = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| state.auth.client_certs.user_of(chain))
+                    .map(Arc::new);
                 let service = {
                     let connection = connection.clone();
                     let gate = gate.clone();
@@ -268,8 +279,13 @@ pub async fn serve(
                         let state = state.clone();
                         let connection = connection.clone();
                         let gate = gate.clone();
+                        let peer_user = peer_user.clone();
                         async move {
-                            Ok::<_, Infallible>(handle(state, &gate, &connection, request).await)
+                            let peer = Client {
+                                connection: &connection,
+                                user: peer_user.as_deref(),
+                            };
+                            Ok::<_, Infallible>(handle(state, &gate, peer, request).await)
                         }
                     })
                 };
@@ -337,10 +353,17 @@ fn error_response(error: &ApiError, format: ResponseFormat) -> Response<Body> {
     response
 }
 
+/// The connection a request came on, and the user its client certificate names.
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    connection: &'a Peer,
+    user: Option<&'a crate::auth::UserInfo>,
+}
+
 async fn handle(
     state: Arc<ApiState>,
     gate: &Gate,
-    connection: &Peer,
+    client: Client<'_>,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -352,7 +375,7 @@ async fn handle(
         accept.as_deref(),
         query.get("includeObject").map(String::as_str),
     );
-    let response = match route(&state, gate, connection, request, &path, query, format).await {
+    let response = match route(&state, gate, client, request, &path, query, format).await {
         Ok(response) => response,
         Err(error) => error_response(&error, format),
     };
@@ -370,38 +393,6 @@ fn header_str<B>(request: &Request<B>, name: header::HeaderName) -> Option<Strin
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-}
-
-fn authenticate<B>(state: &ApiState, request: &Request<B>) -> Result<String, ApiError> {
-    let header = header_str(request, header::AUTHORIZATION).ok_or_else(ApiError::unauthorized)?;
-    let token = bearer_token(&header).ok_or_else(ApiError::unauthorized)?;
-    // Compare against every token without stopping early, so timing does not reveal prefixes.
-    let mut user = None;
-    for (known, name) in &state.tokens {
-        if constant_time_eq(known.as_bytes(), token.as_bytes()) {
-            user = Some(name.clone());
-        }
-    }
-    user.or_else(|| {
-        state
-            .nodes
-            .node_of(token)
-            .map(|node| format!("{}{node}", node_auth::NODE_USER_PREFIX))
-    })
-    .ok_or_else(ApiError::unauthorized)
-}
-
-/// The token of an `Authorization: Bearer <token>` header. Like upstream, the scheme is
-/// case-insensitive and the token is the first word after it.
-fn bearer_token(header: &str) -> Option<&str> {
-    let mut words = header.split_whitespace();
-    let scheme = words.next()?;
-    let token = words.next()?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// Decodes `a=b&c=d` with percent-decoding; later duplicates win.
@@ -472,7 +463,7 @@ fn parse_target(segments: &[&str]) -> Result<Option<Target>, ApiError> {
 async fn route(
     state: &Arc<ApiState>,
     gate: &Gate,
-    connection: &Peer,
+    client: Client<'_>,
     request: Request<Incoming>,
     path: &str,
     query: HashMap<String, String>,
@@ -505,7 +496,7 @@ async fn route(
         }
         ["bramble", "v1", "join"] if request.method() == Method::POST => {
             let bearer = header_str(&request, header::AUTHORIZATION)
-                .and_then(|h| bearer_token(&h).map(str::to_owned));
+                .and_then(|h| crate::auth::bearer_token(&h).map(str::to_owned));
             // Without credentials: a small body, and only a few read at once.
             let Ok(_reading) = gate.guest_bodies.clone().try_acquire_owned() else {
                 return Err(ApiError::new(
@@ -527,11 +518,17 @@ async fn route(
         }
         _ => {}
     }
-    let user = authenticate(state, &request)?;
-    connection.promote(&gate.members)?;
-    let node = user
-        .strip_prefix(node_auth::NODE_USER_PREFIX)
-        .map(str::to_owned);
+    let user = crate::auth::authenticate(state, &request, client.user)?;
+    client.connection.promote(&gate.members)?;
+    let user = crate::auth::impersonation::apply(state, &request, user)?;
+    let node = user.node().map(str::to_owned);
+    if node.is_none() {
+        let attributes = crate::auth::RequestAttributes::of(request.method(), path, &query);
+        if let crate::rbac::Decision::Deny { reason } = state.rbac.authorize(&user, &attributes) {
+            return Err(crate::rbac::forbidden(&user, &attributes, &reason));
+        }
+    }
+    let user = Arc::new(user);
     let accept = header_str(&request, header::ACCEPT).unwrap_or_default();
     if let Some(response) = discovery::serve(&segments, &accept)? {
         return Ok(response);
@@ -599,12 +596,19 @@ async fn route(
     }
     let call = objects::Call {
         state: state.clone(),
+        user,
         target,
         query,
         format,
         content_type,
         body,
     };
+    if call.target.resource.is_review() {
+        return match method {
+            Method::POST => reviews::create(call).await,
+            other => Err(ApiError::method_not_allowed(other.as_str())),
+        };
+    }
     match method {
         Method::GET => call.get().await,
         Method::POST => call.post().await,

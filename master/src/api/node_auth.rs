@@ -108,7 +108,7 @@ impl NodeCredentials {
             .read()
             .expect("tokens lock")
             .iter()
-            .find(|(known, _)| super::constant_time_eq(known.as_bytes(), token.as_bytes()))
+            .find(|(known, _)| crate::auth::constant_time_eq(known.as_bytes(), token.as_bytes()))
             .map(|(_, node)| node.clone())
     }
 

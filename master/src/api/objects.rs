@@ -30,6 +30,8 @@ use protocol::selector::{FieldSelector, LabelSelector};
 pub struct Call {
     /// Shared server state.
     pub state: Arc<ApiState>,
+    /// Who asks (after impersonation).
+    pub user: Arc<crate::auth::UserInfo>,
     /// What the path names.
     pub target: Target,
     /// Decoded query parameters.
@@ -180,7 +182,8 @@ impl Call {
         }
     }
 
-    fn plain_format(&self) -> ResponseFormat {
+    /// The response format, with a Table request answered as JSON.
+    pub fn plain_format(&self) -> ResponseFormat {
         match self.format {
             ResponseFormat::Yaml => ResponseFormat::Yaml,
             _ => ResponseFormat::Json,

@@ -71,11 +71,15 @@ impl TestServer {
                 &format!("https://{addr}"),
             )
             .unwrap();
-            let mut tokens = std::collections::HashMap::new();
-            tokens.insert(credentials.admin_token.clone(), "admin".to_owned());
             let state = Arc::new(ApiState {
                 store: Arc::new(store),
-                tokens,
+                auth: crate::auth::AuthState::load(
+                    &data_dir,
+                    &credentials.ca_pem,
+                    Some(&credentials.admin_token),
+                )
+                .unwrap(),
+                rbac: crate::rbac::Authorizer::default(),
                 cluster: crate::ClusterSettings::default(),
                 allocation: std::sync::Mutex::new(()),
                 admission: std::sync::Mutex::new(()),

@@ -65,7 +65,9 @@ impl TestCluster {
         let metrics = Arc::new(crate::metrics::MetricsRegistry::default());
         let api = ApiState {
             store: Arc::new(store),
-            tokens: HashMap::new(),
+            auth: crate::auth::AuthState::load(dir.path(), "", None)
+                .expect("credentials in the temporary directory"),
+            rbac: crate::rbac::Authorizer::default(),
             cluster: ClusterSettings::default(),
             allocation: Mutex::new(()),
             admission: Mutex::new(()),
