@@ -10,7 +10,6 @@
 //! and starting on a whole second, so times and delays come out exact.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
