@@ -270,7 +270,7 @@ pub async fn serve(
                     .get_ref()
                     .1
                     .peer_certificates()
-                    .and_then(|chain| state.auth.client_certs.user_of(chain))
+                    .and_then(|chain| state.auth.client_certs.identity_of(chain))
                     .map(Arc::new);
                 let service = {
                     let connection = connection.clone();
@@ -357,7 +357,7 @@ fn error_response(error: &ApiError, format: ResponseFormat) -> Response<Body> {
 #[derive(Clone, Copy)]
 struct Client<'a> {
     connection: &'a Peer,
-    user: Option<&'a crate::auth::UserInfo>,
+    user: Option<&'a crate::auth::client_cert::ClientIdentity>,
 }
 
 async fn handle(

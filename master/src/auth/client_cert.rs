@@ -6,6 +6,16 @@ use rustls_pki_types::CertificateDer;
 
 use super::UserInfo;
 
+/// Who a verified client certificate names.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    /// CN as the user name, each O as a group.
+    pub user: UserInfo,
+    /// The certificate's serial number, lower-case hex without leading zeros (what the
+    /// revocation list names).
+    pub serial: String,
+}
+
 /// What the master checks client certificates against.
 pub struct ClientCertificates {
     _ca_pem: String,
@@ -19,8 +29,8 @@ impl ClientCertificates {
         }
     }
 
-    /// The user a verified peer certificate chain names.
-    pub fn user_of(&self, _chain: &[CertificateDer<'_>]) -> Option<UserInfo> {
+    /// Who a verified peer certificate chain names.
+    pub fn identity_of(&self, _chain: &[CertificateDer<'_>]) -> Option<ClientIdentity> {
         None
     }
 }

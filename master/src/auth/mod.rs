@@ -16,6 +16,7 @@
 
 pub mod client_cert;
 pub mod impersonation;
+pub mod revocation;
 pub mod service_account;
 
 use std::collections::{BTreeMap, HashMap};
@@ -114,18 +115,21 @@ impl AuthState {
 }
 
 /// Authenticates a request: its bearer token, else the connection's client certificate
-/// (`peer`, checked at the handshake). 401 when neither names a user.
+/// (`peer`, verified at the handshake, unless revoked since). 401 when neither names a user.
 pub fn authenticate<B>(
     state: &crate::api::ApiState,
     request: &Request<B>,
-    peer: Option<&UserInfo>,
+    peer: Option<&client_cert::ClientIdentity>,
 ) -> Result<UserInfo, ApiError> {
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let Some(header) = header else {
-        return peer.cloned().ok_or_else(ApiError::unauthorized);
+        return peer
+            .filter(|peer| !revocation::is_revoked(&state.store, &peer.serial))
+            .map(|peer| peer.user.clone())
+            .ok_or_else(ApiError::unauthorized);
     };
     let token = bearer_token(header).ok_or_else(ApiError::unauthorized)?;
     // Compare against every token without stopping early, so timing does not reveal prefixes.
