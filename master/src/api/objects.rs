@@ -111,8 +111,23 @@ impl Call {
     ) -> Result<Value, ApiError> {
         let (state, resource) = (self.state.clone(), self.resource());
         let (namespace, dry_run) = (self.namespace(), self.dry_run());
-        blocking(move || update_object(&state, resource, &namespace, &name, part, dry_run, change))
-            .await
+        let user = self.user.clone();
+        blocking(move || {
+            update_object(
+                &state,
+                resource,
+                &namespace,
+                &name,
+                part,
+                dry_run,
+                |current| {
+                    let next = change(current)?;
+                    crate::rbac::escalation::check(&state, &user, resource, &next, Some(current))?;
+                    Ok(next)
+                },
+            )
+        })
+        .await
     }
 
     fn field_validation(&self) -> FieldValidation {
@@ -403,7 +418,12 @@ impl Call {
         let (object, warnings) = self.structure(object)?;
         let dry_run = self.dry_run();
         let state = self.state.clone();
-        let created = blocking(move || create_object(&state, resource, object, dry_run)).await?;
+        let user = self.user.clone();
+        let created = blocking(move || {
+            crate::rbac::escalation::check(&state, &user, resource, &object, None)?;
+            create_object(&state, resource, object, dry_run)
+        })
+        .await?;
         Ok(
             self.respond_with_warnings(
                 201,
