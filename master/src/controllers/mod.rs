@@ -33,6 +33,7 @@ use crate::store::Change;
 use crate::HealthTimings;
 use protocol::error::error_chain;
 
+pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -430,6 +431,7 @@ impl Runtime {
             Arc::new(job::JobController),
             Arc::new(cronjob::CronJobController),
             Arc::new(ttl_after_finished::TtlAfterFinishedController),
+            Arc::new(clusterrole_aggregation::ClusterRoleAggregationController),
             Arc::new(endpoints::EndpointsController),
             Arc::new(loadbalancer::LoadBalancerController::new(
                 shared.api.cluster.load_balancer_pool.clone(),

@@ -214,6 +214,24 @@ impl Authorizer {
     }
 }
 
+/// A WebSocket `get` of `pods/exec`, `pods/attach` or `pods/portforward` opens an interactive
+/// session: as upstream with `AuthorizePodWebsocketUpgradeCreatePermission` (on by default
+/// since 1.35), it must also be allowed as `create`. This is the second request to authorize.
+pub fn connect_as_create(request: &RequestAttributes) -> Option<RequestAttributes> {
+    let connect = request.resource_request
+        && request.verb == "get"
+        && request.api_group.is_empty()
+        && request.resource == "pods"
+        && matches!(
+            request.subresource.as_str(),
+            "exec" | "attach" | "portforward"
+        );
+    connect.then(|| RequestAttributes {
+        verb: "create".into(),
+        ..request.clone()
+    })
+}
+
 /// Upstream's aggregate error text: one error as is, several as `[a, b]`.
 pub fn aggregate(errors: &[String]) -> String {
     match errors {
