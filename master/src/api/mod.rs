@@ -655,6 +655,8 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
 }
 
 #[cfg(test)]
+mod rbac_tests;
+#[cfg(test)]
 mod server_tests;
 
 #[cfg(test)]
