@@ -1,7 +1,8 @@
 //! Decodes the Kubernetes protobuf encoding that kubectl sends for create requests into JSON objects.
 //!
 //! kubectl's generator commands (`kubectl create namespace|deployment|configmap|secret|service|
-//! serviceaccount|job|quota`) send bodies as `k8s\0` followed by a `runtime.Unknown` envelope
+//! serviceaccount|job|quota`), and its typed calls (`auth can-i`, `auth whoami`, `create token`,
+//! `certificate approve|deny`) send bodies as `k8s\0` followed by a `runtime.Unknown` envelope
 //! whose `raw` field holds the object. The schema table below lists, for the messages those
 //! commands produce, each field's number, JSON name and type (from the upstream
 //! `generated.proto` files). Fields the table does not know are skipped, as protobuf readers do,
@@ -54,6 +55,10 @@ enum Type {
     MapStr,
     MapBytes,
     MapQuantity,
+    /// `map<string, ExtraValue>` (user extras): each value a list of strings.
+    MapStrings,
+    /// `bytes`, base64 in JSON (a CSR's request and certificate).
+    Bytes,
     /// An embedded Go struct (`json:",inline"`): its fields join the enclosing object.
     Inline(&'static str),
 }
@@ -673,6 +678,185 @@ fn schema(message: &str) -> &'static [Field] {
                 ]
             }
         }
+        // authorization.k8s.io/v1 (kubectl auth can-i)
+        "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    one(2, "spec", Message("SubjectAccessReviewSpec")),
+                    one(3, "status", Message("SubjectAccessReviewStatus")),
+                ]
+            }
+        }
+        "SubjectAccessReviewSpec" => {
+            const {
+                &[
+                    one(1, "resourceAttributes", Message("ResourceAttributes")),
+                    one(2, "nonResourceAttributes", Message("NonResourceAttributes")),
+                    one(3, "user", Str),
+                    many(4, "groups", Str),
+                    one(5, "extra", MapStrings),
+                    one(6, "uid", Str),
+                ]
+            }
+        }
+        "ResourceAttributes" => {
+            const {
+                &[
+                    one(1, "namespace", Str),
+                    one(2, "verb", Str),
+                    one(3, "group", Str),
+                    one(4, "version", Str),
+                    one(5, "resource", Str),
+                    one(6, "subresource", Str),
+                    one(7, "name", Str),
+                ]
+            }
+        }
+        "NonResourceAttributes" => const { &[one(1, "path", Str), one(2, "verb", Str)] },
+        // Go writes a review's (empty) status too.
+        "SubjectAccessReviewStatus" => {
+            const {
+                &[
+                    one(1, "allowed", Bool),
+                    one(2, "reason", Str),
+                    one(3, "evaluationError", Str),
+                    one(4, "denied", Bool),
+                ]
+            }
+        }
+        "SubjectRulesReviewStatus" => {
+            const { &[one(3, "incomplete", Bool), one(4, "evaluationError", Str)] }
+        }
+        "SelfSubjectRulesReview" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    one(2, "spec", Message("SelfSubjectRulesReviewSpec")),
+                    one(3, "status", Message("SubjectRulesReviewStatus")),
+                ]
+            }
+        }
+        "SelfSubjectRulesReviewSpec" => const { &[one(1, "namespace", Str)] },
+        // authentication.k8s.io/v1 (kubectl auth whoami, kubectl create token)
+        "SelfSubjectReview" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    one(2, "status", Message("SelfSubjectReviewStatus")),
+                ]
+            }
+        }
+        "SelfSubjectReviewStatus" => const { &[one(1, "userInfo", Message("UserInfo"))] },
+        "UserInfo" => {
+            const {
+                &[
+                    one(1, "username", Str),
+                    one(2, "uid", Str),
+                    many(3, "groups", Str),
+                    one(4, "extra", MapStrings),
+                ]
+            }
+        }
+        "TokenReview" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    one(2, "spec", Message("TokenReviewSpec")),
+                    one(3, "status", Message("TokenReviewStatus")),
+                ]
+            }
+        }
+        "TokenReviewSpec" => const { &[one(1, "token", Str), many(2, "audiences", Str)] },
+        "TokenReviewStatus" => {
+            const {
+                &[
+                    one(1, "authenticated", Bool),
+                    one(2, "user", Message("UserInfo")),
+                    one(3, "error", Str),
+                    many(4, "audiences", Str),
+                ]
+            }
+        }
+        "TokenRequest" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    one(2, "spec", Message("TokenRequestSpec")),
+                    one(3, "status", Message("TokenRequestStatus")),
+                ]
+            }
+        }
+        "TokenRequestSpec" => {
+            const {
+                &[
+                    many(1, "audiences", Str),
+                    one(3, "boundObjectRef", Message("BoundObjectReference")),
+                    one(4, "expirationSeconds", Int64),
+                ]
+            }
+        }
+        "TokenRequestStatus" => {
+            const { &[one(1, "token", Str), one(2, "expirationTimestamp", Time)] }
+        }
+        "BoundObjectReference" => {
+            const {
+                &[
+                    one(1, "kind", Str),
+                    one(2, "apiVersion", Str),
+                    one(3, "name", Str),
+                    one(4, "uid", Str),
+                ]
+            }
+        }
+        // certificates.k8s.io/v1 (kubectl certificate approve|deny send the whole object)
+        "CertificateSigningRequest" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    one(2, "spec", Message("CertificateSigningRequestSpec")),
+                    one(3, "status", Message("CertificateSigningRequestStatus")),
+                ]
+            }
+        }
+        "CertificateSigningRequestSpec" => {
+            const {
+                &[
+                    one(1, "request", Bytes),
+                    one(2, "username", Str),
+                    one(3, "uid", Str),
+                    many(4, "groups", Str),
+                    many(5, "usages", Str),
+                    one(6, "extra", MapStrings),
+                    one(7, "signerName", Str),
+                    one(8, "expirationSeconds", Int32),
+                ]
+            }
+        }
+        "CertificateSigningRequestStatus" => {
+            const {
+                &[
+                    many(
+                        1,
+                        "conditions",
+                        Message("CertificateSigningRequestCondition"),
+                    ),
+                    one(2, "certificate", Bytes),
+                ]
+            }
+        }
+        "CertificateSigningRequestCondition" => {
+            const {
+                &[
+                    one(1, "type", Str),
+                    one(2, "reason", Str),
+                    one(3, "message", Str),
+                    one(4, "lastUpdateTime", Time),
+                    one(5, "lastTransitionTime", Time),
+                    one(6, "status", Str),
+                ]
+            }
+        }
         _ => &[],
     }
 }
@@ -786,6 +970,7 @@ fn decode_scalar(
         (Int32, Wire::Varint(v)) => json!(v as i64 as i32),
         (Int64, Wire::Varint(v)) => json!(v as i64),
         (Bool, Wire::Varint(v)) => json!(v != 0),
+        (Bytes, Wire::Bytes(b)) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
         (Message(name), Wire::Bytes(b)) => decode_message(b, name, unknown)?,
         (Quantity, Wire::Bytes(b)) => {
             let mut quantity = reader(b, "Quantity");
@@ -963,7 +1148,7 @@ fn decode_field(
     out: &mut Map<String, Value>,
 ) -> Result<(), ProtobufError> {
     match field.kind {
-        MapStr | MapBytes | MapQuantity => {
+        MapStr | MapBytes | MapQuantity | MapStrings => {
             let Wire::Bytes(bytes) = wire else {
                 return Err(ProtobufError::Malformed {
                     message,
@@ -974,6 +1159,16 @@ fn decode_field(
             let value = match field.kind {
                 MapStr => json!(utf8(value, message)?),
                 MapBytes => json!(base64::engine::general_purpose::STANDARD.encode(value)),
+                MapStrings => {
+                    let mut items = Vec::new();
+                    let mut extra = reader(value, "ExtraValue");
+                    while let Some((number, wire)) = extra.field()? {
+                        if let (1, Wire::Bytes(item)) = (number, wire) {
+                            items.push(json!(utf8(item, "ExtraValue")?));
+                        }
+                    }
+                    Value::Array(items)
+                }
                 _ => decode_scalar(Quantity, Wire::Bytes(value), message, unknown)?
                     .unwrap_or_default(),
             };
@@ -999,7 +1194,7 @@ fn decode_field(
             let Some(value) = decode_scalar(kind, wire, message, unknown)? else {
                 return Ok(());
             };
-            let scalar = matches!(kind, Str | Int32 | Int64 | Bool);
+            let scalar = matches!(kind, Str | Int32 | Int64 | Bool | Bytes);
             if scalar && !field.repeated && is_zero(&value) && !KEEP_ZERO.contains(&field.name) {
                 return Ok(());
             }
@@ -1030,6 +1225,22 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
         ("batch/v1", "CronJob") => "CronJob",
         ("autoscaling/v2", "HorizontalPodAutoscaler") => "HorizontalPodAutoscaler",
         ("autoscaling/v1", "HorizontalPodAutoscaler") => "HorizontalPodAutoscalerV1",
+        (
+            "authorization.k8s.io/v1",
+            kind @ ("SelfSubjectAccessReview"
+            | "SubjectAccessReview"
+            | "LocalSubjectAccessReview"
+            | "SelfSubjectRulesReview"),
+        ) => match kind {
+            "SelfSubjectAccessReview" => "SelfSubjectAccessReview",
+            "SubjectAccessReview" => "SubjectAccessReview",
+            "LocalSubjectAccessReview" => "LocalSubjectAccessReview",
+            _ => "SelfSubjectRulesReview",
+        },
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => "SelfSubjectReview",
+        ("authentication.k8s.io/v1", "TokenReview") => "TokenReview",
+        ("authentication.k8s.io/v1", "TokenRequest") => "TokenRequest",
+        ("certificates.k8s.io/v1", "CertificateSigningRequest") => "CertificateSigningRequest",
         _ => return None,
     })
 }
@@ -1193,6 +1404,71 @@ mod tests {
                                                                "ports": [{"containerPort": 80}],
                                                                "resources": {"requests": {"cpu": "100m"}}}]}}}
             })
+        );
+    }
+
+    #[test]
+    fn reviews_and_signing_requests_decode_as_kubectl_sends_them() {
+        // kubectl auth can-i create deployments -n team-a: Go also writes the empty status.
+        let mut attributes = Vec::new();
+        bytes_field(1, b"team-a", &mut attributes);
+        bytes_field(2, b"create", &mut attributes);
+        bytes_field(3, b"apps", &mut attributes);
+        bytes_field(5, b"deployments", &mut attributes);
+        let mut spec = Vec::new();
+        bytes_field(1, &attributes, &mut spec);
+        let mut status = Vec::new();
+        varint_field(1, 0, &mut status);
+        let mut review = Vec::new();
+        bytes_field(1, &[], &mut review);
+        bytes_field(2, &spec, &mut review);
+        bytes_field(3, &status, &mut review);
+        let body = envelope(
+            "authorization.k8s.io/v1",
+            "SelfSubjectAccessReview",
+            &review,
+        );
+        let decoded = decode(&body).unwrap();
+        assert!(
+            decoded.unknown_fields.is_empty(),
+            "{:?}",
+            decoded.unknown_fields
+        );
+        assert_eq!(
+            decoded.object["spec"]["resourceAttributes"],
+            json!({"namespace": "team-a", "verb": "create", "group": "apps", "resource": "deployments"})
+        );
+        // kubectl certificate approve: the whole object back, with bytes and extras.
+        let mut extra = Vec::new();
+        bytes_field(1, b"a", &mut extra);
+        bytes_field(1, b"b", &mut extra);
+        let mut csr_spec = Vec::new();
+        bytes_field(1, b"-----BEGIN", &mut csr_spec);
+        bytes_field(6, &map_entry_bytes("scopes", &extra), &mut csr_spec);
+        bytes_field(7, b"kubernetes.io/kube-apiserver-client", &mut csr_spec);
+        let mut condition = Vec::new();
+        bytes_field(1, b"Approved", &mut condition);
+        bytes_field(6, b"True", &mut condition);
+        let mut csr_status = Vec::new();
+        bytes_field(1, &condition, &mut csr_status);
+        let mut csr = Vec::new();
+        bytes_field(2, &csr_spec, &mut csr);
+        bytes_field(3, &csr_status, &mut csr);
+        let body = envelope("certificates.k8s.io/v1", "CertificateSigningRequest", &csr);
+        let decoded = decode(&body).unwrap();
+        assert!(
+            decoded.unknown_fields.is_empty(),
+            "{:?}",
+            decoded.unknown_fields
+        );
+        assert_eq!(decoded.object["spec"]["request"], "LS0tLS1CRUdJTg==");
+        assert_eq!(
+            decoded.object["spec"]["extra"],
+            json!({"scopes": ["a", "b"]})
+        );
+        assert_eq!(
+            decoded.object["status"]["conditions"],
+            json!([{"type": "Approved", "status": "True"}])
         );
     }
 
