@@ -369,9 +369,8 @@ impl Keyring {
     /// second if a rotation added one since it started), and the keys `in_use` names.
     pub fn retain_used(&mut self, in_use: &[String], sealing: &str) {
         let first = self.keys[0].name.clone();
-        self.keys.retain(|k| {
-            k.name == first || k.name == sealing || in_use.iter().any(|used| *used == k.name)
-        });
+        self.keys
+            .retain(|k| k.name == first || k.name == sealing || in_use.contains(&k.name));
     }
 
     /// Seals `plaintext` for `place` under the current key.
