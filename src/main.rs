@@ -1,5 +1,6 @@
 //! The `bramble` binary: one executable whose subcommands run the parts of the cluster.
 
+mod encryption_key_command;
 mod gpio_command;
 mod image_command;
 
@@ -117,6 +118,14 @@ enum Command {
     Registry(RegistryArgs),
     /// Build the Raspberry Pi card image, or write it to a card.
     Image(image_command::ImageArgs),
+    /// Manage the keys that encrypt secrets at rest in the master's store.
+    ///
+    /// Secrets are encrypted (AES-256-GCM) in DIR/store.db with the keys in
+    /// DIR/pki/encryption-keys, which the master creates on first start:
+    ///
+    ///   bramble encryption-key rotate --data-dir /var/lib/bramble
+    #[command(verbatim_doc_comment)]
+    EncryptionKey(encryption_key_command::EncryptionKeyArgs),
     /// The init of a bramble card (PID 1): reads bramble.toml from the boot partition,
     /// brings up the network and starts the master or the agent. The card's initramfs runs
     /// it; it refuses to run anywhere else.
@@ -588,6 +597,13 @@ fn main() {
             }
             return;
         }
+        Command::EncryptionKey(args) => {
+            if let Err(error) = encryption_key_command::run(args) {
+                eprintln!("bramble: error: {error:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
         _ => {}
     }
     limit_allocator_arenas();
@@ -668,7 +684,11 @@ fn main() {
             Command::Gpio(args) => gpio_command::run(args).await,
             Command::Registry(args) => run_registry(args).await,
             Command::Agent(args) => run_agent(args).await,
-            Command::Monitor(_) | Command::ExecIn(_) | Command::Image(_) | Command::Boot => {
+            Command::Monitor(_)
+            | Command::ExecIn(_)
+            | Command::Image(_)
+            | Command::EncryptionKey(_)
+            | Command::Boot => {
                 unreachable!("these run before the async runtime")
             }
         }

@@ -12,6 +12,7 @@ pub(crate) mod auth;
 pub(crate) mod controllers;
 pub(crate) mod conversion;
 pub(crate) mod cron;
+pub mod encryption;
 pub(crate) mod lifecycle;
 pub(crate) mod limit_range;
 pub(crate) mod metrics;
@@ -224,6 +225,9 @@ pub enum MasterError {
     /// The database could not be opened.
     #[error("cannot open the store")]
     Store(#[source] StoreError),
+    /// The keys that encrypt secrets at rest could not be prepared.
+    #[error("cannot prepare the encryption of secrets at rest")]
+    Encryption(#[source] encryption::EncryptionError),
     /// Certificates or tokens could not be prepared.
     #[error("cannot prepare certificates and credentials")]
     Pki(#[source] pki::PkiError),
@@ -283,18 +287,21 @@ impl Master {
                 source,
             })?;
 
-        let db = data_dir.join("store.db");
         let history = config.history_revisions;
-        let store = tokio::task::spawn_blocking(move || {
-            let volatile = resources::volatile_storage_keys();
-            let volatile: Vec<&str> = volatile.iter().map(String::as_str).collect();
-            Store::open(&db, &volatile, history)
-        })
-        .await
-        .map_err(|e| MasterError::Bootstrap {
-            message: e.to_string(),
-        })?
-        .map_err(MasterError::Store)?;
+        let store = {
+            let data_dir = data_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let lock =
+                    encryption::FileLock::data_dir(&data_dir).map_err(MasterError::Encryption)?;
+                let (mut store, _) = open_encrypted_store(&data_dir, history)?;
+                store.hold(lock);
+                Ok::<_, MasterError>(store)
+            })
+            .await
+            .map_err(|e| MasterError::Bootstrap {
+                message: e.to_string(),
+            })??
+        };
         let store = Arc::new(store);
 
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -405,6 +412,103 @@ impl Master {
         .ok();
         Ok(())
     }
+}
+
+/// Opens the store of `data_dir` with secrets encrypted at rest: loads (or creates) the keys,
+/// rewrites every secret row not sealed by the current key, and drops the keys no row uses any
+/// more. The caller holds the data directory's lock (`encryption.rs` explains why).
+fn open_encrypted_store(
+    data_dir: &std::path::Path,
+    history: u64,
+) -> Result<(Store, store::Migration), MasterError> {
+    let keys = encryption::Keyring::load_or_create(data_dir).map_err(MasterError::Encryption)?;
+    let current = keys.current().to_owned();
+    let listed = keys.names().len();
+    let volatile = resources::volatile_storage_keys();
+    let volatile: Vec<&str> = volatile.iter().map(String::as_str).collect();
+    let store = Store::open_encrypted(&data_dir.join("store.db"), &volatile, history, keys)
+        .map_err(MasterError::Store)?;
+    let migration = store.migrate_encryption().map_err(MasterError::Store)?;
+    if migration.rewritten > 0 {
+        tracing::info!(
+            rewritten = migration.rewritten,
+            key = %current,
+            "secrets rewritten under the current encryption key"
+        );
+    }
+    if listed > 1 {
+        let _key_file =
+            encryption::FileLock::key_file(data_dir).map_err(MasterError::Encryption)?;
+        // Read again under the key file's lock: a rotation may have added a key since.
+        let mut keys =
+            encryption::Keyring::load_or_create(data_dir).map_err(MasterError::Encryption)?;
+        let before = keys.names().len();
+        keys.retain_used(&migration.keys_in_use, &current);
+        if keys.names().len() < before {
+            keys.save(data_dir).map_err(MasterError::Encryption)?;
+            tracing::info!(keys = ?keys, "dropped encryption keys no secret uses any more");
+        }
+    }
+    Ok((store, migration))
+}
+
+/// What [`rotate_encryption_key`] did.
+#[derive(Debug)]
+pub enum Rotation {
+    /// No master ran: every secret was rewritten under the new key and older keys dropped.
+    Rewritten {
+        /// The new key's name.
+        key: String,
+        /// Rows (secret versions, history included) rewritten.
+        rewritten: usize,
+    },
+    /// A master holds the data directory: the new key is listed first and the master rewrites
+    /// the secrets under it at its next start; until then it keeps using the key it started
+    /// with, which stays listed.
+    Deferred {
+        /// The new key's name.
+        key: String,
+    },
+}
+
+/// Adds a new key, first in `DIR/pki/encryption-keys`, and rewrites every secret under it now
+/// if no master runs on `data_dir`, or at the master's next start if one does.
+pub fn rotate_encryption_key(data_dir: &std::path::Path) -> Result<Rotation, MasterError> {
+    if !data_dir.join("store.db").exists() {
+        return Err(MasterError::DataDir {
+            path: data_dir.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no store.db: not the data directory of a master",
+            ),
+        });
+    }
+    let lock = match encryption::FileLock::data_dir(data_dir) {
+        Ok(lock) => Some(lock),
+        Err(encryption::EncryptionError::Busy { .. }) => None,
+        Err(error) => return Err(MasterError::Encryption(error)),
+    };
+    let key = {
+        let _key_file =
+            encryption::FileLock::key_file(data_dir).map_err(MasterError::Encryption)?;
+        let mut keys =
+            encryption::Keyring::load_or_create(data_dir).map_err(MasterError::Encryption)?;
+        let key = keys
+            .add_new_first()
+            .map_err(MasterError::Encryption)?
+            .to_owned();
+        keys.save(data_dir).map_err(MasterError::Encryption)?;
+        key
+    };
+    let Some(lock) = lock else {
+        return Ok(Rotation::Deferred { key });
+    };
+    let (mut store, migration) = open_encrypted_store(data_dir, store::DEFAULT_HISTORY_REVISIONS)?;
+    store.hold(lock);
+    Ok(Rotation::Rewritten {
+        key,
+        rewritten: migration.rewritten,
+    })
 }
 
 fn certificate_names(config: &MasterConfig) -> Vec<String> {

@@ -20,8 +20,15 @@
 //!
 //! Durable writes commit in WAL mode with `synchronous=FULL`: an acknowledged write survives
 //! `kill -9` and power loss.
+//!
+//! Every stored version of a Secret is sealed with AES-256-GCM before it reaches a row and opened
+//! after it is read (`encryption.rs`: the envelope, the keys, rotation), so the bytes on the card
+//! never hold a secret's value. `secure_delete` zeroes what deletions free, and
+//! [`Store::migrate_encryption`] vacuums after rewriting old rows, so neither free pages nor the
+//! WAL keep plaintext.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +37,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 use tokio::sync::broadcast;
+
+use crate::encryption::{self, EncryptionError, Keyring, Place};
 
 /// How many revisions of history durable watches can resume from.
 pub const DEFAULT_HISTORY_REVISIONS: u64 = 10_000;
@@ -182,6 +191,9 @@ pub enum StoreError {
         /// Name of the object.
         name: String,
     },
+    /// A secret's row cannot be opened (its key is not listed, or it was altered or moved).
+    #[error(transparent)]
+    Encryption(#[from] EncryptionError),
     /// A watch asked for history that has been compacted away.
     #[error("too old resource version: {requested} ({oldest})")]
     Expired {
@@ -260,6 +272,45 @@ pub struct Store {
     /// In-process followers that must see every change (the controllers' informer).
     followers: Mutex<Vec<std::sync::mpsc::Sender<Arc<Change>>>>,
     history_revisions: u64,
+    /// The keys secrets are sealed with; `None` stores them as plaintext (unit tests of other
+    /// parts), though rows sealed earlier are still refused rather than served as garbage.
+    keys: Option<Keyring>,
+    /// The data directory's lock, held as long as the store is open (see [`Store::hold`]).
+    _lock: Option<encryption::FileLock>,
+}
+
+/// What [`Store::migrate_encryption`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Migration {
+    /// Rows rewritten under the current key.
+    pub rewritten: usize,
+    /// The keys sealed rows use after the rewrite (the current one, if any row is sealed).
+    pub keys_in_use: Vec<String>,
+}
+
+/// Opens a stored row of `place`: secrets are unsealed, everything else is read as it is.
+fn open_row<'a>(
+    keys: Option<&Keyring>,
+    place: &Place<'_>,
+    data: &'a [u8],
+) -> Result<Cow<'a, [u8]>, StoreError> {
+    if !encryption::is_encrypted(place.resource) {
+        return Ok(Cow::Borrowed(data));
+    }
+    match keys {
+        Some(keys) => Ok(keys.decrypt(place, data)?),
+        None => match encryption::key_of(data) {
+            Some(key) => Err(EncryptionError::UnknownKey {
+                key: key.to_owned(),
+                resource: place.resource.to_owned(),
+                namespace: place.namespace.to_owned(),
+                name: place.name.to_owned(),
+                revision: place.revision,
+            }
+            .into()),
+            None => Ok(Cow::Borrowed(data)),
+        },
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -289,6 +340,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL;
          PRAGMA synchronous=FULL;
+         PRAGMA secure_delete=FAST;
          PRAGMA cache_size=-2000;
          PRAGMA journal_size_limit=8388608;",
     )
@@ -303,6 +355,26 @@ impl Store {
         path: &Path,
         volatile_resources: &[&str],
         history_revisions: u64,
+    ) -> Result<Store, StoreError> {
+        Store::open_with_keys(path, volatile_resources, history_revisions, None)
+    }
+
+    /// Like [`Store::open`], sealing secrets with `keys` (see [`Store::migrate_encryption`] for
+    /// rows written before).
+    pub fn open_encrypted(
+        path: &Path,
+        volatile_resources: &[&str],
+        history_revisions: u64,
+        keys: Keyring,
+    ) -> Result<Store, StoreError> {
+        Store::open_with_keys(path, volatile_resources, history_revisions, Some(keys))
+    }
+
+    fn open_with_keys(
+        path: &Path,
+        volatile_resources: &[&str],
+        history_revisions: u64,
+        keys: Option<Keyring>,
     ) -> Result<Store, StoreError> {
         let open = |source| StoreError::Open {
             path: path.to_owned(),
@@ -415,6 +487,100 @@ impl Store {
             volatile: Mutex::new(volatile),
             changes,
             history_revisions,
+            keys,
+            _lock: None,
+        })
+    }
+
+    /// Keeps `lock` until the store is dropped: nobody rewrites rows while this store writes.
+    pub fn hold(&mut self, lock: encryption::FileLock) {
+        self._lock = Some(lock);
+    }
+
+    /// Opens every stored version of every encrypted resource and rewrites those not sealed by
+    /// the current key (plaintext from an older bramble, or an older key) in one transaction, then, if anything
+    /// was rewritten, vacuums the file and truncates the WAL so no old plaintext or old
+    /// ciphertext stays in free pages. A crash between the rewrite and the vacuum is caught up
+    /// at the next call (a flag in `meta`, committed with the rewrite). Call it before serving,
+    /// under the data directory's lock.
+    pub fn migrate_encryption(&self) -> Result<Migration, StoreError> {
+        let Some(keys) = &self.keys else {
+            return Ok(Migration::default());
+        };
+        let current = keys.current();
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction().map_err(sql("begin migration"))?;
+        let mut rewritten = 0;
+        let mut keys_in_use = BTreeSet::new();
+        for resource in encryption::ENCRYPTED_RESOURCES {
+            let rows: Vec<(i64, String, String, Vec<u8>)> = {
+                let mut statement = tx
+                    .prepare(
+                        "SELECT revision, namespace, name, data FROM revisions
+                         WHERE resource = ?1 ORDER BY revision",
+                    )
+                    .map_err(sql("migration"))?;
+                let rows = statement
+                    .query_map([resource], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                    })
+                    .map_err(sql("migration"))?;
+                rows.collect::<Result<_, _>>().map_err(sql("migration"))?
+            };
+            for (revision, namespace, name, data) in rows {
+                let place = Place {
+                    resource,
+                    namespace: &namespace,
+                    name: &name,
+                    revision: revision as u64,
+                };
+                // Every row is opened, those under the current key too: a wrong key file stops
+                // the master at start, naming the key, rather than failing requests later.
+                let plaintext = keys.decrypt(&place, &data)?;
+                if encryption::key_of(&data) == Some(current) {
+                    keys_in_use.insert(current.to_owned());
+                    continue;
+                }
+                let sealed = keys.encrypt(&place, &plaintext)?;
+                tx.execute(
+                    "UPDATE revisions SET data = ?1 WHERE revision = ?2",
+                    params![sealed, revision],
+                )
+                .map_err(sql("migration"))?;
+                keys_in_use.insert(current.to_owned());
+                rewritten += 1;
+            }
+        }
+        if rewritten > 0 {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('encryption_vacuum_pending', 1)
+                 ON CONFLICT (key) DO UPDATE SET value = 1",
+                [],
+            )
+            .map_err(sql("migration"))?;
+        }
+        tx.commit().map_err(sql("migration"))?;
+        let pending: i64 = conn
+            .query_row(
+                "SELECT coalesce((SELECT value FROM meta WHERE key = 'encryption_vacuum_pending'), 0)",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(sql("migration"))?;
+        if pending != 0 {
+            // VACUUM rebuilds the file from live rows only; the checkpoint then copies it back
+            // and empties the WAL, whose frames still hold the pages as they were before.
+            conn.execute_batch(
+                "VACUUM;
+                 PRAGMA wal_checkpoint(TRUNCATE);
+                 DELETE FROM meta WHERE key = 'encryption_vacuum_pending';
+                 PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .map_err(sql("vacuum after migration"))?;
+        }
+        Ok(Migration {
+            rewritten,
+            keys_in_use: keys_in_use.into_iter().collect(),
         })
     }
 
@@ -476,7 +642,7 @@ impl Store {
                 .map(|object| (**object).clone()));
         }
         let reader = self.reader()?;
-        read_current(reader.conn(), resource, namespace, name)
+        read_current(reader.conn(), self.keys.as_ref(), resource, namespace, name)
     }
 
     /// Objects of `resource` (in `namespace`, or all namespaces when `None`) that pass `filter`,
@@ -491,7 +657,7 @@ impl Store {
     ) -> Result<ListPage, StoreError> {
         let (items, revision, next) =
             self.scan(resource, namespace, after, limit, |ns, name, data| {
-                let object = parse(resource, ns, name, data)?;
+                let object = parse(resource, ns, name, &data)?;
                 Ok(filter(&object).then_some(object))
             })?;
         Ok(ListPage {
@@ -514,11 +680,11 @@ impl Store {
         let (items, revision, next) =
             self.scan(resource, namespace, after, limit, |ns, name, data| {
                 if let Some(filter) = filter {
-                    if !filter(&parse(resource, ns, name, data)?) {
+                    if !filter(&parse(resource, ns, name, &data)?) {
                         return Ok(None);
                     }
                 }
-                Ok(Some(data.to_vec()))
+                Ok(Some(data.into_owned()))
             })?;
         Ok(RawListPage {
             items,
@@ -535,12 +701,12 @@ impl Store {
         namespace: Option<&str>,
         after: Option<(&str, &str)>,
         limit: usize,
-        mut take: impl FnMut(&str, &str, &[u8]) -> Result<Option<T>, StoreError>,
+        mut take: impl FnMut(&str, &str, Cow<'_, [u8]>) -> Result<Option<T>, StoreError>,
     ) -> Result<ScanResult<T>, StoreError> {
         let mut items = Vec::new();
         let mut last: Option<(String, String)> = None;
         let mut next = None;
-        let mut offer = |ns: &str, name: &str, data: &[u8]| -> Result<bool, StoreError> {
+        let mut offer = |ns: &str, name: &str, data: Cow<'_, [u8]>| -> Result<bool, StoreError> {
             let Some(item) = take(ns, name, data)? else {
                 return Ok(true);
             };
@@ -563,7 +729,7 @@ impl Store {
                     continue;
                 }
                 let data = serde_json::to_vec(&**object).unwrap_or_default();
-                if !offer(ns, name, &data)? {
+                if !offer(ns, name, Cow::Owned(data))? {
                     break;
                 }
             }
@@ -582,7 +748,7 @@ impl Store {
         let has_after = after.is_some();
         let mut statement = tx
             .prepare_cached(
-                "SELECT o.namespace, o.name, r.data FROM objects o
+                "SELECT o.namespace, o.name, r.data, r.revision FROM objects o
                  JOIN revisions r ON r.revision = o.revision
                  WHERE o.resource = ?1
                    AND (?2 IS NULL OR o.namespace = ?2)
@@ -608,6 +774,14 @@ impl Store {
                 .get_ref(2)
                 .and_then(|v| v.as_blob().map_err(Into::into))
                 .map_err(sql("list"))?;
+            let row_revision: i64 = row.get(3).map_err(sql("list"))?;
+            let place = Place {
+                resource,
+                namespace: ns,
+                name,
+                revision: row_revision as u64,
+            };
+            let data = open_row(self.keys.as_ref(), &place, data)?;
             if !offer(ns, name, data)? {
                 break;
             }
@@ -673,7 +847,7 @@ impl Store {
         }
         let mut conn = lock(&self.writer);
         let tx = conn.transaction().map_err(sql("begin write"))?;
-        let current = read_current(&tx, resource, namespace, name)?
+        let current = read_current(&tx, self.keys.as_ref(), resource, namespace, name)?
             .ok_or_else(|| not_found(resource, namespace, name))?;
         let updated = change(&current)?;
         if same_ignoring_version(&current, &updated) {
@@ -711,7 +885,7 @@ impl Store {
         }
         let mut conn = lock(&self.writer);
         let tx = conn.transaction().map_err(sql("begin write"))?;
-        let current = read_current(&tx, resource, namespace, name)?
+        let current = read_current(&tx, self.keys.as_ref(), resource, namespace, name)?
             .ok_or_else(|| not_found(resource, namespace, name))?;
         check(&current)?;
         Ok(self.commit_durable(
@@ -757,6 +931,18 @@ impl Store {
             name: name.to_owned(),
             source,
         })?;
+        let data = match &self.keys {
+            Some(keys) if encryption::is_encrypted(resource) => {
+                let place = Place {
+                    resource,
+                    namespace,
+                    name,
+                    revision,
+                };
+                keys.encrypt(&place, &data)?
+            }
+            _ => data,
+        };
         tx.execute(
             "INSERT INTO revisions (revision, resource, namespace, name, event, data)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -850,7 +1036,8 @@ impl Store {
         let mut results = Vec::with_capacity(keys.len());
         let mut staged = Vec::new();
         for (namespace, name) in keys {
-            let Some(current) = read_current(&tx, resource, namespace, name)? else {
+            let Some(current) = read_current(&tx, self.keys.as_ref(), resource, namespace, name)?
+            else {
                 results.push(Err(not_found(resource, namespace, name).into()));
                 continue;
             };
@@ -984,9 +1171,17 @@ impl Store {
             let namespace: String = row.get(1).map_err(sql("read history"))?;
             let name: String = row.get(2).map_err(sql("read history"))?;
             let data: Vec<u8> = row.get(4).map_err(sql("read history"))?;
+            let revision = row.get::<_, i64>(0).map_err(sql("read history"))? as u64;
+            let place = Place {
+                resource,
+                namespace: &namespace,
+                name: &name,
+                revision,
+            };
+            let data = open_row(self.keys.as_ref(), &place, &data)?;
             let object = parse(resource, &namespace, &name, &data)?;
             changes.push(Change {
-                revision: row.get::<_, i64>(0).map_err(sql("read history"))? as u64,
+                revision,
                 resource: resource.to_owned(),
                 namespace,
                 name,
@@ -1156,21 +1351,31 @@ fn parse(resource: &str, namespace: &str, name: &str, data: &[u8]) -> Result<Val
 
 fn read_current(
     conn: &Connection,
+    keys: Option<&Keyring>,
     resource: &str,
     namespace: &str,
     name: &str,
 ) -> Result<Option<Value>, StoreError> {
-    let data: Option<Vec<u8>> = conn
+    let row: Option<(i64, Vec<u8>)> = conn
         .query_row(
-            "SELECT r.data FROM objects o JOIN revisions r ON r.revision = o.revision
+            "SELECT r.revision, r.data FROM objects o JOIN revisions r ON r.revision = o.revision
              WHERE o.resource = ?1 AND o.namespace = ?2 AND o.name = ?3",
             params![resource, namespace, name],
-            |row| row.get(0),
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()
         .map_err(sql("read"))?;
-    data.map(|data| parse(resource, namespace, name, &data))
-        .transpose()
+    let Some((revision, data)) = row else {
+        return Ok(None);
+    };
+    let place = Place {
+        resource,
+        namespace,
+        name,
+        revision: revision as u64,
+    };
+    let data = open_row(keys, &place, &data)?;
+    parse(resource, namespace, name, &data).map(Some)
 }
 
 fn same_ignoring_version(current: &Value, updated: &Value) -> bool {
@@ -1470,5 +1675,276 @@ mod tests {
             .changes_since("coordination.k8s.io/leases", 1)
             .unwrap();
         assert_eq!(changes.len(), 101);
+    }
+
+    mod encryption_at_rest {
+        use super::*;
+        use base64::Engine;
+
+        const PASSWORD: &str = "correct-horse-battery-staple";
+
+        /// A keyring from (name, fill byte) pairs, the first encrypting.
+        fn keyring(keys: &[(&str, u8)]) -> Keyring {
+            let text: String = keys
+                .iter()
+                .map(|(name, byte)| {
+                    let key = base64::engine::general_purpose::STANDARD.encode([*byte; 32]);
+                    format!("{name}:{key}\n")
+                })
+                .collect();
+            Keyring::parse(&text, Path::new("keys")).unwrap()
+        }
+
+        fn open_with(dir: &tempfile::TempDir, keys: Option<Keyring>) -> Store {
+            let path = dir.path().join("store.db");
+            match keys {
+                Some(keys) => Store::open_encrypted(&path, &[], 1000, keys).unwrap(),
+                None => Store::open(&path, &[], 1000).unwrap(),
+            }
+        }
+
+        fn secret(name: &str, password: &str) -> Value {
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": name, "namespace": "default"},
+                   "data": {"password": base64::engine::general_purpose::STANDARD.encode(password)}})
+        }
+
+        fn password_of(object: &Value) -> String {
+            let encoded = object["data"]["password"].as_str().unwrap();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap();
+            String::from_utf8(bytes).unwrap()
+        }
+
+        fn set_password(store: &Store, name: &str, password: &str) {
+            store
+                .update::<StoreError>("core/secrets", "default", name, |current| {
+                    let mut next = current.clone();
+                    next["data"] = secret(name, password)["data"].clone();
+                    Ok(next)
+                })
+                .unwrap();
+        }
+
+        /// Whether any file of the store holds `needle` or its base64.
+        fn on_disk(dir: &tempfile::TempDir, needle: &str) -> bool {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(needle);
+            ["store.db", "store.db-wal"].iter().any(|file| {
+                let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
+                [needle.as_bytes(), encoded.as_bytes()]
+                    .iter()
+                    .any(|n| bytes.windows(n.len()).any(|w| w == *n))
+            })
+        }
+
+        /// The stored rows of a resource, (revision, data), read behind the store's back.
+        fn rows(dir: &tempfile::TempDir, name: &str) -> Vec<(i64, Vec<u8>)> {
+            let conn = Connection::open(dir.path().join("store.db")).unwrap();
+            let mut statement = conn
+                .prepare("SELECT revision, data FROM revisions WHERE name = ?1 ORDER BY revision")
+                .unwrap();
+            let rows = statement
+                .query_map([name], |row| Ok((row.get(0)?, row.get(1)?)))
+                .unwrap();
+            rows.map(Result::unwrap).collect()
+        }
+
+        #[test]
+        fn secrets_round_trip_sealed_and_other_kinds_stay_plain() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open_with(&dir, Some(keyring(&[("k1", 1)])));
+            let start = store.current_revision();
+            store
+                .create("core/secrets", "default", "s", secret("s", PASSWORD))
+                .unwrap();
+            set_password(&store, "s", "second-password");
+            store
+                .create(
+                    "core/configmaps",
+                    "default",
+                    "c",
+                    json!({"metadata": {"name": "c"}}),
+                )
+                .unwrap();
+            let got = store.get("core/secrets", "default", "s").unwrap().unwrap();
+            assert_eq!(password_of(&got), "second-password");
+            let listed = store
+                .list("core/secrets", None, None, 0, &|_| true)
+                .unwrap();
+            assert_eq!(password_of(&listed.items[0]), "second-password");
+            let raw = store.list_raw("core/secrets", None, None, 0, None).unwrap();
+            assert_eq!(
+                password_of(&serde_json::from_slice(&raw.items[0]).unwrap()),
+                "second-password"
+            );
+            let history = store.changes_since("core/secrets", start).unwrap();
+            let passwords: Vec<_> = history.iter().map(|c| password_of(&c.object)).collect();
+            assert_eq!(passwords, [PASSWORD, "second-password"]);
+
+            for (_, data) in rows(&dir, "s") {
+                assert_eq!(encryption::key_of(&data), Some("k1"));
+            }
+            assert!(rows(&dir, "c")[0].1.starts_with(b"{"));
+            assert!(!on_disk(&dir, PASSWORD));
+            assert!(!on_disk(&dir, "second-password"));
+        }
+
+        #[test]
+        fn plaintext_rows_from_before_are_read_then_migrated_and_leave_no_trace() {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let old = open_with(&dir, None);
+                old.create("core/secrets", "default", "s", secret("s", PASSWORD))
+                    .unwrap();
+                set_password(&old, "s", "second-password");
+                old.delete::<StoreError>("core/secrets", "default", "s", |_| Ok(()))
+                    .unwrap();
+                old.create(
+                    "core/secrets",
+                    "default",
+                    "s",
+                    secret("s", "third-password"),
+                )
+                .unwrap();
+            }
+            assert!(on_disk(&dir, PASSWORD));
+            let store = open_with(&dir, Some(keyring(&[("k1", 1)])));
+            // Before the migration, plaintext rows are read as they are.
+            let got = store.get("core/secrets", "default", "s").unwrap().unwrap();
+            assert_eq!(password_of(&got), "third-password");
+
+            let migration = store.migrate_encryption().unwrap();
+            assert_eq!(migration.rewritten, 4);
+            assert_eq!(migration.keys_in_use, ["k1"]);
+            for (_, data) in rows(&dir, "s") {
+                assert_eq!(encryption::key_of(&data), Some("k1"));
+            }
+            for password in [PASSWORD, "second-password", "third-password"] {
+                assert!(!on_disk(&dir, password), "{password} is still on disk");
+            }
+            let passwords: Vec<_> = store
+                .changes_since("core/secrets", 0)
+                .unwrap()
+                .iter()
+                .map(|c| password_of(&c.object))
+                .collect();
+            assert_eq!(
+                passwords,
+                [
+                    PASSWORD,
+                    "second-password",
+                    "second-password",
+                    "third-password"
+                ]
+            );
+            // Nothing left to do the second time.
+            assert_eq!(store.migrate_encryption().unwrap().rewritten, 0);
+        }
+
+        #[test]
+        fn a_missing_or_wrong_key_is_an_error_naming_it() {
+            let dir = tempfile::tempdir().unwrap();
+            open_with(&dir, Some(keyring(&[("k1", 1)])))
+                .create("core/secrets", "default", "s", secret("s", PASSWORD))
+                .unwrap();
+            let expect_error = |store: Store, wanted: &str| {
+                let error = store.get("core/secrets", "default", "s").unwrap_err();
+                let text = error.to_string();
+                assert!(text.contains("\"k1\"") && text.contains(wanted), "{text}");
+                assert!(text.contains("core/secrets default/s"), "{text}");
+                let error = store
+                    .list("core/secrets", None, None, 0, &|_| true)
+                    .unwrap_err();
+                assert!(matches!(error, StoreError::Encryption(_)), "{error}");
+                if store.keys.is_some() {
+                    let error = store.migrate_encryption().unwrap_err();
+                    assert!(matches!(error, StoreError::Encryption(_)), "{error}");
+                }
+            };
+            expect_error(open_with(&dir, None), "does not list");
+            expect_error(
+                open_with(&dir, Some(keyring(&[("k2", 2)]))),
+                "does not list",
+            );
+            expect_error(
+                open_with(&dir, Some(keyring(&[("k1", 9)]))),
+                "does not decrypt",
+            );
+            // The row is untouched: the right key still reads it.
+            let store = open_with(&dir, Some(keyring(&[("k1", 1)])));
+            let got = store.get("core/secrets", "default", "s").unwrap().unwrap();
+            assert_eq!(password_of(&got), PASSWORD);
+        }
+
+        #[test]
+        fn rotation_rewrites_every_version_and_the_old_key_can_go() {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = open_with(&dir, Some(keyring(&[("k1", 1)])));
+                store
+                    .create("core/secrets", "default", "s", secret("s", PASSWORD))
+                    .unwrap();
+                set_password(&store, "s", "second-password");
+            }
+            let store = open_with(&dir, Some(keyring(&[("k2", 2), ("k1", 1)])));
+            let migration = store.migrate_encryption().unwrap();
+            assert_eq!(migration.rewritten, 2);
+            assert_eq!(migration.keys_in_use, ["k2"]);
+            drop(store);
+            let store = open_with(&dir, Some(keyring(&[("k2", 2)])));
+            let passwords: Vec<_> = store
+                .changes_since("core/secrets", 0)
+                .unwrap()
+                .iter()
+                .map(|c| password_of(&c.object))
+                .collect();
+            assert_eq!(passwords, [PASSWORD, "second-password"]);
+            let got = store.get("core/secrets", "default", "s").unwrap().unwrap();
+            assert_eq!(password_of(&got), "second-password");
+        }
+
+        #[test]
+        fn a_row_moved_to_another_secret_or_revision_does_not_open() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open_with(&dir, Some(keyring(&[("k1", 1)])));
+            store
+                .create("core/secrets", "default", "a", secret("a", PASSWORD))
+                .unwrap();
+            set_password(&store, "a", "second-password");
+            store
+                .create("core/secrets", "default", "b", secret("b", "b-password"))
+                .unwrap();
+            let a = rows(&dir, "a");
+            let b = rows(&dir, "b");
+            let conn = Connection::open(dir.path().join("store.db")).unwrap();
+            let overwrite = |revision: i64, data: &[u8]| {
+                conn.execute(
+                    "UPDATE revisions SET data = ?1 WHERE revision = ?2",
+                    params![data, revision],
+                )
+                .unwrap();
+            };
+            // a's current version copied over b's.
+            overwrite(b[0].0, &a[1].1);
+            let error = store.get("core/secrets", "default", "b").unwrap_err();
+            assert!(error.to_string().contains("does not decrypt"), "{error}");
+            // a's first version copied over its current one: a rollback, refused too.
+            overwrite(a[1].0, &a[0].1);
+            let error = store.get("core/secrets", "default", "a").unwrap_err();
+            assert!(error.to_string().contains("does not decrypt"), "{error}");
+            // Put back, both read again.
+            overwrite(b[0].0, &b[0].1);
+            overwrite(a[1].0, &a[1].1);
+            assert!(store.get("core/secrets", "default", "a").unwrap().is_some());
+            assert!(store.get("core/secrets", "default", "b").unwrap().is_some());
+        }
+
+        #[test]
+        fn secrets_are_never_volatile() {
+            for resource in crate::resources::volatile_storage_keys() {
+                assert!(!encryption::is_encrypted(&resource), "{resource}");
+            }
+        }
     }
 }
