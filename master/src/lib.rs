@@ -321,12 +321,19 @@ impl Master {
         .map_err(MasterError::Pki)?;
         let state = Arc::new(ApiState {
             store: store.clone(),
-            auth: auth::AuthState::load(
-                &data_dir,
-                &credentials.ca_pem,
-                Some(&credentials.admin_token),
-            )
-            .map_err(MasterError::Pki)?,
+            auth: {
+                let mut auth = auth::AuthState::load(
+                    &data_dir,
+                    &credentials.ca_pem,
+                    Some(&credentials.admin_token),
+                )
+                .map_err(MasterError::Pki)?;
+                auth.service_accounts.configure(
+                    &auth::service_account::default_issuer(&config.cluster.cluster_domain),
+                    &config.server_url(),
+                );
+                auth
+            },
             rbac: rbac::Authorizer::default(),
             cluster: config.cluster.clone(),
             allocation: std::sync::Mutex::new(()),

@@ -18,6 +18,7 @@ pub mod client_cert;
 pub mod impersonation;
 pub mod revocation;
 pub mod service_account;
+pub mod token_request;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -33,10 +34,8 @@ pub const AUTHENTICATED: &str = "system:authenticated";
 /// Group of nodes.
 pub const NODES: &str = "system:nodes";
 /// Group of all service accounts.
-#[allow(dead_code)] // read once service-account tokens land (this session)
 pub const SERVICE_ACCOUNTS: &str = "system:serviceaccounts";
 /// Prefix of service-account user names: `system:serviceaccount:<namespace>:<name>`.
-#[allow(dead_code)] // read once service-account tokens land (this session)
 pub const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
 /// An authenticated identity, as upstream's `user.Info`.
