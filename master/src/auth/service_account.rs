@@ -37,10 +37,8 @@ use super::{UserInfo, SERVICE_ACCOUNTS, SERVICE_ACCOUNT_PREFIX};
 use crate::pki::PkiError;
 use crate::store::Store;
 
-/// Where the JWKS document is served.
+/// Where the JWKS document is served (beside `/.well-known/openid-configuration`).
 pub const JWKS_PATH: &str = "/openid/v1/jwks";
-/// Where the OpenID provider configuration is served.
-pub const OPENID_CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
 /// The only signing algorithm: ECDSA P-256 with SHA-256.
 const ALGORITHM: &str = "ES256";
 /// Clock skew tolerated on exp, nbf and iat, and how long a deleted object's tokens keep
@@ -238,7 +236,9 @@ impl Issuer {
     }
 
     /// The service account a bearer token authenticates, if it is one of ours, valid, and
-    /// meant for the API server.
+    /// meant for the API server (requests go through `auth::authenticate_token`, which also
+    /// knows the static and node tokens).
+    #[cfg(test)]
     pub fn authenticate(&self, store: &Store, token: &str) -> Option<UserInfo> {
         self.review(store, token, &self.api_audiences(), unix_now())
             .ok()
