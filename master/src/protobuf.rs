@@ -1,9 +1,9 @@
 //! Decodes the Kubernetes protobuf encoding that kubectl sends for create requests into JSON objects.
 //!
 //! kubectl's generator commands (`kubectl create namespace|deployment|configmap|secret|service|
-//! serviceaccount|job|quota|token`) send bodies as `k8s\0` followed by a `runtime.Unknown` envelope
-//! whose `raw` field holds the object. The schema table below lists, for the messages those
-//! commands produce, each field's number, JSON name and type (from the upstream
+//! serviceaccount|job|quota|token`, `kubectl auth whoami`) send bodies as `k8s\0` followed by a
+//! `runtime.Unknown` envelope whose `raw` field holds the object. The schema table below lists,
+//! for the messages those commands produce, each field's number, JSON name and type (from the upstream
 //! `generated.proto` files). Fields the table does not know are skipped, as protobuf readers do,
 //! and reported in [`Decoded::unknown_fields`]: the API refuses such bodies (a newer kubectl
 //! would otherwise lose what it sent without a word).
@@ -157,6 +157,8 @@ fn schema(message: &str) -> &'static [Field] {
             }
         }
         "LocalObjectReference" => const { &[one(1, "name", Str)] },
+        // `kubectl auth whoami` sends an empty review: only its metadata.
+        "SelfSubjectReview" => const { &[one(1, "metadata", Message("ObjectMeta"))] },
         "TokenRequest" => {
             const {
                 &[
@@ -1051,6 +1053,7 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
         ("v1", "Service") => "Service",
         ("v1", "ServiceAccount") => "ServiceAccount",
         ("authentication.k8s.io/v1", "TokenRequest") => "TokenRequest",
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => "SelfSubjectReview",
         ("v1", "ResourceQuota") => "ResourceQuota",
         ("v1", "Pod") => "Pod",
         ("apps/v1", "Deployment") => "Deployment",

@@ -13,6 +13,8 @@
 //! then `Impersonate-*` headers may swap the user for another (impersonation), and the
 //! request's path and verb become [`RequestAttributes`], which the node authorizer
 //! (`api::node_auth`, for nodes) or RBAC (`rbac`, for everyone else) allows or refuses.
+//! TokenReview asks the same token authenticators, for the audiences it names
+//! ([`authenticate_token`]); TokenRequest (`token_request`) issues service-account tokens.
 
 pub mod client_cert;
 pub mod impersonation;
