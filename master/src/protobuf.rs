@@ -1473,6 +1473,29 @@ mod tests {
     }
 
     #[test]
+    fn decodes_a_token_request_like_kubectl_create_token_sends() {
+        let mut bound = Vec::new();
+        bytes_field(1, b"Pod", &mut bound);
+        bytes_field(2, b"v1", &mut bound);
+        bytes_field(3, b"web", &mut bound);
+        let mut spec = Vec::new();
+        bytes_field(1, b"vault", &mut spec);
+        bytes_field(3, &bound, &mut spec);
+        varint_field(4, 600, &mut spec);
+        let mut request = Vec::new();
+        bytes_field(1, &[], &mut request);
+        bytes_field(2, &spec, &mut request);
+        let body = envelope("authentication.k8s.io/v1", "TokenRequest", &request);
+        assert_eq!(
+            decode_object(&body).unwrap(),
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "metadata": {},
+                "spec": {"audiences": ["vault"], "expirationSeconds": 600,
+                         "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web"}}})
+        );
+    }
+
+    #[test]
     fn secrets_carry_bytes_as_base64_and_ports_int_or_string() {
         let mut metadata = Vec::new();
         bytes_field(1, b"s", &mut metadata);
