@@ -34,6 +34,7 @@ use crate::HealthTimings;
 use protocol::error::error_chain;
 
 pub mod cronjob;
+pub mod csr_signing;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
@@ -430,6 +431,9 @@ impl Runtime {
             Arc::new(job::JobController),
             Arc::new(cronjob::CronJobController),
             Arc::new(ttl_after_finished::TtlAfterFinishedController),
+            Arc::new(csr_signing::CsrSigningController::new(
+                shared.api.auth.certificate_authority.clone(),
+            )),
             Arc::new(endpoints::EndpointsController),
             Arc::new(loadbalancer::LoadBalancerController::new(
                 shared.api.cluster.load_balancer_pool.clone(),
