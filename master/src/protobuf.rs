@@ -54,6 +54,10 @@ enum Type {
     MapStr,
     MapBytes,
     MapQuantity,
+    /// `bytes`, which JSON carries as base64.
+    Bytes,
+    /// `map<string, ExtraValue>`: each value a list of strings (`ExtraValue{items = 1}`).
+    MapStrings,
     /// An embedded Go struct (`json:",inline"`): its fields join the enclosing object.
     Inline(&'static str),
 }
@@ -126,6 +130,53 @@ fn schema(message: &str) -> &'static [Field] {
             }
         }
         "NamespaceSpec" => const { &[many(1, "finalizers", Str)] },
+        "CertificateSigningRequest" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    one(2, "spec", Message("CertificateSigningRequestSpec")),
+                    one(3, "status", Message("CertificateSigningRequestStatus")),
+                ]
+            }
+        }
+        "CertificateSigningRequestSpec" => {
+            const {
+                &[
+                    one(1, "request", Bytes),
+                    one(2, "username", Str),
+                    one(3, "uid", Str),
+                    many(4, "groups", Str),
+                    many(5, "usages", Str),
+                    one(6, "extra", MapStrings),
+                    one(7, "signerName", Str),
+                    one(8, "expirationSeconds", Int32),
+                ]
+            }
+        }
+        "CertificateSigningRequestStatus" => {
+            const {
+                &[
+                    many(
+                        1,
+                        "conditions",
+                        Message("CertificateSigningRequestCondition"),
+                    ),
+                    one(2, "certificate", Bytes),
+                ]
+            }
+        }
+        "CertificateSigningRequestCondition" => {
+            const {
+                &[
+                    one(1, "type", Str),
+                    one(2, "reason", Str),
+                    one(3, "message", Str),
+                    one(4, "lastUpdateTime", Time),
+                    one(5, "lastTransitionTime", Time),
+                    one(6, "status", Str),
+                ]
+            }
+        }
         "ConfigMap" => {
             const {
                 &[
@@ -783,6 +834,7 @@ fn decode_scalar(
     };
     Ok(Some(match (kind, wire) {
         (Str, Wire::Bytes(b)) => Value::String(utf8(b, message)?),
+        (Bytes, Wire::Bytes(b)) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
         (Int32, Wire::Varint(v)) => json!(v as i64 as i32),
         (Int64, Wire::Varint(v)) => json!(v as i64),
         (Bool, Wire::Varint(v)) => json!(v != 0),
@@ -963,7 +1015,7 @@ fn decode_field(
     out: &mut Map<String, Value>,
 ) -> Result<(), ProtobufError> {
     match field.kind {
-        MapStr | MapBytes | MapQuantity => {
+        MapStr | MapBytes | MapQuantity | MapStrings => {
             let Wire::Bytes(bytes) = wire else {
                 return Err(ProtobufError::Malformed {
                     message,
@@ -974,6 +1026,16 @@ fn decode_field(
             let value = match field.kind {
                 MapStr => json!(utf8(value, message)?),
                 MapBytes => json!(base64::engine::general_purpose::STANDARD.encode(value)),
+                MapStrings => {
+                    let mut items = Vec::new();
+                    let mut list = reader(value, "ExtraValue");
+                    while let Some((number, wire)) = list.field()? {
+                        if let (1, Wire::Bytes(item)) = (number, wire) {
+                            items.push(json!(utf8(item, "ExtraValue")?));
+                        }
+                    }
+                    json!(items)
+                }
                 _ => decode_scalar(Quantity, Wire::Bytes(value), message, unknown)?
                     .unwrap_or_default(),
             };
@@ -1025,6 +1087,7 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
         ("v1", "ServiceAccount") => "ServiceAccount",
         ("v1", "ResourceQuota") => "ResourceQuota",
         ("v1", "Pod") => "Pod",
+        ("certificates.k8s.io/v1", "CertificateSigningRequest") => "CertificateSigningRequest",
         ("apps/v1", "Deployment") => "Deployment",
         ("batch/v1", "Job") => "Job",
         ("batch/v1", "CronJob") => "CronJob",
