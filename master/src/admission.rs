@@ -424,6 +424,9 @@ pub fn apply_defaults(group: &str, kind: &str, object: &mut Value) {
             crate::limit_range::requests_from_limits(child(object, "spec"));
         }
         ("", "LimitRange") => crate::limit_range::apply_defaults(object),
+        ("rbac.authorization.k8s.io", kind) => {
+            crate::rbac::validation::apply_defaults(kind, object)
+        }
         ("scheduling.k8s.io", "PriorityClass") => crate::priority::apply_defaults(object),
         ("apps", "Deployment") => {
             let spec = child(object, "spec");
@@ -583,6 +586,8 @@ enum NameRule {
     Subdomain,
     Label,
     Dns1035,
+    /// A path segment (RBAC names such as `system:basic-user`).
+    PathSegment,
 }
 
 fn validate_metadata(
@@ -606,6 +611,12 @@ fn validate_metadata(
         }
     } else {
         let (ok, message) = match rule {
+            NameRule::PathSegment => {
+                for problem in crate::rbac::validation::name_problems(name) {
+                    errors.push(FieldError::invalid("metadata.name", name, problem));
+                }
+                (true, "")
+            }
             NameRule::Subdomain => (is_dns_subdomain(name), DNS1123_SUBDOMAIN),
             NameRule::Label => (is_dns_label(name), DNS1123_LABEL),
             NameRule::Dns1035 => (
@@ -1357,6 +1368,7 @@ pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldErro
     let mut errors = Vec::new();
     let cluster_scoped = crate::resources::by_kind(group, kind).is_some_and(|r| !r.namespaced);
     let rule = match kind {
+        _ if group == "rbac.authorization.k8s.io" => NameRule::PathSegment,
         "Namespace" => NameRule::Label,
         "Service" => NameRule::Dns1035,
         _ => NameRule::Subdomain,
@@ -1389,6 +1401,9 @@ pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldErro
         ("", "PersistentVolume") => storage::validate_volume(object, &mut errors),
         ("storage.k8s.io", "StorageClass") => storage::validate_class(object, &mut errors),
         ("", "LimitRange") => errors.extend(crate::limit_range::validate(object)),
+        ("rbac.authorization.k8s.io", kind) => {
+            crate::rbac::validation::validate(kind, object, &mut errors)
+        }
         ("policy", "PodDisruptionBudget") => {
             errors.extend(crate::controllers::disruption::validate(object))
         }
@@ -1457,6 +1472,9 @@ pub fn validate_update(group: &str, kind: &str, new: &Value, old: &Value) -> Vec
         ("", "PersistentVolumeClaim") => storage::validate_claim_update(new, old, &mut errors),
         ("", "PersistentVolume") => storage::validate_volume_update(new, old, &mut errors),
         ("storage.k8s.io", "StorageClass") => storage::validate_class_update(new, old, &mut errors),
+        ("rbac.authorization.k8s.io", kind) => {
+            crate::rbac::validation::validate_update(kind, new, old, &mut errors)
+        }
         _ => {}
     }
     if (kind == "ConfigMap" || kind == "Secret") && old["immutable"] == json!(true) {

@@ -480,6 +480,7 @@ fn bootstrap(
         message: format!("{what}: {}", error.message),
     };
     ensure_system_objects(state, api_endpoint)?;
+    rbac::start(state).map_err(|e| fail("the default RBAC roles and bindings", e))?;
     if let Some(endpoints) = kubernetes_endpoints(api_endpoint) {
         // The master may have moved (a new address or port): the service follows it.
         create_or_set(state, "Endpoints", endpoints, "subsets")

@@ -227,6 +227,21 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
             s("AllowVolumeExpansion"),
             AGE,
         ]),
+        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => columns.extend([
+            described(
+                "Role",
+                0,
+                if plural == "rolebindings" {
+                    "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error. This field is immutable."
+                } else {
+                    "RoleRef can only reference a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error. This field is immutable."
+                },
+            ),
+            AGE,
+            described("Users", 1, "Users in the roleBinding"),
+            described("Groups", 1, "Groups in the roleBinding"),
+            described("ServiceAccounts", 1, "ServiceAccounts in the roleBinding"),
+        ]),
         ("", "events") => {
             return vec![
                 s("Last Seen"),
@@ -1158,6 +1173,35 @@ pub fn cells(group: &str, plural: &str, object: &Value, now: jiff::Timestamp) ->
                 json!(age_of(first, now)),
                 json!(object["count"].as_i64().unwrap_or(1)),
                 name,
+            ]
+        }
+        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
+            let role_ref = &object["roleRef"];
+            let subjects = object["subjects"].as_array().cloned().unwrap_or_default();
+            let of_kind = |kind: &str| {
+                let names: Vec<String> = subjects
+                    .iter()
+                    .filter(|s| s["kind"] == kind)
+                    .map(|s| match kind {
+                        "ServiceAccount" => {
+                            format!("{}/{}", text(&s["namespace"]), text(&s["name"]))
+                        }
+                        _ => text(&s["name"]),
+                    })
+                    .collect();
+                json!(names.join(", "))
+            };
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    text(&role_ref["kind"]),
+                    text(&role_ref["name"])
+                )),
+                age,
+                of_kind("User"),
+                of_kind("Group"),
+                of_kind("ServiceAccount"),
             ]
         }
         _ => vec![name, json!(text(&metadata["creationTimestamp"]))],

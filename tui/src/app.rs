@@ -11,7 +11,7 @@
 //!     └──/──► LabelFilter(text) ──Enter: filter applied / Esc──► Browse
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use protocol::chaos::{MonkeyEvent, MonkeyPolicy};
@@ -171,6 +171,8 @@ pub struct App {
     pub live: BTreeSet<Resource>,
     /// Since when the API server has not answered, and its last error.
     pub lost: Option<(Instant, String)>,
+    /// Feeds the server refuses this identity (403), with its message.
+    pub refused: BTreeMap<Resource, String>,
     /// Terminal capabilities.
     pub look: Look,
     /// `--demo`: no confirmations.
@@ -224,6 +226,7 @@ impl App {
             server: server.to_owned(),
             live: BTreeSet::new(),
             lost: None,
+            refused: BTreeMap::new(),
             look,
             demo,
             mode: Mode::Browse,
@@ -319,6 +322,7 @@ impl App {
             } => {
                 self.cluster
                     .list_page(resource, &items, first, last, self.now);
+                self.connection_changed |= self.refused.remove(&resource).is_some();
                 if last {
                     self.connection_changed |= self.live.insert(resource);
                     if self.live.len() == Resource::ALL.len() && self.lost.is_some() {
@@ -332,6 +336,12 @@ impl App {
                 object,
             } => self.cluster.apply(resource, kind, &object, self.now),
             Update::Usage(items) => self.cluster.set_usage(&items),
+            Update::Refused { resource, message } => {
+                // The server answered: it is not lost, this identity is only narrower.
+                self.lost = None;
+                self.connection_changed |=
+                    self.refused.insert(resource, message.clone()).as_ref() != Some(&message);
+            }
             Update::Lost { resource, error } => {
                 self.connection_changed = true;
                 self.live.remove(&resource);

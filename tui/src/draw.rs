@@ -162,6 +162,17 @@ fn banner(app: &App) -> Option<Line<'static>> {
             look.signal(Signal::Bad).add_modifier(Modifier::REVERSED),
         )));
     }
+    if let Some(message) = app.refused.values().next() {
+        let stop = if look.unicode { "⛔" } else { "!" };
+        return Some(Line::from(Span::styled(
+            format!(
+                " {stop} not allowed: {message}. This kubeconfig's user has a narrower role: the \
+                 dashboard shows what it may see (an admin kubeconfig shows everything) "
+            ),
+            look.signal(Signal::Attention)
+                .add_modifier(Modifier::REVERSED),
+        )));
+    }
     if app.live.is_empty() {
         return Some(Line::from(Span::styled(
             format!(" connecting to {} ...", app.server),
@@ -1102,6 +1113,32 @@ mod tests {
         let later = app.now + Duration::from_secs(12);
         app.set_clock(later, app.wall);
         assert_screen!("master_lost_80x24", render(&app, 80, 24));
+    }
+
+    #[test]
+    fn a_refused_feed_is_explained_not_called_lost() {
+        let mut app = demo_app();
+        app.handle(Message::Feed(Update::Refused {
+            resource: Resource::Nodes,
+            message: "nodes is forbidden: User \"alice\" cannot list resource \"nodes\" in API \
+                      group \"\" at the cluster scope"
+                .into(),
+        }));
+        assert!(app.lost.is_none(), "the server answered");
+        let screen = text(&render(&app, 200, 24));
+        assert!(
+            screen.contains("not allowed: nodes is forbidden: User \"alice\" cannot list"),
+            "{screen}"
+        );
+        assert!(!screen.contains("unreachable"), "{screen}");
+        app.handle(Message::Feed(Update::whole_list(
+            Resource::Nodes,
+            Vec::new(),
+        )));
+        assert!(
+            app.refused.is_empty(),
+            "a list that succeeds clears the refusal"
+        );
     }
 
     #[test]

@@ -50,6 +50,14 @@ pub enum Update {
     },
     /// Node usage (`metrics.k8s.io` NodeMetrics items).
     Usage(Vec<Value>),
+    /// The server refused this identity the feed (403): the cluster is reachable, but the
+    /// kubeconfig's user may not list or watch `resource`.
+    Refused {
+        /// The kind.
+        resource: Resource,
+        /// The server's message (`pods is forbidden: User "alice" cannot list ...`).
+        message: String,
+    },
     /// A feed lost the server.
     Lost {
         /// The kind.
@@ -135,11 +143,17 @@ async fn follow(client: Arc<Client>, resource: Resource, inbox: UnboundedSender<
                 object: object.clone(),
             }),
         },
-        lost: |error: &ClientError| {
-            send(Update::Lost {
+        lost: |error: &ClientError| match error {
+            ClientError::Status {
+                code: 403, message, ..
+            } => send(Update::Refused {
+                resource,
+                message: message.clone(),
+            }),
+            _ => send(Update::Lost {
                 resource,
                 error: error_chain(error),
-            })
+            }),
         },
     };
     client.follow_with(resource.path(), follower).await;

@@ -527,6 +527,11 @@ async fn route(
         if let crate::rbac::Decision::Deny { reason } = state.rbac.authorize(&user, &attributes) {
             return Err(crate::rbac::forbidden(&user, &attributes, &reason));
         }
+        if let Some(create) = crate::rbac::connect_as_create(&attributes) {
+            if let crate::rbac::Decision::Deny { reason } = state.rbac.authorize(&user, &create) {
+                return Err(crate::rbac::forbidden(&user, &create, &reason));
+            }
+        }
     }
     let user = Arc::new(user);
     let accept = header_str(&request, header::ACCEPT).unwrap_or_default();
@@ -649,6 +654,8 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
     Ok(collected.freeze())
 }
 
+#[cfg(test)]
+mod rbac_tests;
 #[cfg(test)]
 mod server_tests;
 

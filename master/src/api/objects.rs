@@ -118,7 +118,14 @@ impl Call {
         blocking(move || {
             let admitted_state = state.clone();
             let change = move |current: &Value| {
-                let requested = change(current)?;
+                let next = change(current)?;
+                crate::rbac::escalation::check(
+                    &admitted_state,
+                    &user,
+                    resource,
+                    &next,
+                    Some(current),
+                )?;
                 if certificates::is_csr(resource) {
                     certificates::admit_update(
                         &admitted_state,
@@ -126,10 +133,10 @@ impl Call {
                         &user,
                         subresource.as_deref(),
                         current,
-                        &requested,
+                        &next,
                     )?;
                 }
-                Ok(requested)
+                Ok(next)
             };
             update_object(&state, resource, &namespace, &name, part, dry_run, change)
         })
@@ -427,7 +434,12 @@ impl Call {
         }
         let dry_run = self.dry_run();
         let state = self.state.clone();
-        let created = blocking(move || create_object(&state, resource, object, dry_run)).await?;
+        let user = self.user.clone();
+        let created = blocking(move || {
+            crate::rbac::escalation::check(&state, &user, resource, &object, None)?;
+            create_object(&state, resource, object, dry_run)
+        })
+        .await?;
         Ok(
             self.respond_with_warnings(
                 201,

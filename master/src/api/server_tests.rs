@@ -54,6 +54,14 @@ impl TestServer {
     }
 
     pub async fn start_with(limits: ServeLimits) -> TestServer {
+        Self::start_with_users(limits, Vec::new()).await
+    }
+
+    /// A server that also accepts these bearer tokens for these users (who are not admins).
+    pub async fn start_with_users(
+        limits: ServeLimits,
+        users: Vec<(String, crate::auth::UserInfo)>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -71,14 +79,16 @@ impl TestServer {
                 &format!("https://{addr}"),
             )
             .unwrap();
+            let mut auth = crate::auth::AuthState::load(
+                &data_dir,
+                &credentials.ca_pem,
+                Some(&credentials.admin_token),
+            )
+            .unwrap();
+            auth.tokens.extend(users);
             let state = Arc::new(ApiState {
                 store: Arc::new(store),
-                auth: crate::auth::AuthState::load(
-                    &data_dir,
-                    &credentials.ca_pem,
-                    Some(&credentials.admin_token),
-                )
-                .unwrap(),
+                auth,
                 rbac: crate::rbac::Authorizer::default(),
                 cluster: crate::ClusterSettings::default(),
                 allocation: std::sync::Mutex::new(()),

@@ -33,6 +33,7 @@ use crate::store::Change;
 use crate::HealthTimings;
 use protocol::error::error_chain;
 
+pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod csr_signing;
 pub mod daemonset;
@@ -434,6 +435,7 @@ impl Runtime {
             Arc::new(csr_signing::CsrSigningController::new(
                 shared.api.auth.certificate_authority.clone(),
             )),
+            Arc::new(clusterrole_aggregation::ClusterRoleAggregationController),
             Arc::new(endpoints::EndpointsController),
             Arc::new(loadbalancer::LoadBalancerController::new(
                 shared.api.cluster.load_balancer_pool.clone(),

@@ -38,6 +38,7 @@ pub const CACHED: &[&str] = &[
     "storage.k8s.io/storageclasses",
     "policy/poddisruptionbudgets",
     "certificates.k8s.io/certificatesigningrequests",
+    "rbac.authorization.k8s.io/clusterroles",
 ];
 
 /// A reference from an object to its owner.
