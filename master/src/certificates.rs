@@ -825,6 +825,38 @@ pub mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn approving_needs_approve_and_issuing_needs_sign_on_the_signer() {
+        let cluster = crate::controllers::testing::TestCluster::new();
+        let state = cluster.api();
+        let resource = crate::resources::by_kind(GROUP, KIND).unwrap();
+        let pending = csr("alice", &request_pem("alice", &[]));
+        let mut approved = pending.clone();
+        approved["status"] = json!({"conditions": [{"type": "Approved", "status": "True"}]});
+        let bob = UserInfo::new("bob", &[]);
+        let error =
+            admit_update(state, resource, &bob, Some("approval"), &pending, &approved).unwrap_err();
+        assert_eq!(error.code, 403);
+        assert_eq!(error.message, "certificatesigningrequests.certificates.k8s.io \"alice\" is forbidden: user not permitted to approve requests with signerName \"kubernetes.io/kube-apiserver-client\"");
+        let mut issued = approved.clone();
+        issued["status"]["certificate"] = json!("Y2VydA==");
+        let error =
+            admit_update(state, resource, &bob, Some("status"), &approved, &issued).unwrap_err();
+        assert!(error.message.ends_with("user not permitted to sign requests with signerName \"kubernetes.io/kube-apiserver-client\""));
+        // A status update that leaves the certificate alone needs no `sign`.
+        assert!(admit_update(state, resource, &bob, Some("status"), &approved, &approved).is_ok());
+        let admin = UserInfo::new("admin", &[MASTERS]);
+        assert!(admit_update(
+            state,
+            resource,
+            &admin,
+            Some("approval"),
+            &pending,
+            &approved
+        )
+        .is_ok());
+    }
+
     #[test]
     fn the_api_server_client_signer_never_signs_for_system_masters() {
         let resource = crate::resources::by_kind(GROUP, KIND).unwrap();
