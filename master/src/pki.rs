@@ -97,7 +97,8 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     fs::rename(&tmp, path).map_err(io(path))
 }
 
-fn ca_params() -> CertificateParams {
+/// The CA's parameters (its subject, as issuer of what it signs).
+pub(crate) fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     params
         .distinguished_name
