@@ -130,6 +130,8 @@ fn schema(message: &str) -> &'static [Field] {
             }
         }
         "NamespaceSpec" => const { &[many(1, "finalizers", Str)] },
+        // `kubectl auth whoami` sends an empty one; the status is the server's to fill.
+        "SelfSubjectReview" => const { &[one(1, "metadata", Message("ObjectMeta"))] },
         "CertificateSigningRequest" => {
             const {
                 &[
@@ -1088,6 +1090,7 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
         ("v1", "ResourceQuota") => "ResourceQuota",
         ("v1", "Pod") => "Pod",
         ("certificates.k8s.io/v1", "CertificateSigningRequest") => "CertificateSigningRequest",
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => "SelfSubjectReview",
         ("apps/v1", "Deployment") => "Deployment",
         ("batch/v1", "Job") => "Job",
         ("batch/v1", "CronJob") => "CronJob",

@@ -101,7 +101,10 @@ def test_user_add_gives_a_working_kubeconfig_and_revoke_ends_it(master, tmp_path
     assert info["username"] == "alice"
     assert "team" in info["groups"] and "system:authenticated" in info["groups"]
     assert kubectl_as(kubeconfig, "get", "pods").returncode == 0
-    # For the lead once RBAC enforces: `kubectl --kubeconfig alice get pods -n kube-system` is 403.
+    # RBAC: edit in team-a only.
+    elsewhere = kubectl_as(kubeconfig, "get", "pods", "-n", "kube-system")
+    assert elsewhere.returncode != 0 and "Forbidden" in elsewhere.stderr, elsewhere.stderr
+    assert 'User "alice" cannot list resource "pods"' in elsewhere.stderr, elsewhere.stderr
 
     revoked = bramble_user(m, "revoke", "alice").stdout
     assert serial.lower().lstrip("0") in revoked, revoked
