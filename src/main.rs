@@ -3,6 +3,7 @@
 mod encryption_key_command;
 mod gpio_command;
 mod image_command;
+mod user_command;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -116,6 +117,17 @@ enum Command {
     /// Debian's docker-registry and busybox-static (./tests/setup-host installs both).
     #[command(verbatim_doc_comment)]
     Registry(RegistryArgs),
+    /// Give people client certificates and kubeconfigs, list them, revoke them.
+    ///
+    /// Each user gets a key made on this machine and a certificate from the cluster CA (through
+    /// the CSR API), optionally a role in a namespace; revocation takes effect at once:
+    ///
+    ///   bramble user add alice --group team --namespace team-a --role edit -o alice.kubeconfig
+    ///   kubectl --kubeconfig alice.kubeconfig auth whoami
+    ///   bramble user list
+    ///   bramble user revoke alice
+    #[command(verbatim_doc_comment)]
+    User(user_command::UserArgs),
     /// Build the Raspberry Pi card image, or write it to a card.
     Image(image_command::ImageArgs),
     /// Manage the keys that encrypt secrets at rest in the master's store.
@@ -682,6 +694,7 @@ fn main() {
             Command::Sim(args) => run_sim(args).await,
             Command::Tui(args) => run_tui(args).await,
             Command::Gpio(args) => gpio_command::run(args).await,
+            Command::User(args) => user_command::run(args).await,
             Command::Registry(args) => run_registry(args).await,
             Command::Agent(args) => run_agent(args).await,
             Command::Monitor(_)

@@ -9,6 +9,7 @@
 pub(crate) mod admission;
 pub(crate) mod api;
 pub(crate) mod auth;
+pub(crate) mod certificates;
 pub(crate) mod controllers;
 pub(crate) mod conversion;
 pub(crate) mod cron;

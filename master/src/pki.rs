@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use rand::Rng;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 
 /// Errors while preparing certificates and credentials.
@@ -214,6 +214,92 @@ pub fn ensure_credentials(
         agent_client_cert_pem: fs::read_to_string(&client_crt).map_err(io(&client_crt))?,
         agent_client_key_pem: fs::read_to_string(&client_key).map_err(io(&client_key))?,
     })
+}
+
+/// The cluster CA as a signer of client certificates (the CSR API's
+/// `kubernetes.io/kube-apiserver-client` signer).
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    /// When the CA itself expires: no certificate it signs outlives it.
+    not_after: jiff::Timestamp,
+}
+
+/// Why a certificate request could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The request is not a PKCS#10 request rcgen can reissue (a bad signature, an extension it
+    /// does not know).
+    #[error("cannot use the certificate request")]
+    Request(#[source] rcgen::Error),
+    /// Signing failed.
+    #[error("cannot sign the certificate")]
+    Sign(#[source] rcgen::Error),
+}
+
+impl CertificateAuthority {
+    /// The CA of the data directory `data_dir`, once `ensure_credentials` has made it.
+    pub fn load(data_dir: &Path) -> Result<CertificateAuthority, PkiError> {
+        let key_path = data_dir.join("pki").join("ca.key");
+        let key_pem = fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|_| PkiError::BadPem { path: key_path })?;
+        Ok(CertificateAuthority::from_key(key))
+    }
+
+    /// The CA whose key is `key` (its certificate is rebuilt from [`ca_params`], as for the
+    /// server certificate).
+    pub fn from_key(key: KeyPair) -> CertificateAuthority {
+        let params = ca_params();
+        let not_after = jiff::Timestamp::from_second(params.not_after.unix_timestamp())
+            .unwrap_or(jiff::Timestamp::MAX);
+        CertificateAuthority {
+            issuer: Issuer::new(params, key),
+            not_after,
+        }
+    }
+
+    /// A client certificate for the key and subject of the DER request `request`: client
+    /// authentication only, no alternative names, valid from 2000 (Pis boot without a clock)
+    /// until `now + lifetime`, never past the CA's own end. Returns the PEM certificate.
+    pub fn sign_client_certificate(
+        &self,
+        request: &[u8],
+        now: jiff::Timestamp,
+        lifetime: std::time::Duration,
+    ) -> Result<String, SignError> {
+        let request = CertificateSigningRequestParams::from_der(&request.into())
+            .map_err(SignError::Request)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = request.params.distinguished_name.clone();
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        let lifetime =
+            jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::MAX);
+        let end = now
+            .checked_add(lifetime)
+            .unwrap_or(self.not_after)
+            .min(self.not_after);
+        // Whole seconds since the epoch: rcgen takes `time`'s type, which bramble does not name.
+        let seconds = u64::try_from(end.as_second()).unwrap_or(0);
+        params.not_after =
+            rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(seconds);
+        params.serial_number = Some(new_serial());
+        let signed = CertificateSigningRequestParams {
+            params,
+            public_key: request.public_key,
+        };
+        Ok(signed
+            .signed_by(&self.issuer)
+            .map_err(SignError::Sign)?
+            .pem())
+    }
+}
+
+/// A random positive 16-byte serial number (RFC 5280: at most 20 bytes, positive).
+fn new_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::rng().random();
+    bytes[0] = (bytes[0] & 0x7f) | 0x01;
+    SerialNumber::from_slice(&bytes)
 }
 
 /// A fresh random bearer token.

@@ -967,10 +967,10 @@ fn decode_scalar(
     };
     Ok(Some(match (kind, wire) {
         (Str, Wire::Bytes(b)) => Value::String(utf8(b, message)?),
+        (Bytes, Wire::Bytes(b)) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
         (Int32, Wire::Varint(v)) => json!(v as i64 as i32),
         (Int64, Wire::Varint(v)) => json!(v as i64),
         (Bool, Wire::Varint(v)) => json!(v != 0),
-        (Bytes, Wire::Bytes(b)) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
         (Message(name), Wire::Bytes(b)) => decode_message(b, name, unknown)?,
         (Quantity, Wire::Bytes(b)) => {
             let mut quantity = reader(b, "Quantity");

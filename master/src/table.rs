@@ -127,6 +127,13 @@ pub fn columns(group: &str, plural: &str) -> Vec<Column> {
             },
             AGE,
         ]),
+        ("certificates.k8s.io", "certificatesigningrequests") => columns.extend([
+            AGE,
+            s("SignerName"),
+            s("Requestor"),
+            s("RequestedDuration"),
+            s("Condition"),
+        ]),
         ("scheduling.k8s.io", "priorityclasses") => columns.extend([
             i("Value"),
             col("Global-Default", "boolean", 0),
@@ -313,6 +320,27 @@ pub fn human_duration(d: Duration) -> String {
         };
     }
     format!("{years}y")
+}
+
+/// A CSR's state as `kubectl get csr` prints it: Denied, Approved or Pending, then
+/// `,Failed` and `,Issued` (upstream's `extractCSRStatus`).
+fn csr_condition(csr: &Value) -> String {
+    let has = |kind| crate::certificates::has_condition(csr, kind);
+    let mut condition = if has("Denied") {
+        "Denied"
+    } else if has("Approved") {
+        "Approved"
+    } else {
+        "Pending"
+    }
+    .to_owned();
+    if has("Failed") {
+        condition.push_str(",Failed");
+    }
+    if crate::certificates::issued_certificate(csr).is_some() {
+        condition.push_str(",Issued");
+    }
+    condition
 }
 
 fn age_of(timestamp: Option<&Value>, now: jiff::Timestamp) -> String {
@@ -978,6 +1006,17 @@ pub fn cells(group: &str, plural: &str, object: &Value, now: jiff::Timestamp) ->
                 age,
             ]
         }
+        ("certificates.k8s.io", "certificatesigningrequests") => vec![
+            name,
+            age,
+            json!(text(&spec["signerName"])),
+            json!(text(&spec["username"])),
+            json!(match spec["expirationSeconds"].as_u64() {
+                Some(seconds) => human_duration(Duration::from_secs(seconds)),
+                None => "<none>".to_owned(),
+            }),
+            json!(csr_condition(object)),
+        ],
         ("scheduling.k8s.io", "priorityclasses") => vec![
             name,
             json!(int(&object["value"])),

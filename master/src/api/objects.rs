@@ -17,6 +17,7 @@ use super::codec::{self, IncludeObject, ResponseFormat};
 use super::error::ApiError;
 use super::{respond_value, ApiState, Body, Target};
 use crate::admission::{self, FieldError, FieldErrorKind};
+use crate::certificates;
 use crate::conversion;
 use crate::lifecycle;
 use crate::patch;
@@ -68,6 +69,8 @@ pub enum Part {
     Main,
     /// Only the status.
     Status,
+    /// Only the approval conditions of a CertificateSigningRequest (its `approval` subresource).
+    Approval,
 }
 
 impl Call {
@@ -111,21 +114,31 @@ impl Call {
     ) -> Result<Value, ApiError> {
         let (state, resource) = (self.state.clone(), self.resource());
         let (namespace, dry_run) = (self.namespace(), self.dry_run());
-        let user = self.user.clone();
+        let (user, subresource) = (self.user.clone(), self.target.subresource.clone());
         blocking(move || {
-            update_object(
-                &state,
-                resource,
-                &namespace,
-                &name,
-                part,
-                dry_run,
-                |current| {
-                    let next = change(current)?;
-                    crate::rbac::escalation::check(&state, &user, resource, &next, Some(current))?;
-                    Ok(next)
-                },
-            )
+            let admitted_state = state.clone();
+            let change = move |current: &Value| {
+                let next = change(current)?;
+                crate::rbac::escalation::check(
+                    &admitted_state,
+                    &user,
+                    resource,
+                    &next,
+                    Some(current),
+                )?;
+                if certificates::is_csr(resource) {
+                    certificates::admit_update(
+                        &admitted_state,
+                        resource,
+                        &user,
+                        subresource.as_deref(),
+                        current,
+                        &next,
+                    )?;
+                }
+                Ok(next)
+            };
+            update_object(&state, resource, &namespace, &name, part, dry_run, change)
         })
         .await
     }
@@ -418,7 +431,10 @@ impl Call {
         }
         let object = self.decode()?;
         let object = set_namespace(resource, object, self.target.namespace.as_deref())?;
-        let (object, warnings) = self.structure(object)?;
+        let (mut object, warnings) = self.structure(object)?;
+        if certificates::is_csr(resource) {
+            certificates::admit_create(resource, &mut object, &self.user)?;
+        }
         let dry_run = self.dry_run();
         let state = self.state.clone();
         let user = self.user.clone();
@@ -504,6 +520,10 @@ impl Call {
                 let scale =
                     codec::decode_object(self.content_type.as_deref(), &self.body, "Scale")?;
                 self.set_scale(name, move |_| Ok(scale)).await
+            }
+            Some("approval") if certificates::is_csr(self.resource()) => {
+                let object = self.decode()?;
+                self.replace(name, object, Part::Approval).await
             }
             Some("finalize") if self.resource().kind == "Namespace" => {
                 let object = self.decode()?;
@@ -644,14 +664,12 @@ impl Call {
                 self.set_scale(name, move |scale| apply(scale, "Scale", "autoscaling"))
                     .await
             }
-            None | Some("status") => {
-                let part = if self.target.subresource.is_some() {
-                    if !resource.subresources.contains(&"status") {
-                        return Err(ApiError::no_route("status"));
-                    }
-                    Part::Status
-                } else {
-                    Part::Main
+            None | Some("status") | Some("approval") => {
+                let part = match self.target.subresource.as_deref() {
+                    None => Part::Main,
+                    Some("approval") if certificates::is_csr(resource) => Part::Approval,
+                    Some("status") if resource.subresources.contains(&"status") => Part::Status,
+                    Some(other) => return Err(ApiError::no_route(other)),
                 };
                 let validation = self.field_validation();
                 let stored = self
@@ -1333,7 +1351,7 @@ fn merge_update(
     part: Part,
 ) -> Result<Value, ApiError> {
     let mut next = match part {
-        Part::Status => {
+        Part::Status | Part::Approval => {
             let mut next = current.clone();
             match requested.get("status") {
                 Some(status) => next["status"] = status.clone(),
@@ -1401,6 +1419,10 @@ fn merge_update(
             }
         }
         Part::Status => lifecycle::carry_over_on_status_update(resource, current, &mut next),
+        Part::Approval => {}
+    }
+    if certificates::is_csr(resource) {
+        certificates::prepare_update(part, current, &mut next, &now_rfc3339());
     }
     if lifecycle::has_generation(resource) && spec_changed(current, &next) {
         let generation = current
@@ -1411,7 +1433,10 @@ fn merge_update(
         next["metadata"]["generation"] = json!(generation);
     }
     admission::omit_empty_metadata(&mut next);
-    let errors = admission::validate_update(resource.group, resource.kind, &next, current);
+    let mut errors = admission::validate_update(resource.group, resource.kind, &next, current);
+    if certificates::is_csr(resource) {
+        errors.extend(certificates::validate_update(part, &next, current));
+    }
     if !errors.is_empty() {
         return Err(ApiError::invalid(
             resource.kind,

@@ -93,6 +93,8 @@ pub struct AuthState {
     pub client_certs: client_cert::ClientCertificates,
     /// The service-account token issuer (signs and verifies JWTs).
     pub service_accounts: service_account::Issuer,
+    /// The cluster CA as the CSR API's client-certificate signer (none before the CA exists).
+    pub certificate_authority: Option<std::sync::Arc<crate::pki::CertificateAuthority>>,
 }
 
 impl AuthState {
@@ -111,6 +113,9 @@ impl AuthState {
             tokens,
             client_certs: client_cert::ClientCertificates::new(ca_pem),
             service_accounts: service_account::Issuer::load(data_dir)?,
+            certificate_authority: crate::pki::CertificateAuthority::load(data_dir)
+                .ok()
+                .map(std::sync::Arc::new),
         })
     }
 }

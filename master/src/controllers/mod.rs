@@ -35,6 +35,7 @@ use protocol::error::error_chain;
 
 pub mod clusterrole_aggregation;
 pub mod cronjob;
+pub mod csr_signing;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
@@ -431,6 +432,9 @@ impl Runtime {
             Arc::new(job::JobController),
             Arc::new(cronjob::CronJobController),
             Arc::new(ttl_after_finished::TtlAfterFinishedController),
+            Arc::new(csr_signing::CsrSigningController::new(
+                shared.api.auth.certificate_authority.clone(),
+            )),
             Arc::new(clusterrole_aggregation::ClusterRoleAggregationController),
             Arc::new(endpoints::EndpointsController),
             Arc::new(loadbalancer::LoadBalancerController::new(

@@ -37,6 +37,7 @@ pub const CACHED: &[&str] = &[
     "core/persistentvolumeclaims",
     "storage.k8s.io/storageclasses",
     "policy/poddisruptionbudgets",
+    "certificates.k8s.io/certificatesigningrequests",
     "rbac.authorization.k8s.io/clusterroles",
 ];
 
