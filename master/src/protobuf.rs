@@ -1,7 +1,7 @@
 //! Decodes the Kubernetes protobuf encoding that kubectl sends for create requests into JSON objects.
 //!
 //! kubectl's generator commands (`kubectl create namespace|deployment|configmap|secret|service|
-//! serviceaccount|job|quota`), and its typed calls (`auth can-i`, `auth whoami`, `create token`,
+//! serviceaccount|job|quota|role|clusterrole|rolebinding|clusterrolebinding`), and its typed calls (`auth can-i`, `auth whoami`, `create token`,
 //! `certificate approve|deny`) send bodies as `k8s\0` followed by a `runtime.Unknown` envelope
 //! whose `raw` field holds the object. The schema table below lists, for the messages those
 //! commands produce, each field's number, JSON name and type (from the upstream
@@ -678,6 +678,64 @@ fn schema(message: &str) -> &'static [Field] {
                 ]
             }
         }
+        // rbac.authorization.k8s.io/v1 (kubectl create role|clusterrole|rolebinding|...)
+        "Role" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    many(2, "rules", Message("PolicyRule")),
+                ]
+            }
+        }
+        "ClusterRole" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    many(2, "rules", Message("PolicyRule")),
+                    one(3, "aggregationRule", Message("AggregationRule")),
+                ]
+            }
+        }
+        "AggregationRule" => const { &[many(1, "clusterRoleSelectors", Message("LabelSelector"))] },
+        "PolicyRule" => {
+            const {
+                &[
+                    many(1, "verbs", Str),
+                    many(2, "apiGroups", Str),
+                    many(3, "resources", Str),
+                    many(4, "resourceNames", Str),
+                    many(5, "nonResourceURLs", Str),
+                ]
+            }
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    many(2, "subjects", Message("Subject")),
+                    one(3, "roleRef", Message("RoleRef")),
+                ]
+            }
+        }
+        "Subject" => {
+            const {
+                &[
+                    one(1, "kind", Str),
+                    one(2, "apiGroup", Str),
+                    one(3, "name", Str),
+                    one(4, "namespace", Str),
+                ]
+            }
+        }
+        "RoleRef" => {
+            const {
+                &[
+                    one(1, "apiGroup", Str),
+                    one(2, "kind", Str),
+                    one(3, "name", Str),
+                ]
+            }
+        }
         // authorization.k8s.io/v1 (kubectl auth can-i)
         "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview" => {
             const {
@@ -1241,6 +1299,10 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
         ("authentication.k8s.io/v1", "TokenReview") => "TokenReview",
         ("authentication.k8s.io/v1", "TokenRequest") => "TokenRequest",
         ("certificates.k8s.io/v1", "CertificateSigningRequest") => "CertificateSigningRequest",
+        ("rbac.authorization.k8s.io/v1", "Role") => "Role",
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => "ClusterRole",
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => "RoleBinding",
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => "ClusterRoleBinding",
         _ => return None,
     })
 }
