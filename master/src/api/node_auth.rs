@@ -102,6 +102,12 @@ impl NodeCredentials {
         join::format_token(&self.ca_hash, &self.join_secret)
     }
 
+    /// The cluster CA certificate (PEM) that signs the API server's certificate: what pods
+    /// find as `ca.crt` in the `kube-root-ca.crt` config map.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
     /// The node a bearer token belongs to.
     pub fn node_of(&self, token: &str) -> Option<String> {
         self.tokens

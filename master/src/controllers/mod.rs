@@ -49,6 +49,7 @@ pub mod nodes;
 pub mod preemption;
 pub mod quota;
 pub mod replicas;
+pub mod root_ca;
 pub mod scheduler;
 pub mod statefulset;
 #[cfg(test)]
@@ -436,6 +437,7 @@ impl Runtime {
             )),
             Arc::new(gc::GarbageCollector),
             Arc::new(gc::NamespaceController),
+            Arc::new(root_ca::RootCaPublisher),
             Arc::new(nodes::NodeLifecycle::new(timings)),
             Arc::new(quota::QuotaStatusController),
             Arc::new(disruption::DisruptionController),
