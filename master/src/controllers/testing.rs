@@ -104,6 +104,11 @@ impl TestCluster {
         &self.shared.api
     }
 
+    /// The API state shared, for async API functions that take it so.
+    pub fn shared_api(&self) -> Arc<ApiState> {
+        self.shared.api.clone()
+    }
+
     /// Brings the view up to date with every committed change, as the informer does.
     pub fn sync(&self) {
         self.apply_changes(None);
