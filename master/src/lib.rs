@@ -322,12 +322,19 @@ impl Master {
         .map_err(MasterError::Pki)?;
         let state = Arc::new(ApiState {
             store: store.clone(),
-            auth: auth::AuthState::load(
-                &data_dir,
-                &credentials.ca_pem,
-                Some(&credentials.admin_token),
-            )
-            .map_err(MasterError::Pki)?,
+            auth: {
+                let mut auth = auth::AuthState::load(
+                    &data_dir,
+                    &credentials.ca_pem,
+                    Some(&credentials.admin_token),
+                )
+                .map_err(MasterError::Pki)?;
+                auth.service_accounts.configure(
+                    &auth::service_account::default_issuer(&config.cluster.cluster_domain),
+                    &config.server_url(),
+                );
+                auth
+            },
             rbac: rbac::Authorizer::default(),
             cluster: config.cluster.clone(),
             allocation: std::sync::Mutex::new(()),
@@ -446,10 +453,15 @@ fn tls_acceptor(
     let key = PrivateKeyDer::from_pem_slice(credentials.key_pem.as_bytes())
         .map_err(|e| MasterError::Tls(rustls::Error::General(format!("server key: {e}"))))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(MasterError::Tls)?
-        .with_no_client_auth()
+        .map_err(MasterError::Tls)?;
+    // Clients may show a certificate from the cluster CA (see `auth::client_cert`).
+    let builder = match auth::client_cert::client_verifier(&credentials.ca_pem) {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(MasterError::Tls)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -6,6 +6,7 @@
 //!   DIR/pki/ca.crt  ca.key         the cluster CA (clients trust it)
 //!   DIR/pki/server.crt server.key  the API server's certificate, re-issued when its names change
 //!   DIR/pki/agent-client.crt .key  the master's client certificate for agents (logs, exec)
+//!   DIR/pki/sa.key                 the service-account token signing key (auth::service_account)
 //!   DIR/admin.token                the admin bearer token
 //!   DIR/admin.kubeconfig           kubectl config with the CA embedded
 //! ```
@@ -97,7 +98,8 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     fs::rename(&tmp, path).map_err(io(path))
 }
 
-fn ca_params() -> CertificateParams {
+/// The CA's parameters (its subject, as issuer of what it signs).
+pub(crate) fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     params
         .distinguished_name

@@ -1,9 +1,9 @@
 //! Decodes the Kubernetes protobuf encoding that kubectl sends for create requests into JSON objects.
 //!
 //! kubectl's generator commands (`kubectl create namespace|deployment|configmap|secret|service|
-//! serviceaccount|job|quota`) send bodies as `k8s\0` followed by a `runtime.Unknown` envelope
-//! whose `raw` field holds the object. The schema table below lists, for the messages those
-//! commands produce, each field's number, JSON name and type (from the upstream
+//! serviceaccount|job|quota|token`, `kubectl auth whoami`) send bodies as `k8s\0` followed by a
+//! `runtime.Unknown` envelope whose `raw` field holds the object. The schema table below lists,
+//! for the messages those commands produce, each field's number, JSON name and type (from the upstream
 //! `generated.proto` files). Fields the table does not know are skipped, as protobuf readers do,
 //! and reported in [`Decoded::unknown_fields`]: the API refuses such bodies (a newer kubectl
 //! would otherwise lose what it sent without a word).
@@ -157,6 +157,35 @@ fn schema(message: &str) -> &'static [Field] {
             }
         }
         "LocalObjectReference" => const { &[one(1, "name", Str)] },
+        // `kubectl auth whoami` sends an empty review: only its metadata.
+        "SelfSubjectReview" => const { &[one(1, "metadata", Message("ObjectMeta"))] },
+        "TokenRequest" => {
+            const {
+                &[
+                    one(1, "metadata", Message("ObjectMeta")),
+                    one(2, "spec", Message("TokenRequestSpec")),
+                ]
+            }
+        }
+        "TokenRequestSpec" => {
+            const {
+                &[
+                    many(1, "audiences", Str),
+                    one(3, "boundObjectRef", Message("BoundObjectReference")),
+                    one(4, "expirationSeconds", Int64),
+                ]
+            }
+        }
+        "BoundObjectReference" => {
+            const {
+                &[
+                    one(1, "kind", Str),
+                    one(2, "apiVersion", Str),
+                    one(3, "name", Str),
+                    one(4, "uid", Str),
+                ]
+            }
+        }
         "Service" => {
             const {
                 &[
@@ -1023,6 +1052,8 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
         ("v1", "Secret") => "Secret",
         ("v1", "Service") => "Service",
         ("v1", "ServiceAccount") => "ServiceAccount",
+        ("authentication.k8s.io/v1", "TokenRequest") => "TokenRequest",
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => "SelfSubjectReview",
         ("v1", "ResourceQuota") => "ResourceQuota",
         ("v1", "Pod") => "Pod",
         ("apps/v1", "Deployment") => "Deployment",
@@ -1193,6 +1224,29 @@ mod tests {
                                                                "ports": [{"containerPort": 80}],
                                                                "resources": {"requests": {"cpu": "100m"}}}]}}}
             })
+        );
+    }
+
+    #[test]
+    fn decodes_a_token_request_like_kubectl_create_token_sends() {
+        let mut bound = Vec::new();
+        bytes_field(1, b"Pod", &mut bound);
+        bytes_field(2, b"v1", &mut bound);
+        bytes_field(3, b"web", &mut bound);
+        let mut spec = Vec::new();
+        bytes_field(1, b"vault", &mut spec);
+        bytes_field(3, &bound, &mut spec);
+        varint_field(4, 600, &mut spec);
+        let mut request = Vec::new();
+        bytes_field(1, &[], &mut request);
+        bytes_field(2, &spec, &mut request);
+        let body = envelope("authentication.k8s.io/v1", "TokenRequest", &request);
+        assert_eq!(
+            decode_object(&body).unwrap(),
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "metadata": {},
+                "spec": {"audiences": ["vault"], "expirationSeconds": 600,
+                         "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web"}}})
         );
     }
 

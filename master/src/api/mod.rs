@@ -10,6 +10,7 @@
 //!   /apis/{group}/{version}[/namespaces/{ns}]/{plural}...  grouped objects
 //!   /api/v1/namespaces/{ns}/pods/{name}/{log|exec}         relayed to the pod's agent
 //!   /bramble/v1/ca.crt  /bramble/v1/join                   how agents join (see node_auth)
+//!   /.well-known/openid-configuration  /openid/v1/jwks     the service-account issuer
 //! ```
 
 pub mod codec;
@@ -533,6 +534,9 @@ async fn route(
     if let Some(response) = discovery::serve(&segments, &accept)? {
         return Ok(response);
     }
+    if let Some(response) = service_account_issuer(state, &segments, request.method()) {
+        return Ok(response);
+    }
     if let ["api", "v1", "nodes", name, "proxy", rest @ ..] = segments.as_slice() {
         if node.is_some() {
             return Err(ApiError::forbidden("nodes do not proxy to other nodes"));
@@ -619,6 +623,37 @@ async fn route(
     }
 }
 
+/// The service-account issuer's OpenID discovery documents (upstream's `openidmetadata`),
+/// which let others verify service-account tokens: `/.well-known/openid-configuration` and
+/// `/openid/v1/jwks`.
+fn service_account_issuer(
+    state: &ApiState,
+    segments: &[&str],
+    method: &Method,
+) -> Option<Response<Body>> {
+    if *method != Method::GET && *method != Method::HEAD {
+        return None;
+    }
+    let issuer = &state.auth.service_accounts;
+    let (document, content_type) = match segments {
+        [".well-known", "openid-configuration"] => {
+            (issuer.openid_configuration(), "application/json")
+        }
+        ["openid", "v1", "jwks"] => (issuer.jwks(), "application/jwk-set+json"),
+        _ => return None,
+    };
+    let mut response = respond(
+        200,
+        content_type,
+        serde_json::to_vec(&document).unwrap_or_default(),
+    );
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("public, max-age=3600"),
+    );
+    Some(response)
+}
+
 /// The whole body, at most `limit` bytes held: 413 beyond.
 async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let mut body = request.into_body();
@@ -651,6 +686,9 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
 
 #[cfg(test)]
 mod server_tests;
+
+#[cfg(test)]
+mod auth_tests;
 
 #[cfg(test)]
 mod tests {

@@ -329,7 +329,7 @@ impl Call {
 
     // ----- POST ------------------------------------------------------------------------------
 
-    /// POST: create, or the pod `binding` and `eviction` subresources.
+    /// POST: create, the pod `binding` and `eviction` subresources, or a service account's `token`.
     pub async fn post(self) -> Result<Response<Body>, ApiError> {
         self.check_scope()?;
         match (self.target.name.clone(), self.target.subresource.as_deref()) {
@@ -337,6 +337,9 @@ impl Call {
             (Some(name), Some("binding")) if self.resource().kind == "Pod" => self.bind(name).await,
             (Some(name), Some("eviction")) if self.resource().kind == "Pod" => {
                 self.evict(name).await
+            }
+            (Some(name), Some("token")) if self.resource().kind == "ServiceAccount" => {
+                self.request_token(name).await
             }
             (Some(_), _) => Err(ApiError::method_not_allowed("POST on an object")),
             (None, Some(_)) => Err(ApiError::no_route(self.resource().plural)),
@@ -447,6 +450,19 @@ impl Call {
         blocking(move || super::eviction::evict(&state, &namespace, &name, &eviction, dry_run))
             .await?;
         Ok(respond_value(201, &success_status(), ResponseFormat::Json))
+    }
+
+    /// The `token` subresource of a ServiceAccount: TokenRequest (see `auth::token_request`).
+    async fn request_token(self, name: String) -> Result<Response<Body>, ApiError> {
+        let request =
+            codec::decode_object(self.content_type.as_deref(), &self.body, "TokenRequest")?;
+        let state = self.state.clone();
+        let namespace = self.namespace();
+        let answer = blocking(move || {
+            crate::auth::token_request::create(&state, &namespace, &name, request)
+        })
+        .await?;
+        Ok(respond_value(201, &answer, self.plain_format()))
     }
 
     // ----- PUT -------------------------------------------------------------------------------

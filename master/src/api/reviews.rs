@@ -29,6 +29,7 @@ pub async fn create(call: Call) -> Result<Response<Body>, ApiError> {
         ("authentication.k8s.io", "SelfSubjectReview") => json!({
             "status": {"userInfo": user_info(&call.user)},
         }),
+        ("authentication.k8s.io", "TokenReview") => token_review(&call, &review).await?,
         _ => return Err(ApiError::no_route(resource.plural)),
     };
     let mut answer = json!({
@@ -52,6 +53,48 @@ pub async fn create(call: Call) -> Result<Response<Body>, ApiError> {
             .or_insert_with(|| spec.clone());
     }
     Ok(respond_value(201, &answer, call.plain_format()))
+}
+
+/// TokenReview: who `spec.token` names, for `spec.audiences` (default: the API's), as
+/// upstream's `TokenReview` REST: `status.authenticated`, `user` and `audiences`, or `error`.
+async fn token_review(call: &Call, review: &Value) -> Result<Value, ApiError> {
+    let token = review
+        .pointer("/spec/token")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if token.is_empty() {
+        return Err(ApiError::bad_request(
+            "token is required for TokenReview in authentication",
+        ));
+    }
+    let state = call.state.clone();
+    let mut audiences: Vec<String> = review
+        .pointer("/spec/audiences")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if audiences.is_empty() {
+        audiences = state.auth.service_accounts.api_audiences();
+    }
+    let outcome = super::objects::blocking(move || {
+        Ok(crate::auth::authenticate_token(&state, &token, &audiences))
+    })
+    .await?;
+    Ok(match outcome {
+        Ok(authenticated) => json!({"status": {
+            "authenticated": true,
+            "user": user_info(&authenticated.user),
+            "audiences": authenticated.audiences,
+        }}),
+        Err(error) if error.is_empty() => json!({"status": {"user": {}}}),
+        Err(error) => json!({"status": {"user": {}, "error": error}}),
+    })
 }
 
 /// A user as the `userInfo` of reviews spells it (empty fields omitted).

@@ -116,6 +116,11 @@ impl TestServer {
         }
     }
 
+    /// The master's data directory (its CA, keys and tokens).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// A TLS connection, handshake done.
     pub async fn connect(&self) -> TlsStream<TcpStream> {
         let tcp = TcpStream::connect(self.addr).await.unwrap();

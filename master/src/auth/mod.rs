@@ -13,11 +13,14 @@
 //! then `Impersonate-*` headers may swap the user for another (impersonation), and the
 //! request's path and verb become [`RequestAttributes`], which the node authorizer
 //! (`api::node_auth`, for nodes) or RBAC (`rbac`, for everyone else) allows or refuses.
+//! TokenReview asks the same token authenticators, for the audiences it names
+//! ([`authenticate_token`]); TokenRequest (`token_request`) issues service-account tokens.
 
 pub mod client_cert;
 pub mod impersonation;
 pub mod revocation;
 pub mod service_account;
+pub mod token_request;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -33,10 +36,8 @@ pub const AUTHENTICATED: &str = "system:authenticated";
 /// Group of nodes.
 pub const NODES: &str = "system:nodes";
 /// Group of all service accounts.
-#[allow(dead_code)] // read once service-account tokens land (this session)
 pub const SERVICE_ACCOUNTS: &str = "system:serviceaccounts";
 /// Prefix of service-account user names: `system:serviceaccount:<namespace>:<name>`.
-#[allow(dead_code)] // read once service-account tokens land (this session)
 pub const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
 /// An authenticated identity, as upstream's `user.Info`.
@@ -132,6 +133,28 @@ pub fn authenticate<B>(
             .ok_or_else(ApiError::unauthorized);
     };
     let token = bearer_token(header).ok_or_else(ApiError::unauthorized)?;
+    let audiences = state.auth.service_accounts.api_audiences();
+    authenticate_token(state, token, &audiences)
+        .map(|authenticated| authenticated.user)
+        .map_err(|_| ApiError::unauthorized())
+}
+
+/// Who a bearer token names, for `audiences` (upstream's token authenticator union, as the
+/// API server and TokenReview use it). Static and node tokens are not audience-aware: they
+/// hold for the API's own audiences only. The error is what TokenReview reports (empty when
+/// no authenticator knows the token).
+pub fn authenticate_token(
+    state: &crate::api::ApiState,
+    token: &str,
+    audiences: &[String],
+) -> Result<service_account::Authenticated, String> {
+    let service_accounts = &state.auth.service_accounts;
+    let api_audiences = service_accounts.api_audiences();
+    let implicit: Vec<String> = audiences
+        .iter()
+        .filter(|a| api_audiences.contains(a))
+        .cloned()
+        .collect();
     // Compare against every token without stopping early, so timing does not reveal prefixes.
     let mut user = None;
     for (known, name) in &state.auth.tokens {
@@ -139,20 +162,27 @@ pub fn authenticate<B>(
             user = Some(name.clone());
         }
     }
+    if user.is_none() {
+        user = state
+            .nodes
+            .node_of(token)
+            .map(|node| UserInfo::new(format!("{}{node}", node_auth::NODE_USER_PREFIX), &[NODES]));
+    }
     if let Some(user) = user {
-        return Ok(user);
+        if implicit.is_empty() {
+            return Err(String::new());
+        }
+        return Ok(service_account::Authenticated {
+            user,
+            audiences: implicit,
+        });
     }
-    if let Some(node) = state.nodes.node_of(token) {
-        return Ok(UserInfo::new(
-            format!("{}{node}", node_auth::NODE_USER_PREFIX),
-            &[NODES],
-        ));
+    let now = service_account::unix_now();
+    match service_accounts.review(&state.store, token, audiences, now) {
+        Ok(authenticated) => Ok(authenticated),
+        Err(service_account::Rejection::NotOurs) => Err(String::new()),
+        Err(service_account::Rejection::Invalid(message)) => Err(message),
     }
-    state
-        .auth
-        .service_accounts
-        .authenticate(&state.store, token)
-        .ok_or_else(ApiError::unauthorized)
 }
 
 /// The token of an `Authorization: Bearer <token>` header. Like upstream, the scheme is
