@@ -16,7 +16,7 @@ HOST_PATHS = ["/usr", "/lib", "/lib64", "/etc/ssl", "/work/venv", PYENV]
 
 # Lists the pods of the pod's own namespace, then tries another namespace, and prints both.
 IN_CLUSTER_SCRIPT = """
-import json, os
+import base64, json, os
 from kubernetes import client, config
 config.load_incluster_config()
 api = client.CoreV1Api()
@@ -27,7 +27,12 @@ try:
     elsewhere = "allowed"
 except client.exceptions.ApiException as e:
     elsewhere = e.status
+token = open("/var/run/secrets/kubernetes.io/serviceaccount/token").read()
+payload = token.split(".")[1]
+claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 print(json.dumps({"namespace": namespace, "own": own, "elsewhere": elsewhere,
+                  "bound_to": claims["kubernetes.io"]["pod"]["name"],
+                  "subject": claims["sub"],
                   "host": os.environ["KUBERNETES_SERVICE_HOST"],
                   "port": os.environ["KUBERNETES_SERVICE_PORT"]}))
 """
@@ -80,6 +85,9 @@ def test_a_pod_lists_pods_with_the_python_clients_in_cluster_config(pis, namespa
     assert result["namespace"] == namespace
     assert "lister" in result["own"]
     assert result["port"] == "443"
+    # The agent's TokenRequest bound the token to this pod.
+    assert result["bound_to"] == "lister"
+    assert result["subject"] == f"system:serviceaccount:{namespace}:default"
     service = pis.kubectl_json("get", "service", "kubernetes", "-n", "default")
     assert result["host"] == service["spec"]["clusterIP"]
     # TODO(lead, after the RBAC merge): the default account has no role in kube-system, so
