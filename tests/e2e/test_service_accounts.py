@@ -67,6 +67,16 @@ def finished(pis, namespace, name):
 
 
 def test_a_pod_lists_pods_with_the_python_clients_in_cluster_config(pis, namespace):
+    # Upstream's default account may do nothing: a Role lets it read the pods of its namespace.
+    rbac = "rbac.authorization.k8s.io"
+    for obj in [
+        {"apiVersion": f"{rbac}/v1", "kind": "Role", "metadata": {"name": "pod-reader"},
+         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]},
+        {"apiVersion": f"{rbac}/v1", "kind": "RoleBinding", "metadata": {"name": "pod-reader"},
+         "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "pod-reader"},
+         "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}]},
+    ]:
+        pis.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(obj))
     # A pod created right after its namespace: the default account exists at once.
     pis.kubectl("apply", "-n", namespace, "-f", "-",
                 input=manifest(python_pod(pis, "lister", IN_CLUSTER_SCRIPT)))
