@@ -14,6 +14,7 @@ pub(crate) mod node_server;
 pub mod panel;
 pub(crate) mod pod_config;
 pub(crate) mod pods;
+pub(crate) mod projected;
 pub(crate) mod reclaim;
 pub mod runtime;
 pub(crate) mod services;

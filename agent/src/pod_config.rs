@@ -1,6 +1,7 @@
 //! What a container sees besides its image: environment variables (literal, `$(VAR)`
 //! references, config maps, secrets, the downward API) and volumes (`emptyDir`, `hostPath`,
-//! `configMap`, `secret`, and through [`crate::volumes`] `persistentVolumeClaim` and `nfs`),
+//! `configMap`, `secret`, `downwardAPI`, `projected` through [`crate::projected`], and through
+//! [`crate::volumes`] `persistentVolumeClaim` and `nfs`),
 //! set up the way kubelet sets them up.
 //!
 //! Config map and secret volumes use kubelet's atomic layout: the files live in a
@@ -19,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::pods::{ApiError, PodApi};
+use crate::projected::{self, ServiceAccountTokens};
 use crate::runtime::spec::{expand, BindMount};
 use crate::volumes::{self, PreparedVolume};
 use protocol::quantity;
@@ -45,6 +47,11 @@ impl<'a> ObjectSource<'a> {
             namespace: namespace.to_owned(),
             cache: HashMap::new(),
         }
+    }
+
+    /// The API the source reads through (with the node's credentials).
+    pub fn api(&self) -> &'a dyn PodApi {
+        self.api
     }
 
     /// The namespace the source reads from.
@@ -145,7 +152,7 @@ pub struct PodFacts<'a> {
     pub service_env: Vec<(String, String)>,
 }
 
-fn field_value(facts: &PodFacts, path: &str) -> Result<String, ConfigError> {
+pub(crate) fn field_value(facts: &PodFacts, path: &str) -> Result<String, ConfigError> {
     let meta = &facts.pod.metadata;
     let text = |value: &Option<String>| value.clone().unwrap_or_default();
     let spec = facts.pod.spec.as_ref();
@@ -191,7 +198,7 @@ fn field_value(facts: &PodFacts, path: &str) -> Result<String, ConfigError> {
     Ok(value)
 }
 
-fn resource_value(
+pub(crate) fn resource_value(
     container: &Container,
     reference: &ResourceFieldSelector,
 ) -> Result<String, ConfigError> {
@@ -319,7 +326,7 @@ pub async fn container_env(
 }
 
 /// A path relative to a volume, refusing absolute paths and `..`.
-fn relative(path: &str) -> Result<PathBuf, ConfigError> {
+pub(crate) fn relative(path: &str) -> Result<PathBuf, ConfigError> {
     let candidate = Path::new(path);
     if path.is_empty()
         || candidate
@@ -408,14 +415,17 @@ fn count_files(dir: &Path) -> usize {
 
 /// Prepares every volume of the pod and returns where each is on the host. Volumes in `known`
 /// were set up by an earlier pass and are kept as they are (a mounted claim stays mounted
-/// while the pod lives, as with kubelet); config maps and secrets are rewritten each pass
-/// when their object changed. `started`: some container of the pod ran already.
+/// while the pod lives, as with kubelet); config map, secret, downward-API and projected
+/// volumes are rewritten each pass when a file changed (a projected token when `tokens` says
+/// it is due at `now`). `started`: some container of the pod ran already.
 pub async fn prepare_volumes(
     pod: &Pod,
     pod_dir: &Path,
     started: bool,
     objects: &mut ObjectSource<'_>,
     known: &mut HashMap<String, PreparedVolume>,
+    tokens: &mut ServiceAccountTokens,
+    now: jiff::Timestamp,
 ) -> Result<HashMap<String, PreparedVolume>, ConfigError> {
     let security = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let fs_group = security.and_then(|s| s.fs_group).map(|g| g as u32);
@@ -426,8 +436,21 @@ pub async fn prepare_volumes(
         let name = volume.name.as_str();
         let dir = volumes::pod_volumes_dir(pod_dir).join(name);
         let io = |e: std::io::Error| ConfigError(format!("volume {name:?}: {e}"));
-        if volume.config_map.is_some() || volume.secret.is_some() {
-            let changed = write_object_volume(volume, &dir, objects).await?;
+        let rewritten = if volume.config_map.is_some() || volume.secret.is_some() {
+            Some(write_object_volume(volume, &dir, objects).await?)
+        } else if volume.projected.is_some() {
+            let written =
+                projected::write_projected_volume(pod, name, &dir, fs_group, objects, tokens, now);
+            Some(written.await?)
+        } else if let Some(downward) = &volume.downward_api {
+            let default_mode = downward.default_mode.map_or(0o644, |m| m as u32);
+            let items = downward.items.as_deref().unwrap_or_default();
+            let files = projected::downward_files(pod, items, default_mode).await?;
+            Some(write_atomic_dir(&dir, &files).map_err(io)?)
+        } else {
+            None
+        };
+        if let Some(changed) = rewritten {
             if let (true, Some(group)) = (changed, fs_group) {
                 volumes::set_volume_ownership(&dir, group, true, None).map_err(io)?;
             }
@@ -518,6 +541,21 @@ async fn write_object_volume(
             (None, None) => return Ok(false),
         };
     let default_mode = default_mode.map_or(0o644, |m| m as u32);
+    let files = object_files(kind, object, default_mode, optional, items, objects).await?;
+    write_atomic_dir(dir, &files).map_err(|e| ConfigError(format!("volume {name:?}: {e}")))
+}
+
+/// The files a config map or secret gives a volume: every key, or the `items` asked for, with
+/// their modes (`default_mode` unless an item says otherwise). A missing object or key is an
+/// error unless `optional`.
+pub(crate) async fn object_files(
+    kind: &str,
+    object: &str,
+    default_mode: u32,
+    optional: Option<bool>,
+    items: Option<&[KeyToPath]>,
+    objects: &mut ObjectSource<'_>,
+) -> Result<BTreeMap<PathBuf, (Vec<u8>, u32)>, ConfigError> {
     let optional = optional == Some(true);
     let data = match objects.data(kind, object).await? {
         Some(data) => data,
@@ -560,7 +598,7 @@ async fn write_object_volume(
             }
         }
     }
-    write_atomic_dir(dir, &files).map_err(|e| ConfigError(format!("volume {name:?}: {e}")))
+    Ok(files)
 }
 
 /// The bind mounts of a container's `volumeMounts`: `subPath` (or `subPathExpr`, expanded

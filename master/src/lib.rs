@@ -23,6 +23,7 @@ pub(crate) mod priority;
 pub(crate) mod protobuf;
 pub(crate) mod rbac;
 pub(crate) mod resources;
+pub(crate) mod service_account_admission;
 pub(crate) mod store;
 pub(crate) mod table;
 

@@ -69,6 +69,14 @@ pub trait PodApi: Send + Sync {
         kind: &'a str,
         name: &'a str,
     ) -> Effect<'a, Result<Option<Value>, ApiError>>;
+    /// Asks for a token of service account `account` (`serviceaccounts/{name}/token`);
+    /// `request` is the TokenRequest, the answer the TokenRequest with its status.
+    fn create_token<'a>(
+        &'a self,
+        namespace: &'a str,
+        account: &'a str,
+        request: &'a Value,
+    ) -> Effect<'a, Result<Value, ApiError>>;
 }
 
 // The one place that knows the worker's API calls are made with the agent's `Client`.
@@ -143,6 +151,19 @@ mod client_api {
                     Err(ApiError::NotFound) => Ok(None),
                     Err(error) => Err(error),
                 }
+            })
+        }
+
+        fn create_token<'a>(
+            &'a self,
+            namespace: &'a str,
+            account: &'a str,
+            request: &'a Value,
+        ) -> Effect<'a, Result<Value, ApiError>> {
+            Box::pin(async move {
+                let path =
+                    format!("/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token");
+                self.create(&path, request).await.map_err(api_error)
             })
         }
     }

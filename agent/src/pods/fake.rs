@@ -342,9 +342,26 @@ pub struct FakeApi {
     pub deleted: Mutex<Vec<String>>,
     /// Config maps and secrets by (kind, name).
     pub objects: Mutex<HashMap<(String, String), Value>>,
+    /// TokenRequests as (namespace, account, request), in order.
+    pub token_requests: Mutex<Vec<(String, String, Value)>>,
+    /// The time tokens are issued at (their expiry counts from it).
+    pub token_clock: Mutex<Option<jiff::Timestamp>>,
+    /// Whether TokenRequests fail.
+    pub tokens_fail: AtomicBool,
 }
 
 impl FakeApi {
+    /// Issues the next tokens at `now`.
+    pub fn set_token_clock(&self, now: jiff::Timestamp) {
+        *self.token_clock.lock().unwrap() = Some(now);
+    }
+
+    /// Makes TokenRequests fail (or work again).
+    pub fn fail_tokens(&self, fail: bool) {
+        self.tokens_fail
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The last status written.
     pub fn status(&self) -> k8s_openapi::api::core::v1::PodStatus {
         let statuses = self.statuses.lock().unwrap();
@@ -405,6 +422,36 @@ impl PodApi for FakeApi {
             .get(&(kind.to_owned(), name.to_owned()))
             .cloned();
         Box::pin(async { Ok(found) })
+    }
+
+    fn create_token<'a>(
+        &'a self,
+        namespace: &'a str,
+        account: &'a str,
+        request: &'a Value,
+    ) -> Effect<'a, Result<Value, ApiError>> {
+        let mut requests = self.token_requests.lock().unwrap();
+        requests.push((namespace.to_owned(), account.to_owned(), request.clone()));
+        if self.tokens_fail.load(std::sync::atomic::Ordering::SeqCst) {
+            let refused: Box<dyn std::error::Error + Send + Sync> = "refused".into();
+            return Box::pin(async move { Err(ApiError::Failed(refused)) });
+        }
+        let issued = self
+            .token_clock
+            .lock()
+            .unwrap()
+            .unwrap_or_else(jiff::Timestamp::now);
+        let seconds = request["spec"]["expirationSeconds"]
+            .as_i64()
+            .unwrap_or(3600);
+        let answer = serde_json::json!({
+            "spec": request["spec"],
+            "status": {
+                "token": format!("token-{}", requests.len()),
+                "expirationTimestamp": (issued + jiff::SignedDuration::from_secs(seconds)).to_string(),
+            },
+        });
+        Box::pin(async move { Ok(answer) })
     }
 }
 

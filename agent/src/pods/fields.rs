@@ -26,7 +26,11 @@ pub const POD_SPEC: &[(&str, Support, &str)] = &[
         "pods are not stopped at a deadline",
     ),
     ("affinity", Master, "scheduler"),
-    ("automountServiceAccountToken", Master, "admission"),
+    (
+        "automountServiceAccountToken",
+        Master,
+        "admission adds the kube-api-access projected volume",
+    ),
     ("containers", Honoured, ""),
     ("dnsConfig", Honoured, "resolv.conf"),
     ("dnsPolicy", Honoured, "resolv.conf"),
@@ -93,7 +97,7 @@ pub const POD_SPEC: &[(&str, Support, &str)] = &[
     (
         "serviceAccountName",
         Honoured,
-        "downward API; the token volume comes from admission",
+        "downward API; projected tokens are requested for it",
     ),
     ("setHostnameAsFQDN", Ignored, ""),
     ("shareProcessNamespace", Ignored, ""),

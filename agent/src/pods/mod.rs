@@ -10,7 +10,7 @@ mod termination;
 mod worker;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 

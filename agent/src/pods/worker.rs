@@ -27,6 +27,7 @@ use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
 use crate::pod_config::{prepare_volumes, ObjectSource};
+use crate::projected::ServiceAccountTokens;
 use crate::runtime::containers::{Attempt, AttemptState};
 use crate::volumes::{unmount_pod_volumes, PreparedVolume};
 
@@ -154,6 +155,8 @@ pub(super) struct PodWorker {
     pub(super) volumes: HashMap<String, PreparedVolume>,
     /// While volumes fail: the current wait before the next try.
     pub(super) volume_retry: Option<Duration>,
+    /// The service-account tokens of the pod's projected volumes, refreshed when due.
+    pub(super) tokens: ServiceAccountTokens,
 }
 
 impl PodWorker {
@@ -183,6 +186,7 @@ impl PodWorker {
             warned_fields: false,
             volumes: HashMap::new(),
             volume_retry: None,
+            tokens: ServiceAccountTokens::default(),
         }
     }
 
@@ -355,8 +359,17 @@ impl PodWorker {
         let ctx = self.ctx.clone();
         let mut objects = ObjectSource::new(&*ctx.api, namespace(pod));
         let started = !self.ctx.runtime.attempts(&self.dir).is_empty();
-        let prepared =
-            prepare_volumes(pod, &self.dir, started, &mut objects, &mut self.volumes).await;
+        let now = self.ctx.clock.now();
+        let prepared = prepare_volumes(
+            pod,
+            &self.dir,
+            started,
+            &mut objects,
+            &mut self.volumes,
+            &mut self.tokens,
+            now,
+        )
+        .await;
         let volumes = match prepared {
             Ok(volumes) => {
                 self.volume_retry = None;
@@ -374,6 +387,11 @@ impl PodWorker {
                 return wait;
             }
         };
+        // Wake when a projected token is due, even if that is before the next resync.
+        if let Some(due) = self.tokens.next_refresh() {
+            let wait = Duration::try_from(due.duration_since(now)).unwrap_or_default();
+            next = next.min(wait.max(Duration::from_secs(1)));
+        }
         let policy = RestartPolicy::of(pod);
 
         // Init containers, one at a time, each to a zero exit.

@@ -1,23 +1,31 @@
 //! Service environment variables: `WEB_SERVICE_HOST`, `WEB_SERVICE_PORT` and the Docker-link
-//! style `WEB_PORT_80_TCP_ADDR` family, for the services that exist when a container starts.
+//! style `WEB_PORT_80_TCP_ADDR` family, for the services that exist when a container starts;
+//! `KUBERNETES_SERVICE_HOST`/`_PORT` in every pod, which in-cluster client configs read.
 
 use super::catalog::{Catalog, Service};
 
-/// The variables for the services a pod in `namespace` sees: its namespace's services with a
-/// cluster IP, plus the API server's `kubernetes` service from `default` (every pod can find
-/// the API). Sorted by service name, so a container's environment does not depend on the
-/// order services arrived in.
-pub fn service_env(catalog: &Catalog, namespace: &str) -> Vec<(String, String)> {
+/// The variables for the services a pod in `namespace` sees, as kubelet's
+/// `getServiceEnvVarMap`: the API server's `kubernetes` service from `default` always (every
+/// pod can find the API, even with `enableServiceLinks: false`), and with `service_links` its
+/// namespace's services with a cluster IP (a `kubernetes` service of its own then wins).
+/// Sorted by service name, so a container's environment does not depend on the order
+/// services arrived in.
+pub fn service_env(
+    catalog: &Catalog,
+    namespace: &str,
+    service_links: bool,
+) -> Vec<(String, String)> {
     let mut services: Vec<&Service> = catalog
         .services
         .values()
-        .filter(|s| s.namespace == namespace && s.cluster_ip.is_some())
+        .filter(|s| service_links && s.namespace == namespace && s.cluster_ip.is_some())
         .collect();
-    if namespace != "default" {
-        if let Some(api) = catalog.service("default", "kubernetes") {
-            if !services.iter().any(|s| s.name == "kubernetes") {
-                services.push(api);
-            }
+    if let Some(api) = catalog
+        .service("default", "kubernetes")
+        .filter(|s| s.cluster_ip.is_some())
+    {
+        if !services.iter().any(|s| s.name == "kubernetes") {
+            services.push(api);
         }
     }
     services.sort_by(|a, b| a.name.cmp(&b.name));
@@ -91,7 +99,7 @@ mod tests {
                 "spec": {"clusterIP": "10.43.0.5", "ports": [{"port": 80}]},
             }),
         ]);
-        let env = service_env(&catalog, "shop");
+        let env = service_env(&catalog, "shop", true);
         let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         assert_eq!(get("REDIS_MAIN_SERVICE_HOST"), Some("10.43.0.9"));
         assert_eq!(get("REDIS_MAIN_SERVICE_PORT"), Some("6379"));
@@ -116,5 +124,33 @@ mod tests {
             None,
             "other namespaces' services stay out"
         );
+    }
+
+    #[test]
+    fn every_pod_finds_the_api_server_even_without_service_links() {
+        let catalog = Catalog::with_services([
+            json!({
+                "metadata": {"namespace": "default", "name": "kubernetes"},
+                "spec": {"clusterIP": "10.43.0.1", "ports": [{"name": "https", "port": 443}]},
+            }),
+            json!({
+                "metadata": {"namespace": "shop", "name": "kubernetes-ui"},
+                "spec": {"clusterIP": "10.43.0.7", "ports": [{"port": 80}]},
+            }),
+            json!({
+                "metadata": {"namespace": "lab", "name": "kubernetes"},
+                "spec": {"clusterIP": "10.43.0.8", "ports": [{"port": 8443}]},
+            }),
+        ]);
+        for namespace in ["default", "shop", "lab", "new"] {
+            let env = service_env(&catalog, namespace, false);
+            let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+            assert_eq!(get("KUBERNETES_SERVICE_HOST").as_deref(), Some("10.43.0.1"));
+            assert_eq!(get("KUBERNETES_SERVICE_PORT").as_deref(), Some("443"));
+            assert_eq!(get("KUBERNETES_UI_SERVICE_HOST"), None, "{namespace}");
+        }
+        // With links, a namespace's own `kubernetes` service wins, as in kubelet.
+        let lab = service_env(&catalog, "lab", true);
+        assert!(lab.contains(&("KUBERNETES_SERVICE_HOST".into(), "10.43.0.8".into())));
     }
 }

@@ -77,11 +77,7 @@ impl NodeServices {
     /// `enableServiceLinks: false` only the API server's.
     pub fn env(&self, namespace: &str, service_links: bool) -> Vec<(String, String)> {
         let catalog = self.catalog.read().expect("catalog lock");
-        let mut vars = env::service_env(&catalog, namespace);
-        if !service_links {
-            vars.retain(|(key, _)| key.starts_with("KUBERNETES_"));
-        }
-        vars
+        env::service_env(&catalog, namespace, service_links)
     }
 
     /// The resolv.conf of a pod.

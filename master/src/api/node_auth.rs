@@ -9,8 +9,10 @@
 //! Authorization, like upstream's Node authorizer: a node may change only its own Node (and its
 //! status), its own Lease, the status of pods bound to it, delete those pods, create events and
 //! report its own usage; it may read config maps, secrets and claims only when a pod bound to it
-//! uses them, and volumes bound to such claims; it may list and watch volumes and delete the
-//! local volumes pinned to it. Everything else it asks to change is refused with 403.
+//! uses them (in volumes, projected volumes, env or pull secrets), and volumes bound to such
+//! claims; it may list and watch volumes and delete the local volumes pinned to it; it may
+//! create a token for a service account one of its pods runs as, bound to that pod. Everything
+//! else it asks to change is refused with 403.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -100,6 +102,12 @@ impl NodeCredentials {
     /// The token agents join with.
     pub fn join_token(&self) -> String {
         join::format_token(&self.ca_hash, &self.join_secret)
+    }
+
+    /// The cluster CA certificate (PEM) that signs the API server's certificate: what pods
+    /// find as `ca.crt` in the `kube-root-ca.crt` config map.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 
     /// The node a bearer token belongs to.
@@ -217,11 +225,12 @@ fn pod_uses(pod: &Value, kind: &str, name: &str) -> bool {
             v[volume_key]["name"].as_str().map(str::to_owned)
         }
     };
-    let in_volumes = spec["volumes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|v| volume_name(v).as_deref() == Some(name));
+    let volumes = || spec["volumes"].as_array().into_iter().flatten();
+    let in_volumes = volumes().any(|v| volume_name(v).as_deref() == Some(name));
+    // Projected volumes name config maps and secrets with `name` in every source.
+    let in_projections = volumes()
+        .flat_map(|v| v["projected"]["sources"].as_array().into_iter().flatten())
+        .any(|source| source[volume_key]["name"] == name);
     let containers = spec["containers"]
         .as_array()
         .into_iter()
@@ -245,7 +254,7 @@ fn pod_uses(pod: &Value, kind: &str, name: &str) -> bool {
             .into_iter()
             .flatten()
             .any(|s| s["name"] == name);
-    in_volumes || in_env || pull_secret
+    in_volumes || in_projections || in_env || pull_secret
 }
 
 /// Allows or refuses what a node asks.
@@ -372,6 +381,9 @@ pub async fn authorize(state: &Arc<ApiState>, request: NodeRequest<'_>) -> Resul
                 Err(forbidden(&request, "nodes create and update events"))
             }
         }
+        ("", "serviceaccounts") if !reading || sub.is_some() => {
+            authorize_token_request(state, &request).await
+        }
         ("", "persistentvolumeclaims") | ("", "persistentvolumes") => {
             authorize_volume_request(state, &request).await
         }
@@ -455,6 +467,95 @@ async fn authorize_volume_request(
     }
 }
 
+/// A node may create a token only for a service account one of its pods runs as, bound to
+/// that pod (upstream's Node authorizer, which follows node → pod → service account, and the
+/// NodeRestriction admission, which checks the binding).
+async fn authorize_token_request(
+    state: &Arc<ApiState>,
+    request: &NodeRequest<'_>,
+) -> Result<(), ApiError> {
+    let target = request.target;
+    let Some(account) = target
+        .name
+        .as_deref()
+        .filter(|_| *request.method == Method::POST)
+    else {
+        return Err(forbidden(
+            request,
+            "can only create tokens for individual service accounts",
+        ));
+    };
+    if target.subresource.as_deref() != Some("token") {
+        return Err(forbidden(
+            request,
+            "can only create token subresource of serviceaccount",
+        ));
+    }
+    let namespace = target.namespace.as_deref().unwrap_or("default");
+    let pods = pods_on(state, request.node, namespace).await?;
+    let runs_as = |pod: &Value| pod["spec"]["serviceAccountName"] == account;
+    if !pods.iter().any(runs_as) {
+        return Err(forbidden(
+            request,
+            &format!(
+                "no relationship found between node '{}' and this object",
+                request.node
+            ),
+        ));
+    }
+    let refuse = |why: &str| {
+        ApiError::forbidden(format!("serviceaccounts \"{account}\" is forbidden: {why}"))
+    };
+    let body: Value = serde_json::from_slice(request.body).unwrap_or(Value::Null);
+    let reference = &body["spec"]["boundObjectRef"];
+    let pod_name = reference["name"].as_str().unwrap_or_default();
+    if reference["apiVersion"] != "v1" || reference["kind"] != "Pod" || pod_name.is_empty() {
+        return Err(refuse("node requested token not bound to a pod"));
+    }
+    let uid = reference["uid"].as_str().unwrap_or_default();
+    if uid.is_empty() {
+        return Err(refuse(
+            "node requested token with a pod binding without a uid",
+        ));
+    }
+    let pod = match pods.iter().find(|p| p["metadata"]["name"] == pod_name) {
+        Some(pod) => pod.clone(),
+        None => {
+            let store = state.store.clone();
+            let key = POD_KEY.to_owned();
+            let (namespace, name) = (namespace.to_owned(), pod_name.to_owned());
+            let elsewhere = blocking(move || {
+                store
+                    .get(&key, &namespace, &name)
+                    .map_err(|e| ApiError::internal_logged("reading the store failed", &e))
+            })
+            .await?;
+            if elsewhere.is_none() {
+                return Err(ApiError::new(
+                    404,
+                    "NotFound",
+                    format!("pods \"{pod_name}\" not found"),
+                ));
+            }
+            return Err(refuse(
+                "node requested token bound to a pod scheduled on a different node",
+            ));
+        }
+    };
+    if pod["metadata"]["uid"] != uid {
+        return Err(refuse(&format!(
+            "the UID in the bound object reference ({uid}) does not match the UID in record. The object might have been deleted and then recreated"
+        )));
+    }
+    if !runs_as(&pod) {
+        return Err(refuse(&format!(
+            "cannot bind token for serviceaccount \"{account}\" to pod running with different serviceaccount name."
+        )));
+    }
+    Ok(())
+}
+
+const POD_KEY: &str = "core/pods";
 const VOLUMES: &str = "core/persistentvolumes";
 
 async fn pods_on(
@@ -518,6 +619,245 @@ mod tests {
         assert!(!is_dns_subdomain(""));
     }
 
+    use crate::controllers::testing::{key, TestCluster};
+
+    /// Asks as node `node` to do `method` on the API path `path` with `body`.
+    async fn ask(
+        cluster: &TestCluster,
+        node: &str,
+        method: Method,
+        path: &str,
+        body: Value,
+    ) -> Result<(), ApiError> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let target = super::super::parse_target(&segments)
+            .expect("a valid path")
+            .expect("a resource path");
+        let body = body.to_string();
+        let request = NodeRequest {
+            node,
+            method: &method,
+            target: &target,
+            body: body.as_bytes(),
+            watching: false,
+        };
+        authorize(&cluster.shared_api(), request).await
+    }
+
+    /// Two pods, `web` on pi-1 running as `builder`, `db` on pi-2 running as `default`.
+    fn cluster_with_pods() -> (TestCluster, String) {
+        let cluster = TestCluster::new();
+        cluster.create(
+            "core/serviceaccounts",
+            json!({"metadata": {"name": "builder", "namespace": "default"}}),
+        );
+        let web = cluster.create(
+            "core/pods",
+            json!({"metadata": {"name": "web", "namespace": "default"},
+                   "spec": {"serviceAccountName": "builder",
+                            "containers": [{"name": "app", "image": "registry.local/app:1"}]}}),
+        );
+        cluster.create(
+            "core/pods",
+            json!({"metadata": {"name": "db", "namespace": "default"},
+                   "spec": {"containers": [{"name": "app", "image": "registry.local/db:1"}]}}),
+        );
+        cluster.run_pod(&key("web"), "pi-1", "10.0.0.5", None);
+        cluster.run_pod(&key("db"), "pi-2", "10.0.0.6", None);
+        let uid = web["metadata"]["uid"].as_str().unwrap().to_owned();
+        (cluster, uid)
+    }
+
+    fn token_request(pod: &str, uid: &str) -> Value {
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+               "spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3607,
+                        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid}}})
+    }
+
+    const BUILDER_TOKEN: &str = "/api/v1/namespaces/default/serviceaccounts/builder/token";
+
+    #[tokio::test]
+    async fn a_node_creates_tokens_only_for_accounts_of_its_pods_bound_to_them() {
+        let (cluster, uid) = cluster_with_pods();
+        let request = token_request("web", &uid);
+        ask(
+            &cluster,
+            "pi-1",
+            Method::POST,
+            BUILDER_TOKEN,
+            request.clone(),
+        )
+        .await
+        .expect("pi-1 runs web as builder");
+
+        let other_node = ask(
+            &cluster,
+            "pi-2",
+            Method::POST,
+            BUILDER_TOKEN,
+            request.clone(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(other_node.code, 403);
+        assert!(
+            other_node
+                .message
+                .ends_with("no relationship found between node 'pi-2' and this object"),
+            "{}",
+            other_node.message
+        );
+
+        let refusals = [
+            (json!({"spec": {}}), "node requested token not bound to a pod"),
+            (token_request("web", ""), "node requested token with a pod binding without a uid"),
+            (
+                token_request("web", "someone-else"),
+                "the UID in the bound object reference (someone-else) does not match the UID in record. The object might have been deleted and then recreated",
+            ),
+            (
+                token_request("db", "x"),
+                "node requested token bound to a pod scheduled on a different node",
+            ),
+        ];
+        for (body, why) in refusals {
+            let error = ask(&cluster, "pi-1", Method::POST, BUILDER_TOKEN, body)
+                .await
+                .unwrap_err();
+            assert_eq!(error.code, 403);
+            assert_eq!(
+                error.message,
+                format!("serviceaccounts \"builder\" is forbidden: {why}")
+            );
+        }
+        let missing = ask(
+            &cluster,
+            "pi-1",
+            Method::POST,
+            BUILDER_TOKEN,
+            token_request("gone", "x"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(missing.code, 404);
+    }
+
+    #[tokio::test]
+    async fn a_token_for_a_pod_of_another_account_is_refused() {
+        let (cluster, uid) = cluster_with_pods();
+        cluster.create(
+            "core/pods",
+            json!({"metadata": {"name": "side", "namespace": "default"},
+                   "spec": {"containers": [{"name": "app", "image": "registry.local/app:1"}]}}),
+        );
+        cluster.run_pod(&key("side"), "pi-1", "10.0.0.7", None);
+        let side_uid = cluster.get("core/pods", &key("side")).unwrap()["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // pi-1 runs pods as both accounts, but `side` runs as default, not builder.
+        let error = ask(
+            &cluster,
+            "pi-1",
+            Method::POST,
+            BUILDER_TOKEN,
+            token_request("side", &side_uid),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            error.message.contains("different serviceaccount name"),
+            "{}",
+            error.message
+        );
+        assert!(ask(
+            &cluster,
+            "pi-1",
+            Method::POST,
+            BUILDER_TOKEN,
+            token_request("web", &uid)
+        )
+        .await
+        .is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_node_may_not_change_service_accounts_or_ask_other_subresources() {
+        let (cluster, _) = cluster_with_pods();
+        let update = ask(
+            &cluster,
+            "pi-1",
+            Method::PUT,
+            "/api/v1/namespaces/default/serviceaccounts/builder",
+            json!({}),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            update
+                .message
+                .ends_with("can only create tokens for individual service accounts"),
+            "{}",
+            update.message
+        );
+        let no_subresource = ask(
+            &cluster,
+            "pi-1",
+            Method::POST,
+            "/api/v1/namespaces/default/serviceaccounts/builder",
+            json!({}),
+        )
+        .await
+        .unwrap_err();
+        assert!(no_subresource
+            .message
+            .ends_with("can only create token subresource of serviceaccount"));
+        let list = ask(
+            &cluster,
+            "pi-1",
+            Method::POST,
+            "/api/v1/namespaces/default/serviceaccounts",
+            json!({}),
+        )
+        .await
+        .unwrap_err();
+        assert!(list
+            .message
+            .ends_with("can only create tokens for individual service accounts"));
+        ask(
+            &cluster,
+            "pi-1",
+            Method::GET,
+            "/api/v1/namespaces/default/serviceaccounts/builder",
+            Value::Null,
+        )
+        .await
+        .expect("reading is allowed");
+    }
+
+    #[tokio::test]
+    async fn a_node_reads_the_root_ca_its_pods_project_and_nothing_else() {
+        let (cluster, _) = cluster_with_pods();
+        let root_ca = "/api/v1/namespaces/default/configmaps/kube-root-ca.crt";
+        ask(&cluster, "pi-1", Method::GET, root_ca, Value::Null)
+            .await
+            .expect("web projects kube-root-ca.crt");
+        let other = ask(
+            &cluster,
+            "pi-1",
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps/settings",
+            Value::Null,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(other.code, 403);
+        let elsewhere = ask(&cluster, "pi-3", Method::GET, root_ca, Value::Null)
+            .await
+            .unwrap_err();
+        assert_eq!(elsewhere.code, 403);
+    }
+
     #[test]
     fn pods_use_config_maps_and_secrets_by_volume_env_and_pull_secret() {
         let pod = json!({"spec": {
@@ -535,5 +875,18 @@ mod tests {
         assert!(pod_uses(&pod, "secrets", "registry"));
         assert!(!pod_uses(&pod, "secrets", "settings"));
         assert!(!pod_uses(&pod, "configmaps", "other"));
+    }
+
+    #[test]
+    fn projected_volumes_name_config_maps_and_secrets_too() {
+        let pod = json!({"spec": {"volumes": [{"name": "p", "projected": {"sources": [
+            {"configMap": {"name": "kube-root-ca.crt"}},
+            {"secret": {"name": "tls"}},
+            {"serviceAccountToken": {"path": "token"}},
+        ]}}]}});
+        assert!(pod_uses(&pod, "configmaps", "kube-root-ca.crt"));
+        assert!(pod_uses(&pod, "secrets", "tls"));
+        assert!(!pod_uses(&pod, "secrets", "kube-root-ca.crt"));
+        assert!(!pod_uses(&pod, "configmaps", "tls"));
     }
 }

@@ -980,7 +980,8 @@ fn now_rfc3339() -> String {
         .to_string()
 }
 
-fn random_suffix() -> String {
+/// Five random characters of upstream's name generator, as `generateName` appends.
+pub(crate) fn random_suffix() -> String {
     use rand::Rng;
     // Upstream's alphabet leaves out vowels and confusable characters, so names never spell words.
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -1211,6 +1212,12 @@ fn admit_new(
     admission::apply_defaults(resource.group, resource.kind, &mut candidate);
     // Mutating admission plugins, in upstream's order, before validation.
     crate::limit_range::admit_defaults(state, resource, &mut candidate)?;
+    crate::service_account_admission::admit_create(
+        state,
+        resource,
+        &mut candidate,
+        &admission_name,
+    )?;
     crate::priority::admit_create(state, resource, &mut candidate, &admission_name)?;
     let errors = admission::validate_create(resource.group, resource.kind, &candidate);
     if !errors.is_empty() {

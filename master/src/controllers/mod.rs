@@ -51,6 +51,7 @@ pub mod nodes;
 pub mod preemption;
 pub mod quota;
 pub mod replicas;
+pub mod root_ca;
 pub mod scheduler;
 pub mod statefulset;
 #[cfg(test)]
@@ -442,6 +443,7 @@ impl Runtime {
             )),
             Arc::new(gc::GarbageCollector),
             Arc::new(gc::NamespaceController),
+            Arc::new(root_ca::RootCaPublisher),
             Arc::new(nodes::NodeLifecycle::new(timings)),
             Arc::new(quota::QuotaStatusController),
             Arc::new(disruption::DisruptionController),

@@ -36,6 +36,10 @@ pub fn now() -> Option<jiff::Timestamp> {
     Some(start + elapsed)
 }
 
+/// The cluster CA certificate of test clusters (not a real certificate: only its text matters).
+pub const TEST_CA_PEM: &str =
+    "-----BEGIN CERTIFICATE-----\nTUlJQnRlc3Q=\n-----END CERTIFICATE-----\n";
+
 /// One store, one view, one temporary directory; dropped with the test.
 pub struct TestCluster {
     shared: Shared,
@@ -58,9 +62,12 @@ impl TestCluster {
             crate::store::DEFAULT_HISTORY_REVISIONS,
         )
         .expect("a store in the temporary directory");
-        let nodes =
-            crate::api::node_auth::NodeCredentials::load(dir.path(), "", "https://127.0.0.1:6443")
-                .expect("node credentials in the temporary directory");
+        let nodes = crate::api::node_auth::NodeCredentials::load(
+            dir.path(),
+            TEST_CA_PEM,
+            "https://127.0.0.1:6443",
+        )
+        .expect("node credentials in the temporary directory");
         let metrics = Arc::new(crate::metrics::MetricsRegistry::default());
         let api = ApiState {
             store: Arc::new(store),
@@ -95,6 +102,11 @@ impl TestCluster {
     /// The API state, for calls the helpers do not cover.
     pub fn api(&self) -> &ApiState {
         &self.shared.api
+    }
+
+    /// The API state shared, for async API functions that take it so.
+    pub fn shared_api(&self) -> Arc<ApiState> {
+        self.shared.api.clone()
     }
 
     /// Brings the view up to date with every committed change, as the informer does.
