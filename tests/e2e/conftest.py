@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -249,6 +250,40 @@ def pis(tmp_path_factory):
     cluster = VirtualPis(tmp_path_factory.mktemp("pis") / "data")
     yield cluster
     cluster.stop()
+
+
+def python_client_pod(pis, name, script, node="pi-1", **spec):
+    """A pod on a virtual Pi that runs `script` with the official Python client.
+
+    The demo image is a static binary with no Python, so the pod mounts, read-only at the same
+    paths, the host's Python: the interpreter and its libraries, and the test venv holding the
+    `kubernetes` package (wherever they are: /usr, pyenv, target/test-venv)."""
+    paths = ["/usr", "/lib", "/lib64", sys.prefix, sys.base_prefix,
+             os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))]
+    host_paths = []
+    for path in paths:
+        if os.path.exists(path) and not any(path == p or path.startswith(p + "/") for p in host_paths):
+            host_paths = [p for p in host_paths if not p.startswith(path + "/")] + [path]
+    volumes, mounts = [], []
+    for i, path in enumerate(host_paths):
+        volumes.append({"name": f"host-{i}", "hostPath": {"path": path}})
+        mounts.append({"name": f"host-{i}", "mountPath": path, "readOnly": True})
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "volumes": volumes,
+            "containers": [{
+                "name": "client", "image": f"{pis.demo}:1",
+                "command": [os.path.join(sys.prefix, "bin", "python"), "-c", script],
+                "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
+                "volumeMounts": mounts,
+            }],
+            **spec,
+        },
+    }
 
 
 @pytest.fixture

@@ -2,17 +2,12 @@
 volume, the root CA publisher's kube-root-ca.crt, bound tokens the agent requests and
 refreshes, and the official Python client's `load_incluster_config()` in a real container.
 
-The demo image is a static binary with no Python, so the pod mounts the host's Python (the
-interpreter, its libraries and the test venv with the `kubernetes` package) read-only: a real
-container running the real client against the API through the `kubernetes` service."""
+The pods run the host's Python read-only (conftest's `python_client_pod`): a real container
+running the real client against the API through the `kubernetes` service."""
 
 import json
-import os
 
-from conftest import manifest, wait_for
-
-PYENV = os.path.realpath("/work/venv/bin/python3").rsplit("/bin/", 1)[0]
-HOST_PATHS = ["/usr", "/lib", "/lib64", "/etc/ssl", "/work/venv", PYENV]
+from conftest import manifest, python_client_pod as python_pod, wait_for
 
 # Lists the pods of the pod's own namespace, then tries another namespace, and prints both.
 IN_CLUSTER_SCRIPT = """
@@ -36,29 +31,6 @@ print(json.dumps({"namespace": namespace, "own": own, "elsewhere": elsewhere,
                   "host": os.environ["KUBERNETES_SERVICE_HOST"],
                   "port": os.environ["KUBERNETES_SERVICE_PORT"]}))
 """
-
-
-def python_pod(pis, name, script, node="pi-1", **spec):
-    volumes, mounts = [], []
-    for i, path in enumerate(HOST_PATHS):
-        volumes.append({"name": f"host-{i}", "hostPath": {"path": path}})
-        mounts.append({"name": f"host-{i}", "mountPath": path, "readOnly": True})
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "restartPolicy": "Never",
-            "volumes": volumes,
-            "containers": [{
-                "name": "client", "image": f"{pis.demo}:1",
-                "command": ["/work/venv/bin/python", "-c", script],
-                "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
-                "volumeMounts": mounts,
-            }],
-            **spec,
-        },
-    }
 
 
 def finished(pis, namespace, name):
@@ -100,10 +72,8 @@ def test_a_pod_lists_pods_with_the_python_clients_in_cluster_config(pis, namespa
     assert result["subject"] == f"system:serviceaccount:{namespace}:default"
     service = pis.kubectl_json("get", "service", "kubernetes", "-n", "default")
     assert result["host"] == service["spec"]["clusterIP"]
-    # TODO(lead, after the RBAC merge): the default account has no role in kube-system, so
-    # this must then be 403. Until RBAC lands every authenticated identity is allowed.
-    # assert result["elsewhere"] == 403
-    assert result["elsewhere"] in ("allowed", 403)
+    # The default account has no role in kube-system.
+    assert result["elsewhere"] == 403
 
 
 def test_the_root_ca_is_published_and_opting_out_mounts_nothing(pis, namespace):
@@ -128,3 +98,95 @@ def test_the_root_ca_is_published_and_opting_out_mounts_nothing(pis, namespace):
     assert refused.returncode != 0
     assert (f'pods "robot" is forbidden: error looking up service account {namespace}/robot: '
             f'serviceaccount "robot" not found') in refused.stderr
+
+
+# Calls the API with the pod's own service account: each check is [method, path, body], each
+# answer its status code.
+CHECKS_SCRIPT = """
+import json, os
+from kubernetes import client, config
+config.load_incluster_config()
+api = client.ApiClient()
+codes = []
+for method, path, body in json.loads(os.environ["CHECKS"]):
+    request = api.param_serialize(method, path, body=body, auth_settings=["BearerToken"],
+                                  header_params={"Content-Type": "application/json",
+                                                 "Accept": "application/json"})
+    try:
+        codes.append(api.call_api(*request).status)
+    except client.exceptions.ApiException as e:
+        codes.append(e.status)
+print(json.dumps(codes))
+"""
+
+PUBLISHED = __import__("pathlib").Path(__file__).resolve().parent / "published"
+
+
+def run_checks(pis, namespace, account, checks, node="pi-2"):
+    """Runs CHECKS_SCRIPT as `account` in `namespace`; returns the status codes."""
+    name = f"checks-{account}"[:50].rstrip("-")
+    # A pod that asks for the token has it even when its account says no (kube-state-metrics').
+    pod = python_pod(pis, name, CHECKS_SCRIPT, node=node, serviceAccountName=account,
+                     automountServiceAccountToken=True)
+    pod["metadata"]["namespace"] = namespace
+    pod["spec"]["containers"][0]["env"].append({"name": "CHECKS", "value": json.dumps(checks)})
+    pis.kubectl("apply", "-f", "-", input=manifest(pod))
+    done = wait_for(lambda: finished(pis, namespace, name), timeout=120, what=f"the {account} checks")
+    logs = pis.kubectl("logs", name, "-n", namespace).stdout
+    pis.kubectl("delete", "pod", name, "-n", namespace, "--wait=false")
+    assert done["status"]["phase"] == "Succeeded", logs
+    return json.loads(logs.strip().splitlines()[-1])
+
+
+def test_published_manifests_with_rbac_apply_unchanged_and_their_accounts_get_what_they_grant(pis):
+    """The Kubernetes Dashboard, kube-state-metrics and metrics-server's RBAC, applied as
+    published (tests/e2e/published/, with source and licence). Their images come from the
+    internet, so their Deployments are scaled to zero; pods running as their service accounts
+    with the Python client show what the manifests' roles and bindings grant, and refuse."""
+    for name in ["dashboard.yaml", "kube-state-metrics.yaml", "metrics-server-rbac.yaml"]:
+        applied = pis.kubectl("apply", "-f", str(PUBLISHED / name), check=False)
+        assert applied.returncode == 0, applied.stderr
+    for namespace, deployment in [("kubernetes-dashboard", "kubernetes-dashboard"),
+                                  ("kubernetes-dashboard", "dashboard-metrics-scraper"),
+                                  ("kube-system", "kube-state-metrics")]:
+        pis.kubectl("scale", "deployment", deployment, "-n", namespace, "--replicas=0")
+    try:
+        # The dashboard: its own secrets and settings by name, metrics, nothing else.
+        dashboard = run_checks(pis, "kubernetes-dashboard", "kubernetes-dashboard", [
+            ["GET", "/api/v1/namespaces/kubernetes-dashboard/secrets/kubernetes-dashboard-csrf", None],
+            ["GET", "/api/v1/namespaces/kubernetes-dashboard/configmaps/kubernetes-dashboard-settings", None],
+            ["GET", "/apis/metrics.k8s.io/v1beta1/nodes", None],
+            ["GET", "/api/v1/namespaces/kubernetes-dashboard/secrets", None],
+            ["GET", "/api/v1/namespaces/kube-system/secrets/bramble-join-token", None],
+            ["DELETE", "/api/v1/namespaces/kubernetes-dashboard/configmaps/kubernetes-dashboard-settings", None],
+        ])
+        assert dashboard == [200, 200, 200, 403, 403, 403], dashboard
+        # kube-state-metrics (its account says automount false; its pod template says true):
+        # list and watch of everything across namespaces, no reads by name, no writes.
+        state_metrics = run_checks(pis, "kube-system", "kube-state-metrics", [
+            ["GET", "/api/v1/pods", None],
+            ["GET", "/apis/apps/v1/deployments", None],
+            ["GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles", None],
+            ["GET", "/api/v1/namespaces/kube-system/secrets/bramble-join-token", None],
+            ["POST", "/api/v1/namespaces/kube-system/configmaps",
+             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "nope"}}],
+        ])
+        assert state_metrics == [200, 200, 200, 403, 403], state_metrics
+        # metrics-server: nodes and pods, token and access reviews (system:auth-delegator).
+        metrics_server = run_checks(pis, "kube-system", "metrics-server", [
+            ["GET", "/api/v1/nodes", None],
+            ["POST", "/apis/authentication.k8s.io/v1/tokenreviews",
+             {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": "not-a-token"}}],
+            ["POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+             {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+              "spec": {"user": "alice", "resourceAttributes": {"verb": "get", "resource": "pods"}}}],
+            ["GET", "/api/v1/secrets", None],
+        ])
+        assert metrics_server == [200, 201, 201, 403], metrics_server
+        # The aggregated metrics reader reached `view` through its label.
+        view = pis.kubectl_json("get", "clusterrole", "view")
+        assert any("metrics.k8s.io" in rule.get("apiGroups", []) for rule in view["rules"]), view["rules"]
+    finally:
+        pis.kubectl("delete", "-f", str(PUBLISHED / "dashboard.yaml"), "--wait=false", check=False)
+        for name in ["kube-state-metrics.yaml", "metrics-server-rbac.yaml"]:
+            pis.kubectl("delete", "-f", str(PUBLISHED / name), "--wait=false", check=False)
