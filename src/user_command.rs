@@ -277,40 +277,13 @@ async fn wait_for_certificate(client: &Client, path: &str) -> anyhow::Result<Vec
     bail!("the cluster did not sign the certificate request {path} within 30 seconds")
 }
 
-/// The server and CA data of the admin kubeconfig's current cluster, to copy as they are.
+/// The server and CA data (base64) of the admin kubeconfig's current cluster.
 fn cluster_of(kubeconfig: &Path) -> anyhow::Result<(String, String)> {
-    let text = std::fs::read_to_string(kubeconfig)
-        .with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let config: Value = serde_saphyr::from_str(&text)
-        .with_context(|| format!("parsing {}", kubeconfig.display()))?;
-    let current = config["current-context"].as_str().unwrap_or_default();
-    let named = |section: &str, name: &str| -> Option<Value> {
-        config[section]
-            .as_array()?
-            .iter()
-            .find(|entry| name.is_empty() || entry["name"] == name)
-            .cloned()
-    };
-    let context = named("contexts", current).context("the kubeconfig has no current context")?;
-    let cluster = named(
-        "clusters",
-        context["context"]["cluster"].as_str().unwrap_or_default(),
-    )
-    .context("the kubeconfig's context names no cluster")?;
-    let server = cluster["cluster"]["server"]
-        .as_str()
-        .context("the kubeconfig's cluster has no server")?;
-    let ca = match cluster["cluster"]["certificate-authority-data"].as_str() {
-        Some(data) => data.trim().to_owned(),
-        None => {
-            let file = cluster["cluster"]["certificate-authority"]
-                .as_str()
-                .context("the kubeconfig's cluster has no certificate authority")?;
-            base64::engine::general_purpose::STANDARD
-                .encode(std::fs::read(file).with_context(|| format!("reading {file}"))?)
-        }
-    };
-    Ok((server.to_owned(), ca))
+    let context = protocol::client::KubeconfigContext::read(kubeconfig)?;
+    Ok((
+        context.server,
+        base64::engine::general_purpose::STANDARD.encode(context.ca_pem),
+    ))
 }
 
 /// Writes a file only its owner can read (it holds a private key).

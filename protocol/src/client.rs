@@ -2,7 +2,7 @@
 //!
 //! The agents, the simulated nodes and the dashboard need a handful of calls, not a general
 //! client: get, list, create, merge-patch, delete and watch, authenticated with a bearer token
-//! against the cluster CA from the kubeconfig. Requests share one HTTP/2 connection, so a
+//! or a client certificate against the cluster CA from the kubeconfig. Requests share one HTTP/2 connection, so a
 //! thousand simulated nodes cost the master one TLS session.
 //!
 //! [`Client::follow`] lists then watches a collection, as kube-runtime's watcher does, and
@@ -26,7 +26,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 use tokio::sync::{mpsc, Mutex};
 
@@ -99,9 +99,102 @@ pub struct Client {
     port: u16,
     server_name: ServerName<'static>,
     connector: tokio_rustls::TlsConnector,
-    token: String,
+    /// The bearer token, unless the client certificate says who this is.
+    token: Option<String>,
     ca_pem: Vec<u8>,
     connection: Mutex<Option<SendRequest<Body>>>,
+}
+
+/// How a client proves who it is.
+#[derive(Clone)]
+pub enum Credentials {
+    /// `Authorization: Bearer <token>` (the admin token, a node's, a service account's).
+    Token(String),
+    /// A client certificate from the cluster CA and its key, PEM (`bramble user add`).
+    Certificate {
+        /// The certificate (chain).
+        cert_pem: Vec<u8>,
+        /// Its private key.
+        key_pem: Vec<u8>,
+    },
+}
+
+/// The current context of a kubeconfig: where the server is, whom to trust, who to be.
+pub struct KubeconfigContext {
+    /// `https://host:port`.
+    pub server: String,
+    /// The cluster CA, PEM.
+    pub ca_pem: Vec<u8>,
+    /// The user's credentials.
+    pub credentials: Credentials,
+}
+
+impl KubeconfigContext {
+    /// Reads the current context of the kubeconfig at `path` (data inline or in files).
+    pub fn read(path: &Path) -> Result<KubeconfigContext, ClientError> {
+        let problem = |problem: String| ClientError::Kubeconfig {
+            path: path.display().to_string(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
+        let config: Value = serde_saphyr::from_str(&text).map_err(|e| problem(e.to_string()))?;
+        let current = config["current-context"].as_str().unwrap_or_default();
+        let named = |section: &str, name: &str| -> Option<Value> {
+            config[section]
+                .as_array()?
+                .iter()
+                .find(|entry| name.is_empty() || entry["name"] == name)
+                .cloned()
+        };
+        let context =
+            named("contexts", current).ok_or_else(|| problem(format!("no context {current:?}")))?;
+        let cluster_name = context["context"]["cluster"].as_str().unwrap_or_default();
+        let user_name = context["context"]["user"].as_str().unwrap_or_default();
+        let cluster = named("clusters", cluster_name)
+            .ok_or_else(|| problem(format!("no cluster {cluster_name:?}")))?;
+        let user =
+            named("users", user_name).ok_or_else(|| problem(format!("no user {user_name:?}")))?;
+        let server = cluster["cluster"]["server"]
+            .as_str()
+            .ok_or_else(|| problem("the cluster has no server".into()))?;
+        // `<field>-data` inline (base64), else `<field>` naming a file.
+        let material = |section: &Value, field: &str| -> Result<Option<Vec<u8>>, ClientError> {
+            if let Some(data) = section[format!("{field}-data")].as_str() {
+                return base64::engine::general_purpose::STANDARD
+                    .decode(data.trim())
+                    .map(Some)
+                    .map_err(|e| problem(format!("{field}-data: {e}")));
+            }
+            match section[field].as_str() {
+                Some(file) => std::fs::read(file)
+                    .map(Some)
+                    .map_err(|e| problem(format!("{file}: {e}"))),
+                None => Ok(None),
+            }
+        };
+        let ca_pem = material(&cluster["cluster"], "certificate-authority")?
+            .ok_or_else(|| problem("the cluster has no certificate authority".into()))?;
+        let user = &user["user"];
+        let credentials = match user["token"].as_str() {
+            Some(token) => Credentials::Token(token.to_owned()),
+            None => match (
+                material(user, "client-certificate")?,
+                material(user, "client-key")?,
+            ) {
+                (Some(cert_pem), Some(key_pem)) => Credentials::Certificate { cert_pem, key_pem },
+                _ => {
+                    return Err(problem(
+                        "the user has neither a token nor a client certificate and key".into(),
+                    ))
+                }
+            },
+        };
+        Ok(KubeconfigContext {
+            server: server.to_owned(),
+            ca_pem,
+            credentials,
+        })
+    }
 }
 
 /// What a watch event says happened.
@@ -186,59 +279,28 @@ impl<'a> Event<'a> {
 }
 
 impl Client {
-    /// Reads the current context of a kubeconfig: server, CA and bearer token.
+    /// A client for the current context of a kubeconfig.
     pub fn from_kubeconfig(path: &Path) -> Result<Arc<Client>, ClientError> {
-        let problem = |problem: String| ClientError::Kubeconfig {
-            path: path.display().to_string(),
-            problem,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
-        let config: Value = serde_saphyr::from_str(&text).map_err(|e| problem(e.to_string()))?;
-        let current = config["current-context"].as_str().unwrap_or_default();
-        let named = |section: &str, name: &str| -> Option<Value> {
-            config[section]
-                .as_array()?
-                .iter()
-                .find(|entry| name.is_empty() || entry["name"] == name)
-                .cloned()
-        };
-        let context =
-            named("contexts", current).ok_or_else(|| problem(format!("no context {current:?}")))?;
-        let cluster_name = context["context"]["cluster"].as_str().unwrap_or_default();
-        let user_name = context["context"]["user"].as_str().unwrap_or_default();
-        let cluster = named("clusters", cluster_name)
-            .ok_or_else(|| problem(format!("no cluster {cluster_name:?}")))?;
-        let user =
-            named("users", user_name).ok_or_else(|| problem(format!("no user {user_name:?}")))?;
-        let server = cluster["cluster"]["server"]
-            .as_str()
-            .ok_or_else(|| problem("the cluster has no server".into()))?;
-        let ca_pem = match cluster["cluster"]["certificate-authority-data"].as_str() {
-            Some(data) => base64::engine::general_purpose::STANDARD
-                .decode(data.trim())
-                .map_err(|e| problem(format!("certificate-authority-data: {e}")))?,
-            None => {
-                let file = cluster["cluster"]["certificate-authority"]
-                    .as_str()
-                    .ok_or_else(|| problem("the cluster has no certificate authority".into()))?;
-                std::fs::read(file).map_err(|e| problem(format!("{file}: {e}")))?
+        let context = KubeconfigContext::read(path)?;
+        Client::build(&context.server, &context.ca_pem, context.credentials).map_err(|problem| {
+            ClientError::Setup {
+                server: context.server.clone(),
+                problem,
             }
-        };
-        let token = user["user"]["token"]
-            .as_str()
-            .ok_or_else(|| problem("the user has no token".into()))?;
-        Client::new(server, &ca_pem, token)
+        })
     }
 
     /// A client for `server` (https://host:port) trusting the PEM CA, sending `token`.
     pub fn new(server: &str, ca_pem: &[u8], token: &str) -> Result<Arc<Client>, ClientError> {
-        Client::build(server, ca_pem, token).map_err(|problem| ClientError::Setup {
-            server: server.to_owned(),
-            problem,
+        Client::build(server, ca_pem, Credentials::Token(token.to_owned())).map_err(|problem| {
+            ClientError::Setup {
+                server: server.to_owned(),
+                problem,
+            }
         })
     }
 
-    fn build(server: &str, ca_pem: &[u8], token: &str) -> Result<Arc<Client>, String> {
+    fn build(server: &str, ca_pem: &[u8], credentials: Credentials) -> Result<Arc<Client>, String> {
         let address = server
             .strip_prefix("https://")
             .ok_or_else(|| format!("server {server} is not an https:// address"))?
@@ -260,13 +322,26 @@ impl Client {
                 .add(cert)
                 .map_err(|e| format!("certificate authority: {e}"))?;
         }
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        let (mut tls, token) = match credentials {
+            Credentials::Token(token) => (tls.with_no_client_auth(), Some(token)),
+            Credentials::Certificate { cert_pem, key_pem } => {
+                let chain = CertificateDer::pem_slice_iter(&cert_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("client certificate: {e}"))?;
+                let key = PrivateKeyDer::from_pem_slice(&key_pem)
+                    .map_err(|e| format!("client key: {e}"))?;
+                let tls = tls
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate: {e}"))?;
+                (tls, None)
+            }
+        };
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let server_name =
             ServerName::try_from(host.clone()).map_err(|e| format!("server name {host}: {e}"))?;
@@ -275,7 +350,7 @@ impl Client {
             port,
             server_name,
             connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-            token: token.to_owned(),
+            token,
             ca_pem: ca_pem.to_vec(),
             connection: Mutex::new(None),
         }))
@@ -349,10 +424,14 @@ impl Client {
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let mut sender = self.sender().await?;
         sender.ready().await.map_err(|e| self.transport(e))?;
-        let request = Request::builder()
-            .method(method)
-            .uri(format!("https://{}{}", self.server(), path))
-            .header("authorization", format!("Bearer {}", self.token))
+        let mut request =
+            Request::builder()
+                .method(method)
+                .uri(format!("https://{}{}", self.server(), path));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
             .header("accept", "application/json")
             .header("content-type", content_type)
             .header("user-agent", "bramble-agent")

@@ -246,3 +246,56 @@ async fn the_issuer_publishes_its_discovery_documents() {
     let anonymous = server.call_with("GET", "/openid/v1/jwks", &[], b"").await;
     assert_eq!(anonymous.code, 401);
 }
+
+/// The project's own client (the dashboard's) with a person's kubeconfig from
+/// `bramble user add`: a client certificate, no token; RBAC answers it in upstream's words.
+#[tokio::test]
+async fn the_protocol_client_speaks_as_a_kubeconfigs_client_certificate() {
+    use base64::Engine;
+    let server = TestServer::start().await;
+    let ca = TestCa::of_data_dir(server.data_dir());
+    let (cert, key_pem) = ca.client(
+        "carol",
+        &["team"],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+        44,
+    );
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let cert_pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        encode(cert.as_ref())
+    );
+    let kubeconfig = server.data_dir().join("carol.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: b\n  cluster:\n    \
+             server: https://{}\n    certificate-authority-data: {}\ncontexts:\n- name: c\n  \
+             context:\n    cluster: b\n    user: carol\nusers:\n- name: carol\n  user:\n    \
+             client-certificate-data: {}\n    client-key-data: {}\n",
+            server.addr,
+            encode(server.ca_pem.as_bytes()),
+            encode(cert_pem.as_bytes()),
+            encode(key_pem.as_bytes()),
+        ),
+    )
+    .unwrap();
+    let client = protocol::client::Client::from_kubeconfig(&kubeconfig).unwrap();
+    let review = client
+        .create(
+            WHOAMI,
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(review["status"]["userInfo"]["username"], "carol");
+    let refused = client.get("/api/v1/nodes").await.unwrap_err();
+    assert_eq!(refused.code(), Some(403));
+    assert!(
+        refused.to_string().contains(
+            "nodes is forbidden: User \"carol\" cannot list resource \"nodes\" in API group \"\" \
+             at the cluster scope"
+        ),
+        "{refused}"
+    );
+}
