@@ -9,7 +9,9 @@ small list (`GET /api/v1/namespaces/bench/configmaps`, 10 items) is requested, i
 - the admin fast path: the master's own client certificate (group system:masters, no RBAC);
 - a user made by `bramble user add` and bound to `view` in `bench` (RBAC over every binding).
 Both authenticate by client certificate on one kept-alive connection each, so the difference
-between the two is the authorizer's (and the index's) cost per request.
+between the two is the authorizer's (and the index's) cost per request. A third client, a
+service account bound to `view` with a token from TokenRequest, adds what verifying a JWT
+(ES256, its account and bound object looked up) costs on every request.
 """
 
 import argparse
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from master_bench import free_port, percentile, rss_kib  # noqa: E402
+from master_bench import Client, free_port, percentile, rss_kib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,8 +127,22 @@ def main():
         status, _ = reader.request("GET", "/api/v1/namespaces/kube-system/secrets")
         print(f"the reader listing kube-system secrets: {status} (403 expected)")
 
-        timings = {"admin fast path (system:masters)": [], "user through RBAC": []}
-        clients = list(zip(timings.values(), [admin, reader]))
+        admin.request("POST", "/api/v1/namespaces/bench/serviceaccounts", {
+            "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bench-reader"}})
+        admin.request("POST", "/apis/rbac.authorization.k8s.io/v1/namespaces/bench/rolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "bench-reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "ServiceAccount", "name": "bench-reader", "namespace": "bench"}]})
+        status, body = admin.request("POST", "/api/v1/namespaces/bench/serviceaccounts/bench-reader/token", {
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}})
+        if status != 201:
+            sys.exit(f"TokenRequest: {status} {body[:300]!r}")
+        account = Client(port, json.loads(body)["status"]["token"], ca)
+
+        timings = {"admin fast path (system:masters)": [], "user through RBAC": [],
+                   "service account token + RBAC": []}
+        clients = list(zip(timings.values(), [admin, reader, account]))
         for _ in range(200):  # warm up both connections and caches
             for _, client in clients:
                 client.request("GET", "/api/v1/namespaces/bench/configmaps")
@@ -140,7 +156,7 @@ def main():
         for name, samples in timings.items():
             print(f"  {name:34} p50 {statistics.median(samples) * 1e6:7.0f} µs   "
                   f"p99 {percentile(samples, 0.99) * 1e6:7.0f} µs")
-        fast, rbac = timings.values()
+        fast, rbac, _ = timings.values()
         print(f"  RBAC adds                          p50 {(statistics.median(rbac) - statistics.median(fast)) * 1e6:7.0f} µs   "
               f"p99 {(percentile(rbac, 0.99) - percentile(fast, 0.99)) * 1e6:7.0f} µs")
         print(f"master RSS                           {rss_kib(master.pid) / 1024:.1f} MiB")

@@ -6,8 +6,14 @@ The pods run the host's Python read-only (conftest's `python_client_pod`): a rea
 running the real client against the API through the `kubernetes` service."""
 
 import json
+import os
+
+import pytest
 
 from conftest import manifest, python_client_pod as python_pod, wait_for
+
+# The long run (documented in README): tests that wait minutes of real time.
+LONG = os.environ.get("BRAMBLE_E2E_LONG") == "1"
 
 # Lists the pods of the pod's own namespace, then tries another namespace, and prints both.
 IN_CLUSTER_SCRIPT = """
@@ -190,3 +196,57 @@ def test_published_manifests_with_rbac_apply_unchanged_and_their_accounts_get_wh
         pis.kubectl("delete", "-f", str(PUBLISHED / "dashboard.yaml"), "--wait=false", check=False)
         for name in ["kube-state-metrics.yaml", "metrics-server-rbac.yaml"]:
             pis.kubectl("delete", "-f", str(PUBLISHED / name), "--wait=false", check=False)
+
+
+# Watches the projected token file until the agent rewrites it, then lists pods with the new one.
+ROTATION_SCRIPT = """
+import base64, json, time
+from kubernetes import client, config
+path = "/var/run/secrets/tokens/api-token"
+def claims(token):
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+first = open(path).read()
+while True:
+    time.sleep(5)
+    now = open(path).read()
+    if now != first:
+        break
+seen_at = time.time()
+config.load_incluster_config()
+configuration = client.Configuration.get_default_copy()
+configuration.api_key = {"authorization": "Bearer " + now}
+api = client.CoreV1Api(client.ApiClient(configuration))
+namespace = open("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read()
+listed = len(api.list_namespaced_pod(namespace).items)
+print(json.dumps({"first": claims(first), "second": claims(now), "seen_at": seen_at, "listed": listed}))
+"""
+
+
+@pytest.mark.skipif(not LONG, reason="the long run (BRAMBLE_E2E_LONG=1): a token's rotation takes 8 minutes")
+def test_a_projected_token_is_rotated_before_it_expires(pis, namespace):
+    """A projected token of the shortest life upstream allows (600 s): the agent rewrites it
+    at 80% of its life, before it expires, and the new one works."""
+    rbac = "rbac.authorization.k8s.io"
+    pis.kubectl("create", "role", "pod-reader", "-n", namespace, "--verb", "list", "--resource", "pods")
+    pis.kubectl("create", "rolebinding", "pod-reader", "-n", namespace, "--role", "pod-reader",
+                "--serviceaccount", f"{namespace}:default")
+    assert pis.kubectl_json("get", "rolebinding", "pod-reader", "-n", namespace)["roleRef"]["apiGroup"] == rbac
+    pod = python_pod(pis, "rotation", ROTATION_SCRIPT, node="pi-3")
+    pod["spec"]["volumes"].append({"name": "api-token", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "api-token", "expirationSeconds": 600}}]}})
+    pod["spec"]["containers"][0]["volumeMounts"].append(
+        {"name": "api-token", "mountPath": "/var/run/secrets/tokens", "readOnly": True})
+    pis.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(pod))
+    done = wait_for(lambda: finished(pis, namespace, "rotation"), timeout=660, interval=5,
+                    what="the token to be rotated")
+    logs = pis.kubectl("logs", "rotation", "-n", namespace).stdout
+    assert done["status"]["phase"] == "Succeeded", logs
+    result = json.loads(logs.strip().splitlines()[-1])
+    first, second = result["first"], result["second"]
+    assert first["exp"] - first["iat"] == 600
+    assert second["iat"] > first["iat"] and second["exp"] > first["exp"]
+    # Rewritten after 80% of the first token's life, and before it ran out.
+    assert first["iat"] + 0.8 * 600 - 5 <= second["iat"] < first["exp"], (first, second)
+    assert result["seen_at"] < first["exp"]
+    assert result["listed"] >= 1
