@@ -127,3 +127,22 @@ def test_the_dashboard_says_when_the_master_is_gone_and_reconnects(demo_cluster,
         "the dashboard to reconnect and show the new pods",
         timeout=45,
     )
+
+
+def test_a_narrower_identity_is_told_in_words_what_it_may_not_see(demo_cluster, tmp_path):
+    """`bramble tui` with a person's kubeconfig (a client certificate bound to `view` in one
+    namespace): the server answers, so the dashboard does not call the master lost; it says
+    which list is refused, in the server's words."""
+    master, _ = demo_cluster
+    kubeconfig = tmp_path / "viewer.kubeconfig"
+    subprocess.run([BRAMBLE, "user", "add", "viewer", "--namespace", "default", "--role", "view",
+                    "--kubeconfig", str(master.kubeconfig), "-o", str(kubeconfig)],
+                   check=True, capture_output=True, timeout=60)
+    board = Dashboard(kubeconfig, width=240)
+    try:
+        screen = board.wait_for_screen(lambda s: "not allowed:" in s and s, "the refusal to be shown")
+        assert 'User "viewer" cannot list resource' in screen, screen
+        assert "unreachable" not in screen, screen
+        assert board.running()
+    finally:
+        board.close()
