@@ -973,11 +973,9 @@ fn set_namespace(
     Ok(object)
 }
 
+/// Now to the second, on the controllers' clock (the tests' clock in their tests).
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .unwrap_or_else(|_| jiff::Timestamp::now())
-        .to_string()
+    crate::controllers::now_time()
 }
 
 /// Five random characters of upstream's name generator, as `generateName` appends.

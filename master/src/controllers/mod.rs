@@ -683,10 +683,13 @@ pub fn now_seconds() -> i64 {
     now().as_second()
 }
 
-/// Now as an RFC 3339 time to the second.
+/// Now as an RFC 3339 time to the second, cut as upstream writes `metav1.Time` (a time is
+/// never written as later than it is: a CronJob created at 09:00:59.6 was not created at 09:01).
 pub fn now_time() -> String {
     let now = now();
-    now.round(jiff::Unit::Second).unwrap_or(now).to_string()
+    jiff::Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string()
 }
 
 /// Sets (or refreshes) a condition in `status.conditions`; the transition time changes only
