@@ -4,14 +4,13 @@
 use std::sync::Arc;
 
 use rcgen::ExtendedKeyUsagePurpose;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::server_tests::{parse_reply, Reply, TestServer};
+use super::server_tests::{client_config, parse_reply, Reply, TestServer};
 use crate::auth::client_cert::tests::TestCa;
 
 /// One HTTP/1.1 request over TLS showing `client` (certificate and key PEM), or an error
@@ -23,20 +22,7 @@ async fn call_as(
     path: &str,
     body: &[u8],
 ) -> std::io::Result<Reply> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![client.0],
-            PrivateKeyDer::from_pem_slice(client.1.as_bytes()).unwrap(),
-        )
-        .unwrap();
+    let config = client_config(&server.ca_pem, Some(client));
     let tcp = TcpStream::connect(server.addr).await?;
     let name = ServerName::try_from("127.0.0.1").unwrap();
     let mut stream = TlsConnector::from(Arc::new(config))
