@@ -17,6 +17,7 @@ pub(crate) mod pods;
 pub(crate) mod projected;
 pub(crate) mod reclaim;
 pub mod runtime;
+pub mod seccomp;
 pub(crate) mod services;
 pub mod sim;
 pub(crate) mod usage;
