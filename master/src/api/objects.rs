@@ -1874,6 +1874,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn warning_headers_escape_quotes_and_backslashes_as_apimachinery() {
+        assert_eq!(
+            warning_header(r#"would violate PodSecurity "restricted:latest": a\b"#),
+            r#"299 - "would violate PodSecurity \"restricted:latest\": a\\b""#
+        );
+    }
+
+    #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {
         let token = encode_continue("default", "web-1", 42);
         assert_eq!(
