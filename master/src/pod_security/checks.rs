@@ -824,12 +824,11 @@ fn seccomp_profile(pod: &PodView, require: bool) -> Option<Violation> {
     let mut implicitly_bad = Vec::new();
     for c in &pod.containers {
         match c.security_context.and_then(|s| s.seccomp_profile.as_ref()) {
-            Some(profile) => {
-                if !valid_seccomp(&profile.type_) {
-                    explicitly_bad.push(c.name);
-                    bad_values.insert(profile.type_.clone());
-                }
+            Some(profile) if !valid_seccomp(&profile.type_) => {
+                explicitly_bad.push(c.name);
+                bad_values.insert(profile.type_.clone());
             }
+            Some(_) => {}
             None if !pod_set => implicitly_bad.push(c.name),
             None => {}
         }
