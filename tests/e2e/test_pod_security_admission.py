@@ -103,6 +103,20 @@ def test_warn_prints_upstreams_warning_for_pods_and_deployments(master):
     assert master.kubectl_json("get", "pod", "p", "-n", "loose")["metadata"]["name"] == "p"
 
 
+def test_audit_violations_are_logged_with_upstreams_annotation_keys(master):
+    namespace(master, "audited", {"pod-security.kubernetes.io/audit": "baseline"})
+    applied = master.kubectl("apply", "-f", "-", input=manifest(pod("p", "audited", {"privileged": True})))
+    assert applied.stdout.strip() == "pod/p created"
+    assert warnings(applied.stderr) == []
+    expected = ('pod-security.kubernetes.io/audit-violations="would violate PodSecurity \\"baseline:latest\\": '
+                'privileged (container \\"c\\" must not set securityContext.privileged=true)" '
+                'pod-security.kubernetes.io/enforce-policy="privileged:latest"')
+    line = wait_for(lambda: next((l for l in master.log.read_text().splitlines() if "audit-violations" in l), None),
+                    timeout=10, what="the audit line in the master's log")
+    assert expected in line, line
+    assert 'namespace="audited" name="p"' in line, line
+
+
 def test_a_deployment_in_a_restricted_namespace_gets_failed_create_events(master):
     namespace(master, "secure", {ENFORCE: "restricted"})
     applied = master.kubectl("apply", "-f", "-", input=manifest(deployment("web", "secure")))
