@@ -147,21 +147,27 @@ fn verdict(filter: &Filter, arch: Arch, name: &str, args: [u64; 6]) -> u32 {
 
 #[test]
 fn containerd_default_compiles_under_the_kernel_limit() {
+    let rounds = 50;
     for (what, names) in [
         ("default caps", &DEFAULT_CAPS[..]),
         ("all caps", &ALL_CAPS[..]),
     ] {
         let started = Instant::now();
-        let rounds = 50;
+        let mut profile = None;
+        for _ in 0..rounds {
+            profile = Some(runtime_default(names));
+        }
+        let per_resolve = started.elapsed() / rounds;
+        let profile = profile.expect("resolved");
+        let started = Instant::now();
         let mut filter = None;
         for _ in 0..rounds {
-            let profile = runtime_default(names);
             filter = Some(Filter::compile(&profile).expect("the default profile compiles"));
         }
         let per_compile = started.elapsed() / rounds;
         let filter = filter.expect("compiled");
         println!(
-            "seccomp RuntimeDefault ({what}): {} BPF instructions, resolve + compile {per_compile:?}",
+            "seccomp RuntimeDefault ({what}): {} BPF instructions; resolve {per_resolve:?}, compile {per_compile:?}",
             filter.len()
         );
         assert!(!filter.is_empty());
@@ -806,4 +812,76 @@ fn localhost_profiles() {
     assert!(err.contains("is outside"), "{err}");
 
     assert_eq!(resolve(&Choice::Unconfined, &[], &profiles), Ok(None));
+}
+
+/// Nanoseconds on the monotonic clock, without allocating.
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Not a pass/fail check: prints what loading the default filter and running syscalls through
+/// it cost (the budget is 5 ms of hardening per pod start).
+#[test]
+fn default_filter_costs() {
+    const CALLS: u64 = 100_000;
+    let filter = Filter::compile(&runtime_default(&DEFAULT_CAPS)).expect("compiles");
+    let mut fds = [0; 2];
+    // SAFETY: pipe, fork, and in the child only system calls and _exit.
+    let figures = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        let pid = libc::fork();
+        assert!(pid >= 0);
+        if pid == 0 {
+            let loop_ns = || {
+                let started = now_ns();
+                for _ in 0..CALLS {
+                    libc::syscall(libc::SYS_getpid);
+                }
+                (now_ns() - started) / CALLS
+            };
+            let unfiltered = loop_ns();
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+            let started = now_ns();
+            if filter.install().is_err() {
+                libc::_exit(1);
+            }
+            let install = now_ns() - started;
+            let filtered = loop_ns();
+            let report = [install, unfiltered, filtered];
+            libc::write(
+                fds[1],
+                report.as_ptr().cast(),
+                std::mem::size_of_val(&report),
+            );
+            libc::_exit(0);
+        }
+        libc::close(fds[1]);
+        let mut report = [0u64; 3];
+        let read = libc::read(
+            fds[0],
+            report.as_mut_ptr().cast(),
+            std::mem::size_of_val(&report),
+        );
+        libc::close(fds[0]);
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        assert_eq!(
+            read as usize,
+            std::mem::size_of_val(&report),
+            "child status {status}"
+        );
+        report
+    };
+    println!(
+        "seccomp RuntimeDefault: install {} µs; getpid {} ns unfiltered, {} ns filtered",
+        figures[0] / 1000,
+        figures[1],
+        figures[2]
+    );
 }
