@@ -5,7 +5,9 @@
 //! file says so and corrects them; a name an architecture does not have resolves to `None` and the
 //! rule skips it there, as libseccomp does.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use oci_spec::runtime::Arch as OciArch;
 
@@ -98,6 +100,32 @@ impl Arch {
 
     /// The number `seccomp_data.nr` holds for the syscall `name` on this architecture.
     pub(crate) fn syscall_number(self, name: &str) -> Option<u32> {
+        self.numbers().get(name).copied()
+    }
+
+    /// This architecture's names → numbers, built once: the crate's lookup is a linear match
+    /// on the name, and a profile looks up some 400 names per architecture.
+    fn numbers(self) -> &'static HashMap<&'static str, u32> {
+        static TABLES: [OnceLock<HashMap<&'static str, u32>>; 5] = [const { OnceLock::new() }; 5];
+        TABLES[self as usize].get_or_init(|| {
+            let crate_names = syscalls::x86_64::Sysno::iter()
+                .map(|sysno| sysno.name())
+                .chain(syscalls::x86::Sysno::iter().map(|sysno| sysno.name()))
+                .chain(syscalls::aarch64::Sysno::iter().map(|sysno| sysno.name()))
+                .chain(syscalls::arm::Sysno::iter().map(|sysno| sysno.name()));
+            let own_names = ["newfstatat"]
+                .into_iter()
+                .chain(ARM_PRIVATE.iter().map(|(name, _)| *name))
+                .chain(X32_OWN.iter().map(|(name, _)| *name));
+            crate_names
+                .chain(own_names)
+                .filter_map(|name| Some((name, self.lookup(name)?)))
+                .collect()
+        })
+    }
+
+    /// The number of `name`, from the crate's tables and the corrections below.
+    fn lookup(self, name: &str) -> Option<u32> {
         match self {
             Arch::X86_64 => number!(x86_64, name),
             Arch::X86 => number!(x86, name),
@@ -126,63 +154,26 @@ fn aarch64_number(name: &str) -> Option<u32> {
 /// n in the kernel's `arch/arm/include/uapi/asm/unistd.h`).
 fn arm_number(name: &str) -> Option<u32> {
     const ARM_NR_BASE: u32 = 0x0f_0000;
-    let private = match name {
-        "breakpoint" => Some(1),
-        "cacheflush" => Some(2),
-        "usr26" => Some(3),
-        "usr32" => Some(4),
-        "set_tls" => Some(5),
-        "get_tls" => Some(6),
-        _ => None,
-    };
-    match private {
-        Some(n) => Some(ARM_NR_BASE + n),
+    match ARM_PRIVATE.iter().find(|(private, _)| *private == name) {
+        Some((_, n)) => Some(ARM_NR_BASE + n),
         None => number!(arm, name),
     }
 }
+
+/// ARM-private calls, numbered from `__ARM_NR_BASE`.
+const ARM_PRIVATE: &[(&str, u32)] = &[
+    ("breakpoint", 1),
+    ("cacheflush", 2),
+    ("usr26", 3),
+    ("usr32", 4),
+    ("set_tls", 5),
+    ("get_tls", 6),
+];
 
 /// x32 numbers (before `X32_SYSCALL_BIT`), from `arch/x86/entry/syscalls/syscall_64.tbl`: the
 /// "common" entries share x86_64's numbers; the "64" entries do not exist for x32, and those with
 /// pointer-size differences have their own numbers from 512.
 fn x32_number(name: &str) -> Option<u32> {
-    const X32_OWN: &[(&str, u32)] = &[
-        ("rt_sigaction", 512),
-        ("rt_sigreturn", 513),
-        ("ioctl", 514),
-        ("readv", 515),
-        ("writev", 516),
-        ("recvfrom", 517),
-        ("sendmsg", 518),
-        ("recvmsg", 519),
-        ("execve", 520),
-        ("ptrace", 521),
-        ("rt_sigpending", 522),
-        ("rt_sigtimedwait", 523),
-        ("rt_sigqueueinfo", 524),
-        ("sigaltstack", 525),
-        ("timer_create", 526),
-        ("mq_notify", 527),
-        ("kexec_load", 528),
-        ("waitid", 529),
-        ("set_robust_list", 530),
-        ("get_robust_list", 531),
-        ("vmsplice", 532),
-        ("move_pages", 533),
-        ("preadv", 534),
-        ("pwritev", 535),
-        ("rt_tgsigqueueinfo", 536),
-        ("recvmmsg", 537),
-        ("sendmmsg", 538),
-        ("process_vm_readv", 539),
-        ("process_vm_writev", 540),
-        ("setsockopt", 541),
-        ("getsockopt", 542),
-        ("io_setup", 543),
-        ("io_submit", 544),
-        ("execveat", 545),
-        ("preadv2", 546),
-        ("pwritev2", 547),
-    ];
     /// x86_64 numbers whose table entry is "64" (native only).
     const NATIVE_ONLY: &[u32] = &[
         13, 15, 16, 19, 20, 45, 46, 47, 54, 55, 59, 101, 127, 128, 129, 131, 134, 156, 174, 177,
@@ -195,6 +186,46 @@ fn x32_number(name: &str) -> Option<u32> {
     let nr = number!(x86_64, name)?;
     (!NATIVE_ONLY.contains(&nr)).then_some(nr)
 }
+
+/// x32 calls with numbers of their own (`syscall_64.tbl` entries marked "x32").
+const X32_OWN: &[(&str, u32)] = &[
+    ("rt_sigaction", 512),
+    ("rt_sigreturn", 513),
+    ("ioctl", 514),
+    ("readv", 515),
+    ("writev", 516),
+    ("recvfrom", 517),
+    ("sendmsg", 518),
+    ("recvmsg", 519),
+    ("execve", 520),
+    ("ptrace", 521),
+    ("rt_sigpending", 522),
+    ("rt_sigtimedwait", 523),
+    ("rt_sigqueueinfo", 524),
+    ("sigaltstack", 525),
+    ("timer_create", 526),
+    ("mq_notify", 527),
+    ("kexec_load", 528),
+    ("waitid", 529),
+    ("set_robust_list", 530),
+    ("get_robust_list", 531),
+    ("vmsplice", 532),
+    ("move_pages", 533),
+    ("preadv", 534),
+    ("pwritev", 535),
+    ("rt_tgsigqueueinfo", 536),
+    ("recvmmsg", 537),
+    ("sendmmsg", 538),
+    ("process_vm_readv", 539),
+    ("process_vm_writev", 540),
+    ("setsockopt", 541),
+    ("getsockopt", 542),
+    ("io_setup", 543),
+    ("io_submit", 544),
+    ("execveat", 545),
+    ("preadv2", 546),
+    ("pwritev2", 547),
+];
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@
 //! ```text
 //! A = arch;  one jump per architecture section;  else ret KILL_PROCESS   (libseccomp's "bad arch")
 //! section:   A = nr;  (x86_64: nr >= 0x40000000 and != -1 → x32 section, or KILL_PROCESS)
-//!            binary search on nr → per-syscall block, or ret <default action>
+//!            binary search over ranges of nr → ret <action>, or a per-syscall block
 //! block:     rule 1's conditions (AND) → ret <its action>;  rule 2 …;  → unconditional action
 //!            of the syscall if any, else ret <default action>
 //! ```
@@ -271,9 +271,9 @@ fn assemble(
 ) -> Vec<Insn> {
     let mut asm = Assembler::default();
     let bad_arch = asm.ret(RET_KILL_PROCESS);
-    let has_x32 = tables.contains_key(&Arch::X32);
 
-    // Sections, each entered with nothing loaded.
+    // Sections, each entered with nothing loaded. x32 has no section of its own: it runs only
+    // on x86_64 kernels, where x86_64 is the native architecture and always has a section.
     let mut sections: Vec<(u32, Label)> = Vec::new();
     let x32_tree = tables
         .get(&Arch::X32)
@@ -293,14 +293,6 @@ fn assemble(
         let entry = asm.load(DATA_NR, tree);
         sections.push((arch.audit_arch(), entry));
     }
-    if has_x32 && !tables.contains_key(&Arch::X86_64) {
-        // Only x32 listed (plus the native arch is never x86_64 here): x32 calls still arrive
-        // as AUDIT_ARCH_X86_64.
-        let x32 = x32_tree.unwrap_or(bad_arch);
-        let is_x32 = asm.jump(Cmp::Ge, X32_SYSCALL_BIT, x32, bad_arch);
-        let entry = asm.load(DATA_NR, is_x32);
-        sections.push((Arch::X32.audit_arch(), entry));
-    }
 
     let mut next = bad_arch;
     for (audit_arch, entry) in sections.iter().rev() {
@@ -310,45 +302,71 @@ fn assemble(
     asm.finish(entry)
 }
 
-/// The binary search on `seccomp_data.nr` (already in A) over one architecture's syscalls.
+/// What a run of syscall numbers leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// A plain `ret`: numbers next to each other with the same action share one range.
+    Ret(u32),
+    /// A syscall's block of argument checks.
+    Block(Label),
+}
+
+/// The binary search on `seccomp_data.nr` (already in A) for one architecture: over ranges of
+/// numbers with the same outcome rather than over single numbers, so that runs of allowed
+/// syscalls (and the gaps between them, which take the default action) cost one comparison.
 fn syscall_tree(
     asm: &mut Assembler,
     arch: Arch,
     table: &BTreeMap<u32, SyscallRules>,
     default_action: u32,
 ) -> Label {
-    let default = asm.ret(default_action);
-    let mut targets: Vec<(u32, Label)> = Vec::with_capacity(table.len());
-    // Blocks are written first (they come after the tree in the program); a syscall with only
-    // an unconditional action needs no block, just a `ret`.
-    let mut rets: BTreeMap<u32, Label> = BTreeMap::new();
+    // Blocks are written first: they come after the search in the program.
+    let mut blocks: BTreeMap<u32, Label> = BTreeMap::new();
     for (nr, rules) in table.iter().rev() {
-        let label = if rules.conditional.is_empty() {
-            let action = rules.unconditional.unwrap_or(default_action);
-            *rets.entry(action).or_insert_with(|| asm.ret(action))
-        } else {
-            syscall_block(asm, arch, rules, default_action)
-        };
-        targets.push((*nr, label));
+        if !rules.conditional.is_empty() {
+            blocks.insert(*nr, syscall_block(asm, arch, rules, default_action));
+        }
     }
-    targets.reverse();
-    search(asm, &targets, default)
+    // (first number, outcome) from 0 up; each range ends where the next starts.
+    let mut ranges: Vec<(u32, Outcome)> = Vec::new();
+    let mut add = |start: u32, outcome: Outcome| {
+        if ranges.last().map(|(_, last)| *last) != Some(outcome) {
+            ranges.push((start, outcome));
+        }
+    };
+    let mut next_nr = 0u32;
+    for (nr, rules) in table {
+        if *nr > next_nr {
+            add(next_nr, Outcome::Ret(default_action));
+        }
+        let outcome = match blocks.get(nr) {
+            Some(block) => Outcome::Block(*block),
+            None => Outcome::Ret(rules.unconditional.unwrap_or(default_action)),
+        };
+        add(*nr, outcome);
+        next_nr = nr.saturating_add(1);
+    }
+    add(next_nr, Outcome::Ret(default_action));
+    let mut rets = BTreeMap::new();
+    search(asm, &ranges, &mut rets)
 }
 
-/// Equality checks for a few numbers, else a split on the middle one.
-fn search(asm: &mut Assembler, targets: &[(u32, Label)], default: Label) -> Label {
-    const LINEAR: usize = 4;
-    if targets.len() <= LINEAR {
-        let mut next = default;
-        for (nr, target) in targets.iter().rev() {
-            next = asm.jump(Cmp::Eq, *nr, *target, next);
-        }
-        return next;
+/// A split on the middle range's first number, down to single ranges.
+fn search(
+    asm: &mut Assembler,
+    ranges: &[(u32, Outcome)],
+    rets: &mut BTreeMap<u32, Label>,
+) -> Label {
+    if let [(_, outcome)] = ranges {
+        return match outcome {
+            Outcome::Block(block) => *block,
+            Outcome::Ret(action) => *rets.entry(*action).or_insert_with(|| asm.ret(*action)),
+        };
     }
-    let middle = targets.len() / 2;
-    let upper = search(asm, &targets[middle..], default);
-    let lower = search(asm, &targets[..middle], default);
-    asm.jump(Cmp::Ge, targets[middle].0, upper, lower)
+    let middle = ranges.len() / 2;
+    let upper = search(asm, &ranges[middle..], rets);
+    let lower = search(asm, &ranges[..middle], rets);
+    asm.jump(Cmp::Ge, ranges[middle].0, upper, lower)
 }
 
 /// One syscall's rules: each conditional rule in order, then the unconditional action.

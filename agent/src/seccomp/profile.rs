@@ -2,6 +2,7 @@
 //! the container's bounding capabilities from `containerd_default.json`) and Localhost files.
 
 use std::path::{Component, Path};
+use std::sync::OnceLock;
 
 use oci_spec::runtime::{Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSyscall};
 use serde::Deserialize;
@@ -99,8 +100,13 @@ pub(crate) fn runtime_default(
     bounding_caps: &[String],
     host: &Host,
 ) -> Result<LinuxSeccomp, String> {
-    let template: ProfileTemplate = serde_json::from_str(CONTAINERD_DEFAULT)
-        .map_err(|err| format!("the built-in RuntimeDefault profile is malformed: {err}"))?;
+    static TEMPLATE: OnceLock<Result<ProfileTemplate, String>> = OnceLock::new();
+    let template = TEMPLATE
+        .get_or_init(|| {
+            serde_json::from_str(CONTAINERD_DEFAULT)
+                .map_err(|err| format!("the built-in RuntimeDefault profile is malformed: {err}"))
+        })
+        .as_ref()?;
     let has_cap = |cap: &String| bounding_caps.contains(cap);
     let applies = |rule: &RuleTemplate| {
         let includes = &rule.includes;

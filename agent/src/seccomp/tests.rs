@@ -464,6 +464,46 @@ fn argument_comparisons_on_both_word_sizes() {
 }
 
 #[test]
+fn large_profiles_keep_every_jump_in_reach() {
+    // 300 syscalls with argument checks: blocks far from the search that leads to them.
+    let native = Arch::native().expect("supported");
+    let names: Vec<String> = (0..1000u32)
+        .filter_map(|nr| match native {
+            Arch::X86_64 => syscalls::x86_64::Sysno::new(nr as usize).map(|s| s.name()),
+            _ => syscalls::aarch64::Sysno::new(nr as usize).map(|s| s.name()),
+        })
+        .filter(|name| native.syscall_number(name).is_some())
+        .take(300)
+        .map(str::to_string)
+        .collect();
+    let rules: Vec<serde_json::Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            json!({"names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": i + 1,
+                   "args": [{"index": i % 6, "value": i as u64 * 0x1_0000_0001, "op": "SCMP_CMP_EQ"}]})
+        })
+        .collect();
+    let filter = Filter::compile(&profile_from(json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": rules
+    })))
+    .expect("compiles");
+    assert!(filter.len() > 2000, "{} instructions", filter.len());
+    for (i, name) in names.iter().enumerate() {
+        let mut args = [0u64; 6];
+        args[i % 6] = i as u64 * 0x1_0000_0001;
+        assert_eq!(
+            verdict(&filter, native, name, args),
+            RET_ERRNO | (i as u32 + 1),
+            "{name}"
+        );
+        args[i % 6] += 1;
+        assert_eq!(verdict(&filter, native, name, args), RET_ALLOW, "{name}");
+    }
+}
+
+#[test]
 fn actions_and_refusals() {
     let filter = Filter::compile(&profile_from(json!({
         "defaultAction": "SCMP_ACT_KILL_PROCESS",
