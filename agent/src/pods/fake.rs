@@ -569,6 +569,11 @@ impl FakeNode {
             clock: clock.clone(),
             paused: Arc::new(AtomicBool::new(false)),
             volume_changes: watch::channel(0).0,
+            security: super::security::SecuritySettings {
+                seccomp_dir: dir.path().join("seccomp"),
+                sysctls: super::security::SysctlAllowlist::new(&[]).unwrap(),
+                ..Default::default()
+            },
         });
         FakeNode {
             ctx,
