@@ -14,7 +14,7 @@ use agent::image::{ImageStore, Platform, PullPolicy, Registry};
 use agent::network::{in_netns, Cidr, PodNetwork};
 use agent::runtime::containers::{Attempt, ContainerRunner};
 use agent::runtime::sandbox;
-use agent::runtime::spec::{resolve_args, ContainerPlan};
+use agent::runtime::spec::{all_capabilities, capabilities, resolve_args, ContainerPlan};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -145,6 +145,23 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
         cpu_request_millis: 100,
         terminal: false,
         privileged: false,
+        capabilities: capabilities(&[], &[], false, &all_capabilities()),
+        no_new_privileges: false,
+        read_only_root: false,
+        unmasked_proc: false,
+        seccomp: None,
+        // What every pod with its own network gets (containerd's defaults).
+        sysctls: [
+            ("net.ipv4.ip_unprivileged_port_start", "0"),
+            ("net.ipv4.ping_group_range", "0 2147483647"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        apparmor_profile: None,
+        host_devices: vec![],
+        host_pid: false,
+        host_ipc: false,
     };
     let layers: Vec<_> = image.layers.iter().map(|l| images.layer_dir(l)).collect();
     let started = match runner.start(&attempt, "uid-1", &layers, plan).await {
