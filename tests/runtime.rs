@@ -187,6 +187,12 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
         }
     };
     assert!(answer.contains("hello from web-7f9c version=7"), "{answer}");
+    // The plan's sysctls were written in the pod's network namespace (the host keeps 1024).
+    let port_start = in_netns(Some(&pod.network), || {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+    })
+    .unwrap();
+    assert_eq!(port_start.trim(), "0");
     let log = std::fs::read_to_string(attempt.log_path()).unwrap();
     assert!(
         log.contains("stdout F demo server web-7f9c version=7 listening on :8080"),
