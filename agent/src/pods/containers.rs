@@ -18,6 +18,10 @@ use crate::volumes::PreparedVolume;
 use protocol::quantity;
 
 use super::error::StartError;
+use super::security::{
+    apparmor_profile, effective, identity, image_user, pod_sysctls, seccomp_choice,
+    verify_run_as_non_root, ImageAccounts,
+};
 use super::worker::{host_network, namespace, pod_hostname, spec, PodWorker, Waiting};
 
 /// The longest restart or image pull back-off.
@@ -282,19 +286,13 @@ impl PodWorker {
             .iter()
             .map(|l| self.ctx.images.layer_dir(l))
             .collect();
-        let security = super::security::effective(pod, container);
-        let (image_uid, image_username) = super::security::image_user(&image.config.user);
-        super::security::verify_run_as_non_root(
-            pod,
-            container,
-            &security,
-            image_uid,
-            &image_username,
-        )
-        .map_err(StartError::Security)?;
-        let accounts = super::security::ImageAccounts::read(&layers);
-        let identity = super::security::identity(pod, &security, &image.config.user, &accounts)
-            .map_err(StartError::Create)?;
+        let security = effective(pod, container);
+        let (image_uid, image_username) = image_user(&image.config.user);
+        verify_run_as_non_root(pod, container, &security, image_uid, &image_username)
+            .map_err(StartError::Security)?;
+        let accounts = ImageAccounts::read(&layers);
+        let user =
+            identity(pod, &security, &image.config.user, &accounts).map_err(StartError::Create)?;
         let privileged = security.privileged == Some(true);
         let (add, drop) = security
             .capabilities
@@ -316,17 +314,12 @@ impl PodWorker {
         let seccomp = if privileged {
             None
         } else {
-            let choice = super::security::seccomp_choice(pod, container, settings.seccomp_default);
+            let choice = seccomp_choice(pod, container, settings.seccomp_default);
             crate::seccomp::resolve(&choice, &capabilities, &settings.seccomp_dir)
                 .map_err(StartError::Create)?
         };
-        let apparmor_profile = super::security::apparmor_profile(
-            pod,
-            container,
-            privileged,
-            settings.apparmor_enabled,
-        )
-        .map_err(StartError::Create)?;
+        let apparmor = apparmor_profile(pod, container, privileged, settings.apparmor_enabled)
+            .map_err(StartError::Create)?;
         let resources = container.resources.as_ref();
         let quantity = |requests: bool, resource: &str| {
             let section = match requests {
@@ -346,9 +339,9 @@ impl PodWorker {
                 .filter(|s| !s.is_empty())
                 .unwrap_or(&image.config.working_dir)
                 .to_owned(),
-            uid: identity.uid,
-            gid: identity.gid,
-            additional_gids: identity.groups.clone(),
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.groups.clone(),
             rootfs: PathBuf::new(),
             pod_namespaces: crate::runtime::sandbox::namespaces(&self.dir),
             mounts,
@@ -366,8 +359,8 @@ impl PodWorker {
             read_only_root: security.read_only_root_filesystem == Some(true),
             unmasked_proc: security.proc_mount.as_deref() == Some("Unmasked"),
             seccomp,
-            sysctls: super::security::pod_sysctls(pod),
-            apparmor_profile,
+            sysctls: pod_sysctls(pod),
+            apparmor_profile: apparmor,
             host_devices: Vec::new(),
             host_pid: spec(pod).host_pid == Some(true),
             host_ipc: spec(pod).host_ipc == Some(true),
@@ -378,7 +371,7 @@ impl PodWorker {
             .start(&attempt, &self.uid, &layers, plan)
             .await
             .map_err(StartError::Run)?;
-        self.users.insert(name.clone(), identity);
+        self.users.insert(name.clone(), user);
         // Image garbage collection keeps what attempts on disk still name.
         let _ = std::fs::write(attempt.dir.join("image"), image_name);
         self.watch_exit(&attempt);
