@@ -12,7 +12,7 @@ use agent::image::demo::{push_demo_image, Busybox};
 use agent::image::local_registry::LocalRegistry;
 use agent::image::{ImageStore, Platform, PullPolicy, Registry};
 use agent::network::{in_netns, Cidr, PodNetwork};
-use agent::runtime::containers::{Attempt, ContainerRunner};
+use agent::runtime::containers::{Attempt, AttemptState, ContainerRunner};
 use agent::runtime::sandbox;
 use agent::runtime::spec::{all_capabilities, capabilities, resolve_args, ContainerPlan};
 
@@ -123,7 +123,7 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
     let attempt = Attempt::new(&pod_dir, "web", 0);
     let mut env = image.config.env.clone();
     env.push("VERSION=7".into());
-    let plan = ContainerPlan {
+    let plan_template = ContainerPlan {
         // The demo server, as PID 1 that ignores SIGTERM: stopping must escalate to SIGKILL.
         args: resolve_args(
             &["sh".into()],
@@ -164,6 +164,7 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
         host_ipc: false,
     };
     let layers: Vec<_> = image.layers.iter().map(|l| images.layer_dir(l)).collect();
+    let plan = plan_template.clone();
     let started = match runner.start(&attempt, "uid-1", &layers, plan).await {
         Ok(started) => started,
         Err(error) => {
@@ -210,6 +211,53 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
     assert_eq!(exited.reason, "Error");
 
     attempt.remove().unwrap();
+
+    // A second container of the pod with a locked-down security context: libcontainer applies
+    // what the spec says (user and groups, no capabilities, no new privileges, read-only root).
+    let checks = Attempt::new(&pod_dir, "checks", 0);
+    let locked = ContainerPlan {
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            "touch /written 2>/dev/null && echo root-writable; \
+             grep -E '^(Uid|Gid|Groups|NoNewPrivs|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' /proc/self/status"
+                .into(),
+        ],
+        uid: 1000,
+        gid: 1000,
+        additional_gids: vec![1000, 2000],
+        capabilities: vec![],
+        no_new_privileges: true,
+        read_only_root: true,
+        memory_limit: None,
+        cpu_limit_millis: None,
+        ..plan_template.clone()
+    };
+    runner
+        .start(&checks, "uid-1", &layers, locked)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(checks.state(), AttemptState::Exited(_)) {
+        assert!(Instant::now() < deadline, "the checks did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::fs::read_to_string(checks.log_path()).unwrap();
+    assert!(!log.contains("root-writable"), "{log}");
+    for line in [
+        "Uid:\t1000\t1000\t1000\t1000",
+        "Gid:\t1000\t1000\t1000\t1000",
+        "Groups:\t1000 2000",
+        "NoNewPrivs:\t1",
+        "CapInh:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "CapAmb:\t0000000000000000",
+    ] {
+        assert!(log.contains(line), "{line:?} in {log}");
+    }
+    checks.remove().unwrap();
     network.detach("uid-1").await.unwrap();
     sandbox::remove(&pod_dir).unwrap();
     sandbox::remove(&node_dir).unwrap();
