@@ -231,6 +231,8 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         monitor_exe: std::env::current_exe().context("finding the bramble binary")?,
         resolv_conf: args.resolv_conf,
         panel,
+        seccomp_default: args.seccomp_default,
+        allowed_unsafe_sysctls: args.allowed_unsafe_sysctls,
     };
     tokio::select! {
         result = agent::node::run(config) => result?,

@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 
 use super::monitor::{write_atomic, Exited, Started};
-use super::spec::{runtime_spec, ContainerPlan};
+use super::spec::{host_devices, runtime_spec, ContainerPlan};
 
 /// Log rotation: rotate at 10 MiB, keep 2 old files.
 pub const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
@@ -264,6 +264,9 @@ impl ContainerRunner {
         .map_err(|e| format!("cannot mount the container's root file system: {e}"))?;
         plan.rootfs = rootfs;
         plan.cgroup_path = format!("{}/{}", self.pod_cgroup(pod_uid), attempt.name);
+        if plan.privileged {
+            plan.host_devices = host_devices(Path::new("/dev"));
+        }
         let spec = runtime_spec(&plan);
         write_atomic(
             &bundle.join("config.json"),
