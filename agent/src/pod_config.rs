@@ -434,7 +434,7 @@ pub async fn prepare_volumes(
     let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_deref());
     for volume in volumes.unwrap_or_default() {
         let name = volume.name.as_str();
-        let dir = volumes::pod_volumes_dir(pod_dir).join(name);
+        let dir = volumes::pod_volume_dir(pod_dir, name).map_err(ConfigError)?;
         let io = |e: std::io::Error| ConfigError(format!("volume {name:?}: {e}"));
         let rewritten = if volume.config_map.is_some() || volume.secret.is_some() {
             Some(write_object_volume(volume, &dir, objects).await?)
@@ -759,6 +759,39 @@ mod tests {
             volume_mounts(&unknown, &volumes, &env).unwrap_err().0,
             "cannot find volume \"nope\" to mount into container \"db\""
         );
+    }
+
+    #[tokio::test]
+    async fn volume_names_that_are_not_labels_never_become_host_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod_dir = dir.path().join("pods/uid/a/b");
+        std::fs::create_dir_all(&pod_dir).unwrap();
+        let api = crate::pods::fake::FakeApi::default();
+        for name in ["../../../../escaped", "..", ".", "a/b", "", "UPPER"] {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": "p", "namespace": "default"},
+                "spec": {"containers": [], "volumes": [{"name": name, "emptyDir": {}}]}}))
+            .unwrap();
+            let mut objects = ObjectSource::new(&api, "default");
+            let error = prepare_volumes(
+                &pod,
+                &pod_dir,
+                false,
+                &mut objects,
+                &mut HashMap::new(),
+                &mut crate::projected::ServiceAccountTokens::default(),
+                jiff::Timestamp::now(),
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                error.0.contains("invalid volume name"),
+                "{name:?}: {}",
+                error.0
+            );
+        }
+        assert!(!dir.path().join("pods/escaped").exists());
+        assert!(!dir.path().join("escaped").exists());
     }
 
     #[test]

@@ -40,6 +40,30 @@ pub fn pod_volumes_dir(pod_dir: &Path) -> PathBuf {
     pod_dir.join("volumes")
 }
 
+/// Whether a name is a DNS-1123 label, as the API server requires of volume and container
+/// names: the only names the agent turns into one element of a host path.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// The directory of one of the pod's volumes. The API server refuses volume names that are
+/// not DNS labels; a pod that arrives with one anyway (an older or foreign server) is refused
+/// here rather than turned into a path like `volumes/../../../../etc`.
+pub fn pod_volume_dir(pod_dir: &Path, name: &str) -> Result<PathBuf, String> {
+    if !is_dns_label(name) {
+        return Err(format!(
+            "invalid volume name {name:?}: a volume name must be a lowercase RFC 1123 label"
+        ));
+    }
+    Ok(pod_volumes_dir(pod_dir).join(name))
+}
+
 // ---- claims ---------------------------------------------------------------------------------
 
 /// Why a claim cannot be used yet, in kubelet's words; the pod stays `ContainerCreating`.
