@@ -104,7 +104,11 @@ fn unpack_tar(stream: impl Read, dest: &Path) -> Result<u64, UnpackError> {
             continue;
         } else {
             let dir = real_directory(dest, parent).map_err(write_error)?;
-            replace_unless_directory(&dir.join(&name), kind.is_dir()).map_err(write_error)?;
+            replace_unless_directory(
+                &dir.join(relative.file_name().unwrap_or_default()),
+                kind.is_dir(),
+            )
+            .map_err(write_error)?;
             if let Some(target) = entry.link_name().map_err(UnpackError::Archive)? {
                 if entry.header().entry_type().is_hard_link() {
                     inside_path(&target)?;
