@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agent::image::demo::{push_demo_image, Busybox};
-use agent::image::local_registry::LocalRegistry;
+use agent::image::local_registry::{LocalRegistry, PushAccess};
 use agent::image::{ImageStore, Platform, PullPolicy, Registry};
 use agent::network::{in_netns, Cidr, PodNetwork};
 use agent::runtime::containers::{Attempt, AttemptState, ContainerRunner};
@@ -87,8 +87,10 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
     };
     let registry_dir = root.join("registry");
     let address = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let registry = LocalRegistry::start(&registry_dir, address).await.unwrap();
-    let client = Registry::new(&registry.host(), true, None);
+    let registry = LocalRegistry::start(&registry_dir, address, PushAccess::default())
+        .await
+        .unwrap();
+    let client = Registry::new(&registry.host(), true, Some(registry.seeder()));
     push_demo_image(&client, "bramble/demo", "1", &busyboxes())
         .await
         .unwrap();

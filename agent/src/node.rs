@@ -500,8 +500,16 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
         config.insecure_registries.clone(),
     )?);
     *agent.images.lock().expect("images lock") = Some(images.clone());
+    // Monitors and exec-in processes enter containers: they run from a read-only view of
+    // the binary, which a container cannot overwrite through /proc/<pid>/exe.
+    let bin_dir = config.data_dir.join("bin");
+    let monitor_exe = crate::runtime::containers::protected_exe(&config.monitor_exe, &bin_dir)
+        .map_err(|source| AgentError::DataDir {
+            path: bin_dir.clone(),
+            source,
+        })?;
     let runner = ContainerRunner {
-        monitor_exe: config.monitor_exe.clone(),
+        monitor_exe,
         state_root: config.data_dir.join("containers"),
         cgroup_parent: format!("/bramble/{}", config.node_name),
     };
