@@ -1,7 +1,7 @@
 //! The pod life cycle drawn in [`super::worker`], driven with fakes under paused time.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, PodStatus};
@@ -765,13 +765,26 @@ async fn a_pod_waits_for_its_claim_to_be_bound_then_mounts_its_volume() {
         .filter(|m| !m.destination.starts_with("/etc/"))
         .map(|m| (m.destination.as_str(), m.source.clone(), m.read_only))
         .collect();
-    assert_eq!(
-        mounts,
-        [
-            ("/srv", dir.join("www").canonicalize().unwrap(), false),
-            ("/seen", dir.clone(), true),
-        ]
+    // The subPath is the opened directory, bound under the pod's volumes (not a path that a
+    // container could swap for a link after the check).
+    let sub_path = &mounts[0].1;
+    assert!(
+        sub_path.ends_with("volumes/..subpaths/data/app/0"),
+        "{sub_path:?}"
     );
+    let same_directory = |a: &Path, b: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = (std::fs::metadata(a).unwrap(), std::fs::metadata(b).unwrap());
+        (a.dev(), a.ino()) == (b.dev(), b.ino())
+    };
+    assert!(same_directory(sub_path, &dir.join("www")));
+    assert_eq!(
+        (mounts[0].0, mounts[0].2, &mounts[1]),
+        ("/srv", false, &("/seen", dir.clone(), true))
+    );
+    // The fake node does not tear pods down: take the bind away here.
+    let volumes = sub_path.ancestors().nth(4).unwrap().to_path_buf();
+    crate::mounts::unmount_under(&volumes);
 }
 
 #[tokio::test(start_paused = true)]
