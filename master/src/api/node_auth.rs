@@ -26,6 +26,9 @@ use super::error::ApiError;
 use super::objects::blocking;
 use super::{ApiState, Target};
 
+mod restriction;
+pub use restriction::admit_update as admit_node_update;
+
 /// The prefix of node users.
 pub const NODE_USER_PREFIX: &str = "system:node:";
 
@@ -336,7 +339,14 @@ pub async fn authorize(state: &Arc<ApiState>, request: NodeRequest<'_>) -> Resul
             let own = match (request.method, name) {
                 (&Method::POST, None) => {
                     let body: Value = serde_json::from_slice(request.body).unwrap_or(Value::Null);
-                    body["metadata"]["name"] == node
+                    if body["metadata"]["name"] == node {
+                        // What it may write on update is checked against the stored Node
+                        // (`admit_node_update`); a new Node is all in the body.
+                        restriction::admit_create(node, &body)?;
+                        true
+                    } else {
+                        false
+                    }
                 }
                 (&Method::PUT | &Method::PATCH, Some(name)) => {
                     name == node && matches!(sub, None | Some("status"))
