@@ -146,17 +146,17 @@ pub fn secret_bits(secret: &str) -> f64 {
     } else if hex {
         16.0
     } else {
-        let classes: [(fn(&u8) -> bool, f64); 4] = [
-            (u8::is_ascii_lowercase, 26.0),
-            (u8::is_ascii_uppercase, 26.0),
-            (u8::is_ascii_digit, 10.0),
-            (|b| !b.is_ascii_alphanumeric(), 3.0),
-        ];
-        classes
-            .iter()
-            .filter(|(member, _)| bytes.iter().any(member))
-            .map(|(_, size)| size)
-            .sum()
+        let has = |member: fn(&u8) -> bool, size: f64| {
+            if bytes.iter().any(member) {
+                size
+            } else {
+                0.0
+            }
+        };
+        has(u8::is_ascii_lowercase, 26.0)
+            + has(u8::is_ascii_uppercase, 26.0)
+            + has(u8::is_ascii_digit, 10.0)
+            + has(|b| !b.is_ascii_alphanumeric(), 3.0)
     };
     bytes.len() as f64 * f64::log2(alphabet)
 }
