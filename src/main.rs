@@ -766,6 +766,34 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_directories_are_made_the_owners_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("master");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for name in ["store.db", "store.db-wal", "admin.kubeconfig"] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o644))
+                .unwrap();
+        }
+        restrict_to_owner(&dir, &MASTER_STORE_FILES).unwrap();
+        let mode =
+            |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("store.db")), 0o600);
+        assert_eq!(mode(&dir.join("store.db-wal")), 0o600);
+        assert_eq!(
+            mode(&dir.join("admin.kubeconfig")),
+            0o644,
+            "only the named files"
+        );
+        let fresh = root.path().join("agent/data");
+        restrict_to_owner(&fresh, &[]).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+    }
     use clap::CommandFactory;
 
     #[test]
