@@ -209,7 +209,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(refusal) =
         protocol::node::refuse_node_labels(args.labels.iter().map(|(key, _)| key.as_str()))
     {
-        anyhow::bail!("--labels: {refusal}");
+        anyhow::bail!("--label: {refusal}");
     }
     restrict_to_owner(&args.data_dir, &[])
         .with_context(|| format!("securing the data directory {}", args.data_dir.display()))?;

@@ -464,6 +464,10 @@ fn check(settings: Settings, mac: &str, problems: &mut Vec<String>) -> Option<No
             problems.push(format!("labels: {key:?} = {value:?} is not a valid label"));
         }
     }
+    // The master would refuse them from the node (NodeRestriction): an administrator sets them.
+    if let Some(refusal) = protocol::node::refuse_node_labels(labels.keys().map(String::as_str)) {
+        problems.push(format!("labels: {refusal}"));
+    }
     labels
         .entry("bramble.dev/cluster".to_owned())
         .or_insert_with(|| cluster.clone());
@@ -861,6 +865,7 @@ mod tests {
             join_token = "short"
             hostname = "Pi_2"
             storage_dir = "usb/storage"
+            labels = { "node-role.kubernetes.io/worker" = "" }
             [network]
             address = "192.168.1.300/24"
             [wifi]
@@ -882,6 +887,7 @@ mod tests {
         for expected in [
             "role = \"worker\"",
             "join_token: the join token is too weak: 5 characters hold about 24 bits",
+            "labels: unknown 'kubernetes.io' or 'k8s.io' labels specified with --node-labels: [node-role.kubernetes.io/worker]",
             "hostname = \"Pi_2\"",
             "storage_dir = \"usb/storage\": use an absolute path",
             "network.address = \"192.168.1.300/24\"",

@@ -173,7 +173,7 @@ pub fn check_secret_strength(token: &str) -> Result<(), String> {
         .len();
     if bits < MIN_SECRET_BITS {
         return Err(format!(
-            "the join token is too weak: {} characters hold about {bits:.0} bits, at least {MIN_SECRET_BITS:.0} are needed (32 hex digits, or 25 mixed letters and digits); {MAKE_A_SECRET}",
+            "the join token is too weak: {} characters hold about {bits:.0} bits, at least {MIN_SECRET_BITS:.0} are needed (32 hex digits, or 22 letters of both cases and digits); {MAKE_A_SECRET}",
             secret.len()
         ));
     }
