@@ -131,9 +131,13 @@ pub fn check_update(node: &str, old: &Value, new: &Value) -> Result<(), ApiError
             format!("node {node:?} is not allowed to modify taints"),
         ));
     }
-    if pod_cidrs(old) != pod_cidrs(new)
-        || old.pointer("/spec/podCIDR") != new.pointer("/spec/podCIDR")
-    {
+    let single = |node: &'_ Value| {
+        node.pointer("/spec/podCIDR")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if pod_cidrs(old) != pod_cidrs(new) || single(old) != single(new) {
         return Err(refuse(
             node,
             format!(
@@ -270,6 +274,11 @@ mod tests {
                 "{field}"
             );
         }
+        let mut blank = stored.clone();
+        blank["spec"] = json!({});
+        let mut also_blank = blank.clone();
+        also_blank["spec"] = json!({"podCIDR": "", "podCIDRs": [], "taints": null});
+        check_update("pi-1", &blank, &also_blank).expect("empty is empty");
         let unassigned = node(json!({}), json!({}));
         let mut claimed = unassigned.clone();
         claimed["spec"]["podCIDR"] = json!("10.42.7.0/24");
