@@ -229,10 +229,21 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let kubeconfig = args
         .kubeconfig
         .unwrap_or_else(|| args.data_dir.join("node.kubeconfig"));
+    if let Some(refusal) =
+        protocol::node::refuse_node_labels(args.labels.iter().map(|(key, _)| key.as_str()))
+    {
+        anyhow::bail!("--label: {refusal}");
+    }
+    restrict_to_owner(&args.data_dir, &[])
+        .with_context(|| format!("securing the data directory {}", args.data_dir.display()))?;
     if !kubeconfig.exists() {
         match (&args.server, &args.join_token) {
             (Some(server), Some(token)) => {
-                agent::join::join(server, token, &node_name, &kubeconfig).await?;
+                protocol::join::check_secret_strength(token)
+                    .map_err(|weak| anyhow::anyhow!("--join-token: {weak}"))?;
+                let identity = agent::join::MachineIdentity::load(&args.data_dir.join("pki"));
+                agent::join::join(server, token, &node_name, &kubeconfig, identity.as_ref())
+                    .await?;
                 tracing::info!(node = node_name, kubeconfig = %kubeconfig.display(), "joined the cluster");
             }
             _ => anyhow::bail!(
@@ -260,6 +271,31 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     tokio::select! {
         result = agent::node::run(config) => result?,
         _ = shutdown_signal() => {}
+    }
+    Ok(())
+}
+
+/// The master's store files: the database and SQLite's write-ahead log and shared memory.
+const MASTER_STORE_FILES: [&str; 3] = ["store.db", "store.db-wal", "store.db-shm"];
+
+/// Makes a data directory readable by its owner (root on a Pi) only: the directory 0700 and
+/// the named files in it 0600, made so if an older bramble left them open. The master's store
+/// holds every secret of the cluster and the agent's directory its credentials and the pods'
+/// secret volumes; a card taken out of a Pi is read with the owner's rights anyway, but no
+/// other local user or pod with a host mount should read them.
+fn restrict_to_owner(dir: &std::path::Path, files: &[&str]) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for name in files {
+        let path = dir.join(name);
+        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -499,9 +535,24 @@ async fn run_master(
     panel: Option<MasterPanel>,
 ) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
+    let secure = |data_dir: &std::path::Path| {
+        restrict_to_owner(data_dir, &MASTER_STORE_FILES)
+            .with_context(|| format!("securing the data directory {}", data_dir.display()))
+    };
+    secure(&data_dir)?;
+    if let Ok(secret) = std::fs::read_to_string(data_dir.join("join.secret")) {
+        if let Err(weak) = protocol::join::check_secret_strength(&secret) {
+            tracing::warn!(
+                file = %data_dir.join("join.secret").display(),
+                "{weak}; anyone who guesses it can join a node (replace the file and restart the master)"
+            );
+        }
+    }
     let started = master::Master::start(config)
         .await
         .with_context(|| format!("cannot start the master in {}", data_dir.display()))?;
+    // A new store's files exist only now.
+    secure(&data_dir)?;
     let kubeconfig = started
         .kubeconfig_path
         .canonicalize()
@@ -740,6 +791,34 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_directories_are_made_the_owners_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("master");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for name in ["store.db", "store.db-wal", "admin.kubeconfig"] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o644))
+                .unwrap();
+        }
+        restrict_to_owner(&dir, &MASTER_STORE_FILES).unwrap();
+        let mode =
+            |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("store.db")), 0o600);
+        assert_eq!(mode(&dir.join("store.db-wal")), 0o600);
+        assert_eq!(
+            mode(&dir.join("admin.kubeconfig")),
+            0o644,
+            "only the named files"
+        );
+        let fresh = root.path().join("agent/data");
+        restrict_to_owner(&fresh, &[]).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+    }
     use clap::CommandFactory;
 
     #[test]

@@ -3,6 +3,11 @@
 //! master), then trade the secret for the node's own kubeconfig. A bare secret (what
 //! bramble.toml holds, written before the master made its CA) works too: the master then sends
 //! an HMAC of its CA keyed with the secret, which only a master knowing the secret can make.
+//!
+//! An agent that has joined before keeps its serving key pair (`<data>/pki/agent.{crt,key}`),
+//! whose certificate its Node pins; joining again under its name while the Node is live, it
+//! proves it is that machine by signing [`join::identity_message`] with the key, at the time the
+//! master's clock gave in the CA answer (a Pi has no clock of its own before NTP).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -50,8 +55,23 @@ pub enum JoinError {
     },
 }
 
-/// The CA's PEM and the `bramble-ca-proof` header, if any.
-async fn fetch_ca(server: &str) -> Result<(Vec<u8>, Option<String>), String> {
+/// What the master answered for its CA.
+struct CaAnswer {
+    pem: Vec<u8>,
+    /// The `bramble-ca-proof` header, if any.
+    proof: Option<String>,
+    /// The master's clock (the `Date` header) in Unix seconds, if it said.
+    time: Option<i64>,
+}
+
+/// An HTTP date (`Thu, 03 Dec 2026 18:46:55 GMT`) in Unix seconds.
+fn http_date_seconds(text: &str) -> Option<i64> {
+    jiff::fmt::rfc2822::parse(text)
+        .ok()
+        .map(|zoned| zoned.timestamp().as_second())
+}
+
+async fn fetch_ca(server: &str) -> Result<CaAnswer, String> {
     let address = server
         .strip_prefix("https://")
         .ok_or("the server must be an https:// address")?
@@ -105,29 +125,90 @@ async fn fetch_ca(server: &str) -> Result<(Vec<u8>, Option<String>), String> {
     if !response.status().is_success() {
         return Err(format!("the master answered {}", response.status()));
     }
-    let proof = response
-        .headers()
-        .get(join::CA_PROOF_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let proof = header(join::CA_PROOF_HEADER);
+    let time = header(http::header::DATE.as_str()).and_then(|date| http_date_seconds(&date));
     let body = response
         .into_body()
         .collect()
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    Ok((body.to_vec(), proof))
+    Ok(CaAnswer {
+        pem: body.to_vec(),
+        proof,
+        time,
+    })
+}
+
+/// The machine's serving identity, to prove who it is when it joins again.
+pub struct MachineIdentity {
+    /// The certificate (PEM) its Node pins.
+    pub cert_pem: String,
+    /// Its private key (PEM).
+    pub key_pem: String,
+}
+
+impl MachineIdentity {
+    /// The identity kept in `pki_dir` (`agent.crt`, `agent.key`), if the agent made one before.
+    pub fn load(pki_dir: &Path) -> Option<MachineIdentity> {
+        Some(MachineIdentity {
+            cert_pem: std::fs::read_to_string(pki_dir.join("agent.crt")).ok()?,
+            key_pem: std::fs::read_to_string(pki_dir.join("agent.key")).ok()?,
+        })
+    }
+
+    /// The join request's `identity`: the certificate and a signature with the key over
+    /// [`join::identity_message`] for `node` at `time` (Unix seconds) in the cluster of `ca_pin`.
+    pub fn proof(&self, node: &str, time: i64, ca_pin: &str) -> Result<serde_json::Value, String> {
+        use base64::Engine;
+        use rustls::SignatureScheme;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| format!("reading the agent's key: {e}"))?;
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| format!("reading the agent's key: {e}"))?;
+        let signer = signing
+            .choose_scheme(&[
+                SignatureScheme::ECDSA_NISTP256_SHA256,
+                SignatureScheme::ECDSA_NISTP384_SHA384,
+                SignatureScheme::ED25519,
+            ])
+            .ok_or("the agent's key is neither ECDSA nor Ed25519")?;
+        let message = join::identity_message(node, time, ca_pin);
+        let signature = signer
+            .sign(message.as_bytes())
+            .map_err(|e| format!("signing: {e}"))?;
+        Ok(json!({
+            "certificate": self.cert_pem,
+            "time": time,
+            "scheme": format!("{:?}", signer.scheme()),
+            "signature": base64::engine::general_purpose::STANDARD.encode(signature),
+        }))
+    }
 }
 
 /// Joins the master at `server` as `node` and writes the node's kubeconfig to `kubeconfig`.
+/// With the machine's `identity` (from an earlier join), it may join again under a name
+/// whose Node is still live.
 pub async fn join(
     server: &str,
     token: &str,
     node: &str,
     kubeconfig: &Path,
+    identity: Option<&MachineIdentity>,
 ) -> Result<(), JoinError> {
     let token = JoinToken::parse(token).ok_or(JoinError::BadToken)?;
-    let (ca_pem, proof) = fetch_ca(server).await.map_err(|problem| JoinError::Fetch {
+    let CaAnswer {
+        pem: ca_pem,
+        proof,
+        time,
+    } = fetch_ca(server).await.map_err(|problem| JoinError::Fetch {
         server: server.to_owned(),
         problem,
     })?;
@@ -145,8 +226,18 @@ pub async fn join(
     }
     let client = Client::new(server, &ca_pem, token.secret())
         .map_err(|e| JoinError::Refused(e.to_string()))?;
+    let mut request = json!({"node": node});
+    if let (Some(identity), Some(ca_pin)) = (identity, join::certificate_pin(&ca_pem)) {
+        let time = time.unwrap_or_else(|| jiff::Timestamp::now().as_second());
+        match identity.proof(node, time, &ca_pin) {
+            Ok(proof) => request["identity"] = proof,
+            Err(error) => {
+                tracing::warn!(%error, "joining without proof of this machine's identity")
+            }
+        }
+    }
     let answer = client
-        .create(join::JOIN_PATH, &json!({"node": node}))
+        .create(join::JOIN_PATH, &request)
         .await
         .map_err(|e| JoinError::Refused(e.to_string()))?;
     let text = answer["kubeconfig"]
@@ -194,6 +285,62 @@ fn with_server(kubeconfig: &str, server: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_are_read() {
+        assert_eq!(
+            http_date_seconds("Thu, 03 Dec 2026 18:46:55 GMT"),
+            Some(1_796_323_615)
+        );
+        assert_eq!(http_date_seconds("yesterday"), None);
+    }
+
+    #[test]
+    fn the_proof_signs_the_identity_message_with_the_machines_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity =
+            crate::node_server::ensure_identity(dir.path(), "pi-2", "10.0.0.2".parse().unwrap())
+                .unwrap();
+        let machine = MachineIdentity::load(dir.path()).expect("kept in pki");
+        assert_eq!(
+            protocol::join::certificate_pin(machine.cert_pem.as_bytes()),
+            Some(identity.fingerprint)
+        );
+        let proof = machine.proof("pi-2", 1_700_000_000, "ab").unwrap();
+        assert_eq!(proof["time"], 1_700_000_000);
+        assert_eq!(proof["scheme"], "ECDSA_NISTP256_SHA256");
+        use base64::Engine;
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(proof["signature"].as_str().unwrap())
+            .unwrap();
+        // Checked with the certificate's key (the master reads it from the certificate).
+        let public_key = rcgen::KeyPair::from_pem(&machine.key_pem)
+            .unwrap()
+            .public_key_raw()
+            .to_vec();
+        let provider = rustls::crypto::ring::default_provider();
+        let (_, algorithms) = provider
+            .signature_verification_algorithms
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == rustls::SignatureScheme::ECDSA_NISTP256_SHA256)
+            .unwrap();
+        let message = join::identity_message("pi-2", 1_700_000_000, "ab");
+        let verify = |message: &str| {
+            algorithms.iter().any(|algorithm| {
+                algorithm
+                    .verify_signature(&public_key, message.as_bytes(), &signature)
+                    .is_ok()
+            })
+        };
+        assert!(verify(&message));
+        assert!(!verify(&join::identity_message(
+            "pi-3",
+            1_700_000_000,
+            "ab"
+        )));
+        assert!(MachineIdentity::load(&dir.path().join("none")).is_none());
+    }
 
     #[test]
     fn the_kubeconfig_keeps_the_address_the_node_joined_with() {

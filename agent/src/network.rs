@@ -4,6 +4,11 @@
 //!
 //! Routes the agent installs carry its own protocol number, so it can tell them from the
 //! administrator's and remove exactly the ones that went stale.
+//!
+//! A peer's pod CIDR is what that node's Node says, and a Node is only as trustworthy as the
+//! master's checks: [`choose_routes`] routes only CIDRs a master could have handed out (inside
+//! the cluster CIDR, of the node mask size) that touch neither this node's LAN, the service
+//! range, this node's pods nor another node's (the older claimant keeps an overlapped range).
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -94,6 +99,138 @@ impl Cidr {
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & Cidr::mask(self.prefix) == u32::from(self.address)
     }
+}
+
+impl Cidr {
+    /// Whether the two networks share an address.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.contains(other.address) || other.contains(self.address)
+    }
+
+    /// Whether `other` lies wholly inside this network.
+    pub fn covers(&self, other: &Cidr) -> bool {
+        other.prefix >= self.prefix && self.contains(other.address)
+    }
+}
+
+/// Routes shorter than this are never installed for a peer, whatever else is known: a
+/// default route or a slice of the Internet would take this node's traffic away.
+pub const SHORTEST_PEER_PREFIX: u8 = 8;
+
+/// Another node's claim to a pod CIDR, as its Node says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerClaim {
+    /// The node's name.
+    pub node: String,
+    /// `spec.podCIDR` as written.
+    pub pod_cidr: String,
+    /// The node's InternalIP, the route's gateway.
+    pub via: Ipv4Addr,
+    /// `metadata.creationTimestamp` (RFC 3339): the older claimant keeps an overlapped range.
+    pub created: String,
+}
+
+/// What a peer's pod CIDR must respect on this node.
+#[derive(Debug, Clone, Default)]
+pub struct RouteBounds {
+    /// This node's own pod CIDR; its prefix is the node mask size the master hands out.
+    pub own: Option<Cidr>,
+    /// The cluster's pod CIDR, if the master published it.
+    pub cluster: Option<Cidr>,
+    /// The service range, if the master published it.
+    pub services: Option<Cidr>,
+    /// The networks this node reaches directly (its uplink's addresses and routes).
+    pub lan: Vec<Cidr>,
+}
+
+/// A peer's pod CIDR this node does not route, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnoredClaim {
+    /// The node's name.
+    pub node: String,
+    /// Its pod CIDR as written.
+    pub pod_cidr: String,
+    /// Why it is not routed.
+    pub reason: String,
+}
+
+/// The routes to other nodes' pods (CIDR via node address) and the claims left out. Claims
+/// are judged oldest first, so when two nodes claim overlapping ranges the older one keeps
+/// its route whatever order the Nodes arrive in.
+pub fn choose_routes(
+    claims: &[PeerClaim],
+    bounds: &RouteBounds,
+) -> (Vec<(Cidr, Ipv4Addr)>, Vec<IgnoredClaim>) {
+    let mut ordered: Vec<&PeerClaim> = claims.iter().collect();
+    ordered.sort_by(|a, b| (&a.created, &a.node).cmp(&(&b.created, &b.node)));
+    let mut routes: Vec<(Cidr, Ipv4Addr, &str)> = Vec::new();
+    let mut ignored = Vec::new();
+    for claim in ordered {
+        match judge(claim, bounds, &routes) {
+            Ok(cidr) => routes.push((cidr, claim.via, &claim.node)),
+            Err(reason) => ignored.push(IgnoredClaim {
+                node: claim.node.clone(),
+                pod_cidr: claim.pod_cidr.clone(),
+                reason,
+            }),
+        }
+    }
+    ignored.sort_by(|a, b| a.node.cmp(&b.node));
+    let routes = routes
+        .into_iter()
+        .map(|(cidr, via, _)| (cidr, via))
+        .collect();
+    (routes, ignored)
+}
+
+fn judge(
+    claim: &PeerClaim,
+    bounds: &RouteBounds,
+    kept: &[(Cidr, Ipv4Addr, &str)],
+) -> Result<Cidr, String> {
+    let cidr = Cidr::parse(&claim.pod_cidr).ok_or("it is not an IPv4 CIDR")?;
+    if cidr.to_string() != claim.pod_cidr.trim() {
+        return Err(format!(
+            "it is not a network address (the network is {cidr})"
+        ));
+    }
+    if cidr.prefix < SHORTEST_PEER_PREFIX {
+        return Err(format!(
+            "a /{} is a default route or a very short prefix",
+            cidr.prefix
+        ));
+    }
+    if let Some(cluster) = bounds.cluster {
+        if !cluster.covers(&cidr) {
+            return Err(format!("it is not inside the cluster CIDR {cluster}"));
+        }
+    }
+    if let Some(own) = bounds.own {
+        if cidr.prefix != own.prefix {
+            return Err(format!(
+                "it is a /{}, not of the node mask size /{}",
+                cidr.prefix, own.prefix
+            ));
+        }
+        if cidr.overlaps(&own) {
+            return Err(format!("it overlaps this node's pod CIDR {own}"));
+        }
+    }
+    if let Some(services) = bounds.services.filter(|s| s.overlaps(&cidr)) {
+        return Err(format!("it overlaps the service range {services}"));
+    }
+    if let Some(lan) = bounds.lan.iter().find(|lan| lan.overlaps(&cidr)) {
+        return Err(format!("it overlaps this node's network {lan}"));
+    }
+    if cidr.contains(claim.via) {
+        return Err(format!("the node's own address {} is inside it", claim.via));
+    }
+    if let Some((other, _, node)) = kept.iter().find(|(other, _, _)| other.overlaps(&cidr)) {
+        return Err(format!(
+            "it overlaps {other}, the pod CIDR of node {node}, which claimed it first"
+        ));
+    }
+    Ok(cidr)
 }
 
 impl std::fmt::Display for Cidr {
@@ -332,6 +469,59 @@ impl PodNetwork {
                 .map_err(netlink(format!("deleting {host}")))?;
         }
         Ok(())
+    }
+
+    /// The networks this node reaches without a gateway or through its own routes: the
+    /// networks of its IPv4 addresses and the destinations of its routes in the main table,
+    /// leaving out the pod bridge, the agent's own routes and the default route.
+    pub async fn local_networks(&self) -> Result<Vec<Cidr>, NetworkError> {
+        let mut networks = Vec::new();
+        let mut addresses = self.handle.address().get().execute();
+        while let Some(message) = addresses
+            .try_next()
+            .await
+            .map_err(netlink("listing addresses"))?
+        {
+            for attribute in &message.attributes {
+                if let rtnetlink::packet_route::address::AddressAttribute::Address(
+                    std::net::IpAddr::V4(ip),
+                ) = attribute
+                {
+                    let network = Cidr::parse(&format!("{ip}/{}", message.header.prefix_len));
+                    networks.extend(network.filter(|n| !ip.is_loopback() && *n != self.cidr));
+                }
+            }
+        }
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(route) = routes.try_next().await.map_err(netlink("listing routes"))? {
+            let prefix = route.header.destination_prefix_length;
+            if route.header.protocol == RouteProtocol::Other(BRAMBLE_ROUTE_PROTOCOL) || prefix == 0
+            {
+                continue;
+            }
+            for attribute in &route.attributes {
+                if let RouteAttribute::Destination(
+                    rtnetlink::packet_route::route::RouteAddress::Inet(address),
+                ) = attribute
+                {
+                    let network = Cidr {
+                        address: *address,
+                        prefix,
+                    };
+                    if network != self.cidr
+                        && !address.is_loopback()
+                        && !networks.contains(&network)
+                    {
+                        networks.push(network);
+                    }
+                }
+            }
+        }
+        Ok(networks)
     }
 
     /// Makes the node's routes to other nodes' pod CIDRs exactly `desired` (CIDR, via node IP).
@@ -602,5 +792,135 @@ mod tests {
             PodNetwork::host_interface("0f1e2d3c-4b5a-6978"),
             "vb0f1e2d3c4b5"
         );
+    }
+
+    fn claim(node: &str, cidr: &str, via: [u8; 4], created: &str) -> PeerClaim {
+        PeerClaim {
+            node: node.to_owned(),
+            pod_cidr: cidr.to_owned(),
+            via: Ipv4Addr::from(via),
+            created: created.to_owned(),
+        }
+    }
+
+    fn bounds() -> RouteBounds {
+        RouteBounds {
+            own: Cidr::parse("10.42.1.0/24"),
+            cluster: Cidr::parse("10.42.0.0/16"),
+            services: Cidr::parse("10.43.0.0/16"),
+            lan: vec![Cidr::parse("192.168.1.0/24").unwrap()],
+        }
+    }
+
+    #[test]
+    fn peers_are_routed_only_within_what_a_master_hands_out() {
+        let old = "2026-01-01T00:00:00Z";
+        let claims = [
+            claim("pi-2", "10.42.2.0/24", [192, 168, 1, 12], old),
+            claim("default", "0.0.0.0/0", [192, 168, 1, 13], old),
+            claim("short", "10.0.0.0/7", [192, 168, 1, 13], old),
+            claim("outside", "10.99.0.0/24", [192, 168, 1, 14], old),
+            claim("wide", "10.42.0.0/16", [192, 168, 1, 15], old),
+            claim("mine", "10.42.1.0/24", [192, 168, 1, 16], old),
+            claim("garbage", "10.42.300.0/24", [192, 168, 1, 17], old),
+            claim("host-bits", "10.42.5.7/24", [192, 168, 1, 18], old),
+        ];
+        let (routes, ignored) = choose_routes(&claims, &bounds());
+        assert_eq!(
+            routes,
+            [(
+                Cidr::parse("10.42.2.0/24").unwrap(),
+                Ipv4Addr::new(192, 168, 1, 12)
+            )]
+        );
+        let reasons: Vec<(&str, &str)> = ignored
+            .iter()
+            .map(|i| (i.node.as_str(), i.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("default", "a /0 is a default route or a very short prefix"),
+                ("garbage", "it is not an IPv4 CIDR"),
+                (
+                    "host-bits",
+                    "it is not a network address (the network is 10.42.5.0/24)"
+                ),
+                ("mine", "it overlaps this node's pod CIDR 10.42.1.0/24"),
+                ("outside", "it is not inside the cluster CIDR 10.42.0.0/16"),
+                ("short", "a /7 is a default route or a very short prefix"),
+                ("wide", "it is a /16, not of the node mask size /24"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_lan_and_the_services_are_never_routed_to_a_peer() {
+        let mut open = bounds();
+        open.cluster = None; // a master that published nothing
+        let claims = [
+            claim(
+                "lan",
+                "192.168.1.0/24",
+                [192, 168, 1, 12],
+                "2026-01-01T00:00:00Z",
+            ),
+            claim(
+                "svc",
+                "10.43.0.0/24",
+                [192, 168, 1, 13],
+                "2026-01-01T00:00:00Z",
+            ),
+            claim(
+                "self",
+                "192.168.2.0/24",
+                [192, 168, 2, 9],
+                "2026-01-01T00:00:00Z",
+            ),
+        ];
+        let (routes, ignored) = choose_routes(&claims, &open);
+        assert!(routes.is_empty(), "{routes:?}");
+        assert_eq!(
+            ignored
+                .iter()
+                .map(|i| i.reason.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "it overlaps this node's network 192.168.1.0/24",
+                "the node's own address 192.168.2.9 is inside it",
+                "it overlaps the service range 10.43.0.0/16",
+            ]
+        );
+    }
+
+    #[test]
+    fn of_two_overlapping_claimants_the_older_keeps_the_range() {
+        let first = claim(
+            "pi-2",
+            "10.42.2.0/24",
+            [192, 168, 1, 12],
+            "2026-01-01T00:00:00Z",
+        );
+        let thief = claim(
+            "pi-9",
+            "10.42.2.0/24",
+            [192, 168, 1, 19],
+            "2026-02-01T00:00:00Z",
+        );
+        for claims in [
+            [first.clone(), thief.clone()],
+            [thief.clone(), first.clone()],
+        ] {
+            let (routes, ignored) = choose_routes(&claims, &bounds());
+            assert_eq!(routes, [(Cidr::parse("10.42.2.0/24").unwrap(), first.via)]);
+            assert_eq!(
+                ignored,
+                [IgnoredClaim {
+                    node: "pi-9".into(),
+                    pod_cidr: "10.42.2.0/24".into(),
+                    reason: "it overlaps 10.42.2.0/24, the pod CIDR of node pi-2, which claimed it first".into(),
+                }]
+            );
+        }
     }
 }

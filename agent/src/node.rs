@@ -19,7 +19,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::image::{ImageError, ImageStore, Platform};
-use crate::network::{Cidr, NetworkError, PodNetwork};
+use crate::network::{
+    choose_routes, Cidr, IgnoredClaim, NetworkError, PeerClaim, PodNetwork, RouteBounds,
+};
 use crate::node_server::{ensure_identity, AgentIdentity, NodeServer, AGENT_PORT};
 use crate::panel::{ButtonAction, ButtonPress, NodePanel, Panel, PanelConfig};
 use crate::pods::security::{SecuritySettings, SysctlAllowlist};
@@ -150,6 +152,7 @@ struct Timings {
     crash_backoff: Duration,
     metrics_interval: Duration,
     cluster_cidr: Option<Cidr>,
+    service_cidr: Option<Cidr>,
     cluster_domain: String,
 }
 
@@ -171,6 +174,7 @@ async fn timings(client: &Client) -> Timings {
         crash_backoff: Duration::from_secs_f64(seconds("crashLoopBackOffSeconds", 10.0)),
         metrics_interval: Duration::from_secs_f64(seconds("metricsIntervalSeconds", 10.0)),
         cluster_cidr: data["clusterCIDR"].as_str().and_then(Cidr::parse),
+        service_cidr: data["serviceCIDR"].as_str().and_then(Cidr::parse),
         cluster_domain: data["clusterDomain"]
             .as_str()
             .unwrap_or("cluster.local")
@@ -581,6 +585,15 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
 
     // Other nodes: routes to their pod CIDRs; this node: the chaos hook.
     let workers: Arc<Mutex<HashMap<String, PodHandle>>> = Arc::new(Mutex::new(HashMap::new()));
+    let route_bounds = RouteBounds {
+        own: Some(cidr),
+        cluster: timings.cluster_cidr,
+        services: timings.service_cidr,
+        lan: network.local_networks().await.unwrap_or_else(|error| {
+            tracing::warn!(error = %protocol::error::error_chain(&error), "cannot list this node's networks: peers' pod CIDRs are not checked against them");
+            Vec::new()
+        }),
+    };
     {
         let agent = agent.clone();
         let network = network.clone();
@@ -588,7 +601,9 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
         let workers = workers.clone();
         let panel = panel.clone();
         tokio::spawn(async move {
-            let mut routes: BTreeMap<String, (Cidr, Ipv4Addr)> = BTreeMap::new();
+            let mut claims: BTreeMap<String, PeerClaim> = BTreeMap::new();
+            let mut routes: Vec<(Cidr, Ipv4Addr)> = Vec::new();
+            let mut ignored: Vec<IgnoredClaim> = Vec::new();
             let (changed_tx, mut changed_rx) = tokio::sync::watch::channel(0u64);
             let desired = Arc::new(Mutex::new(Vec::new()));
             {
@@ -644,23 +659,38 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
                         }
                         return;
                     }
-                    let before = routes.clone();
-                    if matches!(event, Event::Delete(_)) {
-                        routes.remove(&name);
-                    } else {
-                        let cidr = node["spec"]["podCIDR"].as_str().and_then(Cidr::parse);
-                        let ip = protocol::node::internal_ipv4(node);
-                        match (cidr, ip) {
-                            (Some(cidr), Some(ip)) => {
-                                routes.insert(name, (cidr, ip));
-                            }
-                            _ => {
-                                routes.remove(&name);
-                            }
-                        }
+                    let claim = node["spec"]["podCIDR"]
+                        .as_str()
+                        .filter(|cidr| !cidr.is_empty())
+                        .zip(protocol::node::internal_ipv4(node))
+                        .filter(|_| !matches!(event, Event::Delete(_)))
+                        .map(|(pod_cidr, via)| PeerClaim {
+                            node: name.clone(),
+                            pod_cidr: pod_cidr.to_owned(),
+                            via,
+                            created: node["metadata"]["creationTimestamp"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                        });
+                    match claim {
+                        Some(claim) => claims.insert(name, claim),
+                        None => claims.remove(&name),
+                    };
+                    let all: Vec<PeerClaim> = claims.values().cloned().collect();
+                    let (chosen, now_ignored) = choose_routes(&all, &route_bounds);
+                    for claim in now_ignored.iter().filter(|c| !ignored.contains(c)) {
+                        tracing::warn!(
+                            node = claim.node,
+                            pod_cidr = claim.pod_cidr,
+                            reason = claim.reason,
+                            "not routing another node's pod CIDR"
+                        );
                     }
-                    if routes != before {
-                        *desired.lock().expect("routes lock") = routes.values().cloned().collect();
+                    ignored = now_ignored;
+                    if chosen != routes {
+                        routes = chosen;
+                        *desired.lock().expect("routes lock") = routes.clone();
                         counter += 1;
                         let _ = changed_tx.send(counter);
                     }

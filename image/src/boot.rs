@@ -1175,7 +1175,7 @@ mod tests {
     #[test]
     fn an_agent_runs_one_agent_with_the_token_out_of_sight() {
         let agent = node(
-            "master = \"10.0.2.2:7443\"\njoin_token = \"0123456789abcdef\"\ninsecure_registries = [\"10.0.2.2:5000\"]\nstorage_dir = \"/mnt/usb/storage\"\nseccomp_default = true\nallowed_unsafe_sysctls = [\"net.core.somaxconn\"]\n[panel]\ngpio = \"none\"\n",
+            "master = \"10.0.2.2:7443\"\njoin_token = \"5b8e1f40c93a7d26e0f4b18c9a3d6e72\"\ninsecure_registries = [\"10.0.2.2:5000\"]\nstorage_dir = \"/mnt/usb/storage\"\nseccomp_default = true\nallowed_unsafe_sysctls = [\"net.core.somaxconn\"]\n[panel]\ngpio = \"none\"\n",
         );
         let services = services_for(&agent, Some("10.0.2.15")).unwrap();
         assert_eq!(services.len(), 1);
@@ -1201,14 +1201,14 @@ mod tests {
         );
         assert!(line.ends_with("--gpio none"), "{line}");
         assert!(
-            !line.contains("0123456789abcdef"),
+            !line.contains("5b8e1f40c93a7d26e0f4b18c9a3d6e72"),
             "the token is not on the command line"
         );
         assert_eq!(
             env,
             &[(
                 "BRAMBLE_JOIN_TOKEN".to_owned(),
-                "0123456789abcdef".to_owned()
+                "5b8e1f40c93a7d26e0f4b18c9a3d6e72".to_owned()
             )]
         );
     }
@@ -1218,7 +1218,7 @@ mod tests {
         let mut master = node(
             "role = \"master\"\nhostname = \"pi-1\"\n[master-options]\nload_balancer_pool = \"192.168.1.240-192.168.1.250\"\n[panel]\nbuttons = \"monkey=22\"\n",
         );
-        master.join_token = Some("0123456789abcdef".to_owned());
+        master.join_token = Some("5b8e1f40c93a7d26e0f4b18c9a3d6e72".to_owned());
         let services = services_for(&master, Some("192.168.1.10")).unwrap();
         let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["master", "agent"]);
@@ -1244,8 +1244,8 @@ mod tests {
     #[test]
     fn every_command_line_parses_as_the_subcommand_it_starts() {
         let mut master = node("role = \"master\"\nhostname = \"pi-1\"\n[master-options]\nload_balancer_pool = \"192.168.1.240/28\"\n");
-        master.join_token = Some("0123456789abcdef".to_owned());
-        let agent = node("master = \"10.0.2.2:7443\"\njoin_token = \"0123456789abcdef\"\n[panel]\ngpio = \"simulated\"\n");
+        master.join_token = Some("5b8e1f40c93a7d26e0f4b18c9a3d6e72".to_owned());
+        let agent = node("master = \"10.0.2.2:7443\"\njoin_token = \"5b8e1f40c93a7d26e0f4b18c9a3d6e72\"\n[panel]\ngpio = \"simulated\"\n");
         for node in [master, agent] {
             for service in services_for(&node, Some("192.168.1.10")).unwrap() {
                 let args = &service.command[2..];
@@ -1290,12 +1290,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let card = dir.path().join("bramble.toml");
         let kept = dir.path().join("state/boot-secrets.toml");
-        let text = "master = \"10.0.0.1\"\njoin_token = \"0123456789abcdef\"\n";
+        let text = "master = \"10.0.0.1\"\njoin_token = \"5b8e1f40c93a7d26e0f4b18c9a3d6e72\"\n";
         std::fs::write(&card, text).unwrap();
         let (first, _) = read_config(&card, &kept, "dc:a6:32:00:00:07").unwrap();
         assert!(keep_and_scrub_secrets(&card, &kept, text).unwrap());
         let on_card = std::fs::read_to_string(&card).unwrap();
-        assert!(!on_card.contains("0123456789abcdef"), "{on_card}");
+        assert!(
+            !on_card.contains("5b8e1f40c93a7d26e0f4b18c9a3d6e72"),
+            "{on_card}"
+        );
         let mode = std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // The next boot reads the same settings from the card and the kept secrets.

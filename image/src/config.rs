@@ -16,9 +16,6 @@ use serde::Deserialize;
 /// The master's API port when `master` names no port.
 pub const DEFAULT_API_PORT: u16 = 6443;
 
-/// Shortest join token accepted: guessing it must be hopeless.
-pub const MIN_TOKEN_LEN: usize = 16;
-
 /// The keys [`scrub_secrets`] removes, as (table, key); "" is the top level.
 pub const SECRET_KEYS: [(&str, &str); 2] = [("", "join_token"), ("wifi", "password")];
 
@@ -460,18 +457,19 @@ fn check(settings: Settings, mac: &str, problems: &mut Vec<String>) -> Option<No
     };
     let join_token = settings.join_token.map(|t| t.trim().to_owned());
     match (&join_token, role) {
-        (Some(token), _) if token.len() < MIN_TOKEN_LEN && !token.starts_with("bramble1.") => {
-            problems.push(format!(
-                "join_token is {} characters: use at least {MIN_TOKEN_LEN} (letters and digits)",
-                token.len()
-            ))
-        }
         (Some(token), _)
             if !token
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_') =>
         {
             problems.push("join_token: use letters, digits, '-', '_' and '.' only".to_owned())
+        }
+        // Guessing it must be hopeless: anyone can try guesses offline against the CA proof
+        // every master publishes, and whoever has it can join a node.
+        (Some(token), _) if protocol::join::check_secret_strength(token).is_err() => {
+            if let Err(weak) = protocol::join::check_secret_strength(token) {
+                problems.push(format!("join_token: {weak}"));
+            }
         }
         (Some(token), Some(Role::Master)) if token.starts_with("bramble1.") => problems.push(
             "join_token: on the master write only the secret (the part after the last '.')"
@@ -520,6 +518,10 @@ fn check(settings: Settings, mac: &str, problems: &mut Vec<String>) -> Option<No
         if key.is_empty() || key.contains([' ', '=']) || value.contains([' ', '=']) {
             problems.push(format!("labels: {key:?} = {value:?} is not a valid label"));
         }
+    }
+    // The master would refuse them from the node (NodeRestriction): an administrator sets them.
+    if let Some(refusal) = protocol::node::refuse_node_labels(labels.keys().map(String::as_str)) {
+        problems.push(format!("labels: {refusal}"));
     }
     labels
         .entry("bramble.dev/cluster".to_owned())
@@ -966,6 +968,7 @@ mod tests {
             join_token = "short"
             hostname = "Pi_2"
             storage_dir = "usb/storage"
+            labels = { "node-role.kubernetes.io/worker" = "" }
             [network]
             address = "192.168.1.300/24"
             [wifi]
@@ -986,7 +989,8 @@ mod tests {
         let all = problems.join("\n");
         for expected in [
             "role = \"worker\"",
-            "join_token is 5 characters",
+            "join_token: the join token is too weak: 5 characters hold about 24 bits",
+            "labels: unknown 'kubernetes.io' or 'k8s.io' labels specified with --node-labels: [node-role.kubernetes.io/worker]",
             "hostname = \"Pi_2\"",
             "storage_dir = \"usb/storage\": use an absolute path",
             "network.address = \"192.168.1.300/24\"",
@@ -1094,11 +1098,11 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap()
-            + "\n[mac.\"dc:a6:32:00:00:05\"]\njoin_token = \"another-long-secret-1\"\nwifi = { ssid = \"n\", password = \"p4ssw0rd!\", country = \"DE\" }\n";
+            + "\n[mac.\"dc:a6:32:00:00:05\"]\njoin_token = \"f19b07d4a2c86e53b0d7e4a91c25f38a\"\nwifi = { ssid = \"n\", password = \"p4ssw0rd!\", country = \"DE\" }\n";
         let original = BrambleToml::parse(&text).unwrap();
         let scrubbed_text = scrub_secrets(&text).expect("something to scrub");
-        assert!(!scrubbed_text.contains("hYk3pQ9sV7wZ2mT4nR8x"));
-        assert!(!scrubbed_text.contains("another-long-secret-1"));
+        assert!(!scrubbed_text.contains("7c2e9a41f0b35d86e1a4c97b20f3d5e8"));
+        assert!(!scrubbed_text.contains("f19b07d4a2c86e53b0d7e4a91c25f38a"));
         assert!(!scrubbed_text.contains("p4ssw0rd!"));
         assert!(scrubbed_text.starts_with("# bramble read join_token, mac."));
         // Comments and the other settings stay.
@@ -1117,7 +1121,10 @@ mod tests {
         let five = BrambleToml { settings: restored }
             .resolve("dc:a6:32:00:00:05")
             .unwrap();
-        assert_eq!(five.join_token.as_deref(), Some("another-long-secret-1"));
+        assert_eq!(
+            five.join_token.as_deref(),
+            Some("f19b07d4a2c86e53b0d7e4a91c25f38a")
+        );
         assert_eq!(five.wifi.unwrap().password.as_deref(), Some("p4ssw0rd!"));
     }
 

@@ -430,6 +430,7 @@ pub fn apply_defaults(group: &str, kind: &str, object: &mut Value) {
             crate::rbac::validation::apply_defaults(kind, object)
         }
         ("scheduling.k8s.io", "PriorityClass") => crate::priority::apply_defaults(object),
+        ("", "Node") => sync_pod_cidrs(object),
         ("apps", "Deployment") => {
             let spec = child(object, "spec");
             set_default(spec, "replicas", json!(1));
@@ -1412,6 +1413,109 @@ fn validate_event(object: &Value, errors: &mut Vec<FieldError>) {
     }
 }
 
+/// `spec.podCIDR` and `spec.podCIDRs` of a Node agree, as upstream's v1 conversion makes them:
+/// `podCIDRs` is the truth; when it is empty a lone `podCIDR` becomes it.
+fn sync_pod_cidrs(node: &mut Value) {
+    let Some(spec) = node.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let list_empty = spec
+        .get("podCIDRs")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    if list_empty {
+        if let Some(single) = spec
+            .get("podCIDR")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+        {
+            let list = json!([single]);
+            spec.insert("podCIDRs".into(), list);
+        }
+    } else if let Some(first) = spec["podCIDRs"].get(0).cloned() {
+        spec.insert("podCIDR".into(), first);
+    }
+}
+
+/// Whether `text` is a CIDR (`10.42.0.0/24`, `fd00::/64`).
+fn is_cidr(text: &str) -> bool {
+    let Some((address, prefix)) = text.split_once('/') else {
+        return false;
+    };
+    let Ok(address) = address.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let limit = if address.is_ipv4() { 32 } else { 128 };
+    !prefix.starts_with('+')
+        && prefix.parse::<u8>().is_ok_and(|p| p <= limit)
+        && (prefix == "0" || !prefix.starts_with('0'))
+}
+
+/// A Node's `spec.podCIDRs`: valid CIDRs, at most one per IP family (upstream's `ValidateNode`).
+fn validate_node_pod_cidrs(node: &Value, errors: &mut Vec<FieldError>) {
+    let Some(list) = node.pointer("/spec/podCIDRs").and_then(Value::as_array) else {
+        return;
+    };
+    let texts: Vec<String> = list
+        .iter()
+        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+        .collect();
+    for (index, text) in texts.iter().enumerate() {
+        if !is_cidr(text) {
+            errors.push(FieldError::invalid(
+                &format!("spec.podCIDRs[{index}]"),
+                text,
+                "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+            ));
+        }
+    }
+    if texts.len() > 1 && texts.iter().all(|t| is_cidr(t)) {
+        let v4 = texts.iter().filter(|t| !t.contains(':')).count();
+        if texts.len() > 2 || v4 != 1 {
+            errors.push(FieldError::invalid(
+                "spec.podCIDRs",
+                &json!(texts).to_string(),
+                "may specify no more than one CIDR for each IP family",
+            ));
+        }
+    }
+}
+
+/// What no one may change on a Node (upstream's `ValidateNodeUpdate`): the pod CIDRs once
+/// set (the node-ipam controller may only fill them from empty) and the provider ID likewise.
+fn validate_node_update(new: &Value, old: &Value, errors: &mut Vec<FieldError>) {
+    let cidrs = |node: &Value| -> Vec<Value> {
+        node.pointer("/spec/podCIDRs")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let before = cidrs(old);
+    if !before.is_empty() && before != cidrs(new) {
+        errors.push(FieldError::new(
+            FieldErrorKind::Forbidden,
+            "spec.podCIDRs",
+            None,
+            "node updates may not change podCIDR except from \"\" to valid",
+        ));
+    }
+    let provider = |node: &Value| {
+        node.pointer("/spec/providerID")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let old_provider = provider(old);
+    if !old_provider.is_empty() && old_provider != provider(new) {
+        errors.push(FieldError::new(
+            FieldErrorKind::Forbidden,
+            "spec.providerID",
+            None,
+            "node updates may not change providerID except from \"\" to valid",
+        ));
+    }
+}
+
 /// Validation on create; empty means valid.
 pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldError> {
     let mut errors = Vec::new();
@@ -1457,6 +1561,7 @@ pub fn validate_create(group: &str, kind: &str, object: &Value) -> Vec<FieldErro
             errors.extend(crate::controllers::disruption::validate(object))
         }
         ("scheduling.k8s.io", "PriorityClass") => errors.extend(crate::priority::validate(object)),
+        ("", "Node") => validate_node_pod_cidrs(object, &mut errors),
         ("autoscaling", "HorizontalPodAutoscaler") => {
             let spec = &object["spec"];
             let max = spec["maxReplicas"].as_i64().unwrap_or(0);
@@ -1505,6 +1610,9 @@ pub fn validate_update(group: &str, kind: &str, new: &Value, old: &Value) -> Vec
     };
     if (group, kind) == ("apps", "StatefulSet") {
         validate_stateful_set_update(new, old, &mut errors);
+    }
+    if (group, kind) == ("", "Node") {
+        validate_node_update(new, old, &mut errors);
     }
     for pointer in immutable {
         let (before, after) = (old.pointer(pointer), new.pointer(pointer));
@@ -1844,6 +1952,70 @@ mod tests {
         assert_eq!(
             errors.iter().map(FieldError::message).collect::<Vec<_>>(),
             ["spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"]
+        );
+    }
+
+    #[test]
+    fn node_pod_cidrs_change_only_from_empty() {
+        let mut old = json!({"metadata": {"name": "w1"}, "spec": {"podCIDR": "10.42.1.0/24"}});
+        apply_defaults("", "Node", &mut old);
+        assert_eq!(old["spec"]["podCIDRs"], json!(["10.42.1.0/24"]));
+        let forbidden = "spec.podCIDRs: Forbidden: node updates may not change podCIDR except from \"\" to valid";
+        for spec in [
+            json!({"podCIDRs": ["10.42.2.0/24"]}),
+            json!({"podCIDR": "10.42.2.0/24", "podCIDRs": null}),
+            json!({}),
+        ] {
+            let mut new = json!({"metadata": {"name": "w1"}, "spec": spec});
+            apply_defaults("", "Node", &mut new);
+            let messages: Vec<String> = validate_update("", "Node", &new, &old)
+                .iter()
+                .map(FieldError::message)
+                .collect();
+            assert_eq!(messages, [forbidden], "{new}");
+        }
+        // podCIDRs is the truth: a lone podCIDR change follows it back, as upstream.
+        let mut patched = old.clone();
+        patched["spec"]["podCIDR"] = json!("0.0.0.0/0");
+        apply_defaults("", "Node", &mut patched);
+        assert_eq!(patched["spec"]["podCIDR"], "10.42.1.0/24");
+        assert!(validate_update("", "Node", &patched, &old).is_empty());
+
+        let empty = json!({"metadata": {"name": "w1"}, "spec": {}});
+        assert!(
+            validate_update("", "Node", &old, &empty).is_empty(),
+            "from \"\" to valid"
+        );
+
+        let with_provider =
+            json!({"metadata": {"name": "w1"}, "spec": {"providerID": "bramble://a"}});
+        let moved = json!({"metadata": {"name": "w1"}, "spec": {"providerID": "bramble://b"}});
+        assert_eq!(
+            validate_update("", "Node", &moved, &with_provider)[0].message(),
+            "spec.providerID: Forbidden: node updates may not change providerID except from \"\" to valid"
+        );
+        assert!(validate_update("", "Node", &with_provider, &empty).is_empty());
+    }
+
+    #[test]
+    fn node_pod_cidrs_are_cidrs_one_per_family() {
+        let node = |cidrs: Value| json!({"metadata": {"name": "w1"}, "spec": {"podCIDRs": cidrs}});
+        assert!(
+            validate_create("", "Node", &node(json!(["10.42.0.0/24", "fd00::/64"]))).is_empty()
+        );
+        let messages = |cidrs| -> Vec<String> {
+            validate_create("", "Node", &node(cidrs))
+                .iter()
+                .map(FieldError::message)
+                .collect()
+        };
+        assert_eq!(
+            messages(json!(["10.42.0.0/33"])),
+            ["spec.podCIDRs[0]: Invalid value: \"10.42.0.0/33\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"]
+        );
+        assert_eq!(
+            messages(json!(["10.42.0.0/24", "10.42.1.0/24"])),
+            ["spec.podCIDRs: Invalid value: [\"10.42.0.0/24\",\"10.42.1.0/24\"]: may specify no more than one CIDR for each IP family"]
         );
     }
 }

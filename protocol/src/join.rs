@@ -6,8 +6,15 @@
 //!     GET  /bramble/v1/ca.crt (any certificate) ───►  CA PEM + header bramble-ca-proof
 //!     token bramble1.<CA hash>.<secret>: SHA-256 of the CA must equal <CA hash>
 //!     bare <secret> (bramble.toml):      the proof must equal HMAC-SHA256(secret, CA PEM)
-//!     POST /bramble/v1/join {"node": NAME}, Bearer <secret> ──► a kubeconfig with the node's token
+//!     POST /bramble/v1/join {"node": NAME, "identity": …}, Bearer <secret> ──► a kubeconfig
+//!                                                             with the node's token
 //! ```
+//!
+//! A name whose Node is live (Ready, or its lease fresh) is taken: the master refuses a join
+//! under it (409) unless the join carries `identity`, the proof that it comes from the same
+//! machine: the agent's serving certificate (whose SHA-256 the Node pins, [`der_pin`]) and a
+//! signature with its key over [`identity_message`] (the node, the master's time from the CA
+//! answer's `Date` header, the CA's pin).
 
 use std::sync::Arc;
 
@@ -101,6 +108,81 @@ pub fn ca_proof(join_secret: &str, ca_pem: &[u8]) -> String {
         .expect("HMAC takes keys of any length");
     mac.update(ca_pem);
     hex::encode(mac.finalize().into_bytes())
+}
+
+/// How far the time in an identity proof may be from the master's clock, in seconds.
+pub const IDENTITY_MAX_SKEW_SECONDS: i64 = 300;
+
+/// What an agent signs with its serving key to prove, when it joins under a name that is
+/// already live, that it is the machine the Node's certificate pin names: bound to the node's
+/// name, to a time on the master's clock (so an old proof does not serve again) and to the
+/// cluster's CA (so a proof made for one cluster does not serve in another).
+pub fn identity_message(node: &str, unix_seconds: i64, ca_pin: &str) -> String {
+    format!("bramble-join-identity-v1\nnode={node}\ntime={unix_seconds}\nca={ca_pin}\n")
+}
+
+/// The shortest join secret, in bits of entropy, a master or an agent accepts: what the
+/// generated ones hold at least (16 random bytes), so that no one guesses it offline from
+/// the CA proof every master publishes.
+pub const MIN_SECRET_BITS: f64 = 128.0;
+
+/// How to make a good secret, for the messages that refuse a weak one.
+pub const MAKE_A_SECRET: &str = "make one with `openssl rand -hex 16` (or leave join_token out of the master's bramble.toml: the master makes one)";
+
+/// The entropy of a secret as counted for [`check_secret_strength`]: its length times the bits
+/// of the smallest alphabet it is written in (hex digits, else the classes it uses: lower
+/// case, upper case, digits, `-`/`_`/`.`).
+pub fn secret_bits(secret: &str) -> f64 {
+    let bytes = secret.as_bytes();
+    let hex = bytes.iter().all(u8::is_ascii_digit)
+        || bytes
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        || bytes
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b));
+    let alphabet = if bytes.iter().all(u8::is_ascii_digit) {
+        10.0
+    } else if hex {
+        16.0
+    } else {
+        let has = |member: fn(&u8) -> bool, size: f64| {
+            if bytes.iter().any(member) {
+                size
+            } else {
+                0.0
+            }
+        };
+        has(u8::is_ascii_lowercase, 26.0)
+            + has(u8::is_ascii_uppercase, 26.0)
+            + has(u8::is_ascii_digit, 10.0)
+            + has(|b| !b.is_ascii_alphanumeric(), 3.0)
+    };
+    bytes.len() as f64 * f64::log2(alphabet)
+}
+
+/// Refuses a join secret someone could guess: under [`MIN_SECRET_BITS`] as [`secret_bits`]
+/// counts them, or written with fewer than 8 different characters (`aaaa…`, `abab…`).
+/// A full token (`bramble1.<hash>.<secret>`) is judged by its secret.
+pub fn check_secret_strength(token: &str) -> Result<(), String> {
+    let secret = token.trim().rsplit('.').next().unwrap_or_default();
+    let bits = secret_bits(secret);
+    let distinct = secret
+        .bytes()
+        .collect::<std::collections::BTreeSet<u8>>()
+        .len();
+    if bits < MIN_SECRET_BITS {
+        return Err(format!(
+            "the join token is too weak: {} characters hold about {bits:.0} bits, at least {MIN_SECRET_BITS:.0} are needed (32 hex digits, or 22 letters of both cases and digits); {MAKE_A_SECRET}",
+            secret.len()
+        ));
+    }
+    if distinct < 8 {
+        return Err(format!(
+            "the join token is too weak: it repeats {distinct} different characters; {MAKE_A_SECRET}"
+        ));
+    }
+    Ok(())
 }
 
 /// The pin of a certificate: the hex SHA-256 of its DER. Join tokens pin the CA this way,
@@ -280,5 +362,45 @@ mod tests {
         assert!(!check(&pinned, &theirs));
         let any = PinnedServer::any(provider);
         assert!(check(&any, &ours) && check(&any, &theirs));
+    }
+
+    #[test]
+    fn weak_join_secrets_are_refused() {
+        // What masters make: 24 random bytes in hex; what bramble.toml examples suggest: 16.
+        assert!(check_secret_strength("2f1c9d0b6e4a8f3c7d5e1b2a9c0f4e6d").is_ok());
+        assert!(check_secret_strength("5e0a7c1f93b2d84e6a0c17f5b3d9e2a4c68f01b7d3e5a9c2").is_ok());
+        assert!(check_secret_strength(&format!(
+            "bramble1.{}.{}",
+            "ab".repeat(32),
+            "2f1c9d0b6e4a8f3c7d5e1b2a9c0f4e6d"
+        ))
+        .is_ok());
+        assert!(check_secret_strength("Correct-Horse-Battery-Staple-42").is_ok());
+        let weak = check_secret_strength("0123456789abcdef").unwrap_err();
+        assert!(
+            weak.starts_with(
+                "the join token is too weak: 16 characters hold about 64 bits, at least 128"
+            ),
+            "{weak}"
+        );
+        assert!(weak.contains("openssl rand -hex 16"), "{weak}");
+        assert!(
+            check_secret_strength("change-me-to-a-long-secret").is_err(),
+            "26 lower case and '-': 124 bits"
+        );
+        assert!(check_secret_strength(&"ab".repeat(40))
+            .unwrap_err()
+            .contains("2 different characters"));
+        assert!(check_secret_strength("").is_err());
+        assert_eq!(secret_bits("ffff"), 16.0);
+        assert_eq!(secret_bits("aB3-"), 4.0 * f64::log2(65.0));
+    }
+
+    #[test]
+    fn the_identity_message_binds_node_time_and_cluster() {
+        assert_eq!(
+            identity_message("pi-2", 1_700_000_000, "abcd"),
+            "bramble-join-identity-v1\nnode=pi-2\ntime=1700000000\nca=abcd\n"
+        );
     }
 }

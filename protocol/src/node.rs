@@ -1,6 +1,8 @@
 //! Facts about a Node object that every part reads the same way: its Ready condition, its
-//! InternalIP, its board, and the annotations bramble's parts use to talk about nodes.
+//! InternalIP, its board, the annotations bramble's parts use to talk about nodes, and the labels a
+//! node may set on itself (upstream's NodeRestriction rules, shared by the master and the agent).
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use serde_json::Value;
@@ -104,6 +106,89 @@ pub fn label_value(text: &str) -> String {
         .to_owned()
 }
 
+// ----- Labels a node may set on itself ------------------------------------------------------
+
+/// Label namespaces a node may set under `kubernetes.io` (and their subdomains).
+pub const KUBELET_LABEL_NAMESPACES: [&str; 2] = ["kubelet.kubernetes.io", "node.kubernetes.io"];
+
+/// The `kubernetes.io` labels kubelet sets itself (`k8s.io/kubelet/pkg/apis`'s `kubeletLabels`).
+pub const KUBELET_LABELS: [&str; 11] = [
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/instance-type",
+    "beta.kubernetes.io/os",
+    "failure-domain.beta.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "kubernetes.io/arch",
+    "kubernetes.io/hostname",
+    "kubernetes.io/os",
+    "node.kubernetes.io/instance-type",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+];
+
+/// The label namespace no node may write to: labels an administrator sets to steer workloads
+/// to nodes the nodes themselves cannot claim to be.
+const NODE_RESTRICTION_NAMESPACE: &str = "node-restriction.kubernetes.io";
+
+/// The part of a label key before `/`, or "".
+fn label_namespace(key: &str) -> &str {
+    key.split_once('/').map_or("", |(namespace, _)| namespace)
+}
+
+/// `namespace` is `domain` or a subdomain of it.
+fn within(namespace: &str, domain: &str) -> bool {
+    namespace == domain
+        || namespace
+            .strip_suffix(domain)
+            .is_some_and(|rest| rest.ends_with('.'))
+}
+
+/// Whether kubelet may set `key` (upstream's `IsKubeletLabel`).
+pub fn is_kubelet_label(key: &str) -> bool {
+    let namespace = label_namespace(key);
+    KUBELET_LABELS.contains(&key)
+        || KUBELET_LABEL_NAMESPACES
+            .iter()
+            .any(|allowed| within(namespace, allowed))
+}
+
+/// Whether `key` is in the `kubernetes.io` or `k8s.io` namespaces (or their subdomains).
+pub fn is_kubernetes_label(key: &str) -> bool {
+    let namespace = label_namespace(key);
+    within(namespace, "kubernetes.io") || within(namespace, "k8s.io")
+}
+
+/// The keys among `keys` a node may not set on itself, sorted (upstream's `getForbiddenLabels`
+/// in the NodeRestriction admission): the master refuses them from nodes, the agent refuses them
+/// in `--labels` before it joins (kubelet's `--node-labels` check).
+pub fn forbidden_labels<'a>(keys: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    keys.into_iter()
+        .filter(|key| {
+            within(label_namespace(key), NODE_RESTRICTION_NAMESPACE)
+                || (is_kubernetes_label(key) && !is_kubelet_label(key))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Kubelet's start-up refusal of `--node-labels` it may not set, or `None` when all are fine.
+pub fn refuse_node_labels<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let unknown: BTreeSet<String> = keys
+        .into_iter()
+        .filter(|key| is_kubernetes_label(key) && !is_kubelet_label(key))
+        .map(str::to_owned)
+        .collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "unknown 'kubernetes.io' or 'k8s.io' labels specified with --node-labels: [{}]\n--node-labels in the 'kubernetes.io' namespace must begin with an allowed prefix ({}) or be in the specifically allowed set ({})",
+        unknown.into_iter().collect::<Vec<_>>().join(" "),
+        KUBELET_LABEL_NAMESPACES.join(", "),
+        KUBELET_LABELS.join(", "),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +230,61 @@ mod tests {
         assert!(label_value(&"x".repeat(100)).len() <= 63);
         let long = label_value(&format!("{}.x", "x".repeat(62)));
         assert!(long.len() <= 63 && long.ends_with('x'));
+    }
+
+    #[test]
+    fn kubelet_labels_are_upstreams() {
+        for key in KUBELET_LABELS {
+            assert!(is_kubelet_label(key), "{key}");
+        }
+        assert!(is_kubelet_label(
+            "node.kubernetes.io/exclude-from-external-load-balancers"
+        ));
+        assert!(is_kubelet_label("kubelet.kubernetes.io/x"));
+        assert!(is_kubelet_label("a.node.kubernetes.io/x"));
+        assert!(!is_kubelet_label("xnode.kubernetes.io/x"));
+        assert!(!is_kubelet_label("node-role.kubernetes.io/worker"));
+        assert!(!is_kubelet_label("kubernetes.io/role"));
+    }
+
+    #[test]
+    fn forbidden_labels_follow_get_forbidden_labels() {
+        let keys = [
+            "node-restriction.kubernetes.io/x",
+            "a.node-restriction.kubernetes.io/y",
+            "node-role.kubernetes.io/worker",
+            "k8s.io/z",
+            "example.k8s.io/z",
+            "kubernetes.io/hostname",
+            "node.kubernetes.io/instance-type",
+            "topology.kubernetes.io/zone",
+            "bramble.dev/x",
+            "node.bramble.dev/board",
+            "plain",
+            "notkubernetes.io/x",
+        ];
+        let forbidden: Vec<String> = forbidden_labels(keys).into_iter().collect();
+        assert_eq!(
+            forbidden,
+            [
+                "a.node-restriction.kubernetes.io/y",
+                "example.k8s.io/z",
+                "k8s.io/z",
+                "node-restriction.kubernetes.io/x",
+                "node-role.kubernetes.io/worker",
+            ]
+        );
+    }
+
+    #[test]
+    fn kubelets_own_check_of_node_labels() {
+        assert_eq!(
+            refuse_node_labels(["bramble.dev/x", "node.kubernetes.io/y"]),
+            None
+        );
+        assert_eq!(
+            refuse_node_labels(["node-role.kubernetes.io/worker", "kubernetes.io/hostname", "a.k8s.io/b"]).unwrap(),
+            "unknown 'kubernetes.io' or 'k8s.io' labels specified with --node-labels: [a.k8s.io/b node-role.kubernetes.io/worker]\n--node-labels in the 'kubernetes.io' namespace must begin with an allowed prefix (kubelet.kubernetes.io, node.kubernetes.io) or be in the specifically allowed set (beta.kubernetes.io/arch, beta.kubernetes.io/instance-type, beta.kubernetes.io/os, failure-domain.beta.kubernetes.io/region, failure-domain.beta.kubernetes.io/zone, kubernetes.io/arch, kubernetes.io/hostname, kubernetes.io/os, node.kubernetes.io/instance-type, topology.kubernetes.io/region, topology.kubernetes.io/zone)"
+        );
     }
 }

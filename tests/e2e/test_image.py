@@ -191,7 +191,7 @@ def test_the_card_examples_are_accepted_and_mistakes_are_explained(tmp_path):
     bad.write_text('role = "agent"\njoin_token = "short"\n[network]\naddress = "10.0.0.300/24"\n')
     result = subprocess.run([BRAMBLE, "image", "check", str(bad)], capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
-    for problem in ["master is missing", "join_token is 5 characters", "network.address"]:
+    for problem in ["master is missing", "join_token: the join token is too weak: 5 characters", "network.address"]:
         assert problem in result.stderr, result.stderr
     bad.write_text("role = agent\n")
     result = subprocess.run([BRAMBLE, "image", "check", str(bad)], capture_output=True, text=True, timeout=30)

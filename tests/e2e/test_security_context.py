@@ -130,9 +130,9 @@ def test_run_as_non_root_refuses_a_root_image_with_kubelets_reason(pis, namespac
     text = (f'container has runAsNonRoot and image will run as root '
             f'(pod: "nonroot_{namespace}({uid})", container: demo)')
     assert waiting == {"reason": "CreateContainerConfigError", "message": text}, waiting
-    events = pis.kubectl("get", "events", "-n", namespace, "--field-selector",
-                         "involvedObject.name=nonroot,reason=Failed", "-o", "json").stdout
-    assert f"Error: {text}" in events, events
+    events = pis.kubectl_json("get", "events", "-n", namespace, "--field-selector",
+                              "involvedObject.name=nonroot,reason=Failed")["items"]
+    assert f"Error: {text}" in [e["message"] for e in events], events
     assert pis.kubectl_json("get", "pod", "nonroot", "-n", namespace)["status"]["phase"] == "Pending"
 
 

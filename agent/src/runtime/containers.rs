@@ -245,10 +245,14 @@ pub fn protected_exe(binary: &Path, dir: &Path) -> std::io::Result<PathBuf> {
         let _ = umount2(&view, MntFlags::MNT_DETACH);
         return Err(error.into());
     }
-    // Never run from a view that could be written.
-    match std::fs::OpenOptions::new().write(true).open(&view) {
-        Err(e) if e.raw_os_error() == Some(libc::EROFS) => Ok(view),
-        _ => {
+    // Never run from a view that could be written. (Opening it for writing would not tell:
+    // a running binary answers ETXTBSY before the mount is asked.)
+    let mounted_read_only = nix::sys::statvfs::statvfs(&view)
+        .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+        .unwrap_or(false);
+    match mounted_read_only {
+        true => Ok(view),
+        false => {
             let _ = umount2(&view, MntFlags::MNT_DETACH);
             Err(std::io::Error::other(format!(
                 "{} is not read-only after a read-only remount",

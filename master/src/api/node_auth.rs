@@ -26,6 +26,9 @@ use super::error::ApiError;
 use super::objects::blocking;
 use super::{ApiState, Target};
 
+mod restriction;
+pub use restriction::admit_update as admit_node_update;
+
 /// The prefix of node users.
 pub const NODE_USER_PREFIX: &str = "system:node:";
 
@@ -150,7 +153,9 @@ pub fn ca_certificate(state: &ApiState) -> Vec<u8> {
 }
 
 /// `POST /bramble/v1/join` with the join token as bearer token and `{"node": NAME}`: the
-/// node's kubeconfig.
+/// node's kubeconfig. A name whose Node is live stays its own: the join is refused (409, the
+/// node's token kept) unless it carries `identity`, the proof that it comes from the machine
+/// whose certificate the Node pins (see [`protocol::join`]).
 pub fn join(state: &ApiState, bearer: Option<&str>, body: &[u8]) -> Result<String, ApiError> {
     let presented = bearer.unwrap_or_default();
     if presented.is_empty() || !state.nodes.accepts_join_secret(presented) {
@@ -164,8 +169,128 @@ pub fn join(state: &ApiState, bearer: Option<&str>, body: &[u8]) -> Result<Strin
             "node name {node:?} is not a valid DNS subdomain (lower-case letters, digits, '-' and '.')"
         )));
     }
-    tracing::info!(node, "node joined");
+    if let Some(existing) = live_node(state, node)? {
+        let identity = request.get("identity").filter(|v| !v.is_null());
+        let proof = identity.map(|identity| {
+            check_identity(
+                &existing,
+                node,
+                identity,
+                &state.nodes.ca_hash,
+                crate::controllers::now_seconds(),
+            )
+        });
+        match proof {
+            Some(Ok(())) => {
+                tracing::info!(node, "node joined again, proving it is the same machine")
+            }
+            refused => {
+                let why = match refused {
+                    Some(Err(why)) => {
+                        format!(" (the proof that this is the same machine was refused: {why})")
+                    }
+                    _ => String::new(),
+                };
+                tracing::warn!(node, "refused a join under the name of a live node{why}");
+                return Err(ApiError::new(
+                    409,
+                    "AlreadyExists",
+                    format!("a Node with name {node:?} is already joined and live; delete it (kubectl delete node {node}) or join under another name{why}"),
+                ));
+            }
+        }
+    } else {
+        tracing::info!(node, "node joined");
+    }
     state.nodes.issue(node)
+}
+
+/// The Node called `name` if it is live: Ready, or its lease renewed within the node monitor's
+/// grace period (on the master's clock). A node that stopped long ago frees its name.
+fn live_node(state: &ApiState, name: &str) -> Result<Option<Value>, ApiError> {
+    let read = |key: &str, namespace: &str| {
+        state
+            .store
+            .get(key, namespace, name)
+            .map_err(|e| ApiError::internal_logged("reading the store failed", &e))
+    };
+    let Some(node) = read("core/nodes", "")? else {
+        return Ok(None);
+    };
+    if protocol::node::is_ready(&node) {
+        return Ok(Some(node));
+    }
+    let grace = state.cluster.timings.node_monitor_grace.as_secs_f64();
+    let renewed = read("coordination.k8s.io/leases", "kube-node-lease")?
+        .and_then(|lease| {
+            lease
+                .pointer("/spec/renewTime")
+                .and_then(Value::as_str)
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        })
+        .is_some_and(|renewed| {
+            let now = jiff::Timestamp::from_second(crate::controllers::now_seconds())
+                .unwrap_or_else(|_| jiff::Timestamp::now());
+            now.duration_since(renewed).as_secs_f64() <= grace.ceil()
+        });
+    Ok(renewed.then_some(node))
+}
+
+/// Checks a join's proof that it comes from the machine `node` pins: its certificate is the
+/// pinned one, and it signed [`join::identity_message`] with that certificate's key at a time
+/// near `now` (Unix seconds). Why not, otherwise.
+fn check_identity(
+    node: &Value,
+    name: &str,
+    identity: &Value,
+    ca_pin: &str,
+    now: i64,
+) -> Result<(), String> {
+    use base64::Engine;
+    use rustls_pki_types::pem::PemObject;
+    let pem = identity["certificate"]
+        .as_str()
+        .ok_or("it holds no certificate")?;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|_| "its certificate is not PEM")?;
+    let pinned = node
+        .pointer(&format!(
+            "/metadata/annotations/{}",
+            protocol::node::CERT_ANNOTATION.replace('/', "~1")
+        ))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let presented = join::der_pin(der.as_ref());
+    if pinned.is_empty() || !crate::auth::constant_time_eq(pinned.as_bytes(), presented.as_bytes())
+    {
+        return Err("its certificate is not the one pinned on the Node".to_owned());
+    }
+    let time = identity["time"].as_i64().ok_or("it holds no time")?;
+    if (time - now).abs() > join::IDENTITY_MAX_SKEW_SECONDS {
+        return Err(format!(
+            "it was made {}s away from the master's time",
+            (time - now).abs()
+        ));
+    }
+    let signature = identity["signature"]
+        .as_str()
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        .ok_or("its signature is not base64")?;
+    let algorithm: &dyn ring::signature::VerificationAlgorithm =
+        match identity["scheme"].as_str().unwrap_or_default() {
+            "ECDSA_NISTP256_SHA256" => &ring::signature::ECDSA_P256_SHA256_ASN1,
+            "ECDSA_NISTP384_SHA384" => &ring::signature::ECDSA_P384_SHA384_ASN1,
+            "ED25519" => &ring::signature::ED25519,
+            other => return Err(format!("its signature scheme {other:?} is not supported")),
+        };
+    let (_, certificate) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|_| "its certificate cannot be read")?;
+    let key = &certificate.public_key().subject_public_key.data;
+    let message = join::identity_message(name, time, ca_pin);
+    ring::signature::UnparsedPublicKey::new(algorithm, key)
+        .verify(message.as_bytes(), &signature)
+        .map_err(|_| "its signature does not verify with the pinned certificate".to_owned())
 }
 
 /// What a node asks to do.
@@ -336,7 +461,14 @@ pub async fn authorize(state: &Arc<ApiState>, request: NodeRequest<'_>) -> Resul
             let own = match (request.method, name) {
                 (&Method::POST, None) => {
                     let body: Value = serde_json::from_slice(request.body).unwrap_or(Value::Null);
-                    body["metadata"]["name"] == node
+                    if body["metadata"]["name"] == node {
+                        // What it may write on update is checked against the stored Node
+                        // (`admit_node_update`); a new Node is all in the body.
+                        restriction::admit_create(node, &body)?;
+                        true
+                    } else {
+                        false
+                    }
                 }
                 (&Method::PUT | &Method::PATCH, Some(name)) => {
                     name == node && matches!(sub, None | Some("status"))
@@ -888,5 +1020,156 @@ mod tests {
         assert!(pod_uses(&pod, "secrets", "tls"));
         assert!(!pod_uses(&pod, "secrets", "kube-root-ca.crt"));
         assert!(!pod_uses(&pod, "configmaps", "tls"));
+    }
+
+    /// A machine's serving identity: its certificate's PEM and a signer with its key.
+    fn machine() -> (String, Box<dyn rustls::sign::Signer>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["pi-2".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let signing = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
+        let signer = signing
+            .choose_scheme(&[rustls::SignatureScheme::ECDSA_NISTP256_SHA256])
+            .unwrap();
+        (cert.pem(), signer)
+    }
+
+    fn identity(cert: &str, signer: &dyn rustls::sign::Signer, ca_pin: &str, time: i64) -> Value {
+        use base64::Engine;
+        let message = join::identity_message("pi-2", time, ca_pin);
+        let signature = signer.sign(message.as_bytes()).unwrap();
+        json!({"certificate": cert, "time": time, "scheme": format!("{:?}", signer.scheme()),
+               "signature": base64::engine::general_purpose::STANDARD.encode(signature)})
+    }
+
+    fn join_as(cluster: &TestCluster, request: Value) -> Result<String, ApiError> {
+        let state = cluster.shared_api();
+        let secret = state.nodes.join_secret.clone();
+        join(&state, Some(&secret), request.to_string().as_bytes())
+    }
+
+    fn token_of(kubeconfig: &str) -> String {
+        let line = kubeconfig
+            .lines()
+            .find(|l| l.trim_start().starts_with("token:"))
+            .expect("a token line");
+        line.trim_start()["token:".len()..].trim().to_owned()
+    }
+
+    /// pi-2, Ready, pinning `cert`.
+    fn live_node(cluster: &TestCluster, cert: &str) {
+        let pin = join::certificate_pin(cert.as_bytes()).unwrap();
+        cluster.create(
+            "core/nodes",
+            json!({"metadata": {"name": "pi-2", "annotations": {protocol::node::CERT_ANNOTATION: pin}}}),
+        );
+        cluster.update_status("core/nodes", &(String::new(), "pi-2".to_owned()), |node| {
+            node["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+        });
+    }
+
+    #[tokio::test]
+    async fn a_live_name_is_refused_and_its_token_kept() {
+        let cluster = TestCluster::new();
+        let first = token_of(&join_as(&cluster, json!({"node": "pi-2"})).unwrap());
+        let (cert, signer) = machine();
+        live_node(&cluster, &cert);
+
+        let error = join_as(&cluster, json!({"node": "pi-2"})).unwrap_err();
+        assert_eq!((error.code, error.reason), (409, "AlreadyExists"));
+        assert_eq!(
+            error.message,
+            "a Node with name \"pi-2\" is already joined and live; delete it (kubectl delete node pi-2) or join under another name"
+        );
+        let state = cluster.shared_api();
+        assert_eq!(state.nodes.node_of(&first).as_deref(), Some("pi-2"));
+
+        // A proof from another machine, or an old one, is refused too.
+        let ca_pin = state.nodes.ca_hash.clone();
+        let now = crate::controllers::now_seconds();
+        let (other_cert, other_signer) = machine();
+        let refusals = [
+            (
+                identity(&other_cert, &*other_signer, &ca_pin, now),
+                "its certificate is not the one pinned on the Node",
+            ),
+            (
+                identity(&cert, &*signer, &ca_pin, now - 3600),
+                "it was made 3600s away from the master's time",
+            ),
+            (
+                identity(&cert, &*signer, "another-cluster", now),
+                "its signature does not verify with the pinned certificate",
+            ),
+        ];
+        for (proof, why) in refusals {
+            let error = join_as(&cluster, json!({"node": "pi-2", "identity": proof})).unwrap_err();
+            assert_eq!(error.code, 409);
+            assert!(
+                error.message.ends_with(&format!(
+                    "(the proof that this is the same machine was refused: {why})"
+                )),
+                "{}",
+                error.message
+            );
+        }
+        let mut forged = identity(&cert, &*signer, &ca_pin, now);
+        forged["time"] = json!(now + 1);
+        assert!(join_as(&cluster, json!({"node": "pi-2", "identity": forged})).is_err());
+        assert_eq!(state.nodes.node_of(&first).as_deref(), Some("pi-2"));
+
+        // The same machine proves it and gets a new token; the old one ends.
+        let proof = identity(&cert, &*signer, &ca_pin, now);
+        let second =
+            token_of(&join_as(&cluster, json!({"node": "pi-2", "identity": proof})).unwrap());
+        assert_eq!(state.nodes.node_of(&second).as_deref(), Some("pi-2"));
+        assert_eq!(state.nodes.node_of(&first), None);
+    }
+
+    #[tokio::test]
+    async fn a_name_is_free_when_its_node_is_gone_or_silent() {
+        let cluster = TestCluster::new();
+        let (cert, _) = machine();
+        live_node(&cluster, &cert);
+        let key = (String::new(), "pi-2".to_owned());
+        cluster.update_status("core/nodes", &key, |node| {
+            node["status"] = json!({"conditions": [{"type": "Ready", "status": "Unknown"}]});
+        });
+        let lease = |renewed: String| {
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                   "metadata": {"name": "pi-2", "namespace": "kube-node-lease"},
+                   "spec": {"holderIdentity": "pi-2", "renewTime": renewed}})
+        };
+        cluster.create(
+            "core/namespaces",
+            json!({"metadata": {"name": "kube-node-lease"}}),
+        );
+        let now = jiff::Timestamp::from_second(crate::controllers::now_seconds()).unwrap();
+        cluster.create("coordination.k8s.io/leases", lease(format!("{:.6}", now)));
+        assert_eq!(
+            join_as(&cluster, json!({"node": "pi-2"})).unwrap_err().code,
+            409,
+            "a fresh lease keeps a NotReady node live"
+        );
+        cluster.update(
+            "coordination.k8s.io/leases",
+            &("kube-node-lease".to_owned(), "pi-2".to_owned()),
+            |lease| {
+                let old = now - jiff::SignedDuration::from_secs(60);
+                lease["spec"]["renewTime"] = json!(format!("{:.6}", old));
+            },
+        );
+        join_as(&cluster, json!({"node": "pi-2"}))
+            .expect("silent for longer than the grace period");
+
+        cluster.update_status("core/nodes", &key, |node| {
+            node["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+        });
+        assert!(join_as(&cluster, json!({"node": "pi-2"})).is_err());
+        cluster.delete("core/nodes", &key, &Default::default());
+        join_as(&cluster, json!({"node": "pi-2"})).expect("kubectl delete node frees the name");
     }
 }

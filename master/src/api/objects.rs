@@ -132,6 +132,13 @@ impl Call {
                     &next,
                     Some(current),
                 )?;
+                super::node_auth::admit_node_update(
+                    &user,
+                    resource,
+                    subresource.as_deref(),
+                    current,
+                    &next,
+                )?;
                 if certificates::is_csr(resource) {
                     certificates::admit_update(
                         &admitted_state,

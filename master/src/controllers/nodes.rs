@@ -84,24 +84,37 @@ impl NodeLifecycle {
     }
 }
 
-/// The next free pod CIDR of `mask_bits` in `cluster_cidr`, not in `taken`.
+/// An IPv4 CIDR as (network, prefix length), or `None` when it is not one.
+fn ipv4_network(cidr: &str) -> Option<(u32, u32)> {
+    let (address, bits) = cidr.split_once('/')?;
+    let bits: u32 = bits.parse().ok().filter(|b| *b <= 32)?;
+    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+    Some((u32::from(address.parse::<Ipv4Addr>().ok()?) & mask, bits))
+}
+
+/// The next free pod CIDR of `mask_bits` in `cluster_cidr` that overlaps none of `taken`
+/// (an administrator may have given a Node a range of another size).
 pub fn next_pod_cidr(
     cluster_cidr: &str,
     mask_bits: u32,
     taken: &HashSet<String>,
 ) -> Option<String> {
-    let (address, bits) = cluster_cidr.split_once('/')?;
-    let base = u32::from(address.parse::<Ipv4Addr>().ok()?);
-    let bits: u32 = bits.parse().ok()?;
+    let (network, bits) = ipv4_network(cluster_cidr)?;
     if bits > mask_bits || mask_bits > 30 {
         return None;
     }
+    let taken: Vec<(u32, u32)> = taken.iter().filter_map(|c| ipv4_network(c)).collect();
+    let overlaps = |(a, a_bits): (u32, u32), (b, b_bits): (u32, u32)| {
+        let shorter = a_bits.min(b_bits);
+        let mask = u32::MAX.checked_shl(32 - shorter).unwrap_or(0);
+        a & mask == b & mask
+    };
     let count = 1u32 << (mask_bits - bits);
     let size = 1u32 << (32 - mask_bits);
-    let network = base & (u32::MAX << (32 - bits));
     (0..count)
-        .map(|i| format!("{}/{mask_bits}", Ipv4Addr::from(network + i * size)))
-        .find(|cidr| !taken.contains(cidr))
+        .map(|i| (network + i * size, mask_bits))
+        .find(|candidate| !taken.iter().any(|t| overlaps(*candidate, *t)))
+        .map(|(address, bits)| format!("{}/{bits}", Ipv4Addr::from(address)))
 }
 
 fn taint(key: &str, effect: &str) -> Value {
@@ -442,5 +455,19 @@ mod tests {
             Some("10.42.1.0/24")
         );
         assert_eq!(next_pod_cidr("10.42.0.0/24", 24, &taken), None);
+    }
+
+    #[test]
+    fn pod_cidrs_overlapping_a_taken_range_are_skipped() {
+        // An administrator gave a Node a /23 (two /24s) and another one 10.42.3.7/24.
+        let taken: HashSet<String> = ["10.42.0.0/23", "10.42.3.7/24", "garbage"]
+            .map(str::to_owned)
+            .into();
+        assert_eq!(
+            next_pod_cidr("10.42.0.0/16", 24, &taken).as_deref(),
+            Some("10.42.2.0/24")
+        );
+        let everything: HashSet<String> = ["0.0.0.0/0".to_owned()].into();
+        assert_eq!(next_pod_cidr("10.42.0.0/16", 24, &everything), None);
     }
 }
