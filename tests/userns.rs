@@ -1,0 +1,169 @@
+//! A real container of a pod with `hostUsers: false`: libcontainer under `bramble monitor`
+//! joins the pod's user namespace, runs as root inside and as the pod's first host ID
+//! outside, and writes to its id-mapped root file system and volume.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agent::runtime::containers::{Attempt, ContainerRunner};
+use agent::runtime::sandbox;
+use agent::runtime::spec::{BindMount, ContainerPlan};
+use agent::runtime::userns;
+
+/// A one-layer image: a static busybox and the applets the test runs.
+fn busybox_layer(dir: &Path) {
+    let share = std::env::var("BRAMBLE_SHARE").unwrap_or("/usr/local/share/bramble".into());
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let busybox = Path::new(&share).join("busybox").join(arch).join("busybox");
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::copy(&busybox, dir.join("bin/busybox")).unwrap();
+    for applet in ["sh", "id", "sleep", "ls", "cat", "echo"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::write(dir.join("etc/image-file"), "from the image\n").unwrap();
+}
+
+/// Unmounts whatever the test mounted and removes its cgroups, even after a failed assertion.
+struct Cleanup {
+    root: PathBuf,
+    cgroup: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        agent::runtime::containers::kill_cgroup_tree(&self.cgroup);
+        std::thread::sleep(Duration::from_millis(200));
+        agent::mounts::unmount_under(&self.root);
+        agent::runtime::containers::remove_cgroup_tree(&self.cgroup);
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn a_user_namespaced_pods_root_is_an_unprivileged_id_on_the_node() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    // The pod's root (an unmapped stranger to the node's files) walks to its files.
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cgroup = format!("/bramble-test-userns-{}", std::process::id());
+    let _cleanup = Cleanup {
+        root: root.to_path_buf(),
+        cgroup: cgroup.clone(),
+    };
+    let layer = root.join("layer");
+    busybox_layer(&layer);
+    let volume = root.join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+
+    let pods = root.join("pods");
+    let pod_dir = pods.join("uid-u1");
+    std::fs::create_dir_all(&pod_dir).unwrap();
+    let mapping = userns::mapping_for_pod(&pods, &pod_dir).unwrap();
+    assert_eq!(mapping.host_id, 65536);
+    let namespaces = sandbox::create_in_user_namespace(&pod_dir, "userns-pod", mapping).unwrap();
+
+    let runner = ContainerRunner {
+        monitor_exe: env!("CARGO_BIN_EXE_bramble").into(),
+        state_root: root.join("state"),
+        cgroup_parent: cgroup.clone(),
+    };
+    let attempt = Attempt::new(&pod_dir, "main", 0);
+    let script = "id -u; id -g; echo hello > /written; echo vol > /data/out; \
+                  ls /sys/class/net > /net-devices; cat /etc/image-file >> /written; \
+                  echo done > /done; exec sleep 60";
+    let plan = ContainerPlan {
+        args: vec!["sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        additional_gids: vec![],
+        rootfs: Default::default(),
+        pod_namespaces: namespaces.clone(),
+        mounts: vec![BindMount {
+            destination: "/data".into(),
+            source: volume.clone(),
+            read_only: false,
+        }],
+        cgroup_path: String::new(),
+        memory_limit: None,
+        cpu_limit_millis: None,
+        cpu_request_millis: 100,
+        terminal: false,
+        privileged: false,
+    };
+    let started = match runner.start(&attempt, "uid-u1", &[layer], plan).await {
+        Ok(started) => started,
+        Err(error) => {
+            let log = std::fs::read_to_string(attempt.dir.join("monitor.log")).unwrap_or_default();
+            panic!("{error}\n{log}");
+        }
+    };
+    assert!(started.pid > 0);
+    let upper = attempt.dir.join("upper");
+    wait_for("the container's script", || upper.join("done").exists());
+
+    // Root inside …
+    let log = std::fs::read_to_string(attempt.log_path()).unwrap();
+    let lines: Vec<&str> = log
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or(""))
+        .collect();
+    assert_eq!(lines[..2], ["0", "0"], "{log}");
+    // … the pod's first host ID outside.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", started.pid)).unwrap();
+    let ids = |key: &str| -> Vec<u32> {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        line.split_whitespace()
+            .skip(1)
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    assert_eq!(ids("Uid:"), vec![mapping.host_id; 4], "{status}");
+    assert_eq!(ids("Gid:"), vec![mapping.host_id; 4], "{status}");
+
+    // What it wrote to its root file system is the pod's on the node, next to the image's
+    // file it could read.
+    let written = upper.join("written");
+    assert_eq!(
+        std::fs::read_to_string(&written).unwrap(),
+        "hello\nfrom the image\n"
+    );
+    assert_eq!(std::fs::metadata(&written).unwrap().uid(), mapping.host_id);
+    assert_eq!(std::fs::metadata(&written).unwrap().gid(), mapping.host_id);
+    // Its volume is id-mapped: its root's file is root's on disk.
+    assert_eq!(
+        std::fs::read_to_string(volume.join("out")).unwrap(),
+        "vol\n"
+    );
+    assert_eq!(std::fs::metadata(volume.join("out")).unwrap().uid(), 0);
+    // It mounted its own sysfs: the pod's network namespace has only its loopback.
+    let devices = std::fs::read_to_string(upper.join("net-devices")).unwrap();
+    assert_eq!(devices.trim(), "lo");
+
+    let exited = attempt.stop(Duration::from_secs(2)).await.expect("it ran");
+    assert_eq!(exited.exit_code, 143, "{exited:?}");
+    attempt.remove().unwrap();
+    assert!(
+        volume.join("out").exists(),
+        "removing the attempt kept the volume"
+    );
+    sandbox::remove(&pod_dir).unwrap();
+    agent::runtime::containers::remove_cgroup_tree(&runner.cgroup_parent);
+}
