@@ -162,13 +162,20 @@ async fn a_user_namespaced_pods_root_is_an_unprivileged_id_on_the_node() {
         eprintln!("skipped: needs root");
         return;
     }
-    let script = "id -u; id -g; echo hello > /written; echo vol > /data/out; \
-                  ls /sys/class/net > /net-devices; cat /etc/image-file >> /written; \
+    // The volume is written after a pause: the node's staging mounts are gone by then.
+    let script = "id -u; id -g; echo hello > /written; ls /sys/class/net > /net-devices; \
+                  cat /etc/image-file >> /written; sleep 1; echo vol > /data/out; \
                   echo done > /done; exec sleep 60";
     let pod = Pod::start(script).await;
     let (attempt, mapping) = (&pod.attempt, pod.mapping);
     let volume = pod.work.path().join("volume");
     let upper = attempt.dir.join("upper");
+    let staged = agent::mounts::table()
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(attempt.dir.join("idmapped")))
+        .count();
+    assert_eq!(staged, 0, "the id-mapped volume stays mounted on the node");
     wait_for("the container's script", || upper.join("done").exists());
 
     // Root inside …

@@ -353,6 +353,8 @@ impl ContainerRunner {
         let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await;
         // The first monitor process exits as soon as it has forked; reap it.
         let _ = child.wait().await;
+        // The container has its own copies of id-mapped volumes by now (or never will).
+        super::userns::unmount_attempt(&attempt.dir);
         match first {
             Ok(Ok(Some(line))) if line.starts_with("started ") => match attempt.state() {
                 AttemptState::Running(started) => Ok(started),

@@ -112,8 +112,13 @@ pub fn create_in_user_namespace(
     Ok(namespaces(pod_dir))
 }
 
-/// Unmounts and deletes the pod's namespace files. Missing ones are fine.
+/// Unmounts and deletes the pod's namespace files. Missing ones are fine. Id-mapped volume
+/// mounts an interrupted container start left behind go too, before anyone deletes the pod
+/// directory through them.
 pub fn remove(pod_dir: &Path) -> std::io::Result<()> {
+    for attempt in super::containers::Attempt::all(pod_dir) {
+        super::userns::unmount_attempt(&attempt.dir);
+    }
     let dir = pod_dir.join("ns");
     for kind in KINDS.iter().chain(["user"].iter()) {
         let path = dir.join(kind);

@@ -24,7 +24,10 @@
 //! upper directory is plain, so a file the container's root writes is owned by the pod's host
 //! ID on the node, as with containerd's id-mapped snapshots. Volumes and the pod's
 //! `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` are id-mapped clones attached under
-//! the attempt's `idmapped/` directory, which [`unmount_attempt`] detaches again.
+//! the attempt's `idmapped/` directory only while the container starts: its mount namespace
+//! has its own copies once it runs, and [`unmount_attempt`] detaches them from the node's
+//! (again in `Attempt::remove` and `sandbox::remove`, after an interrupted start), since
+//! deleting a directory through them would delete the volumes' files.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
