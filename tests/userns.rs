@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use agent::runtime::containers::{Attempt, ContainerRunner};
 use agent::runtime::sandbox;
-use agent::runtime::spec::{BindMount, ContainerPlan};
+use agent::runtime::spec::{all_capabilities, capabilities, BindMount, ContainerPlan};
 use agent::runtime::userns;
 
 /// A one-layer image: a static busybox and the applets the test runs.
@@ -117,6 +117,23 @@ impl Pod {
             cpu_request_millis: 100,
             terminal: false,
             privileged: false,
+            capabilities: capabilities(&[], &[], false, &all_capabilities()),
+            no_new_privileges: false,
+            read_only_root: false,
+            unmasked_proc: false,
+            seccomp: None,
+            // What every pod with its own network gets (containerd's defaults).
+            sysctls: [
+                ("net.ipv4.ip_unprivileged_port_start", "0"),
+                ("net.ipv4.ping_group_range", "0 2147483647"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            apparmor_profile: None,
+            host_devices: vec![],
+            host_pid: false,
+            host_ipc: false,
         };
         let started = match runner.start(&attempt, "uid-u1", &[layer], plan).await {
             Ok(started) => started,

@@ -248,6 +248,25 @@ pub fn add_to_spec(spec: &mut Value, userns: &UserNamespace) {
     }]);
     linux.insert("uidMappings".into(), mapping.clone());
     linux.insert("gidMappings".into(), mapping);
+    // The kernel refuses a ping group range with groups the namespace does not map (EINVAL),
+    // so the pod-wide default `0 2147483647` ends at the pod's last group.
+    let last_gid = userns.mapping.length.saturating_sub(1);
+    if let Some(range) = linux
+        .get_mut("sysctl")
+        .and_then(|s| s.get_mut("net.ipv4.ping_group_range"))
+    {
+        let bounds: Vec<u64> = range
+            .as_str()
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        if let [low, high] = bounds[..] {
+            if high > u64::from(last_gid) {
+                *range = json!(format!("{} {last_gid}", low.min(u64::from(last_gid))));
+            }
+        }
+    }
 }
 
 /// Creates a user namespace with `mapping` that owns new network (unless `host_network`),
@@ -795,6 +814,24 @@ mod tests {
         let expected = json!([{"containerID": 0, "hostID": 196608, "size": 65536}]);
         assert_eq!(spec["linux"]["uidMappings"], expected);
         assert_eq!(spec["linux"]["gidMappings"], expected);
+        // The default ping group range is cut to the groups the pod maps.
+        let mut spec = json!({"linux": {"namespaces": [], "sysctl": {
+            "net.ipv4.ping_group_range": "0 2147483647", "net.ipv4.ip_unprivileged_port_start": "0"}}});
+        add_to_spec(&mut spec, &userns);
+        assert_eq!(
+            spec["linux"]["sysctl"]["net.ipv4.ping_group_range"],
+            "0 65535"
+        );
+        assert_eq!(
+            spec["linux"]["sysctl"]["net.ipv4.ip_unprivileged_port_start"],
+            "0"
+        );
+        spec["linux"]["sysctl"]["net.ipv4.ping_group_range"] = json!("100 200");
+        add_to_spec(&mut spec, &userns);
+        assert_eq!(
+            spec["linux"]["sysctl"]["net.ipv4.ping_group_range"],
+            "100 200"
+        );
         // The spec libcontainer reads accepts it.
         let full = json!({"ociVersion": "1.0.2", "root": {"path": "/r"}, "linux": spec["linux"]});
         let parsed: oci_spec::runtime::Spec = serde_json::from_value(full).unwrap();
