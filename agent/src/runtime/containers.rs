@@ -205,6 +205,7 @@ impl Attempt {
     pub fn remove(&self) -> std::io::Result<()> {
         let rootfs = self.dir.join("rootfs");
         let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
+        super::userns::unmount_attempt(&self.dir);
         match std::fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -293,31 +294,39 @@ impl ContainerRunner {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let lower: Vec<String> = layers
-            .iter()
-            .rev()
-            .map(|p| p.display().to_string())
-            .collect();
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            upper.display(),
-            work.display()
-        );
-        mount(
-            Some("overlay"),
-            &rootfs,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(options.as_str()),
-        )
-        .map_err(|e| format!("cannot mount the container's root file system: {e}"))?;
+        // A pod with `hostUsers: false` mounts its files id-mapped (see `userns`).
+        let user_namespace =
+            super::userns::prepare_attempt(&attempt.dir, layers, &mut plan.mounts)?;
+        if user_namespace.is_none() {
+            let lower: Vec<String> = layers
+                .iter()
+                .rev()
+                .map(|p| p.display().to_string())
+                .collect();
+            let options = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.join(":"),
+                upper.display(),
+                work.display()
+            );
+            mount(
+                Some("overlay"),
+                &rootfs,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(options.as_str()),
+            )
+            .map_err(|e| format!("cannot mount the container's root file system: {e}"))?;
+        }
         plan.rootfs = rootfs;
         plan.cgroup_path = format!("{}/{}", self.pod_cgroup(pod_uid), attempt.name);
         if plan.privileged {
             plan.host_devices = host_devices(Path::new("/dev"));
         }
-        let spec = runtime_spec(&plan);
+        let mut spec = runtime_spec(&plan);
+        if let Some(user_namespace) = &user_namespace {
+            super::userns::add_to_spec(&mut spec, user_namespace);
+        }
         write_atomic(
             &bundle.join("config.json"),
             &serde_json::to_vec_pretty(&spec).expect("specs serialize"),
@@ -348,6 +357,8 @@ impl ContainerRunner {
         let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await;
         // The first monitor process exits as soon as it has forked; reap it.
         let _ = child.wait().await;
+        // The container has its own copies of id-mapped volumes by now (or never will).
+        super::userns::unmount_attempt(&attempt.dir);
         match first {
             Ok(Ok(Some(line))) if line.starts_with("started ") => match attempt.state() {
                 AttemptState::Running(started) => Ok(started),

@@ -6,3 +6,4 @@ pub mod exec;
 pub mod monitor;
 pub mod sandbox;
 pub mod spec;
+pub mod userns;

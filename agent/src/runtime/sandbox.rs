@@ -1,7 +1,8 @@
 //! A pod's shared namespaces (network, IPC, UTS) without a pause process: a short-lived thread
 //! unshares them, sets the pod's hostname and bind-mounts each namespace onto a file in the pod
 //! directory, which keeps it alive. Containers join them by path; removing the mounts frees
-//! them once the last container is gone.
+//! them once the last container is gone. A pod with `hostUsers: false` also has a user
+//! namespace, which owns the other three (see `userns`).
 
 use std::path::{Path, PathBuf};
 
@@ -34,12 +35,15 @@ fn is_mount_point(path: &Path) -> bool {
     }
 }
 
-/// Whether the pod's namespaces exist (all three bound).
+/// Whether the pod's namespaces exist (all three bound, and its user namespace if it has
+/// one).
 pub fn exists(pod_dir: &Path) -> bool {
     let ns = namespaces(pod_dir);
+    let user = super::userns::namespace_file(pod_dir);
     [ns.network, ns.ipc, ns.uts]
         .iter()
         .all(|p| is_mount_point(p))
+        && (!user.exists() || is_mount_point(&user))
 }
 
 /// Creates the pod's namespaces with `hostname` and returns their paths. A `host_network` pod
@@ -82,10 +86,41 @@ pub fn create(
     Ok(namespaces(pod_dir))
 }
 
-/// Unmounts and deletes the pod's namespace files. Missing ones are fine.
-pub fn remove(pod_dir: &Path) -> std::io::Result<()> {
+/// Creates the namespaces of a pod with `hostUsers: false`: its user namespace with
+/// `mapping`, and network, IPC and UTS namespaces owned by it (so that its containers, which
+/// enter the user namespace first, may join them and mount their own sysfs). The user
+/// namespace is bound to `ns/user` beside the others.
+pub fn create_in_user_namespace(
+    pod_dir: &Path,
+    hostname: &str,
+    mapping: super::userns::IdMapping,
+) -> Result<PodNamespaces, String> {
     let dir = pod_dir.join("ns");
-    for kind in KINDS {
+    let prepare = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        remove(pod_dir)?;
+        std::fs::create_dir_all(&dir)?;
+        for kind in KINDS.iter().chain(["user"].iter()) {
+            std::fs::File::create(dir.join(kind))?;
+        }
+        Ok(())
+    };
+    prepare().map_err(|e| format!("cannot prepare {}: {e}", dir.display()))?;
+    super::userns::unshare_pod_namespaces(&dir, hostname, mapping).inspect_err(|_| {
+        let _ = remove(pod_dir);
+    })?;
+    Ok(namespaces(pod_dir))
+}
+
+/// Unmounts and deletes the pod's namespace files. Missing ones are fine. Id-mapped volume
+/// mounts an interrupted container start left behind go too, before anyone deletes the pod
+/// directory through them.
+pub fn remove(pod_dir: &Path) -> std::io::Result<()> {
+    for attempt in super::containers::Attempt::all(pod_dir) {
+        super::userns::unmount_attempt(&attempt.dir);
+    }
+    let dir = pod_dir.join("ns");
+    for kind in KINDS.iter().chain(["user"].iter()) {
         let path = dir.join(kind);
         if is_mount_point(&path) {
             umount2(&path, MntFlags::MNT_DETACH)?;
