@@ -208,11 +208,13 @@ pub trait ContainerRuntime: Send + Sync {
     /// Whether the pod's namespaces exist.
     fn sandbox_exists(&self, pod_dir: &Path) -> bool;
     /// Creates the pod's namespaces.
+    /// `own_users`: the pod has `hostUsers: false` and gets its own user namespace.
     fn create_sandbox(
         &self,
         pod_dir: &Path,
         hostname: &str,
         host_network: bool,
+        own_users: bool,
     ) -> std::io::Result<PodNamespaces>;
     /// Frees the pod's namespaces and its containers' root file systems.
     fn remove_sandbox(&self, pod_dir: &Path);
@@ -299,8 +301,15 @@ impl ContainerRuntime for ContainerRunner {
         pod_dir: &Path,
         hostname: &str,
         host_network: bool,
+        own_users: bool,
     ) -> std::io::Result<PodNamespaces> {
-        sandbox::create(pod_dir, hostname, host_network)
+        if !own_users {
+            return sandbox::create(pod_dir, hostname, host_network);
+        }
+        let pods_dir = pod_dir.parent().unwrap_or(pod_dir);
+        crate::runtime::userns::mapping_for_pod(pods_dir, pod_dir)
+            .and_then(|mapping| sandbox::create_in_user_namespace(pod_dir, hostname, mapping))
+            .map_err(std::io::Error::other)
     }
 
     fn remove_sandbox(&self, pod_dir: &Path) {

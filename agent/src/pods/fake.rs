@@ -315,6 +315,7 @@ impl ContainerRuntime for FakeRuntime {
         pod_dir: &Path,
         _hostname: &str,
         _host_network: bool,
+        _own_users: bool,
     ) -> std::io::Result<PodNamespaces> {
         self.state
             .lock()

@@ -128,6 +128,12 @@ pub(super) fn host_network(pod: &Pod) -> bool {
     spec(pod).host_network == Some(true)
 }
 
+/// Whether the pod runs in its own user namespace (`hostUsers: false`); a pod on the node's
+/// network shares the node's users, as upstream's validation requires.
+fn own_user_namespace(pod: &Pod) -> bool {
+    spec(pod).host_users == Some(false) && !host_network(pod)
+}
+
 /// The pod as JSON, for the parts that still read it that way (resolv.conf, the table of
 /// honoured fields).
 pub(super) fn raw(pod: &Pod) -> Value {
@@ -278,7 +284,7 @@ impl PodWorker {
         let namespaces = self
             .ctx
             .runtime
-            .create_sandbox(&self.dir, &hostname, host_network)
+            .create_sandbox(&self.dir, &hostname, host_network, own_user_namespace(pod))
             .map_err(SandboxError::Namespaces)?;
         if host_network {
             return Ok(());
