@@ -1,0 +1,600 @@
+//! The last steps of every process bramble starts in a container, the init (see `monitor`) and
+//! each `exec-in` process (see `exec`): the container's seccomp filter, loaded by bramble
+//! because libcontainer is built without libseccomp, then the container's own command.
+//!
+//! A filter needs either `no_new_privs` or `CAP_SYS_ADMIN` to be loaded. With
+//! `noNewPrivileges: true` libcontainer has set the flag and the filter is loaded after the
+//! capability drop, as late as possible (runc's order). Without it, the container usually lacks
+//! `CAP_SYS_ADMIN` once libcontainer has applied its capabilities, so libcontainer is handed a
+//! process whose bounding, effective and permitted sets also hold `CAP_SYS_ADMIN` and
+//! `CAP_SETPCAP`; the executor loads the filter, then drops to the container's real sets (runc's
+//! other order: filter first, capabilities after). The real sets travel in the executor and, for
+//! later `exec-in` processes, in the bundle's `config.json` annotation [`REAL_CAPABILITIES`].
+//!
+//! Both steps run in the executor's `setup_envs`, the last hook before the process reports
+//! itself ready: a filter that cannot be loaded fails the container's creation with the reason,
+//! as runc's does, instead of a process that runs unconfined or exits without a word.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use libcontainer::capabilities::CapabilityExt;
+use libcontainer::workload::{
+    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
+};
+use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, LinuxSeccomp, Process};
+use serde_json::Value;
+
+// Until crate::seccomp::Filter lands: a stand-in with the same API (see the module's end).
+use pending_filter::Filter;
+
+/// The `config.json` annotation that keeps the container's own capability sets (JSON, the
+/// shape of `process.capabilities`) when `process.capabilities` was widened for loading the
+/// filter.
+pub const REAL_CAPABILITIES: &str = "io.bramble.capabilities";
+
+/// The capabilities a filter is loaded and the capability sets then dropped with.
+const LOADING_CAPABILITIES: [Capability; 2] = [Capability::SysAdmin, Capability::Setpcap];
+
+/// What the executor does before it runs the container's command.
+#[derive(Clone, Default)]
+pub struct Confinement {
+    /// The compiled filter; `None` runs unconfined.
+    filter: Option<Arc<Filter>>,
+    /// Set when the process was given the loading capabilities: its real sets.
+    drop_to: Option<CapabilitySets>,
+}
+
+/// A process's capability sets as bit masks (bit n = capability n); `None` for a set the spec
+/// leaves out, which libcontainer leaves as it is (except bounding: out means empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CapabilitySets {
+    bounding: u64,
+    effective: Option<u64>,
+    permitted: Option<u64>,
+    inheritable: Option<u64>,
+}
+
+impl CapabilitySets {
+    fn of(caps: &LinuxCapabilities) -> CapabilitySets {
+        CapabilitySets {
+            bounding: caps.bounding().as_ref().map_or(0, mask),
+            effective: caps.effective().as_ref().map(mask),
+            permitted: caps.permitted().as_ref().map(mask),
+            inheritable: caps.inheritable().as_ref().map(mask),
+        }
+    }
+}
+
+fn mask(set: &Capabilities) -> u64 {
+    set.iter()
+        .fold(0, |bits, cap| bits | 1u64 << cap.to_cap().index())
+}
+
+/// The process libcontainer should set up for a container process whose real settings are
+/// `process`, with the seccomp profile `seccomp`, and what the executor does afterwards.
+/// Compiling happens here, before libcontainer forks: a profile that cannot be compiled is an
+/// error, never an unconfined container.
+pub fn confine(
+    process: &Process,
+    seccomp: Option<&LinuxSeccomp>,
+) -> Result<(Process, Confinement), String> {
+    let Some(profile) = seccomp else {
+        return Ok((process.clone(), Confinement::default()));
+    };
+    let filter = Filter::compile(profile).map_err(|e| format!("unable to init seccomp: {e}"))?;
+    let mut confinement = Confinement {
+        filter: Some(Arc::new(filter)),
+        drop_to: None,
+    };
+    let mut process = process.clone();
+    if process.no_new_privileges() == Some(true) {
+        return Ok((process, confinement));
+    }
+    // Without capabilities in the spec libcontainer leaves the process's (full) sets alone.
+    let Some(real) = process.capabilities().clone() else {
+        return Ok((process, confinement));
+    };
+    let mut widened = real.clone();
+    let add = |set: Option<&Capabilities>| -> Capabilities {
+        let mut set = set.cloned().unwrap_or_default();
+        set.extend(LOADING_CAPABILITIES);
+        set
+    };
+    widened.set_bounding(Some(add(real.bounding().as_ref())));
+    // Effective and permitted only where the spec sets them: absent sets keep everything.
+    if real.effective().is_some() {
+        widened.set_effective(Some(add(real.effective().as_ref())));
+    }
+    if real.permitted().is_some() {
+        widened.set_permitted(Some(add(real.permitted().as_ref())));
+    }
+    if widened != real {
+        confinement.drop_to = Some(CapabilitySets::of(&real));
+        process.set_capabilities(Some(widened));
+    }
+    Ok((process, confinement))
+}
+
+/// Capability sets as JSON with each set's names sorted, so writing the same sets twice
+/// writes the same text.
+fn sorted(caps: &Option<LinuxCapabilities>) -> Value {
+    let mut value = serde_json::to_value(caps).expect("capabilities serialize");
+    if let Value::Object(sets) = &mut value {
+        for set in sets.values_mut() {
+            if let Value::Array(names) = set {
+                names.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+        }
+    }
+    value
+}
+
+/// The container's own capability sets: the annotation's when `config.json` was widened.
+fn real_capabilities(config: &Value) -> Result<Option<LinuxCapabilities>, String> {
+    let kept = config
+        .get("annotations")
+        .and_then(|a| a.get(REAL_CAPABILITIES))
+        .and_then(Value::as_str);
+    match kept {
+        Some(text) => serde_json::from_str(text)
+            .map(Some)
+            .map_err(|e| format!("annotation {REAL_CAPABILITIES}: {e}")),
+        None => match config.get("process").and_then(|p| p.get("capabilities")) {
+            None | Some(Value::Null) => Ok(None),
+            Some(caps) => serde_json::from_value(caps.clone())
+                .map(Some)
+                .map_err(|e| format!("process.capabilities: {e}")),
+        },
+    }
+}
+
+/// The container's own process (capabilities as the container has them) and seccomp profile,
+/// read from a bundle's `config.json`.
+pub fn container_process(config: &Value) -> Result<(Process, Option<LinuxSeccomp>), String> {
+    let mut process: Process = serde_json::from_value(
+        config
+            .get("process")
+            .cloned()
+            .ok_or("the container spec has no process")?,
+    )
+    .map_err(|e| format!("the container spec's process: {e}"))?;
+    process.set_capabilities(real_capabilities(config)?);
+    let seccomp = match config.get("linux").and_then(|l| l.get("seccomp")) {
+        None | Some(Value::Null) => None,
+        Some(profile) => Some(
+            serde_json::from_value(profile.clone())
+                .map_err(|e| format!("the container spec's linux.seccomp: {e}"))?,
+        ),
+    };
+    Ok((process, seccomp))
+}
+
+/// Prepares the bundle's `config.json` for libcontainer's container init and returns the
+/// init's confinement: when the filter needs the loading capabilities, `process.capabilities`
+/// is widened in place and the real sets kept in the [`REAL_CAPABILITIES`] annotation (doing
+/// it again finds the annotation and changes nothing).
+pub fn prepare_bundle(bundle: &Path) -> Result<Confinement, String> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut config: Value = serde_json::from_slice(&text)
+        .map_err(|e| format!("cannot parse {}: {e}", path.display()))?;
+    let (process, seccomp) = container_process(&config)?;
+    let (for_runtime, confinement) = confine(&process, seccomp.as_ref())?;
+    if confinement.drop_to.is_none() {
+        return Ok(confinement);
+    }
+    let real = sorted(process.capabilities()).to_string();
+    let widened = sorted(for_runtime.capabilities());
+    let before = config.clone();
+    let Value::Object(spec) = &mut config else {
+        return Err(format!("{} is not a JSON object", path.display()));
+    };
+    let annotations = spec
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let Value::Object(annotations) = annotations else {
+        return Err(format!("{}: annotations is not an object", path.display()));
+    };
+    annotations.insert(REAL_CAPABILITIES.to_owned(), Value::String(real));
+    match spec.get_mut("process") {
+        Some(Value::Object(process)) => process.insert("capabilities".to_owned(), widened),
+        _ => return Err(format!("{}: process is not an object", path.display())),
+    };
+    if config != before {
+        let bytes = serde_json::to_vec_pretty(&config).expect("a spec serializes");
+        super::monitor::write_atomic(&path, &bytes)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(confinement)
+}
+
+impl Confinement {
+    /// Loads the filter and, if the process holds the loading capabilities, drops to the real
+    /// sets. Runs in the container's process, after libcontainer applied user and capabilities.
+    fn apply(&self) -> Result<(), String> {
+        let Some(filter) = &self.filter else {
+            return Ok(());
+        };
+        filter
+            .install()
+            .map_err(|e| format!("unable to init seccomp: {e}"))?;
+        if let Some(real) = self.drop_to {
+            drop_capabilities(real)
+                .map_err(|e| format!("cannot drop the capabilities used to load seccomp: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The kernel's capset/capget records (`_LINUX_CAPABILITY_VERSION_3`: two 32-bit halves).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+fn capget() -> std::io::Result<(u64, u64, u64)> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: a valid version-3 header and two data records, as the kernel expects.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let join = |low: u32, high: u32| u64::from(low) | u64::from(high) << 32;
+    Ok((
+        join(data[0].effective, data[1].effective),
+        join(data[0].permitted, data[1].permitted),
+        join(data[0].inheritable, data[1].inheritable),
+    ))
+}
+
+fn capset(effective: u64, permitted: u64, inheritable: u64) -> std::io::Result<()> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let half = |bits: u64, high: bool| (if high { bits >> 32 } else { bits }) as u32;
+    let data = [false, true].map(|high| CapData {
+        effective: half(effective, high),
+        permitted: half(permitted, high),
+        inheritable: half(inheritable, high),
+    });
+    // SAFETY: a valid version-3 header and two data records, as the kernel expects.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Drops to `real`: the bounding set first (needs CAP_SETPCAP, still effective), then
+/// effective, permitted and inheritable in one capset. Ambient capabilities outside the new
+/// permitted and inheritable sets go with them (the kernel clears them).
+fn drop_capabilities(real: CapabilitySets) -> std::io::Result<()> {
+    for cap in 0..64 {
+        if real.bounding & (1 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        let present = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong) };
+        if present < 0 {
+            break; // past the last capability the kernel knows
+        }
+        // SAFETY: as above.
+        if present == 1 && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong) } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let (effective, permitted, inheritable) = capget()?;
+    let permitted = real.permitted.unwrap_or(permitted);
+    let effective = real.effective.unwrap_or(effective) & permitted;
+    let inheritable = real.inheritable.unwrap_or(inheritable);
+    capset(effective, permitted, inheritable)
+}
+
+/// Runs a container process: its confinement, then its command with the signal state a fresh
+/// process expects (Rust ignores SIGPIPE and the command would inherit that).
+#[derive(Clone)]
+pub struct ContainerExecutor {
+    confinement: Confinement,
+}
+
+impl ContainerExecutor {
+    /// An executor that applies `confinement` before the command runs.
+    pub fn new(confinement: Confinement) -> ContainerExecutor {
+        ContainerExecutor { confinement }
+    }
+}
+
+impl Executor for ContainerExecutor {
+    fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
+        use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+        for sig in Signal::iterator() {
+            if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+                // SAFETY: resetting to the default disposition just before exec.
+                let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+            }
+        }
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+        let args = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().as_ref())
+            .filter(|a| !a.is_empty())
+            .ok_or(ExecutorError::InvalidArg)?;
+        let argv: Vec<std::ffi::CString> = args
+            .iter()
+            .map(|a| std::ffi::CString::new(a.as_bytes()).unwrap_or_default())
+            .collect();
+        let error = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
+        Err(ExecutorError::Execution(
+            format!("cannot run {:?}: {error}", args[0]).into(),
+        ))
+    }
+
+    fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorValidationError> {
+        libcontainer::workload::default::get_executor().validate(spec)
+    }
+
+    /// The environment as libcontainer sets it, then the confinement: the last step before the
+    /// process tells its creator it is ready, so a failure fails the creation.
+    fn setup_envs(&self, envs: HashMap<String, String>) -> Result<(), ExecutorSetEnvsError> {
+        libcontainer::workload::default::get_executor().setup_envs(envs)?;
+        self.confinement
+            .apply()
+            .map_err(ExecutorSetEnvsError::Other)
+    }
+}
+
+/// A stand-in for `crate::seccomp::Filter` (being written on another branch): only
+/// `SCMP_ACT_ALLOW` as default and `SCMP_ACT_ERRNO` rules on a few syscalls of the native
+/// architecture, enough to exercise the executor's ordering. Removed when the real one lands.
+mod pending_filter {
+    use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction};
+
+    pub struct Filter {
+        program: Vec<libc::sock_filter>,
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    const NATIVE: (u32, &[(&str, u32)]) = (
+        0xC000_003E,
+        &[
+            ("unshare", 272),
+            ("capset", 126),
+            ("mkdirat", 258),
+            ("mkdir", 83),
+        ],
+    );
+    #[cfg(target_arch = "aarch64")]
+    const NATIVE: (u32, &[(&str, u32)]) = (
+        0xC000_00B7,
+        &[("unshare", 97), ("capset", 91), ("mkdirat", 34)],
+    );
+
+    fn statement(code: u32, k: u32) -> libc::sock_filter {
+        libc::sock_filter {
+            code: code as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        }
+    }
+
+    impl Filter {
+        pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, String> {
+            if profile.default_action() != LinuxSeccompAction::ScmpActAllow {
+                return Err("the stand-in filter only allows by default".into());
+            }
+            let (arch, table) = NATIVE;
+            let mut program = vec![
+                statement(0x20, 4), // ld [arch]
+                libc::sock_filter {
+                    code: 0x15,
+                    jt: 1,
+                    jf: 0,
+                    k: arch,
+                },
+                statement(0x06, 0x8000_0000), // kill process
+                statement(0x20, 0),           // ld [nr]
+            ];
+            for rule in profile.syscalls().iter().flatten() {
+                let action = match rule.action() {
+                    LinuxSeccompAction::ScmpActErrno => 0x0005_0000 | rule.errno_ret().unwrap_or(1),
+                    other => return Err(format!("the stand-in filter cannot do {other:?}")),
+                };
+                for name in rule.names() {
+                    let Some((_, nr)) = table.iter().find(|(n, _)| n == name) else {
+                        return Err(format!("the stand-in filter does not know {name}"));
+                    };
+                    program.push(libc::sock_filter {
+                        code: 0x15,
+                        jt: 0,
+                        jf: 1,
+                        k: *nr,
+                    });
+                    program.push(statement(0x06, action));
+                }
+            }
+            program.push(statement(0x06, 0x7fff_0000));
+            Ok(Filter { program })
+        }
+
+        pub fn install(&self) -> Result<(), String> {
+            let fprog = libc::sock_fprog {
+                len: self.program.len() as u16,
+                filter: self.program.as_ptr() as *mut libc::sock_filter,
+            };
+            // SAFETY: a valid program that outlives the call.
+            let rc = unsafe { libc::syscall(libc::SYS_seccomp, 1, 0, &fprog) };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deny_unshare() -> LinuxSeccomp {
+        serde_json::from_value(json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["unshare"], "action": "SCMP_ACT_ERRNO"}],
+        }))
+        .unwrap()
+    }
+
+    fn process(extra: Value) -> Process {
+        let mut process = json!({
+            "user": {"uid": 1000, "gid": 1000},
+            "args": ["sh"],
+            "cwd": "/",
+            "capabilities": {"bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"],
+                             "permitted": ["CAP_CHOWN"]},
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            process[key] = value.clone();
+        }
+        serde_json::from_value(process).unwrap()
+    }
+
+    fn names(set: &Option<Capabilities>) -> Vec<String> {
+        let mut names: Vec<String> = set.iter().flatten().map(|c| c.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn without_a_profile_the_process_is_left_alone() {
+        let process = process(json!({}));
+        let (for_runtime, confinement) = confine(&process, None).unwrap();
+        assert_eq!(for_runtime, process);
+        assert!(confinement.filter.is_none() && confinement.drop_to.is_none());
+    }
+
+    #[test]
+    fn with_no_new_privs_the_filter_needs_no_capability() {
+        let process = process(json!({"noNewPrivileges": true}));
+        let (for_runtime, confinement) = confine(&process, Some(&deny_unshare())).unwrap();
+        assert_eq!(for_runtime, process);
+        assert!(confinement.filter.is_some());
+        assert!(confinement.drop_to.is_none());
+    }
+
+    #[test]
+    fn without_no_new_privs_the_runtime_keeps_the_loading_capabilities_until_the_filter_is_in() {
+        for extra in [json!({}), json!({"noNewPrivileges": false})] {
+            let process = process(extra);
+            let (for_runtime, confinement) = confine(&process, Some(&deny_unshare())).unwrap();
+            let caps = for_runtime.capabilities().clone().unwrap();
+            let widened = ["CHOWN", "SETPCAP", "SYS_ADMIN"];
+            assert_eq!(names(caps.bounding()), widened);
+            assert_eq!(names(caps.effective()), widened);
+            assert_eq!(names(caps.permitted()), widened);
+            assert!(caps.inheritable().is_none());
+            let chown = 1 << 0;
+            assert_eq!(
+                confinement.drop_to,
+                Some(CapabilitySets {
+                    bounding: chown,
+                    effective: Some(chown),
+                    permitted: Some(chown),
+                    inheritable: None,
+                })
+            );
+            // Everything but the capabilities is the container's.
+            let mut back = for_runtime.clone();
+            back.set_capabilities(process.capabilities().clone());
+            assert_eq!(back, process);
+        }
+    }
+
+    #[test]
+    fn a_process_that_already_holds_the_loading_capabilities_is_not_widened() {
+        let all = ["CAP_SYS_ADMIN", "CAP_SETPCAP"];
+        let process = process(json!({"capabilities": {
+            "bounding": all, "effective": all, "permitted": all}}));
+        let (for_runtime, confinement) = confine(&process, Some(&deny_unshare())).unwrap();
+        assert_eq!(for_runtime, process);
+        assert!(confinement.drop_to.is_none());
+    }
+
+    #[test]
+    fn a_profile_that_cannot_be_compiled_is_an_error_not_an_unconfined_process() {
+        let profile: LinuxSeccomp = serde_json::from_value(json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["unshare"], "action": "SCMP_ACT_NOTIFY"}],
+        }))
+        .unwrap();
+        let error = confine(&process(json!({})), Some(&profile))
+            .err()
+            .expect("refused");
+        assert!(error.starts_with("unable to init seccomp: "), "{error}");
+    }
+
+    #[test]
+    fn the_bundle_is_widened_once_and_keeps_the_real_sets_for_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = json!({
+            "ociVersion": "1.0.2",
+            "process": serde_json::to_value(process(json!({}))).unwrap(),
+            "root": {"path": "/rootfs"},
+            "linux": {"seccomp": serde_json::to_value(deny_unshare()).unwrap(),
+                      "cgroupsPath": "/x"},
+            "unknownField": 1,
+        });
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        let read = || -> Value {
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap()
+        };
+        let first = prepare_bundle(dir.path()).unwrap();
+        let once = read();
+        let second = prepare_bundle(dir.path()).unwrap();
+        assert_eq!(read(), once, "preparing again changes nothing");
+        assert_eq!(first.drop_to, second.drop_to);
+        let caps = &once["process"]["capabilities"];
+        assert_eq!(
+            caps["bounding"].as_array().unwrap().len(),
+            3,
+            "CHOWN, SETPCAP, SYS_ADMIN: {caps}"
+        );
+        assert_eq!(once["unknownField"], 1, "other fields are kept");
+        let (real, seccomp) = container_process(&once).unwrap();
+        assert_eq!(real.capabilities(), process(json!({})).capabilities());
+        assert_eq!(seccomp, Some(deny_unshare()));
+    }
+
+    #[test]
+    fn a_bundle_without_seccomp_is_not_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = json!({"ociVersion": "1.0.2",
+            "process": serde_json::to_value(process(json!({}))).unwrap()})
+        .to_string();
+        std::fs::write(dir.path().join("config.json"), &text).unwrap();
+        let confinement = prepare_bundle(dir.path()).unwrap();
+        assert!(confinement.filter.is_none());
+        let after = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+        assert_eq!(after, text);
+    }
+}
