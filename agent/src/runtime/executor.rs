@@ -598,3 +598,384 @@ mod tests {
         assert_eq!(after, text);
     }
 }
+
+/// Real containers started by the `bramble` binary's `monitor` and `exec-in` (root only):
+/// `BRAMBLE_BIN=$PWD/.bramble-bin cargo test -p agent --lib executor -- --ignored
+/// --test-threads=1`. The root file system is the static busybox the demo image is made of.
+#[cfg(test)]
+mod real_containers {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader};
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use oci_spec::runtime::Capability;
+    use serde_json::{json, Value};
+
+    use super::mask;
+    use crate::runtime::containers::remove_cgroup_tree;
+    use crate::runtime::spec::{runtime_spec, ContainerPlan, PodNamespaces};
+
+    const CGROUP: &str = "bramble-executor-test";
+
+    fn bramble() -> PathBuf {
+        PathBuf::from(
+            std::env::var_os("BRAMBLE_BIN")
+                .expect("BRAMBLE_BIN must name the bramble binary (/work/notes/hbuild)"),
+        )
+    }
+
+    fn busybox() -> PathBuf {
+        let arch = if cfg!(target_arch = "aarch64") {
+            "arm64"
+        } else {
+            "amd64"
+        };
+        crate::image::demo::installed_busyboxes()
+            .into_iter()
+            .find(|b| b.platform.to_string().contains(arch))
+            .expect("a busybox for this machine")
+            .path
+    }
+
+    /// One running container; killed and cleaned up on drop.
+    struct Running {
+        dir: tempfile::TempDir,
+        id: String,
+        pid: i32,
+        /// From starting the monitor to its report that the container runs.
+        took: Duration,
+    }
+
+    /// The spec of a busybox container running `args` as root with the default capabilities;
+    /// `edit` changes it.
+    fn spec(rootfs: &Path, id: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> Value {
+        let plan = ContainerPlan {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: vec!["PATH=/bin".into(), "FOO=from-the-spec".into()],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            rootfs: rootfs.to_path_buf(),
+            pod_namespaces: PodNamespaces {
+                network: PathBuf::new(),
+                ipc: PathBuf::new(),
+                uts: PathBuf::new(),
+            },
+            mounts: vec![],
+            cgroup_path: format!("/{CGROUP}/{id}"),
+            memory_limit: None,
+            cpu_limit_millis: None,
+            cpu_request_millis: 100,
+            terminal: false,
+            privileged: false,
+        };
+        let mut spec = runtime_spec(&plan);
+        spec["linux"]["namespaces"] =
+            json!(["pid", "mount", "cgroup", "network", "ipc", "uts"].map(|t| json!({"type": t})));
+        edit(&mut spec);
+        spec
+    }
+
+    /// Starts a container whose spec `edit` shapes; the monitor's error when it does not start.
+    fn start(args: &[&str], edit: impl FnOnce(&mut Value)) -> Result<Running, String> {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("executor-test-{}-{n}", std::process::id());
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        for sub in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+            std::fs::create_dir_all(rootfs.join(sub)).unwrap();
+        }
+        std::fs::copy(busybox(), rootfs.join("bin/busybox")).unwrap();
+        for applet in ["sh", "id", "grep", "sleep", "unshare", "pwd", "echo", "cat"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        let container = dir.path().join("container");
+        std::fs::create_dir_all(container.join("bundle")).unwrap();
+        let spec = spec(&rootfs, &id, args, edit);
+        std::fs::write(
+            container.join("bundle/config.json"),
+            serde_json::to_vec_pretty(&spec).unwrap(),
+        )
+        .unwrap();
+        let began = Instant::now();
+        let mut monitor = Command::new(bramble())
+            .arg("monitor")
+            .arg("--dir")
+            .arg(&container)
+            .arg("--id")
+            .arg(&id)
+            .arg("--state-root")
+            .arg(dir.path().join("state"))
+            .arg("--log")
+            .arg(dir.path().join("log"))
+            .args(["--log-max-bytes", "1000000", "--log-keep", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(monitor.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let took = began.elapsed();
+        monitor.wait().unwrap();
+        match line.trim().strip_prefix("started ") {
+            Some(pid) => Ok(Running {
+                dir,
+                id,
+                pid: pid.parse().unwrap(),
+                took,
+            }),
+            None => {
+                remove_cgroup_tree(&format!("{CGROUP}/{id}"));
+                Err(line.trim().trim_start_matches("failed ").to_owned())
+            }
+        }
+    }
+
+    impl Running {
+        /// Runs `command` through `bramble exec-in`; its stdout, or its stderr on failure.
+        fn exec(&self, command: &[&str]) -> Result<String, String> {
+            let output = Command::new(bramble())
+                .arg("exec-in")
+                .arg("--state-root")
+                .arg(self.dir.path().join("state"))
+                .arg("--id")
+                .arg(&self.id)
+                .arg("--")
+                .args(command)
+                .output()
+                .unwrap();
+            if output.status.success() {
+                Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            } else {
+                Err(String::from_utf8_lossy(&output.stderr).into_owned())
+            }
+        }
+
+        /// The container's output so far, waiting until it holds `marker`.
+        fn log_until(&self, marker: &str) -> String {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let text = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter_map(|l| l.splitn(4, ' ').nth(3))
+                    .collect();
+                let output = lines.join("\n");
+                if output.contains(marker) || Instant::now() > deadline {
+                    return output;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let exited = self.dir.path().join("container/exit.json");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !exited.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            remove_cgroup_tree(&format!("{CGROUP}/{}", self.id));
+        }
+    }
+
+    /// `Key: value` lines of /proc/<pid>/status as the process printed them.
+    fn status(text: &str) -> HashMap<String, String> {
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect()
+    }
+
+    fn hex(bits: u64) -> String {
+        format!("{bits:016x}")
+    }
+
+    const REPORT: &str = "grep -E '^(CapBnd|CapEff|CapPrm|CapAmb|NoNewPrivs|Seccomp):' \
+                          /proc/self/status; id; pwd; echo FOO=$FOO; \
+                          unshare -U true 2>/dev/null; echo unshare=$?";
+
+    /// Starts a container whose init prints the report, then "done", then sleeps.
+    fn start_reporting(edit: impl FnOnce(&mut Value)) -> Result<Running, String> {
+        let script = format!("{REPORT}; echo done; exec sleep 600");
+        start(&["sh", "-c", &script], edit)
+    }
+
+    fn caps(names: &[&str]) -> Value {
+        json!({"bounding": names, "effective": names, "permitted": names})
+    }
+
+    fn deny_unshare() -> Value {
+        json!({"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["unshare"], "action": "SCMP_ACT_ERRNO"}]})
+    }
+
+    const DEFAULT: &[&str] = &["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_KILL", "CAP_SETUID"];
+
+    fn default_mask() -> u64 {
+        let set: oci_spec::runtime::Capabilities = DEFAULT
+            .iter()
+            .map(|n| n.trim_start_matches("CAP_").parse::<Capability>().unwrap())
+            .collect();
+        mask(&set)
+    }
+
+    #[test]
+    #[ignore = "runs real containers: needs root and BRAMBLE_BIN"]
+    fn exec_runs_as_the_containers_user_groups_and_capabilities() {
+        let running = start(&["sleep", "600"], |spec| {
+            spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [2000]});
+            spec["process"]["capabilities"] = caps(&[]);
+            spec["process"]["noNewPrivileges"] = json!(true);
+            spec["process"]["cwd"] = json!("/tmp");
+        })
+        .unwrap();
+        let out = running.exec(&["sh", "-c", REPORT]).unwrap();
+        let status = status(&out);
+        assert!(
+            out.contains("uid=1000 gid=1000 groups=") && out.contains("2000"),
+            "{out}"
+        );
+        assert_eq!(status["CapEff"], hex(0), "{out}");
+        assert_eq!(status["CapPrm"], hex(0), "{out}");
+        assert_eq!(status["CapBnd"], hex(0), "{out}");
+        assert_eq!(status["NoNewPrivs"], "1", "{out}");
+        assert_eq!(status["Seccomp"], "0", "no filter asked for: {out}");
+        assert!(
+            out.contains("\n/tmp\n"),
+            "the container's working directory: {out}"
+        );
+        assert!(
+            out.contains("FOO=from-the-spec"),
+            "the container's environment: {out}"
+        );
+    }
+
+    /// Init and exec'd process of a container with a filter, for one spec shape.
+    fn assert_filtered(uid: u32, no_new_privs: Option<bool>) {
+        let running = start_reporting(|spec| {
+            spec["process"]["user"] = json!({"uid": uid, "gid": uid});
+            spec["process"]["capabilities"] = caps(DEFAULT);
+            match no_new_privs {
+                Some(value) => spec["process"]["noNewPrivileges"] = json!(value),
+                None => {
+                    spec["process"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("noNewPrivileges");
+                }
+            }
+            spec["linux"]["seccomp"] = deny_unshare();
+        })
+        .unwrap_or_else(|e| panic!("uid {uid}, no_new_privs {no_new_privs:?}: {e}"));
+        let init = running.log_until("done");
+        let exec = running.exec(&["sh", "-c", REPORT]).unwrap();
+        let expected_eff = if uid == 0 { default_mask() } else { 0 };
+        for (who, out) in [("init", &init), ("exec", &exec)] {
+            let context = format!("{who}, uid {uid}, no_new_privs {no_new_privs:?}:\n{out}");
+            let status = status(out);
+            assert_eq!(status["Seccomp"], "2", "{context}");
+            assert!(out.contains("unshare=1"), "unshare is denied: {context}");
+            assert_eq!(status["CapBnd"], hex(default_mask()), "{context}");
+            assert_eq!(status["CapEff"], hex(expected_eff), "{context}");
+            assert_eq!(status["CapPrm"], hex(expected_eff), "{context}");
+            assert_eq!(status["CapAmb"], hex(0), "{context}");
+            let nnp = if no_new_privs == Some(true) { "1" } else { "0" };
+            assert_eq!(status["NoNewPrivs"], nnp, "{context}");
+        }
+    }
+
+    #[test]
+    #[ignore = "runs real containers: needs root and BRAMBLE_BIN"]
+    fn the_filter_holds_in_init_and_exec_with_and_without_no_new_privs() {
+        assert_filtered(0, Some(true));
+        assert_filtered(0, None);
+        assert_filtered(0, Some(false));
+        assert_filtered(1000, None);
+        assert_filtered(1000, Some(true));
+    }
+
+    #[test]
+    #[ignore = "runs real containers: needs root and BRAMBLE_BIN"]
+    fn without_a_filter_unshare_works_so_the_probe_can_fail() {
+        let running = start_reporting(|spec| {
+            spec["process"]["capabilities"] = caps(DEFAULT);
+        })
+        .unwrap();
+        let init = running.log_until("done");
+        assert!(init.contains("unshare=0"), "{init}");
+        assert!(init.contains("Seccomp:\t0") || status(&init)["Seccomp"] == "0");
+    }
+
+    #[test]
+    #[ignore = "runs real containers: needs root and BRAMBLE_BIN"]
+    fn a_filter_that_cannot_take_effect_fails_the_start() {
+        // Loaded before the capability drop (no no_new_privs), a profile denying capset
+        // leaves the process with CAP_SYS_ADMIN: the start fails instead.
+        let error = start(&["sleep", "600"], |spec| {
+            spec["process"]["capabilities"] = caps(DEFAULT);
+            spec["process"]
+                .as_object_mut()
+                .unwrap()
+                .remove("noNewPrivileges");
+            spec["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["capset"], "action": "SCMP_ACT_ERRNO"}]});
+        })
+        .err()
+        .expect("the start fails");
+        assert!(
+            error.contains("cannot drop the capabilities used to load seccomp"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    #[ignore = "runs real containers: needs root and BRAMBLE_BIN; prints timings"]
+    fn what_the_filter_costs_a_start() {
+        // Interleaved, so that every kind sees the same machine.
+        let kinds = [
+            ("no filter", false, None),
+            ("filter, no_new_privs", true, Some(true)),
+            ("filter, capability dance", true, None),
+        ];
+        let mut times = vec![vec![]; kinds.len()];
+        for _ in 0..30 {
+            for (kind, (_, seccomp, nnp)) in kinds.iter().enumerate() {
+                let running = start(&["sleep", "600"], |spec| {
+                    spec["process"]["capabilities"] = caps(DEFAULT);
+                    match nnp {
+                        Some(v) => spec["process"]["noNewPrivileges"] = json!(v),
+                        None => {
+                            spec["process"]
+                                .as_object_mut()
+                                .unwrap()
+                                .remove("noNewPrivileges");
+                        }
+                    }
+                    if *seccomp {
+                        spec["linux"]["seccomp"] = deny_unshare();
+                    }
+                })
+                .unwrap();
+                times[kind].push(running.took);
+                drop(running);
+            }
+        }
+        for ((name, _, _), times) in kinds.iter().zip(&mut times) {
+            times.sort();
+            println!("{name}: median {:?}", times[times.len() / 2]);
+        }
+    }
+}
