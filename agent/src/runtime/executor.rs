@@ -32,7 +32,7 @@ use pending_filter::Filter;
 /// The `config.json` annotation that keeps the container's own capability sets (JSON, the
 /// shape of `process.capabilities`) when `process.capabilities` was widened for loading the
 /// filter.
-pub const REAL_CAPABILITIES: &str = "io.bramble.capabilities";
+pub const REAL_CAPABILITIES: &str = "dev.bramble.capabilities";
 
 /// The capabilities a filter is loaded and the capability sets then dropped with.
 const LOADING_CAPABILITIES: [Capability; 2] = [Capability::SysAdmin, Capability::Setpcap];
