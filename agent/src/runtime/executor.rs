@@ -942,6 +942,90 @@ mod real_containers {
     }
 
     #[test]
+    #[ignore = "runs real containers: needs root and BRAMBLE_BIN"]
+    fn a_profile_bramble_cannot_enforce_fails_the_start() {
+        let error = start(&["sleep", "600"], |spec| {
+            spec["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["unshare"], "action": "SCMP_ACT_NOTIFY"}]});
+        })
+        .err()
+        .expect("the start fails");
+        assert!(error.starts_with("unable to init seccomp: "), "{error}");
+    }
+
+    #[test]
+    #[ignore = "needs root; prints timings"]
+    fn what_the_executor_steps_cost() {
+        // The monitor's part: read the bundle, compile, widen and rewrite it.
+        let dir = tempfile::tempdir().unwrap();
+        let mut config: Value = serde_json::from_str(
+            r#"{"ociVersion": "1.0.2", "process": {"user": {"uid": 0, "gid": 0},
+                "args": ["sh"], "cwd": "/"}, "linux": {}}"#,
+        )
+        .unwrap();
+        config["process"]["capabilities"] = caps(DEFAULT);
+        config["linux"]["seccomp"] = deny_unshare();
+        let mut prepare = vec![];
+        for _ in 0..50 {
+            std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+            let began = Instant::now();
+            let confinement = super::prepare_bundle(dir.path()).unwrap();
+            prepare.push(began.elapsed());
+            assert!(confinement.drop_to.is_some());
+        }
+        prepare.sort();
+        let mut without_write = vec![];
+        config["process"]["noNewPrivileges"] = json!(true);
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        for _ in 0..50 {
+            let began = Instant::now();
+            super::prepare_bundle(dir.path()).unwrap();
+            without_write.push(began.elapsed());
+        }
+        without_write.sort();
+        config["process"]
+            .as_object_mut()
+            .unwrap()
+            .remove("noNewPrivileges");
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        // The container's part, in a child: load the filter, drop the capabilities.
+        let confinement = super::prepare_bundle(dir.path()).unwrap();
+        let (read, write) = nix::unistd::pipe().unwrap();
+        // SAFETY: the child makes system calls and writes eight bytes, then exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let began = Instant::now();
+                let ok = confinement.apply().is_ok();
+                let took = if ok {
+                    began.elapsed().as_nanos() as u64
+                } else {
+                    0
+                };
+                let _ = nix::unistd::write(&write, &took.to_le_bytes());
+                // SAFETY: leaving the forked child without running the parent's destructors.
+                unsafe { libc::_exit(0) };
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(write);
+                let mut bytes = [0u8; 8];
+                let mut file = std::fs::File::from(read);
+                std::io::Read::read_exact(&mut file, &mut bytes).unwrap();
+                nix::sys::wait::waitpid(child, None).unwrap();
+                let took = u64::from_le_bytes(bytes);
+                assert!(took > 0, "the confinement failed in the child");
+                println!(
+                    "prepare the bundle (read, compile, widen, write): median {:?}\n\
+                     prepare the bundle (read, compile; no_new_privs): median {:?}\n\
+                     load the filter and drop the capabilities: {:?}",
+                    prepare[prepare.len() / 2],
+                    without_write[without_write.len() / 2],
+                    Duration::from_nanos(took)
+                );
+            }
+        }
+    }
+
+    #[test]
     #[ignore = "runs real containers: needs root and BRAMBLE_BIN; prints timings"]
     fn what_the_filter_costs_a_start() {
         // Interleaved, so that every kind sees the same machine.
