@@ -123,6 +123,49 @@ pub struct MasterSettings {
     /// How fast failures are handled: `demo` (the card's default: a dead node is noticed
     /// within 2 s) or `default` (upstream-like).
     pub profile: Option<String>,
+    /// Pod Security admission's cluster-wide defaults and exemptions.
+    pub pod_security: Option<PodSecuritySettings>,
+}
+
+/// `[master-options.pod_security]`: upstream's `PodSecurityConfiguration` (its `defaults` and
+/// `exemptions`, with upstream's key names).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PodSecuritySettings {
+    /// Levels and versions for namespaces without Pod Security labels.
+    pub defaults: Option<PodSecurityDefaults>,
+    /// Requests never evaluated.
+    pub exemptions: Option<PodSecurityExemptions>,
+}
+
+/// `defaults`: each level privileged, baseline or restricted; each version latest or v1.N.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PodSecurityDefaults {
+    /// Enforced level.
+    pub enforce: Option<String>,
+    /// Its version.
+    pub enforce_version: Option<String>,
+    /// Audited (logged) level.
+    pub audit: Option<String>,
+    /// Its version.
+    pub audit_version: Option<String>,
+    /// Warned-about level.
+    pub warn: Option<String>,
+    /// Its version.
+    pub warn_version: Option<String>,
+}
+
+/// `exemptions`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PodSecurityExemptions {
+    /// User names.
+    pub usernames: Option<Vec<String>>,
+    /// Namespaces.
+    pub namespaces: Option<Vec<String>>,
+    /// Runtime class names.
+    pub runtime_classes: Option<Vec<String>>,
 }
 
 /// A Pi's role.
@@ -321,6 +364,7 @@ fn overlay(base: Settings, over: Settings) -> Settings {
                 load_balancer_pool: over.load_balancer_pool.or(base.load_balancer_pool),
                 cluster_domain: over.cluster_domain.or(base.cluster_domain),
                 profile: over.profile.or(base.profile),
+                pod_security: over.pod_security.or(base.pod_security),
             }
         }),
         mac: None,
@@ -495,6 +539,9 @@ fn check(settings: Settings, mac: &str, problems: &mut Vec<String>) -> Option<No
             )),
             None => {}
         }
+        if let Some(pod_security) = options.pod_security {
+            master_args.extend(pod_security_args(pod_security, problems));
+        }
     }
     Some(NodeConfig {
         role: role?,
@@ -515,6 +562,49 @@ fn check(settings: Settings, mac: &str, problems: &mut Vec<String>) -> Option<No
         panel_args,
         master_args,
     })
+}
+
+/// `bramble master`'s `--pod-security-*` options for `[master-options.pod_security]`.
+fn pod_security_args(settings: PodSecuritySettings, problems: &mut Vec<String>) -> Vec<String> {
+    use protocol::command_line::{parse_pod_security_version, POD_SECURITY_LEVELS};
+    let mut args = Vec::new();
+    let defaults = settings.defaults.unwrap_or_default();
+    let modes = [
+        ("enforce", defaults.enforce, defaults.enforce_version),
+        ("audit", defaults.audit, defaults.audit_version),
+        ("warn", defaults.warn, defaults.warn_version),
+    ];
+    for (mode, level, version) in modes {
+        if let Some(level) = level {
+            if POD_SECURITY_LEVELS.contains(&level.as_str()) {
+                args.extend([format!("--pod-security-{mode}"), level]);
+            } else {
+                problems.push(format!(
+                    "master-options.pod_security.defaults.{mode} = {level:?}: use \"privileged\", \"baseline\" or \"restricted\""
+                ));
+            }
+        }
+        if let Some(version) = version {
+            match parse_pod_security_version(&version) {
+                Ok(version) => args.extend([format!("--pod-security-{mode}-version"), version]),
+                Err(_) => problems.push(format!(
+                    "master-options.pod_security.defaults.{mode}-version = {version:?}: use \"latest\" or \"v1.N\", e.g. \"v1.37\""
+                )),
+            }
+        }
+    }
+    let exemptions = settings.exemptions.unwrap_or_default();
+    let lists = [
+        ("user", exemptions.usernames),
+        ("namespace", exemptions.namespaces),
+        ("runtime-class", exemptions.runtime_classes),
+    ];
+    for (what, names) in lists {
+        for name in names.unwrap_or_default() {
+            args.extend([format!("--pod-security-exempt-{what}"), name]);
+        }
+    }
+    args
 }
 
 fn check_wifi(wifi: WifiSettings, problems: &mut Vec<String>) -> Option<Wifi> {
@@ -896,6 +986,59 @@ mod tests {
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn pod_security_settings_become_master_options() {
+        let text = r#"
+            role = "master"
+            [master-options.pod_security.defaults]
+            enforce = "baseline"
+            warn = "restricted"
+            warn-version = "v1.30"
+            [master-options.pod_security.exemptions]
+            namespaces = ["kube-system"]
+            runtimeClasses = ["kata"]
+        "#;
+        let master = BrambleToml::parse(text)
+            .unwrap()
+            .resolve(MASTER_MAC)
+            .expect("valid");
+        assert_eq!(
+            master.master_args,
+            [
+                "--pod-security-enforce",
+                "baseline",
+                "--pod-security-warn",
+                "restricted",
+                "--pod-security-warn-version",
+                "v1.30",
+                "--pod-security-exempt-namespace",
+                "kube-system",
+                "--pod-security-exempt-runtime-class",
+                "kata",
+            ]
+        );
+        let line: Vec<String> = master.master_args.clone();
+        protocol::command_line::parse::<protocol::command_line::MasterArgs>(&line)
+            .expect("the master accepts them");
+        let bad = r#"
+            role = "master"
+            [master-options.pod_security.defaults]
+            enforce = "strict"
+            audit-version = "1.30"
+        "#;
+        let problems = BrambleToml::parse(bad)
+            .unwrap()
+            .resolve(MASTER_MAC)
+            .unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "master-options.pod_security.defaults.enforce = \"strict\": use \"privileged\", \"baseline\" or \"restricted\"",
+                "master-options.pod_security.defaults.audit-version = \"1.30\": use \"latest\" or \"v1.N\", e.g. \"v1.37\"",
+            ]
+        );
     }
 
     #[test]

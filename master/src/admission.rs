@@ -87,7 +87,9 @@ impl FieldError {
     /// to its own `field`.
     pub fn body(&self) -> String {
         let value = self.value.as_deref().map(|v| {
-            if v.parse::<f64>().is_ok() || v.starts_with('{') || v.starts_with('[') {
+            // Already quoted (a string that looks like a number, quoted by its validator).
+            let quoted = v.len() >= 2 && v.starts_with('"') && v.ends_with('"');
+            if quoted || v.parse::<f64>().is_ok() || v.starts_with('{') || v.starts_with('[') {
                 v.to_owned()
             } else {
                 format!("\"{v}\"")

@@ -19,6 +19,7 @@ pub(crate) mod limit_range;
 pub(crate) mod metrics;
 pub(crate) mod patch;
 pub(crate) mod pki;
+pub mod pod_security;
 pub(crate) mod priority;
 pub(crate) mod protobuf;
 pub(crate) mod rbac;
@@ -121,6 +122,8 @@ pub struct ClusterSettings {
     /// Addresses LoadBalancer services get on the LAN (inclusive ranges); empty: services
     /// answer on every node's address instead.
     pub load_balancer_pool: AddressPool,
+    /// Pod Security admission's cluster-wide defaults and exemptions.
+    pub pod_security: pod_security::Configuration,
 }
 
 impl Default for ClusterSettings {
@@ -133,6 +136,7 @@ impl Default for ClusterSettings {
             node_cidr_mask: 24,
             timings: HealthTimings::standard(),
             load_balancer_pool: Vec::new(),
+            pod_security: pod_security::Configuration::default(),
         }
     }
 }
@@ -174,6 +178,7 @@ impl MasterConfig {
             cluster_cidr: cluster.cluster_cidr,
             node_cidr_mask: cluster.node_cidr_mask,
             load_balancer_pool: cluster.load_balancer_pool,
+            pod_security: pod_security::Configuration::from_args(&cluster.pod_security),
             // clap accepts only the known profiles; an unknown one gets the defaults.
             timings: HealthTimings::named(&cluster.profile).unwrap_or_else(|| {
                 HealthTimings::named("default").expect("the default profile exists")

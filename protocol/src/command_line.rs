@@ -80,6 +80,75 @@ pub struct ClusterArgs {
     /// so heartbeats do not wear out the SD card).
     #[arg(long, default_value_t = 300)]
     pub checkpoint_seconds: u64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub pod_security: PodSecurityArgs,
+}
+
+/// Pod Security admission's cluster-wide defaults and exemptions: upstream's
+/// `PodSecurityConfiguration` (`defaults`, `exemptions`) as options. A namespace's
+/// `pod-security.kubernetes.io/*` labels override the defaults.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct PodSecurityArgs {
+    /// Pod Security level enforced where a namespace sets none: privileged, baseline or
+    /// restricted.
+    #[arg(long, default_value = "privileged", value_parser = POD_SECURITY_LEVELS)]
+    pub pod_security_enforce: String,
+    /// Version of the enforced level's checks: latest or v1.N.
+    #[arg(long, default_value = "latest", value_parser = parse_pod_security_version)]
+    pub pod_security_enforce_version: String,
+    /// Pod Security level whose violations are logged where a namespace sets none.
+    #[arg(long, default_value = "privileged", value_parser = POD_SECURITY_LEVELS)]
+    pub pod_security_audit: String,
+    /// Version of the audited level's checks: latest or v1.N.
+    #[arg(long, default_value = "latest", value_parser = parse_pod_security_version)]
+    pub pod_security_audit_version: String,
+    /// Pod Security level clients are warned about where a namespace sets none.
+    #[arg(long, default_value = "privileged", value_parser = POD_SECURITY_LEVELS)]
+    pub pod_security_warn: String,
+    /// Version of the warned level's checks: latest or v1.N.
+    #[arg(long, default_value = "latest", value_parser = parse_pod_security_version)]
+    pub pod_security_warn_version: String,
+    /// A user whose requests Pod Security never evaluates (repeatable or comma separated).
+    #[arg(
+        long = "pod-security-exempt-user",
+        value_name = "USER",
+        value_delimiter = ','
+    )]
+    pub pod_security_exempt_users: Vec<String>,
+    /// A namespace Pod Security never evaluates, e.g. kube-system (repeatable or comma
+    /// separated).
+    #[arg(
+        long = "pod-security-exempt-namespace",
+        value_name = "NAMESPACE",
+        value_delimiter = ','
+    )]
+    pub pod_security_exempt_namespaces: Vec<String>,
+    /// A runtime class whose pods Pod Security never evaluates (repeatable or comma separated).
+    #[arg(
+        long = "pod-security-exempt-runtime-class",
+        value_name = "CLASS",
+        value_delimiter = ','
+    )]
+    pub pod_security_exempt_runtime_classes: Vec<String>,
+}
+
+/// The Pod Security levels, from the most permissive.
+pub const POD_SECURITY_LEVELS: [&str; 3] = ["privileged", "baseline", "restricted"];
+
+/// Reads a Pod Security version: `latest` or `v1.N` (no leading zeros), as upstream.
+pub fn parse_pod_security_version(text: &str) -> Result<String, String> {
+    let minor = text.strip_prefix("v1.").unwrap_or_default();
+    let well_formed = text == "latest"
+        || (!minor.is_empty()
+            && minor.bytes().all(|b| b.is_ascii_digit())
+            && (minor == "0" || !minor.starts_with('0'))
+            && minor.parse::<i64>().is_ok());
+    if well_formed {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?}: must be \"latest\" or \"v1.x\""))
+    }
 }
 
 /// LEDs and buttons on the Pi's GPIO (see the README's wiring guide).
@@ -249,6 +318,58 @@ impl ClusterArgs {
         }
         if self.checkpoint_seconds != defaults.checkpoint_seconds {
             push(line, "--checkpoint-seconds", self.checkpoint_seconds);
+        }
+        self.pod_security.write(&defaults.pod_security, line);
+    }
+}
+
+impl PodSecurityArgs {
+    fn write(&self, defaults: &PodSecurityArgs, line: &mut Vec<String>) {
+        let modes = [
+            (
+                "--pod-security-enforce",
+                &self.pod_security_enforce,
+                &defaults.pod_security_enforce,
+            ),
+            (
+                "--pod-security-enforce-version",
+                &self.pod_security_enforce_version,
+                &defaults.pod_security_enforce_version,
+            ),
+            (
+                "--pod-security-audit",
+                &self.pod_security_audit,
+                &defaults.pod_security_audit,
+            ),
+            (
+                "--pod-security-audit-version",
+                &self.pod_security_audit_version,
+                &defaults.pod_security_audit_version,
+            ),
+            (
+                "--pod-security-warn",
+                &self.pod_security_warn,
+                &defaults.pod_security_warn,
+            ),
+            (
+                "--pod-security-warn-version",
+                &self.pod_security_warn_version,
+                &defaults.pod_security_warn_version,
+            ),
+        ];
+        for (flag, value, default) in modes {
+            if value != default {
+                push(line, flag, value);
+            }
+        }
+        for user in &self.pod_security_exempt_users {
+            push(line, "--pod-security-exempt-user", user);
+        }
+        for namespace in &self.pod_security_exempt_namespaces {
+            push(line, "--pod-security-exempt-namespace", namespace);
+        }
+        for class in &self.pod_security_exempt_runtime_classes {
+            push(line, "--pod-security-exempt-runtime-class", class);
         }
     }
 }
@@ -427,6 +548,17 @@ mod tests {
                 ("10.99.1.1".parse().unwrap(), "10.99.1.1".parse().unwrap()),
             ],
             checkpoint_seconds: 60,
+            pod_security: PodSecurityArgs {
+                pod_security_enforce: "baseline".into(),
+                pod_security_enforce_version: "v1.30".into(),
+                pod_security_audit: "restricted".into(),
+                pod_security_audit_version: "latest".into(),
+                pod_security_warn: "restricted".into(),
+                pod_security_warn_version: "v1.37".into(),
+                pod_security_exempt_users: vec!["ci-bot".into()],
+                pod_security_exempt_namespaces: vec!["kube-system".into(), "monitoring".into()],
+                pod_security_exempt_runtime_classes: vec!["kata".into()],
+            },
         };
         every.panel = PanelArgs {
             gpio: BackendChoice::Simulated,
@@ -488,6 +620,15 @@ mod tests {
             error.to_string().contains("not a valid port range"),
             "{error}"
         );
+        let error = parse::<MasterArgs>(&["--pod-security-enforce-version".into(), "v1.05".into()])
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("must be \"latest\" or \"v1.x\""),
+            "{error}"
+        );
+        let error =
+            parse::<MasterArgs>(&["--pod-security-warn".into(), "strict".into()]).unwrap_err();
+        assert!(error.to_string().contains("restricted"), "{error}");
         let error = parse::<AgentArgs>(&["--label".into(), "novalue".into()]).unwrap_err();
         assert!(error.to_string().contains("KEY=VALUE"), "{error}");
     }

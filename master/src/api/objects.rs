@@ -21,6 +21,7 @@ use crate::certificates;
 use crate::conversion;
 use crate::lifecycle;
 use crate::patch;
+use crate::pod_security;
 use crate::resources::{self, Resource, RESOURCES};
 use crate::store::{Store, StoreError};
 use crate::table;
@@ -111,11 +112,16 @@ impl Call {
         name: String,
         part: Part,
         change: impl FnOnce(&Value) -> Result<Value, ApiError> + Send + 'static,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Admitted, ApiError> {
         let (state, resource) = (self.state.clone(), self.resource());
         let (namespace, dry_run) = (self.namespace(), self.dry_run());
         let (user, subresource) = (self.user.clone(), self.target.subresource.clone());
+        let (user_name, requested_part) = (user.name.clone(), subresource.clone());
         blocking(move || {
+            let requester = Requester {
+                user: Some(&user_name),
+                subresource: requested_part.as_deref(),
+            };
             let admitted_state = state.clone();
             let change = move |current: &Value| {
                 let next = change(current)?;
@@ -138,7 +144,9 @@ impl Call {
                 }
                 Ok(next)
             };
-            update_object(&state, resource, &namespace, &name, part, dry_run, change)
+            update_object_as(
+                &state, resource, &namespace, &name, part, dry_run, requester, change,
+            )
         })
         .await
     }
@@ -174,7 +182,7 @@ impl Call {
     ) -> Response<Body> {
         let mut response = self.respond(code, object);
         for warning in warnings {
-            let text = format!("299 - \"{}\"", warning.replace('"', "\\\""));
+            let text = warning_header(warning);
             if let Ok(value) = http::HeaderValue::from_str(&text) {
                 response.headers_mut().append("Warning", value);
             }
@@ -440,16 +448,20 @@ impl Call {
         let user = self.user.clone();
         let created = blocking(move || {
             crate::rbac::escalation::check(&state, &user, resource, &object, None)?;
-            create_object(&state, resource, object, dry_run)
+            let requester = Requester {
+                user: Some(&user.name),
+                subresource: None,
+            };
+            create_object_as(&state, resource, object, dry_run, requester)
         })
         .await?;
-        Ok(
-            self.respond_with_warnings(
-                201,
-                &conversion::from_storage(resource, created),
-                &warnings,
-            ),
-        )
+        let mut warnings = warnings;
+        warnings.extend(created.warnings);
+        Ok(self.respond_with_warnings(
+            201,
+            &conversion::from_storage(resource, created.object),
+            &warnings,
+        ))
     }
 
     async fn bind(self, name: String) -> Result<Response<Body>, ApiError> {
@@ -555,7 +567,13 @@ impl Call {
         let stored = self
             .update_stored(name, part, |_current| Ok(object))
             .await?;
-        Ok(self.respond_with_warnings(200, &conversion::from_storage(resource, stored), &warnings))
+        let mut warnings = warnings;
+        warnings.extend(stored.warnings);
+        Ok(self.respond_with_warnings(
+            200,
+            &conversion::from_storage(resource, stored.object),
+            &warnings,
+        ))
     }
 
     async fn set_scale(
@@ -611,7 +629,7 @@ impl Call {
             .await?;
         Ok(respond_value(
             200,
-            &conversion::scale_of(resource, &stored),
+            &conversion::scale_of(resource, &stored.object),
             self.plain_format(),
         ))
     }
@@ -700,7 +718,11 @@ impl Call {
                         Ok(next)
                     })
                     .await?;
-                Ok(self.respond(200, &conversion::from_storage(resource, stored)))
+                Ok(self.respond_with_warnings(
+                    200,
+                    &conversion::from_storage(resource, stored.object),
+                    &stored.warnings,
+                ))
             }
             Some(other) => Err(ApiError::no_route(other)),
         }
@@ -1050,13 +1072,52 @@ fn bound(pod: &Value, node: &str) -> Result<Value, ApiError> {
     Ok(pod)
 }
 
-/// Creates an object through the whole admission path. Used by the API and by bootstrap.
+/// Who makes a write, and through which subresource, for admission plugins that look at
+/// them (Pod Security's exemptions and skipped subresources). The master's own controllers and
+/// bootstrap write with no user.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Requester<'a> {
+    /// The user's name, after impersonation.
+    pub user: Option<&'a str>,
+    /// The subresource the request names (`status`, `scale`, `finalize`...).
+    pub subresource: Option<&'a str>,
+}
+
+/// A stored (or dry-run) object and the warnings admission has for the client.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The object as stored.
+    pub object: Value,
+    /// `Warning` headers to send (e.g. Pod Security's `would violate PodSecurity ...`).
+    pub warnings: Vec<String>,
+}
+
+/// A `Warning` header value as apimachinery writes one: code 299, agent `-`, the text quoted
+/// with `"` and `\` escaped.
+fn warning_header(text: &str) -> String {
+    let escaped = text.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("299 - \"{escaped}\"")
+}
+
+/// Creates an object through the whole admission path. Used by the controllers and by
+/// bootstrap, which have no user and no use for warnings.
 pub fn create_object(
     state: &ApiState,
     resource: &'static Resource,
     object: Value,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
+    create_object_as(state, resource, object, dry_run, Requester::default()).map(|a| a.object)
+}
+
+/// Creates an object through the whole admission path for `requester`.
+pub fn create_object_as(
+    state: &ApiState,
+    resource: &'static Resource,
+    object: Value,
+    dry_run: bool,
+    requester: Requester,
+) -> Result<Admitted, ApiError> {
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -1065,7 +1126,8 @@ pub fn create_object(
         // counted by quotas and must not queue behind pod commits.
         let admitting =
             (!resource.volatile).then(|| state.admission.lock().unwrap_or_else(|p| p.into_inner()));
-        let Some((namespace, name, candidate)) = admit_new(state, resource, &object, attempts)?
+        let Some((namespace, name, candidate, warnings)) =
+            admit_new(state, resource, &object, attempts, requester)?
         else {
             continue;
         };
@@ -1073,7 +1135,10 @@ pub fn create_object(
             crate::controllers::quota::admit(state, resource, &candidate)?;
         }
         if dry_run {
-            return Ok(candidate);
+            return Ok(Admitted {
+                object: candidate,
+                warnings,
+            });
         }
         let committed = state
             .store
@@ -1082,7 +1147,10 @@ pub fn create_object(
         match committed {
             Ok(created) => {
                 lifecycle::after_create(state, resource, &created);
-                return Ok(created);
+                return Ok(Admitted {
+                    object: created,
+                    warnings,
+                });
             }
             Err(StoreError::AlreadyExists { .. }) if is_generated(&object) && attempts < 5 => {
                 continue
@@ -1126,8 +1194,10 @@ pub fn create_objects(
         let mut attempts = 0;
         let admitted = loop {
             attempts += 1;
-            match admit_new(state, resource, object, attempts) {
-                Ok(Some(admitted)) => break Ok(admitted),
+            match admit_new(state, resource, object, attempts, Requester::default()) {
+                Ok(Some((namespace, name, candidate, _warnings))) => {
+                    break Ok((namespace, name, candidate))
+                }
                 Ok(None) => continue,
                 Err(error) => break Err(error),
             }
@@ -1171,12 +1241,16 @@ fn is_generated(object: &Value) -> bool {
 
 /// A new object through admission, short of quota and commit: its namespace, name (generated
 /// when asked) and stored form. `None` when a generated name is taken: try again.
+/// A new object as admission leaves it: namespace, name, the object, the client's warnings.
+type NewObject = (String, String, Value, Vec<String>);
+
 fn admit_new(
     state: &ApiState,
     resource: &'static Resource,
     object: &Value,
     attempt: u32,
-) -> Result<Option<(String, String, Value)>, ApiError> {
+    requester: Requester,
+) -> Result<Option<NewObject>, ApiError> {
     if !object.get("metadata").is_some_and(Value::is_object) {
         return Err(ApiError::bad_request("metadata must be an object"));
     }
@@ -1234,7 +1308,16 @@ fn admit_new(
     lifecycle::admit_create(state, resource, &mut candidate)?;
     // Validating admission: LimitRanger comes before the quota check of the caller.
     crate::limit_range::admit_limits(state, resource, &candidate, &admission_name)?;
-    Ok(Some((namespace, name, candidate)))
+    let request = pod_security::Request {
+        operation: pod_security::Operation::Create,
+        user: requester.user,
+        subresource: requester.subresource,
+        name: &name,
+        // `POST /namespaces` names no namespace (upstream's request attributes).
+        namespace: &namespace,
+    };
+    let warnings = pod_security::admit(state, resource, &request, &candidate, None)?;
+    Ok(Some((namespace, name, candidate, warnings)))
 }
 
 fn check_namespace_accepts(
@@ -1294,7 +1377,27 @@ pub fn update_object(
     dry_run: bool,
     make: impl FnOnce(&Value) -> Result<Value, ApiError>,
 ) -> Result<Value, ApiError> {
+    let requester = Requester::default();
+    update_object_as(
+        state, resource, namespace, name, part, dry_run, requester, make,
+    )
+    .map(|a| a.object)
+}
+
+/// Replaces an object (or its status) through the admission path for `requester`.
+#[allow(clippy::too_many_arguments)]
+pub fn update_object_as(
+    state: &ApiState,
+    resource: &'static Resource,
+    namespace: &str,
+    name: &str,
+    part: Part,
+    dry_run: bool,
+    requester: Requester,
+    make: impl FnOnce(&Value) -> Result<Value, ApiError>,
+) -> Result<Admitted, ApiError> {
     let mut result_for_dry_run = None;
+    let mut warnings = Vec::new();
     let updated = state
         .store
         .update(&resource.storage_key(), namespace, name, |current| {
@@ -1313,7 +1416,15 @@ pub fn update_object(
             if !wanted.is_empty() && wanted != have {
                 return Err(ApiError::stale(resource, name));
             }
-            let next = merge_update(state, resource, current, requested, part)?;
+            let next = merge_update(
+                state,
+                resource,
+                current,
+                requested,
+                part,
+                requester,
+                &mut warnings,
+            )?;
             if dry_run {
                 result_for_dry_run = Some(next);
                 return Ok(current.clone());
@@ -1322,7 +1433,10 @@ pub fn update_object(
         })
         .map_err(|e| not_found_as(e, resource, name))?;
     if let Some(next) = result_for_dry_run {
-        return Ok(next);
+        return Ok(Admitted {
+            object: next,
+            warnings,
+        });
     }
     // An update that removes the last finalizer of an object being deleted completes the deletion.
     if lifecycle::deletion_complete(resource, &updated) {
@@ -1338,12 +1452,21 @@ pub fn update_object(
             .store
             .delete(&resource.storage_key(), namespace, name, still_complete)
         {
-            Ok(deleted) => Ok(deleted),
-            Err(e) if e.code == 404 || e.code == 409 => Ok(updated),
+            Ok(deleted) => Ok(Admitted {
+                object: deleted,
+                warnings,
+            }),
+            Err(e) if e.code == 404 || e.code == 409 => Ok(Admitted {
+                object: updated,
+                warnings,
+            }),
             Err(e) => Err(e),
         };
     }
-    Ok(updated)
+    Ok(Admitted {
+        object: updated,
+        warnings,
+    })
 }
 
 /// The stored object an update produces: server-owned metadata kept, the other part of the
@@ -1354,6 +1477,8 @@ fn merge_update(
     current: &Value,
     requested: Value,
     part: Part,
+    requester: Requester,
+    warnings: &mut Vec<String>,
 ) -> Result<Value, ApiError> {
     let mut next = match part {
         Part::Status | Part::Approval => {
@@ -1451,6 +1576,30 @@ fn merge_update(
         ));
     }
     check_volatile_size(resource, &next)?;
+    let name = meta_str(current, "name");
+    let namespace = if resource.kind == "Namespace" && resource.group.is_empty() {
+        name.clone()
+    } else {
+        meta_str(current, "namespace")
+    };
+    let request = pod_security::Request {
+        operation: pod_security::Operation::Update,
+        user: requester.user,
+        subresource: match part {
+            Part::Main => requester.subresource,
+            Part::Status => Some("status"),
+            Part::Approval => Some("approval"),
+        },
+        name: &name,
+        namespace: &namespace,
+    };
+    warnings.extend(pod_security::admit(
+        state,
+        resource,
+        &request,
+        &next,
+        Some(current),
+    )?);
     Ok(next)
 }
 
@@ -1723,6 +1872,14 @@ pub fn namespaced_storage_keys() -> Vec<&'static Resource> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warning_headers_escape_quotes_and_backslashes_as_apimachinery() {
+        assert_eq!(
+            warning_header(r#"would violate PodSecurity "restricted:latest": a\b"#),
+            r#"299 - "would violate PodSecurity \"restricted:latest\": a\\b""#
+        );
+    }
 
     #[test]
     fn continue_tokens_round_trip_and_reject_garbage() {

@@ -50,6 +50,11 @@ pub struct TestCluster {
 impl TestCluster {
     /// An empty cluster with the `default` namespace.
     pub fn new() -> TestCluster {
+        TestCluster::with_settings(ClusterSettings::default())
+    }
+
+    /// An empty cluster with the `default` namespace and these cluster settings.
+    pub fn with_settings(settings: ClusterSettings) -> TestCluster {
         let whole_second = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
             .expect("now is a valid time");
         CLOCK.set(Some((whole_second, tokio::time::Instant::now())));
@@ -74,7 +79,7 @@ impl TestCluster {
             auth: crate::auth::AuthState::load(dir.path(), "", None)
                 .expect("credentials in the temporary directory"),
             rbac: crate::rbac::Authorizer::default(),
-            cluster: ClusterSettings::default(),
+            cluster: settings,
             allocation: Mutex::new(()),
             admission: Mutex::new(()),
             metrics: metrics.clone(),
