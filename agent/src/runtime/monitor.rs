@@ -8,6 +8,7 @@
 //!
 //! ```text
 //!  agent ──spawn──► monitor ──fork──► monitor (setsid)   first process exits at once
+//!                                         │ compile the seccomp filter
 //!                                         │ libcontainer create + start
 //!                                         │ prints "started <pid>" to the agent's pipe
 //!                                         │ relays stdout/stderr → log file (CRI format, rotated)
@@ -16,7 +17,9 @@
 //! ```
 //!
 //! Files in the container directory: `monitor.pid`, `started.json`, `exit.json`,
-//! `monitor.log` (libcontainer's own messages), `bundle/config.json`.
+//! `monitor.log` (libcontainer's own messages), `bundle/config.json` (which the monitor widens
+//! for loading a seccomp filter, keeping the container's own capabilities in an annotation:
+//! see `executor`).
 
 use std::fs::File;
 use std::io::{Read, Write};
