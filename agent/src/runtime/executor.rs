@@ -26,8 +26,7 @@ use libcontainer::workload::{
 use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, LinuxSeccomp, Process};
 use serde_json::Value;
 
-// Until crate::seccomp::Filter lands: a stand-in with the same API (see the module's end).
-use pending_filter::Filter;
+use crate::seccomp::Filter;
 
 /// The `config.json` annotation that keeps the container's own capability sets (JSON, the
 /// shape of `process.capabilities`) when `process.capabilities` was widened for loading the
@@ -360,95 +359,6 @@ impl Executor for ContainerExecutor {
         self.confinement
             .apply()
             .map_err(ExecutorSetEnvsError::Other)
-    }
-}
-
-/// A stand-in for `crate::seccomp::Filter` (being written on another branch): only
-/// `SCMP_ACT_ALLOW` as default and `SCMP_ACT_ERRNO` rules on a few syscalls of the native
-/// architecture, enough to exercise the executor's ordering. Removed when the real one lands.
-mod pending_filter {
-    use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction};
-
-    pub struct Filter {
-        program: Vec<libc::sock_filter>,
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    const NATIVE: (u32, &[(&str, u32)]) = (
-        0xC000_003E,
-        &[
-            ("unshare", 272),
-            ("capset", 126),
-            ("mkdirat", 258),
-            ("mkdir", 83),
-        ],
-    );
-    #[cfg(target_arch = "aarch64")]
-    const NATIVE: (u32, &[(&str, u32)]) = (
-        0xC000_00B7,
-        &[("unshare", 97), ("capset", 91), ("mkdirat", 34)],
-    );
-
-    fn statement(code: u32, k: u32) -> libc::sock_filter {
-        libc::sock_filter {
-            code: code as u16,
-            jt: 0,
-            jf: 0,
-            k,
-        }
-    }
-
-    impl Filter {
-        pub fn compile(profile: &LinuxSeccomp) -> Result<Filter, String> {
-            if profile.default_action() != LinuxSeccompAction::ScmpActAllow {
-                return Err("the stand-in filter only allows by default".into());
-            }
-            let (arch, table) = NATIVE;
-            let mut program = vec![
-                statement(0x20, 4), // ld [arch]
-                libc::sock_filter {
-                    code: 0x15,
-                    jt: 1,
-                    jf: 0,
-                    k: arch,
-                },
-                statement(0x06, 0x8000_0000), // kill process
-                statement(0x20, 0),           // ld [nr]
-            ];
-            for rule in profile.syscalls().iter().flatten() {
-                let action = match rule.action() {
-                    LinuxSeccompAction::ScmpActErrno => 0x0005_0000 | rule.errno_ret().unwrap_or(1),
-                    other => return Err(format!("the stand-in filter cannot do {other:?}")),
-                };
-                for name in rule.names() {
-                    let Some((_, nr)) = table.iter().find(|(n, _)| n == name) else {
-                        return Err(format!("the stand-in filter does not know {name}"));
-                    };
-                    program.push(libc::sock_filter {
-                        code: 0x15,
-                        jt: 0,
-                        jf: 1,
-                        k: *nr,
-                    });
-                    program.push(statement(0x06, action));
-                }
-            }
-            program.push(statement(0x06, 0x7fff_0000));
-            Ok(Filter { program })
-        }
-
-        pub fn install(&self) -> Result<(), String> {
-            let fprog = libc::sock_fprog {
-                len: self.program.len() as u16,
-                filter: self.program.as_ptr() as *mut libc::sock_filter,
-            };
-            // SAFETY: a valid program that outlives the call.
-            let rc = unsafe { libc::syscall(libc::SYS_seccomp, 1, 0, &fprog) };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error().to_string());
-            }
-            Ok(())
-        }
     }
 }
 
@@ -966,7 +876,7 @@ mod real_containers {
         )
         .unwrap();
         config["process"]["capabilities"] = caps(DEFAULT);
-        config["linux"]["seccomp"] = deny_unshare();
+        config["linux"]["seccomp"] = runtime_default(DEFAULT);
         let mut prepare = vec![];
         for _ in 0..50 {
             std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
@@ -1028,6 +938,53 @@ mod real_containers {
     }
 
     #[test]
+    #[ignore = "runs real containers: needs root and BRAMBLE_BIN"]
+    fn the_runtime_default_profile_confines_init_and_exec() {
+        let profile = runtime_default(DEFAULT);
+        let dropped = runtime_default(&[]);
+        for (uid, no_new_privs, kept, profile) in [
+            (0, None, DEFAULT, &profile),
+            (0, Some(true), DEFAULT, &profile),
+            (0, None, &[][..], &dropped),
+            (1000, None, DEFAULT, &profile),
+            (1000, Some(true), &[][..], &dropped),
+        ] {
+            let running = start_reporting(|spec| {
+                spec["process"]["user"] = json!({"uid": uid, "gid": uid});
+                spec["process"]["capabilities"] = caps(kept);
+                spec["process"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("noNewPrivileges");
+                if let Some(value) = no_new_privs {
+                    spec["process"]["noNewPrivileges"] = json!(value);
+                }
+                spec["linux"]["seccomp"] = serde_json::to_value(profile).unwrap();
+            })
+            .unwrap_or_else(|e| panic!("uid {uid}, no_new_privs {no_new_privs:?}: {e}"));
+            let init = running.log_until("done");
+            let exec = running.exec(&["sh", "-c", REPORT]).unwrap();
+            for (who, out) in [("init", &init), ("exec", &exec)] {
+                let context = format!("{who}, uid {uid}, no_new_privs {no_new_privs:?}:\n{out}");
+                let status = status(out);
+                assert_eq!(status["Seccomp"], "2", "{context}");
+                assert!(out.contains("unshare=1"), "unshare is denied: {context}");
+                assert_eq!(status["CapBnd"], hex(mask_of(kept)), "{context}");
+            }
+        }
+    }
+
+    /// containerd's default profile for a container with these bounding capabilities.
+    fn runtime_default(bounding: &[&str]) -> Value {
+        let bounding: Vec<String> = bounding.iter().map(|c| c.to_string()).collect();
+        let choice = crate::seccomp::Choice::RuntimeDefault;
+        let profile = crate::seccomp::resolve(&choice, &bounding, Path::new("/nonexistent"))
+            .unwrap()
+            .expect("a profile");
+        serde_json::to_value(profile).unwrap()
+    }
+
+    #[test]
     #[ignore = "runs real containers: needs root and BRAMBLE_BIN; prints timings"]
     fn what_the_filter_costs_a_start() {
         // Interleaved, so that every kind sees the same machine.
@@ -1051,7 +1008,7 @@ mod real_containers {
                         }
                     }
                     if *seccomp {
-                        spec["linux"]["seccomp"] = deny_unshare();
+                        spec["linux"]["seccomp"] = runtime_default(DEFAULT);
                     }
                 })
                 .unwrap();
