@@ -33,7 +33,8 @@ use crate::seccomp::Filter;
 /// filter.
 pub const REAL_CAPABILITIES: &str = "dev.bramble.capabilities";
 
-/// The capabilities a filter is loaded and the capability sets then dropped with.
+/// What a process without `no_new_privs` needs to load a filter (`CAP_SYS_ADMIN`) and then to
+/// shrink its bounding set (`CAP_SETPCAP`).
 const LOADING_CAPABILITIES: [Capability; 2] = [Capability::SysAdmin, Capability::Setpcap];
 
 /// What the executor does before it runs the container's command.
@@ -202,7 +203,7 @@ pub fn prepare_bundle(bundle: &Path) -> Result<Confinement, String> {
         _ => return Err(format!("{}: process is not an object", path.display())),
     };
     if config != before {
-        let bytes = serde_json::to_vec_pretty(&config).expect("a spec serializes");
+        let bytes = serde_json::to_vec(&config).expect("a spec serializes");
         super::monitor::write_atomic(&path, &bytes)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
