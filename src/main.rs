@@ -113,8 +113,13 @@ enum Command {
     ///   bramble registry --listen 0.0.0.0:5000 --dir ~/bramble-registry
     ///   kubectl create deployment hello --image=LAPTOP_IP:5000/bramble/demo:1
     ///
-    /// The Pis need the registry in bramble.toml's insecure_registries (plain HTTP). Needs
-    /// Debian's docker-registry and busybox-static (./tests/setup-host installs both).
+    /// The Pis need the registry in bramble.toml's insecure_registries (plain HTTP). It is
+    /// read-only unless started with push credentials (pulls are always anonymous):
+    ///
+    ///   BRAMBLE_REGISTRY_PUSH_AUTH=me:long-password bramble registry
+    ///   docker login LAPTOP_IP:5000 -u me && docker push LAPTOP_IP:5000/me/app:1
+    ///
+    /// Needs Debian's docker-registry and busybox-static (./tests/setup-host installs both).
     #[command(verbatim_doc_comment)]
     Registry(RegistryArgs),
     /// Give people client certificates and kubeconfigs, list them, revoke them.
@@ -158,6 +163,10 @@ struct RegistryArgs {
     /// Where the registry keeps its blobs and log.
     #[arg(long, default_value = "bramble-registry")]
     dir: PathBuf,
+    /// Who may push and delete: `USER:PASSWORD` (HTTP basic auth) or a TOKEN (bearer, or the
+    /// basic password). Without it the registry is read-only (pulls are always anonymous).
+    #[arg(long, env = "BRAMBLE_REGISTRY_PUSH_AUTH", hide_env_values = true)]
+    push_auth: Option<String>,
 }
 
 async fn run_registry(args: RegistryArgs) -> anyhow::Result<()> {
@@ -165,15 +174,29 @@ async fn run_registry(args: RegistryArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
-    let registry = agent::image::local_registry::LocalRegistry::start(&dir, args.listen).await?;
+    let access = agent::image::local_registry::PushAccess {
+        secret: args.push_auth.filter(|s| !s.is_empty()),
+    };
+    let writable = access.secret.is_some();
+    let registry =
+        agent::image::local_registry::LocalRegistry::start(&dir, args.listen, access).await?;
     let host = registry.host();
-    let client = agent::image::Registry::new(&host, true, None);
+    let client = agent::image::Registry::new(&host, true, Some(registry.seeder()));
     for tag in ["1", "2"] {
         push_demo_image(&client, "bramble/demo", tag, &installed_busyboxes())
             .await
             .context("pushing the demo image")?;
     }
     println!("bramble: registry {host} holds {host}/bramble/demo:1 and :2 (amd64 + arm64); Ctrl-C stops it");
+    if writable {
+        println!(
+            "bramble: pushes and deletes need the --push-auth credentials; pulls are anonymous"
+        );
+    } else {
+        println!(
+            "bramble: the registry is read-only (start it with --push-auth USER:PASSWORD to push)"
+        );
+    }
     shutdown_signal().await;
     drop(registry);
     Ok(())
@@ -231,6 +254,8 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         monitor_exe: std::env::current_exe().context("finding the bramble binary")?,
         resolv_conf: args.resolv_conf,
         panel,
+        seccomp_default: args.seccomp_default,
+        allowed_unsafe_sysctls: args.allowed_unsafe_sysctls,
     };
     tokio::select! {
         result = agent::node::run(config) => result?,

@@ -9,12 +9,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agent::image::demo::{push_demo_image, Busybox};
-use agent::image::local_registry::LocalRegistry;
+use agent::image::local_registry::{LocalRegistry, PushAccess};
 use agent::image::{ImageStore, Platform, PullPolicy, Registry};
 use agent::network::{in_netns, Cidr, PodNetwork};
-use agent::runtime::containers::{Attempt, ContainerRunner};
+use agent::runtime::containers::{Attempt, AttemptState, ContainerRunner};
 use agent::runtime::sandbox;
-use agent::runtime::spec::{resolve_args, ContainerPlan};
+use agent::runtime::spec::{all_capabilities, capabilities, resolve_args, ContainerPlan};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -87,8 +87,10 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
     };
     let registry_dir = root.join("registry");
     let address = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let registry = LocalRegistry::start(&registry_dir, address).await.unwrap();
-    let client = Registry::new(&registry.host(), true, None);
+    let registry = LocalRegistry::start(&registry_dir, address, PushAccess::default())
+        .await
+        .unwrap();
+    let client = Registry::new(&registry.host(), true, Some(registry.seeder()));
     push_demo_image(&client, "bramble/demo", "1", &busyboxes())
         .await
         .unwrap();
@@ -123,7 +125,7 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
     let attempt = Attempt::new(&pod_dir, "web", 0);
     let mut env = image.config.env.clone();
     env.push("VERSION=7".into());
-    let plan = ContainerPlan {
+    let plan_template = ContainerPlan {
         // The demo server, as PID 1 that ignores SIGTERM: stopping must escalate to SIGKILL.
         args: resolve_args(
             &["sh".into()],
@@ -145,8 +147,26 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
         cpu_request_millis: 100,
         terminal: false,
         privileged: false,
+        capabilities: capabilities(&[], &[], false, &all_capabilities()),
+        no_new_privileges: false,
+        read_only_root: false,
+        unmasked_proc: false,
+        seccomp: None,
+        // What every pod with its own network gets (containerd's defaults).
+        sysctls: [
+            ("net.ipv4.ip_unprivileged_port_start", "0"),
+            ("net.ipv4.ping_group_range", "0 2147483647"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        apparmor_profile: None,
+        host_devices: vec![],
+        host_pid: false,
+        host_ipc: false,
     };
     let layers: Vec<_> = image.layers.iter().map(|l| images.layer_dir(l)).collect();
+    let plan = plan_template.clone();
     let started = match runner.start(&attempt, "uid-1", &layers, plan).await {
         Ok(started) => started,
         Err(error) => {
@@ -170,6 +190,12 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
         }
     };
     assert!(answer.contains("hello from web-7f9c version=7"), "{answer}");
+    // The plan's sysctls were written in the pod's network namespace (the host keeps 1024).
+    let port_start = in_netns(Some(&pod.network), || {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+    })
+    .unwrap();
+    assert_eq!(port_start.trim(), "0");
     let log = std::fs::read_to_string(attempt.log_path()).unwrap();
     assert!(
         log.contains("stdout F demo server web-7f9c version=7 listening on :8080"),
@@ -187,6 +213,53 @@ async fn a_pod_container_runs_serves_on_its_ip_and_stops_cleanly() {
     assert_eq!(exited.reason, "Error");
 
     attempt.remove().unwrap();
+
+    // A second container of the pod with a locked-down security context: libcontainer applies
+    // what the spec says (user and groups, no capabilities, no new privileges, read-only root).
+    let checks = Attempt::new(&pod_dir, "checks", 0);
+    let locked = ContainerPlan {
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            "touch /written 2>/dev/null && echo root-writable; \
+             grep -E '^(Uid|Gid|Groups|NoNewPrivs|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' /proc/self/status"
+                .into(),
+        ],
+        uid: 1000,
+        gid: 1000,
+        additional_gids: vec![1000, 2000],
+        capabilities: vec![],
+        no_new_privileges: true,
+        read_only_root: true,
+        memory_limit: None,
+        cpu_limit_millis: None,
+        ..plan_template.clone()
+    };
+    runner
+        .start(&checks, "uid-1", &layers, locked)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(checks.state(), AttemptState::Exited(_)) {
+        assert!(Instant::now() < deadline, "the checks did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::fs::read_to_string(checks.log_path()).unwrap();
+    assert!(!log.contains("root-writable"), "{log}");
+    for line in [
+        "Uid:\t1000\t1000\t1000\t1000",
+        "Gid:\t1000\t1000\t1000\t1000",
+        "Groups:\t1000 2000",
+        "NoNewPrivs:\t1",
+        "CapInh:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "CapAmb:\t0000000000000000",
+    ] {
+        assert!(log.contains(line), "{line:?} in {log}");
+    }
+    checks.remove().unwrap();
     network.detach("uid-1").await.unwrap();
     sandbox::remove(&pod_dir).unwrap();
     sandbox::remove(&node_dir).unwrap();

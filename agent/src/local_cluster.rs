@@ -25,7 +25,7 @@ use protocol::client::Client;
 use protocol::command_line::{AgentArgs, MasterArgs, JOIN_TOKEN_ENV};
 
 use crate::image::demo::{installed_busyboxes, push_demo_image};
-use crate::image::local_registry::{LocalRegistry, REGISTRY_PROGRAM};
+use crate::image::local_registry::{LocalRegistry, PushAccess, REGISTRY_PROGRAM};
 use crate::image::Registry;
 use crate::network::{create_netns, delete_link, remove_netns, Cidr, PodNetwork};
 use crate::runtime::containers::{kill_cgroup_tree, recorded_monitors, remove_cgroup_tree};
@@ -238,11 +238,16 @@ pub async fn up(options: UpOptions) -> Result<(), UpError> {
     println!("bramble: LAN {LAN_BRIDGE} {gateway}/{}", options.lan.prefix);
 
     let registry_address = SocketAddr::from((gateway, REGISTRY_PORT));
-    let registry = LocalRegistry::start(&data_dir.join("registry"), registry_address)
-        .await
-        .step("starting the registry")?;
+    // Read-only to the virtual Pis and everyone else; this process seeds it.
+    let registry = LocalRegistry::start(
+        &data_dir.join("registry"),
+        registry_address,
+        PushAccess::default(),
+    )
+    .await
+    .step("starting the registry")?;
     let registry_host = registry.host();
-    let client = Registry::new(&registry_host, true, None);
+    let client = Registry::new(&registry_host, true, Some(registry.seeder()));
     for tag in ["1", "2"] {
         push_demo_image(&client, "bramble/demo", tag, &installed_busyboxes())
             .await

@@ -22,6 +22,7 @@ use crate::image::{ImageError, ImageStore, Platform};
 use crate::network::{Cidr, NetworkError, PodNetwork};
 use crate::node_server::{ensure_identity, AgentIdentity, NodeServer, AGENT_PORT};
 use crate::panel::{ButtonAction, ButtonPress, NodePanel, Panel, PanelConfig};
+use crate::pods::security::{SecuritySettings, SysctlAllowlist};
 use crate::pods::{spawn_worker, IpAllocator, NodeContext, PodHandle, SystemClock};
 use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
 use crate::services::proxy::NodeFacts;
@@ -58,6 +59,11 @@ pub struct AgentConfig {
     pub resolv_conf: PathBuf,
     /// LEDs and buttons on GPIO.
     pub panel: PanelConfig,
+    /// `--seccomp-default`: containers without a seccomp profile get `RuntimeDefault`.
+    pub seccomp_default: bool,
+    /// `--allowed-unsafe-sysctls`: namespaced sysctls (or `prefix*` patterns) pods may set
+    /// beyond the safe set.
+    pub allowed_unsafe_sysctls: Vec<String>,
 }
 
 /// Why the agent stopped.
@@ -81,6 +87,9 @@ pub enum AgentError {
     /// The image store could not be opened.
     #[error("opening the image store")]
     Images(#[from] ImageError),
+    /// An `--allowed-unsafe-sysctls` pattern names no namespaced sysctl.
+    #[error("invalid --allowed-unsafe-sysctls: {0}")]
+    UnsafeSysctls(String),
     /// The node's address could not be found.
     #[error("cannot tell this node's address (give --node-ip): {0}")]
     NodeIp(String),
@@ -387,6 +396,8 @@ pub fn pods_dir(data_dir: &Path) -> PathBuf {
 /// Runs the agent until the process is stopped. Pods keep running when the agent stops; a
 /// restarted agent adopts them.
 pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
+    let sysctls =
+        SysctlAllowlist::new(&config.allowed_unsafe_sysctls).map_err(AgentError::UnsafeSysctls)?;
     let client = Client::from_kubeconfig(&config.kubeconfig)?;
     let pods_dir = pods_dir(&config.data_dir);
     // The Node says where volumes are as an absolute path: the master writes it into PVs.
@@ -489,8 +500,16 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
         config.insecure_registries.clone(),
     )?);
     *agent.images.lock().expect("images lock") = Some(images.clone());
+    // Monitors and exec-in processes enter containers: they run from a read-only view of
+    // the binary, which a container cannot overwrite through /proc/<pid>/exe.
+    let bin_dir = config.data_dir.join("bin");
+    let monitor_exe = crate::runtime::containers::protected_exe(&config.monitor_exe, &bin_dir)
+        .map_err(|source| AgentError::DataDir {
+            path: bin_dir.clone(),
+            source,
+        })?;
     let runner = ContainerRunner {
-        monitor_exe: config.monitor_exe.clone(),
+        monitor_exe,
         state_root: config.data_dir.join("containers"),
         cgroup_parent: format!("/bramble/{}", config.node_name),
     };
@@ -509,6 +528,12 @@ pub async fn run(mut config: AgentConfig) -> Result<(), AgentError> {
         clock: Arc::new(SystemClock),
         paused: agent.dead.clone(),
         volume_changes: volume_changes.clone(),
+        security: SecuritySettings {
+            seccomp_default: config.seccomp_default,
+            seccomp_dir: crate::pods::security::seccomp_dir(&config.data_dir),
+            sysctls,
+            apparmor_enabled: crate::pods::security::apparmor_enabled(),
+        },
     });
 
     // Local-path volumes of this node: reclaimed when released; PV changes wake pod workers.

@@ -434,7 +434,8 @@ pub async fn prepare_volumes(
     let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_deref());
     for volume in volumes.unwrap_or_default() {
         let name = volume.name.as_str();
-        let dir = volumes::pod_volumes_dir(pod_dir).join(name);
+        let dir = volumes::pod_volume_dir(pod_dir, name).map_err(ConfigError)?;
+        let binds = volumes::sub_path_binds_dir(pod_dir, name);
         let io = |e: std::io::Error| ConfigError(format!("volume {name:?}: {e}"));
         let rewritten = if volume.config_map.is_some() || volume.secret.is_some() {
             Some(write_object_volume(volume, &dir, objects).await?)
@@ -459,6 +460,7 @@ pub async fn prepare_volumes(
                 PreparedVolume {
                     path: dir,
                     read_only: true,
+                    sub_path_binds: binds.clone(),
                 },
             );
             continue;
@@ -476,6 +478,7 @@ pub async fn prepare_volumes(
             PreparedVolume {
                 path: dir,
                 read_only: false,
+                sub_path_binds: binds.clone(),
             }
         } else if let Some(host) = &volume.host_path {
             volumes::check_host_path(host, 0o755).map_err(|why| {
@@ -486,9 +489,10 @@ pub async fn prepare_volumes(
             PreparedVolume {
                 path: PathBuf::from(&host.path),
                 read_only: false,
+                sub_path_binds: binds.clone(),
             }
         } else if let Some(claim) = &volume.persistent_volume_claim {
-            volumes::claim_volume(name, claim, &dir, security, started, objects).await?
+            volumes::claim_volume(name, claim, &dir, &binds, security, started, objects).await?
         } else if let Some(nfs) = &volume.nfs {
             let read_only = nfs.read_only == Some(true);
             let mounted = volumes::mount_nfs_off_thread(nfs, &[], read_only, &dir).await;
@@ -500,6 +504,7 @@ pub async fn prepare_volumes(
             PreparedVolume {
                 path: dir,
                 read_only,
+                sub_path_binds: binds.clone(),
             }
         } else {
             tracing::debug!(volume = name, "volume type not supported; mounted empty");
@@ -507,6 +512,7 @@ pub async fn prepare_volumes(
             PreparedVolume {
                 path: dir,
                 read_only: false,
+                sub_path_binds: binds.clone(),
             }
         };
         known.insert(name.to_owned(), ready.clone());
@@ -610,7 +616,7 @@ pub fn volume_mounts(
     env: &[(String, String)],
 ) -> Result<Vec<BindMount>, ConfigError> {
     let mut mounts = Vec::new();
-    for mount in container.volume_mounts.iter().flatten() {
+    for (index, mount) in container.volume_mounts.iter().flatten().enumerate() {
         let name = mount.name.as_str();
         let volume = volumes.get(name).ok_or_else(|| {
             ConfigError(format!(
@@ -628,8 +634,15 @@ pub fn volume_mounts(
         let source = if sub_path.is_empty() {
             volume.path.clone()
         } else {
-            volumes::prepare_sub_path(&volume.path, &sub_path, name, &container.name)
-                .map_err(ConfigError)?
+            volumes::prepare_sub_path(
+                &volume.path,
+                &volume.sub_path_binds,
+                &sub_path,
+                name,
+                &container.name,
+                index,
+            )
+            .map_err(ConfigError)?
         };
         mounts.push(BindMount {
             destination: mount.mount_path.clone(),
@@ -721,11 +734,17 @@ mod tests {
 
     #[test]
     fn mounts_follow_sub_paths_and_read_only_volumes() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: subPath binds need root");
+            return;
+        }
         let volume = tempfile::tempdir().unwrap();
+        let pod = tempfile::tempdir().unwrap();
         let mut volumes = HashMap::new();
         let prepared = |read_only| PreparedVolume {
             path: volume.path().to_owned(),
             read_only,
+            sub_path_binds: volumes::sub_path_binds_dir(pod.path(), "data"),
         };
         volumes.insert("data".to_owned(), prepared(false));
         volumes.insert("config".to_owned(), prepared(true));
@@ -747,6 +766,7 @@ mod tests {
             [("/var/lib/db", false), ("/backup", true), ("/etc/db", true)]
         );
         assert!(volume.path().join("db-0/db").is_dir());
+        crate::mounts::unmount_under(&volumes::pod_volumes_dir(pod.path()));
         assert_eq!(
             volume_mounts(&container, &volumes, &[]).unwrap_err().0,
             "missing value for POD"
@@ -759,6 +779,39 @@ mod tests {
             volume_mounts(&unknown, &volumes, &env).unwrap_err().0,
             "cannot find volume \"nope\" to mount into container \"db\""
         );
+    }
+
+    #[tokio::test]
+    async fn volume_names_that_are_not_labels_never_become_host_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod_dir = dir.path().join("pods/uid/a/b");
+        std::fs::create_dir_all(&pod_dir).unwrap();
+        let api = crate::pods::fake::FakeApi::default();
+        for name in ["../../../../escaped", "..", ".", "a/b", "", "UPPER"] {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": "p", "namespace": "default"},
+                "spec": {"containers": [], "volumes": [{"name": name, "emptyDir": {}}]}}))
+            .unwrap();
+            let mut objects = ObjectSource::new(&api, "default");
+            let error = prepare_volumes(
+                &pod,
+                &pod_dir,
+                false,
+                &mut objects,
+                &mut HashMap::new(),
+                &mut crate::projected::ServiceAccountTokens::default(),
+                jiff::Timestamp::now(),
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                error.0.contains("invalid volume name"),
+                "{name:?}: {}",
+                error.0
+            );
+        }
+        assert!(!dir.path().join("pods/escaped").exists());
+        assert!(!dir.path().join("escaped").exists());
     }
 
     #[test]

@@ -33,11 +33,37 @@ pub struct PreparedVolume {
     pub path: PathBuf,
     /// Every container mount of it is read-only.
     pub read_only: bool,
+    /// Where its subPaths are bound for containers ([`sub_path_binds_dir`]).
+    pub sub_path_binds: PathBuf,
 }
 
 /// Where a pod's own volume directories (emptyDir, config maps, NFS mount points) live.
 pub fn pod_volumes_dir(pod_dir: &Path) -> PathBuf {
     pod_dir.join("volumes")
+}
+
+/// Whether a name is a DNS-1123 label, as the API server requires of volume and container
+/// names: the only names the agent turns into one element of a host path.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// The directory of one of the pod's volumes. The API server refuses volume names that are
+/// not DNS labels; a pod that arrives with one anyway (an older or foreign server) is refused
+/// here rather than turned into a path like `volumes/../../../../etc`.
+pub fn pod_volume_dir(pod_dir: &Path, name: &str) -> Result<PathBuf, String> {
+    if !is_dns_label(name) {
+        return Err(format!(
+            "invalid volume name {name:?}: a volume name must be a lowercase RFC 1123 label"
+        ));
+    }
+    Ok(pod_volumes_dir(pod_dir).join(name))
 }
 
 // ---- claims ---------------------------------------------------------------------------------
@@ -54,10 +80,13 @@ fn claim_error(namespace: &str, claim: &str, volume: &str, why: String) -> Confi
 /// type check), `local` (which must exist) or `nfs` (mounted at `mount_point`). `fs_group`
 /// is applied to `local` volumes, as kubelet's local plugin does. A claim being deleted is
 /// refused for a pod that has not `started` (one adopted after an agent restart keeps it).
+/// `binds`: where its subPaths are bound.
+#[allow(clippy::too_many_arguments)]
 pub async fn claim_volume(
     volume: &str,
     source: &PersistentVolumeClaimVolumeSource,
     mount_point: &Path,
+    binds: &Path,
     security: Option<&PodSecurityContext>,
     started: bool,
     objects: &mut ObjectSource<'_>,
@@ -109,6 +138,7 @@ pub async fn claim_volume(
         return Ok(PreparedVolume {
             path: PathBuf::from(&host.path),
             read_only,
+            sub_path_binds: binds.to_owned(),
         });
     }
     if let Some(local) = spec.and_then(|s| s.local.as_ref()) {
@@ -126,7 +156,11 @@ pub async fn claim_volume(
                     .map_err(|e| setup_failed(format!("applying fsGroup: {e}")))?;
             }
         }
-        return Ok(PreparedVolume { path, read_only });
+        return Ok(PreparedVolume {
+            path,
+            read_only,
+            sub_path_binds: binds.to_owned(),
+        });
     }
     if let Some(nfs) = spec.and_then(|s| s.nfs.as_ref()) {
         let options = pv_mount_options(&pv);
@@ -136,6 +170,7 @@ pub async fn claim_volume(
         return Ok(PreparedVolume {
             path: mount_point.to_owned(),
             read_only,
+            sub_path_binds: binds.to_owned(),
         });
     }
     Err(setup_failed(
@@ -509,65 +544,248 @@ pub fn check_sub_path(sub_path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The host path of `sub_path` inside `volume`: created (with the volume root's mode, so
-/// fsGroup's setgid and group bits carry on) when missing, and refused when a symbolic link
-/// takes it out of the volume.
+/// Where the subPath binds of one of the pod's volumes go: inside the pod's volumes directory
+/// (so [`unmount_pod_volumes`] takes them down with the pod) but never inside a volume, where a
+/// container could reach them. `..` cannot start a volume name, which is a DNS label.
+pub fn sub_path_binds_dir(pod_dir: &Path, volume: &str) -> PathBuf {
+    pod_volumes_dir(pod_dir).join("..subpaths").join(volume)
+}
+
+/// The host path a container's runtime binds for `sub_path` inside `volume`: the subPath is
+/// opened without leaving the volume (openat2 `RESOLVE_BENEATH`: symbolic links are followed
+/// only while they stay inside it, as kubelet's checks allow), created when missing (with the
+/// volume root's mode, so fsGroup's setgid and group bits carry on), and the opened file itself
+/// is bind-mounted at `binds/<container>/<index>` through `/proc/self/fd`. Another container
+/// of the pod that swaps the subPath for a link after the check (CVE-2017-1002101) changes
+/// nothing: the bind shows what was opened.
 pub fn prepare_sub_path(
     volume: &Path,
+    binds: &Path,
     sub_path: &str,
     mount: &str,
     container: &str,
+    index: usize,
 ) -> Result<PathBuf, String> {
     check_sub_path(sub_path)?;
-    let path = volume.join(sub_path);
-    if std::fs::symlink_metadata(&path).is_err() {
-        let mode = std::fs::metadata(volume)
-            .map(|m| m.permissions().mode() & 0o7777)
-            .unwrap_or(0o755);
-        make_dir_inside(volume, Path::new(sub_path), mode).map_err(|error| {
-            tracing::warn!(%error, path = %path.display(), "subPath directory not created");
-            format!(
-                "failed to create subPath directory for volumeMount \"{mount}\" of container \"{container}\""
-            )
-        })?;
-    }
     let prepare_failed = || {
         format!(
             "failed to prepare subPath for volumeMount \"{mount}\" of container \"{container}\""
         )
     };
-    let root = volume.canonicalize().map_err(|_| prepare_failed())?;
-    let resolved = path.canonicalize().map_err(|_| prepare_failed())?;
-    if !resolved.starts_with(&root) {
-        tracing::warn!(subpath = %path.display(), resolved = %resolved.display(), "subPath leaves its volume");
+    if !is_dns_label(container) {
         return Err(prepare_failed());
     }
-    Ok(resolved)
+    let relative: PathBuf = Path::new(sub_path)
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    let root = open_dir(volume).map_err(|error| {
+        tracing::warn!(%error, volume = %volume.display(), "volume not opened for a subPath");
+        prepare_failed()
+    })?;
+    let opened = match open_beneath(&root, volume, &relative) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            let mode = std::fs::metadata(volume)
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(0o755);
+            make_dir_beneath(&root, volume, &relative, mode).map_err(|error| {
+                tracing::warn!(%error, sub_path, volume = %volume.display(), "subPath directory not created");
+                format!(
+                    "failed to create subPath directory for volumeMount \"{mount}\" of container \"{container}\""
+                )
+            })?
+        }
+        other => other.map_err(|error| {
+            tracing::warn!(%error, sub_path, volume = %volume.display(), "subPath leaves its volume");
+            prepare_failed()
+        })?,
+    };
+    let target = binds.join(container).join(index.to_string());
+    bind_opened(&opened, &target).map_err(|error| {
+        tracing::warn!(%error, target = %target.display(), "subPath not bound");
+        prepare_failed()
+    })?;
+    Ok(target)
 }
 
-/// Creates `relative` under `root` one element at a time, never through a symbolic link.
-fn make_dir_inside(root: &Path, relative: &Path, mode: u32) -> std::io::Result<()> {
-    let mut at = root.to_owned();
+fn c_path(path: &Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+}
+
+fn from_raw(fd: libc::c_int) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just returned, owned by no one else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+fn open_dir(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    let name = c_path(path)?;
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            name.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    from_raw(fd)
+}
+
+/// Opens `relative` (`O_PATH`) beneath the directory `root` (opened from `root_path`): with
+/// openat2 `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`, which follows a symbolic link only while
+/// it stays beneath. Where the kernel lacks openat2, or a link is absolute (which
+/// `RESOLVE_BENEATH` refuses even when it points inside), kubelet's way: resolve the links,
+/// require the result inside the volume, then open it one element at a time refusing every
+/// link, so a swap after the check fails instead of leading out.
+fn open_beneath(
+    root: &std::os::fd::OwnedFd,
+    root_path: &Path,
+    relative: &Path,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let name = c_path(if relative.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        relative
+    })?;
+    // SAFETY: open_how is plain data; zero is "no flags".
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a valid directory descriptor, path and open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    match from_raw(fd as libc::c_int) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::ENOSYS)) => {
+            let canonical_root = root_path.canonicalize()?;
+            let resolved = root_path.join(relative).canonicalize()?;
+            let inside = resolved
+                .strip_prefix(&canonical_root)
+                .map_err(|_| std::io::Error::from_raw_os_error(libc::EXDEV))?;
+            open_no_links(root, inside)
+        }
+        other => other,
+    }
+}
+
+/// Opens `relative` beneath `root` one element at a time with `O_NOFOLLOW`: any symbolic link
+/// on the way is an error.
+fn open_no_links(
+    root: &std::os::fd::OwnedFd,
+    relative: &Path,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let mut current = root.try_clone()?;
     for part in relative.components() {
-        let Component::Normal(part) = part else {
-            continue;
+        let name = c_path(Path::new(part.as_os_str()))?;
+        // SAFETY: a valid directory descriptor and a NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                current.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
         };
-        at.push(part);
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("{} is a symbolic link", at.display()),
-                ))
+        let next = from_raw(fd)?;
+        let meta = nix::sys::stat::fstat(next.as_raw_fd()).map_err(std::io::Error::from)?;
+        if meta.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        current = next;
+    }
+    Ok(current)
+}
+
+/// Creates the missing directories of `relative` beneath `root`, each with `mode`, never
+/// through a link that leads out; returns the last one, opened.
+fn make_dir_beneath(
+    root: &std::os::fd::OwnedFd,
+    root_path: &Path,
+    relative: &Path,
+    mode: u32,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let mut prefix = PathBuf::new();
+    let mut parent = root.try_clone()?;
+    for part in relative.components() {
+        prefix.push(part);
+        let opened = match open_beneath(root, root_path, &prefix) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let name = c_path(Path::new(part.as_os_str()))?;
+                // SAFETY: a valid directory descriptor and a NUL-terminated name.
+                let made = unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o700) };
+                if made != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // SAFETY: as above; O_NOFOLLOW: the directory just made, not a link put there.
+                let fd = unsafe {
+                    libc::openat(
+                        parent.as_raw_fd(),
+                        name.as_ptr(),
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    )
+                };
+                let made = from_raw(fd)?;
+                nix::sys::stat::fchmod(
+                    made.as_raw_fd(),
+                    nix::sys::stat::Mode::from_bits_truncate(mode),
+                )
+                .map_err(std::io::Error::from)?;
+                made
             }
-            Ok(_) => {}
-            Err(_) => {
-                std::fs::create_dir(&at)?;
-                std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode))?;
-            }
+            other => other?,
+        };
+        parent = opened;
+    }
+    Ok(parent)
+}
+
+/// Bind-mounts the opened file or directory at `target` (made to match it), replacing the bind
+/// an earlier start of the container left there.
+fn bind_opened(opened: &std::os::fd::OwnedFd, target: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let meta = nix::sys::stat::fstat(opened.as_raw_fd()).map_err(std::io::Error::from)?;
+    let is_dir = meta.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    while is_mount_point(&std::path::absolute(target)?) {
+        nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(std::io::Error::from)?;
+    }
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() == is_dir && !m.file_type().is_symlink() => {}
+        Ok(m) if m.is_dir() => std::fs::remove_dir(target)?,
+        Ok(_) => std::fs::remove_file(target)?,
+        Err(_) => {}
+    }
+    if std::fs::symlink_metadata(target).is_err() {
+        if is_dir {
+            std::fs::create_dir(target)?;
+        } else {
+            std::fs::File::create(target)?;
         }
     }
-    Ok(())
+    let source = format!("/proc/self/fd/{}", opened.as_raw_fd());
+    nix::mount::mount(
+        Some(source.as_str()),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(std::io::Error::from)
 }
 
 // ---- fsGroup ----------------------------------------------------------------------------------
@@ -768,23 +986,85 @@ mod tests {
             "unable to provision SubPath `a/../b`: must not contain '..'"
         );
         assert!(check_sub_path("a/..b/c").is_ok());
-        let volume = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(volume.path(), std::fs::Permissions::from_mode(0o2775)).unwrap();
-        let made = prepare_sub_path(volume.path(), "data/pg", "store", "db").unwrap();
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: bind mounts need root");
+            return;
+        }
+        let pod = tempfile::tempdir().unwrap();
+        let volume = pod.path().join("volumes/store");
+        std::fs::create_dir_all(&volume).unwrap();
+        let binds = sub_path_binds_dir(pod.path(), "store");
+        let prepare = |sub_path| prepare_sub_path(&volume, &binds, sub_path, "store", "db", 0);
+        std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o2775)).unwrap();
+        let made = prepare("data/pg").unwrap();
         assert!(made.is_dir());
-        let mode = std::fs::metadata(&made).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode, 0o2775, "the volume root's mode");
+        assert!(volume.join("data/pg").is_dir());
+        let mode = std::fs::metadata(volume.join("data/pg"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o2775, "the volume root's mode");
         let outside = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path(), volume.path().join("escape")).unwrap();
-        assert_eq!(
-            prepare_sub_path(volume.path(), "escape", "store", "db").unwrap_err(),
-            "failed to prepare subPath for volumeMount \"store\" of container \"db\""
-        );
-        assert_eq!(
-            prepare_sub_path(volume.path(), "escape/new", "store", "db").unwrap_err(),
-            "failed to create subPath directory for volumeMount \"store\" of container \"db\""
-        );
+        std::os::unix::fs::symlink(outside.path(), volume.join("escape")).unwrap();
+        std::os::unix::fs::symlink("../../../..", volume.join("up")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("x"), volume.join("dangling")).unwrap();
+        for (sub_path, error) in [
+            (
+                "escape",
+                "failed to prepare subPath for volumeMount \"store\" of container \"db\"",
+            ),
+            (
+                "up",
+                "failed to prepare subPath for volumeMount \"store\" of container \"db\"",
+            ),
+            (
+                "escape/new",
+                "failed to create subPath directory for volumeMount \"store\" of container \"db\"",
+            ),
+            (
+                "dangling",
+                "failed to create subPath directory for volumeMount \"store\" of container \"db\"",
+            ),
+        ] {
+            assert_eq!(prepare(sub_path).unwrap_err(), error, "{sub_path}");
+        }
         assert!(!outside.path().join("new").exists());
+        assert!(!outside.path().join("x").exists());
+        // Links that stay inside are followed, as a config map's `key -> ..data/key`.
+        std::fs::create_dir(volume.join("..data")).unwrap();
+        std::fs::write(volume.join("..data/key"), b"value").unwrap();
+        std::os::unix::fs::symlink("..data/key", volume.join("key")).unwrap();
+        let absolute = volume.join("..data/key");
+        std::os::unix::fs::symlink(&absolute, volume.join("absolute")).unwrap();
+        for sub_path in ["key", "absolute"] {
+            let bound = prepare(sub_path).unwrap();
+            assert_eq!(std::fs::read(&bound).unwrap(), b"value", "{sub_path}");
+        }
+        crate::mounts::unmount_under(&pod_volumes_dir(pod.path()));
+    }
+
+    #[test]
+    fn a_sub_path_swapped_for_a_symlink_after_the_check_still_mounts_what_was_checked() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: bind mounts need root");
+            return;
+        }
+        let pod = tempfile::tempdir().unwrap();
+        let volume = pod.path().join("volumes/data");
+        std::fs::create_dir_all(volume.join("work")).unwrap();
+        std::fs::write(volume.join("work/inside"), b"in").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        let binds = sub_path_binds_dir(pod.path(), "data");
+        let source = prepare_sub_path(&volume, &binds, "work", "data", "app", 0).unwrap();
+        // Another container of the pod swaps the checked directory for a link out of the
+        // volume before the runtime binds the source.
+        std::fs::rename(volume.join("work"), volume.join("old")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), volume.join("work")).unwrap();
+        let inside = source.join("inside").exists();
+        let secret = source.join("secret").exists();
+        crate::mounts::unmount_under(&pod_volumes_dir(pod.path()));
+        assert!(inside && !secret, "the source now shows the link's target");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use agent::image::demo::{installed_busyboxes, push_demo_image, Busybox};
-use agent::image::local_registry::LocalRegistry;
+use agent::image::local_registry::{LocalRegistry, PushAccess};
 use agent::image::{ImageError, ImageStore, Platform, PullPolicy, Registry};
 
 async fn start_registry() -> (LocalRegistry, tempfile::TempDir) {
@@ -17,7 +17,9 @@ async fn start_registry() -> (LocalRegistry, tempfile::TempDir) {
         .port();
     let address = format!("127.0.0.1:{port}").parse().unwrap();
     (
-        LocalRegistry::start(dir.path(), address).await.unwrap(),
+        LocalRegistry::start(dir.path(), address, PushAccess::default())
+            .await
+            .unwrap(),
         dir,
     )
 }
@@ -29,7 +31,7 @@ fn busyboxes() -> Vec<Busybox> {
 #[tokio::test]
 async fn pulls_the_right_platform_of_a_multi_arch_image() {
     let (registry, _dir) = start_registry().await;
-    let client = Registry::new(&registry.host(), true, None);
+    let client = Registry::new(&registry.host(), true, Some(registry.seeder()));
     push_demo_image(&client, "bramble/demo", "1", &busyboxes())
         .await
         .unwrap();
@@ -69,7 +71,7 @@ async fn pulls_the_right_platform_of_a_multi_arch_image() {
 #[tokio::test]
 async fn a_corrupted_layer_is_refused_and_never_used() {
     let (registry, _dir) = start_registry().await;
-    let client = Registry::new(&registry.host(), true, None);
+    let client = Registry::new(&registry.host(), true, Some(registry.seeder()));
     push_demo_image(&client, "bramble/demo", "1", &busyboxes())
         .await
         .unwrap();
@@ -127,4 +129,70 @@ async fn missing_images_and_never_pull_say_so() {
         .await
         .unwrap_err();
     assert_eq!(error.reason(), "ErrImageNeverPull");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_pushes_and_deletes_are_refused() {
+    let (registry, _dir) = start_registry().await;
+    let anonymous = Registry::new(&registry.host(), true, None);
+    let error = anonymous
+        .push_blob("bramble/evil", bytes::Bytes::from_static(b"payload"))
+        .await
+        .unwrap_err();
+    assert!(error.is_unauthorized(), "{error}");
+    // The challenge is the distribution spec's, and deletes are refused the same way.
+    let http = |method: &str, path: &str| {
+        let output = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-D", "-", "-X", method])
+            .arg(format!("http://{}{path}", registry.host()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).to_lowercase()
+    };
+    let deleted = http("DELETE", "/v2/bramble/demo/manifests/1");
+    assert!(deleted.starts_with("http/1.1 401"), "{deleted}");
+    assert!(
+        deleted.contains("www-authenticate: basic realm=\"bramble registry\""),
+        "{deleted}"
+    );
+    // Pulls stay anonymous.
+    assert!(http("GET", "/v2/").starts_with("http/1.1 200"));
+    let seeder = Registry::new(&registry.host(), true, Some(registry.seeder()));
+    seeder
+        .push_blob("bramble/ok", bytes::Bytes::from_static(b"payload"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn configured_credentials_push_and_wrong_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = "127.0.0.1:0".parse().unwrap();
+    let access = PushAccess {
+        secret: Some("alice:s3cret".into()),
+    };
+    let registry = LocalRegistry::start(dir.path(), address, access)
+        .await
+        .unwrap();
+    let as_user = |password: &str| {
+        Registry::new(
+            &registry.host(),
+            true,
+            Some(agent::image::Credentials {
+                username: "alice".into(),
+                password: password.into(),
+            }),
+        )
+    };
+    let content = bytes::Bytes::from_static(b"layer");
+    as_user("s3cret")
+        .push_blob("team/app", content.clone())
+        .await
+        .unwrap();
+    // Other content: the same blob would be found present and not pushed at all.
+    let error = as_user("guess")
+        .push_blob("team/app", bytes::Bytes::from_static(b"replacement"))
+        .await
+        .unwrap_err();
+    assert!(error.is_unauthorized(), "{error}");
 }

@@ -1062,6 +1062,8 @@ pub fn services_for(
         args.node_name = Some(node.hostname.clone());
         args.data_dir = format!("{STATE_DIR}/agent").into();
         args.storage_dir = node.storage_dir.as_ref().map(Into::into);
+        args.seccomp_default = node.seccomp_default;
+        args.allowed_unsafe_sysctls = node.allowed_unsafe_sysctls.clone();
         args.insecure_registries = node.insecure_registries.clone();
         args.labels = node
             .labels
@@ -1173,7 +1175,7 @@ mod tests {
     #[test]
     fn an_agent_runs_one_agent_with_the_token_out_of_sight() {
         let agent = node(
-            "master = \"10.0.2.2:7443\"\njoin_token = \"0123456789abcdef\"\ninsecure_registries = [\"10.0.2.2:5000\"]\nstorage_dir = \"/mnt/usb/storage\"\n[panel]\ngpio = \"none\"\n",
+            "master = \"10.0.2.2:7443\"\njoin_token = \"0123456789abcdef\"\ninsecure_registries = [\"10.0.2.2:5000\"]\nstorage_dir = \"/mnt/usb/storage\"\nseccomp_default = true\nallowed_unsafe_sysctls = [\"net.core.somaxconn\"]\n[panel]\ngpio = \"none\"\n",
         );
         let services = services_for(&agent, Some("10.0.2.15")).unwrap();
         assert_eq!(services.len(), 1);
@@ -1188,6 +1190,11 @@ mod tests {
         );
         assert!(line.contains("--insecure-registry 10.0.2.2:5000"), "{line}");
         assert!(line.contains("--storage-dir /mnt/usb/storage"), "{line}");
+        assert!(line.contains(" --seccomp-default "), "{line}");
+        assert!(
+            line.contains("--allowed-unsafe-sysctls net.core.somaxconn"),
+            "{line}"
+        );
         assert!(
             line.contains("--label bramble.dev/cluster=bramble"),
             "{line}"

@@ -44,6 +44,11 @@ pub struct Settings {
     /// Where the node keeps local-path volumes (an absolute path, e.g. a USB disk's mount
     /// point); default: the agent's data directory's `storage`.
     pub storage_dir: Option<String>,
+    /// Containers that name no seccomp profile run under the runtime's default profile
+    /// (the agent's `--seccomp-default`; default false, as kubelet's).
+    pub seccomp_default: Option<bool>,
+    /// Sysctls pods may set beyond the safe set (the agent's `--allowed-unsafe-sysctls`).
+    pub allowed_unsafe_sysctls: Option<Vec<String>>,
     /// Time servers; an empty list means none (the clock then follows the master).
     pub ntp: Option<Vec<String>>,
     /// Wired or wireless addressing.
@@ -244,6 +249,10 @@ pub struct NodeConfig {
     pub labels: BTreeMap<String, String>,
     /// The agent's `--storage-dir`, when the file sets one.
     pub storage_dir: Option<String>,
+    /// The agent's `--seccomp-default`.
+    pub seccomp_default: bool,
+    /// The agent's `--allowed-unsafe-sysctls`.
+    pub allowed_unsafe_sysctls: Vec<String>,
     /// Panel flags for `bramble master`/`bramble agent`, as `--flag value` pairs.
     pub panel_args: Vec<String>,
     /// Extra `bramble master` flags from `[master-options]`.
@@ -337,6 +346,8 @@ fn overlay(base: Settings, over: Settings) -> Settings {
             base
         }),
         storage_dir: over.storage_dir.or(base.storage_dir),
+        seccomp_default: over.seccomp_default.or(base.seccomp_default),
+        allowed_unsafe_sysctls: over.allowed_unsafe_sysctls.or(base.allowed_unsafe_sysctls),
         ntp: over.ntp.or(base.ntp),
         network: merge(base.network, over.network, |base, over| NetworkSettings {
             interface: over.interface.or(base.interface),
@@ -559,6 +570,8 @@ fn check(settings: Settings, mac: &str, problems: &mut Vec<String>) -> Option<No
         insecure_registries: settings.insecure_registries.unwrap_or_default(),
         labels,
         storage_dir,
+        seccomp_default: settings.seccomp_default.unwrap_or(false),
+        allowed_unsafe_sysctls: settings.allowed_unsafe_sysctls.unwrap_or_default(),
         panel_args,
         master_args,
     })

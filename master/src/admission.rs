@@ -672,6 +672,68 @@ fn validate_labels(labels: &Value, field: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
+/// Upstream's `IsDNS1123Label` messages for a non-empty name: too long, dots (a name that is
+/// a subdomain but no label) or the label pattern.
+fn dns_label_problems(name: &str) -> Vec<String> {
+    let label_pattern = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !part.starts_with('-')
+            && !part.ends_with('-')
+    };
+    let mut problems = Vec::new();
+    if name.len() > 63 {
+        problems.push("must be no more than 63 characters".to_owned());
+    }
+    if !label_pattern(name) {
+        if name.split('.').all(label_pattern) {
+            problems.push("must not contain dots".to_owned());
+        } else {
+            problems.push(DNS1123_LABEL.to_owned());
+        }
+    }
+    problems
+}
+
+/// The volume-name part of upstream's `ValidateVolumes`: each name is a DNS-1123 label (the
+/// agent makes directories named after them) and unique. Returns the valid names, which are
+/// the only ones volume mounts may refer to, as upstream.
+fn validate_volume_names<'a>(
+    spec: &'a Value,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> Vec<&'a str> {
+    let mut valid: Vec<&str> = Vec::new();
+    for (index, volume) in spec["volumes"].as_array().into_iter().flatten().enumerate() {
+        let at = format!("{path}.volumes[{index}].name");
+        let name = volume["name"].as_str().unwrap_or_default();
+        let mut problems = Vec::new();
+        if name.is_empty() {
+            problems.push(FieldError::required(&at, ""));
+        } else {
+            for problem in dns_label_problems(name) {
+                problems.push(FieldError::invalid(&at, name, &problem));
+            }
+        }
+        if valid.contains(&name) {
+            problems.push(FieldError::new(
+                FieldErrorKind::Duplicate,
+                &at,
+                Some(name.to_owned()),
+                "",
+            ));
+        }
+        if problems.is_empty() {
+            valid.push(name);
+        } else {
+            errors.extend(problems);
+        }
+    }
+    valid
+}
+
 fn validate_pod_spec(
     spec: &Value,
     path: &str,
@@ -685,22 +747,7 @@ fn validate_pod_spec(
     if containers.is_empty() {
         errors.push(FieldError::required(&format!("{path}.containers"), ""));
     }
-    let volumes: Vec<&str> = spec["volumes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v["name"].as_str())
-        .collect();
-    for (index, name) in volumes.iter().enumerate() {
-        if volumes[..index].contains(name) {
-            errors.push(FieldError::new(
-                FieldErrorKind::Duplicate,
-                &format!("{path}.volumes[{index}].name"),
-                Some(name.to_string()),
-                "",
-            ));
-        }
-    }
+    let volumes = validate_volume_names(spec, path, errors);
     let mut names: Vec<&str> = Vec::new();
     for field in ["initContainers", "containers"] {
         for (index, container) in spec[field].as_array().into_iter().flatten().enumerate() {
@@ -1556,6 +1603,53 @@ mod tests {
                 "{kind}"
             );
         }
+    }
+
+    #[test]
+    fn volume_names_are_dns_labels_and_unique() {
+        let pod = |volumes: Value| {
+            let mut pod = json!({"metadata": {"name": "p", "namespace": "default"},
+                                 "spec": {"containers": [{"name": "a", "image": "x:1"}],
+                                          "volumes": volumes}});
+            apply_defaults("", "Pod", &mut pod);
+            validate_create("", "Pod", &pod)
+                .iter()
+                .map(FieldError::message)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pod(json!([{"name": "../../../../etc"}])),
+            vec![format!(
+                "spec.volumes[0].name: Invalid value: \"../../../../etc\": {DNS1123_LABEL}"
+            )]
+        );
+        assert_eq!(
+            pod(json!([{"name": "a.b"}])),
+            vec!["spec.volumes[0].name: Invalid value: \"a.b\": must not contain dots"]
+        );
+        let long = "a".repeat(64);
+        assert_eq!(
+            pod(json!([{"name": long}])),
+            vec![format!(
+                "spec.volumes[0].name: Invalid value: \"{long}\": must be no more than 63 characters"
+            )]
+        );
+        assert_eq!(
+            pod(json!([{"emptyDir": {}}])),
+            vec!["spec.volumes[0].name: Required value"]
+        );
+        assert_eq!(
+            pod(json!([{"name": "data"}, {"name": "data"}])),
+            vec!["spec.volumes[1].name: Duplicate value: \"data\""]
+        );
+        assert!(pod(json!([{"name": "data"}, {"name": "cache-1"}])).is_empty());
+        // A template's volumes are checked the same way.
+        let mut object = deployment();
+        object["spec"]["template"]["spec"]["volumes"] = json!([{"name": "../x"}]);
+        apply_defaults("apps", "Deployment", &mut object);
+        let errors = validate_create("apps", "Deployment", &object);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "spec.template.spec.volumes[0].name");
     }
 
     #[test]

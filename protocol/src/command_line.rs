@@ -247,6 +247,14 @@ pub struct AgentArgs {
     /// The resolv.conf given to pods.
     #[arg(long, default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
+    /// Containers that name no seccomp profile run under the runtime's default profile
+    /// (kubelet's --seccomp-default).
+    #[arg(long)]
+    pub seccomp_default: bool,
+    /// Sysctls pods may set beyond the safe set: names or `prefix*` patterns, namespaced only
+    /// (kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, net.*); comma-separated or repeated.
+    #[arg(long = "allowed-unsafe-sysctls", value_delimiter = ',')]
+    pub allowed_unsafe_sysctls: Vec<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub panel: PanelArgs,
@@ -465,6 +473,16 @@ impl AgentArgs {
         if self.resolv_conf != defaults.resolv_conf {
             push(&mut line, "--resolv-conf", self.resolv_conf.display());
         }
+        if self.seccomp_default {
+            line.push("--seccomp-default".to_owned());
+        }
+        if !self.allowed_unsafe_sysctls.is_empty() {
+            push(
+                &mut line,
+                "--allowed-unsafe-sysctls",
+                self.allowed_unsafe_sysctls.join(","),
+            );
+        }
         self.panel.write(&defaults.panel, &mut line);
         line
     }
@@ -596,6 +614,8 @@ mod tests {
         every.bridge = "pods0".into();
         every.resolv_conf = "/run/resolv.conf".into();
         every.storage_dir = Some("/mnt/usb/storage".into());
+        every.seccomp_default = true;
+        every.allowed_unsafe_sysctls = vec!["kernel.msg*".into(), "net.core.somaxconn".into()];
         every.panel.gpio = BackendChoice::Simulated;
         every.panel.status_led = Some("rgb:5,6,13".parse().unwrap());
         every.panel.strip = None;

@@ -153,7 +153,7 @@ def test_safe_sysctls_are_set_and_unsafe_ones_refuse_the_pod(pis, namespace):
     refused = wait_for(lambda: (lambda s: s if s.get("phase") == "Failed" else None)(
         pis.kubectl_json("get", "pod", "untuned", "-n", namespace)["status"]), timeout=60, what="the refusal")
     assert refused["reason"] == "SysctlForbidden", refused
-    assert refused["message"] == 'forbidden sysctl: "kernel.msgmax" not allowlisted', refused
+    assert refused["message"] == 'Pod was rejected: forbidden sysctl: "kernel.msgmax" not allowlisted', refused
 
 
 def test_pod_security_admission_refuses_and_warns_on_the_pis(pis, namespace):

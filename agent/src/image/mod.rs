@@ -4,15 +4,18 @@
 //! Layout under the store's root:
 //!
 //! ```text
-//! layers/<sha256 hex>/      one unpacked layer, complete (it is renamed in only when whole)
+//! layers/<hex>/             one unpacked layer, complete (it is renamed in only when whole)
 //! images/<sha256 of name>   one JSON record per image name: digest, config, layer digests
 //! tmp/                      downloads and unpacks in progress; emptied at start-up
 //! ```
 //!
 //! A corrupt or truncated download never becomes a layer: blobs are checked against their
-//! digest before they are unpacked, and unpacking happens in `tmp/` first.
+//! digest before they are unpacked, and unpacking happens in `tmp/` first. Every digest a
+//! registry, a manifest or a record names is parsed as a [`Digest`] before it becomes part of a
+//! path or a URL.
 
 pub mod demo;
+pub mod digest;
 pub mod local_registry;
 pub mod platform;
 pub mod reference;
@@ -27,6 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use digest::Digest;
 pub use platform::Platform;
 pub use reference::Reference;
 pub use registry::{Credentials, Registry, RegistryError};
@@ -159,8 +163,9 @@ pub struct Image {
     pub digest: String,
     /// How to run it.
     pub config: RunConfig,
-    /// Layer digests, bottom first.
-    pub layers: Vec<String>,
+    /// Layer digests, bottom first. Parsed on load, so a record naming a malformed digest
+    /// does not load at all.
+    pub layers: Vec<Digest>,
     /// Total unpacked-from size in bytes of the compressed layers.
     pub size: u64,
     /// Seconds since the epoch of the last container start that used it.
@@ -216,11 +221,18 @@ impl ImageStore {
         })
     }
 
-    /// The unpacked directory of a layer.
+    /// The unpacked directory of a layer. Callers pass the digests of a loaded [`Image`],
+    /// which are parsed already; text that is not a digest gets a name that is never created
+    /// (no layer directory contains `.`), never a path built from the text.
     pub fn layer_dir(&self, digest: &str) -> PathBuf {
-        self.root
-            .join("layers")
-            .join(digest.trim_start_matches("sha256:"))
+        match Digest::parse(digest) {
+            Ok(digest) => self.layer_path(&digest),
+            Err(_) => self.root.join("layers").join(".invalid"),
+        }
+    }
+
+    fn layer_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("layers").join(digest.hex())
     }
 
     fn record_path(&self, reference: &str) -> PathBuf {
@@ -237,7 +249,7 @@ impl ImageStore {
         image
             .layers
             .iter()
-            .all(|digest| self.layer_dir(digest).is_dir())
+            .all(|digest| self.layer_path(digest).is_dir())
             .then_some(image)
     }
 
@@ -301,6 +313,10 @@ impl ImageStore {
             reference: name.to_owned(),
             problem,
         };
+        let parse_digest = |text: Option<&str>, what: &str| {
+            let text = text.ok_or_else(|| malformed(format!("{what} without a digest")))?;
+            Digest::parse(text).map_err(|e| malformed(format!("{what}: {e}")))
+        };
         let repo = &reference.repository;
         let mut manifest = registry
             .manifest(repo, reference.manifest_selector())
@@ -334,10 +350,7 @@ impl ImageStore {
                     available,
                 }
             })?;
-            let digest = chosen["digest"]
-                .as_str()
-                .ok_or_else(|| malformed("index entry without a digest".into()))?
-                .to_owned();
+            let digest = parse_digest(chosen["digest"].as_str(), "index entry")?;
             manifest = registry.manifest(repo, &digest).await.map_err(failed)?;
         }
         if let Some(local) = local {
@@ -345,10 +358,8 @@ impl ImageStore {
                 return Ok(local);
             }
         }
-        let config_digest = manifest.json["config"]["digest"]
-            .as_str()
-            .ok_or_else(|| malformed("manifest without a config".into()))?;
-        let config_bytes = registry.blob(repo, config_digest).await.map_err(failed)?;
+        let config_digest = parse_digest(manifest.json["config"]["digest"].as_str(), "config")?;
+        let config_bytes = registry.blob(repo, &config_digest).await.map_err(failed)?;
         let config: Value = serde_json::from_slice(&config_bytes)
             .map_err(|e| malformed(format!("config is not JSON: {e}")))?;
         let layers = manifest.json["layers"]
@@ -361,15 +372,14 @@ impl ImageStore {
             bytes = total,
             "pulling image"
         );
-        let mut digests = Vec::new();
-        for layer in layers {
-            let digest = layer["digest"]
-                .as_str()
-                .filter(|d| d.starts_with("sha256:") && d.len() == 71)
-                .ok_or_else(|| malformed("layer without a sha256 digest".into()))?;
+        // Every digest is checked before the first download, so a bad one leaves nothing behind.
+        let digests = layers
+            .iter()
+            .map(|layer| parse_digest(layer["digest"].as_str(), "layer"))
+            .collect::<Result<Vec<Digest>, ImageError>>()?;
+        for (layer, digest) in layers.iter().zip(&digests) {
             self.fetch_layer(&registry, name, repo, digest, layer["size"].as_u64())
                 .await?;
-            digests.push(digest.to_owned());
         }
         let run = &config["config"];
         Ok(Image {
@@ -393,14 +403,14 @@ impl ImageStore {
         registry: &Registry,
         name: &str,
         repo: &str,
-        digest: &str,
+        digest: &Digest,
         size: Option<u64>,
     ) -> Result<(), ImageError> {
-        let dir = self.layer_dir(digest);
+        let dir = self.layer_path(digest);
         if dir.is_dir() {
             return Ok(());
         }
-        let hex = digest.trim_start_matches("sha256:");
+        let hex = digest.hex();
         let blob = self.root.join("tmp").join(format!("{hex}.blob"));
         let staging = self.root.join("tmp").join(format!("{hex}.dir"));
         let started = std::time::Instant::now();
@@ -436,7 +446,7 @@ impl ImageStore {
             };
             return Err(ImageError::Layer {
                 reference: name.to_owned(),
-                digest: digest.to_owned(),
+                digest: digest.to_string(),
                 source,
             });
         }
@@ -494,10 +504,10 @@ impl ImageStore {
                 continue;
             }
             let _ = std::fs::remove_file(self.record_path(&image.reference));
-            let needed: HashSet<&String> = kept.iter().flat_map(|i| &i.layers).collect();
+            let needed: HashSet<&Digest> = kept.iter().flat_map(|i| &i.layers).collect();
             for layer in &image.layers {
                 if !needed.contains(layer) && !self.still_needed(layer, &image.reference) {
-                    let _ = std::fs::remove_dir_all(self.layer_dir(layer));
+                    let _ = std::fs::remove_dir_all(self.layer_path(layer));
                 }
             }
             tracing::info!(
@@ -510,9 +520,144 @@ impl ImageStore {
         removed
     }
 
-    fn still_needed(&self, layer: &String, except: &str) -> bool {
+    fn still_needed(&self, layer: &Digest, except: &str) -> bool {
         self.list()
             .iter()
             .any(|image| image.reference != except && image.layers.contains(layer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A registry that answers every request from a table of paths, over plain HTTP.
+    async fn serve(answers: Vec<(String, Vec<u8>)>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&request);
+                    let path = text.split(' ').nth(1).unwrap_or("").to_owned();
+                    let (status, body) = answers
+                        .iter()
+                        .find(|(p, _)| *p == path)
+                        .map(|(_, b)| ("200 OK", b.clone()))
+                        .unwrap_or(("404 Not Found", b"{}".to_vec()));
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(&body).await;
+                });
+            }
+        });
+        host
+    }
+
+    /// A manifest whose one layer has the given digest text.
+    fn hostile_registry_answers(layer_digest: &str) -> Vec<(String, Vec<u8>)> {
+        let config = br#"{"config":{"Cmd":["sh"]}}"#.to_vec();
+        let config_digest = registry::sha256_digest(&config);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": layer_digest, "size": 1}],
+        }))
+        .unwrap();
+        vec![
+            ("/v2/evil/manifests/1".into(), manifest),
+            (format!("/v2/evil/blobs/{config_digest}"), config),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_layer_digest_that_is_a_path_is_refused_and_nothing_outside_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("precious"), b"x").unwrap();
+        let root = dir.path().join("store");
+        // `layers/` + `././…/../../victim` is the store's sibling `victim`.
+        let traversal = format!("sha256:{}../../victim", "./".repeat(26));
+        assert_eq!(traversal.len(), 71);
+        let host = serve(hostile_registry_answers(&traversal)).await;
+        let store = ImageStore::open(&root, Platform::host(), [host.clone()]).unwrap();
+        let name = format!("{host}/evil:1");
+        let error = store
+            .ensure(&name, PullPolicy::IfNotPresent, &HashMap::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ImageError::Malformed { .. }),
+            "unexpected {error}"
+        );
+        assert!(error.to_string().contains("invalid digest"), "{error}");
+        assert!(store.local(&name).is_none());
+        store.collect_garbage(&HashSet::new(), 0.0, 0.0);
+        assert!(
+            victim.join("precious").exists(),
+            "a host directory was removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn index_and_config_digests_are_parsed_before_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"digest": "sha256:../../../../x", "platform": {
+                "os": "linux", "architecture": Platform::host().architecture}}],
+        }))
+        .unwrap();
+        let host = serve(vec![("/v2/evil/manifests/1".into(), index)]).await;
+        let store = ImageStore::open(dir.path(), Platform::host(), [host.clone()]).unwrap();
+        let error = store
+            .ensure(
+                &format!("{host}/evil:1"),
+                PullPolicy::Always,
+                &HashMap::new(),
+            )
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("invalid digest"), "{error}");
+    }
+
+    #[test]
+    fn image_records_naming_bad_layers_are_ignored_and_never_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        let root = dir.path().join("store");
+        let store = ImageStore::open(&root, Platform::host(), Vec::new()).unwrap();
+        // A record an older agent might have written for a hostile image.
+        let record = serde_json::json!({
+            "reference": "evil:1", "digest": "sha256:00", "config": {},
+            "layers": [format!("sha256:{}../../victim", "./".repeat(26))],
+            "size": 0, "lastUsed": 0,
+        });
+        std::fs::write(
+            store.record_path("evil:1"),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        assert!(store.local("evil:1").is_none());
+        store.collect_garbage(&HashSet::new(), 0.0, 0.0);
+        assert!(victim.exists(), "a host directory was removed");
     }
 }

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::digest::Digest;
+
 /// A parsed, normalised image reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reference {
@@ -12,7 +14,7 @@ pub struct Reference {
     /// The tag, `latest` when neither a tag nor a digest was given.
     pub tag: Option<String>,
     /// The manifest digest, when pinned.
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
 }
 
 /// Docker Hub's API host; `docker.io` is only its name.
@@ -36,13 +38,9 @@ impl Reference {
         }
         let (name, digest) = match text.split_once('@') {
             Some((name, digest)) => {
-                let valid = digest.strip_prefix("sha256:").is_some_and(|hex| {
-                    hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())
-                });
-                if !valid {
-                    return Err(format!("invalid digest in image name {text:?}"));
-                }
-                (name, Some(digest.to_owned()))
+                let digest = Digest::parse(digest)
+                    .map_err(|e| format!("invalid digest in image name {text:?}: {}", e.problem))?;
+                (name, Some(digest))
             }
             None => (text, None),
         };
@@ -165,6 +163,8 @@ mod tests {
             "Busybox",
             "a b",
             "demo@sha256:12",
+            "demo@sha256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "demo@sha256:./././././././././././././././././././././././././../../victim",
             "x/../y",
             "demo:",
             "host.io/",

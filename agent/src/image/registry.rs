@@ -16,7 +16,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
+
+use super::digest::Digest;
 
 /// The manifest media types the agent understands, for the Accept header.
 pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
@@ -126,6 +128,7 @@ pub struct Manifest {
 
 /// `sha256:<hex>` of some bytes.
 pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
     format!("sha256:{}", hex(&Sha256::digest(bytes)))
 }
 
@@ -375,6 +378,16 @@ impl Registry {
         selector: &str,
     ) -> Result<Manifest, RegistryError> {
         let what = format!("manifest {}/{repository}:{selector}", self.host);
+        // A selector with a colon is a digest (tags have none): it must parse before it goes
+        // into a URL, and the content must match it.
+        let pinned = if selector.contains(':') {
+            Some(Digest::parse(selector).map_err(|e| RegistryError::Content {
+                what: what.clone(),
+                problem: e.to_string(),
+            })?)
+        } else {
+            None
+        };
         let mut headers = HeaderMap::new();
         headers.insert("accept", MANIFEST_TYPES.parse().expect("static header"));
         let response = self
@@ -398,11 +411,13 @@ impl Registry {
             return Err(status_error(&what, status, &bytes));
         }
         let digest = sha256_digest(&bytes);
-        if selector.starts_with("sha256:") && selector != digest {
-            return Err(RegistryError::Content {
-                what,
-                problem: format!("content has digest {digest}, not the one asked for"),
-            });
+        if let Some(pinned) = &pinned {
+            if !pinned.matches(&bytes) {
+                return Err(RegistryError::Content {
+                    what,
+                    problem: format!("content has digest {digest}, not the one asked for"),
+                });
+            }
         }
         let json: Value = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Content {
             what: what.clone(),
@@ -426,7 +441,7 @@ impl Registry {
     pub async fn blob_to_file(
         &self,
         repository: &str,
-        digest: &str,
+        digest: &Digest,
         size: Option<u64>,
         dest: &Path,
         mut progress: impl FnMut(u64),
@@ -445,7 +460,7 @@ impl Registry {
             source,
         };
         let mut file = std::fs::File::create(dest).map_err(disk)?;
-        let mut hasher = Sha256::new();
+        let mut hasher = digest.verifier();
         let mut written = 0u64;
         let mut body = response.into_body();
         let result: Result<(), RegistryError> = async {
@@ -465,8 +480,7 @@ impl Registry {
                 }
             }
             file.sync_all().map_err(disk)?;
-            let actual = format!("sha256:{}", hex(&hasher.finalize_reset()));
-            if actual != digest {
+            if let Err(actual) = hasher.verify() {
                 return Err(RegistryError::Content {
                     what: what.clone(),
                     problem: format!("corrupted download: content has digest {actual}"),
@@ -491,7 +505,7 @@ impl Registry {
     async fn get_blob(
         &self,
         repository: &str,
-        digest: &str,
+        digest: &Digest,
     ) -> Result<hyper::Response<hyper::body::Incoming>, RegistryError> {
         self.send(
             Method::GET,
@@ -504,7 +518,7 @@ impl Registry {
     }
 
     /// Fetches a small blob (an image config) into memory, verifying its digest.
-    pub async fn blob(&self, repository: &str, digest: &str) -> Result<Bytes, RegistryError> {
+    pub async fn blob(&self, repository: &str, digest: &Digest) -> Result<Bytes, RegistryError> {
         let what = format!("blob {digest}");
         let response = self.get_blob(repository, digest).await?;
         let status = response.status();
@@ -512,7 +526,7 @@ impl Registry {
         if !status.is_success() {
             return Err(status_error(&what, status, &bytes));
         }
-        if sha256_digest(&bytes) != digest {
+        if !digest.matches(&bytes) {
             return Err(RegistryError::Content {
                 what,
                 problem: "content does not match its digest".into(),

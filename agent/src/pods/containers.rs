@@ -13,13 +13,16 @@ use crate::image::{Credentials, PullPolicy, Reference};
 use crate::pod_config::{container_env, volume_mounts, ObjectSource, PodFacts};
 use crate::runtime::containers::Attempt;
 use crate::runtime::monitor::Exited;
-use crate::runtime::spec::{resolve_args, BindMount, ContainerPlan};
+use crate::runtime::spec::{capabilities, resolve_args, BindMount, ContainerPlan};
 use crate::volumes::PreparedVolume;
 use protocol::quantity;
 
 use super::error::StartError;
+use super::security::{
+    apparmor_profile, effective, identity, image_user, pod_sysctls, seccomp_choice,
+    verify_run_as_non_root, ImageAccounts,
+};
 use super::worker::{host_network, namespace, pod_hostname, spec, PodWorker, Waiting};
-use protocol::error::error_chain;
 
 /// The longest restart or image pull back-off.
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -27,6 +30,11 @@ pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const SUCCESS_RESET: Duration = Duration::from_secs(600);
 /// The first image pull back-off.
 const PULL_BACKOFF: Duration = Duration::from_secs(5);
+/// How soon a worker looks again after starting a container (to begin probing it).
+const START_SETTLE: Duration = Duration::from_millis(200);
+/// kubelet's pod-worker back-off after a sync error: a container that could not be
+/// configured or created is tried again this much later.
+const CREATE_RETRY: Duration = Duration::from_secs(10);
 
 /// The restart delay after `restarts` restarts, kubelet-style: 10 s doubling to 5 min, back to
 /// the start after a run of ten minutes.
@@ -71,6 +79,8 @@ impl PodWorker {
         Some(delay - elapsed)
     }
 
+    /// Starts a container; returns how soon the worker should look again: at once to probe
+    /// it or to show a pull back-off, after kubelet's 10 s when it could not be created.
     pub(super) async fn start(
         &mut self,
         pod: &Pod,
@@ -78,7 +88,7 @@ impl PodWorker {
         number: u32,
         volumes: &HashMap<String, PreparedVolume>,
         objects: &mut ObjectSource<'_>,
-    ) {
+    ) -> Duration {
         let name = &container.name;
         match self
             .try_start(pod, container, number, volumes, objects)
@@ -93,12 +103,18 @@ impl PodWorker {
                     &format!("Started container {name}"),
                 )
                 .await;
+                START_SETTLE
             }
             Err(error) => {
-                self.event(pod, "Warning", error.event_reason(), &error_chain(&error))
+                self.event(pod, "Warning", error.event_reason(), &error.event_message())
                     .await;
+                let next = match error.retried_later() {
+                    true => CREATE_RETRY,
+                    false => START_SETTLE,
+                };
                 self.waiting
                     .insert(name.clone(), Waiting::StartFailed(error));
+                next
             }
         }
     }
@@ -270,31 +286,40 @@ impl PodWorker {
             .iter()
             .map(|l| self.ctx.images.layer_dir(l))
             .collect();
-        let container_security = container.security_context.as_ref();
-        let pod_security = spec(pod).security_context.as_ref();
-        let (mut uid, mut gid) = resolve_user(&image.config.user, &layers);
-        if let Some(run_as) = container_security
-            .and_then(|s| s.run_as_user)
-            .or(pod_security.and_then(|s| s.run_as_user))
-        {
-            uid = run_as as u32;
-        }
-        if let Some(run_as) = container_security
-            .and_then(|s| s.run_as_group)
-            .or(pod_security.and_then(|s| s.run_as_group))
-        {
-            gid = run_as as u32;
-        }
-        // kubelet gives the process the pod's supplemental groups and its fsGroup.
-        let mut additional_gids: Vec<u32> = pod_security
-            .and_then(|s| s.supplemental_groups.as_ref())
-            .into_iter()
-            .flatten()
-            .chain(pod_security.and_then(|s| s.fs_group.as_ref()))
-            .filter_map(|g| u32::try_from(*g).ok())
-            .collect();
-        additional_gids.sort_unstable();
-        additional_gids.dedup();
+        let security = effective(pod, container);
+        let (image_uid, image_username) = image_user(&image.config.user);
+        verify_run_as_non_root(pod, container, &security, image_uid, &image_username)
+            .map_err(StartError::Security)?;
+        let accounts = ImageAccounts::read(&layers);
+        let user =
+            identity(pod, &security, &image.config.user, &accounts).map_err(StartError::Create)?;
+        let privileged = security.privileged == Some(true);
+        let (add, drop) = security
+            .capabilities
+            .as_ref()
+            .map(|c| {
+                (
+                    c.add.clone().unwrap_or_default(),
+                    c.drop.clone().unwrap_or_default(),
+                )
+            })
+            .unwrap_or_default();
+        let capabilities = capabilities(
+            &add,
+            &drop,
+            privileged,
+            &crate::runtime::spec::all_capabilities(),
+        );
+        let settings = &self.ctx.security;
+        let seccomp = if privileged {
+            None
+        } else {
+            let choice = seccomp_choice(pod, container, settings.seccomp_default);
+            crate::seccomp::resolve(&choice, &capabilities, &settings.seccomp_dir)
+                .map_err(StartError::Create)?
+        };
+        let apparmor = apparmor_profile(pod, container, privileged, settings.apparmor_enabled)
+            .map_err(StartError::Create)?;
         let resources = container.resources.as_ref();
         let quantity = |requests: bool, resource: &str| {
             let section = match requests {
@@ -314,9 +339,9 @@ impl PodWorker {
                 .filter(|s| !s.is_empty())
                 .unwrap_or(&image.config.working_dir)
                 .to_owned(),
-            uid,
-            gid,
-            additional_gids,
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.groups.clone(),
             rootfs: PathBuf::new(),
             pod_namespaces: crate::runtime::sandbox::namespaces(&self.dir),
             mounts,
@@ -328,7 +353,17 @@ impl PodWorker {
                 .map(|c| (c * 1000.0).ceil() as i64)
                 .unwrap_or(2),
             terminal: container.tty == Some(true),
-            privileged: container_security.and_then(|s| s.privileged) == Some(true),
+            privileged,
+            capabilities,
+            no_new_privileges: security.allow_privilege_escalation == Some(false),
+            read_only_root: security.read_only_root_filesystem == Some(true),
+            unmasked_proc: security.proc_mount.as_deref() == Some("Unmasked"),
+            seccomp,
+            sysctls: pod_sysctls(pod),
+            apparmor_profile: apparmor,
+            host_devices: Vec::new(),
+            host_pid: spec(pod).host_pid == Some(true),
+            host_ipc: spec(pod).host_ipc == Some(true),
         };
         let attempt = Attempt::new(&self.dir, name, number);
         self.ctx
@@ -336,6 +371,7 @@ impl PodWorker {
             .start(&attempt, &self.uid, &layers, plan)
             .await
             .map_err(StartError::Run)?;
+        self.users.insert(name.clone(), user);
         // Image garbage collection keeps what attempts on disk still name.
         let _ = std::fs::write(attempt.dir.join("image"), image_name);
         self.watch_exit(&attempt);
@@ -400,53 +436,6 @@ fn hosts_file(pod: &Pod, ip: &str, domain: &str) -> String {
     hosts
 }
 
-/// The user and group an image's `USER` names: numeric, or looked up in the image's
-/// /etc/passwd and /etc/group (top layer first). Root when unset or unknown.
-pub fn resolve_user(user: &str, layers: &[PathBuf]) -> (u32, u32) {
-    if user.is_empty() {
-        return (0, 0);
-    }
-    let (user, group) = user
-        .split_once(':')
-        .map(|(u, g)| (u, Some(g)))
-        .unwrap_or((user, None));
-    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        layers.iter().rev().find_map(|layer| {
-            let text = std::fs::read_to_string(layer.join(file)).ok()?;
-            text.lines().find_map(|line| {
-                let fields: Vec<&str> = line.split(':').collect();
-                (fields.first() == Some(&name)).then(|| {
-                    let id = fields.get(2).and_then(|f| f.parse().ok()).unwrap_or(0);
-                    let gid = fields.get(3).and_then(|f| f.parse().ok()).unwrap_or(id);
-                    (id, gid)
-                })
-            })
-        })
-    };
-    let (uid, mut gid) = match user.parse::<u32>() {
-        Ok(uid) => (uid, lookup_gid_for_uid(uid, layers).unwrap_or(uid)),
-        Err(_) => lookup("etc/passwd", user).unwrap_or((0, 0)),
-    };
-    if let Some(group) = group {
-        gid = group
-            .parse()
-            .ok()
-            .or_else(|| lookup("etc/group", group).map(|(id, _)| id))
-            .unwrap_or(gid);
-    }
-    (uid, gid)
-}
-
-fn lookup_gid_for_uid(uid: u32, layers: &[PathBuf]) -> Option<u32> {
-    layers.iter().rev().find_map(|layer| {
-        let text = std::fs::read_to_string(layer.join("etc/passwd")).ok()?;
-        text.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            (fields.get(2)?.parse::<u32>().ok()? == uid).then(|| fields.get(3)?.parse().ok())?
-        })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,23 +481,5 @@ mod tests {
         );
         assert_eq!(restart_delay(base, 9, Duration::ZERO), MAX_BACKOFF);
         assert_eq!(restart_delay(base, 9, Duration::from_secs(900)), base);
-    }
-
-    #[test]
-    fn users_resolve_from_the_image() {
-        let layer = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(layer.path().join("etc")).unwrap();
-        std::fs::write(
-            layer.path().join("etc/passwd"),
-            "root:x:0:0::/:/bin/sh\nweb:x:101:102::/:/bin/false\n",
-        )
-        .unwrap();
-        std::fs::write(layer.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
-        let layers = vec![layer.path().to_path_buf()];
-        assert_eq!(resolve_user("", &layers), (0, 0));
-        assert_eq!(resolve_user("web", &layers), (101, 102));
-        assert_eq!(resolve_user("101", &layers), (101, 102));
-        assert_eq!(resolve_user("web:staff", &layers), (101, 50));
-        assert_eq!(resolve_user("1000:1000", &layers), (1000, 1000));
     }
 }

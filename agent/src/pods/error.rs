@@ -54,7 +54,7 @@ pub enum StartError {
     },
     /// The environment or the volume mounts cannot be built: a missing config map, secret
     /// or key, an undefined volume.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// Neither the container nor the image says what to run.
     #[error("the image has no command and the container gives none")]
@@ -68,9 +68,16 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// The runtime failed to create or start the container.
+    /// The container's security context cannot be met as written (runAsNonRoot).
     #[error("{0}")]
-    Run(#[source] RuntimeError),
+    Security(String),
+    /// The container cannot be created: a user name the image does not list, a seccomp or
+    /// AppArmor profile that cannot be loaded.
+    #[error("{0}")]
+    Create(String),
+    /// The runtime failed to create or start the container.
+    #[error(transparent)]
+    Run(RuntimeError),
 }
 
 impl StartError {
@@ -80,20 +87,45 @@ impl StartError {
             StartError::InvalidImageName { .. } => "InvalidImageName",
             StartError::PullBackOff { .. } => "ImagePullBackOff",
             StartError::Pull { source, .. } => source.reason(),
-            StartError::Config(_) | StartError::NoCommand | StartError::EtcFiles { .. } => {
-                "CreateContainerConfigError"
-            }
+            StartError::Config(_)
+            | StartError::NoCommand
+            | StartError::EtcFiles { .. }
+            | StartError::Security(_) => "CreateContainerConfigError",
+            StartError::Create(_) => "CreateContainerError",
             StartError::Run(_) => "RunContainerError",
         }
     }
 
-    /// The reason of the Warning event kubelet records (it says `Failed` for pull errors).
+    /// The reason of the Warning event kubelet records (`Failed` for pull errors and for
+    /// containers it could not configure or create).
     pub fn event_reason(&self) -> &'static str {
-        match self {
-            StartError::Pull { .. } => "Failed",
-            StartError::PullBackOff { .. } => "BackOff",
-            other => other.reason(),
+        match self.reason() {
+            "CreateContainerConfigError" | "CreateContainerError" => "Failed",
+            _ => match self {
+                StartError::Pull { .. } => "Failed",
+                StartError::PullBackOff { .. } => "BackOff",
+                other => other.reason(),
+            },
         }
+    }
+
+    /// The message of that event: kubelet writes `Error: <why>` for containers it could not
+    /// configure or create.
+    pub fn event_message(&self) -> String {
+        let text = protocol::error::error_chain(self);
+        match self.event_reason() {
+            "Failed" if !matches!(self, StartError::Pull { .. }) => format!("Error: {text}"),
+            _ => text,
+        }
+    }
+
+    /// Whether the next try waits out kubelet's pod-worker back-off (10 s) rather than
+    /// coming at once: the container was never created.
+    pub fn retried_later(&self) -> bool {
+        matches!(
+            self.reason(),
+            "CreateContainerConfigError" | "CreateContainerError"
+        )
     }
 }
 
@@ -125,6 +157,18 @@ mod tests {
         );
         let missing = StartError::from(ConfigError("configmap \"c\" not found".into()));
         assert_eq!(missing.reason(), "CreateContainerConfigError");
+        assert_eq!(missing.event_reason(), "Failed");
+        assert_eq!(missing.event_message(), "Error: configmap \"c\" not found");
+        let profile = StartError::Create("cannot load seccomp profile \"x\": gone".into());
+        assert_eq!(profile.reason(), "CreateContainerError");
+        assert_eq!(
+            profile.event_message(),
+            "Error: cannot load seccomp profile \"x\": gone"
+        );
+        assert_eq!(
+            pull.event_message(),
+            "Failed to pull image \"x\": image x: no layers"
+        );
         assert_eq!(
             StartError::PullBackOff {
                 image: "x".into(),

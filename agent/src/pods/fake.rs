@@ -459,6 +459,8 @@ impl PodApi for FakeApi {
 #[derive(Default)]
 pub struct FakeImages {
     pub missing: Mutex<HashSet<String>>,
+    /// The `USER` of images, by reference (default: none, root).
+    pub users: Mutex<HashMap<String, String>>,
 }
 
 impl PodImages for FakeImages {
@@ -473,6 +475,13 @@ impl PodImages for FakeImages {
         _credentials: &'a HashMap<String, Credentials>,
     ) -> Effect<'a, Result<Image, ImageError>> {
         let present = self.present(reference);
+        let user = self
+            .users
+            .lock()
+            .unwrap()
+            .get(reference)
+            .cloned()
+            .unwrap_or_default();
         Box::pin(async move {
             if !present {
                 return Err(ImageError::Malformed {
@@ -485,6 +494,7 @@ impl PodImages for FakeImages {
                 digest: "sha256:0123".into(),
                 config: RunConfig {
                     cmd: vec!["sleep".into(), "infinity".into()],
+                    user,
                     ..Default::default()
                 },
                 layers: Vec::new(),
@@ -569,6 +579,11 @@ impl FakeNode {
             clock: clock.clone(),
             paused: Arc::new(AtomicBool::new(false)),
             volume_changes: watch::channel(0).0,
+            security: super::security::SecuritySettings {
+                seccomp_dir: dir.path().join("seccomp"),
+                sysctls: super::security::SysctlAllowlist::new(&[]).unwrap(),
+                ..Default::default()
+            },
         });
         FakeNode {
             ctx,

@@ -44,14 +44,14 @@ pub const POD_SPEC: &[(&str, Support, &str)] = &[
     ("hostAliases", Honoured, "/etc/hosts"),
     (
         "hostIPC",
-        Ignored,
-        "pods always get their own IPC namespace",
+        Honoured,
+        "containers stay in the node's IPC namespace",
     ),
     ("hostNetwork", Honoured, ""),
     (
         "hostPID",
-        Ignored,
-        "pods always get their own PID namespace",
+        Honoured,
+        "containers stay in the node's PID namespace",
     ),
     ("hostUsers", Ignored, "no user namespaces"),
     ("hostname", Honoured, ""),
@@ -88,11 +88,15 @@ pub const POD_SPEC: &[(&str, Support, &str)] = &[
     (
         "securityContext",
         Honoured,
-        "runAsUser, runAsGroup, supplementalGroups; fsGroup and fsGroupChangePolicy on emptyDir, \
-         configMap, secret and local volumes (as kubelet: not hostPath or NFS)",
+        "runAsUser, runAsGroup, runAsNonRoot, supplementalGroups, supplementalGroupsPolicy, \
+         seccompProfile, sysctls (the safe set and --allowed-unsafe-sysctls); appArmorProfile \
+         (pods asking for one are refused where the kernel has no AppArmor; Localhost \
+         profiles are applied, RuntimeDefault runs unconfined); fsGroup and \
+         fsGroupChangePolicy on emptyDir, configMap, secret and local volumes (as kubelet: not \
+         hostPath or NFS)",
     ),
-    ("securityContext.runAsNonRoot", Ignored, ""),
-    ("securityContext.sysctls", Ignored, ""),
+    ("securityContext.seLinuxOptions", Ignored, "no SELinux"),
+    ("securityContext.seLinuxChangePolicy", Ignored, "no SELinux"),
     ("serviceAccount", Master, "admission"),
     (
         "serviceAccountName",
@@ -138,11 +142,11 @@ pub const CONTAINER: &[(&str, Support, &str)] = &[
     (
         "securityContext",
         Honoured,
-        "runAsUser, runAsGroup, privileged",
+        "runAsUser, runAsGroup, runAsNonRoot, privileged, capabilities, \
+         readOnlyRootFilesystem, allowPrivilegeEscalation, procMount, seccompProfile, \
+         appArmorProfile (as the pod's)",
     ),
-    ("securityContext.capabilities", Ignored, ""),
-    ("securityContext.readOnlyRootFilesystem", Ignored, ""),
-    ("securityContext.runAsNonRoot", Ignored, ""),
+    ("securityContext.seLinuxOptions", Ignored, "no SELinux"),
     ("startupProbe", Honoured, "exec, httpGet, tcpSocket"),
     ("stdin", Ignored, "no attach"),
     ("stdinOnce", Ignored, "no attach"),

@@ -5,6 +5,7 @@ pub mod effects;
 pub mod error;
 pub mod fields;
 mod probes;
+pub mod security;
 mod status;
 mod termination;
 mod worker;
@@ -59,6 +60,8 @@ pub struct NodeContext {
     /// Bumped when a PersistentVolume on the node changes: workers whose volumes failed try
     /// again at once.
     pub volume_changes: watch::Sender<u64>,
+    /// The node's seccomp default, admitted sysctls and AppArmor support.
+    pub security: security::SecuritySettings,
 }
 
 /// Hands out pod IPs from the node's pod CIDR (.1 is the bridge), round-robin: a pod's

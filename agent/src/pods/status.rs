@@ -2,7 +2,8 @@
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
+    ContainerStateWaiting, ContainerStatus, ContainerUser, HostIP, LinuxContainerUser, Pod,
+    PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
@@ -130,6 +131,12 @@ impl PodWorker {
                     },
             ),
             container_id: latest.map(|a| self.container_id(a)),
+            user: match &latest_state {
+                Some((attempt, AttemptState::Running(_) | AttemptState::Exited(_))) => {
+                    self.user(name, attempt)
+                }
+                _ => None,
+            },
             ..Default::default()
         };
         Seen {
@@ -138,6 +145,33 @@ impl PodWorker {
             succeeded,
             terminated,
         }
+    }
+
+    /// The user a started container runs as (`status.user.linux`): as started by this
+    /// worker, else as its spec on disk says (an attempt adopted after a restart).
+    fn user(&self, name: &str, attempt: &Attempt) -> Option<ContainerUser> {
+        let (uid, gid, groups) = match self.users.get(name) {
+            Some(identity) => (identity.uid, identity.gid, identity.groups.clone()),
+            None => {
+                let spec = std::fs::read(attempt.dir.join("bundle/config.json")).ok()?;
+                let spec: serde_json::Value = serde_json::from_slice(&spec).ok()?;
+                let user = &spec["process"]["user"];
+                let number = |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+                let groups = user["additionalGids"].as_array().into_iter().flatten();
+                (
+                    number(&user["uid"])?,
+                    number(&user["gid"])?,
+                    groups.filter_map(number).collect(),
+                )
+            }
+        };
+        Some(ContainerUser {
+            linux: Some(LinuxContainerUser {
+                uid: uid.into(),
+                gid: gid.into(),
+                supplemental_groups: Some(groups.into_iter().map(i64::from).collect()),
+            }),
+        })
     }
 
     fn condition(&mut self, kind: &str, ok: bool, reason: Option<&str>) -> PodCondition {
@@ -160,6 +194,16 @@ impl PodWorker {
 
     /// The status the pod's containers are in, as kubelet would write it.
     pub(super) fn status(&mut self, pod: &Pod) -> PodStatus {
+        if let Some((reason, message)) = &self.rejected {
+            // kubelet's rejectPod: only the phase and why (the scheduler's condition stays).
+            return PodStatus {
+                phase: Some("Failed".into()),
+                reason: Some((*reason).to_owned()),
+                message: Some(format!("Pod was rejected: {message}")),
+                start_time: self.start_time.as_deref().and_then(time),
+                ..Default::default()
+            };
+        }
         let policy = RestartPolicy::of(pod);
         let mut init_statuses = Vec::new();
         let mut initialized = true;

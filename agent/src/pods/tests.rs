@@ -809,3 +809,209 @@ async fn a_claim_bound_to_a_volume_of_another_claim_is_refused() {
         "MountVolume.NewMounter initialization failed for volume \"pv-x\" : path \"/nonexistent/disk\" does not exist"
     );
 }
+
+fn events_of(node: &FakeNode, reason: &str) -> Vec<(String, String)> {
+    let events = node.api.events.lock().unwrap();
+    events
+        .iter()
+        .filter(|(_, r, _)| r == reason)
+        .map(|(kind, _, message)| (kind.clone(), message.clone()))
+        .collect()
+}
+
+fn waiting_message(status: &ContainerStatus) -> Option<&str> {
+    status.state.as_ref()?.waiting.as_ref()?.message.as_deref()
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_as_non_root_with_a_root_image_is_a_config_error_retried_every_10s() {
+    let node = FakeNode::new();
+    let spec = json!({"securityContext": {"runAsNonRoot": true},
+                      "containers": [{"name": "app", "image": "busybox:1"}]});
+    let handle = start(&node, pod(spec.clone()));
+    until(&node, 25).await;
+    let text = "container has runAsNonRoot and image will run as root (pod: \
+                \"web_default(0f1e2d3c)\", container: app)";
+    let status = node.api.status();
+    assert_eq!(status.phase.as_deref(), Some("Pending"));
+    let app = container(&status, "app");
+    assert_eq!(waiting_reason(app), Some("CreateContainerConfigError"));
+    assert_eq!(waiting_message(app), Some(text));
+    assert!(starts(&node, "app").is_empty());
+    let failed = events_of(&node, "Failed");
+    assert_eq!(failed[0], ("Warning".to_owned(), format!("Error: {text}")));
+    // Tried at 0 (and once more when its own status report comes back), 10 and 20 s.
+    assert!((3..=4).contains(&failed.len()), "{failed:?}");
+
+    // The image's user named by the pod: it starts.
+    let mut fixed = pod(spec);
+    fixed["spec"]["securityContext"]["runAsUser"] = json!(1000);
+    handle.object.send(Some(fixed)).unwrap();
+    until(&node, 26).await;
+    assert_eq!(starts(&node, "app").len(), 1);
+    let plan = node.runtime.plan("app").unwrap();
+    assert_eq!(
+        (plan.uid, plan.gid, plan.additional_gids),
+        (1000, 0, vec![0])
+    );
+    let app = container(&node.api.status(), "app").clone();
+    let user = app.user.unwrap().linux.unwrap();
+    assert_eq!((user.uid, user.gid), (1000, 0));
+    assert_eq!(user.supplemental_groups, Some(vec![0]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_as_non_root_cannot_check_an_image_user_name() {
+    let node = FakeNode::new();
+    node.images
+        .users
+        .lock()
+        .unwrap()
+        .insert("nginx:1".into(), "nginx".into());
+    let _pod = start(
+        &node,
+        pod(json!({"containers": [{"name": "app", "image": "nginx:1",
+                                   "securityContext": {"runAsNonRoot": true}}]})),
+    );
+    until(&node, 1).await;
+    let app = container(&node.api.status(), "app").clone();
+    assert_eq!(waiting_reason(&app), Some("CreateContainerConfigError"));
+    assert_eq!(
+        waiting_message(&app),
+        Some(
+            "container has runAsNonRoot and image has non-numeric user (nginx), cannot verify \
+             user is non-root (pod: \"web_default(0f1e2d3c)\", container: app)"
+        )
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_image_user_missing_from_its_passwd_is_a_create_container_error() {
+    let node = FakeNode::new();
+    node.images
+        .users
+        .lock()
+        .unwrap()
+        .insert("nginx:1".into(), "nginx".into());
+    let _pod = start(
+        &node,
+        pod(json!({"containers": [{"name": "app", "image": "nginx:1"}]})),
+    );
+    until(&node, 1).await;
+    let app = container(&node.api.status(), "app").clone();
+    assert_eq!(waiting_reason(&app), Some("CreateContainerError"));
+    assert_eq!(
+        waiting_message(&app),
+        Some("no users found for \"nginx\" in the image's /etc/passwd")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_seccomp_profile_that_cannot_be_loaded_is_a_create_container_error() {
+    let node = FakeNode::new();
+    let _pod = start(
+        &node,
+        pod(
+            json!({"containers": [{"name": "app", "image": "busybox:1", "securityContext":
+            {"seccompProfile": {"type": "Localhost", "localhostProfile": "missing.json"}}}]}),
+        ),
+    );
+    until(&node, 1).await;
+    let app = container(&node.api.status(), "app").clone();
+    assert_eq!(waiting_reason(&app), Some("CreateContainerError"));
+    assert!(starts(&node, "app").is_empty());
+    let failed = events_of(&node, "Failed");
+    let message = waiting_message(&app).unwrap();
+    assert_eq!(failed[0].1, format!("Error: {message}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_security_context_reaches_the_container_plan() {
+    let node = FakeNode::new();
+    let _pod = start(
+        &node,
+        pod(json!({
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 3000, "fsGroup": 2000,
+                                "sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]},
+            "containers": [{"name": "app", "image": "busybox:1", "securityContext": {
+                "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                "procMount": "Unmasked",
+                "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}}],
+        })),
+    );
+    until(&node, 1).await;
+    let plan = node.runtime.plan("app").unwrap();
+    assert_eq!((plan.uid, plan.gid), (1000, 3000));
+    assert_eq!(plan.additional_gids, [2000, 3000]);
+    assert_eq!(plan.capabilities, ["CAP_NET_BIND_SERVICE"]);
+    assert!(plan.no_new_privileges && plan.read_only_root && plan.unmasked_proc);
+    assert!(!plan.privileged && !plan.host_pid && !plan.host_ipc);
+    assert_eq!(plan.seccomp, None, "unconfined without --seccomp-default");
+    let sysctls: Vec<(&str, &str)> = plan
+        .sysctls
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        sysctls,
+        [
+            ("net.ipv4.ip_unprivileged_port_start", "0"),
+            ("net.ipv4.ping_group_range", "0 2147483647"),
+            ("net.ipv4.tcp_syncookies", "1"),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forbidden_sysctl_fails_the_pod_at_admission() {
+    let node = FakeNode::new();
+    let _pod = start(
+        &node,
+        pod(json!({
+            "securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "65536"}]},
+            "containers": [{"name": "app", "image": "busybox:1"}],
+        })),
+    );
+    until(&node, 30).await;
+    let status = node.api.status();
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    assert_eq!(status.reason.as_deref(), Some("SysctlForbidden"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("Pod was rejected: forbidden sysctl: \"kernel.msgmax\" not allowlisted")
+    );
+    assert!(status.container_statuses.is_none());
+    assert!(starts(&node, "app").is_empty());
+    assert!(!node
+        .ctx
+        .runtime
+        .sandbox_exists(&node.ctx.pods_dir.join(UID)));
+    assert_eq!(
+        events_of(&node, "SysctlForbidden"),
+        [(
+            "Warning".to_owned(),
+            "forbidden sysctl: \"kernel.msgmax\" not allowlisted".to_owned()
+        )]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_apparmor_profile_fails_the_pod_where_the_kernel_has_no_apparmor() {
+    let node = FakeNode::new();
+    let _pod = start(
+        &node,
+        pod(
+            json!({"containers": [{"name": "app", "image": "busybox:1", "securityContext":
+            {"appArmorProfile": {"type": "Localhost", "localhostProfile": "k8s-nginx"}}}]}),
+        ),
+    );
+    until(&node, 1).await;
+    let status = node.api.status();
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    assert_eq!(status.reason.as_deref(), Some("AppArmor"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("Pod was rejected: Cannot enforce AppArmor: AppArmor is not enabled on the host")
+    );
+    assert!(starts(&node, "app").is_empty());
+}

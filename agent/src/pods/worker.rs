@@ -157,6 +157,10 @@ pub(super) struct PodWorker {
     pub(super) volume_retry: Option<Duration>,
     /// The service-account tokens of the pod's projected volumes, refreshed when due.
     pub(super) tokens: ServiceAccountTokens,
+    /// The user and groups each container was last started with (`status.user`).
+    pub(super) users: HashMap<String, super::security::Identity>,
+    /// Why the node refused the pod at admission (reason, message): it never starts.
+    pub(super) rejected: Option<(&'static str, String)>,
 }
 
 impl PodWorker {
@@ -187,6 +191,8 @@ impl PodWorker {
             volumes: HashMap::new(),
             volume_retry: None,
             tokens: ServiceAccountTokens::default(),
+            users: HashMap::new(),
+            rejected: None,
         }
     }
 
@@ -346,6 +352,18 @@ impl PodWorker {
             self.report(pod).await;
             return RESYNC * 6;
         }
+        // kubelet's admission, before anything is made for the pod.
+        if self.rejected.is_none() && self.ctx.runtime.attempts(&self.dir).is_empty() {
+            let refusal = super::security::admission_refusal(pod, &self.ctx.security);
+            if let Some((reason, message)) = refusal {
+                self.event(pod, "Warning", reason, &message).await;
+                self.rejected = Some((reason, message));
+            }
+        }
+        if self.rejected.is_some() {
+            self.report(pod).await;
+            return RESYNC * 6;
+        }
         let mut next = RESYNC;
         if let Err(error) = self.ensure_sandbox(pod).await {
             let message = error_chain(&error);
@@ -411,9 +429,10 @@ impl PodWorker {
                         break;
                     }
                     let number = attempt.number + 1;
-                    self.start(pod, container, number, &volumes, &mut objects)
+                    let wait = self
+                        .start(pod, container, number, &volumes, &mut objects)
                         .await;
-                    next = next.min(Duration::from_millis(200));
+                    next = next.min(wait);
                     break;
                 }
                 (Some(attempt), _) => {
@@ -423,8 +442,8 @@ impl PodWorker {
                 }
                 (None, _) => {
                     initialized = false;
-                    self.start(pod, container, 0, &volumes, &mut objects).await;
-                    next = next.min(Duration::from_millis(200));
+                    let wait = self.start(pod, container, 0, &volumes, &mut objects).await;
+                    next = next.min(wait);
                     break;
                 }
             }
@@ -458,14 +477,14 @@ impl PodWorker {
                         }
                         self.waiting.remove(name);
                         let number = attempt.number + 1;
-                        self.start(pod, container, number, &volumes, &mut objects)
+                        let wait = self
+                            .start(pod, container, number, &volumes, &mut objects)
                             .await;
-                        // Soon again, to begin probing it.
-                        next = next.min(Duration::from_millis(200));
+                        next = next.min(wait);
                     }
                     _ => {
-                        self.start(pod, container, 0, &volumes, &mut objects).await;
-                        next = next.min(Duration::from_millis(200));
+                        let wait = self.start(pod, container, 0, &volumes, &mut objects).await;
+                        next = next.min(wait);
                     }
                 }
             }

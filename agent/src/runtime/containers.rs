@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 
 use super::monitor::{write_atomic, Exited, Started};
-use super::spec::{runtime_spec, ContainerPlan};
+use super::spec::{host_devices, runtime_spec, ContainerPlan};
 
 /// Log rotation: rotate at 10 MiB, keep 2 old files.
 pub const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
@@ -212,6 +212,52 @@ impl Attempt {
     }
 }
 
+/// A read-only view of the agent's own binary for the processes that enter containers (the
+/// monitor, which runs youki's init, and `exec-in`): against CVE-2019-5736, where a container
+/// process opens `/proc/<pid>/exe` of such a process and, once it has exited, writes through
+/// that handle to replace the host's binary. The view is a read-only bind mount of `binary`
+/// at `dir/bramble`, so every write through it fails with `EROFS`; it shares the page cache
+/// with the binary (no 27 MB memfd copy per process; runc 1.2 prefers a read-only overlay
+/// view over its memfd copy for the same reason). A view left by an earlier agent is
+/// replaced, so an upgraded binary is used.
+pub fn protected_exe(binary: &Path, dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let view = dir.join("bramble");
+    while umount2(&view, MntFlags::MNT_DETACH).is_ok() {}
+    if std::fs::symlink_metadata(&view).is_err() {
+        std::fs::File::create(&view)?;
+    }
+    mount(
+        Some(binary),
+        &view,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    let read_only = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV;
+    if let Err(error) = mount(None::<&str>, &view, None::<&str>, read_only, None::<&str>) {
+        let _ = umount2(&view, MntFlags::MNT_DETACH);
+        return Err(error.into());
+    }
+    // Never run from a view that could be written.
+    match std::fs::OpenOptions::new().write(true).open(&view) {
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => Ok(view),
+        _ => {
+            let _ = umount2(&view, MntFlags::MNT_DETACH);
+            Err(std::io::Error::other(format!(
+                "{} is not read-only after a read-only remount",
+                view.display()
+            )))
+        }
+    }
+}
+
 impl ContainerRunner {
     /// The cgroup of a pod.
     pub fn pod_cgroup(&self, pod_uid: &str) -> String {
@@ -264,6 +310,9 @@ impl ContainerRunner {
         .map_err(|e| format!("cannot mount the container's root file system: {e}"))?;
         plan.rootfs = rootfs;
         plan.cgroup_path = format!("{}/{}", self.pod_cgroup(pod_uid), attempt.name);
+        if plan.privileged {
+            plan.host_devices = host_devices(Path::new("/dev"));
+        }
         let spec = runtime_spec(&plan);
         write_atomic(
             &bundle.join("config.json"),
@@ -372,4 +421,44 @@ fn remove_empty_dirs(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monitor_binary_cannot_be_overwritten_through_proc_exe() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounts need root");
+            return;
+        }
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("bramble-binary");
+        std::fs::copy("/bin/sleep", &binary).unwrap();
+        let original = std::fs::read(&binary).unwrap();
+        let exe = protected_exe(&binary, &dir.path().join("bin")).unwrap();
+        assert_eq!(std::fs::read(&exe).unwrap(), original);
+        // What a container process does: hold the runtime's /proc/<pid>/exe, wait for the
+        // runtime to exit (ETXTBSY no longer protects it), then write through the handle.
+        let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+        let held = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(format!("/proc/{}/exe", child.id()))
+            .unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let reopened = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/self/fd/{}", held.as_raw_fd()));
+        let refused = reopened.as_ref().err().and_then(|e| e.raw_os_error());
+        // A second start replaces the view; then clean up.
+        let again = protected_exe(&binary, &dir.path().join("bin")).unwrap();
+        while umount2(&again, MntFlags::MNT_DETACH).is_ok() {}
+        assert_eq!(refused, Some(libc::EROFS), "{reopened:?}");
+        assert_eq!(std::fs::read(&binary).unwrap(), original);
+    }
 }
