@@ -582,6 +582,16 @@ mod real_containers {
             cpu_request_millis: 100,
             terminal: false,
             privileged: false,
+            capabilities: DEFAULT.iter().map(|c| c.to_string()).collect(),
+            no_new_privileges: false,
+            read_only_root: false,
+            unmasked_proc: false,
+            seccomp: None,
+            sysctls: Default::default(),
+            apparmor_profile: None,
+            host_devices: vec![],
+            host_pid: false,
+            host_ipc: false,
         };
         let mut spec = runtime_spec(&plan);
         spec["linux"]["namespaces"] =
