@@ -1,17 +1,23 @@
 //! Running a command inside a running container (`kubectl exec`, exec probes): the agent
 //! starts `bramble exec-in`, a short-lived single-threaded helper that joins the container
-//! through libcontainer's tenant builder and exits with the command's exit code. The helper's
+//! through libcontainer's tenant builder, as the container's own process (user, groups,
+//! capabilities, no_new_privs, seccomp), and exits with the command's exit code. The helper's
 //! standard streams are the command's.
 
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::wait::{waitpid, WaitStatus};
 
 use super::containers::{Attempt, ContainerRunner};
+use super::executor::{confine, container_process, Confinement, ContainerExecutor};
 
 /// What the helper needs.
 #[derive(Debug, Clone)]
@@ -27,18 +33,32 @@ pub struct ExecArgs {
 /// The helper's entry point: runs the command in the container and exits with its code
 /// (126 when it cannot be started, as shells do).
 pub fn run_helper(args: ExecArgs) -> ! {
+    let (process_file, confinement) = match exec_process(&args) {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            eprintln!("cannot exec in the container: {error}");
+            std::process::exit(126);
+        }
+    };
+    let process_path = PathBuf::from(format!("/proc/self/fd/{}", process_file.as_raw_fd()));
     let built = ContainerBuilder::new(args.id.clone(), SyscallType::default())
+        .with_executor(ContainerExecutor::new(confinement))
         .with_root_path(&args.state_root)
         .map(|b| {
             b.as_tenant()
-                .with_container_args(args.command.clone())
+                .with_process(Some(&process_path))
                 .with_detach(false)
                 .build()
         });
+    drop(process_file);
     let pid = match built {
         Ok(Ok(pid)) => pid,
         Ok(Err(error)) => {
-            eprintln!("cannot exec {:?} in the container: {error}", args.command);
+            eprintln!(
+                "cannot exec {:?} in the container: {}",
+                args.command,
+                protocol::error::error_chain(&error)
+            );
             std::process::exit(126);
         }
         Err(error) => {
@@ -56,6 +76,45 @@ pub fn run_helper(args: ExecArgs) -> ! {
         }
     };
     std::process::exit(code)
+}
+
+/// The process an exec'd command runs as, as containerd builds it: the container's own process
+/// (user and groups, capabilities, no_new_privs, AppArmor profile, rlimits, working directory,
+/// environment) with only the command replaced and no terminal of its own (the helper's
+/// standard streams are the command's). libcontainer's tenant builder would otherwise start
+/// it as root with no groups, and without the container's seccomp filter, which the executor
+/// loads. Returns the process as JSON in an anonymous file for the tenant builder to read.
+fn exec_process(args: &ExecArgs) -> Result<(File, Confinement), String> {
+    let container = Container::load(args.state_root.join(&args.id))
+        .map_err(|e| format!("container {}: {e}", args.id))?;
+    let config_path = container.bundle().join("config.json");
+    let config: serde_json::Value = std::fs::read(&config_path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+        .map_err(|e| format!("cannot read {}: {e}", config_path.display()))?;
+    let (mut process, seccomp) = container_process(&config)?;
+    if args.command.is_empty() {
+        return Err("no command".into());
+    }
+    process.set_args(Some(args.command.clone()));
+    process.set_terminal(Some(false));
+    process.set_console_size(None);
+    process.set_command_line(None);
+    let (process, confinement) = confine(&process, seccomp.as_ref())?;
+    let json = serde_json::to_vec(&process).expect("a process serializes");
+    // SAFETY: a NUL-terminated name and valid flags.
+    let fd = unsafe { libc::memfd_create(c"bramble-exec-process".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!(
+            "cannot create the process file: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a descriptor just created and owned by nothing else.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(&json)
+        .map_err(|e| format!("cannot write the process file: {e}"))?;
+    Ok((file, confinement))
 }
 
 /// A finished command's exit code and combined output.

@@ -3,6 +3,7 @@
 
 pub mod containers;
 pub mod exec;
+pub mod executor;
 pub mod monitor;
 pub mod sandbox;
 pub mod spec;

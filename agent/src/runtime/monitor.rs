@@ -8,6 +8,7 @@
 //!
 //! ```text
 //!  agent ──spawn──► monitor ──fork──► monitor (setsid)   first process exits at once
+//!                                         │ compile the seccomp filter
 //!                                         │ libcontainer create + start
 //!                                         │ prints "started <pid>" to the agent's pipe
 //!                                         │ relays stdout/stderr → log file (CRI format, rotated)
@@ -16,7 +17,9 @@
 //! ```
 //!
 //! Files in the container directory: `monitor.pid`, `started.json`, `exit.json`,
-//! `monitor.log` (libcontainer's own messages), `bundle/config.json`.
+//! `monitor.log` (libcontainer's own messages), `bundle/config.json` (which the monitor widens
+//! for loading a seccomp filter, keeping the container's own capabilities in an annotation:
+//! see `executor`).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -25,11 +28,12 @@ use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
-use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+
+use super::executor::{prepare_bundle, ContainerExecutor};
 
 /// Where and how to run one container.
 #[derive(Debug, Clone)]
@@ -110,42 +114,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Runs the process the container asked for, with the signal state a fresh process expects:
-/// Rust ignores SIGPIPE and the container would inherit that.
-#[derive(Clone)]
-struct PodExecutor;
-
-impl Executor for PodExecutor {
-    fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
-        use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
-        for sig in Signal::iterator() {
-            if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
-                // SAFETY: resetting to the default disposition just before exec.
-                let _ = unsafe { signal(sig, SigHandler::SigDfl) };
-            }
-        }
-        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-        let args = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.args().as_ref())
-            .filter(|a| !a.is_empty())
-            .ok_or(ExecutorError::InvalidArg)?;
-        let argv: Vec<std::ffi::CString> = args
-            .iter()
-            .map(|a| std::ffi::CString::new(a.as_bytes()).unwrap_or_default())
-            .collect();
-        let error = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
-        Err(ExecutorError::Execution(
-            format!("cannot run {:?}: {error}", args[0]).into(),
-        ))
-    }
-
-    fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorValidationError> {
-        libcontainer::workload::default::get_executor().validate(spec)
-    }
-}
-
 /// The monitor's entry point; never returns.
 pub fn run(args: MonitorArgs) -> ! {
     // Detach: the agent reaps the first process right away and the monitor lives on its own.
@@ -224,8 +192,10 @@ fn start(args: &MonitorArgs) -> Result<(Pid, OwnedFd, OwnedFd), String> {
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| format!("cannot make a pipe: {e}"))?;
     let stdin = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    // The seccomp filter is compiled here, before libcontainer forks the container's init.
+    let confinement = prepare_bundle(&args.dir.join("bundle"))?;
     let builder = ContainerBuilder::new(args.id.clone(), SyscallType::default())
-        .with_executor(PodExecutor)
+        .with_executor(ContainerExecutor::new(confinement))
         .with_root_path(&args.state_root)
         .map_err(|e| format!("container state directory: {e}"))?
         .with_stdin(OwnedFd::from(stdin))
