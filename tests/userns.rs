@@ -241,11 +241,10 @@ async fn a_user_namespaced_pods_root_is_an_unprivileged_id_on_the_node() {
 }
 
 /// youki 0.7's tenant builder joins ipc, uts, net, pid, mnt, cgroup and time but never the
-/// init's user namespace (`NAMESPACE_TYPES` in `container/tenant_builder.rs`), so `bramble
-/// exec-in` runs as the node's root inside the pod's other namespaces. `runtime/exec.rs` has
-/// to enter the user namespace itself before this passes.
+/// init's user namespace (`NAMESPACE_TYPES` in `container/tenant_builder.rs`): `bramble
+/// exec-in` enters it itself, or the command would run as the node's root inside the pod's
+/// other namespaces.
 #[tokio::test]
-#[ignore = "exec-in does not join the pod's user namespace yet (youki 0.7 tenant builder)"]
 async fn kubectl_exec_joins_the_pods_user_namespace() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root");

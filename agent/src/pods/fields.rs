@@ -53,7 +53,11 @@ pub const POD_SPEC: &[(&str, Support, &str)] = &[
         Honoured,
         "containers stay in the node's PID namespace",
     ),
-    ("hostUsers", Honoured, "own user namespace with a 65536-id range, id-mapped root and volumes"),
+    (
+        "hostUsers",
+        Honoured,
+        "own user namespace with a 65536-id range, id-mapped root and volumes",
+    ),
     ("hostname", Honoured, ""),
     ("hostnameOverride", Ignored, ""),
     ("imagePullSecrets", Honoured, ""),

@@ -33,6 +33,10 @@ pub struct ExecArgs {
 /// The helper's entry point: runs the command in the container and exits with its code
 /// (126 when it cannot be started, as shells do).
 pub fn run_helper(args: ExecArgs) -> ! {
+    if let Err(error) = enter_user_namespace(&args) {
+        eprintln!("cannot exec in the container: {error}");
+        std::process::exit(126);
+    }
     let (process_file, confinement) = match exec_process(&args) {
         Ok(prepared) => prepared,
         Err(error) => {
@@ -76,6 +80,28 @@ pub fn run_helper(args: ExecArgs) -> ! {
         }
     };
     std::process::exit(code)
+}
+
+/// Enters the user namespace of a container that has its own (a `hostUsers: false` pod).
+/// libcontainer 0.7's tenant builder joins every namespace of the container but that one, so
+/// the command would run as the node's root inside the pod's other namespaces. The helper is
+/// single-threaded, as setns(CLONE_NEWUSER) requires.
+fn enter_user_namespace(args: &ExecArgs) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let container = Container::load(args.state_root.join(&args.id))
+        .map_err(|e| format!("container {}: {e}", args.id))?;
+    let pid = container
+        .pid()
+        .ok_or_else(|| format!("container {} is not running", args.id))?;
+    let theirs = format!("/proc/{pid}/ns/user");
+    let namespace = File::open(&theirs).map_err(|e| format!("{theirs}: {e}"))?;
+    let own = std::fs::metadata("/proc/self/ns/user").map_err(|e| e.to_string())?;
+    let other = namespace.metadata().map_err(|e| e.to_string())?;
+    if (own.dev(), own.ino()) == (other.dev(), other.ino()) {
+        return Ok(());
+    }
+    nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("cannot enter the container's user namespace: {e}"))
 }
 
 /// The process an exec'd command runs as, as containerd builds it: the container's own process
