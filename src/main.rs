@@ -234,7 +234,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("--label: {refusal}");
     }
-    restrict_to_owner(&args.data_dir, &[])
+    restrict_to_owner(&args.data_dir, &AGENT_CREDENTIAL_FILES)
         .with_context(|| format!("securing the data directory {}", args.data_dir.display()))?;
     if !kubeconfig.exists() {
         match (&args.server, &args.join_token) {
@@ -275,21 +275,26 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The agent's credentials: its node kubeconfig and its serving key.
+const AGENT_CREDENTIAL_FILES: [&str; 2] = ["node.kubeconfig", "pki/agent.key"];
+
 /// The master's store files: the database and SQLite's write-ahead log and shared memory.
 const MASTER_STORE_FILES: [&str; 3] = ["store.db", "store.db-wal", "store.db-shm"];
 
-/// Makes a data directory readable by its owner (root on a Pi) only: the directory 0700 and
-/// the named files in it 0600, made so if an older bramble left them open. The master's store
+/// Makes a data directory private to its owner (root on a Pi): the directory 0711 and the
+/// named files in it 0600, made so if an older bramble left them open. The master's store
 /// holds every secret of the cluster and the agent's directory its credentials and the pods'
 /// secret volumes; a card taken out of a Pi is read with the owner's rights anyway, but no
-/// other local user or pod with a host mount should read them.
+/// other local user or pod with a host mount should read them. Others may pass through the
+/// directory but not list it: a `hostUsers: false` container's root is an unprivileged ID on
+/// the node and must reach its own root file system beneath it.
 fn restrict_to_owner(dir: &std::path::Path, files: &[&str]) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(0o711)
         .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
     for name in files {
         let path = dir.join(name);
         match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
@@ -807,7 +812,7 @@ mod tests {
         restrict_to_owner(&dir, &MASTER_STORE_FILES).unwrap();
         let mode =
             |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir), 0o711);
         assert_eq!(mode(&dir.join("store.db")), 0o600);
         assert_eq!(mode(&dir.join("store.db-wal")), 0o600);
         assert_eq!(
@@ -816,8 +821,8 @@ mod tests {
             "only the named files"
         );
         let fresh = root.path().join("agent/data");
-        restrict_to_owner(&fresh, &[]).unwrap();
-        assert_eq!(mode(&fresh), 0o700);
+        restrict_to_owner(&fresh, &AGENT_CREDENTIAL_FILES).unwrap();
+        assert_eq!(mode(&fresh), 0o711);
     }
     use clap::CommandFactory;
 

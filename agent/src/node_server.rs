@@ -90,6 +90,10 @@ pub fn ensure_identity(
         let key = rcgen::KeyPair::generate().map_err(std::io::Error::other)?;
         let cert = params.self_signed(&key).map_err(std::io::Error::other)?;
         crate::runtime::monitor::write_atomic(&key_path, key.serialize_pem().as_bytes())?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+        }
         crate::runtime::monitor::write_atomic(&cert_path, cert.pem().as_bytes())?;
     }
     let cert_pem = std::fs::read_to_string(&cert_path)?;

@@ -7,9 +7,14 @@ The probes run the host's Python in the container (conftest's `python_client_pod
 read-only): the demo image's busybox has no chown, no raw sockets and no unshare to try."""
 
 import json
+import os
 import subprocess
+import sys
 
 from conftest import BRAMBLE, manifest, python_client_pod, wait_for
+
+# The host's shared libraries, mounted at the same paths.
+HOST_LIBRARIES = ("/usr", "/lib", "/lib64")
 
 # Tries what a hostile tenant would try and prints what happened, then stays up for exec.
 PROBE = r"""
@@ -46,10 +51,19 @@ time.sleep(3600)
 
 
 def probe_pod(pis, name, pod_security=None, container_security=None, node="pi-1"):
+    """A pod running PROBE with the host's interpreter, mounted at /opt/python: wherever it
+    lives on the host (pyenv keeps it under /root, which a non-root user cannot pass), the
+    probe needs only its standard library and the host's shared libraries."""
     pod = python_client_pod(pis, name, PROBE, node=node)
-    pod["spec"]["volumes"].append({"name": "scratch", "emptyDir": {}})
+    executable = os.path.relpath(os.path.realpath(sys.executable), sys.base_prefix)
+    pod["spec"]["volumes"] = [v for v in pod["spec"]["volumes"] if v["hostPath"]["path"] in HOST_LIBRARIES]
+    pod["spec"]["volumes"] += [{"name": "python", "hostPath": {"path": sys.base_prefix}},
+                               {"name": "scratch", "emptyDir": {}}]
     container = pod["spec"]["containers"][0]
-    container["volumeMounts"].append({"name": "scratch", "mountPath": "/scratch"})
+    container["command"] = [os.path.join("/opt/python", executable), "-I", "-c", PROBE]
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["mountPath"] in HOST_LIBRARIES]
+    container["volumeMounts"] += [{"name": "python", "mountPath": "/opt/python", "readOnly": True},
+                                  {"name": "scratch", "mountPath": "/scratch"}]
     if pod_security:
         pod["spec"]["securityContext"] = pod_security
     if container_security:
