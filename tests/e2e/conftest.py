@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -210,6 +211,13 @@ class VirtualPis(KubectlUser):
         self.registry = f"{self.GATEWAY}:5000"
         self.demo = f"{self.registry}/bramble/demo"
         data_dir.mkdir(parents=True, exist_ok=True)
+        # pytest's base directory is private (0700): a user-namespaced pod's unprivileged root
+        # must pass it to reach its root file system, as on a Pi's /var/lib/bramble.
+        for parent in data_dir.parents:
+            if parent == Path(tempfile.gettempdir()):
+                break
+            if not parent.stat().st_mode & 0o001:
+                parent.chmod(parent.stat().st_mode | 0o001)
         # `bramble up` returns once every Pi is Ready and leaves the cluster in the background.
         started = subprocess.run(
             [BRAMBLE, "up", "--data-dir", str(data_dir), "--nodes", str(nodes), "--lan", self.LAN,

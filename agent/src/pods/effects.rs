@@ -306,6 +306,7 @@ impl ContainerRuntime for ContainerRunner {
         if !own_users {
             return sandbox::create(pod_dir, hostname, host_network);
         }
+        crate::runtime::userns::check_searchable(pod_dir).map_err(std::io::Error::other)?;
         let pods_dir = pod_dir.parent().unwrap_or(pod_dir);
         crate::runtime::userns::mapping_for_pod(pods_dir, pod_dir)
             .and_then(|mapping| sandbox::create_in_user_namespace(pod_dir, hostname, mapping))

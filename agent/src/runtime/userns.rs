@@ -169,6 +169,28 @@ impl IdMapping {
 /// The highest slot: the last block would end at 2^32, and ID 2^32−1 is not a valid ID.
 const LAST_SLOT: u32 = u32::MAX / RANGE_LENGTH - 1;
 
+/// Checks that an unprivileged user may pass every directory above `pod_dir`: a container
+/// with its own user namespace is an unprivileged ID on the node, and its runtime reaches the
+/// root file system beneath the pod's directory by path.
+pub fn check_searchable(pod_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in pod_dir.ancestors().skip(1) {
+        let Ok(metadata) = std::fs::metadata(dir) else {
+            continue;
+        };
+        if metadata.permissions().mode() & 0o001 == 0 {
+            return Err(format!(
+                "user namespaces are not supported under {}: a pod's unprivileged root cannot \
+                 pass {} (mode {:o}); make it searchable (chmod o+x) or move the data directory",
+                pod_dir.display(),
+                dir.display(),
+                metadata.permissions().mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Serializes allocations: two pods must never pick the same free slot.
 static ALLOCATION: Mutex<()> = Mutex::new(());
 
@@ -587,6 +609,25 @@ mod tests {
         let dir = pods.join(uid);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_pod_directory_under_a_private_directory_is_refused_with_the_way_out() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let private = root.path().join("private");
+        let pod_dir = private.join("pods/p1");
+        std::fs::create_dir_all(&pod_dir).unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let refusal = check_searchable(&pod_dir).unwrap_err();
+        assert!(
+            refusal.contains(&format!("cannot pass {} (mode 700)", private.display())),
+            "{refusal}"
+        );
+        assert!(refusal.contains("chmod o+x"), "{refusal}");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
+        check_searchable(&pod_dir).unwrap();
     }
 
     #[test]
