@@ -4,6 +4,7 @@
 //! and the local cluster of virtual Pis (`bramble up`) made of those agents.
 #![deny(missing_docs)]
 
+pub(crate) mod host_ports;
 pub mod image;
 pub mod join;
 pub mod local_cluster;

@@ -43,6 +43,9 @@ pub enum NetworkError {
         #[source]
         source: std::io::Error,
     },
+    /// The pod's host ports could not be published or withdrawn (nft's words).
+    #[error("{0}")]
+    HostPorts(String),
 }
 
 fn netlink(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError {

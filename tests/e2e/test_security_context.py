@@ -255,3 +255,30 @@ def test_a_nodes_own_credentials_cannot_take_traffic_or_roles_or_another_identit
     assert pis.kubectl("--kubeconfig", str(pi3), "get", "node", "pi-3", check=False).returncode == 0
     ready = next(c for c in pis.kubectl_json("get", "node", "pi-3")["status"]["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
+
+
+def test_a_host_port_reaches_the_pod_from_the_lan_until_the_pod_goes(pis, namespace):
+    import urllib.request
+
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "published"},
+           "spec": {"nodeName": "pi-2", "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "demo", "image": f"{pis.demo}:1",
+                                    "ports": [{"containerPort": 8080, "hostPort": 18080}]}]}}
+    pis.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(pod))
+    url = f"http://{pis.node_ip('pi-2')}:18080/"
+
+    def answer():
+        try:
+            return urllib.request.urlopen(url, timeout=2).read().decode()
+        except OSError:
+            return None
+
+    assert "published" in wait_for(answer, timeout=60, what="the pod behind pi-2's port 18080")
+    tables = subprocess.run(["ip", "netns", "exec", "bramble-pi-2", "nft", "list", "tables"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "bramble-hostport-" in tables, tables
+    pis.kubectl("delete", "pod", "published", "-n", namespace)
+    tables = subprocess.run(["ip", "netns", "exec", "bramble-pi-2", "nft", "list", "tables"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "bramble-hostport-" not in tables, tables
+    assert answer() is None

@@ -12,6 +12,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
+use crate::host_ports::HostPort;
 use crate::image::{Credentials, Image, ImageError, ImageStore, PullPolicy};
 use crate::network::{NetworkError, PodNetwork};
 use crate::runtime::containers::{Attempt, AttemptState, ContainerRunner};
@@ -19,6 +20,7 @@ use crate::runtime::exec::ExecOutput;
 use crate::runtime::monitor::Exited;
 use crate::runtime::sandbox;
 use crate::runtime::spec::{ContainerPlan, PodNamespaces};
+use crate::services::proxy::NftProgram;
 use crate::services::NodeServices;
 
 /// A boxed future, so that the traits can be used as `dyn` objects.
@@ -337,8 +339,15 @@ pub trait PodNetworking: Send + Sync {
         netns: &'a Path,
         ip: Ipv4Addr,
     ) -> Effect<'a, Result<(), NetworkError>>;
-    /// Disconnects the pod.
+    /// Disconnects the pod (and takes its host ports away).
     fn detach<'a>(&'a self, pod_uid: &'a str) -> Effect<'a, Result<(), NetworkError>>;
+    /// Sends connections to the node's `hostPort`s to the pod at `ip`.
+    fn publish_host_ports(
+        &self,
+        pod_uid: &str,
+        ip: Ipv4Addr,
+        ports: &[HostPort],
+    ) -> Result<(), NetworkError>;
 }
 
 impl PodNetworking for PodNetwork {
@@ -352,7 +361,19 @@ impl PodNetworking for PodNetwork {
     }
 
     fn detach<'a>(&'a self, pod_uid: &'a str) -> Effect<'a, Result<(), NetworkError>> {
-        Box::pin(PodNetwork::detach(self, pod_uid))
+        Box::pin(async move {
+            crate::host_ports::withdraw(&NftProgram, pod_uid).map_err(NetworkError::HostPorts)?;
+            PodNetwork::detach(self, pod_uid).await
+        })
+    }
+
+    fn publish_host_ports(
+        &self,
+        pod_uid: &str,
+        ip: Ipv4Addr,
+        ports: &[HostPort],
+    ) -> Result<(), NetworkError> {
+        crate::host_ports::publish(&NftProgram, pod_uid, ip, ports).map_err(NetworkError::HostPorts)
     }
 }
 

@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::host_ports::HostPort;
 use crate::image::{Credentials, Image, ImageError, PullPolicy, RunConfig};
 use crate::network::{Cidr, NetworkError};
 use crate::runtime::containers::{Attempt, AttemptState};
@@ -525,6 +526,15 @@ impl PodNetworking for FakeNetwork {
 
     fn detach<'a>(&'a self, _pod_uid: &'a str) -> Effect<'a, Result<(), NetworkError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn publish_host_ports(
+        &self,
+        _pod_uid: &str,
+        _ip: Ipv4Addr,
+        _ports: &[HostPort],
+    ) -> Result<(), NetworkError> {
+        Ok(())
     }
 }
 

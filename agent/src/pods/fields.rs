@@ -133,7 +133,11 @@ pub const CONTAINER: &[(&str, Support, &str)] = &[
     ("lifecycle.postStart", Ignored, ""),
     ("livenessProbe", Honoured, "exec, httpGet, tcpSocket"),
     ("name", Honoured, ""),
-    ("ports", Honoured, "informational; named probe ports"),
+    (
+        "ports",
+        Honoured,
+        "named probe ports; hostPort published with nftables DNAT",
+    ),
     ("readinessProbe", Honoured, "exec, httpGet, tcpSocket"),
     ("resizePolicy", Ignored, ""),
     ("resources", Honoured, "cpu and memory limits, cpu requests"),

@@ -309,6 +309,14 @@ impl PodWorker {
             .network
             .attach(&self.uid, &namespaces.network, ip)
             .await
+            .map_err(SandboxError::Network)?;
+        let host_ports = crate::host_ports::of_pod(pod);
+        if host_ports.is_empty() {
+            return Ok(());
+        }
+        self.ctx
+            .network
+            .publish_host_ports(&self.uid, ip, &host_ports)
             .map_err(SandboxError::Network)
     }
 
