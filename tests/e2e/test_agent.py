@@ -303,11 +303,12 @@ def test_each_node_has_its_own_credentials_and_may_change_only_its_own_objects(p
     refused = as_node("delete", "pod", "elsewhere", "-n", namespace, "--wait=false")
     assert "Forbidden" in refused.stderr, refused.stderr
     # A wrong join token gets nothing.
+    import secrets
     import subprocess
     from conftest import BRAMBLE
 
     token = (pis.data_dir / "join.token").read_text().strip()
-    forged = token.rsplit(".", 1)[0] + ".not-the-secret"
+    forged = token.rsplit(".", 1)[0] + "." + secrets.token_hex(16)  # strong, and wrong
     joined = subprocess.run(
         [BRAMBLE, "agent", "--server", f"https://{pis.GATEWAY}:{pis.PORT}", "--join-token", forged,
          "--node-name", "intruder", "--data-dir", str(pis.data_dir.parent / "intruder")],

@@ -216,7 +216,7 @@ def test_an_invalid_bramble_toml_is_explained_on_the_console(tmp_path):
             what="the Pi to explain its bramble.toml",
         )
         console = pi.log()
-        for problem in ["master is missing", "join_token is 5 characters", 'network.address = "10.0.0.300/24"']:
+        for problem in ["master is missing", "join_token: the join token is too weak: 5 characters", 'network.address = "10.0.0.300/24"']:
             assert problem in console, console[-3000:]
         assert "joining cluster" not in console, "it does not boot into a broken node"
     finally:
