@@ -16,67 +16,7 @@ const RET_ALLOW: u32 = 0x7fff_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
 const RET_KILL_PROCESS: u32 = 0x8000_0000;
 
-/// containerd's (and Docker's) default capability set.
-const DEFAULT_CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
-const ALL_CAPS: [&str; 41] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
+use crate::runtime::spec::{CAPABILITY_NAMES as ALL_CAPS, DEFAULT_CAPABILITIES as DEFAULT_CAPS};
 
 fn caps(names: &[&str]) -> Vec<String> {
     names.iter().map(|name| name.to_string()).collect()
@@ -148,10 +88,7 @@ fn verdict(filter: &Filter, arch: Arch, name: &str, args: [u64; 6]) -> u32 {
 #[test]
 fn containerd_default_compiles_under_the_kernel_limit() {
     let rounds = 50;
-    for (what, names) in [
-        ("default caps", &DEFAULT_CAPS[..]),
-        ("all caps", &ALL_CAPS[..]),
-    ] {
+    for (what, names) in [("default caps", DEFAULT_CAPS), ("all caps", &ALL_CAPS[..])] {
         let started = Instant::now();
         let mut profile = None;
         for _ in 0..rounds {
@@ -229,7 +166,7 @@ fn runtime_default_follows_capabilities_arch_and_kernel() {
         goarch: "arm64",
         kernel: Some((4, 7)),
     };
-    let default = profile::runtime_default(&caps(&DEFAULT_CAPS), &amd64).expect("resolves");
+    let default = profile::runtime_default(&caps(DEFAULT_CAPS), &amd64).expect("resolves");
     let json = serde_json::to_value(&default).expect("serializes");
     assert_eq!(json["defaultAction"], "SCMP_ACT_ERRNO");
     assert_eq!(json.get("defaultErrnoRet"), None);
@@ -296,7 +233,7 @@ fn runtime_default_follows_capabilities_arch_and_kernel() {
 
 #[test]
 fn compiled_default_profile_decides_like_containerd() {
-    let filter = Filter::compile(&runtime_default(&DEFAULT_CAPS)).expect("compiles");
+    let filter = Filter::compile(&runtime_default(DEFAULT_CAPS)).expect("compiles");
     let native = Arch::native().expect("supported");
     let eperm = RET_ERRNO | libc::EPERM as u32;
     for arch in [native, compat_arch()] {
@@ -703,7 +640,7 @@ fn probe_runtime_default() -> i32 {
 
 #[test]
 fn runtime_default_in_the_kernel() {
-    let filter = Filter::compile(&runtime_default(&DEFAULT_CAPS)).expect("compiles");
+    let filter = Filter::compile(&runtime_default(DEFAULT_CAPS)).expect("compiles");
     assert_eq!(
         in_filtered_child(&filter, probe_runtime_default),
         0,
@@ -779,7 +716,7 @@ fn runtime_default_for_i386_calls_in_the_kernel() {
         println!("no IA-32 emulation in this kernel: i386 probes skipped");
         return;
     }
-    let filter = Filter::compile(&runtime_default(&DEFAULT_CAPS)).expect("compiles");
+    let filter = Filter::compile(&runtime_default(DEFAULT_CAPS)).expect("compiles");
     assert_eq!(
         in_filtered_child(&filter, probe_i386),
         0,
@@ -945,7 +882,7 @@ fn now_ns() -> u64 {
 #[test]
 fn default_filter_costs() {
     const CALLS: u64 = 100_000;
-    let filter = Filter::compile(&runtime_default(&DEFAULT_CAPS)).expect("compiles");
+    let filter = Filter::compile(&runtime_default(DEFAULT_CAPS)).expect("compiles");
     let mut fds = [0; 2];
     // SAFETY: pipe, fork, and in the child only system calls and _exit.
     let figures = unsafe {
