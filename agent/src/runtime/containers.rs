@@ -263,6 +263,29 @@ pub fn protected_exe(binary: &Path, dir: &Path) -> std::io::Result<PathBuf> {
     }
 }
 
+/// Mounts an overlay at `rootfs` of `layers` (bottom first; the top one wins) under `upper`.
+pub(super) fn mount_overlay(
+    layers: &[String],
+    upper: &Path,
+    work: &Path,
+    rootfs: &Path,
+) -> nix::Result<()> {
+    let lower: Vec<&str> = layers.iter().rev().map(String::as_str).collect();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+}
+
 impl ContainerRunner {
     /// The cgroup of a pod.
     pub fn pod_cgroup(&self, pod_uid: &str) -> String {
@@ -298,25 +321,9 @@ impl ContainerRunner {
         let user_namespace =
             super::userns::prepare_attempt(&attempt.dir, layers, &mut plan.mounts)?;
         if user_namespace.is_none() {
-            let lower: Vec<String> = layers
-                .iter()
-                .rev()
-                .map(|p| p.display().to_string())
-                .collect();
-            let options = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                lower.join(":"),
-                upper.display(),
-                work.display()
-            );
-            mount(
-                Some("overlay"),
-                &rootfs,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(options.as_str()),
-            )
-            .map_err(|e| format!("cannot mount the container's root file system: {e}"))?;
+            let layers: Vec<String> = layers.iter().map(|p| p.display().to_string()).collect();
+            mount_overlay(&layers, &upper, &work, &rootfs)
+                .map_err(|e| format!("cannot mount the container's root file system: {e}"))?;
         }
         plan.rootfs = rootfs;
         plan.cgroup_path = format!("{}/{}", self.pod_cgroup(pod_uid), attempt.name);

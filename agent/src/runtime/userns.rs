@@ -469,25 +469,12 @@ pub fn mount_rootfs(
     // The detached clones are named through this process's descriptors; the overlay keeps
     // its own references, so they may close right after.
     let pid = std::process::id();
-    let lower: Vec<String> = clones
+    let layers: Vec<String> = clones
         .iter()
-        .rev()
         .map(|fd| format!("/proc/{pid}/fd/{}", fd.as_raw_fd()))
         .collect();
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        upper.display(),
-        work.display()
-    );
-    mount(
-        Some("overlay"),
-        rootfs,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(options.as_str()),
-    )
-    .map_err(|e| unsupported(format!("cannot mount an overlay on id-mapped layers: {e}")))
+    super::containers::mount_overlay(&layers, upper, work, rootfs)
+        .map_err(|e| unsupported(format!("cannot mount an overlay on id-mapped layers: {e}")))
 }
 
 /// The user namespace of a pod directory: `None` for a pod in the node's user namespace (no
